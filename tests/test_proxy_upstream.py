@@ -1,0 +1,121 @@
+"""The simulated internet (kubesim.upstream + kubesim.testca) on loopback: what other tests rely on."""
+import json
+import ssl
+import http.client
+
+import pytest
+
+from kubesim.testca import TestCA
+from kubesim.upstream import HELLO_BODY, HELLO_PATH, Upstream
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory):
+    return TestCA(tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture(scope="module")
+def upstream(ca):
+    # port 0 disables a listener, so pick free ports
+    up = Upstream(["127.0.0.1"], http_port=_free_port(), https_port=_free_port(), cert_dir=ca.directory,
+                  metadata=True).start()
+    yield up
+    up.stop()
+
+
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ports(up):
+    http_port = up.servers[0].server_port
+    https_port = up.servers[1].server_port
+    return http_port, https_port
+
+
+def _https(up, ca, sni, path, host=None):
+    ctx = ssl.create_default_context(cafile=ca.ca_file)
+    _, port = _ports(up)
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=5)
+    # connect by IP but present `sni` as server_hostname
+    conn.sock = ctx.wrap_socket(__import__("socket").create_connection(("127.0.0.1", port), 5),
+                                server_hostname=sni)
+    conn.request("GET", path, headers={"Host": host or sni})
+    r = conn.getresponse()
+    return r.status, r.read()
+
+
+def test_ca_is_reused_from_its_directory(ca):
+    again = TestCA(ca.directory)
+    assert open(again.ca_file, "rb").read() == open(ca.ca_file, "rb").read()
+
+
+def test_issue_is_idempotent_and_rejects_empty(ca):
+    assert ca.issue(["a.example"]) == ca.issue(["a.example"])
+    with pytest.raises(ValueError, match="at least one hostname"):
+        ca.issue([])
+
+
+def test_https_vhost_by_sni_verifies_against_test_ca(upstream, ca):
+    status, body = _https(upstream, ca, "storage.googleapis.com", HELLO_PATH)
+    assert (status, body) == (200, HELLO_BODY)
+
+
+def test_echo_reports_sni_host_and_local_address(upstream, ca):
+    status, body = _https(upstream, ca, "www.google.com", "/echo", host="other.example")
+    info = json.loads(body)
+    assert status == 200
+    assert info["sni"] == "www.google.com"
+    assert info["host"] == "other.example"
+    assert info["local_address"] == "127.0.0.1"
+    assert info["scheme"] == "https"
+
+
+def test_plain_http_google_and_unknown_path(upstream):
+    port, _ = _ports(upstream)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("GET", "/", headers={"Host": "www.google.com"})
+    r = conn.getresponse()
+    assert r.status == 200 and b"google" in r.read()
+    conn.request("GET", "/solutions-public-assets-nope", headers={"Host": "storage.googleapis.com"})
+    r = conn.getresponse()  # same keep-alive connection
+    assert r.status == 404
+    r.read()
+
+
+def test_bytes_streams_exact_length(upstream):
+    port, _ = _ports(upstream)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("GET", "/bytes/300000")
+    r = conn.getresponse()
+    assert r.status == 200 and len(r.read()) == 300000
+
+
+def test_metadata_requires_flavor_header(upstream):
+    port, _ = _ports(upstream)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("GET", "/computeMetadata/v1/instance/service-accounts/default/token",
+                  headers={"Host": "169.254.169.254"})
+    r = conn.getresponse()
+    assert r.status == 403
+    r.read()
+    conn.request("GET", "/computeMetadata/v1/instance/service-accounts/default/token",
+                 headers={"Host": "metadata.google.internal", "Metadata-Flavor": "Google"})
+    r = conn.getresponse()
+    assert r.status == 200 and "access_token" in json.loads(r.read())
+
+
+def test_stats_count_connections(upstream):
+    port, _ = _ports(upstream)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("GET", "/.upstream/stats")
+    stats = json.loads(conn.getresponse().read())
+    assert stats[f"127.0.0.1:{port}"]["connections"] >= 1
+
+
+def test_https_without_cert_dir_is_a_clear_error():
+    with pytest.raises(ValueError, match="needs --cert-dir"):
+        Upstream(["127.0.0.1"], http_port=0, https_port=443)
