@@ -1,0 +1,344 @@
+"""Node-side capture rules as data: render the whole desired state, apply it in one transaction.
+
+Why this shape (kube-proxy / istio-iptables style, and unlike the original per-pod Go loop):
+
+* Every rule podwatch owns lives in chains it owns, reached by one jump at the *top* of a
+  built-in chain:
+
+  - ``nat``/``TPROXY-REDIRECT`` (from ``PREROUTING``): per locked pod IP, tcp 80/443 is
+    ``REDIRECT``-ed to the proxy's host port. Each rule carries ``-m comment --comment ns/name``.
+  - ``filter``/``TPROXY-GUARD`` (from ``FORWARD``): fail closed at the node. Redirected traffic
+    is delivered locally (INPUT) and never reaches FORWARD, so anything a locked pod sends that
+    *is* forwarded bypassed the redirect (a deleted jump, a flushed chain, a restart of some
+    other agent). The guard lets replies of established flows and DNS (udp/tcp 53) through
+    and rejects the rest from locked pod IPs (tcp with a reset, others with admin-prohibited).
+    The pod-side lock (sidecar) already refuses everything but DNS and web; the guard makes the
+    node enforce the same shape even if a privileged app container flushed its own lock.
+
+* Each (family, table) is applied with ONE ``iptables-restore --noflush``: declaring an owned
+  chain (``:TPROXY-REDIRECT - [0:0]``) atomically replaces its contents, so a resync or a
+  restart never opens a window (never flush in one call and re-add in another). The jump is
+  (re)inserted at position 1 in the same transaction when it is missing, duplicated or not
+  first; reading the built-in chain (``iptables -S PREROUTING``) is the only extra call.
+
+* The filter table is applied before nat on additions (guard before redirect) so that, for a
+  moment, a pod is rejected rather than let out.
+
+Public API (used by the controller, the tests and bench/):
+
+``locked_pods(pods, annotation)``, ``render(pods, host_port, live=None)``,
+``apply(rendered, runner=None)``, ``sync(pods, host_port, runner=None)``,
+``read_live(family, runner=None)``, ``render_cleanup(live)``, ``cleanup(runner=None)``.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+import shlex
+import subprocess
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping, Sequence
+
+FAMILIES = ("ipv4", "ipv6")
+TABLES = ("filter", "nat")  # application order: guard first, then redirect
+REDIRECT_CHAIN = "TPROXY-REDIRECT"
+GUARD_CHAIN = "TPROXY-GUARD"
+REDIRECT_JUMP_COMMENT = "tproxy: redirect locked pods' web traffic to the proxy"
+GUARD_JUMP_COMMENT = "tproxy: reject locked pods' traffic that escaped the redirect"
+WEB_PORTS = "80,443"
+
+#: table -> (built-in chain, owned chain, comment on the jump)
+OWNED = {
+    "nat": ("PREROUTING", REDIRECT_CHAIN, REDIRECT_JUMP_COMMENT),
+    "filter": ("FORWARD", GUARD_CHAIN, GUARD_JUMP_COMMENT),
+}
+REJECT_OTHER = {"ipv4": "icmp-admin-prohibited", "ipv6": "icmp6-adm-prohibited"}
+TOOLS = {
+    "ipv4": ("iptables", "iptables-restore"),
+    "ipv6": ("ip6tables", "ip6tables-restore"),
+}
+
+#: runner(argv, input_text) -> CompletedProcess; injectable so tests/bench can wrap ``ip netns exec``.
+Runner = Callable[[Sequence[str], "str | None"], subprocess.CompletedProcess]
+
+
+def default_runner(argv: Sequence[str], input: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(list(argv), input=input, capture_output=True, text=True, timeout=60)
+
+
+def netns_runner(netns_name: str) -> Runner:
+    """A runner that executes every iptables call inside ``ip netns exec NAME``."""
+    def run(argv: Sequence[str], input: str | None = None) -> subprocess.CompletedProcess:
+        return default_runner(["ip", "netns", "exec", netns_name, *argv], input)
+    return run
+
+
+class IptablesError(RuntimeError):
+    """An iptables(-restore) call failed. ``lines`` are the offending input lines (if known)."""
+
+    def __init__(self, message: str, *, family: str = "", table: str = "",
+                 stderr: str = "", lines: Sequence[str] = ()):
+        super().__init__(message)
+        self.family, self.table, self.stderr, self.lines = family, table, stderr, list(lines)
+
+
+@dataclass(frozen=True, order=True)
+class LockedPod:
+    """One annotated pod IP on this node. A dual-stack pod yields one LockedPod per IP."""
+    ip: str
+    namespace: str
+    name: str
+    uid: str = field(default="", compare=False)
+    service_account: str = field(default="", compare=False)
+    labels: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def family(self) -> str:
+        return "ipv6" if ipaddress.ip_address(self.ip).version == 6 else "ipv4"
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+def _annotation_true(value) -> bool:
+    return isinstance(value, str) and value.strip().lower() == "true"
+
+
+def pod_ips(pod: Mapping) -> list[str]:
+    """status.podIPs (newer clusters) or status.podIP (1.7); valid addresses only, deduplicated."""
+    status = pod.get("status") or {}
+    raw = [p.get("ip") for p in (status.get("podIPs") or []) if isinstance(p, Mapping)]
+    raw.append(status.get("podIP"))
+    out: list[str] = []
+    for ip in raw:
+        if not ip:
+            continue
+        try:
+            norm = str(ipaddress.ip_address(ip))
+        except ValueError:
+            continue
+        if norm not in out:
+            out.append(norm)
+    return out
+
+
+def locked_pods(pods: Iterable[Mapping], annotation: str = "initializer.kubernetes.io/tproxy",
+                *, namespace: str | None = None) -> list[LockedPod]:
+    """The desired state: pods whose ``annotation`` is "true", with an IP, not terminated.
+
+    A pod being deleted (``deletionTimestamp`` set) keeps its rules: its containers still run
+    during the grace period, and dropping the redirect early would let them out unfiltered.
+    Rules go once the pod object is gone or its phase is Succeeded/Failed.
+    """
+    out: set[LockedPod] = set()
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        if namespace and meta.get("namespace") != namespace:
+            continue
+        if not _annotation_true((meta.get("annotations") or {}).get(annotation)):
+            continue
+        if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            continue
+        spec = pod.get("spec") or {}
+        for ip in pod_ips(pod):
+            out.add(LockedPod(
+                ip=ip, namespace=meta.get("namespace", ""), name=meta.get("name", ""),
+                uid=meta.get("uid", ""),
+                service_account=spec.get("serviceAccountName") or spec.get("serviceAccount") or "default",
+                labels=dict(meta.get("labels") or {})))
+    return sorted(out, key=lambda p: (p.family, ipaddress.ip_address(p.ip), p.namespace, p.name))
+
+
+# -- live state ------------------------------------------------------------------------------
+@dataclass
+class LiveJumps:
+    """The jumps to our chains currently in the built-in chains of one family.
+
+    ``jumps[table]`` is the list of rule specs (``-A PREROUTING ...`` lines, exactly as
+    ``iptables -S`` prints them) that jump to our chain; ``first[table]`` says whether the
+    built-in chain's first rule is our jump; ``chains`` are the owned chains that exist.
+    """
+    jumps: dict[str, list[str]] = field(default_factory=dict)
+    first: dict[str, bool] = field(default_factory=dict)
+    chains: set[str] = field(default_factory=set)
+
+
+def _run(runner: Runner | None, argv: Sequence[str], input: str | None = None) -> subprocess.CompletedProcess:
+    return (runner or default_runner)(argv, input)
+
+
+def read_live(family: str, runner: Runner | None = None) -> LiveJumps:
+    """Read the built-in chains we hook into (cheap: ``-S CHAIN`` lists one chain)."""
+    tool = TOOLS[family][0]
+    live = LiveJumps()
+    for table, (builtin, chain, _) in OWNED.items():
+        proc = _run(runner, [tool, "-w", "5", "-t", table, "-S", builtin])
+        if proc.returncode != 0:
+            raise IptablesError(f"{tool} -t {table} -S {builtin} failed: {proc.stderr.strip()}",
+                                family=family, table=table, stderr=proc.stderr)
+        rules = [ln for ln in proc.stdout.splitlines() if ln.startswith(f"-A {builtin} ")]
+        ours = [ln for ln in rules if re.search(rf"(^|\s)-j {re.escape(chain)}(\s|$)", ln)]
+        live.jumps[table] = ours
+        live.first[table] = bool(rules) and rules[0] in ours
+        chk = _run(runner, [tool, "-w", "5", "-t", table, "-S", chain])
+        if chk.returncode == 0:
+            live.chains.add(chain)
+    return live
+
+
+# -- rendering -------------------------------------------------------------------------------
+def _q(text: str) -> str:
+    """Quote a comment for iptables-restore (it tokenises like a shell, double quotes only)."""
+    return '"' + text.replace("\\", "").replace('"', "'") + '"'
+
+
+def _cidr(ip: str) -> str:
+    return f"{ip}/{128 if ':' in ip else 32}"
+
+
+def _jump_lines(table: str, live: LiveJumps | None) -> list[str]:
+    """Lines that leave exactly one jump, at position 1 (nothing when that is already true)."""
+    builtin, chain, comment = OWNED[table]
+    existing = (live.jumps.get(table, []) if live else [])
+    if live and len(existing) == 1 and live.first.get(table):
+        return []
+    lines = ["-D " + ln[len("-A "):] for ln in existing]
+    lines.append(f"-I {builtin} 1 -m comment --comment {_q(comment)} -j {chain}")
+    return lines
+
+
+def render_table(family: str, table: str, pods: Sequence[LockedPod], host_port: int,
+                 live: LiveJumps | None = None) -> str:
+    """The restore input for one (family, table): chain header, jump fix-up, full chain body."""
+    builtin, chain, _ = OWNED[table]
+    mine = [p for p in pods if p.family == family]
+    out = [f"*{table}", f":{chain} - [0:0]", *_jump_lines(table, live)]
+    if table == "nat":
+        for p in mine:
+            out.append(f"-A {chain} -s {_cidr(p.ip)} -p tcp -m multiport --dports {WEB_PORTS} "
+                       f"-m comment --comment {_q(p.key)} -j REDIRECT --to-ports {int(host_port)}")
+    else:
+        if mine:
+            out.append(f"-A {chain} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN")
+        for p in mine:
+            src, c = _cidr(p.ip), _q(p.key)
+            out += [
+                f"-A {chain} -s {src} -p udp -m udp --dport 53 -m comment --comment {c} -j RETURN",
+                f"-A {chain} -s {src} -p tcp -m tcp --dport 53 -m comment --comment {c} -j RETURN",
+                f"-A {chain} -s {src} -p tcp -m comment --comment {c} -j REJECT --reject-with tcp-reset",
+                f"-A {chain} -s {src} -m comment --comment {c} -j REJECT --reject-with {REJECT_OTHER[family]}",
+            ]
+    out.append("COMMIT")
+    return "\n".join(out) + "\n"
+
+
+def render(pods: Iterable[LockedPod], host_port: int,
+           live: Mapping[str, LiveJumps] | None = None) -> dict[str, dict[str, str]]:
+    """Desired state -> ``{family: {table: restore_text}}`` for both families and both tables.
+
+    Both families are always rendered (an empty chain is how stale rules of the other family
+    disappear). ``live`` (per family, from :func:`read_live`) only decides the jump fix-up;
+    without it the jump is inserted as on a fresh node.
+    """
+    pods = list(pods)
+    if not 1 <= int(host_port) <= 65535:
+        raise ValueError(f"host port {host_port!r} is not a TCP port (1-65535)")
+    return {fam: {t: render_table(fam, t, pods, host_port, (live or {}).get(fam)) for t in TABLES}
+            for fam in FAMILIES}
+
+
+def render_cleanup(live: LiveJumps) -> dict[str, str]:
+    """Restore input per table removing every jump and owned chain (for ``--cleanup``)."""
+    out = {}
+    for table in TABLES:
+        builtin, chain, _ = OWNED[table]
+        lines = [f"*{table}"]
+        if chain in live.chains:
+            lines.append(f":{chain} - [0:0]")
+        lines += ["-D " + ln[len("-A "):] for ln in live.jumps.get(table, [])]
+        if chain in live.chains:
+            lines.append(f"-X {chain}")
+        lines.append("COMMIT")
+        out[table] = "\n".join(lines) + "\n"
+    return out
+
+
+# -- applying --------------------------------------------------------------------------------
+_ERR_LINE = re.compile(r"line:?\s*(\d+)", re.I)
+
+
+def restore(family: str, table: str, text: str, runner: Runner | None = None) -> None:
+    """Apply one table with one ``iptables-restore --noflush`` (atomic), or raise IptablesError."""
+    tool = TOOLS[family][1]
+    proc = _run(runner, [tool, "-w", "5", "--noflush"], text)
+    if proc.returncode == 0:
+        return
+    lines = text.splitlines()
+    bad: list[str] = []
+    for m in _ERR_LINE.finditer(proc.stderr):
+        n = int(m.group(1))
+        if 1 <= n <= len(lines):
+            bad.append(f"{n}: {lines[n - 1]}")
+    if not bad:  # no line number (e.g. COMMIT failed): show the rule lines, bounded
+        bad = [f"{i + 1}: {ln}" for i, ln in enumerate(lines)][:20]
+    raise IptablesError(f"{tool} --noflush ({table}) failed: {proc.stderr.strip()}",
+                        family=family, table=table, stderr=proc.stderr, lines=bad)
+
+
+def apply(rendered: Mapping[str, Mapping[str, str]], runner: Runner | None = None,
+          families: Iterable[str] | None = None) -> None:
+    """Apply rendered restore input: per family, filter (guard) then nat (redirect)."""
+    for fam in (families or rendered.keys()):
+        for table in TABLES:
+            if table in rendered[fam]:
+                restore(fam, table, rendered[fam][table], runner)
+
+
+@dataclass
+class SyncResult:
+    rules: dict[str, int]                   # family -> number of rules in owned chains
+    failed: dict[str, IptablesError]        # family -> error (families that did not apply)
+
+
+def count_rules(rendered_table: str) -> int:
+    return sum(1 for ln in rendered_table.splitlines() if ln.startswith("-A "))
+
+
+def sync(pods: Iterable[LockedPod], host_port: int, runner: Runner | None = None,
+         *, optional_families: Iterable[str] = ()) -> SyncResult:
+    """Make the node's owned chains equal to ``pods``: read the jumps, render, apply.
+
+    One family failing does not stop the other. A family in ``optional_families`` that fails
+    (e.g. IPv6 disabled on the node while no pod has an IPv6 address) is reported but its
+    error is the caller's to judge.
+    """
+    pods = list(pods)
+    result = SyncResult(rules={}, failed={})
+    for fam in FAMILIES:
+        try:
+            live = read_live(fam, runner)
+            text = render(pods, host_port, {fam: live})[fam]
+            apply({fam: text}, runner)
+            result.rules[fam] = sum(count_rules(t) for t in text.values())
+        except IptablesError as e:
+            result.failed[fam] = e
+    return result
+
+
+def cleanup(runner: Runner | None = None) -> dict[str, IptablesError]:
+    """Remove every jump and chain podwatch owns, both families. Returns per-family errors."""
+    errors = {}
+    for fam in FAMILIES:
+        try:
+            live = read_live(fam, runner)
+            for table, text in render_cleanup(live).items():
+                if text.count("\n") > 2:
+                    restore(fam, table, text, runner)
+        except IptablesError as e:
+            errors[fam] = e
+    return errors
+
+
+def shell_quote(argv: Sequence[str]) -> str:
+    return " ".join(shlex.quote(a) for a in argv)
