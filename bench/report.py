@@ -1,0 +1,179 @@
+"""Render ``latest.json`` into ``report.md`` with small PNG plots (matplotlib, Agg backend).
+
+The report is generic: every benchmark result may carry
+- ``summary``: ``[{"metric", "value", "unit"?, "target"?}]`` — the ratios quoted at the top;
+- ``tables``: ``[{"title", "columns": [...], "rows": [[...], ...]}]``;
+- ``plots``: ``[{"file", "title", "kind": "line"|"bar"|"cdf", "xlabel", "ylabel",
+  "series": {label: [[x, y], ...]} (line) | {label: value} (bar) | {label: [samples]} (cdf),
+  "logx"?, "logy"?}]``;
+- ``notes``: ``[str]`` — how it was measured.
+so a benchmark module decides what to show and this module only draws it.
+"""
+from __future__ import annotations
+
+import os
+
+TITLE = "tproxy benchmark report"
+
+
+def write(results: dict, out_dir: str, *, plots: bool = True) -> dict:
+    """Write report.md (and the PNGs); return {"markdown": path, "plots": [paths], "plot_error"?}."""
+    made, plot_error = [], None
+    if plots:
+        try:
+            made = _draw_all(results, out_dir)
+        except Exception as e:  # a broken plot must not lose the numbers
+            plot_error = f"{type(e).__name__}: {e}"
+    md = render_markdown(results, made_plots={os.path.basename(p) for p in made}, plot_error=plot_error)
+    path = os.path.join(out_dir, "report.md")
+    with open(path + ".tmp", "w") as f:
+        f.write(md)
+    os.replace(path + ".tmp", path)
+    out = {"markdown": path, "plots": made}
+    if plot_error:
+        out["plot_error"] = plot_error
+    return out
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, float):
+        if v == 0:
+            return "0"
+        if abs(v) >= 100:
+            return f"{v:,.0f}"
+        if abs(v) >= 1:
+            return f"{v:.2f}"
+        return f"{v:.3g}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v).replace("|", "\\|")
+
+
+def _first_line(s) -> str:
+    s = str(s or "")
+    return s.splitlines()[0][:300] if s else s
+
+
+def summary_rows(results: dict) -> list[tuple[str, dict]]:
+    rows = []
+    for name, r in results.get("benchmarks", {}).items():
+        for s in r.get("summary", []) or []:
+            rows.append((name, s))
+    return rows
+
+
+def render_markdown(results: dict, *, made_plots=frozenset(), plot_error=None) -> str:
+    m = results.get("machine", {})
+    pk = m.get("packages", {})
+    lines = [f"# {TITLE}", ""]
+    lines.append(f"Mode **{results.get('mode')}**, run {m.get('date_utc')} in {results.get('elapsed_s', '?')} s "
+                 f"(commit `{m.get('git_commit')}`).")
+    lines.append("")
+    lines.append(f"- Machine: {m.get('nproc')} CPUs ({m.get('cpu')}), {m.get('mem_mb')} MB RAM, "
+                 f"kernel {m.get('kernel')}, {m.get('os')}; load average at start {m.get('loadavg_at_start')}")
+    lines.append(f"- Python {m.get('python')}; " + ", ".join(f"{k} {v}" for k, v in pk.items() if v)
+                 + (f"; {m['tools']['iptables']}" if m.get("tools", {}).get("iptables") else ""))
+    lines.append("- Absolute figures on this shared, noisy machine are not comparable across runs; "
+                 "every ratio below compares two figures measured side by side in this run.")
+    lines.append("")
+    lines.append("## Summary")
+    lines.append("")
+    lines.append("| benchmark | metric | value | target |")
+    lines.append("|---|---|---|---|")
+    for name, s in summary_rows(results):
+        unit = s.get("unit", "")
+        lines.append(f"| {name} | {_fmt(s.get('metric'))} | {_fmt(s.get('value'))}{(' ' + unit) if unit else ''} "
+                     f"| {_fmt(s.get('target', ''))} |")
+    lines.append("")
+    lines.append("| benchmark | status | time (s) |")
+    lines.append("|---|---|---|")
+    for name, r in results.get("benchmarks", {}).items():
+        lines.append(f"| {name} | {_fmt(_first_line(r.get('status')))} | {_fmt(r.get('elapsed_s'))} |")
+    lines.append("")
+    if plot_error:
+        lines += [f"_Plots failed: {plot_error}_", ""]
+    for name, r in results.get("benchmarks", {}).items():
+        lines.append(f"## {name}")
+        lines.append("")
+        lines.append(f"Status: {_first_line(r.get('status'))}")
+        lines.append("")
+        if r.get("traceback"):
+            lines += ["```", str(r["traceback"]).rstrip()[-2000:], "```", ""]
+        for note in r.get("notes", []) or []:
+            lines.append(f"- {note}")
+        if r.get("notes"):
+            lines.append("")
+        for t in r.get("tables", []) or []:
+            lines.append(f"**{t.get('title', '')}**")
+            lines.append("")
+            cols = t.get("columns", [])
+            lines.append("| " + " | ".join(_fmt(c) for c in cols) + " |")
+            lines.append("|" + "---|" * len(cols))
+            for row in t.get("rows", []):
+                lines.append("| " + " | ".join(_fmt(c) for c in row) + " |")
+            lines.append("")
+        for p in r.get("plots", []) or []:
+            if p.get("file") in made_plots:
+                lines.append(f"![{p.get('title', '')}]({p['file']})")
+                lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def summary_text(results: dict) -> str:
+    out = [f"tproxy bench ({results.get('mode')}, {results.get('elapsed_s')} s)"]
+    for name, r in results.get("benchmarks", {}).items():
+        out.append(f"  {name}: {_first_line(r.get('status'))}")
+    for name, s in summary_rows(results):
+        out.append(f"    {name}: {s.get('metric')} = {_fmt(s.get('value'))} {s.get('unit', '')}".rstrip())
+    return "\n".join(out)
+
+
+def _draw_all(results: dict, out_dir: str) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    for name, r in results.get("benchmarks", {}).items():
+        for spec in r.get("plots", []) or []:
+            series = spec.get("series") or {}
+            if not series:
+                continue
+            fig, ax = plt.subplots(figsize=(5.2, 3.2), dpi=100)
+            kind = spec.get("kind", "line")
+            if kind == "line":
+                for label, pts in series.items():
+                    pts = [p for p in pts if p[1] is not None]
+                    if pts:
+                        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+            elif kind == "bar":
+                labels = list(series)
+                vals = [series[k] or 0 for k in labels]
+                ax.bar(range(len(labels)), vals, color="tab:blue")
+                ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize=8)
+            elif kind == "cdf":
+                for label, samples in series.items():
+                    s = sorted(x for x in samples if x is not None)
+                    if s:
+                        ax.plot(s, [(i + 1) / len(s) for i in range(len(s))], label=label)
+            if spec.get("logx"):
+                ax.set_xscale("log")
+            if spec.get("logy"):
+                ax.set_yscale("log")
+            ax.set_title(spec.get("title", name), fontsize=9)
+            ax.set_xlabel(spec.get("xlabel", ""), fontsize=8)
+            ax.set_ylabel(spec.get("ylabel", ""), fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.grid(True, alpha=0.3)
+            if kind != "bar":
+                ax.legend(fontsize=7)
+            fig.tight_layout()
+            path = os.path.join(out_dir, spec["file"])
+            fig.savefig(path)
+            plt.close(fig)
+            made.append(path)
+    return made
