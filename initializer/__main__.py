@@ -1,0 +1,185 @@
+"""``python3 -m initializer``: the tproxy Initializer controller.
+
+Flags keep the original Go binary's names and single-dash spelling (``-annotation``,
+``-configmap``, ``-initializer-name``, ``-namespace``, ``-require-annotation[=true|false]``) so its
+manifests keep working; every flag also has the ``--double-dash`` spelling.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import signal
+import sys
+import threading
+from typing import Optional, Sequence
+
+from .controller import (DEFAULT_ANNOTATION, DEFAULT_CONFIGMAP, DEFAULT_INITIALIZER_NAME, DEFAULT_NAMESPACE,
+                         Controller)
+
+DEFAULT_METRICS_PORT = 9180  # chart: tproxy.metrics.initializerPort
+
+_TRUE = {"1", "t", "true", "yes", "on"}
+_FALSE = {"0", "f", "false", "no", "off"}
+_DURATION = re.compile(r"(\d+(?:\.\d*)?)(ms|s|m|h)")
+
+
+def parse_bool(value: str) -> bool:
+    """Go's strconv.ParseBool spellings (plus yes/no/on/off)."""
+    v = str(value).strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"invalid boolean {value!r} (use true or false)")
+
+
+def parse_duration(value: str) -> float:
+    """Seconds from a number (``30``) or a Go duration (``30s``, ``1m30s``, ``500ms``)."""
+    v = str(value).strip()
+    try:
+        seconds = float(v)
+    except ValueError:
+        pos, seconds = 0, 0.0
+        for m in _DURATION.finditer(v):
+            if m.start() != pos:
+                break
+            seconds += float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+            pos = m.end()
+        if pos != len(v) or not v:
+            raise argparse.ArgumentTypeError(f"invalid duration {value!r} (e.g. 30, 30s, 1m30s)") from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"duration must be positive, got {value!r}")
+    return seconds
+
+
+def parse_port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0..65535, got {port}")
+    return port
+
+
+def parse_workers(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid worker count {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"workers must be >= 1, got {n}")
+    return n
+
+
+def parse_namespaces(value: str) -> list[str]:
+    return [n.strip() for n in value.split(",") if n.strip()]
+
+
+class _ExactParser(argparse.ArgumentParser):
+    """Go's flag package never abbreviates; Python 3.11 still prefix-matches single-dash long options
+    even with ``allow_abbrev=False``, so ``-annotatio x`` would silently mean ``-annotation x``."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        argv = list(sys.argv[1:] if args is None else args)
+        known = set(self._option_string_actions)
+        for arg in argv:
+            if arg == "--":
+                break
+            if arg.startswith("-") and len(arg) > 1 and not arg[1:2].isdigit():
+                name = arg.split("=", 1)[0]
+                if name not in known:
+                    self.error(f"unrecognized arguments: {arg} (flags must be spelled out; see --help)")
+        return super().parse_known_args(argv, namespace)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _ExactParser(
+        prog="python3 -m initializer",
+        description="tproxy Initializer controller (Kubernetes 1.7 alpha Initializers): injects the tproxy "
+                    "egress-lock init container, CA volumes, mounts and env into Deployments whose "
+                    "metadata.initializers.pending[0] is ours, and removes itself from pending.",
+        epilog="Single-dash Go spellings (-annotation, -require-annotation=true) and double-dash spellings "
+               "are both accepted. Metrics, /healthz and /readyz are served on --metrics-port.",
+        allow_abbrev=False)
+
+    def both(name: str, **kw):
+        p.add_argument("-" + name, "--" + name, **kw)
+
+    both("annotation", default=DEFAULT_ANNOTATION, metavar="KEY",
+         help="the annotation that opts a deployment in; also set on the pod template so podwatch "
+              "sees the pods (default: %(default)s)")
+    both("configmap", default=DEFAULT_CONFIGMAP, metavar="NAME",
+         help="the ConfigMap holding the injection config under its 'config' key (default: %(default)s)")
+    both("initializer-name", default=DEFAULT_INITIALIZER_NAME, metavar="NAME", dest="initializer_name",
+         help="our name in metadata.initializers.pending (default: %(default)s)")
+    both("namespace", default=DEFAULT_NAMESPACE, metavar="NS",
+         help="namespace of the ConfigMap (default: %(default)s)")
+    both("require-annotation", dest="require_annotation", nargs="?", const=True, default=False,
+         type=parse_bool, metavar="BOOL",
+         help="inject only into deployments whose annotation is \"true\"; others are released untouched "
+              "(accepts -require-annotation, -require-annotation=true|false; default: false)")
+    both("kubeconfig", default=None, metavar="PATH",
+         help="kubeconfig file (default: $KUBECONFIG, else the in-cluster service account)")
+    both("metrics-port", dest="metrics_port", type=parse_port, default=DEFAULT_METRICS_PORT, metavar="PORT",
+         help="port for /metrics, /healthz and /readyz; 0 disables (default: %(default)s)")
+    both("metrics-host", dest="metrics_host", default="0.0.0.0", metavar="ADDR",
+         help="address to serve metrics on (default: %(default)s)")
+    both("exclude-namespaces", dest="exclude_namespaces", type=parse_namespaces, default=[],
+         metavar="NS[,NS...]",
+         help="namespaces whose deployments are released without injection (comma-separated)")
+    both("workers", type=parse_workers, default=2, metavar="N", help="sync worker threads (default: %(default)s)")
+    both("resync-period", dest="resync_period", type=parse_duration, default=30.0, metavar="DURATION",
+         help="informer resync period: every deployment is looked at again this often, so a missed "
+              "event is retried (e.g. 30s, 1m; default: 30s)")
+    both("log-level", dest="log_level", default="info", choices=["debug", "info", "warning", "error"],
+         help="log level (default: %(default)s)")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from controllerkit.kube import ConfigError as KubeConfigError
+    from controllerkit.log import setup_logging
+    from controllerkit.serve import HealthServer
+
+    log = setup_logging("initializer", args.log_level)
+    try:
+        controller = Controller.from_kubeconfig(
+            args.kubeconfig, initializer_name=args.initializer_name, annotation=args.annotation,
+            configmap=args.configmap, config_namespace=args.namespace,
+            require_annotation=args.require_annotation, exclude_namespaces=args.exclude_namespaces,
+            workers=args.workers, resync_period=args.resync_period, logger=log)
+    except KubeConfigError as exc:
+        log.error("no_cluster_config", error=str(exc))
+        print(f"initializer: {exc}", file=sys.stderr)
+        return 1
+
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        log.info("shutdown_signal", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    health = None
+    if args.metrics_port:
+        try:
+            health = HealthServer(args.metrics_port, host=args.metrics_host, ready=controller.ready).start()
+        except OSError as exc:
+            log.error("metrics_port_unavailable", port=args.metrics_port, error=str(exc))
+            print(f"initializer: cannot serve metrics on port {args.metrics_port}: {exc}", file=sys.stderr)
+            return 1
+        log.info("serving_metrics", port=health.port)
+    controller.start()
+    stop.wait()
+    controller.stop()
+    if health is not None:
+        health.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,340 @@
+"""The tproxy Initializer controller: informer -> work queue -> sync(key) -> one PUT.
+
+Why this shape (and not the original's "AddFunc does everything"):
+
+* Events only say "look at this key again". ``sync`` GETs the *current* object by name (GET
+  returns uninitialized objects in 1.7), decides from it, and writes one PUT carrying the object's
+  ``resourceVersion``. A 409 means someone else (another replica, the user) wrote first: re-read
+  and decide again; the second pass sees the injection already done (or our entry gone) and does
+  nothing, which is what makes several replicas safe without leader election.
+* Add, update and resync events all enqueue, so an object where we are second in ``pending``
+  is handled when the first initializer removes itself; a failed sync is re-queued with backoff.
+* No config, no action: until the ConfigMap has been read and parsed, deployments wait (they stay
+  pending; the create blocks, then times out) rather than being initialized without protection.
+  ``ready()`` says why, for /readyz.
+* The ConfigMap is watched through the 1.7 legacy watch-by-name path
+  ``/api/v1/watch/namespaces/NS/configmaps/NAME``, so the controller needs only ``get`` and ``watch``
+  on that one name (``resourceNames``); a collection watch would need list/watch on every ConfigMap.
+"""
+from __future__ import annotations
+
+import calendar
+import threading
+import time
+from typing import Iterable, Optional
+
+import structlog
+
+from controllerkit import errors
+from controllerkit.kube import Client, resource_path
+from controllerkit.workqueue import WorkQueue, run_workers
+
+from . import metrics
+from .config import ConfigError, InjectionConfig, config_from_configmap
+from .mutate import FAIL, IGNORE, INJECT, SKIP, Decision, decide, failure_status, pending_names
+
+DEFAULT_ANNOTATION = "initializer.kubernetes.io/tproxy"
+DEFAULT_CONFIGMAP = "tproxy-initializer"
+DEFAULT_INITIALIZER_NAME = "tproxy.initializer.kubernetes.io"
+DEFAULT_NAMESPACE = "default"
+
+DEPLOYMENTS_GV = "apps/v1beta1"
+MAX_CONFLICT_RETRIES = 8
+
+_OUTCOME = {INJECT: "initialized", SKIP: "skipped", FAIL: "failed"}
+
+
+def _parse_ts(ts: str | None) -> Optional[float]:
+    if not ts:
+        return None
+    try:
+        return calendar.timegm(time.strptime(ts.rstrip("Z").split(".")[0], "%Y-%m-%dT%H:%M:%S"))
+    except (ValueError, TypeError):
+        return None
+
+
+class NotReady(Exception):
+    """Deployments cannot be processed yet (no valid config)."""
+
+
+class Controller:
+    """One initializer replica. ``start()`` returns once its threads run; ``stop()`` ends them.
+
+    In-process use (tests, benchmarks)::
+
+        c = Controller.from_kubeconfig(path, workers=4, resync_period=5)
+        c.start(); c.wait_ready(10); ...; c.stop()
+    """
+
+    def __init__(self, client: Client, *, initializer_name: str = DEFAULT_INITIALIZER_NAME,
+                 annotation: str = DEFAULT_ANNOTATION, configmap: str = DEFAULT_CONFIGMAP,
+                 config_namespace: str = DEFAULT_NAMESPACE, require_annotation: bool = False,
+                 exclude_namespaces: Iterable[str] = (), workers: int = 2, resync_period: float = 30.0,
+                 config_retry: float = 1.0, watch_timeout: int = 300, logger=None):
+        if workers < 1:
+            raise ValueError("workers must be >= 1")
+        self.client = client
+        self.initializer_name = initializer_name
+        self.annotation = annotation
+        self.configmap = configmap
+        self.config_namespace = config_namespace
+        self.require_annotation = require_annotation
+        self.exclude_namespaces = frozenset(n for n in exclude_namespaces if n)
+        self.workers = workers
+        self.resync_period = resync_period
+        self.config_retry = config_retry
+        self.watch_timeout = watch_timeout
+        self.log = logger or structlog.get_logger("initializer")
+
+        self._config: Optional[InjectionConfig] = None
+        self._config_reason = f"ConfigMap {config_namespace}/{configmap} not read yet"
+        self._config_lock = threading.Lock()
+        self._deferred: set[str] = set()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._cm_watch = None
+        self.queue = WorkQueue("initializer")
+        self.informer = None
+
+    @classmethod
+    def from_kubeconfig(cls, kubeconfig: Optional[str] = None, **kwargs) -> "Controller":
+        """Build a controller from a kubeconfig path (``None``: $KUBECONFIG, else in-cluster)."""
+        client = Client.from_config(kubeconfig)
+        client.default_timeout = 10.0
+        return cls(client, **kwargs)
+
+    # -- config ----------------------------------------------------------------------------------
+    @property
+    def config(self) -> Optional[InjectionConfig]:
+        return self._config
+
+    def _cm_ref(self) -> str:
+        return f"ConfigMap {self.config_namespace}/{self.configmap}"
+
+    def _set_config_error(self, reason: str, message: str) -> None:
+        metrics.CONFIG_ERRORS.labels(reason).inc()
+        with self._config_lock:
+            have = self._config is not None
+            if not have:
+                self._config_reason = message
+        if have:
+            self.log.error("config_rejected_keeping_last_good", reason=reason, error=message,
+                           configmap=self._cm_ref(), fingerprint=self._config.fingerprint)
+        else:
+            self.log.error("config_unavailable", reason=reason, error=message, configmap=self._cm_ref(),
+                           hint="deployments stay pending until a valid config is loaded")
+
+    def load_configmap(self, cm: dict) -> bool:
+        """Parse and install a ConfigMap object; on error keep the last good config. True if installed."""
+        try:
+            cfg = config_from_configmap(cm)
+        except ConfigError as exc:
+            self._set_config_error("malformed", str(exc))
+            return False
+        with self._config_lock:
+            old = self._config
+            self._config = cfg
+            self._config_reason = ""
+            deferred, self._deferred = self._deferred, set()
+        metrics.CONFIG_LOADED.set(1)
+        if old is None or old.fingerprint != cfg.fingerprint:
+            metrics.CONFIG_RELOADS.inc()
+            self.log.info("config_loaded", configmap=self._cm_ref(), fingerprint=cfg.fingerprint,
+                          resource_version=(cm.get("metadata") or {}).get("resourceVersion"),
+                          previous=old.fingerprint if old else None,
+                          init_containers=[c["name"] for c in cfg.containers],
+                          volumes=[v["name"] for v in cfg.volumes])
+        for key in deferred:
+            self.queue.add(key)
+        return True
+
+    def _config_loop(self) -> None:
+        """GET the ConfigMap, then watch it by name; re-GET on 410, stream end or error."""
+        get_path = resource_path("v1", "configmaps", self.config_namespace, self.configmap)
+        watch_path = f"/api/v1/watch/namespaces/{self.config_namespace}/configmaps/{self.configmap}"
+        delay = self.config_retry
+        while not self._stop.is_set():
+            try:
+                cm = self.client.get(get_path)
+                self.load_configmap(cm)
+                rv = (cm.get("metadata") or {}).get("resourceVersion")
+                delay = self.config_retry
+                stream = self.client.open_watch(watch_path, resource_version=rv,
+                                                timeout_seconds=self.watch_timeout)
+                self._cm_watch = stream
+                with stream:
+                    if self._stop.is_set():
+                        return
+                    for etype, obj in stream:
+                        if etype in ("ADDED", "MODIFIED"):
+                            self.load_configmap(obj)
+                        elif etype == "DELETED":
+                            self._set_config_error("missing", f"{self._cm_ref()} was deleted")
+                continue  # stream ended (server timeout or cut): re-GET and watch again
+            except errors.NotFound as exc:
+                self._set_config_error("missing", f"{self._cm_ref()} not found: {exc.message}")
+            except errors.Forbidden as exc:
+                self._set_config_error(
+                    "forbidden", f"{self._cm_ref()}: {exc} (the initializer needs get and watch on this "
+                    f"ConfigMap, e.g. a Role in {self.config_namespace} with resourceNames [{self.configmap}])")
+            except errors.Gone:
+                continue  # resourceVersion too old: re-GET at once
+            except (errors.ApiError, errors.StreamError, OSError) as exc:
+                if self._stop.is_set():
+                    return
+                self._set_config_error("error", f"{self._cm_ref()}: {exc}")
+            finally:
+                self._cm_watch = None
+            if self._stop.wait(delay):
+                return
+            delay = min(delay * 2, 10.0)
+
+    # -- readiness -------------------------------------------------------------------------------
+    def ready(self) -> tuple[bool, str]:
+        """(ready, reason): ready when a valid config is loaded and the deployment informer synced."""
+        if self._config is None:
+            return False, self._config_reason
+        if self.informer is None or not self._informer_synced():
+            return False, "deployment informer has not synced yet"
+        return True, "ok"
+
+    def _informer_synced(self) -> bool:
+        synced = getattr(self.informer, "has_synced", None)
+        if callable(synced):
+            return bool(synced())
+        if synced is not None:
+            return bool(synced)
+        return True
+
+    def wait_ready(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.ready()[0]:
+                return True
+            time.sleep(0.02)
+        return self.ready()[0]
+
+    # -- events ----------------------------------------------------------------------------------
+    def _maybe_enqueue(self, obj: dict) -> None:
+        if self.initializer_name in pending_names(obj):
+            meta = obj.get("metadata") or {}
+            self.queue.add(f"{meta.get('namespace', '')}/{meta.get('name', '')}")
+
+    def _on_add(self, obj):
+        self._maybe_enqueue(obj)
+
+    def _on_update(self, old, new=None):
+        self._maybe_enqueue(new if new is not None else old)
+
+    def _on_delete(self, obj):
+        pass
+
+    # -- the sync --------------------------------------------------------------------------------
+    def sync(self, key: str) -> Optional[Decision]:
+        """Complete our part of ``key``'s initialization, or do nothing if it is not ours to do.
+
+        Returns the decision that was written (``None`` when nothing was written).
+        """
+        cfg = self._config
+        if cfg is None:
+            with self._config_lock:
+                if self._config is None:
+                    self._deferred.add(key)
+                    return None
+                cfg = self._config
+        ns, _, name = key.partition("/")
+        path = resource_path(DEPLOYMENTS_GV, "deployments", ns, name)
+        for attempt in range(MAX_CONFLICT_RETRIES):
+            try:
+                current = self.client.get(path)
+            except errors.NotFound:
+                return None
+            decision = decide(current, cfg, initializer_name=self.initializer_name, annotation=self.annotation,
+                              require_annotation=self.require_annotation,
+                              exclude_namespaces=self.exclude_namespaces)
+            if decision.action == IGNORE:
+                return None
+            try:
+                self.client.replace(path, decision.obj)
+            except errors.Conflict:
+                metrics.WRITE_CONFLICTS.inc()
+                self.log.debug("write_conflict", namespace=ns, name=name, attempt=attempt + 1)
+                continue
+            except errors.NotFound:
+                return None
+            except errors.Invalid as exc:
+                if decision.action == FAIL:
+                    raise
+                # The server refused the injected object (e.g. the config does not validate against
+                # this deployment). Fail the create with the server's reason rather than retry forever.
+                metrics.WRITE_ERRORS.labels("invalid").inc()
+                decision = self._fail_after_invalid(path, current, exc)
+                if decision is None:
+                    continue
+            except errors.Forbidden as exc:
+                metrics.WRITE_ERRORS.labels("forbidden").inc()
+                self.log.error("write_forbidden", namespace=ns, name=name, error=str(exc),
+                               hint="the initializer needs update and initialize on deployments "
+                                    "(apps and extensions) in every namespace it initializes")
+                raise
+            self._record(decision, current)
+            return decision
+        raise errors.Conflict(409, "Conflict", f"deployment {key}: still conflicting after "
+                                               f"{MAX_CONFLICT_RETRIES} attempts; will retry")
+
+    def _fail_after_invalid(self, path: str, current: dict, exc: errors.ApiError) -> Optional[Decision]:
+        failed = {**current, "metadata": dict(current["metadata"])}
+        inits = dict(failed["metadata"].get("initializers") or {})
+        inits["result"] = failure_status(f"the API server rejected the injected deployment: {exc.message}")
+        failed["metadata"]["initializers"] = inits
+        try:
+            self.client.replace(path, failed)
+        except errors.Conflict:
+            metrics.WRITE_CONFLICTS.inc()
+            return None
+        return Decision(FAIL, inits["result"]["message"], failed, tuple(pending_names(current)))
+
+    def _record(self, decision: Decision, current: dict) -> None:
+        meta = current.get("metadata") or {}
+        outcome = _OUTCOME[decision.action]
+        metrics.DEPLOYMENTS.labels(outcome).inc()
+        created = _parse_ts(meta.get("creationTimestamp"))
+        if created is not None:
+            metrics.INIT_LATENCY.observe(max(0.0, time.time() - created))
+        log = self.log.warning if decision.action == FAIL else self.log.info
+        log("deployment_" + outcome, namespace=meta.get("namespace"), name=meta.get("name"),
+            uid=meta.get("uid"), outcome=outcome, reason=decision.reason,
+            pending_after=list(decision.pending_after))
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def _make_informer(self):
+        from controllerkit.informer import Informer
+        inf = Informer(self.client, resource_path(DEPLOYMENTS_GV, "deployments"),
+                       query={"includeUninitialized": "true"}, resync_period=self.resync_period)
+        inf.add_handler(self._on_add, self._on_update, self._on_delete)
+        return inf
+
+    def start(self) -> "Controller":
+        self.log.info("starting", initializer_name=self.initializer_name, annotation=self.annotation,
+                      configmap=self._cm_ref(), require_annotation=self.require_annotation,
+                      exclude_namespaces=sorted(self.exclude_namespaces), workers=self.workers)
+        t = threading.Thread(target=self._config_loop, name="initializer-config", daemon=True)
+        t.start()
+        self._threads.append(t)
+        self.informer = self._make_informer()
+        self.informer.start()
+        self._threads += run_workers(self.queue, self.sync, workers=self.workers, stop=self._stop,
+                                     logger=self.log)
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self.queue.shutdown()
+        if self.informer is not None:
+            self.informer.stop()
+        stream = self._cm_watch
+        if stream is not None:
+            stream.close()
+        for t in self._threads:
+            t.join(timeout)
+        self.log.info("stopped")

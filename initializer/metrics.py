@@ -1,0 +1,27 @@
+"""Prometheus metrics of the initializer (default registry, served on /metrics).
+
+Queue depth is the shared work queue's ``workqueue_depth{name="initializer"}``.
+"""
+from prometheus_client import Counter, Gauge, Histogram
+
+DEPLOYMENTS = Counter(
+    "tproxy_initializer_deployments_total",
+    "Deployments whose initialization we completed, by outcome "
+    "(initialized = injected, skipped = entry removed without injection, failed = result Status set)",
+    ["outcome"])
+WRITE_CONFLICTS = Counter(
+    "tproxy_initializer_write_conflicts_total",
+    "PUTs refused with 409 Conflict (stale resourceVersion); each one is re-read and redone")
+WRITE_ERRORS = Counter(
+    "tproxy_initializer_write_errors_total", "Failed writes other than conflicts, by reason", ["reason"])
+INIT_LATENCY = Histogram(
+    "tproxy_initializer_initialization_seconds",
+    "Time from a deployment's creationTimestamp (1 s resolution) to our completing write",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60))
+CONFIG_RELOADS = Counter(
+    "tproxy_initializer_config_reloads_total", "Injection configs loaded from the ConfigMap (changed content)")
+CONFIG_ERRORS = Counter(
+    "tproxy_initializer_config_errors_total",
+    "ConfigMap reads that could not be used, by reason (missing, malformed, forbidden, error)", ["reason"])
+CONFIG_LOADED = Gauge(
+    "tproxy_initializer_config_loaded", "1 when a valid injection config is loaded (else deployments wait)")
