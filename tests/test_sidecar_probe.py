@@ -1,0 +1,90 @@
+"""The sidecar proves interception before the app starts: exit 0 only when the proxy echoes our nonce."""
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from capture_topology import PROBE_ENV, REPO, CaptureNet
+from podwatch import rules
+from sidecar import verify
+
+START = os.path.join(REPO, "sidecar", "start.sh")
+PORT_OK, PORT_BAD, PORT_NOTHING = 18080, 18081, 18082
+
+
+def test_retries_until_ok_and_classifies_failures():
+    answers = iter([verify.Attempt(verify.NO_ANSWER, "x"), verify.Attempt(verify.REFUSED, "y"),
+                    verify.Attempt(verify.OK, "z")])
+    ok, _ = verify.verify(5, prober=lambda t: next(answers))
+    assert ok
+    ok, msg = verify.verify(0, node="n1", prober=lambda t: verify.Attempt(verify.NO_ANSWER, "timeout"))
+    assert not ok and "node redirect missing (is podwatch running on node n1?)" in msg
+    ok, msg = verify.verify(0, prober=lambda t: verify.Attempt(verify.WRONG_ANSWER, "HTTP 200"))
+    assert not ok and "something other than the tproxy proxy answered" in msg
+
+
+@pytest.fixture(scope="module")
+def net():
+    net = CaptureNet.create()
+    try:
+        for name in ("nothing", "good", "nononce", "refused"):
+            net.add_pod(name)
+        net.serve(net.node, "proxy", f"tcp:0.0.0.0:{PORT_OK}", mode="probe-ok")
+        net.serve(net.node, "impostor", f"tcp:0.0.0.0:{PORT_BAD}", mode="tag")
+        yield net
+    finally:
+        net.delete()
+
+
+def redirect(net, pod: str, port: int):
+    """Stand in for podwatch: one pod's tcp 80/443 to the node's ``port``."""
+    text = rules.render([rules.LockedPod(ip=net.pod_ips[pod][0], namespace="default", name=pod)], port)
+    nat = text["ipv4"]["nat"].replace(f":{rules.REDIRECT_CHAIN} - [0:0]", f":TEST-{pod[:8]} - [0:0]")
+    nat = nat.replace(rules.REDIRECT_CHAIN, f"TEST-{pod[:8]}")
+    rules.restore("ipv4", "nat", nat, rules.netns_runner(net.node.name))
+
+
+def run_sidecar(net, pod: str, timeout: int = 2):
+    env = {**PROBE_ENV, "NODE_NAME": "node-1", "ALLOW_DNS": "any", "TPROXY_VERIFY_TIMEOUT": str(timeout)}
+    return subprocess.run(net.pods[pod].exec_argv([START]), env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.root
+def test_fails_when_nothing_intercepts(net):
+    proc = run_sidecar(net, "nothing")
+    assert proc.returncode == 1
+    assert "node redirect missing (is podwatch running on node node-1?)" in proc.stderr
+
+
+@pytest.mark.root
+def test_succeeds_when_the_proxy_echoes_the_nonce(net):
+    redirect(net, "good", PORT_OK)
+    proc = run_sidecar(net, "good", timeout=10)
+    assert proc.returncode == 0, proc.stderr
+    assert '"event": "verified"' in proc.stderr
+
+
+@pytest.mark.root
+def test_an_answer_without_the_nonce_does_not_count(net):
+    redirect(net, "nononce", PORT_BAD)
+    proc = run_sidecar(net, "nononce")
+    assert proc.returncode == 1
+    assert "something other than the tproxy proxy answered" in proc.stderr
+    assert "no X-Tproxy-Probe header" in proc.stderr
+
+
+@pytest.mark.root
+def test_redirect_to_a_closed_port_is_named(net):
+    redirect(net, "refused", PORT_NOTHING)
+    proc = run_sidecar(net, "refused")
+    assert proc.returncode == 1
+    assert "something other than the tproxy proxy answered (connection refused" in proc.stderr
+
+
+@pytest.mark.root
+def test_verify_false_skips_the_proof(net):
+    env = {**PROBE_ENV, "ALLOW_DNS": "any", "TPROXY_VERIFY": "false"}
+    proc = subprocess.run(net.pods["nothing"].exec_argv([START]), env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "verify_skipped" in proc.stderr
