@@ -53,6 +53,8 @@ class FakeApiServer:
         self._collections: dict[str, _Collection] = {}
         self._routes: dict[tuple[str, str], list[tuple[int, object]]] = {}
         self.requests: list[tuple[str, str, dict]] = []
+        #: headers and raw body of every request, parallel to ``requests``
+        self.request_details: list[tuple[dict, bytes]] = []
         #: watches from a resourceVersion below this get 410 Gone
         self.compacted_rv = 0
         #: hold a quiet watch open at most this long (seconds) unless timeoutSeconds is shorter
@@ -170,9 +172,10 @@ class FakeApiServer:
                 u = urlsplit(self.path)
                 query = dict(parse_qsl(u.query, keep_blank_values=True))
                 length = int(self.headers.get("Content-Length") or 0)
-                if length:
-                    self.rfile.read(length)
-                fake.requests.append((self.command, u.path, query))
+                body = self.rfile.read(length) if length else b""
+                with fake._lock:
+                    fake.request_details.append((dict(self.headers.items()), body))
+                    fake.requests.append((self.command, u.path, query))
                 with fake._lock:
                     answers = fake._routes.get((self.command, u.path))
                     answer = (answers.pop(0) if len(answers) > 1 else answers[0]) if answers else None
@@ -253,7 +256,7 @@ class FakeApiServer:
             daemon_threads = True
 
         self._httpd = Server(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
         return self
 
     def stop(self) -> None:
