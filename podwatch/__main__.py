@@ -1,0 +1,143 @@
+"""tproxy-podwatch: per-node controller keeping the REDIRECT + FORWARD-guard rules of locked pods.
+
+Flags are compatible with the original Go binary (``-namespace``, ``-annotation``, ``-hostPort``,
+single dash, with or without ``=``), plus the new ones in double-dash style.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+
+DEFAULT_ANNOTATION = "initializer.kubernetes.io/tproxy"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tproxy-podwatch", allow_abbrev=False,
+        description="Watch the pods scheduled to this node and keep the node's iptables rules equal to "
+                    "the set of annotated pods: tcp 80/443 REDIRECTed to the proxy's host port, a FORWARD "
+                    "guard rejecting what escaped the redirect (IPv4 and IPv6, one iptables-restore per "
+                    "table), and the pod identity file for the proxy.")
+    p.add_argument("-namespace", "--namespace", default="",
+                   help="only pods of this namespace (default: all namespaces; the original watched one)")
+    p.add_argument("-annotation", "--annotation", default=DEFAULT_ANNOTATION,
+                   help="pod annotation that must be \"true\" (default: %(default)s)")
+    p.add_argument("-hostPort", "--hostPort", "--host-port", dest="host_port", type=int, default=8080,
+                   help="host port the proxy listens on; tcp 80/443 are redirected there (default: %(default)s)")
+    p.add_argument("--node-name", default=os.environ.get("NODE_NAME", ""),
+                   help="this node's name (default: $NODE_NAME)")
+    p.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: $KUBECONFIG, else in-cluster)")
+    p.add_argument("--metrics-port", type=int, default=9101,
+                   help="port for /metrics, /healthz, /readyz (0 = off; default: %(default)s)")
+    p.add_argument("--metrics-host", default="0.0.0.0", help="address for the metrics server")
+    p.add_argument("--identity-file", default="",
+                   help="write the pod identity map (podIP -> namespace/name/serviceAccount/labels) here "
+                        "for the proxy; empty = off")
+    p.add_argument("--min-sync-interval", type=float, default=0.1,
+                   help="seconds between two rule syncs; bursts of events coalesce (default: %(default)s)")
+    p.add_argument("--resync-period", type=float, default=30.0,
+                   help="full sync every N seconds, repairing drift (default: %(default)s)")
+    p.add_argument("--cleanup", action="store_true",
+                   help="remove every rule, chain and the identity file podwatch owns, then exit")
+    p.add_argument("--log-level", default="info", help="debug, info, warning, error (default: %(default)s)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from controllerkit.log import setup_logging
+    try:
+        log = setup_logging("podwatch", args.log_level)
+    except ValueError as e:
+        print(f"tproxy-podwatch: {e}", file=sys.stderr)
+        return 2
+    from . import identity, rules
+
+    if args.cleanup:
+        errors = rules.cleanup()
+        identity.IdentityFile(args.identity_file, args.node_name).remove()
+        for fam, err in errors.items():
+            log.error("cleanup_failed", family=fam, error=str(err), offending_lines=err.lines)
+        log.info("cleaned_up", ok=not errors)
+        return 1 if "ipv4" in errors else 0
+
+    problems = []
+    if not args.node_name:
+        problems.append("--node-name is required (or set $NODE_NAME, e.g. from the downward API spec.nodeName)")
+    if not 1 <= args.host_port <= 65535:
+        problems.append(f"-hostPort {args.host_port} is not a TCP port (1-65535)")
+    if args.min_sync_interval < 0 or args.resync_period <= 0:
+        problems.append("--min-sync-interval must be >= 0 and --resync-period > 0")
+    if problems:
+        for msg in problems:
+            log.error("bad_flags", message=msg)
+            print(f"tproxy-podwatch: {msg}", file=sys.stderr)
+        return 2
+
+    from controllerkit.informer import Informer
+    from controllerkit.kube import Client, ConfigError, resource_path
+    from controllerkit.serve import HealthServer
+
+    from .controller import PodWatch
+
+    try:
+        client = Client.from_config(args.kubeconfig)
+    except ConfigError as e:
+        log.error("no_cluster_config", message=str(e))
+        print(f"tproxy-podwatch: {e}", file=sys.stderr)
+        return 2
+
+    pw = PodWatch(node=args.node_name, annotation=args.annotation, host_port=args.host_port,
+                  namespace=args.namespace, identity_file=args.identity_file,
+                  min_sync_interval=args.min_sync_interval, resync_period=args.resync_period, logger=log)
+    informer = Informer(client, resource_path("v1", "pods", args.namespace or None),
+                        query={"fieldSelector": f"spec.nodeName={args.node_name}"}, resync_period=0,
+                        name="pods")
+    pw.attach(informer)
+
+    health = None
+    if args.metrics_port:
+        try:
+            health = HealthServer(args.metrics_port, host=args.metrics_host, ready=pw.ready).start()
+        except OSError as e:
+            log.error("metrics_port_unavailable", port=args.metrics_port, error=str(e))
+            return 2
+
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        log.info("stopping", signal=signal.Signals(signum).name, rules="left in place")
+        stop.set()
+        pw.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    log.info("starting", node=args.node_name, namespace=args.namespace or "(all)", annotation=args.annotation,
+             host_port=args.host_port, identity_file=args.identity_file or None,
+             metrics_port=health.port if health else None)
+    informer.start()
+    # Nothing is applied before the first full list: a partial view would drop live pods' rules.
+    while not informer.wait_for_sync(1.0):
+        if stop.is_set():
+            informer.stop()
+            return 0
+        log.info("waiting_for_pod_list")
+    worker = threading.Thread(target=pw.run, name="podwatch-sync", daemon=True)
+    worker.start()
+    while not stop.wait(1.0):
+        pass
+    pw.stop()
+    worker.join(10)
+    informer.stop()
+    if health:
+        health.stop()
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

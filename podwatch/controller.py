@@ -1,0 +1,161 @@
+"""The podwatch controller: keep the node's capture rules equal to the locked pods on this node.
+
+Level-triggered, whole-state (kube-proxy's shape, not the original's per-pod handlers): an
+informer watches the pods of this node (``fieldSelector=spec.nodeName=NODE``); every event only
+marks the state dirty; one sync loop renders the complete desired rule set and applies it with one
+``iptables-restore --noflush`` per table and family (:mod:`podwatch.rules`). Bursts are coalesced
+(at most one sync per ``min_sync_interval``), a periodic full sync (``resync_period``) repairs drift
+such as a deleted jump or a hand-flushed chain, and a failed sync is retried with backoff.
+
+A per-key work queue adds nothing here: the unit of work is the whole node, so the "queue" is a
+single dirty flag.
+
+No window on restart: nothing is applied before the informer's first list completes, so the first
+sync already contains every live locked pod; it replaces the chains' contents in one transaction,
+dropping rules of pods deleted while podwatch was down. Shutdown leaves the rules in place.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from . import identity, rules
+
+RULES = Gauge("tproxy_podwatch_rules_programmed", "Rules in podwatch's chains after the last successful sync",
+              ["family"])
+PODS = Gauge("tproxy_podwatch_locked_pods", "Locked pod IPs on this node in the desired state", ["family"])
+SYNC_SECONDS = Histogram("tproxy_podwatch_sync_duration_seconds", "Duration of one full rule sync",
+                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+SYNC_FAILURES = Counter("tproxy_podwatch_sync_failures_total", "Rule syncs that failed", ["family"])
+LATENCY = Histogram("tproxy_podwatch_programming_latency_seconds",
+                    "From a locked pod IP first seen to its rules applied",
+                    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+IDENTITY_WRITES = Counter("tproxy_podwatch_identity_writes_total", "Identity file rewrites")
+
+
+class PodWatch:
+    def __init__(self, *, node: str, annotation: str, host_port: int, namespace: str = "",
+                 identity_file: str = "", runner: rules.Runner | None = None,
+                 min_sync_interval: float = 0.1, resync_period: float = 30.0, logger=None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.node, self.annotation, self.host_port = node, annotation, host_port
+        self.namespace = namespace
+        self.identity = identity.IdentityFile(identity_file, node)
+        self.runner = runner
+        self.min_sync_interval, self.resync_period = min_sync_interval, resync_period
+        self.log = logger
+        self.clock = clock
+        self.informer = None
+        self._dirty = threading.Event()
+        self._stop = threading.Event()
+        self._first_seen: dict[tuple[str, str], float] = {}   # (ip, ns/name) -> first seen
+        self._programmed: set[tuple[str, str]] = set()
+        self.synced_once = threading.Event()
+        self.last_error: str = ""
+
+    # -- events ---------------------------------------------------------------------------------
+    def _note(self, pod: dict) -> None:
+        now = self.clock()
+        for p in rules.locked_pods([pod], self.annotation, namespace=self.namespace or None):
+            self._first_seen.setdefault((p.ip, p.key), now)
+        self._dirty.set()
+
+    def on_add(self, pod: dict) -> None:
+        self._note(pod)
+
+    def on_update(self, old: dict, new: dict) -> None:
+        self._note(new)
+
+    def on_delete(self, pod: dict) -> None:
+        self._dirty.set()
+
+    def attach(self, informer) -> None:
+        self.informer = informer
+        informer.add_handler(self.on_add, self.on_update, self.on_delete)
+
+    # -- sync -----------------------------------------------------------------------------------
+    def desired(self) -> list[rules.LockedPod]:
+        pods = self.informer.store.list() if self.informer is not None else []
+        return rules.locked_pods(pods, self.annotation, namespace=self.namespace or None)
+
+    def sync_once(self) -> bool:
+        """One full sync. Returns True when every needed family applied."""
+        pods = self.desired()
+        now = self.clock()
+        for p in pods:
+            self._first_seen.setdefault((p.ip, p.key), now)
+        try:
+            if self.identity.update(pods):
+                IDENTITY_WRITES.inc()
+                self.log.info("identity_written", path=self.identity.path, pods=len(pods))
+        except OSError as e:
+            self.log.error("identity_write_failed", path=self.identity.path, error=str(e))
+        start = time.perf_counter()
+        result = rules.sync(pods, self.host_port, self.runner)
+        duration = time.perf_counter() - start
+        SYNC_SECONDS.observe(duration)
+        families_needed = {p.family for p in pods}
+        ok = True
+        done = self.clock()
+        for fam in rules.FAMILIES:
+            PODS.labels(fam).set(sum(1 for p in pods if p.family == fam))
+            err = result.failed.get(fam)
+            if err is None:
+                RULES.labels(fam).set(result.rules.get(fam, 0))
+                for p in pods:
+                    k = (p.ip, p.key)
+                    if p.family == fam and k not in self._programmed:
+                        LATENCY.observe(max(0.0, done - self._first_seen.get(k, done)))
+                        self._programmed.add(k)
+                continue
+            needed = fam in families_needed
+            level = "error" if needed else "warning"
+            getattr(self.log, level)("sync_failed", family=fam, table=err.table, error=str(err),
+                                     offending_lines=err.lines, pods_in_family=needed)
+            if needed or fam == "ipv4":
+                SYNC_FAILURES.labels(fam).inc()
+                ok = False
+                self.last_error = f"{fam}: {err}"
+        live = {(p.ip, p.key) for p in pods}
+        self._programmed &= live
+        self._first_seen = {k: v for k, v in self._first_seen.items() if k in live}
+        self.log.info("synced", ok=ok, pods=len(pods), rules=result.rules,
+                      duration_ms=round(duration * 1000, 2))
+        if ok:
+            self.last_error = ""
+            self.synced_once.set()
+        return ok
+
+    def run(self) -> None:
+        """Sync loop (call after the informer has synced). Returns when :meth:`stop` is called."""
+        backoff = 0.0
+        last = -1e9
+        self._dirty.set()
+        while not self._stop.is_set():
+            wait = self.resync_period if backoff == 0 else backoff
+            self._dirty.wait(timeout=max(0.0, last + wait - self.clock()))
+            if self._stop.is_set():
+                break
+            gap = last + self.min_sync_interval - self.clock()
+            if gap > 0 and self._stop.wait(gap):
+                break
+            self._dirty.clear()
+            last = self.clock()
+            try:
+                ok = self.sync_once()
+            except Exception as e:  # noqa: BLE001 - a bug must not stop the node's repairs
+                self.log.exception("sync_crashed", error=str(e))
+                ok = False
+            backoff = 0.0 if ok else min(max(backoff * 2, 0.5), 10.0)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._dirty.set()
+
+    def ready(self):
+        if not self.synced_once.is_set():
+            return False, self.last_error or "waiting for the first successful rule sync"
+        return True, "ok"
