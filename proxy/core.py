@@ -1,0 +1,497 @@
+"""The teapot-blocking addon: policy decisions, no-bypass enforcement, audit, metrics, hot reload.
+
+Loaded by mitmdump through ``proxy/addon.py``. The invariant it keeps is *the proxy dials what
+policy allowed, never what the client pointed at*:
+
+1. ``request`` decides on the request's Host (HTTP/1 ``Host`` / HTTP/2 ``:authority``), after checking
+   that an HTTPS request's SNI names the same host. If allowed, it resolves that host itself,
+   checks every resolved address against ``deny_ranges``, rewrites ``flow.request.host`` to the
+   policy host's *name* (so the client-chosen destination IP is never used) and records an
+   *approval* (client connection, host, port) → pinned address.
+2. ``server_connect`` is the choke point for every upstream connection mitmproxy tries to open
+   (HTTP, raw TCP, anything): a connection without an approval gets ``server.error`` and is never
+   opened; an approved one is pinned to the address that was checked (no DNS rebinding between
+   the check and the connect). With ``connection_strategy=lazy`` nothing is dialled before the
+   request hook has run.
+
+Everything else (raw TCP on the intercepted ports, CONNECT in transparent mode, TLS without SNI)
+therefore fails closed by construction; the hooks for them only add audit lines and metrics.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from typing import Awaitable, Callable, Optional
+
+import structlog
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.proxy import mode_specs
+
+from proxy.identity import IdentityMap, canonical_ip
+from proxy.metrics import Metrics
+from proxy.policy import Policy, PolicyError, is_ip_literal, normalize_host
+from sidecar.probe import ANSWER_HEADER, NONCE_HEADER, PROBE_ADDRESS, PROBE_HOST, PROBE_PATH, PROBE_PORT
+
+BLOCK_STATUS = 418
+BLOCK_BODY = b"Access Denied by Administrator"
+BLOCK_HEADERS = {"Content-Type": "text/html"}
+POLICY_POLL_SECONDS = 0.5
+DEFAULT_STREAM_LARGE_BODIES = "1m"
+
+log = structlog.get_logger().bind(component="proxy")
+
+Resolver = Callable[[str, int], Awaitable[list]]
+
+
+async def system_resolve(host: str, port: int) -> list[str]:
+    """All addresses of ``host`` (TCP), in the resolver's order, through the event loop (non-blocking)."""
+    if is_ip_literal(host):
+        return [host.strip("[]")]
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    seen: list[str] = []
+    for *_, sockaddr in infos:
+        if sockaddr[0] not in seen:
+            seen.append(sockaddr[0])
+    return seen
+
+
+def split_host_port(authority: str) -> tuple[str, Optional[int]]:
+    """``"a.example:8080"`` → ``("a.example", 8080)``; ``"[2001:db8::1]:443"``; bare IPv6 kept whole."""
+    a = authority.strip()
+    if a.startswith("["):
+        host, _, rest = a[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif a.count(":") == 1:
+        host, port = a.split(":")
+    else:
+        host, port = a, ""
+    if port and not port.isdigit():
+        raise ValueError(f"bad port in {authority!r}")
+    return host, (int(port) if port else None)
+
+
+@dataclasses.dataclass
+class Verdict:
+    """What the addon decided about one request (becomes one audit line)."""
+    decision: str                       # allow | block | report
+    reason: str                         # rule | no-matching-rule | sni-host-mismatch | ...
+    host: str = ""
+    port: int = 0
+    rule: object = None
+    upstream: str = ""
+
+
+class AuditLog:
+    """One JSON object per line, to stdout (``-``) or appended to a file; thread-safe."""
+
+    def __init__(self, target: str):
+        self.target = target
+        self._lock = threading.Lock()
+        if target == "-":
+            self._file = None
+        else:
+            try:
+                self._file = open(target, "a", encoding="utf-8", buffering=1)
+            except OSError as e:
+                raise exceptions.OptionsError(f"tproxy_audit: cannot open {target!r}: {e.strerror or e}") from None
+
+    def write(self, record: dict) -> None:
+        line = json.dumps(record, default=str, separators=(",", ":")) + "\n"
+        with self._lock:
+            f = self._file or sys.stdout
+            f.write(line)
+            f.flush()
+
+    def close(self) -> None:
+        if self._file:
+            self._file.close()
+
+
+class TproxyAddon:
+    """The mitmproxy addon. ``resolver`` is injectable for unit tests (default: the system resolver)."""
+
+    def __init__(self, resolver: Resolver = system_resolve):
+        self.resolve = resolver
+        self.metrics = Metrics()
+        self.policy: Policy = Policy.builtin()
+        self.metrics.set_policy(self.policy)
+        self.identity = IdentityMap("")
+        self.audit = AuditLog("-")
+        self.health = None
+        self.hostname = socket.gethostname()
+        self.node = os.environ.get("NODE_NAME", "")
+        # client connection id -> {(host, port): pinned address}
+        self._approved: dict[str, dict[tuple[str, int], str]] = {}
+        self._watch_stop = threading.Event()
+        self._watch_thread: threading.Thread | None = None
+        self._policy_sig = None
+
+    # -- options ---------------------------------------------------------------------------------
+    def load(self, loader):
+        loader.add_option("tproxy_policy", str, "",
+                          "Policy YAML file (watched, hot-reloaded). Empty: the tutorial's built-in policy "
+                          "(only https://storage.googleapis.com/solutions-public-assets/).")
+        loader.add_option("tproxy_identity", str, "",
+                          "Pod identity JSON written by podwatch (client IP -> namespace/name/serviceAccount).")
+        loader.add_option("tproxy_metrics_port", int, 0, "Port for /metrics, /healthz, /readyz (0 = off).")
+        loader.add_option("tproxy_metrics_host", str, "0.0.0.0", "Address for the metrics server.")
+        loader.add_option("tproxy_audit", str, "-", "Audit log: a file to append JSON lines to, or '-' for stdout.")
+        loader.add_option("tproxy_log_level", str, "info", "Log level of tproxy's own JSON log lines (stderr).")
+        # Safety defaults: nothing is dialled before the request hook; large bodies are streamed.
+        opts = loader.master.options
+        if opts.connection_strategy != "lazy":
+            opts.update(connection_strategy="lazy")
+        if not opts.stream_large_bodies:
+            opts.update(stream_large_bodies=DEFAULT_STREAM_LARGE_BODIES)
+
+    def configure(self, updated):
+        o = ctx.options
+        if "tproxy_log_level" in updated and o.tproxy_log_level.lower() not in (
+                "debug", "info", "warning", "warn", "error", "critical"):
+            raise exceptions.OptionsError(
+                f"tproxy_log_level: {o.tproxy_log_level!r} is not one of debug, info, warning, error")
+        if "tproxy_policy" in updated:
+            try:
+                policy = Policy.load(o.tproxy_policy) if o.tproxy_policy else Policy.builtin()
+            except PolicyError as e:
+                self.metrics.policy_reloads.labels("error").inc()
+                log.error("policy_rejected", path=o.tproxy_policy, error=str(e), kept=self.policy.source)
+                raise exceptions.OptionsError(f"tproxy_policy: {e}") from None
+            self._install_policy(policy)
+            self._policy_sig = self._stat(o.tproxy_policy) if o.tproxy_policy else None
+        if "tproxy_identity" in updated:
+            self.identity = IdentityMap(o.tproxy_identity, on_error=self._identity_error)
+        if "tproxy_audit" in updated:
+            if not o.tproxy_audit:
+                raise exceptions.OptionsError("tproxy_audit: empty; use '-' for stdout or a file path")
+            old, self.audit = self.audit, AuditLog(o.tproxy_audit)
+            old.close()
+        if "tproxy_metrics_port" in updated or "tproxy_metrics_host" in updated:
+            port = o.tproxy_metrics_port
+            if not 0 <= port <= 65535:
+                raise exceptions.OptionsError(f"tproxy_metrics_port: {port} is not a TCP port (0-65535, 0 = off)")
+            self._restart_health(o.tproxy_metrics_host, port)
+        if "connection_strategy" in updated and o.connection_strategy != "lazy":
+            log.warning("connection_strategy_not_lazy", value=o.connection_strategy,
+                        effect="every connection is refused until a request was allowed (fail closed)")
+
+    def running(self):
+        try:
+            from controllerkit.log import setup_logging
+            setup_logging("proxy", ctx.options.tproxy_log_level)
+        except ImportError:  # pragma: no cover - controllerkit is part of the image
+            pass
+        self.start_watcher()
+        log.info("proxy_ready", policy=self.policy.source, mode=self.policy.mode, rules=len(self.policy.rules),
+                 identity=ctx.options.tproxy_identity or None, metrics_port=ctx.options.tproxy_metrics_port)
+
+    def done(self):
+        self._watch_stop.set()
+        if self.health:
+            self.health.stop()
+            self.health = None
+        self.audit.close()
+
+    # -- policy reload ---------------------------------------------------------------------------
+    def _install_policy(self, policy: Policy) -> None:
+        self.policy = policy
+        self.metrics.policy_reloads.labels("success").inc()
+        self.metrics.set_policy(policy)
+        log.info("policy_loaded", path=policy.source, mode=policy.mode, rules=len(policy.rules))
+
+    @staticmethod
+    def _stat(path: str):
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def check_policy_file(self) -> bool:
+        """Reload the policy file if it changed; keep the last good policy if it is invalid.
+
+        Returns True when a new policy was installed. Called by the watcher thread every
+        ``POLICY_POLL_SECONDS``; tests call it directly.
+        """
+        path = ctx.options.tproxy_policy if ctx else ""
+        if not path:
+            return False
+        sig = self._stat(path)
+        if sig == self._policy_sig:
+            return False
+        self._policy_sig = sig  # judge each version of the file once
+        try:
+            policy = Policy.load(path)
+        except PolicyError as e:
+            self.metrics.policy_reloads.labels("error").inc()
+            log.error("policy_rejected", path=path, error=str(e), kept=self.policy.source,
+                      kept_rules=len(self.policy.rules))
+            return False
+        self._install_policy(policy)
+        return True
+
+    def start_watcher(self) -> None:
+        if self._watch_thread and self._watch_thread.is_alive():
+            return
+        self._watch_stop.clear()
+
+        def loop():
+            while not self._watch_stop.wait(POLICY_POLL_SECONDS):
+                try:
+                    self.check_policy_file()
+                except Exception as e:  # noqa: BLE001 - the watcher must survive anything
+                    log.error("policy_watch_failed", error=repr(e))
+
+        self._watch_thread = threading.Thread(target=loop, name="tproxy-policy-watch", daemon=True)
+        self._watch_thread.start()
+
+    def _identity_error(self, msg: str) -> None:
+        self.metrics.identity_errors.inc()
+        log.error("identity_unreadable", error=msg)
+
+    def _restart_health(self, host: str, port: int) -> None:
+        if self.health:
+            self.health.stop()
+            self.health = None
+        if port:
+            from controllerkit.serve import HealthServer
+            try:
+                self.health = HealthServer(port, host=host, ready=lambda: True, registry=self.metrics.registry)
+                self.health.start()
+            except OSError as e:
+                self.health = None
+                raise exceptions.OptionsError(f"tproxy_metrics_port: cannot listen on {host}:{port}: {e}") from None
+
+    # -- helpers ---------------------------------------------------------------------------------
+    @staticmethod
+    def _regular_mode(flow) -> bool:
+        return isinstance(flow.client_conn.proxy_mode, mode_specs.RegularMode)
+
+    def _is_probe(self, flow: http.HTTPFlow) -> bool:
+        if flow.request.path.split("?", 1)[0] != PROBE_PATH:
+            return False
+        dest = flow.server_conn.address
+        if dest and canonical_ip(str(dest[0])) == PROBE_ADDRESS and dest[1] == PROBE_PORT:
+            return True
+        try:
+            host, _ = split_host_port(flow.request.host_header or flow.request.host or "")
+        except ValueError:
+            return False
+        return host.lower().rstrip(".") == PROBE_HOST
+
+    def _answer_probe(self, flow: http.HTTPFlow) -> None:
+        nonce = flow.request.headers.get(NONCE_HEADER, "")
+        self.metrics.probes.inc()
+        if not nonce:
+            flow.response = http.Response.make(400, f"missing {NONCE_HEADER}\n".encode(),
+                                               {"Content-Type": "text/plain"})
+            return
+        body = f"tproxy proxy on {self.node or self.hostname}\n".encode()
+        flow.response = http.Response.make(200, body, {"Content-Type": "text/plain", ANSWER_HEADER: nonce})
+
+    def _approve(self, flow, host: str, port: int, address: str) -> None:
+        self._approved.setdefault(flow.client_conn.id, {})[(host, port)] = address
+
+    def _block_response(self, flow, reason: str) -> None:
+        flow.response = http.Response.make(BLOCK_STATUS, BLOCK_BODY, {**BLOCK_HEADERS, "X-Tproxy-Reason": reason})
+
+    def _base_record(self, flow) -> dict:
+        client_ip = canonical_ip(str(flow.client_conn.peername[0])) if flow.client_conn.peername else ""
+        pod = self.identity.lookup(client_ip) if client_ip else {"namespace": "", "name": "", "serviceAccount": ""}
+        return {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z",
+                "event": "decision", "client_ip": client_ip, "pod_namespace": pod["namespace"],
+                "pod_name": pod["name"], "pod_service_account": pod["serviceAccount"],
+                "node": self.identity.node or self.node}
+
+    def _audit(self, flow, v: Verdict, *, status: int | None, nbytes: int | None, error: str | None = None):
+        rec = self._base_record(flow)
+        req = flow.request
+        rec.update({
+            "proxy_mode": "regular" if self._regular_mode(flow) else "transparent",
+            "policy_mode": self.policy.mode,
+            "method": req.method, "scheme": req.scheme, "host": v.host or req.pretty_host, "port": v.port or req.port,
+            "path": req.path, "sni": flow.client_conn.sni, "decision": v.decision, "reason": v.reason,
+            "rule": v.rule.label if v.rule is not None else None,
+            "rule_index": v.rule.index if v.rule is not None else None,
+            "upstream": v.upstream or None, "status": status, "bytes": nbytes,
+        })
+        if error:
+            rec["error"] = error
+        self.audit.write(rec)
+
+    # -- the decision ----------------------------------------------------------------------------
+    def evaluate(self, flow: http.HTTPFlow, namespace: str | None = None) -> Verdict:
+        """Policy decision for a request, without side effects (no DNS, no flow changes)."""
+        req = flow.request
+        regular = self._regular_mode(flow)
+        authority = req.host_header or (req.host if regular else "")
+        if not authority:
+            return Verdict("block", "missing-host")
+        try:
+            raw_host, hdr_port = split_host_port(authority)
+            host = normalize_host(raw_host)
+        except Exception:  # noqa: BLE001 - idna raises several types; any is "invalid"
+            return Verdict("block", "invalid-host", host=authority)
+        if regular:
+            port = req.port
+        else:
+            dest = flow.server_conn.address
+            port = dest[1] if dest else (443 if req.scheme == "https" else 80)
+        v = Verdict("allow", "rule", host=host, port=port)
+        if req.scheme == "https" and flow.client_conn.tls:
+            sni = flow.client_conn.sni
+            if not sni:
+                if not is_ip_literal(host):
+                    return dataclasses.replace(v, decision="block", reason="tls-without-sni")
+            else:
+                try:
+                    sni_norm = normalize_host(sni)
+                except Exception:  # noqa: BLE001
+                    sni_norm = None
+                if sni_norm != host:
+                    return dataclasses.replace(v, decision="block", reason="sni-host-mismatch")
+        if self.policy.mode == "open":
+            return dataclasses.replace(v, reason="open-mode")
+        d = self.policy.decide(host, method=req.method, scheme=req.scheme, path=req.path, namespace=namespace)
+        if d.allowed:
+            return dataclasses.replace(v, rule=d.rule)
+        reason = "ip-literal" if is_ip_literal(host) else d.reason
+        return dataclasses.replace(v, decision="block", reason=reason)
+
+    def _finalize(self, v: Verdict) -> Verdict:
+        """Report mode turns a would-be block into 'report' (allowed, logged)."""
+        if v.decision == "block" and self.policy.mode == "report" and v.reason not in ("missing-host",
+                                                                                      "invalid-host"):
+            return dataclasses.replace(v, decision="report")
+        return v
+
+    # -- hooks -----------------------------------------------------------------------------------
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error:
+            return
+        if self._is_probe(flow):
+            self._answer_probe(flow)
+            return
+        t0 = time.perf_counter()
+        client_ip = canonical_ip(str(flow.client_conn.peername[0])) if flow.client_conn.peername else ""
+        namespace = self.identity.lookup(client_ip)["namespace"] if client_ip else ""
+        v = self._finalize(self.evaluate(flow, namespace or None))
+        self.metrics.decision_seconds.observe(time.perf_counter() - t0)
+        if v.decision == "block":
+            return self._deny(flow, v)
+        try:
+            addresses = await self.resolve(v.host, v.port)
+        except (OSError, UnicodeError) as e:
+            self.metrics.requests.labels(v.decision, self.metrics.host_label(v.rule)).inc()
+            flow.response = http.Response.make(502, f"tproxy: cannot resolve {v.host}: {e}\n".encode(),
+                                               {"Content-Type": "text/plain"})
+            self._audit(flow, v, status=502, nbytes=None, error=f"dns: {e}")
+            return
+        denied = [a for a in addresses if self.policy.address_denied(a)]
+        if not addresses or denied:
+            blocked = dataclasses.replace(v, decision="block", reason="denied-range",
+                                          upstream=",".join(denied or addresses))
+            if self.policy.mode == "enforce":
+                return self._deny(flow, blocked)
+            v = dataclasses.replace(blocked, decision="report" if self.policy.mode == "report" else "allow",
+                                    reason="denied-range" if self.policy.mode == "report" else v.reason)
+        pinned = addresses[0]
+        v = dataclasses.replace(v, upstream=pinned)
+        # Dial the policy host by name (mitmproxy keeps it as SNI and for certificate verification);
+        # server_connect pins the connection to the address checked above.
+        flow.request.host = v.host
+        flow.request.port = v.port
+        self._approve(flow, v.host, v.port, pinned)
+        self.metrics.requests.labels(v.decision, self.metrics.host_label(v.rule)).inc()
+        flow.metadata["tproxy"] = v
+
+    def _deny(self, flow, v: Verdict) -> None:
+        self.metrics.requests.labels("block", "blocked").inc()
+        self._block_response(flow, v.reason)
+        self._audit(flow, v, status=BLOCK_STATUS, nbytes=len(BLOCK_BODY))
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        """Regular (standard) mode: CONNECT host:443 is fine when policy has an HTTPS rule for host.
+
+        The tunnelled requests are decided one by one in ``request``; here we only refuse tunnels to
+        hosts that no rule could allow, so a blocked client gets 418 instead of a TLS error.
+        """
+        if flow.response:
+            return
+        try:
+            host = normalize_host(flow.request.host)
+        except Exception:  # noqa: BLE001
+            host = ""
+        port = flow.request.port
+        ok = self.policy.mode in ("open", "report") or any(
+            ((not r.schemes or "https" in r.schemes) and port == 443) or "CONNECT" in r.methods
+            for r in self.policy.candidates(host)) if host else False
+        if not ok:
+            v = Verdict("block", "connect-not-allowed", host=host or flow.request.host, port=port)
+            self._deny(flow, v)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """Count the bytes of streamed bodies (mitmproxy keeps no copy of them)."""
+        if "tproxy" in flow.metadata and flow.response.stream is True:
+            counter = {"n": 0}
+            flow.metadata["tproxy_bytes"] = counter
+
+            def count(chunk: bytes) -> bytes:
+                counter["n"] += len(chunk)
+                return chunk
+
+            flow.response.stream = count
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        v = flow.metadata.pop("tproxy", None)
+        if v is None:
+            return
+        counted = flow.metadata.get("tproxy_bytes")
+        nbytes = counted["n"] if counted else len(flow.response.raw_content or b"")
+        self._audit(flow, v, status=flow.response.status_code, nbytes=nbytes)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        v = flow.metadata.pop("tproxy", None)
+        if v is None:
+            return
+        self._audit(flow, v, status=None, nbytes=None, error=flow.error.msg if flow.error else "error")
+
+    def server_connect(self, data) -> None:
+        """The choke point: only approved (client, host, port) may be dialled, at the checked address."""
+        address = data.server.address
+        if not address:
+            data.server.error = "tproxy: no destination"
+            return
+        try:
+            host = normalize_host(str(address[0]))
+        except Exception:  # noqa: BLE001
+            host = str(address[0])
+        pinned = self._approved.get(data.client.id, {}).get((host, address[1]))
+        if pinned is None:
+            self.metrics.blocked_connections.labels("not-approved").inc()
+            log.warning("upstream_connection_refused", client=str(data.client.peername),
+                        destination=f"{address[0]}:{address[1]}", reason="not allowed by a request decision")
+            data.server.error = "tproxy: connection not allowed by policy"
+            return
+        data.server.address = (pinned, address[1])
+
+    def tcp_start(self, flow) -> None:
+        """Non-HTTP bytes on an intercepted port: audit and count; server_connect refuses the dial."""
+        self.metrics.blocked_connections.labels("raw-tcp").inc()
+        rec = self._base_record(flow)
+        dest = flow.server_conn.address
+        rec.update({"proxy_mode": "regular" if self._regular_mode(flow) else "transparent",
+                    "policy_mode": self.policy.mode, "method": None, "scheme": "tcp",
+                    "host": str(dest[0]) if dest else None, "port": dest[1] if dest else None, "path": None,
+                    "sni": flow.client_conn.sni, "decision": "block", "reason": "raw-tcp", "rule": None,
+                    "rule_index": None, "upstream": None, "status": None, "bytes": 0})
+        self.audit.write(rec)
+
+    def client_disconnected(self, client) -> None:
+        self._approved.pop(client.id, None)
