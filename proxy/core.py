@@ -144,10 +144,12 @@ class TproxyAddon:
         loader.add_option("tproxy_audit", str, "-", "Audit log: a file to append JSON lines to, or '-' for stdout.")
         loader.add_option("tproxy_log_level", str, "info", "Log level of tproxy's own JSON log lines (stderr).")
         # Safety defaults: nothing is dialled before the request hook; large bodies are streamed.
+        # (The options belong to mitmproxy's proxyserver addon, absent in bare test contexts.)
         opts = loader.master.options
-        if opts.connection_strategy != "lazy":
+        known = set(opts.keys())
+        if "connection_strategy" in known and opts.connection_strategy != "lazy":
             opts.update(connection_strategy="lazy")
-        if not opts.stream_large_bodies:
+        if "stream_large_bodies" in known and not opts.stream_large_bodies:
             opts.update(stream_large_bodies=DEFAULT_STREAM_LARGE_BODIES)
 
     def configure(self, updated):

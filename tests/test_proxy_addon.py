@@ -1,0 +1,505 @@
+"""proxy.core.TproxyAddon with mitmproxy.test.taddons/tflow: one behaviour per test."""
+import asyncio
+import json
+import os
+import time
+
+import pytest
+from mitmproxy import connection, exceptions
+from mitmproxy.proxy.mode_specs import ProxyMode
+from mitmproxy.proxy.server_hooks import ServerConnectionHookData
+from mitmproxy.test import taddons, tflow, tutils
+
+from proxy import core
+from proxy.core import BLOCK_BODY, TproxyAddon
+from sidecar import probe
+
+DNS = {
+    "storage.googleapis.com": ["203.0.113.20"],
+    "www.google.com": ["203.0.113.10"],
+    "a.example": ["203.0.113.30"],
+    "b.a.example": ["203.0.113.31"],
+    "private.example": ["10.1.2.3"],
+    "mixed.example": ["203.0.113.40", "192.168.0.4"],
+    "metadata.google.internal": ["169.254.169.254"],
+}
+
+
+async def fake_resolve(host, port):
+    if host in DNS:
+        return list(DNS[host])
+    if host[0].isdigit() or ":" in host:
+        return [host]
+    raise OSError(f"unknown host {host}")
+
+
+@pytest.fixture
+def audit_file(tmp_path):
+    return tmp_path / "audit.jsonl"
+
+
+@pytest.fixture
+def addon(audit_file):
+    a = TproxyAddon(resolver=fake_resolve)
+    with taddons.context(a) as tctx:
+        tctx.configure(a, tproxy_audit=str(audit_file))
+        a.tctx = tctx
+        yield a
+        a.done()
+
+
+def write_policy(tmp_path, text, name="policy.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+def audit_lines(audit_file):
+    if not audit_file.exists():
+        return []
+    return [json.loads(line) for line in audit_file.read_text().splitlines() if line.strip()]
+
+
+def make_flow(host="storage.googleapis.com", path="/solutions-public-assets/a.txt", *, scheme="https",
+              sni="same", method="GET", dest=("203.0.113.99", None), mode="transparent", client_ip="10.0.0.5",
+              host_header=True):
+    req = tutils.treq(host=host, port=443 if scheme == "https" else 80, scheme=scheme, method=method.encode(),
+                      path=path.encode())
+    if host_header:
+        req.headers["Host"] = host
+    else:
+        req.headers.pop("Host", None)
+    cc = tflow.tclient_conn()
+    cc.proxy_mode = ProxyMode.parse(mode)
+    cc.peername = (client_ip, 40000)
+    cc.tls = scheme == "https"
+    cc.sni = (host.split(":")[0] if sni == "same" else sni) if scheme == "https" else None
+    sc = tflow.tserver_conn()
+    sc.address = (dest[0], dest[1] or (443 if scheme == "https" else 80))
+    return tflow.tflow(client_conn=cc, server_conn=sc, req=req)
+
+
+def run(addon, flow):
+    asyncio.run(addon.request(flow))
+    if flow.response is not None and flow.response.status_code != 418:
+        addon.response(flow)
+    return flow
+
+
+def server_connect(addon, flow, host=None, port=None):
+    srv = connection.Server(address=(host or flow.request.host, port or flow.request.port))
+    data = ServerConnectionHookData(server=srv, client=flow.client_conn)
+    addon.server_connect(data)
+    return srv
+
+
+# -- defaults: the tutorial policy --------------------------------------------------------------
+def test_builtin_policy_allows_solutions_assets(addon):
+    f = run(addon, make_flow())
+    assert f.response is None
+    assert f.request.host == "storage.googleapis.com"
+
+
+def test_builtin_policy_blocks_other_hosts_with_teapot(addon):
+    f = run(addon, make_flow("www.google.com", "/"))
+    assert f.response.status_code == 418
+    assert f.response.content == BLOCK_BODY == b"Access Denied by Administrator"
+    assert f.response.headers["Content-Type"] == "text/html"
+
+
+def test_blocked_request_is_not_approved_for_any_upstream(addon):
+    f = run(addon, make_flow("www.google.com", "/"))
+    srv = server_connect(addon, f, "www.google.com", 443)
+    assert srv.error and "not allowed" in srv.error
+
+
+# -- no bypass -------------------------------------------------------------------------------------
+def test_allowed_request_dials_the_policy_host_not_the_client_destination(addon):
+    f = run(addon, make_flow(dest=("198.51.100.66", 443)))
+    assert f.request.host == "storage.googleapis.com" and f.request.port == 443
+    srv = server_connect(addon, f)
+    assert srv.error is None
+    assert srv.address == ("203.0.113.20", 443)  # pinned to the address that was checked
+
+
+def test_unapproved_connection_to_original_destination_is_refused(addon):
+    f = run(addon, make_flow(dest=("198.51.100.66", 443)))
+    srv = server_connect(addon, f, "198.51.100.66", 443)
+    assert srv.error
+
+
+def test_approval_is_per_client_connection(addon):
+    f = run(addon, make_flow())
+    other = make_flow()
+    srv = server_connect(addon, other, "storage.googleapis.com", 443)
+    assert srv.error
+
+
+def test_client_disconnect_forgets_approvals(addon):
+    f = run(addon, make_flow())
+    addon.client_disconnected(f.client_conn)
+    assert server_connect(addon, f).error
+
+
+def test_sni_different_from_host_is_blocked(addon):
+    f = run(addon, make_flow(sni="www.google.com"))
+    assert f.response.status_code == 418
+    assert f.response.headers["X-Tproxy-Reason"] == "sni-host-mismatch"
+
+
+def test_sni_comparison_is_case_insensitive(addon):
+    f = run(addon, make_flow(sni="STORAGE.googleapis.com."))
+    assert f.response is None
+
+
+def test_tls_without_sni_is_blocked(addon):
+    f = run(addon, make_flow(sni=None))
+    assert f.response.headers["X-Tproxy-Reason"] == "tls-without-sni"
+
+
+def test_ip_literal_host_is_blocked(addon):
+    f = run(addon, make_flow("203.0.113.20", scheme="http"))
+    assert f.response.headers["X-Tproxy-Reason"] == "ip-literal"
+
+
+def test_ip_literal_allowed_by_exact_rule(addon, tmp_path):
+    addon.tctx.configure(addon, tproxy_policy=write_policy(tmp_path, "rules: [{host: 203.0.113.50}]\n"))
+    f = run(addon, make_flow("203.0.113.50", "/", scheme="http"))
+    assert f.response is None and server_connect(addon, f).address == ("203.0.113.50", 80)
+
+
+def test_missing_host_header_is_blocked(addon):
+    f = run(addon, make_flow(scheme="http", host_header=False))
+    assert f.response.headers["X-Tproxy-Reason"] == "missing-host"
+
+
+def test_host_port_in_header_is_ignored_for_dialling_in_transparent_mode(addon, tmp_path):
+    addon.tctx.configure(addon, tproxy_policy=write_policy(tmp_path, "rules: [{host: a.example}]\n"))
+    f = run(addon, make_flow("a.example:22", "/", scheme="http"))
+    assert f.response is None and f.request.port == 80
+
+
+def test_resolved_private_address_is_denied(addon, tmp_path):
+    addon.tctx.configure(addon, tproxy_policy=write_policy(tmp_path, "rules: [{host: private.example}]\n"))
+    f = run(addon, make_flow("private.example", "/", scheme="http"))
+    assert f.response.status_code == 418 and f.response.headers["X-Tproxy-Reason"] == "denied-range"
+
+
+def test_any_denied_address_in_the_answer_blocks(addon, tmp_path):
+    addon.tctx.configure(addon, tproxy_policy=write_policy(tmp_path, "rules: [{host: mixed.example}]\n"))
+    f = run(addon, make_flow("mixed.example", "/", scheme="http"))
+    assert f.response.headers["X-Tproxy-Reason"] == "denied-range"
+
+
+def test_metadata_server_is_denied_even_when_allowed_by_name(addon, tmp_path):
+    addon.tctx.configure(addon, tproxy_policy=write_policy(tmp_path, "rules: [{host: metadata.google.internal}]\n"))
+    f = run(addon, make_flow("metadata.google.internal", "/computeMetadata/v1/", scheme="http"))
+    assert f.response.headers["X-Tproxy-Reason"] == "denied-range"
+
+
+def test_allow_ranges_make_an_exception(addon, tmp_path):
+    addon.tctx.configure(addon, tproxy_policy=write_policy(
+        tmp_path, "rules: [{host: private.example}]\nallow_ranges: [10.1.0.0/16]\n"))
+    f = run(addon, make_flow("private.example", "/", scheme="http"))
+    assert f.response is None
+
+
+def test_unresolvable_host_gets_502_and_no_approval(addon, tmp_path):
+    addon.tctx.configure(addon, tproxy_policy=write_policy(tmp_path, "rules: [{host: gone.example}]\n"))
+    f = run(addon, make_flow("gone.example", "/", scheme="http"))
+    assert f.response.status_code == 502
+    assert server_connect(addon, f, "gone.example", 80).error
+
+
+def test_raw_tcp_is_audited_and_never_approved(addon, audit_file):
+    f = tflow.ttcpflow()
+    f.client_conn.proxy_mode = ProxyMode.parse("transparent")
+    addon.tcp_start(f)
+    data = ServerConnectionHookData(server=connection.Server(address=f.server_conn.address), client=f.client_conn)
+    addon.server_connect(data)
+    assert data.server.error
+    line = audit_lines(audit_file)[-1]
+    assert (line["decision"], line["reason"], line["scheme"]) == ("block", "raw-tcp", "tcp")
+
+
+# -- CONNECT (standard mode) -----------------------------------------------------------------------
+def connect_flow(host, port):
+    f = make_flow(host, "", scheme="http", mode="regular", method="CONNECT")
+    f.request.port = port
+    f.request.host = host
+    return f
+
+
+def test_connect_to_allowed_https_host_passes(addon):
+    f = connect_flow("storage.googleapis.com", 443)
+    addon.http_connect(f)
+    assert f.response is None
+
+
+def test_connect_to_other_host_is_blocked(addon):
+    f = connect_flow("www.google.com", 443)
+    addon.http_connect(f)
+    assert f.response.status_code == 418
+
+
+def test_connect_to_other_port_is_blocked_unless_rule_allows_connect(addon, tmp_path):
+    f = connect_flow("storage.googleapis.com", 22)
+    addon.http_connect(f)
+    assert f.response.status_code == 418
+    addon.tctx.configure(addon, tproxy_policy=write_policy(
+        tmp_path, "rules: [{host: storage.googleapis.com, methods: [CONNECT]}]\n"))
+    f = connect_flow("storage.googleapis.com", 22)
+    addon.http_connect(f)
+    assert f.response is None
+
+
+def test_regular_mode_uses_request_host_and_port(addon, tmp_path):
+    addon.tctx.configure(addon, tproxy_policy=write_policy(tmp_path, "rules: [{host: a.example}]\n"))
+    f = make_flow("a.example", "/", scheme="http", mode="regular")
+    f.request.port = 8080
+    run(addon, f)
+    assert f.response is None and server_connect(addon, f).address == ("203.0.113.30", 8080)
+
+
+# -- probe -----------------------------------------------------------------------------------------
+def probe_flow(nonce="n0nce", host=probe.PROBE_HOST, dest=(probe.PROBE_ADDRESS, probe.PROBE_PORT)):
+    f = make_flow(host, probe.PROBE_PATH, scheme="http", dest=dest)
+    if nonce:
+        f.request.headers[probe.NONCE_HEADER] = nonce
+    return f
+
+
+def test_probe_is_answered_with_the_nonce(addon, audit_file):
+    f = run(addon, probe_flow())
+    assert f.response.status_code == 200
+    assert f.response.headers[probe.ANSWER_HEADER] == "n0nce"
+    assert b"tproxy proxy on" in f.response.content
+    assert audit_lines(audit_file) == []  # not a policy decision
+    assert addon.metrics.probes._value.get() == 1
+
+
+def test_probe_recognised_by_address_alone(addon):
+    f = run(addon, probe_flow(host="192.0.2.1"))
+    assert f.response.status_code == 200
+
+
+def test_probe_without_nonce_is_400(addon):
+    f = run(addon, probe_flow(nonce=None))
+    assert f.response.status_code == 400
+
+
+def test_probe_address_other_path_is_policy_blocked(addon):
+    f = make_flow("192.0.2.1", "/other", scheme="http", dest=("192.0.2.1", 80))
+    run(addon, f)
+    assert f.response.status_code == 418
+
+
+# -- modes -----------------------------------------------------------------------------------------
+def test_report_mode_allows_and_audits_would_block(addon, tmp_path, audit_file):
+    addon.tctx.configure(addon, tproxy_policy=write_policy(tmp_path, "mode: report\nrules: []\n"))
+    f = make_flow("www.google.com", "/")
+    run(addon, f)
+    assert f.response is None and server_connect(addon, f).address == ("203.0.113.10", 443)
+    f.response = tutils.tresp()
+    addon.response(f)
+    line = audit_lines(audit_file)[-1]
+    assert (line["decision"], line["reason"]) == ("report", "no-matching-rule")
+
+
+def test_report_mode_reports_denied_range(addon, tmp_path, audit_file):
+    addon.tctx.configure(addon, tproxy_policy=write_policy(tmp_path, "mode: report\nrules: []\n"))
+    f = run(addon, make_flow("private.example", "/", scheme="http"))
+    assert f.response is None
+    f.response = tutils.tresp()
+    addon.response(f)
+    assert audit_lines(audit_file)[-1]["reason"] == "denied-range"
+
+
+def test_open_mode_allows_everything_public(addon, tmp_path):
+    addon.tctx.configure(addon, tproxy_policy=write_policy(tmp_path, "mode: open\n"))
+    f = run(addon, make_flow("www.google.com", "/anything"))
+    assert f.response is None
+
+
+# -- audit -----------------------------------------------------------------------------------------
+def test_audit_line_has_identity_and_decision(addon, tmp_path, audit_file):
+    ident = tmp_path / "identity.json"
+    ident.write_text(json.dumps({"version": 1, "node": "node-1", "pods": {"10.0.0.5": {
+        "namespace": "default", "name": "debian-app-1", "serviceAccount": "app", "labels": {}, "uid": "u"}}}))
+    addon.tctx.configure(addon, tproxy_identity=str(ident))
+    f = run(addon, make_flow())
+    f.response = tutils.tresp(content=b"12345")
+    addon.response(f)
+    line = audit_lines(audit_file)[-1]
+    assert line["pod_namespace"] == "default" and line["pod_name"] == "debian-app-1"
+    assert line["pod_service_account"] == "app" and line["node"] == "node-1"
+    assert line["client_ip"] == "10.0.0.5"
+    assert (line["decision"], line["rule"], line["status"], line["bytes"]) == \
+        ("allow", "rules[0] storage.googleapis.com", 200, 5)
+    assert line["sni"] == "storage.googleapis.com" and line["scheme"] == "https"
+    assert line["upstream"] == "203.0.113.20"
+
+
+def test_audit_line_for_block_has_status_and_reason(addon, audit_file):
+    run(addon, make_flow("www.google.com", "/x"))
+    line = audit_lines(audit_file)[-1]
+    assert (line["decision"], line["reason"], line["status"], line["host"], line["path"]) == \
+        ("block", "no-matching-rule", 418, "www.google.com", "/x")
+
+
+def test_identity_for_v4_mapped_client_address(addon, tmp_path, audit_file):
+    ident = tmp_path / "identity.json"
+    ident.write_text(json.dumps({"version": 1, "node": "n", "pods": {"10.0.0.5": {"namespace": "ns", "name": "p"}}}))
+    addon.tctx.configure(addon, tproxy_identity=str(ident))
+    run(addon, make_flow("www.google.com", "/", client_ip="::ffff:10.0.0.5"))
+    assert audit_lines(audit_file)[-1]["pod_name"] == "p"
+
+
+def test_missing_identity_file_gives_empty_fields(addon, tmp_path, audit_file):
+    addon.tctx.configure(addon, tproxy_identity=str(tmp_path / "absent.json"))
+    run(addon, make_flow("www.google.com", "/"))
+    line = audit_lines(audit_file)[-1]
+    assert line["pod_name"] == "" and line["pod_namespace"] == ""
+
+
+def test_error_hook_audits_allowed_request_that_failed(addon, audit_file):
+    f = run(addon, make_flow())
+    f.error = tflow.terr()
+    addon.error(f)
+    line = audit_lines(audit_file)[-1]
+    assert line["decision"] == "allow" and line["error"]
+
+
+def test_streamed_body_bytes_are_counted(addon, audit_file):
+    f = run(addon, make_flow())
+    f.response = tutils.tresp(content=None)
+    f.response.stream = True
+    addon.responseheaders(f)
+    f.response.stream(b"x" * 1000)
+    f.response.stream(b"y" * 24)
+    addon.response(f)
+    assert audit_lines(audit_file)[-1]["bytes"] == 1024
+
+
+# -- metrics ---------------------------------------------------------------------------------------
+def test_metrics_count_decisions_with_bounded_host_labels(addon):
+    run(addon, make_flow())
+    run(addon, make_flow("random-1.example", "/"))
+    run(addon, make_flow("random-2.example", "/"))
+    r = addon.metrics.registry
+    assert r.get_sample_value("tproxy_requests_total",
+                              {"decision": "allow", "host": "storage.googleapis.com"}) == 1
+    assert r.get_sample_value("tproxy_requests_total", {"decision": "block", "host": "blocked"}) == 2
+    assert r.get_sample_value("tproxy_decision_seconds_count") == 3
+
+
+def test_metrics_server_serves_prometheus_text(addon):
+    import urllib.request
+    addon.tctx.configure(addon, tproxy_metrics_port=_free_port(), tproxy_metrics_host="127.0.0.1")
+    body = urllib.request.urlopen(f"http://127.0.0.1:{addon.health.port}/metrics", timeout=5).read().decode()
+    assert "tproxy_policy_rules 1.0" in body
+
+
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- options and hot reload ------------------------------------------------------------------------
+def test_bad_policy_option_is_rejected_and_rolls_back(addon, tmp_path):
+    good = write_policy(tmp_path, "rules: [{host: a.example}]\n")
+    addon.tctx.configure(addon, tproxy_policy=good)
+    bad = write_policy(tmp_path, "rules: [{hots: a.example}]\n", "bad.yaml")
+    with pytest.raises(exceptions.OptionsError, match=r"tproxy_policy: .*bad.yaml: rules\[0\]: unknown key"):
+        addon.tctx.configure(addon, tproxy_policy=bad)
+    assert addon.tctx.options.tproxy_policy == good
+    assert addon.policy.source == good
+    assert addon.metrics.registry.get_sample_value("tproxy_policy_reloads_total", {"result": "error"}) == 1
+
+
+def test_missing_policy_file_option_is_rejected(addon, tmp_path):
+    with pytest.raises(exceptions.OptionsError, match="tproxy_policy: cannot read policy"):
+        addon.tctx.configure(addon, tproxy_policy=str(tmp_path / "none.yaml"))
+
+
+def test_metrics_port_out_of_range_is_rejected(addon):
+    with pytest.raises(exceptions.OptionsError, match=r"tproxy_metrics_port: 70000 is not a TCP port"):
+        addon.tctx.configure(addon, tproxy_metrics_port=70000)
+
+
+def test_metrics_port_in_use_is_rejected(addon):
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        with pytest.raises(exceptions.OptionsError, match="tproxy_metrics_port: cannot listen on"):
+            addon.tctx.configure(addon, tproxy_metrics_port=s.getsockname()[1], tproxy_metrics_host="127.0.0.1")
+
+
+def test_audit_path_unwritable_is_rejected(addon, tmp_path):
+    with pytest.raises(exceptions.OptionsError, match="tproxy_audit: cannot open"):
+        addon.tctx.configure(addon, tproxy_audit=str(tmp_path / "no-dir" / "audit.jsonl"))
+
+
+def test_empty_audit_path_is_rejected(addon):
+    with pytest.raises(exceptions.OptionsError, match="tproxy_audit: empty"):
+        addon.tctx.configure(addon, tproxy_audit="")
+
+
+def test_bad_log_level_is_rejected(addon):
+    with pytest.raises(exceptions.OptionsError, match="tproxy_log_level: 'loud' is not one of"):
+        addon.tctx.configure(addon, tproxy_log_level="loud")
+
+
+def _bump(path, text):
+    """Rewrite a file so that its stat signature surely changes (mtime granularity)."""
+    st = os.stat(path)
+    with open(path, "w") as f:
+        f.write(text)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+
+
+def test_hot_reload_applies_a_valid_change(addon, tmp_path):
+    path = write_policy(tmp_path, "rules: [{host: a.example}]\n")
+    addon.tctx.configure(addon, tproxy_policy=path)
+    assert run(addon, make_flow("www.google.com", "/")).response.status_code == 418
+    _bump(path, "rules: [{host: www.google.com}]\n")
+    assert addon.check_policy_file() is True
+    assert run(addon, make_flow("www.google.com", "/")).response is None
+
+
+def test_hot_reload_keeps_last_good_policy_on_error(addon, tmp_path):
+    path = write_policy(tmp_path, "rules: [{host: a.example}]\n")
+    addon.tctx.configure(addon, tproxy_policy=path)
+    _bump(path, "rules: [{host: 'a b'}]\n")
+    assert addon.check_policy_file() is False
+    assert addon.check_policy_file() is False  # judged once
+    assert run(addon, make_flow("a.example", "/")).response is None
+    assert addon.metrics.registry.get_sample_value("tproxy_policy_reloads_total", {"result": "error"}) == 1
+
+
+def test_watcher_thread_reloads_within_a_second(addon, tmp_path):
+    path = write_policy(tmp_path, "rules: [{host: a.example}]\n")
+    addon.tctx.configure(addon, tproxy_policy=path)
+    addon.start_watcher()
+    _bump(path, "rules: [{host: www.google.com}]\n")
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline and not addon.policy.has_host("www.google.com"):
+        time.sleep(0.05)
+    assert addon.policy.has_host("www.google.com")
+
+
+def test_load_forces_lazy_connections_and_streaming():
+    from mitmproxy.addons.proxyserver import Proxyserver
+    a = TproxyAddon(resolver=fake_resolve)
+    with taddons.context(Proxyserver(), a) as tctx:
+        assert tctx.options.connection_strategy == "lazy"
+        assert tctx.options.stream_large_bodies == core.DEFAULT_STREAM_LARGE_BODIES
+
+
+def test_script_loads_by_path():
+    with taddons.context() as tctx:
+        module = tctx.script(os.path.join(os.path.dirname(__file__), "..", "proxy", "addon.py"))
+        assert [type(a).__name__ for a in module.addons] == ["TproxyAddon"]
