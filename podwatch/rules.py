@@ -10,8 +10,10 @@ Why this shape (kube-proxy / istio-iptables style, and unlike the original per-p
   - ``filter``/``TPROXY-GUARD`` (from ``FORWARD``): fail closed at the node. Redirected traffic
     is delivered locally (INPUT) and never reaches FORWARD, so anything a locked pod sends that
     *is* forwarded bypassed the redirect (a deleted jump, a flushed chain, a restart of some
-    other agent). The guard lets replies of established flows and DNS (udp/tcp 53) through
-    and rejects the rest from locked pod IPs (tcp with a reset, others with admin-prohibited).
+    other agent). The guard lets replies of established flows through; each locked pod IP has
+    one rule jumping to ``TPROXY-GUARD-LOCKED``, which lets DNS (udp/tcp 53) pass and rejects
+    the rest (tcp with a reset, others with admin-prohibited). One rule per pod keeps a sync
+    at thousands of pods cheap.
     The pod-side lock (sidecar) already refuses everything but DNS and web; the guard makes the
     node enforce the same shape even if a privileged app container flushed its own lock.
 
@@ -43,8 +45,9 @@ FAMILIES = ("ipv4", "ipv6")
 TABLES = ("filter", "nat")  # application order: guard first, then redirect
 REDIRECT_CHAIN = "TPROXY-REDIRECT"
 GUARD_CHAIN = "TPROXY-GUARD"
-REDIRECT_JUMP_COMMENT = "tproxy: redirect locked pods' web traffic to the proxy"
-GUARD_JUMP_COMMENT = "tproxy: reject locked pods' traffic that escaped the redirect"
+LOCKED_CHAIN = "TPROXY-GUARD-LOCKED"  # what a locked pod may still forward: DNS; the rest is rejected
+REDIRECT_JUMP_COMMENT = "tproxy: redirect locked pods web traffic to the proxy"
+GUARD_JUMP_COMMENT = "tproxy: reject locked pods traffic that escaped the redirect"
 WEB_PORTS = "80,443"
 
 #: table -> (built-in chain, owned chain, comment on the jump)
@@ -181,9 +184,10 @@ def read_live(family: str, runner: Runner | None = None) -> LiveJumps:
         ours = [ln for ln in rules if re.search(rf"(^|\s)-j {re.escape(chain)}(\s|$)", ln)]
         live.jumps[table] = ours
         live.first[table] = bool(rules) and rules[0] in ours
-        chk = _run(runner, [tool, "-w", "5", "-t", table, "-S", chain])
-        if chk.returncode == 0:
-            live.chains.add(chain)
+        for owned in ([chain, LOCKED_CHAIN] if table == "filter" else [chain]):
+            chk = _run(runner, [tool, "-w", "5", "-t", table, "-S", owned])
+            if chk.returncode == 0:
+                live.chains.add(owned)
     return live
 
 
@@ -219,16 +223,17 @@ def render_table(family: str, table: str, pods: Sequence[LockedPod], host_port: 
             out.append(f"-A {chain} -s {_cidr(p.ip)} -p tcp -m multiport --dports {WEB_PORTS} "
                        f"-m comment --comment {_q(p.key)} -j REDIRECT --to-ports {int(host_port)}")
     else:
+        out.insert(2, f":{LOCKED_CHAIN} - [0:0]")
         if mine:
             out.append(f"-A {chain} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN")
         for p in mine:
-            src, c = _cidr(p.ip), _q(p.key)
-            out += [
-                f"-A {chain} -s {src} -p udp -m udp --dport 53 -m comment --comment {c} -j RETURN",
-                f"-A {chain} -s {src} -p tcp -m tcp --dport 53 -m comment --comment {c} -j RETURN",
-                f"-A {chain} -s {src} -p tcp -m comment --comment {c} -j REJECT --reject-with tcp-reset",
-                f"-A {chain} -s {src} -m comment --comment {c} -j REJECT --reject-with {REJECT_OTHER[family]}",
-            ]
+            out.append(f"-A {chain} -s {_cidr(p.ip)} -m comment --comment {_q(p.key)} -j {LOCKED_CHAIN}")
+        out += [
+            f"-A {LOCKED_CHAIN} -p udp -m udp --dport 53 -j RETURN",
+            f"-A {LOCKED_CHAIN} -p tcp -m tcp --dport 53 -j RETURN",
+            f"-A {LOCKED_CHAIN} -p tcp -j REJECT --reject-with tcp-reset",
+            f"-A {LOCKED_CHAIN} -j REJECT --reject-with {REJECT_OTHER[family]}",
+        ]
     out.append("COMMIT")
     return "\n".join(out) + "\n"
 
@@ -253,12 +258,10 @@ def render_cleanup(live: LiveJumps) -> dict[str, str]:
     out = {}
     for table in TABLES:
         builtin, chain, _ = OWNED[table]
-        lines = [f"*{table}"]
-        if chain in live.chains:
-            lines.append(f":{chain} - [0:0]")
+        chains = [c for c in ([chain, LOCKED_CHAIN] if table == "filter" else [chain]) if c in live.chains]
+        lines = [f"*{table}", *(f":{c} - [0:0]" for c in chains)]
         lines += ["-D " + ln[len("-A "):] for ln in live.jumps.get(table, [])]
-        if chain in live.chains:
-            lines.append(f"-X {chain}")
+        lines += [f"-X {c}" for c in chains]  # the referencing chain first
         lines.append("COMMIT")
         out[table] = "\n".join(lines) + "\n"
     return out
@@ -278,10 +281,16 @@ def restore(family: str, table: str, text: str, runner: Runner | None = None) ->
     bad: list[str] = []
     for m in _ERR_LINE.finditer(proc.stderr):
         n = int(m.group(1))
-        if 1 <= n <= len(lines):
+        if 1 <= n <= len(lines) and lines[n - 1] != "COMMIT":
             bad.append(f"{n}: {lines[n - 1]}")
-    if not bad:  # no line number (e.g. COMMIT failed): show the rule lines, bounded
-        bad = [f"{i + 1}: {ln}" for i, ln in enumerate(lines)][:20]
+    if not bad:
+        # nf_tables reports errors found at commit time at the COMMIT line: find the rules that
+        # mention what the message quotes (e.g. "Chain 'X' does not exist"), else show the rules.
+        quoted = [q for q in re.findall(r"[`'\"]([^`'\"]+)'", proc.stderr) if q.strip()]
+        bad = [f"{i + 1}: {ln}" for i, ln in enumerate(lines)
+               if ln.startswith(("-A ", "-I ", "-D ")) and any(q in ln for q in quoted)]
+    if not bad:
+        bad = [f"{i + 1}: {ln}" for i, ln in enumerate(lines) if ln.startswith(("-A ", "-I ", "-D "))][:20]
     raise IptablesError(f"{tool} --noflush ({table}) failed: {proc.stderr.strip()}",
                         family=family, table=table, stderr=proc.stderr, lines=bad)
 
