@@ -67,6 +67,11 @@ class FakeApiServer:
     def _coll(self, path: str) -> _Collection:
         return self._collections.setdefault(path.rstrip("/"), _Collection())
 
+    def add_collection(self, path: str) -> None:
+        """Serve ``path`` as an (empty) collection; unknown paths answer 404 like an unknown resource."""
+        with self._lock:
+            self._coll(path)
+
     @property
     def resource_version(self) -> int:
         return self._rv
@@ -223,7 +228,8 @@ class FakeApiServer:
                     with fake._lock:
                         if fake._stopping:
                             return self._end()
-                        fault = coll.faults.pop(0) if coll.faults else None
+                        # http* faults wait for the next watch request
+                        fault = coll.faults.pop(0) if coll.faults and not coll.faults[0].startswith("http") else None
                         pending = [e for e in coll.events if e[0] > sent_rv] if not fault else []
                         if not fault and not pending:
                             remaining = deadline - time.monotonic()
