@@ -1,0 +1,99 @@
+"""API errors as ``metav1.Status`` bodies with the codes, reasons and messages of the real server."""
+from __future__ import annotations
+
+import json
+
+
+class APIError(Exception):
+    def __init__(self, code: int, reason: str, message: str, details: dict | None = None):
+        super().__init__(message)
+        self.code, self.reason, self.message, self.details = code, reason, message, details
+
+    def status(self) -> dict:
+        body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": self.message, "reason": self.reason, "code": self.code}
+        if self.details is not None:
+            body["details"] = self.details
+        return body
+
+
+def _details(rt, name: str) -> dict:
+    d = {"name": name, "kind": rt.name}
+    if rt.group:
+        d["group"] = rt.group
+    return d
+
+
+def not_found(rt, name: str) -> APIError:
+    return APIError(404, "NotFound", f'{rt.qualified} "{name}" not found', _details(rt, name))
+
+
+def namespace_not_found(ns: str) -> APIError:
+    return APIError(404, "NotFound", f'namespaces "{ns}" not found', {"name": ns, "kind": "namespaces"})
+
+
+def already_exists(rt, name: str) -> APIError:
+    return APIError(409, "AlreadyExists", f'{rt.qualified} "{name}" already exists', _details(rt, name))
+
+
+def conflict(rt, name: str) -> APIError:
+    return APIError(409, "Conflict",
+                    f'Operation cannot be fulfilled on {rt.qualified} "{name}": the object has been modified; '
+                    f'please apply your changes to the latest version and try again', _details(rt, name))
+
+
+def bad_request(message: str) -> APIError:
+    return APIError(400, "BadRequest", message)
+
+
+def forbidden(rt_name: str, group: str, name: str, message: str) -> APIError:
+    d = {"name": name, "kind": rt_name}
+    if group:
+        d["group"] = group
+    return APIError(403, "Forbidden", message, d)
+
+
+def unauthorized() -> APIError:
+    return APIError(401, "Unauthorized", "Unauthorized")
+
+
+def internal(message: str) -> APIError:
+    return APIError(500, "InternalError", f"Internal error occurred: {message}",
+                    {"causes": [{"message": message}]})
+
+
+def _go_value(v) -> str:
+    if v is None:
+        return '"null"'
+    if isinstance(v, str):
+        return json.dumps(v)
+    return json.dumps(json.dumps(v)) if isinstance(v, (dict, list)) else str(v)
+
+
+class FieldError:
+    """One entry of a field.ErrorList: Invalid, Required or Forbidden."""
+
+    def __init__(self, kind: str, path: str, message: str, value=None):
+        self.kind, self.path, self.message, self.value = kind, path, message, value
+
+    def __str__(self) -> str:
+        if self.kind == "Invalid":
+            return f"{self.path}: Invalid value: {_go_value(self.value)}: {self.message}"
+        if self.kind == "Required":
+            return f"{self.path}: Required value" + (f": {self.message}" if self.message else "")
+        return f"{self.path}: Forbidden: {self.message}"
+
+    def cause(self) -> dict:
+        reason = {"Invalid": "FieldValueInvalid", "Required": "FieldValueRequired",
+                  "Forbidden": "FieldValueForbidden"}[self.kind]
+        return {"reason": reason, "message": str(self).split(": ", 1)[1], "field": self.path}
+
+
+def invalid(rt, name: str, errs: list[FieldError]) -> APIError:
+    """422 Invalid: ``Deployment.extensions "x" is invalid: <errs>`` (a list is bracketed)."""
+    gk = f"{rt.kind}.{rt.group}" if rt.group else rt.kind
+    text = str(errs[0]) if len(errs) == 1 else "[" + ", ".join(str(e) for e in errs) + "]"
+    details = {"name": name, "kind": rt.kind, "causes": [e.cause() for e in errs]}
+    if rt.group:
+        details["group"] = rt.group
+    return APIError(422, "Invalid", f'{gk} "{name}" is invalid: {text}', details)
