@@ -8,6 +8,8 @@ import os
 
 import pytest
 
+pytest_plugins = ["kubesim.testing"]
+
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
