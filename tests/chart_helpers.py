@@ -1,0 +1,130 @@
+"""Shared helpers for the chart tests: run the real Helm binary, parse what it renders, validate it.
+
+Not a test module (no ``test_`` prefix). The Helm binary is ``$TPROXY_HELM`` or the one the setup
+script fetched into ``.tools/bin/helm``.
+"""
+from __future__ import annotations
+
+import importlib.resources
+import json
+import os
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+CHART = REPO / "chart"
+HELM = os.environ.get("TPROXY_HELM", str(REPO / ".tools" / "bin" / "helm"))
+INITIALIZER_API = "admissionregistration.k8s.io/v1alpha1"
+
+# The flags the tests render with: a 1.13 cluster (the newest with Initializers) that serves the
+# v1alpha1 admissionregistration API.
+BASE_ARGS = ["--kube-version", "1.13.0", "--api-versions", INITIALIZER_API]
+
+
+def require_helm() -> str:
+    if not (os.path.isfile(HELM) and os.access(HELM, os.X_OK)):
+        pytest.fail(f"Helm binary not found at {HELM}: run `make setup` (scripts/fetch_helm.py) or set TPROXY_HELM")
+    return HELM
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([require_helm(), *args], capture_output=True, text=True, timeout=60)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+def set_args(values: dict[str, Any] | None) -> list[str]:
+    """``--set`` arguments for flat ``{"tproxy.useRBAC": True}`` values (lists and maps as ``--set-json``)."""
+    out: list[str] = []
+    for key, value in (values or {}).items():
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        elif isinstance(value, (list, dict)):
+            out += ["--set-json", f"{key}={json.dumps(value)}"]
+            continue
+        out += ["--set", f"{key}={value}"]
+    return out
+
+
+def render_text(values: dict[str, Any] | None = None, *extra: str, release: str = "tproxy",
+                namespace: str = "tproxy-system", chart: Path = CHART) -> str:
+    return helm("template", release, str(chart), "--namespace", namespace, *BASE_ARGS,
+                *set_args(values), *extra).stdout
+
+
+def render(values: dict[str, Any] | None = None, *extra: str, **kw) -> list[dict]:
+    """Render the chart and return the objects in Helm's output order (its install order)."""
+    return [d for d in yaml.safe_load_all(render_text(values, *extra, **kw)) if d]
+
+
+def find(objs: list[dict], kind: str, name: str | None = None, namespace: str | None = None) -> list[dict]:
+    return [o for o in objs if o["kind"] == kind
+            and (name is None or o["metadata"]["name"] == name)
+            and (namespace is None or o["metadata"].get("namespace") == namespace)]
+
+
+def one(objs: list[dict], kind: str, name: str | None = None, namespace: str | None = None) -> dict:
+    found = find(objs, kind, name, namespace)
+    assert len(found) == 1, f"expected one {kind} {name or ''} in {namespace or 'any namespace'}, got {len(found)}"
+    return found[0]
+
+
+def container(pod_spec: dict, name: str) -> dict:
+    by_name = {c["name"]: c for c in pod_spec.get("containers", [])}
+    assert name in by_name, f"no container {name!r}; have {sorted(by_name)}"
+    return by_name[name]
+
+
+def render_notes(values: dict[str, Any] | None, tmp_path: Path) -> str:
+    """NOTES.txt as Helm would print it after install. ``helm template`` skips NOTES.txt and
+    ``helm install --dry-run`` needs a cluster, so render a copy of the chart where the notes are
+    wrapped into a YAML template (a ``define`` holding NOTES.txt verbatim, emitted as a JSON string)."""
+    copy = tmp_path / "chart"
+    shutil.copytree(CHART, copy)
+    notes = (copy / "templates" / "NOTES.txt")
+    wrapper = '{{ define "zz.notes" }}' + notes.read_text() + '{{ end }}\nnotes: {{ include "zz.notes" . | toJson }}\n'
+    (copy / "templates" / "zz-notes.yaml").write_text(wrapper)
+    notes.unlink()
+    text = render_text(values, "--show-only", "templates/zz-notes.yaml", chart=copy)
+    return yaml.safe_load(text)["notes"]
+
+
+def _install_pkg_resources_shim() -> None:
+    """kubernetes-validate 1.13.0 imports ``pkg_resources``, which setuptools >= 81 no longer ships.
+    It only uses resource_filename/resource_listdir on its own package data: provide those."""
+    try:
+        import pkg_resources  # noqa: F401
+        return
+    except ImportError:
+        pass
+    shim = types.ModuleType("pkg_resources")
+
+    def _path(package: str, resource: str) -> Path:
+        return Path(str(importlib.resources.files(package))) / resource.lstrip("/")
+
+    shim.resource_filename = lambda package, resource: str(_path(package, resource))
+    shim.resource_listdir = lambda package, resource: sorted(os.listdir(_path(package, resource)))
+    sys.modules["pkg_resources"] = shim
+
+
+def validate_strict(obj: dict, version: str) -> None:
+    """Validate one object against the Kubernetes ``version`` OpenAPI schema, unknown fields refused."""
+    _install_pkg_resources_shim()
+    import kubernetes_validate
+
+    try:
+        kubernetes_validate.validate(obj, version, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path)
+        raise AssertionError(f"{obj['kind']} {obj['metadata'].get('name')} is invalid for Kubernetes "
+                             f"{version} at {where or '<root>'}: {exc.message}") from None
+    except kubernetes_validate.SchemaNotFoundError as exc:
+        raise AssertionError(exc.message) from None

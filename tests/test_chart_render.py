@@ -1,0 +1,370 @@
+"""The Helm chart as rendered by the real Helm binary: lint, every flag combination valid against the
+Kubernetes 1.8.0 and 1.13.0 schemas (strict), and the wiring between the components."""
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+import yaml
+
+from chart_helpers import (CHART, container, find, helm, one, render, render_notes, render_text,
+                           validate_strict)
+
+# kubernetes-validate 1.13.0 uses distutils and jsonschema's RefResolver (deprecated, still working).
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+RELEASE_NS = "tproxy-system"
+FULL = "tproxy-tproxy"  # "<release>-<chart>" for release "tproxy"
+ALL_ON = {"tproxy.useInitializer": True, "tproxy.useRBAC": True}
+RBAC_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+
+COMBOS = [
+    {"tproxy.useInitializer": ui, "tproxy.useRBAC": rb, "tproxy.addStandardModeProxy": sm,
+     **({"tproxy.blockSvcCIDR": "10.11.240.0/20", "tproxy.allowDNS": "10.11.240.10"} if net else {})}
+    for ui, rb, sm, net in itertools.product([False, True], repeat=4)
+]
+
+
+def combo_id(values: dict) -> str:
+    short = {"tproxy.useInitializer": "init", "tproxy.useRBAC": "rbac",
+             "tproxy.addStandardModeProxy": "std", "tproxy.blockSvcCIDR": "net"}
+    return "-".join(s for k, s in short.items() if values.get(k)) or "defaults-off"
+
+
+@pytest.fixture(scope="module")
+def all_on() -> list[dict]:
+    return render(ALL_ON)
+
+
+# ---- lint and schema ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("values", [{}, ALL_ON, {**ALL_ON, "tproxy.addStandardModeProxy": True}],
+                         ids=["defaults", "init-rbac", "init-rbac-std"])
+def test_helm_lint_passes(values):
+    from chart_helpers import set_args
+    proc = helm("lint", str(CHART), *set_args(values))
+    assert "0 chart(s) failed" in proc.stdout
+    assert "[ERROR]" not in proc.stdout
+
+
+@pytest.mark.parametrize("values", COMBOS, ids=[combo_id(c) for c in COMBOS])
+def test_every_combination_is_valid_for_1_8_and_1_13(values):
+    objs = render(values)
+    kinds = {o["kind"] for o in objs}
+    assert {"DaemonSet", "Secret", "ConfigMap"} <= kinds
+    assert ("InitializerConfiguration" in kinds) == values["tproxy.useInitializer"]
+    assert bool(kinds & RBAC_KINDS) == values["tproxy.useRBAC"]
+    for obj in objs:
+        validate_strict(obj, "1.8.0")
+        validate_strict(obj, "1.13.0")
+
+
+def test_default_values_render_and_validate():
+    objs = render()
+    for obj in objs:
+        validate_strict(obj, "1.8.0")
+        validate_strict(obj, "1.13.0")
+    # The original chart's defaults: no initializer, no RBAC.
+    assert not find(objs, "Deployment") and not find(objs, "InitializerConfiguration")
+    assert not [o for o in objs if o["kind"] in RBAC_KINDS]
+    assert "serviceAccountName" not in one(objs, "DaemonSet")["spec"]["template"]["spec"]
+
+
+def test_schema_validation_catches_a_bad_field():
+    # Guard against a validator that accepts anything.
+    bad = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "dta": {}}
+    with pytest.raises(AssertionError, match="1.8.0"):
+        validate_strict(bad, "1.8.0")
+
+
+# ---- install order and the initializer's own Deployment -------------------------------------
+
+def test_initializer_configuration_is_installed_last(all_on):
+    # `helm template` prints in Helm's install order (releaseutil.InstallOrder; unknown kinds such
+    # as InitializerConfiguration last). So the initializer's Deployment exists before the
+    # configuration that would otherwise hold its own create pending (k8s-initializers-1.7.md §9).
+    kinds = [o["kind"] for o in all_on]
+    assert kinds[-1] == "InitializerConfiguration"
+    assert kinds.count("InitializerConfiguration") == 1
+    assert kinds.index("Deployment") < kinds.index("InitializerConfiguration")
+    for kind in ("ConfigMap", "ClusterRoleBinding", "RoleBinding", "ServiceAccount"):
+        assert kinds.index(kind) < kinds.index("Deployment"), kind
+
+
+def test_no_object_carries_initializers_or_pending(all_on):
+    # `pending: []` is refused (422) when the plugin is off and breaks a later apply (§9).
+    text = json.dumps(all_on)
+    assert '"initializers": {' not in text and '"pending"' not in text
+    for obj in all_on:
+        assert "initializers" not in obj["metadata"]
+
+
+def test_initializer_configuration_matches_deployments_with_one_rule(all_on):
+    ic = one(all_on, "InitializerConfiguration")
+    assert ic["apiVersion"] == "admissionregistration.k8s.io/v1alpha1"
+    assert "namespace" not in ic["metadata"]  # cluster-scoped
+    assert len(ic["metadata"]["name"].split(".")) >= 3
+    [entry] = ic["initializers"]
+    assert entry["name"] == "tproxy.initializer.kubernetes.io"
+    # One rule: the plugin ANDs rules, so a second one would narrow the match.
+    assert entry["rules"] == [{"apiGroups": ["*"], "apiVersions": ["*"], "resources": ["deployments"]}]
+
+
+# ---- the initializer ------------------------------------------------------------------------
+
+def test_initializer_deployment_args_probes_and_namespace(all_on):
+    dep = one(all_on, "Deployment", f"{FULL}-initializer", "kube-system")
+    assert dep["spec"]["replicas"] == 2
+    assert dep["spec"]["selector"]["matchLabels"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == f"{FULL}-initializer"
+    c = container(pod, "tproxy-initializer")
+    assert c["image"] == "tproxy-initializer:0.1.0"
+    assert "command" not in c  # the image's ENTRYPOINT: python3 -m initializer
+    assert c["args"] == [
+        "-annotation=initializer.kubernetes.io/tproxy",
+        "-require-annotation=true",
+        "-initializer-name=tproxy.initializer.kubernetes.io",
+        "-namespace=kube-system",
+        f"-configmap={FULL}-initializer",
+        "--metrics-port=9180",
+        "--workers=2",
+        "--exclude-namespaces=kube-system",
+    ]
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 9180}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 9180}
+    # The ConfigMap the args name exists where the args say.
+    one(all_on, "ConfigMap", f"{FULL}-initializer", "kube-system")
+
+
+def test_initializer_values_are_honoured():
+    objs = render({**ALL_ON, "tproxy.initializer.namespace": "tproxy-ctl", "tproxy.initializer.replicas": 3,
+                   "tproxy.initializer.excludeNamespaces": ["kube-system", "kube-public"],
+                   "tproxy.initializer.workers": 4})
+    dep = one(objs, "Deployment", namespace="tproxy-ctl")
+    args = container(dep["spec"]["template"]["spec"], "tproxy-initializer")["args"]
+    assert dep["spec"]["replicas"] == 3
+    assert "-namespace=tproxy-ctl" in args and "--workers=4" in args
+    assert "--exclude-namespaces=kube-system,kube-public" in args
+    one(objs, "ConfigMap", f"{FULL}-initializer", "tproxy-ctl")
+    one(objs, "Role", namespace="tproxy-ctl")
+    none = render({**ALL_ON, "tproxy.initializer.excludeNamespaces": []})
+    args = container(one(none, "Deployment")["spec"]["template"]["spec"], "tproxy-initializer")["args"]
+    assert not [a for a in args if a.startswith("--exclude-namespaces")]
+
+
+def _injection(objs):
+    cm = one(objs, "ConfigMap", f"{FULL}-initializer", "kube-system")
+    return yaml.safe_load(cm["data"]["config"]), cm["data"]["config"]
+
+
+def test_injection_config_parses_with_the_initializers_parser(all_on):
+    from initializer.config import parse_config
+
+    raw, text = _injection(all_on)
+    cfg = parse_config(text)
+    [sidecar] = cfg.containers
+    assert sidecar["name"] == "tproxy" and sidecar["image"] == "tproxy-sidecar:0.1.0"
+    assert sidecar["securityContext"] == {"privileged": True}
+    assert {e["name"]: e.get("value") for e in sidecar["env"]} == {"TPROXY_VERIFY_TIMEOUT": "60"}
+    assert [v["name"] for v in cfg.volumes] == ["ca-certs-fedora", "ca-certs-debian"]
+    for v in cfg.volumes:
+        assert v["configMap"]["name"] == f"{FULL}-root-certs"
+    assert {(m["name"], m["mountPath"]) for m in cfg.volume_mounts} == {
+        ("ca-certs-fedora", "/etc/pki/tls/certs/"),
+        ("ca-certs-debian", "/etc/ssl/certs/"),
+        ("ca-certs-debian", "/usr/local/share/ca-certificates/extra/"),
+    }
+    items = {v["name"]: v["configMap"]["items"] for v in cfg.volumes}
+    assert items["ca-certs-fedora"] == [{"key": "root-certs.crt", "path": "ca-bundle.crt"}]
+    assert items["ca-certs-debian"] == [{"key": "root-certs.crt", "path": "ca-certificates.crt"}]
+    assert cfg.env_vars == []
+    assert set(raw) == {"containers", "volumes", "volumeMounts", "envVars"}
+
+
+def test_injection_config_carries_the_network_and_standard_proxy_settings():
+    from initializer.config import parse_config
+
+    objs = render({**ALL_ON, "tproxy.addStandardModeProxy": True, "tproxy.blockSvcCIDR": "10.11.240.0/20",
+                   "tproxy.allowDNS": "10.11.240.10", "tproxy.verifyTimeout": 15})
+    cfg = parse_config(_injection(objs)[1])
+    env = {e["name"]: e for e in cfg.containers[0]["env"]}
+    assert env["BLOCK_SVC_CIDR"]["value"] == "10.11.240.0/20"
+    assert env["ALLOW_DNS"]["value"] == "10.11.240.10"
+    assert env["TPROXY_VERIFY_TIMEOUT"]["value"] == "15"
+    assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    app_env = {e["name"]: e for e in cfg.env_vars}
+    assert app_env["http_proxy"]["value"] == "$(NODE_NAME):1080"
+    assert app_env["https_proxy"]["value"] == "$(NODE_NAME):1080"
+    assert list(app_env)[0] == "NODE_NAME"  # $(NODE_NAME) expands only from earlier entries
+
+
+def test_sidecar_gets_no_node_name_without_the_standard_proxy(all_on):
+    # NODE_NAME makes the lock allow <node>:1080; nothing listens there without the standard proxy.
+    raw, _ = _injection(all_on)
+    assert "NODE_NAME" not in {e["name"] for e in raw["containers"][0]["env"]}
+
+
+# ---- the DaemonSet --------------------------------------------------------------------------
+
+def test_daemonset_wires_podwatch_and_the_proxy_to_the_host_port():
+    objs = render({**ALL_ON, "tproxy.hostPort": 9090})
+    ds = one(objs, "DaemonSet", FULL, RELEASE_NS)
+    assert ds["apiVersion"] == "extensions/v1beta1"
+    assert ds["spec"]["selector"]["matchLabels"].items() <= ds["spec"]["template"]["metadata"]["labels"].items()
+    pod = ds["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is True
+    assert pod["serviceAccountName"] == FULL
+    assert [c["name"] for c in pod["containers"]] == ["tproxy-podwatch", "tproxy-tproxy-mode"]
+
+    pw = container(pod, "tproxy-podwatch")
+    assert pw["image"] == "tproxy-podwatch:0.1.0" and "command" not in pw
+    assert pw["args"] == ["-annotation=initializer.kubernetes.io/tproxy", "-hostPort=9090",
+                          "--metrics-port=9181", "--identity-file=/var/run/tproxy/identity.json"]
+    assert pw["env"] == [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}]
+    assert pw["securityContext"]["privileged"] is True
+
+    px = container(pod, "tproxy-tproxy-mode")
+    assert px["image"] == "tproxy-proxy:0.1.0"
+    cmd = px["command"]
+    assert cmd[:5] == ["mitmdump", "--mode", "transparent", "--listen-port", "9090"]
+    sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
+    assert sets == ["confdir=/etc/tproxy/mitmproxy", "tproxy_policy=/etc/tproxy/policy/policy.yaml",
+                    "tproxy_identity=/var/run/tproxy/identity.json", "connection_strategy=lazy",
+                    "stream_large_bodies=1m", "tproxy_metrics_port=9182"]
+    assert cmd[cmd.index("-s") + 1] == "/opt/tproxy/proxy/addon.py"
+    assert {"containerPort": 9090, "hostPort": 9090} in [
+        {k: p[k] for k in ("containerPort", "hostPort")} for p in px["ports"]]
+    assert px["readinessProbe"]["tcpSocket"]["port"] == 9090
+
+    # Volumes: the CA Secret as the read-only confdir, the policy, the identity map shared with podwatch.
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert vols["mitmproxy-certs"]["secret"]["secretName"] == f"{FULL}-certs"
+    assert vols["policy"]["configMap"]["name"] == f"{FULL}-policy"
+    assert "emptyDir" in vols["identity"]
+    px_mounts = {m["mountPath"]: m["name"] for m in px["volumeMounts"]}
+    assert px_mounts == {"/etc/tproxy/mitmproxy": "mitmproxy-certs", "/etc/tproxy/policy": "policy",
+                         "/var/run/tproxy": "identity"}
+    assert {m["mountPath"]: m["name"] for m in pw["volumeMounts"]} == {"/var/run/tproxy": "identity"}
+    # The names the volumes refer to are rendered in the release namespace.
+    one(objs, "Secret", f"{FULL}-certs", RELEASE_NS)
+    one(objs, "ConfigMap", f"{FULL}-policy", RELEASE_NS)
+
+
+def test_standard_mode_proxy_is_optional_and_listens_on_1080():
+    objs = render({"tproxy.addStandardModeProxy": True})
+    pod = one(objs, "DaemonSet")["spec"]["template"]["spec"]
+    std = container(pod, "tproxy-standard-mode")
+    assert std["command"][:3] == ["mitmdump", "-p", "1080"]
+    assert "--mode" not in std["command"]
+    assert "tproxy_metrics_port=9183" in std["command"]
+    assert "confdir=/etc/tproxy/mitmproxy" in std["command"]
+    assert {"containerPort": 1080, "hostPort": 1080, "name": "standard", "protocol": "TCP"} in std["ports"]
+
+
+def test_images_use_the_registry_prefix_and_the_mitmproxy_fallback():
+    objs = render({**ALL_ON, "images.tproxy_registry": "gcr.io/acme/", "images.pullPolicy": "Always"})
+    pod = one(objs, "DaemonSet")["spec"]["template"]["spec"]
+    assert container(pod, "tproxy-podwatch")["image"] == "gcr.io/acme/tproxy-podwatch:0.1.0"
+    assert container(pod, "tproxy-tproxy-mode")["image"] == "gcr.io/acme/tproxy-proxy:0.1.0"
+    assert {c["imagePullPolicy"] for c in pod["containers"]} == {"Always"}
+    dep = one(objs, "Deployment")["spec"]["template"]["spec"]
+    assert container(dep, "tproxy-initializer")["image"] == "gcr.io/acme/tproxy-initializer:0.1.0"
+    raw, _ = _injection(objs)
+    assert raw["containers"][0]["image"] == "gcr.io/acme/tproxy-sidecar:0.1.0"
+    # images.mitmproxy (original value) is used verbatim when the tproxy proxy image is emptied.
+    objs = render({"images.tproxy_proxy": "", "images.mitmproxy": "registry.local/mitm-tproxy:11"})
+    pod = one(objs, "DaemonSet")["spec"]["template"]["spec"]
+    assert container(pod, "tproxy-tproxy-mode")["image"] == "registry.local/mitm-tproxy:11"
+
+
+# ---- policy ---------------------------------------------------------------------------------
+
+def test_default_policy_is_the_tutorials():
+    policy = yaml.safe_load(one(render(), "ConfigMap", f"{FULL}-policy")["data"]["policy.yaml"])
+    assert policy == {"mode": "enforce", "rules": [
+        {"host": "storage.googleapis.com", "paths": ["/solutions-public-assets/"]}]}
+
+
+def test_policy_from_a_file_is_used_verbatim(tmp_path):
+    text = "# ours\nmode: report\nrules:\n  - host: '*.example.com'\n"
+    (tmp_path / "p.yaml").write_text(text)
+    objs = render(None, "--set-file", f"tproxy.policy={tmp_path / 'p.yaml'}")
+    assert one(objs, "ConfigMap", f"{FULL}-policy")["data"]["policy.yaml"] == text
+
+
+# ---- RBAC: least privilege ------------------------------------------------------------------
+
+def _rules(objs, kind, name):
+    return one(objs, kind, name)["rules"]
+
+
+def test_rbac_grants_exactly_what_each_component_needs(all_on):
+    assert _rules(all_on, "ClusterRole", f"{FULL}-initializer") == [
+        {"apiGroups": ["apps", "extensions"], "resources": ["deployments"],
+         "verbs": ["get", "list", "watch", "update", "patch", "initialize"]}]
+    assert _rules(all_on, "Role", f"{FULL}-initializer-config") == [
+        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [f"{FULL}-initializer"],
+         "verbs": ["get", "watch"]}]
+    assert one(all_on, "Role")["metadata"]["namespace"] == "kube-system"
+    assert _rules(all_on, "ClusterRole", f"{FULL}-podwatch") == [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+    # Nothing else is granted: no Secrets, no wildcards, no other roles.
+    roles = find(all_on, "ClusterRole") + find(all_on, "Role")
+    assert len(roles) == 3
+    for role in roles:
+        for rule in role["rules"]:
+            assert "secrets" not in rule["resources"] and "*" not in rule["verbs"]
+            assert "*" not in rule["resources"] and "*" not in rule["apiGroups"]
+
+
+def test_bindings_point_at_the_service_accounts_the_pods_use(all_on):
+    sas = {(o["metadata"]["namespace"], o["metadata"]["name"]) for o in find(all_on, "ServiceAccount")}
+    assert sas == {("kube-system", f"{FULL}-initializer"), (RELEASE_NS, FULL)}
+    roles = {(o["kind"], o["metadata"]["name"]) for o in find(all_on, "ClusterRole") + find(all_on, "Role")}
+    for b in find(all_on, "ClusterRoleBinding") + find(all_on, "RoleBinding"):
+        assert (b["roleRef"]["kind"], b["roleRef"]["name"]) in roles
+        for s in b["subjects"]:
+            assert (s["namespace"], s["name"]) in sas
+        if b["kind"] == "RoleBinding":
+            assert b["metadata"]["namespace"] == one(all_on, "Role", b["roleRef"]["name"])["metadata"]["namespace"]
+
+
+def test_rbac_without_initializer_has_only_podwatch():
+    objs = render({"tproxy.useRBAC": True})
+    assert {(o["kind"], o["metadata"]["name"]) for o in objs if o["kind"] in RBAC_KINDS} == {
+        ("ServiceAccount", FULL), ("ClusterRole", f"{FULL}-podwatch"), ("ClusterRoleBinding", f"{FULL}-podwatch")}
+
+
+# ---- root-certs ConfigMaps ------------------------------------------------------------------
+
+def test_root_certs_are_copied_into_listed_namespaces():
+    objs = render({"tproxy.rootCertsNamespaces": ["team-a", "team-b", RELEASE_NS, "team-a"]})
+    cms = find(objs, "ConfigMap", f"{FULL}-root-certs")
+    assert sorted(c["metadata"]["namespace"] for c in cms) == sorted([RELEASE_NS, "team-a", "team-b"])
+    bundles = {c["data"]["root-certs.crt"] for c in cms}
+    assert len(bundles) == 1, "every copy must hold the same CA"
+
+
+# ---- NOTES.txt ------------------------------------------------------------------------------
+
+def test_notes_with_initializer_name_the_annotation(tmp_path):
+    notes = render_notes({**ALL_ON, "tproxy.rootCertsNamespaces": ["team-a"]}, tmp_path)
+    assert '"initializer.kubernetes.io/tproxy": "true"' in notes
+    assert "initContainers" not in notes
+    assert f"{RELEASE_NS}, team-a" in notes
+
+
+def test_notes_in_manual_mode_print_the_init_container(tmp_path):
+    notes = render_notes({"tproxy.allowDNS": "10.11.240.10", "tproxy.addStandardModeProxy": True}, tmp_path)
+    assert '"initializer.kubernetes.io/tproxy": "true"' in notes  # podwatch still needs it
+    block = notes[notes.index("initContainers:"):notes.index("Add the volumes")]
+    [init] = yaml.safe_load(block)["initContainers"]
+    assert init["name"] == "tproxy" and init["securityContext"] == {"privileged": True}
+    assert {e["name"] for e in init["env"]} == {"ALLOW_DNS", "NODE_NAME", "TPROXY_VERIFY_TIMEOUT"}
+    vols = yaml.safe_load(notes[notes.index("volumes:"):notes.index("and mount them")])["volumes"]
+    assert vols[1]["configMap"]["name"] == f"{FULL}-root-certs"
+    env = yaml.safe_load(notes[notes.index("env:\n- name: NODE_NAME"):notes.index("The proxy's CA")])["env"]
+    assert [e["name"] for e in env] == ["NODE_NAME", "http_proxy", "https_proxy"]
+
