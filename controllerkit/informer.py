@@ -22,6 +22,7 @@ handler that raises is logged and the informer carries on. Handlers should be qu
 from __future__ import annotations
 
 import copy
+from copy import deepcopy as _deepcopy
 import random
 import threading
 import time
@@ -69,9 +70,13 @@ class Store:
             obj = self._items.get(key)
             return copy.deepcopy(obj) if obj is not None else None
 
-    def list(self) -> list[dict]:
+    def list(self, *, copy: bool = True) -> list[dict]:
+        """All cached objects. ``copy=False`` skips the deep copies (for hot read-only paths such as a
+        full resync over thousands of pods): the caller must then never mutate what it gets."""
         with self._lock:
-            return [copy.deepcopy(o) for o in self._items.values()]
+            if not copy:
+                return list(self._items.values())
+            return [_deepcopy(o) for o in self._items.values()]
 
     def keys(self) -> list[str]:
         with self._lock:

@@ -101,6 +101,10 @@ def test_store_returns_copies():
     got["spec"]["mutated"] = True
     assert "mutated" not in s.get("ns/a")["spec"]
     assert s.get("nope") is None and s.keys() == ["ns/a"] and len(s.list()) == 1
+    listed = s.list()
+    listed[0]["spec"]["mutated"] = True
+    assert "mutated" not in s.get("ns/a")["spec"]
+    assert s.list(copy=False)[0] is s.list(copy=False)[0], "copy=False shares the cached objects"
 
 
 def test_list_then_watch_tracks_resource_version_and_passes_query(srv, make_informer):
