@@ -44,7 +44,9 @@ BLOCK_HEADERS = {"Content-Type": "text/html"}
 POLICY_POLL_SECONDS = 0.5
 DEFAULT_STREAM_LARGE_BODIES = "1m"
 
-log = structlog.get_logger().bind(component="proxy")
+# A lazy proxy (no .bind() here): it must pick up setup_logging's configuration, which the script
+# entry point installs after importing this module.
+log = structlog.get_logger()
 
 Resolver = Callable[[str, int], Awaitable[list]]
 

@@ -1,0 +1,420 @@
+"""End to end: pod netns → node netns (REDIRECT → real mitmdump + our addon) → internet netns.
+
+Topology (all in namespaces this module creates; nothing touches the root namespace)::
+
+    pod  198.18.1.2 / 2001:db8:100::2 ──veth── node 198.18.1.1 / 2001:db8:100::1
+         curl, raw sockets                     nat PREROUTING -s POD --dports 80,443 REDIRECT :8080
+                                               mitmdump --mode transparent :8080 -s proxy/addon.py
+                                               (ip_forward off: the proxy is the only way out)
+    node 198.18.2.1 / 2001:db8:200::1 ──veth── internet 198.18.2.2 / 2001:db8:200::2
+                                               kubesim.upstream on 203.0.113.{10,20,30,99},
+                                               2001:db8:1::10, 169.254.169.254 (metadata);
+                                               a second upstream with an untrusted CA on 203.0.113.66
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from kubesim import netns
+from kubesim.testca import TestCA
+from kubesim.upstream import HELLO_BODY
+from sidecar import probe
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY = sys.executable
+MITMDUMP = os.path.join(os.path.dirname(PY), "mitmdump")
+POD4, POD6 = "198.18.1.2", "2001:db8:100::2"
+NAMES = {  # what both the pod and the node resolve
+    "www.google.com": "203.0.113.10",
+    "storage.googleapis.com": "203.0.113.20",
+    "allowed.example": "203.0.113.30",
+    "metadata.google.internal": "169.254.169.254",
+    "untrusted.example": "203.0.113.66",
+    "v6.example": "2001:db8:1::10",
+}
+UPSTREAM_ADDRS = ["203.0.113.10", "203.0.113.20", "203.0.113.30", "203.0.113.99", "2001:db8:1::10",
+                  "169.254.169.254"]
+POLICY = """\
+mode: enforce
+rules:
+  - host: storage.googleapis.com
+    paths: ["/solutions-public-assets/"]
+  - host: allowed.example
+  - host: v6.example
+  - host: untrusted.example
+  - host: metadata.google.internal   # allowed by name, still denied by address range
+"""
+METRICS_PORT = 9464
+
+
+def wait_for(pred, timeout=15.0, interval=0.1, what="condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = pred()
+            if last:
+                return last
+        except Exception as e:  # noqa: BLE001 - keep polling, report the last error
+            last = e
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}: last={last!r}")
+
+
+class World:
+    """Handles to the namespaces, processes and files of one module run."""
+
+    def __init__(self, tmp):
+        self.tmp = tmp
+        self.procs = []
+        self.nss = []
+
+    def ns(self, prefix):
+        n = netns.Netns.create(prefix)
+        self.nss.append(n)
+        return n
+
+    def spawn(self, ns, argv, name):
+        out = open(os.path.join(self.tmp, f"{name}.out"), "w")
+        err = open(os.path.join(self.tmp, f"{name}.err"), "w")
+        p = ns.popen(argv, stdout=out, stderr=err, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO})
+        self.procs.append(p)
+        return p
+
+    def close(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for n in self.nss:
+            n.delete()
+
+    # -- clients ---------------------------------------------------------------------------------
+    def curl(self, *args, timeout=10):
+        """curl in the pod; returns (status, body bytes, headers dict lower-case, http_version)."""
+        body, hdrs = os.path.join(self.tmp, "body"), os.path.join(self.tmp, "hdrs")
+        for f in (body, hdrs):
+            if os.path.exists(f):
+                os.unlink(f)
+        r = self.pod.run("curl", "-sS", "-m", str(timeout), "--cacert", self.mitm_ca, "-o", body, "-D", hdrs,
+                         "-w", "%{http_code} %{http_version}", *args, check=False, timeout=timeout + 5)
+        code, _, version = r.stdout.strip().partition(" ")
+        headers = {}
+        if os.path.exists(hdrs):
+            for line in open(hdrs, encoding="latin-1"):
+                k, sep, v = line.partition(":")
+                if sep:
+                    headers[k.strip().lower()] = v.strip()
+        data = open(body, "rb").read() if os.path.exists(body) else b""
+        return int(code or 0), data, headers, version
+
+    def pod_python(self, code, timeout=15):
+        return self.pod.run(PY, "-c", code, check=False, timeout=timeout)
+
+    def upstream_stats(self, listener):
+        r = self.inet.run("curl", "-sS", "-m", "5", "http://203.0.113.10/.upstream/stats", timeout=10)
+        return json.loads(r.stdout).get(listener, {"connections": 0, "requests": 0, "tls_failures": 0})
+
+    def metrics(self):
+        r = self.node.run("curl", "-sS", "-m", "5", f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10)
+        return r.stdout
+
+    def metric(self, name, **labels):
+        want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
+        for line in self.metrics().splitlines():
+            if line.startswith(want + " "):
+                return float(line.split()[-1])
+        return 0.0
+
+    def audit(self):
+        with open(self.audit_file) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    def audit_for(self, path):
+        return wait_for(lambda: [a for a in self.audit() if a.get("path") == path], 5, what=f"audit line {path}")
+
+    def set_policy(self, text):
+        """Replace the policy file and wait until the proxy reports a reload (success or error)."""
+        before = self.metric("tproxy_policy_reloads_total", result="success") + \
+            self.metric("tproxy_policy_reloads_total", result="error")
+        tmp = self.policy_file + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, self.policy_file)
+        wait_for(lambda: self.metric("tproxy_policy_reloads_total", result="success")
+                 + self.metric("tproxy_policy_reloads_total", result="error") > before, 5, what="policy reload")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    if not netns.available():
+        pytest.skip("needs root and iproute2")
+    tmp = str(tmp_path_factory.mktemp("proxy-e2e"))
+    w = World(tmp)
+    try:
+        _build(w, tmp)
+        yield w
+    finally:
+        w.close()
+
+
+def _build(w, tmp):
+    pod, node, inet = w.pod, w.node, w.inet = w.ns("pxpod"), w.ns("pxnode"), w.ns("pxinet")
+    netns.veth(node, "pod0", pod, "eth0")
+    netns.veth(node, "up0", inet, "eth0")
+    pod.add_addr("eth0", POD4 + "/24")
+    pod.add_addr("eth0", POD6 + "/64")
+    node.add_addr("pod0", "198.18.1.1/24")
+    node.add_addr("pod0", "2001:db8:100::1/64")
+    node.add_addr("up0", "198.18.2.1/24")
+    node.add_addr("up0", "2001:db8:200::1/64")
+    inet.add_addr("eth0", "198.18.2.2/24")
+    inet.add_addr("eth0", "2001:db8:200::2/64")
+    for a in UPSTREAM_ADDRS + ["203.0.113.66"]:
+        inet.add_addr("lo", a + ("/128" if ":" in a else "/32"))
+    pod.route("default", "via", "198.18.1.1")
+    pod.route("default", "via", "2001:db8:100::1")
+    node.route("203.0.113.0/24", "via", "198.18.2.2")
+    node.route("169.254.169.254/32", "via", "198.18.2.2")
+    node.route("2001:db8:1::/64", "via", "2001:db8:200::2")
+    inet.route("198.18.0.0/15", "via", "198.18.2.1")
+    inet.route("2001:db8:100::/48", "via", "2001:db8:200::1")
+    node.sysctl("net.ipv4.ip_forward", 0)
+    node.sysctl("net.ipv6.conf.all.forwarding", 0)
+    hosts = {addr: name for name, addr in NAMES.items()}
+    pod.write_hosts(hosts)
+    node.write_hosts(hosts)
+    for ipt, src in (("iptables", POD4), ("ip6tables", POD6)):
+        node.run(ipt, "-t", "nat", "-A", "PREROUTING", "-s", src, "-p", "tcp", "-m", "multiport",
+                 "--dports", "80,443", "-j", "REDIRECT", "--to-ports", "8080")
+
+    # the internet
+    ca_dir, bad_ca_dir = os.path.join(tmp, "ca"), os.path.join(tmp, "bad-ca")
+    w.ca = TestCA(ca_dir)
+    TestCA(bad_ca_dir)
+    hosts_arg = ",".join(n for n in NAMES if n not in ("untrusted.example",))
+    up = [PY, "-m", "kubesim.upstream", "--http-port", "80", "--https-port", "443", "--cert-dir", ca_dir,
+          "--hosts", hosts_arg, "--metadata"]
+    for a in UPSTREAM_ADDRS:
+        up += ["--bind", a]
+    w.spawn(inet, up, "upstream")
+    w.spawn(inet, [PY, "-m", "kubesim.upstream", "--bind", "203.0.113.66", "--http-port", "0", "--https-port",
+                   "443", "--cert-dir", bad_ca_dir, "--hosts", "untrusted.example"], "upstream-untrusted")
+
+    # the proxy
+    w.policy_file = os.path.join(tmp, "policy.yaml")
+    with open(w.policy_file, "w") as f:
+        f.write(POLICY)
+    w.identity_file = os.path.join(tmp, "identity.json")
+    with open(w.identity_file, "w") as f:
+        json.dump({"version": 1, "node": "node-e2e", "pods": {POD4: {
+            "namespace": "default", "name": "debian-app-7d9", "serviceAccount": "default", "labels": {},
+            "uid": "u-1"}}}, f)
+    w.audit_file = os.path.join(tmp, "audit.jsonl")
+    confdir = os.path.join(tmp, "mitm")
+    w.mitm_ca = os.path.join(confdir, "mitmproxy-ca-cert.pem")
+    w.mitm = w.spawn(node, [MITMDUMP, "--mode", "transparent", "--listen-port", "8080",
+                            "--set", f"confdir={confdir}", "-s", os.path.join(REPO, "proxy", "addon.py"),
+                            "--set", "connection_strategy=lazy", "--set", "flow_detail=0",
+                            "--set", f"ssl_verify_upstream_trusted_ca={w.ca.ca_file}",
+                            "--set", f"tproxy_policy={w.policy_file}",
+                            "--set", f"tproxy_identity={w.identity_file}",
+                            "--set", f"tproxy_audit={w.audit_file}",
+                            "--set", f"tproxy_metrics_port={METRICS_PORT}"], "mitmdump")
+    wait_for(lambda: inet.run("curl", "-sS", "-m", "2", "http://203.0.113.10/.upstream/stats",
+                              check=False).returncode == 0, what="upstream")
+    wait_for(lambda: os.path.exists(w.mitm_ca) and node.run(
+        "curl", "-sS", "-m", "2", f"http://127.0.0.1:{METRICS_PORT}/healthz", check=False).returncode == 0,
+        20, what="mitmdump (see mitmdump.err)")
+    wait_for(lambda: "8080" in node.run("ss", "-ltn").stdout, what="mitmdump listening")
+
+
+# -- the tutorial's two requests ----------------------------------------------------------------
+def test_allowed_request_gets_200_from_upstream(world):
+    status, body, _, _ = world.curl("https://storage.googleapis.com/solutions-public-assets/hello.txt")
+    assert (status, body) == (200, HELLO_BODY)
+
+
+def test_blocked_request_gets_418_teapot(world):
+    status, body, headers, _ = world.curl("https://www.google.com/")
+    assert status == 418
+    assert body == b"Access Denied by Administrator"
+    assert headers["content-type"] == "text/html"
+
+
+def test_http2_client_is_served(world):
+    status, body, _, version = world.curl("--http2", "https://allowed.example/echo")
+    assert status == 200 and version == "2"
+    assert json.loads(body)["host"] == "allowed.example"
+
+
+def test_ipv6_client_and_upstream(world):
+    status, body, _, _ = world.curl("-6", "https://v6.example/echo")
+    assert status == 200
+    assert json.loads(body)["local_address"] == "2001:db8:1::10"
+
+
+# -- fronting and bypass attempts ----------------------------------------------------------------
+def test_plain_http_host_aimed_at_another_ip_goes_to_the_policy_hosts_address(world):
+    # The client connects to www.google.com's address but claims Host: allowed.example.
+    status, body, _, _ = world.curl("-H", "Host: allowed.example", "http://203.0.113.10/echo")
+    assert status == 200
+    echo = json.loads(body)
+    assert echo["local_address"] == NAMES["allowed.example"]  # not 203.0.113.10
+    assert echo["host"] == "allowed.example"
+
+
+def test_https_sni_different_from_host_is_blocked(world):
+    status, _, headers, _ = world.curl("-H", "Host: www.google.com", "https://allowed.example/echo")
+    assert status == 418 and headers["x-tproxy-reason"] == "sni-host-mismatch"
+
+
+def test_https_allowed_host_behind_blocked_sni_is_blocked(world):
+    status, _, headers, _ = world.curl("-H", "Host: allowed.example", "https://www.google.com/echo")
+    assert status == 418 and headers["x-tproxy-reason"] == "sni-host-mismatch"
+
+
+def test_ip_literal_is_blocked(world):
+    status, _, headers, _ = world.curl(f"http://{NAMES['allowed.example']}/echo")
+    assert status == 418 and headers["x-tproxy-reason"] == "ip-literal"
+
+
+def test_tls_without_sni_is_blocked(world):
+    code = f"""
+import socket, ssl
+ctx = ssl.create_default_context(cafile={world.mitm_ca!r})
+ctx.check_hostname = False
+s = ctx.wrap_socket(socket.create_connection(("allowed.example", 443), 5))  # no server_hostname: no SNI
+s.sendall(b"GET /echo HTTP/1.1\\r\\nHost: allowed.example\\r\\nConnection: close\\r\\n\\r\\n")
+data = b""
+while chunk := s.recv(65536):
+    data += chunk
+print(data.split(b"\\r\\n\\r\\n")[0].decode())
+"""
+    r = world.pod_python(code)
+    assert " 418 " in r.stdout.splitlines()[0], r.stdout + r.stderr
+    assert "tls-without-sni" in r.stdout
+
+
+def test_connect_request_is_refused_and_never_tunnels(world):
+    before = world.upstream_stats("203.0.113.30:443")["connections"]
+    r = world.pod.run("curl", "-sS", "-m", "5", "-p", "-x", "http://203.0.113.30:80", "-o", "/dev/null",
+                      "-w", "%{http_connect} %{http_code}", "https://allowed.example/echo", check=False)
+    connect_code = r.stdout.strip().split(" ")[0]
+    assert connect_code != "200", r.stdout + r.stderr
+    assert r.returncode != 0
+    assert world.upstream_stats("203.0.113.30:443")["connections"] == before
+
+
+@pytest.mark.parametrize("payload, port", [(b"SSH-2.0-OpenSSH_9.2\r\n", 443), (b"\x00\x01binary\xff" * 10, 443),
+                                           (b"hello raw tcp\n", 80)])
+def test_raw_tcp_on_intercepted_ports_never_reaches_upstream(world, payload, port):
+    listener = f"203.0.113.99:{port}"
+    # control: the counter does count a direct connection (from the node, not redirected)
+    ctl = world.upstream_stats(listener)["connections"]
+    world.node.run(PY, "-c", f"import socket; s=socket.create_connection(('203.0.113.99', {port}), 3); "
+                             f"s.sendall(b'x'); s.close()", timeout=10)
+    wait_for(lambda: world.upstream_stats(listener)["connections"] == ctl + 1, 5, what="control connection")
+    before = ctl + 1
+    code = f"""
+import socket
+s = socket.create_connection(("203.0.113.99", {port}), 5)
+s.settimeout(3)
+s.sendall({payload!r})
+try:
+    print(repr(s.recv(4096)))
+except OSError as e:
+    print("recv error", e)
+"""
+    world.pod_python(code)
+    time.sleep(0.5)
+    assert world.upstream_stats(listener)["connections"] == before
+
+
+def test_metadata_server_is_denied_by_name_and_by_address(world):
+    before = world.upstream_stats("169.254.169.254:80")["requests"]
+    status, _, headers, _ = world.curl("-H", "Metadata-Flavor: Google",
+                                       "http://metadata.google.internal/computeMetadata/v1/project/project-id")
+    assert status == 418 and headers["x-tproxy-reason"] == "denied-range"
+    status, _, headers, _ = world.curl("-H", "Metadata-Flavor: Google",
+                                       "http://169.254.169.254/computeMetadata/v1/project/project-id")
+    assert status == 418
+    assert world.upstream_stats("169.254.169.254:80")["requests"] == before
+
+
+def test_upstream_with_untrusted_certificate_is_not_200(world):
+    status, body, _, _ = world.curl("https://untrusted.example/echo")
+    assert status == 502, body
+    assert b"erif" in body  # "Certificate verify failed"
+
+
+# -- probe, audit, streaming --------------------------------------------------------------------
+def test_interception_probe_is_answered_locally(world):
+    status, body, headers, _ = world.curl("-H", f"Host: {probe.PROBE_HOST}", "-H", f"{probe.NONCE_HEADER}: e2e-42",
+                                          f"http://{probe.PROBE_ADDRESS}{probe.PROBE_PATH}")
+    assert status == 200
+    assert headers[probe.ANSWER_HEADER.lower()] == "e2e-42"
+    assert body.startswith(b"tproxy proxy on")
+
+
+def test_audit_lines_carry_pod_identity(world):
+    world.curl("https://storage.googleapis.com/solutions-public-assets/hello.txt?audit=1")
+    line = world.audit_for("/solutions-public-assets/hello.txt?audit=1")[-1]
+    assert line["client_ip"] == POD4
+    assert (line["pod_namespace"], line["pod_name"], line["pod_service_account"], line["node"]) == \
+        ("default", "debian-app-7d9", "default", "node-e2e")
+    assert (line["decision"], line["status"], line["bytes"], line["sni"]) == \
+        ("allow", 200, len(HELLO_BODY), "storage.googleapis.com")
+    assert line["rule"] == "rules[0] storage.googleapis.com" and line["upstream"] == "203.0.113.20"
+
+
+def test_large_download_is_streamed_with_flat_memory(world):
+    def rss_kb(field):
+        for line in open(f"/proc/{world.mitm.pid}/status"):
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    size = 200 * 1024 * 1024
+    base = rss_kb("VmRSS")
+    status, _, _, _ = world.curl("-o", "/dev/null", f"http://allowed.example/bytes/{size}", timeout=60)
+    # (-o given twice: curl uses the last one, so the body is discarded)
+    assert status == 200
+    line = world.audit_for(f"/bytes/{size}")[-1]
+    assert line["bytes"] == size
+    assert rss_kb("VmHWM") - base < 64 * 1024, "mitmdump buffered the body"
+
+
+# -- policy changes (these run last: they change the module's policy) -----------------------------
+def test_report_mode_allows_and_records_would_block(world):
+    world.set_policy(POLICY.replace("mode: enforce", "mode: report"))
+    try:
+        status, _, _, _ = world.curl("https://www.google.com/?report=1")
+        assert status == 200
+        line = world.audit_for("/?report=1")[-1]
+        assert (line["decision"], line["reason"]) == ("report", "no-matching-rule")
+    finally:
+        world.set_policy(POLICY)
+
+
+def test_hot_reload_good_then_bad_keeps_last_good(world):
+    assert world.curl("https://www.google.com/")[0] == 418
+    world.set_policy(POLICY + "  - host: www.google.com\n")
+    assert world.curl("https://www.google.com/")[0] == 200
+    errors = world.metric("tproxy_policy_reloads_total", result="error")
+    world.set_policy("rules: [{host: 'not a host'}]\n")
+    assert world.metric("tproxy_policy_reloads_total", result="error") == errors + 1
+    assert world.curl("https://www.google.com/")[0] == 200  # last good policy still in force
+    assert world.curl("https://storage.googleapis.com/solutions-public-assets/")[0] == 200
+    err = open(os.path.join(world.tmp, "mitmdump.err")).read()
+    assert "policy_rejected" in err and "not a valid hostname" in err
+    world.set_policy(POLICY)
+    assert world.curl("https://www.google.com/")[0] == 418
