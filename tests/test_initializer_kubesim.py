@@ -1,0 +1,555 @@
+"""The initializer against kubesim's 1.7 API server over HTTPS (official client underneath).
+
+The cluster objects are the chart's own: its ConfigMap (the injection config), its
+InitializerConfiguration and, for the RBAC test, its ServiceAccount/ClusterRole/Role and bindings,
+rendered by the real Helm binary. Most tests share one in-process controller (the chart's flags:
+-require-annotation=true, --exclude-namespaces); tests that need their own controller use their own
+initializer name and put it in ``pending`` themselves (an admin may, as in the 1.7 e2e tests), so
+they do not race the shared one.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import yaml
+
+from controllerkit import errors
+from controllerkit.kube import Client, resource_path
+from controllerkit.serve import HealthServer
+from initializer import metrics
+from initializer.controller import Controller
+from initializer.mutate import ALPHA_INIT_ANNOTATION, BETA_INIT_ANNOTATION
+
+kubesim_api = pytest.importorskip("kubesim.apiserver")
+
+REPO = Path(__file__).resolve().parent.parent
+HELM = os.environ.get("TPROXY_HELM", str(REPO / ".tools" / "bin" / "helm"))
+NAME = "tproxy.initializer.kubernetes.io"
+ANN = "initializer.kubernetes.io/tproxy"
+CM_NS = "kube-system"
+DEPLOY = "apps/v1beta1"
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+def render_chart() -> list[dict]:
+    if not os.access(HELM, os.X_OK):
+        pytest.fail(f"Helm binary not found at {HELM}: run `make setup` or set TPROXY_HELM")
+    out = subprocess.run(
+        [HELM, "template", "tproxy", str(REPO / "chart"), "--namespace", "tproxy-system", "--kube-version",
+         "1.13.0", "--api-versions", "admissionregistration.k8s.io/v1alpha1",
+         "--set", "tproxy.useRBAC=true,tproxy.useInitializer=true"],
+        capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def initializer_objects(docs):
+    """The chart's initializer objects by kind (component=initializer) + its InitializerConfiguration."""
+    by_kind: dict[str, list[dict]] = {}
+    for d in docs:
+        labels = (d.get("metadata") or {}).get("labels") or {}
+        if labels.get("component") == "initializer" or d["kind"] == "InitializerConfiguration":
+            by_kind.setdefault(d["kind"], []).append(d)
+    return by_kind
+
+
+def collection_path(obj: dict) -> str:
+    kind = obj["kind"]
+    plural = {"ConfigMap": "configmaps", "ServiceAccount": "serviceaccounts", "ClusterRole": "clusterroles",
+              "ClusterRoleBinding": "clusterrolebindings", "Role": "roles", "RoleBinding": "rolebindings",
+              "InitializerConfiguration": "initializerconfigurations", "Namespace": "namespaces"}[kind]
+    return resource_path(obj["apiVersion"], plural, (obj.get("metadata") or {}).get("namespace"))
+
+
+def deployment(name, annotated=True, group=DEPLOY, pending=None, **podspec):
+    meta = {"name": name}
+    if annotated is not None:
+        meta["annotations"] = {ANN: "true" if annotated is True else annotated}
+    if pending is not None:
+        meta["initializers"] = {"pending": [{"name": n} for n in pending]}
+    pod = {"containers": [{"name": "app", "image": "debian"}]}
+    pod.update(podspec)
+    spec = {"template": {"metadata": {"labels": {"app": name}}, "spec": pod}}
+    if group == "extensions/v1beta1":
+        spec["selector"] = {"matchLabels": {"app": name}}
+    return {"apiVersion": group, "kind": "Deployment", "metadata": meta, "spec": spec}
+
+
+def wait_for(fn, timeout=10.0, interval=0.02, what="condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def tproxy_count(obj: dict) -> int:
+    return [c["name"] for c in obj["spec"]["template"]["spec"].get("initContainers") or []].count("tproxy")
+
+
+def assert_injected_once(obj: dict, cfg_mounts: int = 3):
+    pod = obj["spec"]["template"]["spec"]
+    assert tproxy_count(obj) == 1, pod.get("initContainers")
+    assert pod["initContainers"][0]["name"] == "tproxy"
+    vols = [v["name"] for v in pod.get("volumes") or []]
+    assert vols.count("ca-certs-debian") == 1 and vols.count("ca-certs-fedora") == 1, vols
+    for c in pod["containers"]:
+        paths = [m["mountPath"] for m in c.get("volumeMounts") or []]
+        assert len(paths) == len(set(paths)), paths
+        assert "/etc/ssl/certs/" in paths
+    assert obj["spec"]["template"]["metadata"]["annotations"][ANN] == "true"
+
+
+class Recorder:
+    """A logger that keeps (level, event, fields): tests assert what was reported."""
+
+    def __init__(self):
+        self.records = []
+        self.lock = threading.Lock()
+
+    def _rec(self, level, event, **kw):
+        with self.lock:
+            self.records.append((level, event, kw))
+
+    def debug(self, event, **kw): self._rec("debug", event, **kw)
+    def info(self, event, **kw): self._rec("info", event, **kw)
+    def warning(self, event, **kw): self._rec("warning", event, **kw)
+    def error(self, event, **kw): self._rec("error", event, **kw)
+
+    def events(self, name):
+        with self.lock:
+            return [kw for _, e, kw in self.records if e == name]
+
+
+# ---------------------------------------------------------------------------------------------
+# fixtures
+
+@pytest.fixture(scope="module")
+def chart():
+    return initializer_objects(render_chart())
+
+
+@pytest.fixture(scope="module")
+def server(chart):
+    srv = kubesim_api.APIServer(k8s_version="1.7", seed=0).start(host="127.0.0.1", port=0)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def admin(server, chart):
+    """Admin client whose requests are exempt from injected faults (test set-up must not flake)."""
+    c = Client.from_url(server.url, token=server.admin_token, ca_file=server.ca_file)
+    c.api_client.set_default_header("X-Kubesim-No-Faults", "1")
+    c.default_timeout = 40
+    for kind in ("ConfigMap", "InitializerConfiguration"):
+        for obj in chart[kind]:
+            c.create(collection_path(obj), obj)
+    for ns in ("team-a", "team-b", "excluded", "two", "kill", "late", "rbac", "faults", "order", "groups"):
+        c.create("/api/v1/namespaces", {"metadata": {"name": ns}})
+    return c
+
+
+@pytest.fixture(scope="module")
+def cm_name(chart):
+    return chart["ConfigMap"][0]["metadata"]["name"]
+
+
+@pytest.fixture(scope="module")
+def kubeconfig(server, tmp_path_factory):
+    return server.write_kubeconfig(str(tmp_path_factory.mktemp("kc") / "admin.kubeconfig"))
+
+
+@pytest.fixture(scope="module")
+def controller(admin, kubeconfig, cm_name):
+    """The shared controller, with the chart's flags."""
+    ctl = Controller.from_kubeconfig(kubeconfig, configmap=cm_name, config_namespace=CM_NS,
+                                     require_annotation=True, exclude_namespaces=["excluded"], workers=2,
+                                     resync_period=0.5)
+    ctl.start()
+    assert ctl.wait_ready(10), ctl.ready()
+    yield ctl
+    ctl.stop()
+
+
+def create(c: Client, ns: str, obj: dict, group: str = DEPLOY, **query) -> dict:
+    return c.create(resource_path(group, "deployments", ns), obj, **query)
+
+
+def get(c: Client, ns: str, name: str) -> dict:
+    return c.get(resource_path(DEPLOY, "deployments", ns, name))
+
+
+def pending_of(obj):
+    inits = obj["metadata"].get("initializers")
+    return None if inits is None else [p["name"] for p in inits.get("pending") or []]
+
+
+# ---------------------------------------------------------------------------------------------
+# the create path
+
+def test_blocking_create_returns_201_with_the_injection(controller, admin):
+    before = metrics.DEPLOYMENTS.labels("initialized")._value.get()
+    obj = create(admin, "team-a", deployment("web"))
+    assert obj["metadata"].get("initializers") is None
+    assert_injected_once(obj)
+    app = obj["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "ca-certs-debian", "mountPath": "/etc/ssl/certs/", "readOnly": True} in app["volumeMounts"]
+    # (the create returns when the server applied our PUT; the metric follows the PUT's answer)
+    wait_for(lambda: metrics.DEPLOYMENTS.labels("initialized")._value.get() == before + 1, what="metric")
+    # A plain (initialized-only) list now sees it.
+    names = [d["metadata"]["name"] for d in admin.list(resource_path(DEPLOY, "deployments", "team-a"))["items"]]
+    assert "web" in names
+
+
+def test_status_code_is_201_through_the_official_client(controller, server):
+    from kubernetes import client as k8s
+    cfg = k8s.Configuration()
+    cfg.host, cfg.ssl_ca_cert = server.url, server.ca_file
+    cfg.api_key["BearerToken"], cfg.api_key_prefix["BearerToken"] = server.admin_token, "Bearer"
+    api = k8s.ApiClient(cfg)
+    resp = api.call_api("/apis/apps/v1beta1/namespaces/team-b/deployments", "POST",
+                        body=deployment("official"), header_params={"Content-Type": "application/json",
+                                                                    "Accept": "application/json"},
+                        auth_settings=["BearerToken"], _preload_content=False, _return_http_data_only=False)
+    assert resp.status == 201
+    assert tproxy_count(json.loads(resp.data)) == 1
+
+
+def test_not_annotated_deployment_is_initialized_untouched(controller, admin):
+    obj = create(admin, "team-a", deployment("plain", annotated=None))
+    assert obj["metadata"].get("initializers") is None
+    pod = obj["spec"]["template"]["spec"]
+    assert not pod.get("initContainers") and not pod.get("volumes")
+    assert ANN not in (obj["spec"]["template"]["metadata"].get("annotations") or {})
+    obj = create(admin, "team-a", deployment("optout", annotated="false"))
+    assert tproxy_count(obj) == 0
+
+
+def test_excluded_namespace_is_released_without_injection(controller, admin):
+    obj = create(admin, "excluded", deployment("sys"))
+    assert obj["metadata"].get("initializers") is None and tproxy_count(obj) == 0
+
+
+@pytest.mark.parametrize("group", ["apps/v1beta1", "extensions/v1beta1"])
+def test_both_api_groups_are_initialized(controller, admin, group):
+    name = "g-" + group.split("/")[0]
+    obj = create(admin, "groups", deployment(name, group=group), group=group)
+    assert obj["apiVersion"] == group
+    assert_injected_once(obj)
+
+
+def test_conflicting_volume_fails_the_create_with_our_message(controller, admin):
+    bad = deployment("clash", volumes=[{"name": "ca-certs-debian", "emptyDir": {}}])
+    with pytest.raises(errors.Invalid) as exc:
+        create(admin, "team-a", bad)
+    assert exc.value.code == 422
+    assert exc.value.message.startswith("tproxy initializer: ")
+    assert "volume 'ca-certs-debian' with a different definition" in exc.value.message
+    with pytest.raises(errors.NotFound):
+        get(admin, "team-a", "clash")
+
+
+def test_17_init_container_annotation_stays_consistent(controller, admin):
+    user = [{"name": "migrate", "image": "m"}]
+    obj = create(admin, "team-b", deployment("legacy", initContainers=user))
+    field = obj["spec"]["template"]["spec"]["initContainers"]
+    assert [c["name"] for c in field] == ["tproxy", "migrate"]
+    ann = obj["spec"]["template"]["metadata"]["annotations"]
+    for key in (BETA_INIT_ANNOTATION, ALPHA_INIT_ANNOTATION):
+        if key in ann:  # the 1.7 server mirrors the field into these
+            assert [c["name"] for c in json.loads(ann[key])] == ["tproxy", "migrate"]
+    # The user's init container got the CA mounts too (it runs after the lock).
+    assert any(m["mountPath"] == "/etc/ssl/certs/" for m in field[1]["volumeMounts"])
+    # Read back: the stored object kept the injected container.
+    assert [c["name"] for c in get(admin, "team-b", "legacy")["spec"]["template"]["spec"]["initContainers"]] \
+        == ["tproxy", "migrate"]
+
+
+def test_17_annotation_only_init_containers_are_kept(controller, admin):
+    dep = deployment("annotated-init")
+    dep["spec"]["template"]["metadata"]["annotations"] = {
+        BETA_INIT_ANNOTATION: json.dumps([{"name": "old", "image": "o"}])}
+    obj = create(admin, "team-b", dep)
+    assert [c["name"] for c in obj["spec"]["template"]["spec"]["initContainers"]] == ["tproxy", "old"]
+    assert [c["name"] for c in json.loads(obj["spec"]["template"]["metadata"]["annotations"][BETA_INIT_ANNOTATION])] \
+        == ["tproxy", "old"]
+
+
+# ---------------------------------------------------------------------------------------------
+# pending order
+
+def test_other_initializer_first_is_left_alone_until_it_is_ours(controller, admin):
+    other = "other.initializer.example.com"
+    created = create(admin, "order", deployment("second", pending=[other, NAME]), includeUninitialized="1")
+    assert pending_of(created) == [other, NAME]
+    time.sleep(1.2)  # > 2 resync periods of the controller
+    cur = get(admin, "order", "second")
+    assert pending_of(cur) == [other, NAME] and tproxy_count(cur) == 0
+    cur["metadata"]["initializers"]["pending"] = [{"name": NAME}]   # the other initializer finishes
+    admin.replace(resource_path(DEPLOY, "deployments", "order", "second"), cur)
+    done = wait_for(lambda: (lambda o: o if pending_of(o) is None else None)(get(admin, "order", "second")),
+                    what="initialized after the other initializer")
+    assert_injected_once(done)
+
+
+def test_other_initializer_after_us_stays_pending_in_order(controller, admin):
+    after = ["b.initializer.example.com", "c.initializer.example.com"]
+    create(admin, "order", deployment("first", pending=[NAME, *after]), includeUninitialized="1")
+    obj = wait_for(lambda: (lambda o: o if tproxy_count(o) else None)(get(admin, "order", "first")),
+                   what="injection")
+    assert pending_of(obj) == after
+    assert_injected_once(obj)
+    time.sleep(0.6)
+    assert pending_of(get(admin, "order", "first")) == after
+
+
+# ---------------------------------------------------------------------------------------------
+# config: hot reload, bad config, not ready without config
+
+def test_configmap_hot_reload_and_bad_configmap_keeps_last_good(controller, admin, cm_name):
+    path = resource_path("v1", "configmaps", CM_NS, cm_name)
+    original = admin.get(path)
+    try:
+        cm = copy.deepcopy(original)
+        cm["data"]["config"] = cm["data"]["config"].replace("image: tproxy-sidecar:0.1.0", "image: tproxy-sidecar:v2")
+        admin.replace(path, cm)
+        wait_for(lambda: "v2" in json.dumps(controller.config.containers), what="reload")
+        obj = create(admin, "team-a", deployment("after-reload"))
+        assert obj["spec"]["template"]["spec"]["initContainers"][0]["image"] == "tproxy-sidecar:v2"
+
+        errs = metrics.CONFIG_ERRORS.labels("malformed")._value.get()
+        cm = admin.get(path)
+        cm["data"]["config"] = "volumeMount: [oops"
+        admin.replace(path, cm)
+        wait_for(lambda: metrics.CONFIG_ERRORS.labels("malformed")._value.get() > errs, what="config error counted")
+        assert controller.ready() == (True, "ok"), "a bad reload must not make a working initializer unready"
+        obj = create(admin, "team-a", deployment("after-bad-config"))
+        assert obj["spec"]["template"]["spec"]["initContainers"][0]["image"] == "tproxy-sidecar:v2"
+    finally:
+        cur = admin.get(path)
+        cur["data"] = original["data"]
+        admin.replace(path, cur)
+        wait_for(lambda: "v2" not in json.dumps(controller.config.containers), what="restore")
+
+
+def test_no_config_means_not_ready_and_nothing_initialized_until_it_arrives(admin, kubeconfig, chart):
+    late = "late.initializer.example.com"
+    ctl = Controller.from_kubeconfig(kubeconfig, initializer_name=late, configmap="late-config",
+                                     config_namespace="late", resync_period=0.3, config_retry=0.1)
+    health = HealthServer(0, host="127.0.0.1", ready=ctl.ready).start()
+    ctl.start()
+    try:
+        ok, why = wait_for(lambda: (lambda r: r if "not found" in r[1] else None)(ctl.ready()), what="reason")
+        assert not ok and "ConfigMap late/late-config not found" in why
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            urllib.request.urlopen(f"http://127.0.0.1:{health.port}/readyz", timeout=5)
+        assert exc.value.code == 503 and b"late-config not found" in exc.value.read()
+
+        create(admin, "late", deployment("waits", pending=[late]), includeUninitialized="1")
+        # A malformed config: still not ready, with the validation message; still nothing done.
+        cm = copy.deepcopy(chart["ConfigMap"][0])
+        cm["metadata"] = {"name": "late-config", "namespace": "late"}
+        good = cm["data"]["config"]
+        cm["data"]["config"] = "containers: [{name: tproxy}]"
+        admin.create(resource_path("v1", "configmaps", "late"), cm)
+        wait_for(lambda: "image: required" in ctl.ready()[1], what="malformed reason")
+        time.sleep(0.8)
+        cur = get(admin, "late", "waits")
+        assert pending_of(cur) == [late] and tproxy_count(cur) == 0, "never initialize without a config"
+
+        cur_cm = admin.get(resource_path("v1", "configmaps", "late", "late-config"))
+        cur_cm["data"]["config"] = good
+        admin.replace(resource_path("v1", "configmaps", "late", "late-config"), cur_cm)
+        done = wait_for(lambda: (lambda o: o if pending_of(o) is None else None)(get(admin, "late", "waits")),
+                        what="initialized once the config arrived")
+        assert_injected_once(done)
+        assert ctl.ready() == (True, "ok")
+        assert urllib.request.urlopen(f"http://127.0.0.1:{health.port}/readyz", timeout=5).status == 200
+    finally:
+        ctl.stop()
+        health.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# never hang, never twice: faults, two replicas, kill -9
+
+def test_faults_leave_nothing_uninitialized_and_nothing_injected_twice(controller, admin, server):
+    conflicts = metrics.WRITE_CONFLICTS._value.get()
+    server.set_faults("conflict=0.3,error500=0.05,gone=0.3,watch_cut=0.2")
+    try:
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            results = list(pool.map(lambda i: create(admin, "faults", deployment(f"f{i}")), range(30)))
+    finally:
+        server.set_faults(None)
+    for obj in results:
+        assert obj["metadata"].get("initializers") is None
+        assert_injected_once(obj)
+    for i in range(30):
+        assert_injected_once(get(admin, "faults", f"f{i}"))
+    assert metrics.WRITE_CONFLICTS._value.get() > conflicts, "the fault mix should have produced 409s"
+
+
+def _all_done(admin, ns, n, name_of):
+    objs = [get(admin, ns, name_of(i)) for i in range(n)]
+    return objs if all(pending_of(o) is None for o in objs) else None
+
+
+def test_two_replicas_inject_exactly_once(admin, kubeconfig, cm_name):
+    two = "two.initializer.example.com"
+    n = 30
+    for i in range(n):
+        create(admin, "two", deployment(f"t{i}", pending=[two]), includeUninitialized="1")
+    replicas = [Controller.from_kubeconfig(kubeconfig, initializer_name=two, configmap=cm_name,
+                                           config_namespace=CM_NS, workers=3, resync_period=0.3)
+                for _ in range(2)]
+    for r in replicas:
+        r.start()
+    try:
+        objs = wait_for(lambda: _all_done(admin, "two", n, lambda i: f"t{i}"), timeout=20, what="all initialized")
+    finally:
+        for r in replicas:
+            r.stop()
+    for o in objs:
+        assert_injected_once(o)
+
+
+def test_kill_9_mid_burst_then_restart_completes_everything_once(admin, kubeconfig, cm_name, tmp_path):
+    killname = "kill.initializer.example.com"
+    n = 60
+    for i in range(n):
+        create(admin, "kill", deployment(f"k{i}", pending=[killname]), includeUninitialized="1")
+    cmd = [sys.executable, "-m", "initializer", "--kubeconfig", kubeconfig, "-initializer-name=" + killname,
+           "-namespace=" + CM_NS, "-configmap", cm_name, "--metrics-port", "0", "--workers", "2",
+           "--resync-period", "500ms"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+
+    def done_count():
+        items = admin.list(resource_path(DEPLOY, "deployments", "kill"), includeUninitialized="true")["items"]
+        return sum(1 for o in items if pending_of(o) is None)
+
+    first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: done_count() >= 1, timeout=20, interval=0.005, what="first initialization")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+    killed_at = done_count()
+    log_path = tmp_path / "second.log"
+    with open(log_path, "w") as log:
+        second = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=log)
+        try:
+            objs = wait_for(lambda: _all_done(admin, "kill", n, lambda i: f"k{i}"), timeout=30,
+                            what="all initialized after restart")
+        finally:
+            second.terminate()
+            second.wait(10)
+    assert second.returncode == 0, "SIGTERM is a clean shutdown"
+    for o in objs:
+        assert_injected_once(o)
+    # The restarted process logged JSON lines with namespace/name/uid/outcome for what it finished.
+    lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+    done = [r for r in lines if r.get("event") == "deployment_initialized"]
+    assert len(done) == n - killed_at or killed_at == n
+    if done:
+        assert {"namespace", "name", "uid", "outcome"} <= set(done[0]) and done[0]["component"] == "initializer"
+
+
+# ---------------------------------------------------------------------------------------------
+# RBAC: the chart's, cross-namespace; and clear 403s without it
+
+def _sa_kubeconfig(server, tmp_path, ns, name):
+    return server.write_kubeconfig(str(tmp_path / f"{name}.kubeconfig"), token=server.service_account_token(ns, name))
+
+
+def test_works_with_exactly_the_charts_rbac_across_namespaces(admin, server, chart, cm_name, tmp_path):
+    for kind in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"):
+        for obj in chart[kind]:
+            admin.create(collection_path(obj), obj)
+    sa = chart["ServiceAccount"][0]["metadata"]
+    kc = _sa_kubeconfig(server, tmp_path, sa["namespace"], sa["name"])
+    rb = "rbac.initializer.example.com"
+    ctl = Controller.from_kubeconfig(kc, initializer_name=rb, configmap=cm_name, config_namespace=CM_NS,
+                                     resync_period=0.3)
+    ctl.start()
+    try:
+        assert ctl.wait_ready(10), ctl.ready()
+        for group in ("apps/v1beta1", "extensions/v1beta1"):
+            name = "r-" + group.split("/")[0]
+            create(admin, "rbac", deployment(name, group=group, pending=[rb]), group=group, includeUninitialized="1")
+            done = wait_for(lambda: (lambda o: o if pending_of(o) is None else None)(get(admin, "rbac", name)),
+                            what=f"initialized with the chart's RBAC ({group})")
+            assert_injected_once(done)
+    finally:
+        ctl.stop()
+
+
+def test_without_rbac_403s_are_reported_clearly(admin, server, cm_name, tmp_path):
+    nobody = _sa_kubeconfig(server, tmp_path, "rbac", "nobody")
+    log = Recorder()
+    ctl = Controller.from_kubeconfig(nobody, initializer_name="nobody.initializer.example.com", configmap=cm_name,
+                                     config_namespace=CM_NS, config_retry=0.1, logger=log)
+    ctl.start()
+    try:
+        ok, why = wait_for(lambda: (lambda r: r if "403" in r[1] else None)(ctl.ready()), what="403 reason")
+        assert not ok
+        assert f"ConfigMap {CM_NS}/{cm_name}" in why and "needs get and watch" in why
+        assert metrics.CONFIG_ERRORS.labels("forbidden")._value.get() >= 1
+    finally:
+        ctl.stop()
+
+
+def test_write_without_initialize_verb_is_reported_and_retried(admin, server, chart, cm_name, tmp_path):
+    """Config readable, deployments readable, but no update/initialize: the 403 on the PUT is logged
+    with what is missing, and the object is retried (stays pending, never half-written)."""
+    name = "readonly-init"
+    admin.create(resource_path("rbac.authorization.k8s.io/v1beta1", "clusterroles"), {
+        "metadata": {"name": name},
+        "rules": [{"apiGroups": ["apps", "extensions"], "resources": ["deployments"],
+                   "verbs": ["get", "list", "watch"]}]})
+    admin.create(resource_path("rbac.authorization.k8s.io/v1beta1", "clusterrolebindings"), {
+        "metadata": {"name": name}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                                "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": "rbac"}]})
+    admin.create(resource_path("rbac.authorization.k8s.io/v1beta1", "roles", CM_NS), {
+        "metadata": {"name": name, "namespace": CM_NS},
+        "rules": [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [cm_name],
+                   "verbs": ["get", "watch"]}]})
+    admin.create(resource_path("rbac.authorization.k8s.io/v1beta1", "rolebindings", CM_NS), {
+        "metadata": {"name": name, "namespace": CM_NS},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": "rbac"}]})
+    kc = _sa_kubeconfig(server, tmp_path, "rbac", name)
+    ro = "ro.initializer.example.com"
+    log = Recorder()
+    ctl = Controller.from_kubeconfig(kc, initializer_name=ro, configmap=cm_name, config_namespace=CM_NS,
+                                     resync_period=0.3, logger=log)
+    ctl.start()
+    try:
+        assert ctl.wait_ready(10), ctl.ready()
+        create(admin, "rbac", deployment("ro", pending=[ro]), includeUninitialized="1")
+        wait_for(lambda: len(log.events("write_forbidden")) >= 2, what="403 reported (and retried)")
+        rec = log.events("write_forbidden")[0]
+        assert rec["namespace"] == "rbac" and rec["name"] == "ro" and "403" in rec["error"]
+        assert "initialize" in rec["hint"]
+        cur = get(admin, "rbac", "ro")
+        assert pending_of(cur) == [ro] and tproxy_count(cur) == 0
+    finally:
+        ctl.stop()
