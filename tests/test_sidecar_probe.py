@@ -11,7 +11,7 @@ from podwatch import rules
 from sidecar import verify
 
 START = os.path.join(REPO, "sidecar", "start.sh")
-PORT_OK, PORT_BAD, PORT_NOTHING = 18080, 18081, 18082
+PORT_OK, PORT_BAD, PORT_NOTHING, PORT_REAL = 18080, 18081, 18082, 18090
 
 
 def test_retries_until_ok_and_classifies_failures():
@@ -88,3 +88,35 @@ def test_verify_false_skips_the_proof(net):
     env = {**PROBE_ENV, "ALLOW_DNS": "any", "TPROXY_VERIFY": "false"}
     proc = subprocess.run(net.pods["nothing"].exec_argv([START]), env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "verify_skipped" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def real_proxy(net, tmp_path_factory):
+    """The real proxy (mitmdump + tproxy addon) on the node, listening on PORT_REAL."""
+    import sys
+    import time
+    tmp = tmp_path_factory.mktemp("mitm")
+    policy = tmp / "policy.yaml"
+    policy.write_text("mode: enforce\nrules: []\n")
+    mitmdump = os.path.join(os.path.dirname(sys.executable), "mitmdump")
+    err = open(tmp / "mitmdump.err", "w")
+    proc = net.node.popen([mitmdump, "--mode", "transparent", "--listen-port", str(PORT_REAL),
+                           "--set", f"confdir={tmp / 'conf'}", "-s", os.path.join(REPO, "proxy", "addon.py"),
+                           "--set", "connection_strategy=lazy", "--set", f"tproxy_policy={policy}",
+                           "--set", "tproxy_audit=" + str(tmp / "audit.jsonl")],
+                          stdout=err, stderr=err)
+    net.procs.append(proc)
+    deadline = time.monotonic() + 30
+    while f":{PORT_REAL}" not in net.node.run("ss", "-ltn").stdout:
+        assert proc.poll() is None and time.monotonic() < deadline, (tmp / "mitmdump.err").read_text()[-2000:]
+        time.sleep(0.1)
+    return proc
+
+
+@pytest.mark.root
+def test_the_real_proxy_satisfies_the_probe(net, real_proxy):
+    net.add_pod("real")
+    redirect(net, "real", PORT_REAL)
+    proc = run_sidecar(net, "real", timeout=20)
+    assert proc.returncode == 0, proc.stderr
+    assert '"event": "verified"' in proc.stderr
