@@ -153,6 +153,12 @@ class TproxyAddon:
             opts.update(connection_strategy="lazy")
         if "stream_large_bodies" in known and not opts.stream_large_bodies:
             opts.update(stream_large_bodies=DEFAULT_STREAM_LARGE_BODIES)
+        # The audit log replaces mitmdump's own flow dump on stdout; mitmproxy's log records still
+        # reach stderr as JSON through controllerkit's handler. (--set on the command line wins.)
+        if "flow_detail" in known:
+            opts.update(flow_detail=0)
+        if "termlog_verbosity" in known:
+            opts.update(termlog_verbosity="error")
 
     def configure(self, updated):
         o = ctx.options

@@ -237,6 +237,14 @@ def _build(w, tmp):
         "curl", "-sS", "-m", "2", f"http://127.0.0.1:{METRICS_PORT}/healthz", check=False).returncode == 0,
         20, what="mitmdump (see mitmdump.err)")
     wait_for(lambda: "8080" in node.run("ss", "-ltn").stdout, what="mitmdump listening")
+    # the standard-mode variant (tproxy.addStandardModeProxy): same addon, same policy, port 1080
+    w.std_audit_file = os.path.join(tmp, "audit-std.jsonl")
+    w.spawn(node, [MITMDUMP, "-p", "1080", "--set", f"confdir={confdir}",
+                   "-s", os.path.join(REPO, "proxy", "addon.py"),
+                   "--set", f"ssl_verify_upstream_trusted_ca={w.ca.ca_file}",
+                   "--set", f"tproxy_policy={w.policy_file}", "--set", f"tproxy_audit={w.std_audit_file}"],
+            "mitmdump-std")
+    wait_for(lambda: ":1080" in node.run("ss", "-ltn").stdout, 20, what="standard-mode mitmdump listening")
 
 
 # -- the tutorial's two requests ----------------------------------------------------------------
@@ -356,6 +364,31 @@ def test_upstream_with_untrusted_certificate_is_not_200(world):
     status, body, _, _ = world.curl("https://untrusted.example/echo")
     assert status == 502, body
     assert b"erif" in body  # "Certificate verify failed"
+
+
+# -- the standard-mode variant ------------------------------------------------------------------
+STD = ("-x", "http://198.18.1.1:1080")
+
+
+def test_standard_mode_allows_https_through_connect(world):
+    status, body, _, _ = world.curl(*STD, "https://storage.googleapis.com/solutions-public-assets/hello.txt")
+    assert (status, body) == (200, HELLO_BODY)
+
+
+def test_standard_mode_refuses_connect_to_blocked_host(world):
+    r = world.pod.run("curl", "-sS", "-m", "5", *STD, "--cacert", world.mitm_ca, "-o", "/dev/null",
+                      "-w", "%{http_connect}", "https://www.google.com/", check=False)
+    assert r.stdout.strip() == "418" and r.returncode != 0
+
+
+def test_standard_mode_blocks_plain_http_and_dials_policy_host(world):
+    assert world.curl(*STD, "http://www.google.com/")[0] == 418
+    status, body, _, _ = world.curl(*STD, "http://allowed.example/echo")
+    assert status == 200 and json.loads(body)["local_address"] == NAMES["allowed.example"]
+    with open(world.std_audit_file) as f:
+        lines = [json.loads(x) for x in f if x.strip()]
+    assert any(a["proxy_mode"] == "regular" and a["decision"] == "allow" and a["host"] == "allowed.example"
+               for a in lines)
 
 
 # -- probe, audit, streaming --------------------------------------------------------------------
