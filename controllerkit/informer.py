@@ -225,7 +225,10 @@ class Informer:
                 obj["kind"] = kind[: -len("List")]
             if api_version and "apiVersion" not in obj and kind != "List":
                 obj["apiVersion"] = api_version
-            fresh[key_of(obj)] = obj
+            try:
+                fresh[key_of(obj)] = obj
+            except ValueError:
+                self.log.warning("list_item_without_name", path=self.path)
         rv = (result.get("metadata") or {}).get("resourceVersion")
         with self._dispatch_lock:
             old = self.store._replace(fresh)

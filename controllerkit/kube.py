@@ -189,8 +189,9 @@ class Client:
     urllib3 pool is shared by the informer's watch and the workers.
     """
 
-    #: default per-request timeout (seconds) for non-watch calls
-    default_timeout: float = 30.0
+    #: default per-request timeout (seconds) for non-watch calls; above the 1.7 API server's own 30 s
+    #: limit on a create blocked by pending initializers, so its 504 Status arrives as a typed Timeout
+    default_timeout: float = 60.0
     #: connect timeout for watches (the read side waits for the server's timeoutSeconds)
     watch_connect_timeout: float = 10.0
 
@@ -260,6 +261,16 @@ class Client:
     @property
     def host(self) -> str:
         return self.api_client.configuration.host
+
+    def close(self) -> None:
+        """Release the connection pool (open watches end with a StreamError or quietly if closed)."""
+        self.api_client.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # -- raw REST -----------------------------------------------------------------------------
     def _open(self, method: str, path: str, query, body, content_type: str, timeout):

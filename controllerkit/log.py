@@ -26,6 +26,17 @@ _LEADING = ("ts", "level", "component", "event")
 _HANDLER_MARK = "_controllerkit_handler"
 
 
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is *now*. Binding the object seen at setup time breaks when it
+    is later replaced and closed (pytest's capture, daemonising wrappers): every log call would raise."""
+
+    def write(self, data: str) -> int:
+        return sys.stderr.write(data)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def _order_keys(_logger, _name, event_dict):
     """Put ts, level, component, event first so lines line up when read by a person."""
     ordered = {k: event_dict.pop(k) for k in _LEADING if k in event_dict}
@@ -50,7 +61,7 @@ def setup_logging(component: str, level: str = "info", *, stream=None) -> struct
         level_no = LEVELS[str(level).lower()]
     except KeyError:
         raise ValueError(f"unknown log level {level!r}; use one of {sorted(set(LEVELS) - {'warn'})}") from None
-    stream = stream if stream is not None else sys.stderr
+    stream = stream if stream is not None else _CurrentStderr()
     shared = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,

@@ -138,3 +138,15 @@ def test_setup_logging_exception_info_is_in_the_line():
 def test_setup_logging_rejects_unknown_level():
     with pytest.raises(ValueError, match="unknown log level 'loud'"):
         setup_logging("x", "loud", stream=io.StringIO())
+
+
+def test_default_stream_follows_current_stderr(monkeypatch):
+    first = io.StringIO()
+    monkeypatch.setattr("sys.stderr", first)
+    log = setup_logging("podwatch")
+    first.close()  # e.g. pytest's capture of an earlier test, or a detached terminal
+    second = io.StringIO()
+    monkeypatch.setattr("sys.stderr", second)
+    log.info("still_logging")
+    logging.getLogger("kubernetes.test").error("lib error")
+    assert [o["event"] for o in lines(second)] == ["still_logging", "lib error"]
