@@ -354,6 +354,8 @@ class TproxyAddon:
             dest = flow.server_conn.address
             port = dest[1] if dest else (443 if req.scheme == "https" else 80)
         v = Verdict("allow", "rule", host=host, port=port)
+        if self.policy.mode == "open":  # no filtering at all (still dials the Host by name, audited)
+            return dataclasses.replace(v, reason="open-mode")
         if req.scheme == "https" and flow.client_conn.tls:
             sni = flow.client_conn.sni
             if not sni:
@@ -366,8 +368,6 @@ class TproxyAddon:
                     sni_norm = None
                 if sni_norm != host:
                     return dataclasses.replace(v, decision="block", reason="sni-host-mismatch")
-        if self.policy.mode == "open":
-            return dataclasses.replace(v, reason="open-mode")
         d = self.policy.decide(host, method=req.method, scheme=req.scheme, path=req.path, namespace=namespace)
         if d.allowed:
             return dataclasses.replace(v, rule=d.rule)
@@ -422,7 +422,7 @@ class TproxyAddon:
         flow.metadata["tproxy"] = v
 
     def _deny(self, flow, v: Verdict) -> None:
-        self.metrics.requests.labels("block", "blocked").inc()
+        self.metrics.requests.labels("block", self.metrics.host_label(None)).inc()
         self._block_response(flow, v.reason)
         self._audit(flow, v, status=BLOCK_STATUS, nbytes=len(BLOCK_BODY))
 

@@ -6,7 +6,7 @@ keeps each instance's numbers its own. ``controllerkit.serve.HealthServer`` serv
 
 Host labels are bounded: a request is labelled with the *rule pattern* that allowed it, and only
 the first ``HOST_LABEL_LIMIT`` rules get their own label (``other`` beyond); blocked requests are
-labelled ``blocked`` because their host is chosen by the client (unbounded).
+labelled ``unmatched`` (their host is chosen by the client: unbounded).
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ class Metrics:
     @staticmethod
     def host_label(rule) -> str:
         if rule is None:
-            return "blocked"
+            return "unmatched"
         return rule.host if rule.index < HOST_LABEL_LIMIT else "other"
 
     def set_policy(self, policy) -> None:

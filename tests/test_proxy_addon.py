@@ -315,10 +315,11 @@ def test_report_mode_reports_denied_range(addon, tmp_path, audit_file):
     assert audit_lines(audit_file)[-1]["reason"] == "denied-range"
 
 
-def test_open_mode_allows_everything_public(addon, tmp_path):
+def test_open_mode_allows_everything(addon, tmp_path):
     addon.tctx.configure(addon, tproxy_policy=write_policy(tmp_path, "mode: open\n"))
-    f = run(addon, make_flow("www.google.com", "/anything"))
+    f = run(addon, make_flow("www.google.com", "/anything", sni="other.example"))
     assert f.response is None
+    assert server_connect(addon, f).address == ("203.0.113.10", 443)
 
 
 # -- audit -----------------------------------------------------------------------------------------
@@ -389,7 +390,7 @@ def test_metrics_count_decisions_with_bounded_host_labels(addon):
     r = addon.metrics.registry
     assert r.get_sample_value("tproxy_requests_total",
                               {"decision": "allow", "host": "storage.googleapis.com"}) == 1
-    assert r.get_sample_value("tproxy_requests_total", {"decision": "block", "host": "blocked"}) == 2
+    assert r.get_sample_value("tproxy_requests_total", {"decision": "block", "host": "unmatched"}) == 2
     assert r.get_sample_value("tproxy_decision_seconds_count") == 3
 
 
