@@ -197,3 +197,59 @@ def test_workers_exit_on_queue_shutdown():
     for t in threads:
         t.join(2)
     assert not any(t.is_alive() for t in threads)
+
+
+# -- model-based check of the single-threaded semantics (hypothesis stateful testing) --------------
+from hypothesis import settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule  # noqa: E402
+
+KEYS = st.sampled_from(["a", "b", "c"])
+
+
+class QueueModel(RuleBasedStateMachine):
+    """The client-go contract as a model: FIFO of distinct keys, dirty set, processing set."""
+
+    def __init__(self):
+        super().__init__()
+        self.q = WorkQueue("model")
+        self.fifo, self.dirty, self.processing = [], set(), set()
+
+    @rule(key=KEYS)
+    def add(self, key):
+        self.q.add(key)
+        if key in self.dirty:
+            return
+        self.dirty.add(key)
+        if key not in self.processing:
+            self.fifo.append(key)
+
+    @rule()
+    def get(self):
+        got = self.q.get(timeout=0)
+        if not self.fifo:
+            assert got is None
+            return
+        expected = self.fifo.pop(0)
+        assert got == expected
+        self.processing.add(got)
+        self.dirty.discard(got)
+
+    @precondition(lambda self: self.processing)
+    @rule(data=st.data())
+    def done(self, data):
+        key = data.draw(st.sampled_from(sorted(self.processing)))
+        self.q.done(key)
+        self.processing.discard(key)
+        if key in self.dirty:
+            self.fifo.append(key)
+
+    @invariant()
+    def same_length_and_no_key_both_queued_and_processing(self):
+        assert len(self.q) == len(self.fifo)
+        assert not set(self.fifo) & self.processing
+        assert len(set(self.fifo)) == len(self.fifo)
+
+
+TestQueueModel = QueueModel.TestCase
+TestQueueModel.settings = settings(max_examples=150, stateful_step_count=30, deadline=None)
