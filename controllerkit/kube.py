@@ -128,7 +128,7 @@ class WatchStream:
         clean_end = False
         try:
             try:
-                for chunk in self._resp.stream(65536, decode_content=True):
+                for chunk in self._chunks():
                     if self.closed:
                         return
                     buf += chunk
@@ -157,6 +157,18 @@ class WatchStream:
                     pass
             else:
                 self.close()
+
+    def _chunks(self) -> Iterator[bytes]:
+        """Bytes as they arrive. ``stream()`` is right for chunked bodies, but on a body without
+        chunked encoding (HTTP/1.0-style, until close) it blocks until 64 KiB arrive; ``read1`` does not."""
+        if getattr(self._resp, "chunked", False):
+            yield from self._resp.stream(65536, decode_content=True)
+            return
+        while True:
+            data = self._resp.read1(65536)
+            if not data:
+                return
+            yield data
 
     def _decode(self, line: bytes, final: bool = False) -> tuple[str, dict] | None:
         line = line.strip()

@@ -310,3 +310,33 @@ def test_watch_stream_close_from_other_thread_ends_quietly(srv, client):
     t0 = time.monotonic()
     assert list(stream) == []
     assert time.monotonic() - t0 < 3
+
+
+def test_watch_without_chunked_encoding_delivers_each_event_at_once():
+    """Some servers/proxies stream a watch as a plain body until close: events must not wait for 64 KiB."""
+    import threading
+
+    first_seen = threading.Event()
+    seen_before_second = []
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def serve():
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n")
+        conn.sendall(b'{"type": "ADDED", "object": {"metadata": {"name": "one"}}}\n')
+        seen_before_second.append(first_seen.wait(2))
+        conn.sendall(b'{"type": "DELETED", "object": {"metadata": {"name": "one"}}}\n')
+        conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    c = Client.from_url(f"http://127.0.0.1:{listener.getsockname()[1]}")
+    got = []
+    for etype, obj in c.watch("/api/v1/pods", timeout_seconds=5):
+        got.append(etype)
+        first_seen.set()
+    listener.close()
+    assert got == ["ADDED", "DELETED"]
+    assert seen_before_second == [True], "the first event must reach the caller before more bytes arrive"
