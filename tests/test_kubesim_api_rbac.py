@@ -1,0 +1,190 @@
+"""Conformance: authentication (bearer tokens, 1.7 service-account token Secrets) and RBAC authorization."""
+import base64
+import re
+
+import kubernetes.client as k
+import pytest
+
+from kubesim.apiserver import APIServer
+from kubesim.testing import api_client_for, raw
+
+
+@pytest.fixture(scope="module")
+def srv():
+    s = APIServer().start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def c(srv):
+    return api_client_for(srv)
+
+
+def bind(c, ns, name, rules, subjects, cluster_role=False, cluster_binding=False):
+    rbac = k.RbacAuthorizationV1Api(c)
+    if cluster_role:
+        rbac.create_cluster_role({"metadata": {"name": name}, "rules": rules})
+    else:
+        rbac.create_namespaced_role(ns, {"metadata": {"name": name}, "rules": rules})
+    ref = {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole" if cluster_role else "Role", "name": name}
+    if cluster_binding:
+        rbac.create_cluster_role_binding({"metadata": {"name": name}, "roleRef": ref, "subjects": subjects})
+    else:
+        rbac.create_namespaced_role_binding(ns, {"metadata": {"name": name}, "roleRef": ref, "subjects": subjects})
+
+
+def test_no_or_bad_token_is_401(srv):
+    """Authentication: requests without a valid bearer token get 401 Unauthorized."""
+    for token in ("", "not-a-token", "a.b.c"):
+        cl = api_client_for(srv, token or "x")
+        if not token:
+            cl.configuration.api_key = {}
+        s, body = raw(cl, "GET", "/api/v1/namespaces")
+        assert s == 401 and body["reason"] == "Unauthorized"
+
+
+def test_bootstrap_namespaces_service_accounts_and_token_secrets(c):
+    """Bootstrap: default/kube-system/kube-public, each with a `default` SA whose token Secret is published the
+    1.7 way (<sa>-token-<5 chars>, type kubernetes.io/service-account-token, data token/ca.crt/namespace)."""
+    v1 = k.CoreV1Api(c)
+    assert sorted(n.metadata.name for n in v1.list_namespace().items) == ["default", "kube-public", "kube-system"]
+    for ns in ("default", "kube-system", "kube-public"):
+        sa = v1.read_namespaced_service_account("default", ns)
+        assert len(sa.secrets) == 1
+        secret = v1.read_namespaced_secret(sa.secrets[0].name, ns)
+        assert re.fullmatch(r"default-token-[bcdfghjklmnpqrstvwxz2456789]{5}", secret.metadata.name)
+        assert secret.type == "kubernetes.io/service-account-token"
+        assert set(secret.data) == {"token", "ca.crt", "namespace"}
+        assert base64.b64decode(secret.data["namespace"]).decode() == ns
+        assert b"BEGIN CERTIFICATE" in base64.b64decode(secret.data["ca.crt"])
+        assert secret.metadata.annotations["kubernetes.io/service-account.name"] == "default"
+        assert secret.metadata.annotations["kubernetes.io/service-account.uid"] == sa.metadata.uid
+
+
+def test_new_namespace_and_service_account_get_tokens(srv, c):
+    """The SA controller creates `default` in a new namespace; the token controller a Secret for every SA."""
+    v1 = k.CoreV1Api(c)
+    v1.create_namespace({"metadata": {"name": "team-a"}})
+    assert v1.read_namespaced_service_account("default", "team-a").secrets
+    v1.create_namespaced_service_account("team-a", {"metadata": {"name": "robot"}})
+    sa = v1.read_namespaced_service_account("robot", "team-a")
+    assert sa.secrets and sa.secrets[0].name.startswith("robot-token-")
+    token = base64.b64decode(v1.read_namespaced_secret(sa.secrets[0].name, "team-a").data["token"]).decode()
+    assert token == srv.service_account_token("team-a", "robot")
+    assert token.count(".") == 2, "a JWT, like 1.7 service-account tokens"
+
+
+def test_service_account_denied_with_the_1_7_message(srv):
+    """RBAC deny: 403 Forbidden, `<resource>.<group> "<name>" is forbidden: User "<user>" cannot <verb> ...`."""
+    sa = api_client_for(srv, srv.service_account_token("default", "nobody"))
+    s, body = raw(sa, "GET", "/apis/extensions/v1beta1/namespaces/default/deployments/web")
+    assert s == 403 and body["reason"] == "Forbidden"
+    assert body["message"] == ('deployments.extensions "web" is forbidden: User "system:serviceaccount:default:nobody" '
+                               'cannot get deployments.extensions in the namespace "default".')
+    assert body["details"] == {"name": "web", "group": "extensions", "kind": "deployments"}
+    s, body = raw(sa, "GET", "/api/v1/nodes")
+    assert s == 403
+    assert body["message"] == ('nodes is forbidden: User "system:serviceaccount:default:nobody" cannot list nodes '
+                               'at the cluster scope.')
+
+
+def test_role_binding_allows_exactly_its_rules(srv, c):
+    """A Role + RoleBinding to a ServiceAccount allows its verbs/resources in its namespace only."""
+    bind(c, "default", "reader", [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}],
+         [{"kind": "ServiceAccount", "name": "reader", "namespace": "default"}])
+    sa = k.CoreV1Api(api_client_for(srv, srv.service_account_token("default", "reader")))
+    sa.list_namespaced_config_map("default")
+    with pytest.raises(k.ApiException) as e:
+        sa.list_namespaced_config_map("kube-system")
+    assert e.value.status == 403
+    with pytest.raises(k.ApiException) as e:
+        sa.create_namespaced_config_map("default", {"metadata": {"name": "nope"}})
+    assert e.value.status == 403
+    with pytest.raises(k.ApiException) as e:
+        sa.list_namespaced_secret("default")
+    assert e.value.status == 403
+
+
+def test_resource_names_restrict_to_named_requests(srv, c):
+    """resourceNames match only requests that carry a name: get of that name yes, list/other names no."""
+    k.CoreV1Api(c).create_namespaced_config_map("default", {"metadata": {"name": "allowed"}})
+    k.CoreV1Api(c).create_namespaced_config_map("default", {"metadata": {"name": "denied"}})
+    bind(c, "default", "one-cm", [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["allowed"],
+                                   "verbs": ["get", "list"]}],
+         [{"kind": "ServiceAccount", "name": "one", "namespace": "default"}])
+    sa = k.CoreV1Api(api_client_for(srv, srv.service_account_token("default", "one")))
+    assert sa.read_namespaced_config_map("allowed", "default").metadata.name == "allowed"
+    for call in (lambda: sa.read_namespaced_config_map("denied", "default"),
+                 lambda: sa.list_namespaced_config_map("default", field_selector="metadata.name=allowed")):
+        with pytest.raises(k.ApiException) as e:
+            call()
+        assert e.value.status == 403
+
+
+def test_cluster_role_binding_to_group_and_wildcards(srv, c):
+    """ClusterRoleBinding to group system:serviceaccounts; '*' verbs and resources; group matching."""
+    bind(c, "", "all-sa-read", [{"apiGroups": ["extensions", "apps"], "resources": ["*"], "verbs": ["get", "list"]}],
+         [{"kind": "Group", "name": "system:serviceaccounts", "apiGroup": "rbac.authorization.k8s.io"}],
+         cluster_role=True, cluster_binding=True)
+    sa = api_client_for(srv, srv.service_account_token("kube-system", "anyone"))
+    assert raw(sa, "GET", "/apis/extensions/v1beta1/deployments")[0] == 200
+    assert raw(sa, "GET", "/apis/apps/v1beta1/namespaces/x/deployments")[0] == 200
+    assert raw(sa, "GET", "/api/v1/pods")[0] == 403
+    assert raw(sa, "DELETE", "/apis/apps/v1beta1/namespaces/default/deployments/x")[0] == 403
+
+
+def test_role_binding_to_cluster_role_is_namespaced(srv, c):
+    """A RoleBinding referencing a ClusterRole grants it only in the binding's namespace."""
+    bind(c, "", "pod-editor", [{"apiGroups": [""], "resources": ["pods", "pods/status"], "verbs": ["*"]}],
+         [], cluster_role=True, cluster_binding=True)
+    s, _ = raw(c, "POST", "/apis/rbac.authorization.k8s.io/v1beta1/namespaces/kube-system/rolebindings", body={
+        "metadata": {"name": "pod-editor"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io",
+                                                        "kind": "ClusterRole", "name": "pod-editor"},
+        "subjects": [{"kind": "ServiceAccount", "name": "kubelet"}]})   # namespace defaults to the binding's
+    assert s == 201
+    sa = api_client_for(srv, srv.service_account_token("kube-system", "kubelet"))
+    assert raw(sa, "GET", "/api/v1/namespaces/kube-system/pods")[0] == 200
+    assert raw(sa, "GET", "/api/v1/namespaces/default/pods")[0] == 403
+
+
+def test_static_user_token_and_user_subject(srv, c):
+    """Static tokens for plain users; a User subject matches the user name."""
+    srv.add_token("alice-token", "alice", groups=["devs"])
+    bind(c, "default", "alice", [{"apiGroups": [""], "resources": ["services"], "verbs": ["list"]}],
+         [{"kind": "User", "name": "alice", "apiGroup": "rbac.authorization.k8s.io"}])
+    alice = api_client_for(srv, "alice-token")
+    assert raw(alice, "GET", "/api/v1/namespaces/default/services")[0] == 200
+    assert raw(alice, "GET", "/api/v1/namespaces/default/secrets")[0] == 403
+
+
+def test_token_invalid_after_its_secret_is_deleted(srv, c):
+    """1.7 token authenticator with lookup: the token dies with its Secret (or its ServiceAccount)."""
+    token = srv.service_account_token("default", "ephemeral")
+    cl = api_client_for(srv, token)
+    assert raw(cl, "GET", "/api/v1/namespaces/default/pods")[0] == 403   # authenticated, not authorized
+    secret = k.CoreV1Api(c).read_namespaced_service_account("ephemeral", "default").secrets[0].name
+    k.CoreV1Api(c).delete_namespaced_secret(secret, "default")
+    assert raw(cl, "GET", "/api/v1/namespaces/default/pods")[0] == 401
+
+
+def test_rbac_v1beta1_and_v1_are_one_storage(c):
+    """rbac v1beta1 and v1 serve the same objects."""
+    s, role = raw(c, "POST", "/apis/rbac.authorization.k8s.io/v1beta1/namespaces/default/roles",
+                  body={"metadata": {"name": "shared"}, "rules": []})
+    assert s == 201
+    r = k.RbacAuthorizationV1Api(c).read_namespaced_role("shared", "default")
+    assert r.metadata.uid == role["metadata"]["uid"]
+
+
+def test_1_13_forbidden_wording():
+    """1.13 wording: `cannot get resource "configmaps" in API group "" in the namespace "default"`."""
+    srv = APIServer(k8s_version="1.13").start()
+    try:
+        sa = api_client_for(srv, srv.service_account_token("default", "x"))
+        s, body = raw(sa, "GET", "/api/v1/namespaces/default/configmaps/c")
+        assert s == 403
+        assert body["message"] == ('configmaps "c" is forbidden: User "system:serviceaccount:default:x" cannot get '
+                                   'resource "configmaps" in API group "" in the namespace "default"')
+    finally:
+        srv.stop()
