@@ -33,7 +33,7 @@ class KubeSim:
         self.kubeconfig = os.path.join(self.tmp, "kubeconfig")
         self.port = free_port()
         argv = [sys.executable, "-m", "kubesim", "serve", "--listen", f"127.0.0.1:{self.port}",
-                "--kubeconfig", self.kubeconfig, *(extra_args or [])]
+                "--kubeconfig", self.kubeconfig, "--log-level", "warning", *(extra_args or [])]
         if faults:
             argv += ["--faults", faults]
         self.log_path = os.path.join(self.tmp, "kubesim.log")
