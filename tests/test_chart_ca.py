@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 import trustme
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from chart_helpers import REPO, helm, one, render
+from chart_helpers import REPO, helm, one, render, render_text
 
 FULL = "tproxy-tproxy"
 
@@ -156,3 +157,31 @@ def test_mitmdump_uses_the_rendered_secret_from_a_read_only_confdir(tmp_path):
         proc.terminate()
         proc.wait(timeout=10)
         log.close()
+
+
+def test_upgrade_keeps_the_ca_through_helm_lookup(kubesim_server, tmp_path):
+    """Helm 3 `lookup` against a live API server (the kubesim emulator, through
+    `helm template --dry-run=server`): the first render generates a CA; once that Secret is in the
+    cluster, the next render (an upgrade) reuses it instead of generating a new one."""
+    from kubesim.testing import api_client_for, raw
+
+    kubeconfig = kubesim_server.write_kubeconfig(str(tmp_path / "kubeconfig"))
+    admin = api_client_for(kubesim_server)
+    ns = "tproxy-system"
+    assert raw(admin, "POST", "/api/v1/namespaces", body={"metadata": {"name": ns}})[0] == 201
+    live = ("--dry-run=server", "--kubeconfig", kubeconfig)
+
+    first = [d for d in yaml.safe_load_all(render_text(None, *live, namespace=ns)) if d]
+    secret = one(first, "Secret", f"{FULL}-certs")
+    assert secret["metadata"]["annotations"]["tproxy/ca-source"] == "generated"
+    status, body = raw(admin, "POST", f"/api/v1/namespaces/{ns}/secrets", body=secret)  # what install does
+    assert status == 201, body
+
+    second = [d for d in yaml.safe_load_all(render_text({"tproxy.hostPort": 8081}, *live, namespace=ns)) if d]
+    again = one(second, "Secret", f"{FULL}-certs")
+    assert again["metadata"]["annotations"]["tproxy/ca-source"] == "existing-secret"
+    assert again["data"] == secret["data"]
+    assert _root_bundle(second) == _root_bundle(first)
+    checksum = lambda objs: one(objs, "DaemonSet")["spec"]["template"]["metadata"]["annotations"]["checksum/ca"]
+    assert checksum(second) == checksum(first)
+    admin.close()
