@@ -119,6 +119,27 @@ def bind_all(mounts: list[dict]) -> None:
             _mount(None, dst, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_REC)
 
 
+def open_interpreter_path(scratch: str) -> None:
+    """Let a non-root user reach the virtualenv's interpreter (it lives under /root here).
+
+    Directories on the way that others may not traverse are covered, in this mount namespace only,
+    by an overlay whose top directory is mode 0711: the files keep their own permissions.
+    """
+    target = os.path.realpath(sys.executable)
+    d = os.path.dirname(target)
+    blocked = []
+    while d not in ("/", ""):
+        if not os.stat(d).st_mode & 0o001:
+            blocked.append(d)
+        d = os.path.dirname(d)
+    for i, d in enumerate(reversed(blocked)):
+        upper, work = os.path.join(scratch, f"x{i}", "upper"), os.path.join(scratch, f"x{i}", "work")
+        os.makedirs(upper, exist_ok=True)
+        os.makedirs(work, exist_ok=True)
+        os.chmod(upper, (os.stat(d).st_mode & 0o7777) | 0o011)
+        _mount("overlay", d, "overlay", 0, f"lowerdir={d},upperdir={upper},workdir={work}")
+
+
 def drop_capabilities(keep: set[str]) -> None:
     for name, num in ALL_CAPS.items():
         if name in keep:
@@ -141,6 +162,8 @@ def launch(spec: dict) -> None:
     if uid is not None:
         if spec.get("run_as_non_root") and int(uid) == 0:
             raise LaunchError("container has runAsNonRoot and runAsUser 0")
+        if int(uid) != 0:
+            open_interpreter_path(spec["scratch"])
         os.setgroups([])
         os.setgid(int(gid if gid is not None else uid))
         os.setuid(int(uid))

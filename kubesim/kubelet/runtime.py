@@ -308,7 +308,13 @@ class PodRuntime(threading.Thread):
                     if path is None:
                         return True
                     s.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
-                    head = s.recv(64).decode("latin-1", "replace")
+                    data = b""
+                    while len(data) < 65536:  # read to the end: closing early resets the server's write
+                        chunk = s.recv(4096)
+                        if not chunk:
+                            break
+                        data += chunk
+                    head = data[:64].decode("latin-1", "replace")
                     parts = head.split()
                     return len(parts) > 1 and parts[1].isdigit() and 200 <= int(parts[1]) < 400
             except OSError:

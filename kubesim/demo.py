@@ -1,0 +1,260 @@
+"""``python -m kubesim demo`` (``make demo``): the whole tutorial on this machine, checked.
+
+1. start a simulated Kubernetes 1.7 cluster (API server with the Initializers admission plugin, one
+   node, an "internet" with www.google.com, storage.googleapis.com and a metadata server);
+2. ``helm template tproxy chart/ --set tproxy.useInitializer=true,tproxy.useRBAC=true`` applied in order;
+3. wait for the initializer and the DaemonSet (podwatch + mitmproxy);
+4. create ``examples/debian-app.yaml`` and ``examples/debian-app-locked.yaml``;
+5. print what the tutorial prints: both apps' logs and the proxy's log lines for the locked app's requests;
+6. clean up (also on Ctrl-C).
+
+It exits 0 only when the tutorial's results were observed: unlocked www.google.com 200, bucket 200,
+ping replies; locked www.google.com 418, bucket 200, ping "Operation not permitted"; and the proxy
+logged the locked app's requests. Otherwise it says which stage or result is missing and exits 1.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from kubesim.kubelet.images import REPO_ROOT
+
+HELM_DEFAULT = os.path.join(REPO_ROOT, ".tools", "bin", "helm")
+CHART = os.path.join(REPO_ROOT, "chart")
+EXAMPLES = os.path.join(REPO_ROOT, "examples")
+GOOGLE = "https://www.google.com"
+BUCKET = "https://storage.googleapis.com/solutions-public-assets/"
+
+
+class DemoError(Exception):
+    """A stage failed; the message says which and why."""
+
+
+class Interrupted(BaseException):
+    pass
+
+
+def helm_binary() -> str:
+    helm = os.environ.get("TPROXY_HELM") or HELM_DEFAULT
+    if not (os.path.exists(helm) or shutil.which(helm)):
+        raise DemoError(f"helm not found at {helm} (run `make setup`, or set TPROXY_HELM)")
+    return helm
+
+
+def render_chart(values: str, extra: list[str] | None = None) -> str:
+    if not os.path.exists(os.path.join(CHART, "Chart.yaml")):
+        raise DemoError(f"the chart is missing ({CHART}/Chart.yaml)")
+    argv = [helm_binary(), "template", "tproxy", CHART, "--set", values, *(extra or [])]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise DemoError(f"helm template failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+# -- reading results --------------------------------------------------------------------------------
+def last_round(log: str) -> dict | None:
+    """The newest complete round of the example app's loop: {"google": code, "bucket": code, "ping": text}."""
+    google = bucket = None
+    result = None
+    lines = log.splitlines()
+    for i, line in enumerate(lines):
+        m = re.search(r"https://www\.google\.com: (\d{3})", line)
+        if m:
+            google, bucket = m.group(1), None
+            continue
+        m = re.search(r"https://storage\.googleapis\.com/solutions-public-assets/: (\d{3})", line)
+        if m and google:
+            bucket = m.group(1)
+            continue
+        if google and bucket and ("PING" in line or "ping:" in line):
+            ping = [line] + [l for l in lines[i + 1:i + 3] if l.strip() and "https://" not in l]
+            result = {"google": google, "bucket": bucket, "ping": "\n".join(ping)}
+            google = bucket = None
+    return result
+
+
+def unlocked_ok(r: dict | None) -> bool:
+    return bool(r) and r["google"] == "200" and r["bucket"] == "200" and "bytes from" in r["ping"]
+
+
+def locked_ok(r: dict | None) -> bool:
+    return bool(r) and r["google"] == "418" and r["bucket"] == "200" and "Operation not permitted" in r["ping"]
+
+
+def tail(text: str, n: int) -> str:
+    return "\n".join(text.rstrip("\n").splitlines()[-n:])
+
+
+# -- the demo ---------------------------------------------------------------------------------------
+class Demo:
+    def __init__(self, args):
+        self.args = args
+        self.t0 = time.monotonic()
+        self.cluster = None
+
+    def step(self, msg: str) -> None:
+        print(f"[{time.monotonic() - self.t0:5.1f}s] {msg}", flush=True)
+
+    def detail(self, text: str) -> None:
+        for line in text.rstrip("\n").splitlines():
+            print(f"         {line}", flush=True)
+
+    def apply_text(self, text: str, source: str) -> None:
+        import io
+        from kubesim.apply import ApplyError, apply_documents, load_documents
+        try:
+            docs = load_documents(text, source)
+        except ApplyError as e:
+            raise DemoError(str(e)) from None
+        out, err = io.StringIO(), io.StringIO()
+        failures = apply_documents(self.cluster.client, docs, out=out, err=err)
+        self.detail(out.getvalue())
+        if failures:
+            raise DemoError(f"applying {source} failed:\n{err.getvalue()}")
+
+    def wait(self, what: str, selector: str, namespace: str, count: int, timeout: float) -> list[dict]:
+        try:
+            return self.cluster.wait_pods(selector, namespace, count=count, timeout=timeout)
+        except TimeoutError as e:
+            pods = self.cluster.pods(namespace, selector)
+            logs = []
+            for p in pods:
+                st = p.get("status") or {}
+                for c in (st.get("initContainerStatuses") or []) + (st.get("containerStatuses") or []):
+                    logs.append(f"--- {p['metadata']['name']}/{c['name']} (last lines)\n"
+                                f"{tail(self.cluster.read_log(p, c['name']), 5)}")
+            raise DemoError(f"{what} did not become ready in {timeout:.0f}s: {e}\n" + "\n".join(logs)) from None
+
+    def run(self) -> int:
+        from kubesim.kubelet.cluster import SimCluster
+        from controllerkit.kube import resource_path
+        self.cluster = SimCluster(self.args.run_dir, keep_run_dir=self.args.keep,
+                                  kubelet_options={"backoff_initial": 1.0, "backoff_cap": 4.0})
+        self.step("Starting a simulated Kubernetes 1.7 cluster (Initializers admission plugin on)")
+        self.cluster.start(progress=lambda m: self.detail(m))
+        self.step(f"cluster up; run dir {self.cluster.run_dir}")
+
+        values = "tproxy.useInitializer=true,tproxy.useRBAC=true"
+        self.step(f"helm template tproxy chart/ --set {values} | kubectl apply -f -")
+        self.apply_text(render_chart(values), "chart")
+
+        self.step("Waiting for the tproxy DaemonSet (podwatch + mitmproxy) and the initializer")
+        ds = self.wait("the tproxy DaemonSet pod", "app=tproxy,component=tproxy", "default", 1, 60)
+        self.wait("the initializer", "app=tproxy,component=initializer", "kube-system", 1, 60)
+        proxy_pod = ds[0]
+
+        self.step("kubectl create -f examples/debian-app.yaml")
+        self.apply_text(open(os.path.join(EXAMPLES, "debian-app.yaml")).read(), "examples/debian-app.yaml")
+        self.step("kubectl create -f examples/debian-app-locked.yaml   (held by the Initializer until injected)")
+        t = time.monotonic()
+        self.apply_text(open(os.path.join(EXAMPLES, "debian-app-locked.yaml")).read(),
+                        "examples/debian-app-locked.yaml")
+        dep = self.cluster.client.get(resource_path("extensions/v1beta1", "deployments", "default", "debian-app-locked"))
+        inits = [c["name"] for c in dep["spec"]["template"]["spec"].get("initContainers") or []]
+        if not inits:
+            raise DemoError("the locked deployment was created without the injected init container "
+                            "(is the initializer running and the InitializerConfiguration applied?)")
+        self.detail(f"initialized in {time.monotonic() - t:.1f}s; injected init containers: {inits}")
+
+        self.step("Waiting for both apps")
+        unlocked = self.wait("debian-app", "app=debian-app,variant=unlocked", "default", 1, 60)[0]
+        locked = self.wait("debian-app-locked", "app=debian-app,variant=locked", "default", 1, 90)[0]
+
+        self.step("Waiting for a full round of the example loop in both logs")
+        deadline = time.monotonic() + self.args.timeout
+        ru = rl = None
+        while time.monotonic() < deadline:
+            ru = last_round(self.cluster.read_log(unlocked, "app"))
+            rl = last_round(self.cluster.read_log(locked, "app"))
+            if ru and rl:
+                break
+            time.sleep(0.5)
+
+        print()
+        print("$ kubectl logs --selector app=debian-app,variant=unlocked --tail=4")
+        print(tail(self.cluster.read_log(unlocked, "app"), 4) or "(no output)")
+        print()
+        print("$ kubectl logs --selector app=debian-app,variant=locked --tail=4")
+        print(tail(self.cluster.read_log(locked, "app"), 4) or "(no output)")
+        print()
+        ip = (locked.get("status") or {}).get("podIP", "")
+        proxy_log = self.cluster.read_log(proxy_pod, "tproxy-tproxy-mode")
+        lines = [l for l in proxy_log.splitlines() if ip and ip in l and ("google" in l)]
+        print(f"$ kubectl logs {proxy_pod['metadata']['name']} -c tproxy-tproxy-mode | grep {ip}")
+        print("\n".join(lines[-6:]) or "(no proxy log lines for the locked pod)")
+        print()
+
+        problems = []
+        if not unlocked_ok(ru):
+            problems.append(f"unlocked app: expected www.google.com 200, bucket 200, ping replies; got {ru}")
+        if not locked_ok(rl):
+            problems.append(f"locked app: expected www.google.com 418, bucket 200, ping 'Operation not "
+                            f"permitted'; got {rl}")
+        if not any("www.google.com" in l for l in lines) or not any("storage.googleapis.com" in l for l in lines):
+            problems.append("proxy: no log lines for the locked app's requests to www.google.com and "
+                            "storage.googleapis.com")
+        if problems:
+            raise DemoError("the tutorial's results were not observed:\n  - " + "\n  - ".join(problems))
+        self.step("OK: the unlocked app reaches everything; the locked app gets 418 for www.google.com, 200 "
+                  "for the allowed bucket, and no ping")
+        return 0
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = __doc__.split("\n\n")[0]
+    p.add_argument("--run-dir", help="keep logs and volumes here (default: a temporary directory)")
+    p.add_argument("--keep", action="store_true", help="keep the run directory after the demo")
+    p.add_argument("--timeout", type=float, default=40.0,
+                   help="seconds to wait for the apps' first results once they run (default 40)")
+
+
+def run(args) -> int:
+    if os.geteuid() != 0:
+        print("kubesim demo: needs root (network namespaces, iptables, mounts); try: sudo make demo",
+              file=sys.stderr)
+        return 2
+    from controllerkit.log import setup_logging
+    log_path = os.path.join(args.run_dir or tempfile.gettempdir(), f"kubesim-demo-{os.getpid()}.log")
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    logf = open(log_path, "a")
+    setup_logging("kubesim", "info", stream=logf)
+    demo = Demo(args)
+
+    def on_signal(signum, _frame):
+        raise Interrupted()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    rc = 1
+    try:
+        rc = demo.run()
+    except DemoError as e:
+        demo.step(f"FAILED: {e}")
+        rc = 1
+    except Interrupted:
+        demo.step("interrupted; cleaning up")
+        rc = 130
+    except Exception as e:  # noqa: BLE001 - a stage that is not there yet must say so, not crash obscurely
+        demo.step(f"FAILED: {type(e).__name__}: {e}")
+        rc = 1
+    finally:
+        for s in old:
+            signal.signal(s, signal.SIG_IGN)
+        demo.step("Cleaning up (pods, network namespaces, API server)")
+        if demo.cluster is not None:
+            demo.cluster.stop()
+        for s, h in old.items():
+            signal.signal(s, h)
+        logf.close()
+        if rc == 0 and not args.keep:
+            os.unlink(log_path)
+        else:
+            print(f"kubesim component log: {log_path}", file=sys.stderr)
+        demo.step(f"done in {time.monotonic() - demo.t0:.0f}s (exit {rc})")
+    return rc
