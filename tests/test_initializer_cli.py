@@ -76,7 +76,22 @@ def test_help_documents_every_flag():
         assert flag in out.stdout
 
 
-def test_missing_cluster_config_is_a_clear_error(tmp_path, capsys, monkeypatch):
+@pytest.fixture
+def restore_logging():
+    """main() configures structlog globally; put the defaults back so later tests do not log into a
+    closed capture stream."""
+    import logging
+
+    import structlog
+    yield
+    structlog.reset_defaults()
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_controllerkit_handler", False):
+            root.removeHandler(h)
+
+
+def test_missing_cluster_config_is_a_clear_error(tmp_path, capsys, monkeypatch, restore_logging):
     monkeypatch.delenv("KUBECONFIG", raising=False)
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     rc = main(["--kubeconfig", str(tmp_path / "nope"), "--metrics-port", "0"])

@@ -391,20 +391,41 @@ def test_no_config_means_not_ready_and_nothing_initialized_until_it_arrives(admi
 # ---------------------------------------------------------------------------------------------
 # never hang, never twice: faults, two replicas, kill -9
 
-def test_faults_leave_nothing_uninitialized_and_nothing_injected_twice(controller, admin, server):
+def test_faults_leave_nothing_uninitialized_and_nothing_injected_twice(admin, server, kubeconfig, cm_name):
+    """409s, 500s, watch cuts and 410s on every request of a controller started under faults (kubesim
+    decides a watch's faults when it opens, so the controller must start after they are set). The
+    creates are blocking creates (the admin puts the controller's name in pending, exempt from faults)."""
+    from prometheus_client import REGISTRY
+    fname = "faults.initializer.example.com"
+    informer = "/apis/apps/v1beta1/deployments"
+
+    def sample(name, **labels):
+        return REGISTRY.get_sample_value(name, labels) or 0
+
     conflicts = metrics.WRITE_CONFLICTS._value.get()
+    lists = sample("informer_lists_total", informer=informer)
+    cuts = sum(sample("informer_events_total", informer=informer, type=t) for t in ("ADDED", "MODIFIED"))
+    gone = sample("informer_watch_errors_total", informer=informer, error="Gone")
     server.set_faults("conflict=0.3,error500=0.05,gone=0.3,watch_cut=0.2")
+    ctl = Controller.from_kubeconfig(kubeconfig, initializer_name=fname, configmap=cm_name,
+                                     config_namespace=CM_NS, workers=2, resync_period=0.5, config_retry=0.05)
+    ctl.start()
     try:
         with ThreadPoolExecutor(max_workers=10) as pool:
-            results = list(pool.map(lambda i: create(admin, "faults", deployment(f"f{i}")), range(30)))
+            results = list(pool.map(lambda i: create(admin, "faults", deployment(f"f{i}", pending=[fname])),
+                                    range(30)))
     finally:
         server.set_faults(None)
+        ctl.stop()
     for obj in results:
         assert obj["metadata"].get("initializers") is None
         assert_injected_once(obj)
     for i in range(30):
         assert_injected_once(get(admin, "faults", f"f{i}"))
     assert metrics.WRITE_CONFLICTS._value.get() > conflicts, "the fault mix should have produced 409s"
+    assert sample("informer_watch_errors_total", informer=informer, error="Gone") > gone, "no 410 seen"
+    assert sample("informer_lists_total", informer=informer) > lists + 1, "a 410 must force a relist"
+    assert sum(sample("informer_events_total", informer=informer, type=t) for t in ("ADDED", "MODIFIED")) > cuts
 
 
 def _all_done(admin, ns, n, name_of):
@@ -452,6 +473,7 @@ def test_kill_9_mid_burst_then_restart_completes_everything_once(admin, kubeconf
         first.send_signal(signal.SIGKILL)
         first.wait(10)
     killed_at = done_count()
+    print(f"killed with {killed_at}/{n} initialized")
     log_path = tmp_path / "second.log"
     with open(log_path, "w") as log:
         second = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=log)
