@@ -380,7 +380,9 @@ class APIServer:
 
     # ---- authentication -----------------------------------------------------------------
     def authenticate(self, header: str | None) -> User | None:
-        if not header or not header.startswith("Bearer "):
+        # The scheme is case-insensitive, as in the real bearer-token authenticator: the official
+        # client's in-cluster loader sends "bearer <token>".
+        if not header or header[:7].lower() != "bearer ":
             return None
         token = header[7:].strip()
         user = self.static_tokens.get(token)
@@ -458,7 +460,15 @@ class APIServer:
             h.close_connection = True
             raise errors.bad_request(f"invalid Content-Length {length!r}") from None
         if n > MAX_BODY:
+            # Drain (without keeping) a body up to 64 MiB so the client sees the 413 instead of a
+            # reset while it is still sending; then drop the connection.
             h.close_connection = True
+            left = n if n <= 64 * 1024 * 1024 else 0
+            while left > 0:
+                got = h.rfile.read(min(left, 1 << 16))
+                if not got:
+                    break
+                left -= len(got)
             raise APIError(413, "RequestEntityTooLarge", f"Request entity too large: limit is {MAX_BODY}")
         if n:
             h.raw_body = h.rfile.read(n)
