@@ -45,6 +45,7 @@ class PodWatch:
         self.namespace = namespace
         self.identity = identity.IdentityFile(identity_file, node)
         self.runner = runner
+        self.syncer = rules.Syncer(host_port, runner)
         self.min_sync_interval, self.resync_period = min_sync_interval, resync_period
         self.log = logger
         self.clock = clock
@@ -81,8 +82,8 @@ class PodWatch:
         pods = self.informer.store.list() if self.informer is not None else []
         return rules.locked_pods(pods, self.annotation, namespace=self.namespace or None)
 
-    def sync_once(self) -> bool:
-        """One full sync. Returns True when every needed family applied."""
+    def sync_once(self, force: bool = True) -> bool:
+        """One sync (``force``: rewrite every family even if unchanged). True when all needed applied."""
         pods = self.desired()
         now = self.clock()
         for p in pods:
@@ -94,7 +95,7 @@ class PodWatch:
         except OSError as e:
             self.log.error("identity_write_failed", path=self.identity.path, error=str(e))
         start = time.perf_counter()
-        result = rules.sync(pods, self.host_port, self.runner)
+        result = self.syncer.sync(pods, force=force)
         duration = time.perf_counter() - start
         SYNC_SECONDS.observe(duration)
         families_needed = {p.family for p in pods}
@@ -122,8 +123,8 @@ class PodWatch:
         live = {(p.ip, p.key) for p in pods}
         self._programmed &= live
         self._first_seen = {k: v for k, v in self._first_seen.items() if k in live}
-        self.log.info("synced", ok=ok, pods=len(pods), rules=result.rules,
-                      duration_ms=round(duration * 1000, 2))
+        self.log.info("synced", ok=ok, forced=force, pods=len(pods), rules=result.rules,
+                      skipped=result.skipped or None, duration_ms=round(duration * 1000, 2))
         if ok:
             self.last_error = ""
             self.synced_once.set()
@@ -132,23 +133,29 @@ class PodWatch:
     def run(self) -> None:
         """Sync loop (call after the informer has synced). Returns when :meth:`stop` is called."""
         backoff = 0.0
-        last = -1e9
-        self._dirty.set()
+        last = last_full = -1e9
+        force = True  # the first sync after start-up rewrites everything
         while not self._stop.is_set():
-            wait = self.resync_period if backoff == 0 else backoff
-            self._dirty.wait(timeout=max(0.0, last + wait - self.clock()))
+            deadline = last + backoff if backoff else last_full + self.resync_period
+            woken = self._dirty.wait(timeout=max(0.0, deadline - self.clock()))
             if self._stop.is_set():
                 break
+            # a retry after a failure and the periodic resync rewrite everything (drift repair),
+            # even under constant churn of events
+            force = force or not woken or self.clock() - last_full >= self.resync_period
             gap = last + self.min_sync_interval - self.clock()
             if gap > 0 and self._stop.wait(gap):
                 break
             self._dirty.clear()
             last = self.clock()
             try:
-                ok = self.sync_once()
+                ok = self.sync_once(force=force)
             except Exception as e:  # noqa: BLE001 - a bug must not stop the node's repairs
                 self.log.exception("sync_crashed", error=str(e))
                 ok = False
+            if ok and force:
+                last_full = last
+            force = not ok
             backoff = 0.0 if ok else min(max(backoff * 2, 0.5), 10.0)
 
     def stop(self) -> None:

@@ -171,8 +171,12 @@ def _run(runner: Runner | None, argv: Sequence[str], input: str | None = None) -
     return (runner or default_runner)(argv, input)
 
 
-def read_live(family: str, runner: Runner | None = None) -> LiveJumps:
-    """Read the built-in chains we hook into (cheap: ``-S CHAIN`` lists one chain)."""
+def read_live(family: str, runner: Runner | None = None, *, chains: bool = False) -> LiveJumps:
+    """Read the built-in chains we hook into (cheap: ``-S CHAIN`` lists one chain).
+
+    ``chains=True`` also checks which owned chains exist (only :func:`cleanup` needs that: a sync
+    declares its chains, which creates them when missing).
+    """
     tool = TOOLS[family][0]
     live = LiveJumps()
     for table, (builtin, chain, _) in OWNED.items():
@@ -184,7 +188,7 @@ def read_live(family: str, runner: Runner | None = None) -> LiveJumps:
         ours = [ln for ln in rules if re.search(rf"(^|\s)-j {re.escape(chain)}(\s|$)", ln)]
         live.jumps[table] = ours
         live.first[table] = bool(rules) and rules[0] in ours
-        for owned in ([chain, LOCKED_CHAIN] if table == "filter" else [chain]):
+        for owned in (([chain, LOCKED_CHAIN] if table == "filter" else [chain]) if chains else ()):
             chk = _run(runner, [tool, "-w", "5", "-t", table, "-S", owned])
             if chk.returncode == 0:
                 live.chains.add(owned)
@@ -308,6 +312,7 @@ def apply(rendered: Mapping[str, Mapping[str, str]], runner: Runner | None = Non
 class SyncResult:
     rules: dict[str, int]                   # family -> number of rules in owned chains
     failed: dict[str, IptablesError]        # family -> error (families that did not apply)
+    skipped: list[str] = field(default_factory=list)  # families left alone (unchanged, not forced)
 
 
 def count_rules(rendered_table: str) -> int:
@@ -335,12 +340,47 @@ def sync(pods: Iterable[LockedPod], host_port: int, runner: Runner | None = None
     return result
 
 
+class Syncer:
+    """:func:`sync` with memory: an unforced sync leaves a family alone when its desired rules
+    are exactly what this syncer last applied successfully (no iptables call at all).
+
+    The controller forces the periodic resync (which repairs drift: a deleted jump, a flushed
+    chain) and every retry after a failure; event-driven syncs skip the family that did not
+    change (an IPv4 pod event does not rewrite the IPv6 tables), like kube-proxy's partial syncs.
+    """
+
+    def __init__(self, host_port: int, runner: Runner | None = None):
+        self.host_port, self.runner = host_port, runner
+        self._applied: dict[str, dict[str, str]] = {}
+
+    def sync(self, pods: Iterable[LockedPod], *, force: bool = False) -> SyncResult:
+        pods = list(pods)
+        desired = render(pods, self.host_port)
+        result = SyncResult(rules={}, failed={})
+        for fam in FAMILIES:
+            if not force and self._applied.get(fam) == desired[fam]:
+                result.skipped.append(fam)
+                result.rules[fam] = sum(count_rules(t) for t in desired[fam].values())
+                continue
+            self._applied.pop(fam, None)
+            try:
+                live = read_live(fam, self.runner)
+                text = render(pods, self.host_port, {fam: live})[fam]
+                apply({fam: text}, self.runner)
+            except IptablesError as e:
+                result.failed[fam] = e
+                continue
+            self._applied[fam] = desired[fam]
+            result.rules[fam] = sum(count_rules(t) for t in text.values())
+        return result
+
+
 def cleanup(runner: Runner | None = None) -> dict[str, IptablesError]:
     """Remove every jump and chain podwatch owns, both families. Returns per-family errors."""
     errors = {}
     for fam in FAMILIES:
         try:
-            live = read_live(fam, runner)
+            live = read_live(fam, runner, chains=True)
             for table, text in render_cleanup(live).items():
                 if text.count("\n") > 2:
                     restore(fam, table, text, runner)
