@@ -88,6 +88,19 @@ def locked_ok(r: dict | None) -> bool:
     return bool(r) and r["google"] == "418" and r["bucket"] == "200" and "Operation not permitted" in r["ping"]
 
 
+def round_lines(log: str) -> str:
+    """The lines of the newest complete round, as the tutorial shows them (URL lines, PING, reply)."""
+    lines = log.rstrip("\n").splitlines()
+    starts = [i for i, l in enumerate(lines) if "https://www.google.com:" in l]
+    for i in reversed(starts):
+        chunk = lines[i:i + 6]
+        if last_round("\n".join(chunk)):
+            keep = [l for l in chunk[:2]]
+            keep += [l for l in chunk[2:] if l.strip() and ("PING" in l or "bytes from" in l or "ping:" in l)][:2]
+            return "\n".join(keep)
+    return tail(log, 4)
+
+
 def tail(text: str, n: int) -> str:
     return "\n".join(text.rstrip("\n").splitlines()[-n:])
 
@@ -179,10 +192,10 @@ class Demo:
 
         print()
         print("$ kubectl logs --selector app=debian-app,variant=unlocked --tail=4")
-        print(tail(self.cluster.read_log(unlocked, "app"), 4) or "(no output)")
+        print(round_lines(self.cluster.read_log(unlocked, "app")) or "(no output)")
         print()
         print("$ kubectl logs --selector app=debian-app,variant=locked --tail=4")
-        print(tail(self.cluster.read_log(locked, "app"), 4) or "(no output)")
+        print(round_lines(self.cluster.read_log(locked, "app")) or "(no output)")
         print()
         ip = (locked.get("status") or {}).get("podIP", "")
         proxy_log = self.cluster.read_log(proxy_pod, "tproxy-tproxy-mode")
