@@ -501,26 +501,52 @@ def _sa_kubeconfig(server, tmp_path, ns, name):
     return server.write_kubeconfig(str(tmp_path / f"{name}.kubeconfig"), token=server.service_account_token(ns, name))
 
 
-def test_works_with_exactly_the_charts_rbac_across_namespaces(admin, server, chart, cm_name, tmp_path):
+def _free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_works_with_exactly_the_charts_rbac_and_args_across_namespaces(admin, server, chart, tmp_path):
+    """The chart's ServiceAccount, ClusterRole, Role and bindings, and the chart's container args (only
+    the initializer name, the metrics port and the kubeconfig replaced), run as `python -m initializer`:
+    deployments in another namespace are initialized; /readyz and /metrics answer."""
     for kind in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"):
         for obj in chart[kind]:
             admin.create(collection_path(obj), obj)
     sa = chart["ServiceAccount"][0]["metadata"]
     kc = _sa_kubeconfig(server, tmp_path, sa["namespace"], sa["name"])
     rb = "rbac.initializer.example.com"
-    ctl = Controller.from_kubeconfig(kc, initializer_name=rb, configmap=cm_name, config_namespace=CM_NS,
-                                     resync_period=0.3)
-    ctl.start()
+    (container,) = chart["Deployment"][0]["spec"]["template"]["spec"]["containers"]
+    args = [a for a in container["args"] if not a.startswith(("-initializer-name", "--metrics-port"))]
+    assert len(args) == len(container["args"]) - 2, container["args"]
+    port = _free_port()
+    cmd = [sys.executable, "-m", "initializer", *args, "-initializer-name=" + rb, f"--metrics-port={port}",
+           "--metrics-host=127.0.0.1", "--kubeconfig", kc, "--resync-period=300ms"]
+    log_path = tmp_path / "rbac.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=log, stderr=log)
     try:
-        assert ctl.wait_ready(10), ctl.ready()
+        def readyz():
+            try:
+                return urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200
+            except OSError:
+                return False
+        wait_for(readyz, timeout=20, interval=0.1, what=f"ready (log: {log_path})")
         for group in ("apps/v1beta1", "extensions/v1beta1"):
             name = "r-" + group.split("/")[0]
             create(admin, "rbac", deployment(name, group=group, pending=[rb]), group=group, includeUninitialized="1")
             done = wait_for(lambda: (lambda o: o if pending_of(o) is None else None)(get(admin, "rbac", name)),
                             what=f"initialized with the chart's RBAC ({group})")
             assert_injected_once(done)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        assert 'tproxy_initializer_deployments_total{outcome="initialized"} 2.0' in text
+        assert "tproxy_initializer_config_loaded 1.0" in text and 'workqueue_depth{name="initializer"}' in text
     finally:
-        ctl.stop()
+        proc.terminate()
+        proc.wait(10)
+    assert "Forbidden" not in log_path.read_text()
 
 
 def test_without_rbac_403s_are_reported_clearly(admin, server, cm_name, tmp_path):
