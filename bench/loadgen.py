@@ -25,7 +25,7 @@ def _connect(u: urllib.parse.SplitResult, ctx: ssl.SSLContext | None, timeout: f
 
 
 def load(url: str, *, concurrency: int, duration: float, max_requests: int, warmup: float,
-         cafile: str | None, timeout: float = 10.0) -> dict:
+         cafile: str | None, timeout: float = 3.0) -> dict:
     u = urllib.parse.urlsplit(url)
     ctx = None
     if u.scheme == "https":
@@ -107,9 +107,11 @@ def main(argv=None) -> int:
     p.add_argument("-n", "--max-requests", type=int, default=1_000_000, help="stop after this many")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds not measured (TLS, cert generation)")
     p.add_argument("--cafile", help="CA bundle for HTTPS")
+    p.add_argument("--timeout", type=float, default=3.0,
+                   help="per-request timeout: a request stuck longer counts as an error (default 3 s)")
     a = p.parse_args(argv)
     print(json.dumps(load(a.url, concurrency=a.concurrency, duration=a.duration, max_requests=a.max_requests,
-                          warmup=a.warmup, cafile=a.cafile)))
+                          warmup=a.warmup, cafile=a.cafile, timeout=a.timeout)))
     return 0
 
 

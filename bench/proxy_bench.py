@@ -223,8 +223,16 @@ def run(cfg: common.BenchConfig) -> dict:
               "xlabel": "ms", "ylabel": "fraction",
               "series": {m: res["small"][m]["https"]["latency_sample_ms"] for m in modes}}]
     res.update(summary=summary, tables=tables, plots=plots, notes=notes)
+    bad = {f"{m}/{sc}": res["small"][m][sc]["errors"] for m in modes for sc in ("http", "https")
+           if res["small"][m][sc]["errors"]}
+    non200 = {f"{m}/{sc}": res["small"][m][sc]["statuses"] for m in modes for sc in ("http", "https")
+              if set(res["small"][m][sc]["statuses"]) - {"200"}}
+    if bad or non200:
+        notes.append(f"request errors (a request stuck > 3 s counts as TimeoutError): {bad}; non-200: {non200}")
     if not have_addon:
         res["status"] = "ok (addon skipped: proxy/addon.py not found)"
+    elif bad or non200:
+        res["status"] = f"ok (with request errors in {', '.join(sorted(set(bad) | set(non200)))})"
     return res
 
 

@@ -1,0 +1,150 @@
+"""Smoke test of the benchmark harness (issue 9): ``python -m bench --quick`` end to end.
+
+No performance thresholds: this only proves that the suite runs on a CI machine, that every
+benchmark either measures (with its baseline, in the same run) or says why it was skipped, and
+that the JSON and the Markdown report are well formed. Plus fast unit tests of the statistics
+and the report writer that need no root.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bench import common, report
+from bench.__main__ import BENCHMARKS, parse_args
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# -- unit: statistics and report ---------------------------------------------------------------
+def test_percentiles_interpolate_and_handle_empty():
+    assert common.percentile([], 50) is None
+    assert common.percentile([5], 99) == 5.0
+    assert common.percentile([1, 2, 3, 4], 50) == 2.5
+    assert common.percentile(list(range(101)), 99) == 99.0
+
+
+def test_spread_reports_median_and_relative_half_range():
+    s = common.spread([10.0, 12.0, 8.0])
+    assert s["median"] == 10.0 and s["min"] == 8.0 and s["max"] == 12.0
+    assert s["rel_spread"] == 0.2
+    assert common.spread([])["median"] is None
+
+
+def test_ratio_refuses_missing_or_zero_denominator():
+    assert common.ratio(10, 4) == 2.5
+    assert common.ratio(None, 4) is None and common.ratio(1, 0) is None
+
+
+def test_skip_and_error_become_statuses_not_crashes():
+    def skipper(cfg):
+        raise common.Skip("component x not found")
+
+    def breaker(cfg):
+        raise ValueError("boom")
+
+    cfg = common.BenchConfig(quick=True)
+    assert common.run_guarded("a", skipper, cfg)["status"] == "skipped: component x not found"
+    r = common.run_guarded("b", breaker, cfg)
+    assert r["status"].startswith("error: ValueError: boom") and "Traceback" in r["traceback"]
+
+
+def test_report_renders_header_summary_tables_and_plots(tmp_path):
+    results = {
+        "mode": "quick", "elapsed_s": 1.0, "machine": common.machine_info(),
+        "benchmarks": {
+            "x": {"status": "ok", "elapsed_s": 0.5,
+                  "summary": [{"metric": "speed-up", "value": 42.0, "target": "≥ 20"}],
+                  "tables": [{"title": "T", "columns": ["a", "b"], "rows": [[1, 2.5]]}],
+                  "plots": [{"file": "x.png", "kind": "line", "title": "t", "series": {"s": [[1, 1], [10, 3]]}},
+                            {"file": "y.png", "kind": "cdf", "series": {"s": [1, 2, 3]}},
+                            {"file": "z.png", "kind": "bar", "series": {"a": 1, "b": 2}}]},
+            "y": {"status": "skipped: not there", "elapsed_s": 0.0},
+        },
+    }
+    out = report.write(results, str(tmp_path))
+    md = open(out["markdown"]).read()
+    assert "nproc" not in md and f"{os.cpu_count()} CPUs" in md and "Python " in md
+    assert "| x | speed-up | 42.00 | ≥ 20 |" in md
+    assert "| y | skipped: not there |" in md
+    assert "![t](x.png)" in md
+    for f in ("x.png", "y.png", "z.png"):
+        assert open(tmp_path / f, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_only_rejects_unknown_benchmark_names(capsys):
+    assert parse_args(["--only", "proxy,podwatch"]).names == ["proxy", "podwatch"]
+    with pytest.raises(SystemExit):
+        parse_args(["--only", "proxy,nonsense"])
+    assert "unknown benchmark(s) nonsense" in capsys.readouterr().err
+
+
+# -- end to end: the quick suite -------------------------------------------------------------
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    p = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)], cwd=REPO,
+                       capture_output=True, text=True, timeout=240)
+    return p, out
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_quick_suite_runs_every_benchmark_without_harness_errors(quick_run):
+    p, out = quick_run
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
+    data = json.load(open(out / "latest.json"))
+    assert data["mode"] == "quick"
+    assert set(data["benchmarks"]) == set(BENCHMARKS)
+    for name, r in data["benchmarks"].items():
+        assert r["status"].startswith(("ok", "skipped: ")), (name, r["status"])
+    m = data["machine"]
+    assert m["nproc"] and m["kernel"] and m["python"] and m["packages"]["mitmproxy"]
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_quick_suite_computes_ratios_from_side_by_side_measurements(quick_run):
+    _, out = quick_run
+    b = json.load(open(out / "latest.json"))["benchmarks"]
+    measured = {n: r for n, r in b.items() if r["status"].startswith("ok")}
+    assert measured, "no benchmark measured anything"
+    for name, r in measured.items():
+        assert r["summary"], name
+        for s in r["summary"]:
+            assert isinstance(s["metric"], str)
+            assert s["value"] is None or isinstance(s["value"], (int, float)), (name, s)
+    if "proxy" in measured:  # baselines measured in the same run as the component
+        small = measured["proxy"]["small"]
+        assert {"direct", "bare"} <= set(small)
+        assert small["bare"]["http"]["rps"]["median"] and small["direct"]["http"]["rps"]["median"]
+        assert measured["proxy"]["download"]["direct"]["bytes"] == measured["proxy"]["download_bytes"]
+    if "podwatch" in measured:
+        pw = measured["podwatch"]
+        for n in pw["sizes"]:
+            assert pw["original"][str(n)]["sync_s"]["median"] > 0
+            if pw["ours"]:
+                assert pw["ours"][str(n)]["sync_s"]["median"] > 0
+        # the original writes one rule per port per pod: the baseline really programmed them
+        assert pw["original"]["10"]["redirect_rules"] == 20
+    if "initializer" in measured:
+        sc = measured["initializer"]["scenarios"]
+        assert "bare/clean" in sc and sc["bare/clean"]["codes"].get("201") == measured["initializer"]["n"]
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_quick_suite_writes_a_readable_report_with_plots(quick_run):
+    _, out = quick_run
+    md = open(out / "report.md").read()
+    assert md.startswith("# tproxy benchmark report")
+    assert "## Summary" in md and "Machine:" in md
+    for name in BENCHMARKS:
+        assert f"## {name}" in md
+    pngs = [f for f in os.listdir(out) if f.endswith(".png")]
+    assert pngs
+    for f in pngs:
+        assert f"]({f})" in md
+        assert open(out / f, "rb").read(4) == b"\x89PNG"
