@@ -2,14 +2,15 @@
 Kubernetes 1.8.0 and 1.13.0 schemas (strict), and the wiring between the components."""
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 
 import pytest
 import yaml
 
-from chart_helpers import (CHART, container, find, helm, one, render, render_notes, render_text,
-                           validate_strict)
+from chart_helpers import (CHART, container, find, helm, install_pkg_resources_shim, one, render,
+                           render_notes, set_args, validate_strict)
 
 # kubernetes-validate 1.13.0 uses distutils and jsonschema's RefResolver (deprecated, still working).
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -42,7 +43,6 @@ def all_on() -> list[dict]:
 @pytest.mark.parametrize("values", [{}, ALL_ON, {**ALL_ON, "tproxy.addStandardModeProxy": True}],
                          ids=["defaults", "init-rbac", "init-rbac-std"])
 def test_helm_lint_passes(values):
-    from chart_helpers import set_args
     proc = helm("lint", str(CHART), *set_args(values))
     assert "0 chart(s) failed" in proc.stdout
     assert "[ERROR]" not in proc.stdout
@@ -71,11 +71,23 @@ def test_default_values_render_and_validate():
     assert "serviceAccountName" not in one(objs, "DaemonSet")["spec"]["template"]["spec"]
 
 
-def test_schema_validation_catches_a_bad_field():
-    # Guard against a validator that accepts anything.
-    bad = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "dta": {}}
-    with pytest.raises(AssertionError, match="1.8.0"):
-        validate_strict(bad, "1.8.0")
+def test_schema_validation_agrees_with_kubernetes_validate(all_on):
+    """validate_strict caches kubernetes-validate's schemas; check it judges like the library does,
+    on every rendered object and on an object with an unknown field (strict mode)."""
+    install_pkg_resources_shim()
+    import kubernetes_validate
+
+    for obj in all_on:
+        for version in ("1.8.0", "1.13.0"):
+            kubernetes_validate.validate(obj, version, strict=True)
+            validate_strict(obj, version)
+    bad = copy.deepcopy(one(all_on, "DaemonSet"))
+    bad["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
+    for version in ("1.8.0", "1.13.0"):
+        with pytest.raises(kubernetes_validate.ValidationError):
+            kubernetes_validate.validate(bad, version, strict=True)
+        with pytest.raises(AssertionError, match=f"invalid for Kubernetes {version}.*imagePullPolicyy"):
+            validate_strict(bad, version)
 
 
 # ---- install order and the initializer's own Deployment -------------------------------------

@@ -209,3 +209,16 @@ resources:
   mountPath: /var/run/tproxy
   readOnly: true
 {{- end -}}
+
+{{/* The namespaces that get the root-certs ConfigMap, as JSON {"items": [...]}: the release
+     namespace first, then tproxy.rootCertsNamespaces sorted, without duplicates or empties.
+     (Only functions that Helm 2's Sprig also has: no concat/uniq/has.) */}}
+{{- define "tproxy.rootCertsNamespaces" -}}
+{{- $seen := dict -}}
+{{- range .Values.tproxy.rootCertsNamespaces -}}
+{{- if and . (ne . $.Release.Namespace) -}}{{- $_ := set $seen . true -}}{{- end -}}
+{{- end -}}
+{{- $items := list .Release.Namespace -}}
+{{- range keys $seen | sortAlpha -}}{{- $items = append $items . -}}{{- end -}}
+{{- dict "items" $items | toJson -}}
+{{- end -}}
