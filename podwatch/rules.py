@@ -168,7 +168,10 @@ class LiveJumps:
 
 
 def _run(runner: Runner | None, argv: Sequence[str], input: str | None = None) -> subprocess.CompletedProcess:
-    return (runner or default_runner)(argv, input)
+    try:
+        return (runner or default_runner)(argv, input)
+    except (OSError, subprocess.SubprocessError) as e:  # binary missing, timeout
+        raise IptablesError(f"{argv[0]} could not run: {e}", stderr=str(e)) from e
 
 
 def read_live(family: str, runner: Runner | None = None, *, chains: bool = False) -> LiveJumps:
@@ -319,13 +322,12 @@ def count_rules(rendered_table: str) -> int:
     return sum(1 for ln in rendered_table.splitlines() if ln.startswith("-A "))
 
 
-def sync(pods: Iterable[LockedPod], host_port: int, runner: Runner | None = None,
-         *, optional_families: Iterable[str] = ()) -> SyncResult:
-    """Make the node's owned chains equal to ``pods``: read the jumps, render, apply.
+def sync(pods: Iterable[LockedPod], host_port: int, runner: Runner | None = None) -> SyncResult:
+    """Make the node's owned chains equal to ``pods``: read the jumps, render, apply (stateless,
+    every family rewritten; the controller uses :class:`Syncer`).
 
-    One family failing does not stop the other. A family in ``optional_families`` that fails
-    (e.g. IPv6 disabled on the node while no pod has an IPv6 address) is reported but its
-    error is the caller's to judge.
+    One family failing does not stop the other; the caller judges the errors (an IPv6 failure on
+    a node without IPv6 and without IPv6 pods is harmless).
     """
     pods = list(pods)
     result = SyncResult(rules={}, failed={})
