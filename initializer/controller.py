@@ -118,7 +118,7 @@ class Controller:
             if not have:
                 self._config_reason = message
         if have:
-            self.log.error("config_rejected_keeping_last_good", reason=reason, error=message,
+            self.log.error("config_error_keeping_last_good", reason=reason, error=message,
                            configmap=self._cm_ref(), fingerprint=self._config.fingerprint)
         else:
             self.log.error("config_unavailable", reason=reason, error=message, configmap=self._cm_ref(),
@@ -159,6 +159,7 @@ class Controller:
                 self.load_configmap(cm)
                 rv = (cm.get("metadata") or {}).get("resourceVersion")
                 delay = self.config_retry
+                opened = time.monotonic()
                 stream = self.client.open_watch(watch_path, resource_version=rv,
                                                 timeout_seconds=self.watch_timeout)
                 self._cm_watch = stream
@@ -170,7 +171,11 @@ class Controller:
                             self.load_configmap(obj)
                         elif etype == "DELETED":
                             self._set_config_error("missing", f"{self._cm_ref()} was deleted")
-                continue  # stream ended (server timeout or cut): re-GET and watch again
+                # The stream ended (server timeout or a cut): re-GET and watch again, at once unless
+                # the server keeps ending watches immediately (then do not spin).
+                if time.monotonic() - opened < 1.0 and self._stop.wait(self.config_retry):
+                    return
+                continue
             except errors.NotFound as exc:
                 self._set_config_error("missing", f"{self._cm_ref()} not found: {exc.message}")
             except errors.Forbidden as exc:

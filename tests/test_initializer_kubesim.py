@@ -388,6 +388,29 @@ def test_no_config_means_not_ready_and_nothing_initialized_until_it_arrives(admi
         health.stop()
 
 
+def test_config_watch_survives_cuts_and_410(admin, server, kubeconfig, chart):
+    """Every config watch is cut after one event and half of the re-watches get 410: each ConfigMap
+    change is still picked up (re-GET + watch by name), and the watch is by name (legacy path)."""
+    cm = copy.deepcopy(chart["ConfigMap"][0])
+    cm["metadata"] = {"name": "cut-config", "namespace": "team-b"}
+    path = resource_path("v1", "configmaps", "team-b", "cut-config")
+    admin.create(resource_path("v1", "configmaps", "team-b"), cm)
+    server.set_faults("watch_cut_after=1,gone=0.5")
+    ctl = Controller.from_kubeconfig(kubeconfig, initializer_name="cut.initializer.example.com",
+                                     configmap="cut-config", config_namespace="team-b", config_retry=0.05)
+    ctl.start()
+    try:
+        wait_for(lambda: ctl.config is not None, what="first config")
+        for i in range(5):
+            cur = admin.get(path)
+            cur["data"]["config"] = cm["data"]["config"].replace("tproxy-sidecar:0.1.0", f"tproxy-sidecar:r{i}")
+            admin.replace(path, cur)
+            wait_for(lambda: ctl.config.containers[0]["image"] == f"tproxy-sidecar:r{i}", what=f"revision {i}")
+    finally:
+        server.set_faults(None)
+        ctl.stop()
+
+
 # ---------------------------------------------------------------------------------------------
 # never hang, never twice: faults, two replicas, kill -9
 
