@@ -132,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(f"# {fam}\n{text}")
         return EXIT_OK
     log("locking", **lock.describe(cfg))
+    if not cfg.dns and not cfg.dns_any:
+        log("no_dns_allowed", level="warning",
+            message="ALLOW_DNS is unset and the pod's resolv.conf names no nameserver: DNS will be refused")
     try:
         apply_family(4, cfg)
         try:

@@ -44,6 +44,8 @@ def probe_once(timeout: float, *, address: str = probe.PROBE_ADDRESS, port: int 
         return Attempt(WRONG_ANSWER, f"HTTP {resp.status} with {got}")
     except ConnectionRefusedError:
         return Attempt(REFUSED, "connection refused")
+    except http.client.RemoteDisconnected:
+        return Attempt(WRONG_ANSWER, "the connection was closed without an HTTP answer")
     except (socket.timeout, TimeoutError):
         return Attempt(NO_ANSWER, f"no answer within {timeout:.1f}s")
     except OSError as e:

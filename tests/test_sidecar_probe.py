@@ -120,3 +120,26 @@ def test_the_real_proxy_satisfies_the_probe(net, real_proxy):
     proc = run_sidecar(net, "real", timeout=20)
     assert proc.returncode == 0, proc.stderr
     assert '"event": "verified"' in proc.stderr
+
+
+def test_a_server_that_closes_without_answering_is_not_the_proxy():
+    import socket
+    import threading
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    port = srv.getsockname()[1]
+
+    def serve():
+        conn, _ = srv.accept()
+        conn.recv(1024)
+        conn.close()
+    t = threading.Thread(target=serve)
+    t.start()
+    try:
+        att = verify.probe_once(2, address="127.0.0.1", port=port)
+    finally:
+        t.join(5)
+        srv.close()
+    assert att.outcome == verify.WRONG_ANSWER and "without an HTTP answer" in att.detail
+    assert "something other than the tproxy proxy answered" in verify.explain(att, "n1")
