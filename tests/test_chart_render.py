@@ -380,3 +380,21 @@ def test_notes_in_manual_mode_print_the_init_container(tmp_path):
     env = yaml.safe_load(notes[notes.index("env:\n- name: NODE_NAME"):notes.index("The proxy's CA")])["env"]
     assert [e["name"] for e in env] == ["NODE_NAME", "http_proxy", "https_proxy"]
 
+
+
+def test_unprivileged_containers_run_as_non_root_unless_told_otherwise():
+    def contexts(objs):
+        ds = one(objs, "DaemonSet")["spec"]["template"]["spec"]
+        dep = one(objs, "Deployment")["spec"]["template"]["spec"]
+        return [container(ds, "tproxy-tproxy-mode")["securityContext"],
+                container(ds, "tproxy-standard-mode")["securityContext"],
+                container(dep, "tproxy-initializer")["securityContext"]]
+
+    values = {**ALL_ON, "tproxy.addStandardModeProxy": True}
+    for sc in contexts(render(values)):
+        assert sc == {"runAsUser": 65534, "runAsNonRoot": True, "allowPrivilegeEscalation": False}
+    for sc in contexts(render({**values, "tproxy.runAsUser": 0})):
+        assert sc == {"allowPrivilegeEscalation": False}
+    # podwatch and the injected init container need privilege (iptables) and keep it.
+    pod = one(render(values), "DaemonSet")["spec"]["template"]["spec"]
+    assert container(pod, "tproxy-podwatch")["securityContext"] == {"privileged": True}

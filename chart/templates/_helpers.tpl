@@ -222,3 +222,12 @@ resources:
 {{- range keys $seen | sortAlpha -}}{{- $items = append $items . -}}{{- end -}}
 {{- dict "items" $items | toJson -}}
 {{- end -}}
+
+{{/* securityContext of the containers that need no privilege (proxies, initializer). */}}
+{{- define "tproxy.unprivileged" -}}
+{{- if .Values.tproxy.runAsUser -}}
+runAsUser: {{ .Values.tproxy.runAsUser }}
+runAsNonRoot: true
+{{ end -}}
+allowPrivilegeEscalation: false
+{{- end -}}
