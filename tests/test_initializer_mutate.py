@@ -197,3 +197,47 @@ def test_template_annotations_are_kept():
     d = deployment()
     d["spec"]["template"]["metadata"]["annotations"] = {"keep": "me"}
     assert run(d).obj["spec"]["template"]["metadata"]["annotations"] == {"keep": "me", ANN: "true"}
+
+
+# --- properties: whatever the user's pod template, one injection is complete and a second is a no-op
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+_names = st.sampled_from(["app", "web", "side", "db", "cache"])
+_user_env = st.lists(st.fixed_dictionaries({"name": st.sampled_from(["A", "B", "PATH"]),
+                                            "value": st.sampled_from(["1", "2"])}),
+                     max_size=3, unique_by=lambda e: e["name"])
+_user_mounts = st.lists(st.fixed_dictionaries({"name": st.just("data"),
+                                               "mountPath": st.sampled_from(["/data", "/var/x", "/srv"])}),
+                        max_size=2, unique_by=lambda m: m["mountPath"])
+_container = st.fixed_dictionaries({"name": _names, "image": st.just("img"), "env": _user_env,
+                                    "volumeMounts": _user_mounts})
+_pod = st.fixed_dictionaries({
+    "containers": st.lists(_container, min_size=1, max_size=3, unique_by=lambda c: c["name"]),
+    "initContainers": st.lists(_container.map(lambda c: dict(c, name="init-" + c["name"])), max_size=2,
+                               unique_by=lambda c: c["name"]),
+    "volumes": st.just([{"name": "data", "emptyDir": {}}]),
+})
+
+
+@settings(max_examples=60, deadline=None)
+@given(pod=_pod, with_annotation=st.booleans())
+def test_injection_is_complete_and_idempotent_for_any_template(pod, with_annotation):
+    d = deployment(**pod)
+    if with_annotation and pod["initContainers"]:
+        d["spec"]["template"]["metadata"]["annotations"] = {BETA_INIT_ANNOTATION: json.dumps(pod["initContainers"])}
+    first = run(d)
+    assert first.action == INJECT
+    spec = first.obj["spec"]["template"]["spec"]
+    assert [c["name"] for c in spec["initContainers"]][0] == "tproxy"
+    assert [c["name"] for c in spec["initContainers"]].count("tproxy") == 1
+    for c in spec["containers"] + spec["initContainers"][1:]:
+        paths = [m["mountPath"] for m in c.get("volumeMounts") or []]
+        assert len(paths) == len(set(paths)) and "/etc/ssl/certs/" in paths
+        names = [e["name"] for e in c.get("env") or []]
+        assert len(names) == len(set(names)) and "http_proxy" in names
+    again = copy.deepcopy(first.obj)
+    again["metadata"]["initializers"] = {"pending": [{"name": NAME}]}
+    second = run(again)
+    assert second.action == INJECT and second.obj["spec"] == first.obj["spec"]
