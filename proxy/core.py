@@ -130,6 +130,8 @@ class TproxyAddon:
         self.node = os.environ.get("NODE_NAME", "")
         # client connection id -> {(host, port): pinned address}
         self._approved: dict[str, dict[tuple[str, int], str]] = {}
+        # server connection id -> (host name, port) while it is being dialled by address
+        self._dialled_by_name: dict[str, tuple[str, int]] = {}
         self._watch_stop = threading.Event()
         self._watch_thread: threading.Thread | None = None
         self._policy_sig = None
@@ -489,7 +491,22 @@ class TproxyAddon:
                         destination=f"{address[0]}:{address[1]}", reason="not allowed by a request decision")
             data.server.error = "tproxy: connection not allowed by policy"
             return
+        # Dial the checked address. The name is put back once connected (server_connected), because
+        # mitmproxy reuses an upstream connection only for requests whose (host, port) equals its
+        # address: without that, every keep-alive request would open a new connection and the 6th
+        # would wait forever on mitmproxy's 5-connections-per-address semaphore.
+        self._dialled_by_name[data.server.id] = address
         data.server.address = (pinned, address[1])
+
+    def server_connected(self, data) -> None:
+        name_address = self._dialled_by_name.pop(data.server.id, None)
+        if name_address is not None:
+            # Connection.__setattr__ refuses address changes on open connections; this one only
+            # restores the name the connection was approved and verified (SNI) for.
+            object.__setattr__(data.server, "address", name_address)
+
+    def server_connect_error(self, data) -> None:
+        self._dialled_by_name.pop(data.server.id, None)
 
     def tcp_start(self, flow) -> None:
         """Non-HTTP bytes on an intercepted port: audit and count; server_connect refuses the dial."""

@@ -122,6 +122,14 @@ def test_allowed_request_dials_the_policy_host_not_the_client_destination(addon)
     assert srv.address == ("203.0.113.20", 443)  # pinned to the address that was checked
 
 
+def test_connected_server_gets_its_name_back_for_connection_reuse(addon):
+    f = run(addon, make_flow())
+    srv = server_connect(addon, f)
+    srv.state = connection.ConnectionState.OPEN
+    addon.server_connected(ServerConnectionHookData(server=srv, client=f.client_conn))
+    assert srv.address == ("storage.googleapis.com", 443)
+
+
 def test_unapproved_connection_to_original_destination_is_refused(addon):
     f = run(addon, make_flow(dest=("198.51.100.66", 443)))
     srv = server_connect(addon, f, "198.51.100.66", 443)

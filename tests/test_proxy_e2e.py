@@ -266,6 +266,15 @@ def test_http2_client_is_served(world):
     assert json.loads(body)["host"] == "allowed.example"
 
 
+def test_keep_alive_requests_share_one_upstream_connection(world):
+    # mitmproxy must reuse the pinned upstream connection (it allows only 5 per address and client)
+    before = world.upstream_stats("203.0.113.30:80")["connections"]
+    r = world.pod.run("curl", "-sS", "-m", "20", "-w", "%{http_code} ",
+                      *(["-o", "/dev/null", "http://allowed.example/echo"] * 12), check=False, timeout=30)
+    assert r.stdout.split() == ["200"] * 12, r.stdout + r.stderr
+    assert world.upstream_stats("203.0.113.30:80")["connections"] == before + 1
+
+
 def test_ipv6_client_and_upstream(world):
     status, body, _, _ = world.curl("-6", "https://v6.example/echo")
     assert status == 200
