@@ -132,7 +132,8 @@ def locked_pods(pods: Iterable[Mapping], annotation: str = "initializer.kubernet
 
     A pod being deleted (``deletionTimestamp`` set) keeps its rules: its containers still run
     during the grace period, and dropping the redirect early would let them out unfiltered.
-    Rules go once the pod object is gone or its phase is Succeeded/Failed.
+    Rules go once the pod object is gone or its phase is Succeeded/Failed. A ``hostNetwork`` pod is
+    never locked: its IP is the node's, and rules for it would capture or reject the node itself.
     """
     out: set[LockedPod] = set()
     for pod in pods:
@@ -144,6 +145,8 @@ def locked_pods(pods: Iterable[Mapping], annotation: str = "initializer.kubernet
         if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
             continue
         spec = pod.get("spec") or {}
+        if spec.get("hostNetwork"):
+            continue
         for ip in pod_ips(pod):
             out.add(LockedPod(
                 ip=ip, namespace=meta.get("namespace", ""), name=meta.get("name", ""),

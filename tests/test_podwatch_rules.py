@@ -59,7 +59,8 @@ def test_desired_state_filters_annotation_ip_phase():
     pods = [pod("d", "on", "10.0.0.1"), pod("d", "off", "10.0.0.2", ann="false"), pod("d", "none", "10.0.0.3", ann=None),
             pod("d", "noip"), pod("d", "done", "10.0.0.4", phase="Succeeded"), pod("d", "failed", "10.0.0.5", phase="Failed"),
             pod("d", "TRUE", "10.0.0.6", ann="TRUE"), pod("d", "going", "10.0.0.7", deleting=True),
-            pod("d", "bad-ip", "not-an-ip")]
+            pod("d", "bad-ip", "not-an-ip"), pod("d", "hostnet", "10.0.0.8")]
+    pods[-1]["spec"]["hostNetwork"] = True  # its IP is the node's: never lock it
     got = {p.name for p in rules.locked_pods(pods, ANN)}
     # a terminating pod still runs during its grace period: its rules stay until it is gone
     assert got == {"on", "TRUE", "going"}
