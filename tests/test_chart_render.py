@@ -398,3 +398,16 @@ def test_unprivileged_containers_run_as_non_root_unless_told_otherwise():
     # podwatch and the injected init container need privilege (iptables) and keep it.
     pod = one(render(values), "DaemonSet")["spec"]["template"]["spec"]
     assert container(pod, "tproxy-podwatch")["securityContext"] == {"privileged": True}
+
+
+def test_manual_notes_print_exactly_what_the_initializer_would_inject(tmp_path):
+    values = {"tproxy.blockSvcCIDR": "10.11.240.0/20", "tproxy.allowDNS": "10.11.240.10",
+              "tproxy.addStandardModeProxy": True}
+    notes = render_notes(values, tmp_path)
+    manual = yaml.safe_load(notes[notes.index("initContainers:"):notes.index("Add the volumes")])["initContainers"]
+    volumes = yaml.safe_load(notes[notes.index("volumes:"):notes.index("and mount them")])["volumes"]
+    mounts = yaml.safe_load(notes[notes.index("volumeMounts:"):notes.index("Add the env vars")])["volumeMounts"]
+    injected, _ = _injection(render({**values, **ALL_ON}))
+    assert manual == injected["containers"]
+    assert volumes == injected["volumes"]
+    assert mounts == injected["volumeMounts"]
