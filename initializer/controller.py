@@ -53,8 +53,34 @@ def _parse_ts(ts: str | None) -> Optional[float]:
         return None
 
 
-class NotReady(Exception):
-    """Deployments cannot be processed yet (no valid config)."""
+class _InformerLog:
+    """Forwards the informer's log calls and remembers its last list/watch failure, so /readyz can say
+    *why* the informer has not synced (e.g. a 403 on listing deployments) instead of just "not yet"."""
+
+    def __init__(self, log):
+        self._log = log
+        self.last_error: Optional[str] = None
+
+    def _note(self, event, kw):
+        if event == "watch_failed":
+            self.last_error = f"{kw.get('phase', 'watch')} failed: {kw.get('error')}"
+        elif event == "listed":
+            self.last_error = None
+
+    def debug(self, event, **kw):
+        self._log.debug(event, **kw)
+
+    def info(self, event, **kw):
+        self._note(event, kw)
+        self._log.info(event, **kw)
+
+    def warning(self, event, **kw):
+        self._note(event, kw)
+        self._log.warning(event, **kw)
+
+    def error(self, event, **kw):
+        self._note(event, kw)
+        self._log.error(event, **kw)
 
 
 class Controller:
@@ -95,6 +121,7 @@ class Controller:
         self._cm_watch = None
         self.queue = WorkQueue("initializer")
         self.informer = None
+        self._informer_log: Optional[_InformerLog] = None
 
     @classmethod
     def from_kubeconfig(cls, kubeconfig: Optional[str] = None, **kwargs) -> "Controller":
@@ -200,7 +227,8 @@ class Controller:
         if self._config is None:
             return False, self._config_reason
         if self.informer is None or not self._informer_synced():
-            return False, "deployment informer has not synced yet"
+            why = self._informer_log.last_error if self._informer_log is not None else None
+            return False, "deployment informer has not synced yet" + (f": {why}" if why else "")
         return True, "ok"
 
     def _informer_synced(self) -> bool:
@@ -314,8 +342,10 @@ class Controller:
     # -- lifecycle -------------------------------------------------------------------------------
     def _make_informer(self):
         from controllerkit.informer import Informer
+        self._informer_log = _InformerLog(self.log)
         inf = Informer(self.client, resource_path(DEPLOYMENTS_GV, "deployments"),
-                       query={"includeUninitialized": "true"}, resync_period=self.resync_period)
+                       query={"includeUninitialized": "true"}, resync_period=self.resync_period,
+                       logger=self._informer_log)
         inf.add_handler(self._on_add, self._on_update, self._on_delete)
         return inf
 

@@ -587,6 +587,29 @@ def test_without_rbac_403s_are_reported_clearly(admin, server, cm_name, tmp_path
         ctl.stop()
 
 
+def test_config_but_no_deployment_access_says_so_in_readiness(admin, server, cm_name, tmp_path):
+    name = "cfg-only"
+    admin.create(resource_path("rbac.authorization.k8s.io/v1beta1", "roles", CM_NS), {
+        "metadata": {"name": name, "namespace": CM_NS},
+        "rules": [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [cm_name],
+                   "verbs": ["get", "watch"]}]})
+    admin.create(resource_path("rbac.authorization.k8s.io/v1beta1", "rolebindings", CM_NS), {
+        "metadata": {"name": name, "namespace": CM_NS},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": "rbac"}]})
+    kc = _sa_kubeconfig(server, tmp_path, "rbac", name)
+    ctl = Controller.from_kubeconfig(kc, initializer_name="cfg.initializer.example.com", configmap=cm_name,
+                                     config_namespace=CM_NS, logger=Recorder())
+    ctl.start()
+    try:
+        ok, why = wait_for(lambda: (lambda r: r if "403" in r[1] else None)(ctl.ready()), what="403 in readiness")
+        assert not ok and ctl.config is not None
+        assert why.startswith("deployment informer has not synced yet: list failed: 403")
+        assert "deployments" in why
+    finally:
+        ctl.stop()
+
+
 def test_write_without_initialize_verb_is_reported_and_retried(admin, server, chart, cm_name, tmp_path):
     """Config readable, deployments readable, but no update/initialize: the 403 on the PUT is logged
     with what is missing, and the object is retried (stays pending, never half-written)."""
