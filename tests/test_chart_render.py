@@ -293,10 +293,17 @@ def test_images_use_the_registry_prefix_and_the_mitmproxy_fallback():
 
 # ---- policy ---------------------------------------------------------------------------------
 
-def test_default_policy_is_the_tutorials():
-    policy = yaml.safe_load(one(render(), "ConfigMap", f"{FULL}-policy")["data"]["policy.yaml"])
-    assert policy == {"mode": "enforce", "rules": [
-        {"host": "storage.googleapis.com", "paths": ["/solutions-public-assets/"]}]}
+def test_default_policy_is_the_tutorials_and_the_proxy_accepts_it():
+    from proxy.policy import BUILTIN_POLICY, Policy
+
+    text = one(render(), "ConfigMap", f"{FULL}-policy")["data"]["policy.yaml"]
+    assert yaml.safe_load(text) == BUILTIN_POLICY == {"mode": "enforce", "rules": [
+        {"host": "storage.googleapis.com", "paths": ["/solutions-public-assets/"], "schemes": ["https"]}]}
+    policy = Policy.from_yaml(text, source="policy.yaml")
+    allow = policy.decide("storage.googleapis.com", method="GET", scheme="https",
+                          path="/solutions-public-assets/tproxy.png", namespace="default")
+    deny = policy.decide("www.google.com", method="GET", scheme="https", path="/", namespace="default")
+    assert allow.allowed and not deny.allowed
 
 
 def test_policy_from_a_file_is_used_verbatim(tmp_path):
