@@ -1,0 +1,278 @@
+"""The netns kubelet against the kubesim API server: pods as processes in network namespaces.
+
+One simulated cluster (node + internet namespaces, API server, kubelet) is shared by the module;
+each test creates its own objects with unique names and waits by polling, never by sleeping blindly.
+"""
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from kubesim import netns
+
+pytestmark = [pytest.mark.root]
+
+DEPLOY = "/apis/extensions/v1beta1/namespaces/default/deployments"
+DS = "/apis/extensions/v1beta1/namespaces/default/daemonsets"
+
+
+def wait_for(fn, timeout=20.0, interval=0.1, what="condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}; last value: {last!r}")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from kubesim.kubelet.cluster import SimCluster
+    c = SimCluster(kubelet_options={"backoff_initial": 0.3, "backoff_cap": 1.0, "volume_refresh": 0.3})
+    c.start()
+    yield c
+    c.stop()
+
+
+def deployment(name, containers, *, replicas=1, volumes=None, init=None, labels=None, annotations=None, **spec):
+    labels = labels or {"app": name}
+    pod_spec = {"containers": containers, **spec}
+    if volumes:
+        pod_spec["volumes"] = volumes
+    if init:
+        pod_spec["initContainers"] = init
+    tmeta = {"labels": labels}
+    if annotations:
+        tmeta["annotations"] = annotations
+    return {"apiVersion": "extensions/v1beta1", "kind": "Deployment", "metadata": {"name": name},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
+                     "template": {"metadata": tmeta, "spec": pod_spec}}}
+
+
+def sh(name, script, **kw):
+    return {"name": name, "image": "debian:12", "command": ["sh", "-c", script], **kw}
+
+
+def log_of(cluster, pod, container):
+    return cluster.read_log(pod, container)
+
+
+def test_deployment_pods_are_created_owned_labelled_and_running(cluster):
+    cluster.client.create(DEPLOY, deployment("web", [sh("c", "echo started; sleep 1000")], replicas=2))
+    pods = cluster.wait_pods("app=web", count=2, timeout=20)
+    dep = cluster.client.get(f"{DEPLOY}/web")
+    ips = set()
+    for p in pods:
+        meta, st = p["metadata"], p["status"]
+        owner = meta["ownerReferences"][0]
+        assert owner["kind"] == "Deployment" and owner["uid"] == dep["metadata"]["uid"] and owner["controller"]
+        assert meta["labels"]["pod-template-hash"].isdigit()
+        assert meta["name"].startswith(f"web-{meta['labels']['pod-template-hash']}-")
+        assert p["spec"]["nodeName"] == "node-1"
+        assert st["phase"] == "Running" and st["hostIP"] == "198.18.0.1"
+        assert st["podIP"].startswith("198.18.1.")
+        assert st["containerStatuses"][0]["state"].get("running")
+        ips.add(st["podIP"])
+        wait_for(lambda: "started" in log_of(cluster, p, "c"), what="container output")
+    assert len(ips) == 2
+
+
+def test_env_fieldref_expansion_service_account_and_in_cluster_api(cluster):
+    script = ('echo "name=$POD ns=$NS node=$NODE ip=$IP greeting=$GREETING"; '
+              'echo "svc=$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT"; '
+              'cat /var/run/secrets/kubernetes.io/serviceaccount/namespace; echo; '
+              'curl -s -o /dev/null -w "api=%{http_code}\\n" --cacert /var/run/secrets/kubernetes.io/serviceaccount/ca.crt '
+              '-H "Authorization: Bearer $(cat /var/run/secrets/kubernetes.io/serviceaccount/token)" '
+              'https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT/version; sleep 1000')
+    env = [{"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+           {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+           {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+           {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+           {"name": "WHO", "value": "world"},
+           {"name": "GREETING", "value": "hello-$(WHO)"}]
+    cluster.client.create(DEPLOY, deployment("envy", [sh("c", script, env=env)]))
+    pod = cluster.wait_pods("app=envy", timeout=20)[0]
+    out = wait_for(lambda: "api=" in log_of(cluster, pod, "c") and log_of(cluster, pod, "c"), what="env output")
+    name, ip = pod["metadata"]["name"], pod["status"]["podIP"]
+    assert f"name={name} ns=default node=node-1 ip={ip} greeting=hello-world" in out
+    assert "svc=198.18.0.1:6443" in out
+    assert "\ndefault\n" in out
+    assert "api=200" in out  # the pod reached the API server through the node with the SA's CA and token
+
+
+def test_configmap_secret_emptydir_volumes_and_live_configmap_updates(cluster):
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "vol-cm"},
+          "data": {"a.txt": "alpha", "b.txt": "beta"}}
+    sec = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "vol-sec"},
+           "data": {"key": base64.b64encode(b"s3cret").decode()}}
+    cluster.client.create("/api/v1/namespaces/default/configmaps", cm)
+    cluster.client.create("/api/v1/namespaces/default/secrets", sec)
+    volumes = [{"name": "cfg", "configMap": {"name": "vol-cm", "items": [{"key": "a.txt", "path": "renamed.txt"}]}},
+               {"name": "all", "configMap": {"name": "vol-cm"}},
+               {"name": "sec", "secret": {"secretName": "vol-sec"}},
+               {"name": "scratch", "emptyDir": {}}]
+    writer = sh("writer", "echo shared > /mnt/scratch/x; sleep 1000",
+                volumeMounts=[{"name": "scratch", "mountPath": "/mnt/scratch"}])
+    reader = sh("reader", "while true; do cat /srv/cfg/renamed.txt /etc/kubesim-test/all/b.txt /srv/sec/key /mnt/scratch/x "
+                          "2>/dev/null | tr '\\n' ' '; echo; sleep 0.3; done",
+                volumeMounts=[{"name": "cfg", "mountPath": "/srv/cfg", "readOnly": True},
+                              {"name": "all", "mountPath": "/etc/kubesim-test/all"},
+                              {"name": "sec", "mountPath": "/srv/sec"},
+                              {"name": "scratch", "mountPath": "/mnt/scratch"}])
+    cluster.client.create(DEPLOY, deployment("vols", [writer, reader], volumes=volumes))
+    pod = cluster.wait_pods("app=vols", timeout=20)[0]
+    wait_for(lambda: "alphabetas3cretshared" in log_of(cluster, pod, "reader"), what="volume contents")
+    # the mount points exist only inside the container: the host is untouched
+    assert not os.path.exists("/etc/kubesim-test") and not os.path.exists("/srv/cfg")
+    cm["data"]["b.txt"] = "gamma"
+    cur = cluster.client.get("/api/v1/namespaces/default/configmaps/vol-cm")
+    cm["metadata"]["resourceVersion"] = cur["metadata"]["resourceVersion"]
+    cluster.client.replace("/api/v1/namespaces/default/configmaps/vol-cm", cm)
+    wait_for(lambda: "alphagammas3cretshared" in log_of(cluster, pod, "reader"), what="configmap update")
+
+
+def test_capabilities_privileged_keeps_net_admin_others_lose_it(cluster):
+    check = "iptables -t filter -S >/dev/null 2>&1 && echo NET_ADMIN=yes || echo NET_ADMIN=no; grep CapBnd /proc/self/status; sleep 1000"
+    cluster.client.create(DEPLOY, deployment("caps", [sh("plain", check),
+                                                      sh("priv", check, securityContext={"privileged": True})]))
+    pod = cluster.wait_pods("app=caps", timeout=20)[0]
+    plain = wait_for(lambda: "CapBnd" in log_of(cluster, pod, "plain") and log_of(cluster, pod, "plain"))
+    priv = wait_for(lambda: "CapBnd" in log_of(cluster, pod, "priv") and log_of(cluster, pod, "priv"))
+    assert "NET_ADMIN=no" in plain and "NET_ADMIN=yes" in priv
+    capbnd = int(plain.split("CapBnd:")[1].split()[0], 16)
+    assert not capbnd & (1 << 12) and capbnd & (1 << 13)  # no CAP_NET_ADMIN, CAP_NET_RAW kept (ping)
+
+
+def test_failing_init_container_restarts_with_backoff_and_keeps_the_pod_pending(cluster):
+    flag = os.path.join(cluster.kubelet.hostfs, "initgate", "go")
+    init = [sh("gate", "echo checking; test -f /mnt/gate/go", volumeMounts=[{"name": "gate", "mountPath": "/mnt/gate"}])]
+    cluster.client.create(DEPLOY, deployment("gated", [sh("app", "echo app-started; sleep 1000")], init=init,
+                                             volumes=[{"name": "gate", "hostPath": {"path": "/initgate"}}]))
+    pod = wait_for(lambda: next(iter(cluster.pods("default", "app=gated")), None), what="pod")
+
+    def restarted():
+        p = cluster.pods("default", "app=gated")[0]
+        st = (p.get("status") or {}).get("initContainerStatuses") or [{}]
+        return st[0].get("restartCount", 0) >= 2 and p
+    p = wait_for(restarted, timeout=20, what="init container restarts")
+    assert p["status"]["phase"] == "Pending"
+    assert any(c["type"] == "Initialized" and c["status"] == "False" for c in p["status"]["conditions"])
+    assert "app-started" not in log_of(cluster, pod, "app")
+    assert log_of(cluster, pod, "gate").count("checking") >= 2
+    os.makedirs(os.path.dirname(flag), exist_ok=True)
+    open(flag, "w").close()
+    cluster.wait_pods("app=gated", timeout=20)
+    wait_for(lambda: "app-started" in log_of(cluster, pod, "app"), what="app start after init success")
+
+
+def test_crashing_container_is_restarted(cluster):
+    cluster.client.create(DEPLOY, deployment("crashy", [sh("c", "echo run; sleep 0.2; exit 3")]))
+    pod = wait_for(lambda: next(iter(cluster.pods("default", "app=crashy")), None))
+
+    def counted():
+        p = cluster.pods("default", "app=crashy")[0]
+        cs = ((p.get("status") or {}).get("containerStatuses") or [{}])[0]
+        return cs.get("restartCount", 0) >= 2 and cs
+    cs = wait_for(counted, timeout=20, what="restarts")
+    assert cs["lastState"]["terminated"]["exitCode"] == 3
+    wait_for(lambda: log_of(cluster, pod, "c").count("run") >= 3, what="output of every run, appended")
+
+
+def test_scale_down_and_delete_stop_processes_and_remove_namespaces(cluster):
+    cluster.client.create(DEPLOY, deployment("scaler", [sh("c", "sleep 1000")], replicas=3))
+    pods = cluster.wait_pods("app=scaler", count=3, timeout=20)
+    nets = {p["metadata"]["uid"]: cluster.pod_runtime(p).net.name for p in pods}
+    dep = cluster.client.get(f"{DEPLOY}/scaler")
+    dep["spec"]["replicas"] = 1
+    cluster.client.replace(f"{DEPLOY}/scaler", dep)
+    wait_for(lambda: len(cluster.pods("default", "app=scaler")) == 1, what="scale down")
+    wait_for(lambda: sum(1 for n in nets.values() if n in listed_netns()) == 1, what="netns removal")
+    cluster.client.delete(f"{DEPLOY}/scaler")
+    wait_for(lambda: not cluster.pods("default", "app=scaler"), what="pods deleted with the deployment")
+    wait_for(lambda: not any(n in listed_netns() for n in nets.values()), what="all netns removed")
+
+
+def listed_netns():
+    return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+
+def test_daemonset_pod_runs_in_the_node_namespace(cluster):
+    ds = {"apiVersion": "extensions/v1beta1", "kind": "DaemonSet", "metadata": {"name": "agent"},
+          "spec": {"selector": {"matchLabels": {"app": "agent"}},
+                   "template": {"metadata": {"labels": {"app": "agent"}},
+                                "spec": {"hostNetwork": True,
+                                         "containers": [sh("c", "ip -4 -o addr show dev lo; sleep 1000")]}}}}
+    cluster.client.create(DS, ds)
+    pods = cluster.wait_pods("app=agent", timeout=20)
+    assert len(pods) == 1 and pods[0]["status"]["podIP"] == "198.18.0.1"
+    assert pods[0]["metadata"]["ownerReferences"][0]["kind"] == "DaemonSet"
+    wait_for(lambda: "198.18.0.1" in log_of(cluster, pods[0], "c"), what="node address seen from the pod")
+
+
+def test_logs_cli_by_selector_and_tail(cluster):
+    cluster.client.create(DEPLOY, deployment("talker", [sh("c", "for i in 1 2 3 4 5; do echo line$i; done; sleep 1000")]))
+    pod = cluster.wait_pods("app=talker", timeout=20)[0]
+    wait_for(lambda: "line5" in log_of(cluster, pod, "c"))
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    out = subprocess.run([sys.executable, "-m", "kubesim", "logs", "--run-dir", cluster.run_dir,
+                          "--selector", "app=talker", "--tail", "2"], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["line4", "line5"]
+    out = subprocess.run([sys.executable, "-m", "kubesim", "logs", "--run-dir", cluster.run_dir, "nope"],
+                         capture_output=True, text=True, env=env)
+    assert out.returncode == 1 and 'pods "nope" not found' in out.stderr
+
+
+def test_apply_cli_creates_then_updates_in_document_order(cluster, tmp_path):
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text("""---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: applied}
+data: {k: one}
+---
+apiVersion: rbac.authorization.k8s.io/v1beta1
+kind: ClusterRole
+metadata: {name: applied-role}
+rules: [{apiGroups: [""], resources: ["pods"], verbs: ["get"]}]
+""")
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    argv = [sys.executable, "-m", "kubesim", "apply", "--kubeconfig", cluster.kubeconfig, "-f", str(manifest)]
+    out = subprocess.run(argv, capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ['configmap "applied" created',
+                                       'clusterrole.rbac.authorization.k8s.io "applied-role" created']
+    manifest.write_text(manifest.read_text().replace("k: one", "k: two"))
+    out = subprocess.run(argv, capture_output=True, text=True, env=env)
+    assert 'configmap "applied" configured' in out.stdout
+    assert cluster.client.get("/api/v1/namespaces/default/configmaps/applied")["data"]["k"] == "two"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("apiVersion: v1\nkind: Frobnicator\nmetadata: {name: x}\n---\napiVersion: v1\nkind: ConfigMap\n"
+                   "metadata: {name: after-bad}\n")
+    out = subprocess.run([*argv[:-1], str(bad)], capture_output=True, text=True, env=env)
+    assert out.returncode == 1 and 'no kind "Frobnicator"' in out.stderr
+    assert 'configmap "after-bad" created' in out.stdout  # the rest is still applied
+
+
+def test_stop_leaves_nothing_behind():
+    """A second cluster: after stop(), no namespace, process or run dir of it remains."""
+    from kubesim.kubelet.cluster import SimCluster
+    c = SimCluster(internet=False)
+    c.start()
+    try:
+        c.client.create(DEPLOY, deployment("ephemeral", [sh("c", "sleep 1000")]))
+        pod = c.wait_pods("app=ephemeral", timeout=20)[0]
+        rt = c.pod_runtime(pod)
+        pid = rt.containers[0].proc.pid
+        names = [rt.net.name, c.topology.node.name]
+    finally:
+        c.stop()
+    assert not any(n in listed_netns() for n in names)
+    assert not os.path.exists(f"/proc/{pid}")
+    assert not os.path.exists(c.run_dir)
