@@ -353,3 +353,45 @@ def test_cli_rejects_bad_faults_spec(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "kubesim", "serve", "--kubeconfig", str(tmp_path / "kc"),
                            "--faults", "bogus=1"], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "unknown fault 'bogus'" in proc.stderr
+
+
+def test_service_cluster_ip_allocation(c):
+    """Services get a free clusterIP from the service range; a requested one must be free and in range."""
+    v1 = k.CoreV1Api(c)
+    a = v1.create_namespaced_service("default", {"metadata": {"name": "svc-a"}, "spec": {"ports": [{"port": 80}]}})
+    b = v1.create_namespaced_service("default", {"metadata": {"name": "svc-b"}, "spec": {"ports": [{"port": 80}]}})
+    assert a.spec.cluster_ip.startswith("10.") and a.spec.cluster_ip != b.spec.cluster_ip
+    assert a.spec.ports[0].target_port == 80 and a.spec.ports[0].protocol == "TCP"
+    s, body = raw(c, "POST", "/api/v1/namespaces/default/services",
+                  body={"metadata": {"name": "svc-c"}, "spec": {"clusterIP": a.spec.cluster_ip, "ports": [{"port": 1}]}})
+    assert s == 422 and "already allocated" in body["message"]
+    s, body = raw(c, "POST", "/api/v1/namespaces/default/services",
+                  body={"metadata": {"name": "svc-d"}, "spec": {"clusterIP": "None", "ports": [{"port": 1}]}})
+    assert s == 201 and body["spec"]["clusterIP"] == "None"
+
+
+def test_metrics_endpoint_counts_requests(srv, c):
+    """/metrics exposes Prometheus counters per verb/resource/code."""
+    raw(c, "GET", f"{CM}/does-not-exist")
+    import urllib.request
+    ctx = ssl.create_default_context(cafile=srv.ca_file)
+    text = urllib.request.urlopen(srv.url + "/metrics", context=ctx, timeout=5).read().decode()
+    assert 'kubesim_apiserver_requests_total{code="404",resource="configmaps",verb="get"}' in text
+    assert "kubesim_apiserver_resource_version" in text
+
+
+def test_abandoned_watch_is_released(srv, c):
+    """A client that closes an idle watch frees its watcher within about a second."""
+    before = sum(len(w) for w in srv.store.watchers.values())
+    resp = c.call_api("/api/v1/secrets", "GET", query_params=[("watch", "true"), ("resourceVersion", str(srv.store.rv))],
+                      auth_settings=["BearerToken"], _preload_content=False, _return_http_data_only=True)
+    deadline = time.monotonic() + 5
+    while sum(len(w) for w in srv.store.watchers.values()) == before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sum(len(w) for w in srv.store.watchers.values()) == before + 1
+    resp.close()
+    resp.release_conn()
+    deadline = time.monotonic() + 5
+    while sum(len(w) for w in srv.store.watchers.values()) > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sum(len(w) for w in srv.store.watchers.values()) == before

@@ -16,6 +16,7 @@ import os
 import queue
 import re
 import secrets
+import select
 import socket
 import ssl
 import tempfile
@@ -145,7 +146,8 @@ class APIServer:
     """An in-process Kubernetes 1.7 (or 1.13) API server emulator. See kubesim/README.md."""
 
     def __init__(self, k8s_version: str = "1.7", faults=None, seed: int = 0, sans=(),
-                 history: int = 5000, initializer_config_refresh: float = 0.0):
+                 history: int = 5000, initializer_config_refresh: float = 0.0,
+                 service_cidr: str = "10.96.0.0/12"):
         if k8s_version not in GIT_VERSIONS:
             raise ValueError(f"k8s_version must be one of {sorted(GIT_VERSIONS)}, not {k8s_version!r}")
         self.k8s_version = k8s_version
@@ -160,6 +162,8 @@ class APIServer:
         self.faults = FaultSpec()
         self.set_faults(faults)
         self.initializer_config_refresh = float(initializer_config_refresh)
+        import ipaddress
+        self.service_net = ipaddress.ip_network(service_cidr)
         self._init_config_cache: tuple[float, list] = (-1e18, [])
         self._name_rng = __import__("random").Random(seed)
         self._name_lock = threading.Lock()
@@ -172,7 +176,31 @@ class APIServer:
         self._stopping = threading.Event()
         self.request_count = 0
         self.write_count = 0
+        self._waiting_creates = 0
+        self._init_metrics()
         self._bootstrap()
+
+    # ---- metrics ------------------------------------------------------------------------
+    def _init_metrics(self) -> None:
+        """Prometheus metrics in a registry of this server's own (several servers per process)."""
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        self.metrics_registry = reg = CollectorRegistry()
+        self.m_requests = Counter("kubesim_apiserver_requests_total", "API requests by verb, resource and code",
+                                  ["verb", "resource", "code"], registry=reg)
+        self.m_latency = Histogram("kubesim_apiserver_request_duration_seconds",
+                                   "Time to answer non-watch API requests (blocking creates included)", ["verb"],
+                                   buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 30),
+                                   registry=reg)
+        Gauge("kubesim_apiserver_watchers", "Open watches (including blocking creates waiting)",
+              registry=reg).set_function(lambda: sum(len(w) for w in self.store.watchers.values()))
+        Gauge("kubesim_apiserver_blocking_creates_waiting", "Creates waiting for initialization",
+              registry=reg).set_function(lambda: self._waiting_creates)
+        Gauge("kubesim_apiserver_resource_version", "Current global resourceVersion",
+              registry=reg).set_function(lambda: self.store.rv)
+
+    def metrics_text(self) -> bytes:
+        from prometheus_client import generate_latest
+        return generate_latest(self.metrics_registry)
 
     # ---- lifecycle ----------------------------------------------------------------------
     def start(self, host: str = "127.0.0.1", port: int = 0) -> "APIServer":
@@ -421,6 +449,9 @@ class APIServer:
     # ---- HTTP plumbing ------------------------------------------------------------------
     def dispatch(self, h: _Handler, method: str) -> None:
         self.request_count += 1
+        h.kubesim_req = None
+        h.kubesim_code = 0
+        t0 = time.perf_counter()
         try:
             self._dispatch(h, method)
         except APIError as e:
@@ -435,8 +466,15 @@ class APIServer:
                 self._send_json(h, 500, errors.internal(f"{type(e).__name__}: {e}").status())
             except OSError:
                 h.close_connection = True
+        finally:
+            req = h.kubesim_req
+            if req is not None:
+                self.m_requests.labels(req.verb, req.rt.qualified, str(h.kubesim_code)).inc()
+                if req.verb != "watch":
+                    self.m_latency.labels(req.verb).observe(time.perf_counter() - t0)
 
     def _send_json(self, h: _Handler, code: int, body, extra_headers=None) -> None:
+        h.kubesim_code = code
         data = json.dumps(body, separators=(",", ":")).encode()
         h.send_response(code)
         h.send_header("Content-Type", "application/json")
@@ -489,6 +527,14 @@ class APIServer:
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
         if method != "GET":
             self._slurp_body(h)
+        if path == "/metrics" and method == "GET":
+            data = self.metrics_text()
+            h.send_response(200)
+            h.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            h.send_header("Content-Length", str(len(data)))
+            h.end_headers()
+            h.wfile.write(data)
+            return
         if path in ("/healthz", "/healthz/ping", "/livez", "/readyz"):
             data = b"ok"
             h.send_response(200)
@@ -510,6 +556,7 @@ class APIServer:
         if req is None:
             raise APIError(404, "NotFound", "the server could not find the requested resource",
                            {"causes": [{"reason": "UnexpectedServerResponse", "message": "404 page not found"}]})
+        h.kubesim_req = req
         faults = self.faults
         exempt = h.headers.get("X-Kubesim-No-Faults") == "1"
         if not exempt and faults.active:
@@ -765,6 +812,7 @@ class APIServer:
         watcher = Watcher(rt.storage, req.namespace if rt.namespaced and req.namespace else None, name,
                           pred, include)
         faults = None if exempt else self.faults
+        h.kubesim_code = 200
         h.send_response(200)
         h.send_header("Content-Type", "application/json")
         h.send_header("Transfer-Encoding", "chunked")
@@ -805,8 +853,10 @@ class APIServer:
                 if remaining <= 0:
                     return
                 try:
-                    item = watcher.queue.get(timeout=min(remaining, 5.0))
+                    item = watcher.queue.get(timeout=min(remaining, 1.0))
                 except queue.Empty:
+                    if _peer_closed(h.request):
+                        return
                     continue
                 if item is STOP:
                     return
@@ -874,6 +924,8 @@ class APIServer:
         if rt.default:
             rt.default(obj)
         name = meta["name"]
+        if rt.storage == "services":
+            self._allocate_cluster_ip(rt, obj)
         uninitialized = meta.get("initializers") is not None
         if self.k8s_version == "1.7":
             include = req.query.get("includeUninitialized") == "1"     # §1b: only the literal "1"
@@ -896,11 +948,43 @@ class APIServer:
         if waiter is None:
             self._send_json(h, 202 if uninitialized else 201, rt.view(stored, self.k8s_version))
             return
+        self._waiting_creates += 1
         try:
             result = self._wait_initialized(rt, waiter, name, req.query.get("timeout", ""))
         finally:
+            self._waiting_creates -= 1
             self.store.unwatch(waiter)
         self._send_json(h, 201, rt.view(result, self.k8s_version))
+
+    def _allocate_cluster_ip(self, rt: ResourceType, obj: dict) -> None:
+        """The service IP allocator: a free address of ``service_cidr`` unless one is asked for
+        (``None`` = headless). Done under the store lock by the caller's create."""
+        import ipaddress
+        spec = obj.setdefault("spec", {})
+        if spec.get("type") == "ExternalName" or spec.get("clusterIP") == "None":
+            return
+        with self.store.lock:
+            items, _ = self.store.list("services")
+            used = {(o.get("spec") or {}).get("clusterIP") for o in items}
+            want = spec.get("clusterIP")
+            if want:
+                try:
+                    ok = ipaddress.ip_address(want) in self.service_net
+                except ValueError:
+                    ok = False
+                if not ok:
+                    raise errors.invalid(rt, obj["metadata"]["name"], [FieldError(
+                        "Invalid", "spec.clusterIP", f"provided IP is not in the valid range. The range of valid "
+                        f"IPs is {self.service_net}", want)])
+                if want in used:
+                    raise errors.invalid(rt, obj["metadata"]["name"], [FieldError(
+                        "Invalid", "spec.clusterIP", "provided IP is already allocated", want)])
+                return
+            for ip in self.service_net.hosts():
+                if str(ip) not in used:
+                    spec["clusterIP"] = str(ip)
+                    return
+            raise errors.internal("failed to allocate a serviceIP: range is full")
 
     def _wait_initialized(self, rt, waiter: Watcher, name: str, timeout_param: str) -> dict:
         """WaitForInitialized (§1b) inside finishRequest's timeout."""
@@ -1133,6 +1217,25 @@ class APIServer:
                 deleted.append(rt.view(gone, self.k8s_version, in_list=True))
         self._send_json(h, 200, {"kind": f"{rt.kind}List", "apiVersion": rt.api_version,
                                  "metadata": {"resourceVersion": str(self.store.rv)}, "items": deleted})
+
+
+def _peer_closed(sock) -> bool:
+    """True when an idle watch connection has been closed by the client (it never sends anything
+    during a watch, so readability means EOF or close_notify). Frees the watcher promptly instead
+    of at timeoutSeconds."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        if not readable:
+            return False
+        sock.settimeout(0)
+        try:
+            return sock.recv(1) == b""
+        finally:
+            sock.settimeout(None)
+    except (ssl.SSLWantReadError, BlockingIOError):
+        return False
+    except (OSError, ValueError):
+        return True
 
 
 class _Streamed(Exception):
