@@ -429,7 +429,7 @@ def test_faults_leave_nothing_uninitialized_and_nothing_injected_twice(admin, se
     lists = sample("informer_lists_total", informer=informer)
     cuts = sum(sample("informer_events_total", informer=informer, type=t) for t in ("ADDED", "MODIFIED"))
     gone = sample("informer_watch_errors_total", informer=informer, error="Gone")
-    server.set_faults("conflict=0.3,error500=0.05,gone=0.3,watch_cut=0.2")
+    server.set_faults("conflict=0.3,error500=0.05,gone=0.5,watch_cut=0.3")
     ctl = Controller.from_kubeconfig(kubeconfig, initializer_name=fname, configmap=cm_name,
                                      config_namespace=CM_NS, workers=2, resync_period=0.5, config_retry=0.05)
     ctl.start()
