@@ -8,6 +8,7 @@ import os
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -127,7 +128,7 @@ def test_mitmdump_uses_the_rendered_secret_from_a_read_only_confdir(tmp_path):
     bundle = tmp_path / "root-certs.crt"
     bundle.write_text(_root_bundle(objs))
     port = _free_port()
-    mitmdump = str(REPO / ".venv" / "bin" / "mitmdump")
+    mitmdump = str(Path(sys.executable).parent / "mitmdump")  # the test environment's mitmproxy 11.0.2
     script = (f"mount --bind {conf} {conf} && mount -o remount,ro,bind {conf} && "
               f"exec {mitmdump} --listen-host 127.0.0.1 -p {port} --set confdir={conf} "
               f"--set connection_strategy=lazy")
