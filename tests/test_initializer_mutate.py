@@ -241,3 +241,12 @@ def test_injection_is_complete_and_idempotent_for_any_template(pod, with_annotat
     again["metadata"]["initializers"] = {"pending": [{"name": NAME}]}
     second = run(again)
     assert second.action == INJECT and second.obj["spec"] == first.obj["spec"]
+
+
+def test_our_name_twice_in_pending_is_handled_in_two_idempotent_passes():
+    # The server merges InitializerConfigurations without removing duplicates (1.7 §1a).
+    first = run(deployment(pending=(NAME, NAME)))
+    assert first.action == INJECT and first.pending_after == (NAME,)
+    second = run(first.obj)
+    assert second.action == INJECT and second.obj["spec"] == first.obj["spec"]
+    assert second.obj["metadata"]["initializers"] is None
