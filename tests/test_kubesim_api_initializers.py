@@ -156,6 +156,20 @@ def test_configuration_validation(c):
     s, body = raw(c, "POST", CFG, body={"metadata": {"name": "short"}, "initializers": [
         {"name": "example.com", "rules": [rule()]}]})
     assert s == 422 and "should be a domain with at least two dots" in body["message"]
+    s, body = raw(c, "POST", CFG, body={"metadata": {"name": "fp"}, "initializers": [
+        {"name": "a.example.com", "failurePolicy": "Fail", "rules": [rule()]}]})
+    assert s == 422 and 'supported values: "Ignore"' in body["message"]
+    s, _ = raw(c, "POST", CFG, body={"metadata": {"name": "fp-ok"}, "initializers": [
+        {"name": "a.example.com", "failurePolicy": "Ignore", "rules": [rule(resources=["x/y"])]}]})
+    assert s == 201, "1.7 accepts Ignore and does not reject subresources"
+
+
+def test_configuration_validation_1_13(srv113):
+    """§6: 1.8+ names need three segments and resources may not name subresources."""
+    c = api_client_for(srv113)
+    s, body = raw(c, "POST", CFG, body={"metadata": {"name": "sub"}, "initializers": [
+        {"name": "a.example.com", "rules": [rule(resources=["deployments/status"])]}]})
+    assert s == 422 and "must not specify subresources" in body["message"]
 
 
 def test_creator_supplied_initializers_kept_for_admin(c):
@@ -209,6 +223,17 @@ def test_config_refresh_interval_delays_new_configuration():
 
 
 # ---- §1b blocking create ----------------------------------------------------------------------
+
+def test_e2e_invisible_to_controllers_by_default(c):
+    """§2 + e2e "should be invisible to controllers by default": an uninitialized Deployment is not in a plain
+    list (what an informer's relist sees) but is in a list with includeUninitialized=true."""
+    add_config(c, "tp", [{"name": INIT, "rules": [rule()]}])
+    raw(c, "POST", EXT, query={"includeUninitialized": "1"}, body=deployment("invisible"))
+    assert raw(c, "GET", "/apis/extensions/v1beta1/deployments")[1]["items"] == []
+    assert raw(c, "GET", "/apis/apps/v1beta1/deployments")[1]["items"] == []
+    got = raw(c, "GET", "/apis/extensions/v1beta1/deployments", query={"includeUninitialized": "true"})[1]["items"]
+    assert [d["metadata"]["name"] for d in got] == ["invisible"]
+
 
 def test_blocking_create_returns_201_with_initialized_object(c):
     """§1b/§5: the POST blocks until initializers is null, then answers 201 with the latest object."""

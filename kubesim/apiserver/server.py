@@ -747,6 +747,11 @@ class APIServer:
                 errs.append(FieldError("Invalid", p, "should be a domain with at least two dots", name))
             elif self.k8s_version != "1.7" and len(name.split(".")) < 3:
                 errs.append(FieldError("Invalid", p, "should be a domain with at least three segments separated by dots", name))
+            fp = init.get("failurePolicy") if isinstance(init, dict) else None
+            if fp is not None and self.k8s_version == "1.7" and fp != "Ignore":
+                # 1.7 only: the field existed, only "Ignore" was accepted, and it was never implemented.
+                errs.append(FieldError("Invalid", f"initializers[{i}].failurePolicy",
+                                       'supported values: "Ignore"', fp))
             for j, rule in enumerate((init.get("rules") or []) if isinstance(init, dict) else []):
                 for fld in ("apiGroups", "apiVersions", "resources"):
                     vals = rule.get(fld) or []
@@ -755,6 +760,10 @@ class APIServer:
                         errs.append(FieldError("Required", rp, ""))
                     elif "*" in vals and len(vals) > 1:
                         errs.append(FieldError("Invalid", rp, "if '*' is present, must not specify other values", vals))
+                    elif fld == "resources" and self.k8s_version != "1.7":
+                        for r in vals:   # 1.8+ validateResourcesNoSubResources
+                            if "/" in r:
+                                errs.append(FieldError("Invalid", rp, "must not specify subresources", r))
         return errs
 
     # ---- verbs --------------------------------------------------------------------------
