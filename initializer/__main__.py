@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "metadata.initializers.pending[0] is ours, and removes itself from pending.",
         epilog="Single-dash Go spellings (-annotation, -require-annotation=true) and double-dash spellings "
                "are both accepted. Metrics, /healthz and /readyz are served on --metrics-port.",
-        allow_abbrev=False)
+        allow_abbrev=False, add_help=False)
+    p.add_argument("-h", "-help", "--help", action="help", help="show this help and exit (Go's -help works too)")
 
     def both(name: str, **kw):
         p.add_argument("-" + name, "--" + name, **kw)

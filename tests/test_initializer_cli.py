@@ -66,6 +66,13 @@ def test_bad_flags_are_clear_errors(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("spelling", ["--help", "-help", "-h"])
+def test_help_spellings(spelling, capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse(spelling)
+    assert exc.value.code == 0 and "-require-annotation" in capsys.readouterr().out
+
+
 def test_help_documents_every_flag():
     out = subprocess.run([sys.executable, "-m", "initializer", "--help"], cwd=ROOT, capture_output=True,
                          text=True, timeout=30)
