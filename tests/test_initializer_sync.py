@@ -1,0 +1,139 @@
+"""Controller.sync error handling against scripted API answers (controllerkit's fake server).
+
+The kubesim tests cover the happy paths and random faults; these pin the exact reaction to each
+answer the API can give a write: 409 re-read and redo, 422 on the injected object -> fail the create
+with the server's reason, 404 -> done, 403 -> reported and retried, never a silent drop.
+"""
+import json
+
+import pytest
+
+from controllerkit import errors
+from controllerkit.kube import Client
+from controllerkit.testing import FakeApiServer, status_body
+from initializer import metrics
+from initializer.controller import MAX_CONFLICT_RETRIES, Controller
+from initializer.mutate import FAIL, INJECT
+
+NAME = "tproxy.initializer.kubernetes.io"
+PATH = "/apis/apps/v1beta1/namespaces/ns/deployments/web"
+CONFIG = "containers: [{name: tproxy, image: sidecar}]\nvolumes: [{name: ca, emptyDir: {}}]\n" \
+         "volumeMounts: [{name: ca, mountPath: /etc/ssl/certs}]"
+
+
+def dep(rv="5"):
+    return {"apiVersion": "apps/v1beta1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "ns", "uid": "u", "resourceVersion": rv,
+                         "creationTimestamp": "2026-01-01T00:00:00Z",
+                         "initializers": {"pending": [{"name": NAME}]}},
+            "spec": {"template": {"metadata": {}, "spec": {"containers": [{"name": "app", "image": "x"}]}}}}
+
+
+class Recorder:
+    def __init__(self):
+        self.records = []
+
+    def __getattr__(self, level):
+        return lambda event, **kw: self.records.append((level, event, kw))
+
+
+@pytest.fixture
+def fake():
+    srv = FakeApiServer().start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def ctl(fake):
+    c = Controller(Client.from_url(fake.url), logger=Recorder())
+    assert c.load_configmap({"metadata": {"name": "cm", "namespace": "default"}, "data": {"config": CONFIG}})
+    return c
+
+
+def puts(fake):
+    return [json.loads(body) for (headers, body), (method, path, _) in zip(fake.request_details, fake.requests)
+            if method == "PUT" and path == PATH]
+
+
+def test_write_carries_the_resource_version_read(fake, ctl):
+    fake.route("GET", PATH, 200, dep(rv="41"))
+    fake.route("PUT", PATH, 200, dep(rv="42"))
+    decision = ctl.sync("ns/web")
+    assert decision.action == INJECT
+    [body] = puts(fake)
+    assert body["metadata"]["resourceVersion"] == "41"
+    assert body["metadata"]["initializers"] is None
+    assert body["spec"]["template"]["spec"]["initContainers"][0]["name"] == "tproxy"
+
+
+def test_conflicts_are_reread_and_redone(fake, ctl):
+    before = metrics.WRITE_CONFLICTS._value.get()
+    for rv in ("1", "2", "3"):
+        fake.route("GET", PATH, 200, dep(rv=rv))
+    for _ in range(2):
+        fake.route("PUT", PATH, 409, status_body(409, "Conflict", "the object has been modified"))
+    fake.route("PUT", PATH, 200, dep(rv="4"))
+    assert ctl.sync("ns/web").action == INJECT
+    assert [b["metadata"]["resourceVersion"] for b in puts(fake)] == ["1", "2", "3"]
+    assert metrics.WRITE_CONFLICTS._value.get() == before + 2
+
+
+def test_endless_conflicts_raise_so_the_key_is_requeued(fake, ctl):
+    fake.route("GET", PATH, 200, dep())
+    fake.route("PUT", PATH, 409, status_body(409, "Conflict", "the object has been modified"))
+    with pytest.raises(errors.Conflict, match="still conflicting"):
+        ctl.sync("ns/web")
+    assert len(puts(fake)) == MAX_CONFLICT_RETRIES
+
+
+def test_server_rejecting_the_injection_fails_the_create_with_its_reason(fake, ctl):
+    fake.route("GET", PATH, 200, dep())
+    fake.route("PUT", PATH, 422, status_body(422, "Invalid", 'Deployment.apps "web" is invalid: spec.x: bad'))
+    fake.route("PUT", PATH, 200, dep())
+    decision = ctl.sync("ns/web")
+    assert decision.action == FAIL
+    injected, failed = puts(fake)
+    assert injected["spec"]["template"]["spec"]["initContainers"]
+    result = failed["metadata"]["initializers"]["result"]
+    assert result["code"] == 422 and result["status"] == "Failure"
+    assert result["message"] == ('tproxy initializer: the API server rejected the injected deployment: '
+                                 'Deployment.apps "web" is invalid: spec.x: bad')
+    assert failed["metadata"]["initializers"]["pending"] == [{"name": NAME}]
+    assert failed["spec"] == dep()["spec"] and failed["metadata"]["resourceVersion"] == "5"
+
+
+def test_deleted_object_is_done(fake, ctl):
+    fake.route("GET", PATH, 404, status_body(404, "NotFound", "not found"))
+    assert ctl.sync("ns/web") is None
+    assert puts(fake) == []
+    fake.route("GET", PATH, 200, dep())
+    fake.route("PUT", PATH, 404, status_body(404, "NotFound", "gone meanwhile"))
+    assert ctl.sync("ns/web") is None
+
+
+def test_forbidden_write_is_reported_and_raised_for_retry(fake, ctl):
+    fake.route("GET", PATH, 200, dep())
+    fake.route("PUT", PATH, 403, status_body(403, "Forbidden", 'deployments.apps "web" is forbidden'))
+    with pytest.raises(errors.Forbidden):
+        ctl.sync("ns/web")
+    [(level, event, kw)] = [r for r in ctl.log.records if r[1] == "write_forbidden"]
+    assert level == "error" and kw["namespace"] == "ns" and "initialize" in kw["hint"]
+
+
+def test_not_ours_is_not_written(fake, ctl):
+    other = dep()
+    other["metadata"]["initializers"]["pending"].insert(0, {"name": "other.example.com"})
+    fake.route("GET", PATH, 200, other)
+    assert ctl.sync("ns/web") is None and puts(fake) == []
+
+
+def test_without_config_keys_wait_and_are_queued_when_it_arrives(fake):
+    c = Controller(Client.from_url(fake.url), logger=Recorder())
+    assert c.sync("ns/web") is None and fake.requests == []
+    assert c.ready() == (False, "ConfigMap default/tproxy-initializer not read yet")
+    assert not c.load_configmap({"data": {"config": "containers: [{name: x}]"}})
+    assert len(c.queue) == 0
+    assert "containers[0].image: required" in c.ready()[1]
+    assert c.load_configmap({"data": {"config": CONFIG}})
+    assert c.queue.get(timeout=1) == "ns/web"
