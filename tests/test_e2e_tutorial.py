@@ -1,0 +1,137 @@
+"""The tutorial end to end: chart with Initializers + RBAC, the two example apps, checked from inside.
+
+One simulated 1.7 cluster for the module (API server, netns kubelet, node + internet namespaces), the
+real chart rendered by the real Helm binary and applied in order, the real initializer, podwatch,
+sidecar and mitmproxy processes. A leak counter in the internet namespace is installed before the
+locked app exists and read by the last test: nothing from the locked pod may arrive there directly.
+"""
+import time
+
+import pytest
+
+from controllerkit.kube import resource_path
+from kubesim.demo import locked_ok, unlocked_ok
+from kubesim.kubelet import e2e
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+ALLOWED = "https://storage.googleapis.com/solutions-public-assets/hello.txt"
+
+
+@pytest.fixture(scope="module")
+def tutorial():
+    from kubesim.kubelet.cluster import SimCluster
+    c = SimCluster(kubelet_options={"backoff_initial": 1.0, "backoff_cap": 4.0})
+    c.start()
+    try:
+        e2e.apply(c, e2e.chart_documents())
+        proxy = c.wait_pods("app=tproxy,component=tproxy", "default", timeout=60)[0]
+        c.wait_pods("app=tproxy,component=initializer", "kube-system", timeout=60)
+        e2e.apply(c, e2e.example("debian-app.yaml"))
+        unlocked = c.wait_pods("app=debian-app,variant=unlocked", timeout=30)[0]
+        rt = c.pod_runtime(unlocked)
+        leaks = e2e.LeakCounter(c.topology.internet, [rt.net.ip, rt.net.ip6]).install()
+        e2e.apply(c, e2e.example("debian-app-locked.yaml"))
+        locked = c.wait_pods("app=debian-app,variant=locked", timeout=60)[0]
+        yield {"cluster": c, "proxy": proxy, "unlocked": unlocked, "locked": locked, "leaks": leaks}
+    finally:
+        c.stop()
+
+
+def curl(t, pod, *args, timeout=15):
+    return t["cluster"].exec_in_pod(pod, ["curl", "-sS", "-m", "8", *args], timeout=timeout)
+
+
+def test_the_initializer_injected_the_locked_deployment_only(tutorial):
+    c = tutorial["cluster"]
+    locked = c.client.get(resource_path("extensions/v1beta1", "deployments", "default", "debian-app-locked"))
+    spec = locked["spec"]["template"]["spec"]
+    assert [ic["name"] for ic in spec["initContainers"]] == ["tproxy"]
+    assert spec["initContainers"][0]["securityContext"]["privileged"] is True
+    assert {"ca-certs-debian", "ca-certs-fedora"} <= {v["name"] for v in spec["volumes"]}
+    assert locked["spec"]["template"]["metadata"]["annotations"]["initializer.kubernetes.io/tproxy"] == "true"
+    assert not (locked["metadata"].get("initializers") or {}).get("pending")
+    unlocked = c.client.get(resource_path("extensions/v1beta1", "deployments", "default", "debian-app"))
+    assert not unlocked["spec"]["template"]["spec"].get("initContainers")
+    # the pod's init container ran to success before the app started
+    pod = c.pods("default", "app=debian-app,variant=locked")[0]
+    ics = pod["status"]["initContainerStatuses"][0]
+    assert ics["state"]["terminated"]["exitCode"] == 0
+
+
+def test_unlocked_app_log_matches_the_tutorial(tutorial):
+    r = e2e.wait_round(tutorial["cluster"], tutorial["unlocked"])
+    assert unlocked_ok(r), r
+
+
+def test_locked_app_log_matches_the_tutorial(tutorial):
+    r = e2e.wait_round(tutorial["cluster"], tutorial["locked"])
+    assert locked_ok(r), r
+
+
+def test_proxy_logged_the_locked_apps_requests_with_its_identity(tutorial):
+    c, locked = tutorial["cluster"], tutorial["locked"]
+    name = locked["metadata"]["name"]
+    deadline = time.monotonic() + 20
+    lines = []
+    while time.monotonic() < deadline:
+        lines = [l for l in c.read_log(tutorial["proxy"], "tproxy-tproxy-mode").splitlines() if name in l]
+        if any('"status":418' in l for l in lines) and any('"status":200' in l for l in lines):
+            break
+        time.sleep(0.3)
+    assert any('"host":"www.google.com"' in l and '"decision":"block"' in l for l in lines), lines[-5:]
+    assert any('"host":"storage.googleapis.com"' in l and '"decision":"allow"' in l for l in lines), lines[-5:]
+    unlocked_ip = tutorial["unlocked"]["status"]["podIP"]
+    assert not [l for l in c.read_log(tutorial["proxy"], "tproxy-tproxy-mode").splitlines()
+                if f'"client_ip":"{unlocked_ip}"' in l], "the unlocked app must not be intercepted"
+
+
+def test_locked_pod_allowed_https_is_200_with_the_real_file(tutorial):
+    out = curl(tutorial, tutorial["locked"], "-w", "\\n%{http_code}", ALLOWED)
+    body, _, code = out.stdout.rpartition("\n")
+    assert code == "200", out
+    assert "simulated storage.googleapis.com" in body
+
+
+def test_locked_pod_blocked_https_is_418(tutorial):
+    out = curl(tutorial, tutorial["locked"], "-w", "\\n%{http_code}", "https://www.google.com/")
+    body, _, code = out.stdout.rpartition("\n")
+    assert code == "418", out
+    assert "Access Denied by Administrator" in body
+
+
+def test_locked_pod_metadata_server_is_418(tutorial):
+    out = curl(tutorial, tutorial["locked"], "-o", "/dev/null", "-w", "%{http_code}",
+               "-H", "Metadata-Flavor: Google",
+               "http://metadata.google.internal/computeMetadata/v1/instance/service-accounts/default/token")
+    assert out.stdout == "418", out
+
+
+def test_locked_pod_ping_is_not_permitted(tutorial):
+    out = tutorial["cluster"].exec_in_pod(tutorial["locked"], ["ping", "-c1", "-W2", "www.google.com"])
+    assert out.returncode != 0
+    assert "Operation not permitted" in out.stdout + out.stderr
+
+
+def test_locked_pod_other_ports_and_ipv6_do_not_get_out(tutorial):
+    c, pod = tutorial["cluster"], tutorial["locked"]
+    tcp = curl(tutorial, pod, "--connect-timeout", "3", "-o", "/dev/null", "http://203.0.113.10:8443/")
+    assert tcp.returncode != 0
+    v6 = curl(tutorial, pod, "-6", "--connect-timeout", "3", "-o", "/dev/null", "-w", "%{http_code}",
+              "http://[2001:db8:100::10]/")
+    assert v6.stdout != "200", v6
+
+
+def test_the_app_container_cannot_undo_the_lock(tutorial):
+    c, pod = tutorial["cluster"], tutorial["locked"]
+    flush = c.exec_in_pod(pod, ["iptables", "-F"])
+    assert flush.returncode != 0  # no CAP_NET_ADMIN in a non-privileged container
+    out = curl(tutorial, pod, "-o", "/dev/null", "-w", "%{http_code}", "https://www.google.com/")
+    assert out.stdout == "418"
+
+
+def test_nothing_left_the_locked_pod_except_through_the_proxy(tutorial):
+    """Runs last: every request above was made; none of them reached the internet from the pod."""
+    unlocked_ip = tutorial["unlocked"]["status"]["podIP"]
+    assert tutorial["leaks"].seen_from(unlocked_ip) > 0  # the counter does see direct pod traffic
+    assert tutorial["leaks"].packets() == 0
