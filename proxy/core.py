@@ -42,6 +42,7 @@ BLOCK_STATUS = 418
 BLOCK_BODY = b"Access Denied by Administrator"
 BLOCK_HEADERS = {"Content-Type": "text/html"}
 POLICY_POLL_SECONDS = 0.5
+DNS_CACHE_SECONDS = 2.0
 DEFAULT_STREAM_LARGE_BODIES = "1m"
 
 # A lazy proxy (no .bind() here): it must pick up setup_logging's configuration, which the script
@@ -119,7 +120,8 @@ class TproxyAddon:
     """The mitmproxy addon. ``resolver`` is injectable for unit tests (default: the system resolver)."""
 
     def __init__(self, resolver: Resolver = system_resolve):
-        self.resolve = resolver
+        self._resolver = resolver
+        self._dns: dict[tuple[str, int], tuple[float, list[str]]] = {}
         self.metrics = Metrics()
         self.policy: Policy = Policy.builtin()
         self.metrics.set_policy(self.policy)
@@ -281,6 +283,29 @@ class TproxyAddon:
                 raise exceptions.OptionsError(f"tproxy_metrics_port: cannot listen on {host}:{port}: {e}") from None
 
     # -- helpers ---------------------------------------------------------------------------------
+    async def resolve(self, host: str, port: int) -> list[str]:
+        """The resolver's answer, cached for ``DNS_CACHE_SECONDS`` (a thread hop per request is the
+        largest cost of a decision). The checked address is still pinned per connection."""
+        now = time.monotonic()
+        hit = self._dns.get((host, port))
+        if hit and hit[0] > now:
+            return hit[1]
+        addresses = await self._resolver(host, port)
+        if len(self._dns) > 4096:
+            self._dns.clear()
+        self._dns[(host, port)] = (now + DNS_CACHE_SECONDS, addresses)
+        return addresses
+
+    def _pod(self, flow) -> tuple[str, dict]:
+        """(client IP, pod identity) of a flow, looked up once per flow."""
+        cached = flow.metadata.get("tproxy_pod")
+        if cached is None:
+            client_ip = canonical_ip(str(flow.client_conn.peername[0])) if flow.client_conn.peername else ""
+            pod = self.identity.lookup(client_ip) if client_ip else \
+                {"namespace": "", "name": "", "serviceAccount": ""}
+            cached = flow.metadata["tproxy_pod"] = (client_ip, pod)
+        return cached
+
     @staticmethod
     def _regular_mode(flow) -> bool:
         return isinstance(flow.client_conn.proxy_mode, mode_specs.RegularMode)
@@ -314,8 +339,7 @@ class TproxyAddon:
         flow.response = http.Response.make(BLOCK_STATUS, BLOCK_BODY, {**BLOCK_HEADERS, "X-Tproxy-Reason": reason})
 
     def _base_record(self, flow) -> dict:
-        client_ip = canonical_ip(str(flow.client_conn.peername[0])) if flow.client_conn.peername else ""
-        pod = self.identity.lookup(client_ip) if client_ip else {"namespace": "", "name": "", "serviceAccount": ""}
+        client_ip, pod = self._pod(flow)
         return {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z",
                 "event": "decision", "client_ip": client_ip, "pod_namespace": pod["namespace"],
                 "pod_name": pod["name"], "pod_service_account": pod["serviceAccount"],
@@ -391,8 +415,7 @@ class TproxyAddon:
             self._answer_probe(flow)
             return
         t0 = time.perf_counter()
-        client_ip = canonical_ip(str(flow.client_conn.peername[0])) if flow.client_conn.peername else ""
-        namespace = self.identity.lookup(client_ip)["namespace"] if client_ip else ""
+        namespace = self._pod(flow)[1]["namespace"]
         v = self._finalize(self.evaluate(flow, namespace or None))
         self.metrics.decision_seconds.observe(time.perf_counter() - t0)
         if v.decision == "block":

@@ -8,6 +8,7 @@ does not parse keeps the last good map (it is replaced atomically, so this is a 
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import os
@@ -18,6 +19,7 @@ from typing import Callable
 EMPTY = {"namespace": "", "name": "", "serviceAccount": ""}
 
 
+@functools.lru_cache(maxsize=4096)
 def canonical_ip(address: str) -> str:
     """``::ffff:10.0.0.1`` (a v4 client on a dual-stack socket) → ``10.0.0.1``; IPv6 compressed."""
     try:

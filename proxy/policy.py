@@ -24,6 +24,7 @@ segments resolved, so ``/solutions-public-assets/../x`` does not match ``/soluti
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import posixpath
 import urllib.parse
@@ -62,6 +63,7 @@ class PolicyError(ValueError):
     """The policy document is invalid; the message says where and why."""
 
 
+@functools.lru_cache(maxsize=8192)
 def normalize_host(host: str) -> str:
     """Lower-case, strip one trailing dot and brackets, IDNA-encode; IP literals in canonical form.
 
@@ -95,6 +97,7 @@ def normalize_host(host: str) -> str:
     return ascii_host
 
 
+@functools.lru_cache(maxsize=8192)
 def is_ip_literal(host: str) -> bool:
     try:
         ipaddress.ip_address(host.strip("[]"))
@@ -178,6 +181,7 @@ class Policy:
         self.deny_ranges = deny_ranges
         self.allow_ranges = allow_ranges
         self.source = source
+        self._denied_cache: dict[str, bool] = {}
         self._exact: dict[str, list[Rule]] = {}
         self._wild: dict[str, list[Rule]] = {}
         for r in self.rules:
@@ -301,7 +305,15 @@ class Policy:
         return Decision(False, None, "no-matching-rule")
 
     def address_denied(self, address: str) -> bool:
-        """True when ``address`` is in ``deny_ranges`` and not in ``allow_ranges``."""
+        """True when ``address`` is in ``deny_ranges`` and not in ``allow_ranges`` (memoised)."""
+        hit = self._denied_cache.get(address)
+        if hit is None:
+            if len(self._denied_cache) > 65536:
+                self._denied_cache.clear()
+            hit = self._denied_cache[address] = self._address_denied(address)
+        return hit
+
+    def _address_denied(self, address: str) -> bool:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
             mapped = ip.ipv4_mapped
