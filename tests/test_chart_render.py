@@ -167,7 +167,7 @@ def test_initializer_values_are_honoured():
 
 
 def _injection(objs):
-    cm = one(objs, "ConfigMap", f"{FULL}-initializer", "kube-system")
+    cm = one(objs, "ConfigMap", namespace="kube-system")
     return yaml.safe_load(cm["data"]["config"]), cm["data"]["config"]
 
 
@@ -418,3 +418,19 @@ def test_manual_notes_print_exactly_what_the_initializer_would_inject(tmp_path):
     assert manual == injected["containers"]
     assert volumes == injected["volumes"]
     assert mounts == injected["volumeMounts"]
+
+
+def test_long_release_names_keep_names_and_labels_within_limits():
+    release = "r" * 53  # Helm's own limit for release names
+    objs = render(ALL_ON, release=release)
+    for obj in objs:
+        name = obj["metadata"]["name"]
+        limit = 253 if obj["kind"] in ("InitializerConfiguration", "ClusterRole", "ClusterRoleBinding",
+                                       "Role", "RoleBinding", "ServiceAccount") else 63
+        assert len(name) <= limit, f"{obj['kind']} name {name} is {len(name)} characters"
+        for value in (obj["metadata"].get("labels") or {}).values():
+            assert len(value) <= 63
+    names = {o["metadata"]["name"] for o in objs if o["kind"] in ("ConfigMap", "Secret")}
+    assert len(names) == 4, "truncation must not make two objects collide"
+    raw, _ = _injection(objs)
+    assert raw["volumes"][0]["configMap"]["name"] in names
