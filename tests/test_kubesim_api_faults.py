@@ -114,3 +114,18 @@ def test_random_watch_cuts_are_seeded():
     a = cut_lengths(1)
     assert a == cut_lengths(1)
     assert all(n < 30 for n in a)
+
+
+def test_conflict_fault_hits_only_preconditioned_patches():
+    """A PATCH without resourceVersion never gets 409 (the server re-applies it); one with it can."""
+    srv = APIServer(faults="conflict=1").start()
+    try:
+        c = api_client_for(srv)
+        s, cm = raw(c, "POST", CM, body={"metadata": {"name": "p"}})
+        assert raw(c, "PATCH", f"{CM}/p", body={"data": {"a": "1"}}, content_type="application/merge-patch+json")[0] == 200
+        rv = raw(c, "GET", f"{CM}/p")[1]["metadata"]["resourceVersion"]
+        s, body = raw(c, "PATCH", f"{CM}/p", body={"metadata": {"resourceVersion": rv}, "data": {"a": "2"}},
+                      content_type="application/merge-patch+json")
+        assert s == 409 and body["reason"] == "Conflict"
+    finally:
+        srv.stop()

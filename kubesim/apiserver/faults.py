@@ -3,7 +3,8 @@
 Spec syntax (``--faults``), comma-separated ``key=value``:
 
 =================  ======================================================================
-``conflict=P``      fraction P of updates (PUT) answered 409 Conflict, nothing written
+``conflict=P``      fraction P of updates (PUT, and PATCHes carrying metadata.resourceVersion)
+                    answered 409 Conflict, nothing written
 ``error500=P``      fraction P of resource requests answered 500 InternalError, nothing done
 ``gone=P``          fraction P of watches started with a resourceVersion answered with a
                     410 ERROR event (as if the resourceVersion had left the window)

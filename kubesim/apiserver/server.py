@@ -1097,7 +1097,15 @@ class APIServer:
                 raise errors.bad_request("the name of the object cannot be changed by a patch")
             return new
 
-        out, code = self._update(req, user, apply, precondition=True)
+        def apply_with_fault(cur: dict) -> dict:
+            new = apply(cur)
+            # A patch carrying metadata.resourceVersion is an optimistic-lock precondition: the only
+            # kind of PATCH a real server answers 409, so the only kind the conflict fault hits.
+            if new["metadata"].get("resourceVersion") and not exempt and self.faults.roll("conflict"):
+                raise errors.conflict(rt, req.name)
+            return new
+
+        out, code = self._update(req, user, apply_with_fault, precondition=True)
         self._send_json(h, code, rt.view(out, self.k8s_version))
 
     def _update(self, req: Request, user: User, build, precondition: bool) -> tuple[dict, int]:
