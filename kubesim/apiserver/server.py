@@ -1101,7 +1101,7 @@ class APIServer:
             new = apply(cur)
             # A patch carrying metadata.resourceVersion is an optimistic-lock precondition: the only
             # kind of PATCH a real server answers 409, so the only kind the conflict fault hits.
-            if new["metadata"].get("resourceVersion") and not exempt and self.faults.roll("conflict"):
+            if _patch_sets_resource_version(body) and not exempt and self.faults.roll("conflict"):
                 raise errors.conflict(rt, req.name)
             return new
 
@@ -1234,6 +1234,14 @@ class APIServer:
                 deleted.append(rt.view(gone, self.k8s_version, in_list=True))
         self._send_json(h, 200, {"kind": f"{rt.kind}List", "apiVersion": rt.api_version,
                                  "metadata": {"resourceVersion": str(self.store.rv)}, "items": deleted})
+
+
+def _patch_sets_resource_version(body) -> bool:
+    if isinstance(body, dict):
+        return bool((body.get("metadata") or {}).get("resourceVersion")) if isinstance(body.get("metadata"), dict) else False
+    if isinstance(body, list):
+        return any(isinstance(op, dict) and op.get("path") == "/metadata/resourceVersion" for op in body)
+    return False
 
 
 def _peer_closed(sock) -> bool:
