@@ -230,6 +230,34 @@ def test_raw_tcp_is_audited_and_never_approved(addon, audit_file):
     assert (line["decision"], line["reason"], line["scheme"]) == ("block", "raw-tcp", "tcp")
 
 
+def test_dns_answers_are_cached_briefly(audit_file):
+    calls = []
+
+    async def counting(host, port):
+        calls.append(host)
+        return await fake_resolve(host, port)
+
+    a = TproxyAddon(resolver=counting)
+    with taddons.context(a) as tctx:
+        tctx.configure(a, tproxy_audit=str(audit_file))
+        run(a, make_flow())
+        run(a, make_flow())
+        assert calls == ["storage.googleapis.com"]
+        a._dns.clear()
+        run(a, make_flow())
+        assert len(calls) == 2
+
+
+def test_namespace_rule_applies_only_to_pods_of_that_namespace(addon, tmp_path):
+    ident = tmp_path / "identity.json"
+    ident.write_text(json.dumps({"version": 1, "node": "n", "pods": {
+        "10.0.0.5": {"namespace": "team-a", "name": "a"}, "10.0.0.6": {"namespace": "team-b", "name": "b"}}}))
+    addon.tctx.configure(addon, tproxy_identity=str(ident), tproxy_policy=write_policy(
+        tmp_path, "rules: [{host: a.example, namespaces: [team-a]}]\n"))
+    assert run(addon, make_flow("a.example", "/", client_ip="10.0.0.5")).response is None
+    assert run(addon, make_flow("a.example", "/", client_ip="10.0.0.6")).response.status_code == 418
+
+
 # -- CONNECT (standard mode) -----------------------------------------------------------------------
 def connect_flow(host, port):
     f = make_flow(host, "", scheme="http", mode="regular", method="CONNECT")
