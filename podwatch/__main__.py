@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-hostPort", "--hostPort", "--host-port", dest="host_port", type=int, default=8080,
                    help="host port the proxy listens on; tcp 80/443 are redirected there (default: %(default)s)")
     p.add_argument("--node-name", default=os.environ.get("NODE_NAME", ""),
-                   help="this node's name (default: $NODE_NAME)")
+                   help="this node's name (default: $NODE_NAME; else this host's name, with a warning: "
+                        "the original chart set no NODE_NAME and podwatch runs with hostNetwork)")
     p.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: $KUBECONFIG, else in-cluster)")
     p.add_argument("--metrics-port", type=int, default=9101,
                    help="port for /metrics, /healthz, /readyz (0 = off; default: %(default)s)")
@@ -43,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cleanup", action="store_true",
                    help="remove every rule, chain and the identity file podwatch owns, then exit")
     p.add_argument("--log-level", default="info", help="debug, info, warning, error (default: %(default)s)")
+    glog = p.add_argument_group("accepted for compatibility with the Go binary's glog flags (ignored)")
+    for flag in ("-logtostderr", "-alsologtostderr"):
+        glog.add_argument(flag, nargs="?", const="true", default=None, metavar="BOOL")
+    glog.add_argument("-v", dest="glog_v", default=None, metavar="LEVEL")
+    glog.add_argument("-stderrthreshold", default=None, metavar="LEVEL")
     return p
 
 
@@ -65,6 +71,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if "ipv4" in errors else 0
 
     problems = []
+    if not args.node_name:
+        import socket
+        args.node_name = socket.gethostname()
+        log.warning("node_name_from_hostname", node=args.node_name,
+                    message="--node-name and $NODE_NAME are unset; assuming the node is named like this host "
+                            "(set NODE_NAME from the downward API spec.nodeName to be sure)")
     if not args.node_name:
         problems.append("--node-name is required (or set $NODE_NAME, e.g. from the downward API spec.nodeName)")
     if not 1 <= args.host_port <= 65535:
