@@ -1,0 +1,105 @@
+"""Fail closed, end to end: a locked app never talks to the internet before (or without) interception.
+
+The chart is installed with podwatch delayed by 10 s (its container command wrapped in ``sleep 10``), and
+the locked example app is created at once. The sidecar must hold the app back until the node redirect
+for the pod exists, and no packet from the pod may reach the internet namespace directly — not while
+podwatch is away, and not while the whole tproxy DaemonSet pod (podwatch + proxy) restarts.
+"""
+import re
+import subprocess
+import time
+
+import pytest
+
+from kubesim.demo import locked_ok
+from kubesim.kubelet import e2e
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+PODWATCH_DELAY = 10
+
+
+@pytest.fixture(scope="module")
+def delayed():
+    from kubesim.kubelet.cluster import SimCluster
+    c = SimCluster(kubelet_options={"backoff_initial": 1.0, "backoff_cap": 4.0})
+    c.start()
+    try:
+        leaks = e2e.LeakCounter(c.topology.internet).install()
+        docs = e2e.chart_documents()
+        ds = e2e.find(docs, "DaemonSet")
+        podwatch = e2e.container(ds, "podwatch")
+        podwatch["command"] = ["sh", "-c", f'sleep {PODWATCH_DELAY}; exec python3 -m podwatch "$@"', "podwatch"]
+        t_chart = time.monotonic()
+        e2e.apply(c, docs)
+        c.wait_pods("app=tproxy,component=initializer", "kube-system", timeout=60)
+        e2e.apply(c, e2e.example("debian-app-locked.yaml"))
+        pod = _wait(lambda: next(iter(c.pods("default", "app=debian-app,variant=locked")), None), 30, "locked pod")
+        ip = _wait(lambda: (c.pods("default", "app=debian-app,variant=locked")[0].get("status") or {}).get("podIP"),
+                   30, "pod IP")
+        # watch until the app runs: when did the node redirect for the pod appear, when did the app start?
+        rules_at = app_at = None
+        deadline = time.monotonic() + PODWATCH_DELAY + 60
+        while time.monotonic() < deadline and app_at is None:
+            now = time.monotonic()
+            if rules_at is None and ip in c.topology.node.run("iptables-save", "-t", "nat", check=False).stdout:
+                rules_at = now
+            rt = c.pod_runtime(pod)
+            if rt is not None and rt.containers and rt.containers[0].proc is not None:
+                app_at = now
+            time.sleep(0.1)
+        yield {"cluster": c, "leaks": leaks, "pod": pod, "ip": ip, "t_chart": t_chart,
+               "rules_at": rules_at, "app_at": app_at}
+    finally:
+        c.stop()
+
+
+def _wait(fn, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = fn()
+        if v:
+            return v
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_locked_app_starts_only_after_the_node_redirect_exists(delayed):
+    assert delayed["app_at"] is not None, "the locked app never started"
+    assert delayed["rules_at"] is not None, "podwatch never programmed the pod's redirect"
+    assert delayed["app_at"] >= delayed["rules_at"]
+    # and it was really held back: podwatch slept PODWATCH_DELAY seconds after the chart was applied
+    assert delayed["app_at"] - delayed["t_chart"] >= PODWATCH_DELAY - 1
+
+
+def test_init_container_waited_for_interception_and_succeeded(delayed):
+    c = delayed["cluster"]
+    pod = c.pods("default", "app=debian-app,variant=locked")[0]
+    st = pod["status"]["initContainerStatuses"][0]
+    assert st["state"]["terminated"]["exitCode"] == 0
+    assert st["restartCount"] == 0  # it waited (TPROXY_VERIFY_TIMEOUT) instead of failing open or crashing
+
+
+def test_locked_app_then_behaves_as_in_the_tutorial(delayed):
+    r = e2e.wait_round(delayed["cluster"], delayed["pod"])
+    assert locked_ok(r), r
+
+
+def test_proxy_and_podwatch_restart_leaks_nothing_and_never_bypasses(delayed):
+    c, pod = delayed["cluster"], delayed["pod"]
+    ds_pod = c.pods("default", "app=tproxy,component=tproxy")[0]
+    before = len(c.read_log(pod, "app"))
+    c.client.delete(f"/api/v1/namespaces/default/pods/{ds_pod['metadata']['name']}")
+    # while the DaemonSet pod is replaced (podwatch sleeps again), requests from the app keep going
+    c.wait_pods("app=tproxy,component=tproxy", "default", timeout=60)
+    time.sleep(1)
+    during = c.read_log(pod, "app")[before:]
+    assert not re.search(r"https://www\.google\.com: 200", during), during
+    # interception comes back for the same pod
+    out = c.exec_in_pod(pod, ["curl", "-s", "-m", "8", "-o", "/dev/null", "-w", "%{http_code}",
+                              "https://www.google.com/"])
+    assert out.stdout == "418", out
+
+
+def test_no_packet_from_the_locked_pod_reached_the_internet(delayed):
+    assert delayed["leaks"].packets() == 0
