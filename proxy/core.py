@@ -137,6 +137,7 @@ class TproxyAddon:
         self._watch_stop = threading.Event()
         self._watch_thread: threading.Thread | None = None
         self._policy_sig = None
+        self._bundle = ""  # trust bundle written for tproxy_extra_ca
 
     # -- options ---------------------------------------------------------------------------------
     def load(self, loader):
@@ -149,6 +150,9 @@ class TproxyAddon:
         loader.add_option("tproxy_metrics_host", str, "0.0.0.0", "Address for the metrics server.")
         loader.add_option("tproxy_audit", str, "-", "Audit log: a file to append JSON lines to, or '-' for stdout.")
         loader.add_option("tproxy_log_level", str, "info", "Log level of tproxy's own JSON log lines (stderr).")
+        loader.add_option("tproxy_extra_ca", str, "",
+                          "PEM file of extra CA certificates trusted for upstream TLS *in addition to* the "
+                          "public roots (mitmproxy's ssl_verify_upstream_trusted_ca alone replaces them).")
         # Safety defaults: nothing is dialled before the request hook; large bodies are streamed.
         # (The options belong to mitmproxy's proxyserver addon, absent in bare test contexts.)
         opts = loader.master.options
@@ -186,6 +190,13 @@ class TproxyAddon:
                 raise exceptions.OptionsError("tproxy_audit: empty; use '-' for stdout or a file path")
             old, self.audit = self.audit, AuditLog(o.tproxy_audit)
             old.close()
+        if "tproxy_extra_ca" in updated and o.tproxy_extra_ca:
+            bundle = self._trust_bundle(o.tproxy_extra_ca)
+            o.update(ssl_verify_upstream_trusted_ca=bundle)
+            if self._bundle:
+                os.unlink(self._bundle)
+            self._bundle = bundle
+            log.info("upstream_trust", extra_ca=o.tproxy_extra_ca, bundle=bundle)
         if "tproxy_metrics_port" in updated or "tproxy_metrics_host" in updated:
             port = o.tproxy_metrics_port
             if not 0 <= port <= 65535:
@@ -194,6 +205,34 @@ class TproxyAddon:
         if "connection_strategy" in updated and o.connection_strategy != "lazy":
             log.warning("connection_strategy_not_lazy", value=o.connection_strategy,
                         effect="every connection is refused until a request was allowed (fail closed)")
+
+    @staticmethod
+    def _trust_bundle(extra: str) -> str:
+        """Write public roots (certifi, as mitmproxy uses by default, plus the OS bundle when present)
+        followed by ``extra`` into a private file; return its path."""
+        import tempfile
+
+        import certifi
+        try:
+            with open(extra, encoding="ascii") as f:
+                extra_pem = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise exceptions.OptionsError(f"tproxy_extra_ca: cannot read {extra!r}: {getattr(e, 'strerror', None) or e}") \
+                from None
+        if "-----BEGIN CERTIFICATE-----" not in extra_pem:
+            raise exceptions.OptionsError(f"tproxy_extra_ca: {extra!r} holds no PEM certificate")
+        parts = []
+        for path in (certifi.where(), "/etc/ssl/certs/ca-certificates.crt"):
+            try:
+                with open(path, encoding="ascii", errors="replace") as f:
+                    parts.append(f.read())
+            except OSError:
+                pass
+        parts.append(extra_pem)
+        fd, bundle = tempfile.mkstemp(prefix="tproxy-upstream-ca-", suffix=".pem")
+        with os.fdopen(fd, "w") as f:
+            f.write("\n".join(p.strip() + "\n" for p in parts))
+        return bundle
 
     def running(self):
         try:
@@ -211,6 +250,12 @@ class TproxyAddon:
             self.health.stop()
             self.health = None
         self.audit.close()
+        if self._bundle:
+            try:
+                os.unlink(self._bundle)
+            except OSError:
+                pass
+            self._bundle = ""
 
     # -- policy reload ---------------------------------------------------------------------------
     def _install_policy(self, policy: Policy) -> None:

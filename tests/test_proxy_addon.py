@@ -461,6 +461,29 @@ def test_missing_policy_file_option_is_rejected(addon, tmp_path):
         addon.tctx.configure(addon, tproxy_policy=str(tmp_path / "none.yaml"))
 
 
+def test_extra_ca_is_added_to_public_roots(audit_file, tmp_path):
+    import certifi
+    from mitmproxy.addons.tlsconfig import TlsConfig
+    from kubesim.testca import TestCA
+    ca = TestCA(tmp_path / "ca")
+    a = TproxyAddon(resolver=fake_resolve)
+    with taddons.context(TlsConfig(), a) as tctx:
+        tctx.configure(a, tproxy_extra_ca=ca.ca_file)
+        bundle = open(tctx.options.ssl_verify_upstream_trusted_ca).read()
+        assert open(ca.ca_file).read().strip() in bundle
+        first_public_root = open(certifi.where()).read().split("-----END CERTIFICATE-----")[0]
+        assert first_public_root.strip() in bundle
+
+
+def test_extra_ca_that_is_not_pem_is_rejected(addon, tmp_path):
+    bad = tmp_path / "bad.pem"
+    bad.write_text("hello")
+    with pytest.raises(exceptions.OptionsError, match="tproxy_extra_ca: .* holds no PEM certificate"):
+        addon.tctx.configure(addon, tproxy_extra_ca=str(bad))
+    with pytest.raises(exceptions.OptionsError, match="tproxy_extra_ca: cannot read"):
+        addon.tctx.configure(addon, tproxy_extra_ca=str(tmp_path / "none.pem"))
+
+
 def test_metrics_port_out_of_range_is_rejected(addon):
     with pytest.raises(exceptions.OptionsError, match=r"tproxy_metrics_port: 70000 is not a TCP port"):
         addon.tctx.configure(addon, tproxy_metrics_port=70000)

@@ -226,7 +226,7 @@ def _build(w, tmp):
     w.mitm = w.spawn(node, [MITMDUMP, "--mode", "transparent", "--listen-port", "8080",
                             "--set", f"confdir={confdir}", "-s", os.path.join(REPO, "proxy", "addon.py"),
                             "--set", "connection_strategy=lazy", "--set", "flow_detail=0",
-                            "--set", f"ssl_verify_upstream_trusted_ca={w.ca.ca_file}",
+                            "--set", f"tproxy_extra_ca={w.ca.ca_file}",  # public roots + test CA
                             "--set", f"tproxy_policy={w.policy_file}",
                             "--set", f"tproxy_identity={w.identity_file}",
                             "--set", f"tproxy_audit={w.audit_file}",
