@@ -385,7 +385,8 @@ class TproxyAddon:
 
     def _base_record(self, flow) -> dict:
         client_ip, pod = self._pod(flow)
-        return {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z",
+        now = time.time()
+        return {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z",
                 "event": "decision", "client_ip": client_ip, "pod_namespace": pod["namespace"],
                 "pod_name": pod["name"], "pod_service_account": pod["serviceAccount"],
                 "node": self.identity.node or self.node}
@@ -415,7 +416,7 @@ class TproxyAddon:
         if not authority:
             return Verdict("block", "missing-host")
         try:
-            raw_host, hdr_port = split_host_port(authority)
+            raw_host, _port = split_host_port(authority)  # the port is the connection's, not the header's
             host = normalize_host(raw_host)
         except Exception:  # noqa: BLE001 - idna raises several types; any is "invalid"
             return Verdict("block", "invalid-host", host=authority)
