@@ -409,6 +409,12 @@ def test_interception_probe_is_answered_locally(world):
     assert body.startswith(b"tproxy proxy on")
 
 
+def test_sidecar_verifier_accepts_our_answer(world):
+    r = world.pod_python(f"import sys; sys.path.insert(0, {REPO!r}); from sidecar.verify import probe_once; "
+                         "a = probe_once(3); print(a.outcome, a.detail)")
+    assert r.stdout.startswith("ok"), r.stdout + r.stderr
+
+
 def test_audit_lines_carry_pod_identity(world):
     world.curl("https://storage.googleapis.com/solutions-public-assets/hello.txt?audit=1")
     line = world.audit_for("/solutions-public-assets/hello.txt?audit=1")[-1]
