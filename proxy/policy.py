@@ -299,10 +299,13 @@ class Policy:
                namespace: str | None = None) -> Decision:
         """Match a request against the allow rules. ``host`` must be normalised."""
         npath = normalize_path(path)
-        for rule in self.candidates(host):
-            if rule.matches(method, scheme, npath, namespace):
-                return Decision(True, rule, "rule")
-        return Decision(False, None, "no-matching-rule")
+        best: Rule | None = None
+        for rule in self.candidates(host):  # only the rules indexed under this host's names
+            if (best is None or rule.index < best.index) and rule.matches(method, scheme, npath, namespace):
+                best = rule
+        if best is None:
+            return Decision(False, None, "no-matching-rule")
+        return Decision(True, best, "rule")
 
     def address_denied(self, address: str) -> bool:
         """True when ``address`` is in ``deny_ranges`` and not in ``allow_ranges`` (memoised)."""

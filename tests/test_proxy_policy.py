@@ -137,3 +137,48 @@ def test_validation_messages(doc, message):
 def test_load_missing_file_says_so(tmp_path):
     with pytest.raises(PolicyError, match="cannot read policy"):
         Policy.load(str(tmp_path / "nope.yaml"))
+
+
+# -- the index agrees with the obvious linear scan -------------------------------------------------
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_labels = st.sampled_from(["a", "b", "c", "example", "com", "xn--bcher-kva"])
+_names = st.lists(_labels, min_size=1, max_size=4).map(".".join)
+_patterns = st.one_of(_names, _names.map(lambda n: "*." + n))
+
+
+def _linear(rules, host):
+    """Reference matcher: the first rule (lowest index) whose pattern covers host."""
+    for i, pattern in enumerate(rules):
+        if pattern.startswith("*."):
+            if host.endswith("." + pattern[2:]):
+                return i
+        elif host == pattern:
+            return i
+    return None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_patterns, max_size=12), _names)
+def test_index_matches_linear_scan(patterns, host):
+    p = pol([{"host": h} for h in patterns])
+    d = p.decide(host, method="GET", scheme="https", path="/")
+    expected = _linear(patterns, host)
+    assert (d.rule.index if d.allowed else None) == expected
+
+
+def test_configmap_style_symlink_swap_changes_the_signature(tmp_path):
+    """Kubernetes updates a mounted ConfigMap by swapping the ..data symlink; stat() must follow it."""
+    import os
+    from proxy.core import TproxyAddon
+    v1, v2 = tmp_path / "..v1", tmp_path / "..v2"
+    v1.mkdir()
+    v2.mkdir()
+    (v1 / "policy.yaml").write_text("rules: []\n")
+    (v2 / "policy.yaml").write_text("rules: []\n")
+    os.symlink("..v1", tmp_path / "..data")
+    os.symlink("..data/policy.yaml", tmp_path / "policy.yaml")
+    before = TproxyAddon._stat(str(tmp_path / "policy.yaml"))
+    os.symlink("..v2", tmp_path / "..data_tmp")
+    os.replace(tmp_path / "..data_tmp", tmp_path / "..data")
+    assert TproxyAddon._stat(str(tmp_path / "policy.yaml")) != before
