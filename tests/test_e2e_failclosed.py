@@ -7,6 +7,7 @@ podwatch is away, and not while the whole tproxy DaemonSet pod (podwatch + proxy
 """
 import re
 import subprocess
+import sys
 import time
 
 import pytest
@@ -17,6 +18,8 @@ from kubesim.kubelet import e2e
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 PODWATCH_DELAY = 10
+SERVICE_CIDR = "198.19.0.0/16"
+SERVICE_IP = "198.19.0.10"  # a simulated cluster service, answering in the node namespace
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +29,10 @@ def delayed():
     c.start()
     try:
         leaks = e2e.LeakCounter(c.topology.internet).install()
-        docs = e2e.chart_documents()
+        c.topology.node.run("ip", "addr", "add", f"{SERVICE_IP}/32", "dev", "lo")
+        service = c.topology.node.popen([sys.executable, "-m", "http.server", "--bind", SERVICE_IP, "80"],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        docs = e2e.chart_documents(extra=["--set", f"tproxy.blockSvcCIDR={SERVICE_CIDR}"])
         ds = e2e.find(docs, "DaemonSet")
         podwatch = e2e.container(ds, "podwatch")
         podwatch["command"] = ["sh", "-c", f'sleep {PODWATCH_DELAY}; exec python3 -m podwatch "$@"', "podwatch"]
@@ -51,6 +57,9 @@ def delayed():
         yield {"cluster": c, "leaks": leaks, "pod": pod, "ip": ip, "t_chart": t_chart,
                "rules_at": rules_at, "app_at": app_at}
     finally:
+        if "service" in locals():
+            service.kill()
+            service.wait()
         c.stop()
 
 
@@ -99,6 +108,16 @@ def test_proxy_and_podwatch_restart_leaks_nothing_and_never_bypasses(delayed):
     out = c.exec_in_pod(pod, ["curl", "-s", "-m", "8", "-o", "/dev/null", "-w", "%{http_code}",
                               "https://www.google.com/"])
     assert out.stdout == "418", out
+
+
+def test_cluster_service_address_is_blocked_with_block_svc_cidr(delayed):
+    c = delayed["cluster"]
+    direct = c.topology.node.run("curl", "-s", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}",
+                                 f"http://{SERVICE_IP}/", check=False)
+    assert direct.stdout == "200"  # the service works...
+    out = c.exec_in_pod(delayed["pod"], ["curl", "-sS", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}",
+                                         f"http://{SERVICE_IP}/"])
+    assert out.returncode != 0 and out.stdout != "200", out  # ...but the locked pod's lock refuses it
 
 
 def test_no_packet_from_the_locked_pod_reached_the_internet(delayed):
