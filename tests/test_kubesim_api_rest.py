@@ -395,3 +395,38 @@ def test_abandoned_watch_is_released(srv, c):
     while sum(len(w) for w in srv.store.watchers.values()) > before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert sum(len(w) for w in srv.store.watchers.values()) == before
+
+
+def test_pod_template_validation(c):
+    """Pod-spec validation that catches manifest mistakes: missing image, duplicate names, selector/labels."""
+    d = deployment("val")
+    d["spec"]["template"]["spec"]["containers"].append({"name": "app"})
+    d["spec"]["template"]["spec"]["volumes"].append({"name": "v", "emptyDir": {}})
+    d["spec"]["selector"] = {"matchLabels": {"app": "other"}}
+    s, body = raw(c, "POST", EXT, body=d)
+    assert s == 422
+    msg = body["message"]
+    assert 'spec.template.spec.containers[1].name: Duplicate value: "app"' in msg
+    assert "spec.template.spec.containers[1].image: Required value" in msg
+    assert 'spec.template.spec.volumes[1].name: Duplicate value: "v"' in msg
+    assert "`selector` does not match template `labels`" in msg
+    fields = {c_["field"] for c_ in body["details"]["causes"]}
+    assert "spec.template.metadata.labels" in fields
+
+
+def test_yaml_request_body(c):
+    """application/yaml bodies are accepted like JSON (kubectl --output-ish clients)."""
+    import urllib.request
+    s, obj = raw(c, "POST", CM, body="apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: from-yaml\ndata:\n  a: b\n",
+                 content_type="application/yaml")
+    assert s == 201 and obj["data"] == {"a": "b"}
+
+
+def test_structurally_wrong_bodies_are_400(c):
+    """A list where an object belongs cannot be decoded: 400, and the server keeps serving."""
+    for body in ({"metadata": {"name": "s1"}, "spec": ["x"]},
+                 {"metadata": {"name": "s2"}, "spec": {"template": "nope"}},
+                 {"metadata": ["x"]}):
+        s, st = raw(c, "POST", EXT, body=body)
+        assert s in (400, 422), (body, s, st)
+    assert raw(c, "GET", EXT)[0] == 200

@@ -81,11 +81,13 @@ class FieldError:
             return f"{self.path}: Invalid value: {_go_value(self.value)}: {self.message}"
         if self.kind == "Required":
             return f"{self.path}: Required value" + (f": {self.message}" if self.message else "")
+        if self.kind == "Duplicate":
+            return f"{self.path}: Duplicate value: {_go_value(self.value)}"
         return f"{self.path}: Forbidden: {self.message}"
 
     def cause(self) -> dict:
         reason = {"Invalid": "FieldValueInvalid", "Required": "FieldValueRequired",
-                  "Forbidden": "FieldValueForbidden"}[self.kind]
+                  "Forbidden": "FieldValueForbidden", "Duplicate": "FieldValueDuplicate"}[self.kind]
         return {"reason": reason, "message": str(self).split(": ", 1)[1], "field": self.path}
 
 

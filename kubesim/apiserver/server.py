@@ -515,6 +515,13 @@ class APIServer:
         raw = getattr(h, "raw_body", b"")
         if not raw.strip():
             raise errors.bad_request("the body of the request was empty")
+        ctype = (h.headers.get("Content-Type") or "").split(";")[0].strip()
+        if ctype in ("application/yaml", "application/x-yaml", "text/yaml"):
+            import yaml
+            try:
+                return yaml.safe_load(raw)
+            except yaml.YAMLError as e:
+                raise errors.bad_request(f"the object provided is unrecognized: yaml parse error: {e}") from None
         try:
             return json.loads(raw)
         except ValueError as e:
@@ -702,6 +709,20 @@ class APIServer:
         else:
             meta.pop("namespace", None)
         meta.pop("selfLink", None)
+        def wrong(path, want="an object"):
+            return errors.bad_request(f"{rt.kind} in version \"{rt.version}\" cannot be handled as a {rt.kind}: "
+                                      f"{path} must be {want}")
+        for key in ("spec", "status", "data"):
+            if obj.get(key) is not None and not isinstance(obj[key], dict):
+                raise wrong(key)
+        if rt.pod_like == "template" and isinstance(obj.get("spec"), dict):
+            tmpl = obj["spec"].get("template")
+            if tmpl is not None:
+                if not isinstance(tmpl, dict):
+                    raise wrong("spec.template")
+                for key in ("metadata", "spec"):
+                    if tmpl.get(key) is not None and not isinstance(tmpl[key], dict):
+                        raise wrong(f"spec.template.{key}")
         if self.k8s_version == "1.7" and rt.pod_like:
             target = obj if rt.pod_like == "pod" else (obj.get("spec") or {}).get("template")
             if isinstance(target, dict):
@@ -710,7 +731,25 @@ class APIServer:
                     raise errors.invalid(rt, meta.get("name", ""), [FieldError("Invalid", "metadata.annotations", msg)])
         return obj
 
+    def _default(self, rt: ResourceType, obj: dict) -> None:
+        """Apply the version's defaults; a body whose structure defeats them (a list where an object
+        belongs, ...) is a 400 like a failed decode into the typed object."""
+        if not rt.default:
+            return
+        try:
+            rt.default(obj)
+        except (AttributeError, TypeError, KeyError) as e:
+            raise errors.bad_request(f"{rt.kind} in version \"{rt.version}\" cannot be handled as a {rt.kind}: "
+                                     f"unexpected structure ({e})") from None
+
     def _validate_common(self, rt: ResourceType, obj: dict) -> None:
+        try:
+            self._validate_object(rt, obj)
+        except (AttributeError, TypeError, KeyError) as e:
+            raise errors.bad_request(f"{rt.kind} in version \"{rt.version}\" cannot be handled as a {rt.kind}: "
+                                     f"unexpected structure ({e})") from None
+
+    def _validate_object(self, rt: ResourceType, obj: dict) -> None:
         meta = obj["metadata"]
         name = meta.get("name", "")
         errs = []
@@ -727,12 +766,19 @@ class APIServer:
         errs += admission.validate_initializers(meta.get("initializers"), self.k8s_version)
         if rt.storage == "initializerconfigurations":
             errs += self._validate_initializer_configuration(obj)
-        if rt.storage in ("pods",) and not (obj.get("spec") or {}).get("containers"):
-            errs.append(FieldError("Required", "spec.containers", ""))
+        if rt.storage == "pods":
+            errs += _validate_pod_spec(obj.get("spec"), "spec")
         if rt.pod_like == "template":
-            tmpl = (obj.get("spec") or {}).get("template") or {}
-            if not (tmpl.get("spec") or {}).get("containers"):
-                errs.append(FieldError("Required", "spec.template.spec.containers", ""))
+            spec = obj.get("spec") or {}
+            tmpl = spec.get("template") or {}
+            errs += _validate_pod_spec(tmpl.get("spec"), "spec.template.spec")
+            labels = (tmpl.get("metadata") or {}).get("labels") or {}
+            selector = (spec.get("selector") or {}).get("matchLabels") or {}
+            if not (spec.get("selector") or {}).get("matchExpressions") and not selector:
+                errs.append(FieldError("Required", "spec.selector", ""))
+            elif any(labels.get(k_) != v for k_, v in selector.items()):
+                errs.append(FieldError("Invalid", "spec.template.metadata.labels",
+                                       "`selector` does not match template `labels`", labels))
         if errs:
             raise errors.invalid(rt, name, errs)
 
@@ -916,6 +962,7 @@ class APIServer:
             meta["name"] = meta["generateName"] + self._random_suffix()
         if rt.namespaced and self.store.get("namespaces", "", req.namespace) is None:
             raise errors.namespace_not_found(req.namespace)
+        self._default(rt, obj)      # defaulting happens when the body is decoded, before admission
         # The Initializers admission plugin, create branch (§1a).
         inits = meta.get("initializers")
         if inits is not None:
@@ -930,8 +977,6 @@ class APIServer:
                 meta["initializers"] = {"pending": [{"name": n} for n in names]}
         self._validate_common(rt, obj)
         self._fill_new_meta(rt, obj)
-        if rt.default:
-            rt.default(obj)
         name = meta["name"]
         if rt.storage == "services":
             self._allocate_cluster_ip(rt, obj)
@@ -1138,10 +1183,9 @@ class APIServer:
                         new["status"] = copy.deepcopy(cur["status"])
                     else:
                         new.pop("status", None)
+                self._default(rt, new)
                 self._admit_update(rt, req, user, new, cur)
                 self._validate_common(rt, new)
-                if rt.default:
-                    rt.default(new)
                 self._check_pod_update(rt, new, cur)
             if rt.tracks_generation:
                 gen = cur["metadata"].get("generation", 1)
@@ -1234,6 +1278,44 @@ class APIServer:
                 deleted.append(rt.view(gone, self.k8s_version, in_list=True))
         self._send_json(h, 200, {"kind": f"{rt.kind}List", "apiVersion": rt.api_version,
                                  "metadata": {"resourceVersion": str(self.store.rv)}, "items": deleted})
+
+
+def _validate_pod_spec(spec, path: str) -> list[FieldError]:
+    """The parts of pod-spec validation that catch real manifest mistakes: containers present,
+    each with a unique DNS-label name and an image; volume names unique."""
+    errs: list[FieldError] = []
+    if not isinstance(spec, dict) or not spec.get("containers"):
+        return [FieldError("Required", f"{path}.containers", "")]
+    seen: set = set()
+    for key in ("initContainers", "containers"):
+        items = spec.get(key) or []
+        if not isinstance(items, list):
+            errs.append(FieldError("Invalid", f"{path}.{key}", "must be a list", items))
+            continue
+        for i, c in enumerate(items):
+            p = f"{path}.{key}[{i}]"
+            if not isinstance(c, dict):
+                errs.append(FieldError("Invalid", p, "must be an object", c))
+                continue
+            name = c.get("name")
+            if not name:
+                errs.append(FieldError("Required", f"{p}.name", ""))
+            elif resources.validate_name("label", name):
+                errs.append(FieldError("Invalid", f"{p}.name", resources.validate_name("label", name), name))
+            elif name in seen:
+                errs.append(FieldError("Duplicate", f"{p}.name", "", name))
+            seen.add(name)
+            if not c.get("image"):
+                errs.append(FieldError("Required", f"{p}.image", ""))
+    vols: set = set()
+    for i, v in enumerate(spec.get("volumes") or []):
+        name = v.get("name") if isinstance(v, dict) else None
+        if not name:
+            errs.append(FieldError("Required", f"{path}.volumes[{i}].name", ""))
+        elif name in vols:
+            errs.append(FieldError("Duplicate", f"{path}.volumes[{i}].name", "", name))
+        vols.add(name)
+    return errs
 
 
 def _patch_sets_resource_version(body) -> bool:
