@@ -405,6 +405,7 @@ class TproxyAddon:
         })
         if error:
             rec["error"] = error
+        flow.metadata["tproxy_audited"] = True
         self.audit.write(rec)
 
     # -- the decision ----------------------------------------------------------------------------
@@ -458,6 +459,7 @@ class TproxyAddon:
         if flow.response or flow.error:
             return
         if self._is_probe(flow):
+            flow.metadata["tproxy_probe"] = True
             self._answer_probe(flow)
             return
         t0 = time.perf_counter()
@@ -538,10 +540,19 @@ class TproxyAddon:
         self._audit(flow, v, status=flow.response.status_code, nbytes=nbytes)
 
     def error(self, flow: http.HTTPFlow) -> None:
+        msg = flow.error.msg if flow.error else "error"
         v = flow.metadata.pop("tproxy", None)
-        if v is None:
+        if v is not None:  # an allowed request that failed upstream
+            self._audit(flow, v, status=None, nbytes=None, error=msg)
             return
-        self._audit(flow, v, status=None, nbytes=None, error=flow.error.msg if flow.error else "error")
+        if flow.metadata.get("tproxy_audited") or flow.metadata.get("tproxy_probe") or flow.request is None:
+            return
+        # Refused by mitmproxy before our request hook (CONNECT in transparent mode, smuggling
+        # attempts, malformed requests): nothing was dialled; record it as a block.
+        reason = "connect-not-allowed" if flow.request.method == "CONNECT" else "invalid-request"
+        self.metrics.requests.labels("block", self.metrics.host_label(None)).inc()
+        self._audit(flow, Verdict("block", reason, host=flow.request.host, port=flow.request.port),
+                    status=400, nbytes=None, error=msg)
 
     def server_connect(self, data) -> None:
         """The choke point: only approved (client, host, port) may be dialled, at the checked address."""

@@ -407,6 +407,21 @@ def test_error_hook_audits_allowed_request_that_failed(addon, audit_file):
     assert line["decision"] == "allow" and line["error"]
 
 
+def test_request_refused_by_mitmproxy_is_audited_as_block(addon, audit_file):
+    f = make_flow("allowed.example", "", scheme="http", method="CONNECT")
+    f.error = tflow.terr("mitmproxy received an HTTP CONNECT request even though ...")
+    addon.error(f)
+    line = audit_lines(audit_file)[-1]
+    assert (line["decision"], line["reason"], line["status"]) == ("block", "connect-not-allowed", 400)
+
+
+def test_blocked_request_is_audited_once_even_if_it_errors_later(addon, audit_file):
+    f = run(addon, make_flow("www.google.com", "/"))
+    f.error = tflow.terr()
+    addon.error(f)
+    assert len(audit_lines(audit_file)) == 1
+
+
 def test_streamed_body_bytes_are_counted(addon, audit_file):
     f = run(addon, make_flow())
     f.response = tutils.tresp(content=None)

@@ -331,6 +331,7 @@ def test_connect_request_is_refused_and_never_tunnels(world):
     assert connect_code != "200", r.stdout + r.stderr
     assert r.returncode != 0
     assert world.upstream_stats("203.0.113.30:443")["connections"] == before
+    assert any(a["reason"] == "connect-not-allowed" for a in world.audit())
 
 
 @pytest.mark.parametrize("payload, port", [(b"SSH-2.0-OpenSSH_9.2\r\n", 443), (b"\x00\x01binary\xff" * 10, 443),
