@@ -242,7 +242,9 @@ class TproxyAddon:
             pass
         self.start_watcher()
         log.info("proxy_ready", policy=self.policy.source, mode=self.policy.mode, rules=len(self.policy.rules),
-                 identity=ctx.options.tproxy_identity or None, metrics_port=ctx.options.tproxy_metrics_port)
+                 identity=ctx.options.tproxy_identity or None, metrics_port=ctx.options.tproxy_metrics_port,
+                 connection_strategy=ctx.options.connection_strategy,
+                 stream_large_bodies=ctx.options.stream_large_bodies)
 
     def done(self):
         self._watch_stop.set()

@@ -380,6 +380,12 @@ def test_upstream_with_untrusted_certificate_is_not_200(world):
 STD = ("-x", "http://198.18.1.1:1080")
 
 
+def test_safety_options_default_on_without_any_set(world):
+    # the standard-mode instance was started without --set connection_strategy / stream_large_bodies
+    ready = [json.loads(x) for x in open(os.path.join(world.tmp, "mitmdump-std.err")) if '"proxy_ready"' in x]
+    assert ready and ready[0]["connection_strategy"] == "lazy" and ready[0]["stream_large_bodies"] == "1m"
+
+
 def test_standard_mode_allows_https_through_connect(world):
     status, body, _, _ = world.curl(*STD, "https://storage.googleapis.com/solutions-public-assets/hello.txt")
     assert (status, body) == (200, HELLO_BODY)
