@@ -53,6 +53,7 @@ class PodWatch:
         self._dirty = threading.Event()
         self._stop = threading.Event()
         self._first_seen: dict[tuple[str, str], float] = {}   # (ip, ns/name) -> first seen
+        self._seen_lock = threading.Lock()  # informer thread notes, sync thread reads and prunes
         self._programmed: set[tuple[str, str]] = set()
         self.synced_once = threading.Event()
         self.last_error: str = ""
@@ -60,8 +61,9 @@ class PodWatch:
     # -- events ---------------------------------------------------------------------------------
     def _note(self, pod: dict) -> None:
         now = self.clock()
-        for p in rules.locked_pods([pod], self.annotation, namespace=self.namespace or None):
-            self._first_seen.setdefault((p.ip, p.key), now)
+        with self._seen_lock:
+            for p in rules.locked_pods([pod], self.annotation, namespace=self.namespace or None):
+                self._first_seen.setdefault((p.ip, p.key), now)
         self._dirty.set()
 
     def on_add(self, pod: dict) -> None:
@@ -86,8 +88,10 @@ class PodWatch:
         """One sync (``force``: rewrite every family even if unchanged). True when all needed applied."""
         pods = self.desired()
         now = self.clock()
-        for p in pods:
-            self._first_seen.setdefault((p.ip, p.key), now)
+        with self._seen_lock:
+            for p in pods:
+                self._first_seen.setdefault((p.ip, p.key), now)
+            first_seen = dict(self._first_seen)
         try:
             if self.identity.update(pods):
                 IDENTITY_WRITES.inc()
@@ -109,7 +113,7 @@ class PodWatch:
                 for p in pods:
                     k = (p.ip, p.key)
                     if p.family == fam and k not in self._programmed:
-                        LATENCY.observe(max(0.0, done - self._first_seen.get(k, done)))
+                        LATENCY.observe(max(0.0, done - first_seen.get(k, done)))
                         self._programmed.add(k)
                 continue
             needed = fam in families_needed
@@ -122,7 +126,8 @@ class PodWatch:
                 self.last_error = f"{fam}: {err}"
         live = {(p.ip, p.key) for p in pods}
         self._programmed &= live
-        self._first_seen = {k: v for k, v in self._first_seen.items() if k in live}
+        with self._seen_lock:  # keep what events noted during this sync (pods not in this round yet)
+            self._first_seen = {k: v for k, v in self._first_seen.items() if k in live or v > now}
         self.log.info("synced", ok=ok, forced=force, pods=len(pods), rules=result.rules,
                       skipped=result.skipped or None, duration_ms=round(duration * 1000, 2))
         if ok:
