@@ -130,6 +130,16 @@ def test_connected_server_gets_its_name_back_for_connection_reuse(addon):
     assert srv.address == ("storage.googleapis.com", 443)
 
 
+def test_dns_change_after_the_decision_does_not_move_the_connection(addon):
+    f = run(addon, make_flow())
+    DNS["storage.googleapis.com"] = ["169.254.169.254"]  # rebinding attempt after the check
+    try:
+        addon._dns.clear()
+        assert server_connect(addon, f).address == ("203.0.113.20", 443)
+    finally:
+        DNS["storage.googleapis.com"] = ["203.0.113.20"]
+
+
 def test_unapproved_connection_to_original_destination_is_refused(addon):
     f = run(addon, make_flow(dest=("198.51.100.66", 443)))
     srv = server_connect(addon, f, "198.51.100.66", 443)

@@ -460,6 +460,32 @@ def test_report_mode_allows_and_records_would_block(world):
         world.set_policy(POLICY)
 
 
+def test_reload_applies_to_an_open_keep_alive_connection(world):
+    go = os.path.join(world.tmp, "go")
+    code = f"""
+import http.client, os, time
+c = http.client.HTTPConnection("www.google.com", 80, timeout=10)
+c.request("GET", "/", headers={{"Host": "www.google.com"}})
+r = c.getresponse(); r.read(); local = c.sock.getsockname()
+print(r.status, flush=True)
+while not os.path.exists({go!r}):
+    time.sleep(0.05)
+c.request("GET", "/", headers={{"Host": "www.google.com"}})
+r = c.getresponse(); r.read()
+print(r.status, c.sock.getsockname() == local, flush=True)
+"""
+    p = world.pod.popen([PY, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "418"
+        world.set_policy(POLICY + "  - host: www.google.com\n")
+        open(go, "w").close()
+        assert p.stdout.readline().strip() == "200 True"  # same connection, new policy
+    finally:
+        p.kill()
+        p.wait()
+        world.set_policy(POLICY)
+
+
 def test_hot_reload_good_then_bad_keeps_last_good(world):
     assert world.curl("https://www.google.com/")[0] == 418
     world.set_policy(POLICY + "  - host: www.google.com\n")
