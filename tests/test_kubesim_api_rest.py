@@ -430,3 +430,26 @@ def test_structurally_wrong_bodies_are_400(c):
         s, st = raw(c, "POST", EXT, body=body)
         assert s in (400, 422), (body, s, st)
     assert raw(c, "GET", EXT)[0] == 200
+
+
+def test_stop_drops_keepalive_connections_and_restart_keeps_state():
+    """stop() cuts open keep-alive connections (clients see the outage); start(port=srv.port) resumes
+    with the same objects, CA and tokens (an API-server restart)."""
+    srv = APIServer().start()
+    try:
+        c = api_client_for(srv)
+        v1 = k.CoreV1Api(c)
+        v1.create_namespaced_config_map("default", {"metadata": {"name": "survivor"}})
+        token = srv.service_account_token("default", "x")
+        port, ca = srv.port, srv.ca_pem
+        srv.stop()
+        c.rest_client.pool_manager.connection_pool_kw["retries"] = False
+        with pytest.raises(Exception):
+            v1.read_namespaced_config_map("survivor", "default", _request_timeout=2)
+        srv.start(port=port)
+        assert srv.ca_pem == ca
+        c2 = api_client_for(srv)
+        assert k.CoreV1Api(c2).read_namespaced_config_map("survivor", "default").metadata.name == "survivor"
+        assert raw(api_client_for(srv, token), "GET", "/api/v1/namespaces/default/pods")[0] == 403
+    finally:
+        srv.stop()

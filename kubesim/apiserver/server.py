@@ -97,12 +97,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     sys_version = ""
 
     def setup(self):
+        with self.server.conn_lock:
+            self.server.connections.add(self)
         ctx = self.server.ssl_context
         if ctx is not None:
             self.request.settimeout(30)
             try:
                 self.request = ctx.wrap_socket(self.request, server_side=True)
             except (ssl.SSLError, OSError):
+                with self.server.conn_lock:
+                    self.server.connections.discard(self)
                 self.request.close()
                 raise
             self.request.settimeout(None)
@@ -113,6 +117,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             super().handle()
         except (ConnectionError, ssl.SSLError, TimeoutError, OSError):
             pass
+
+    def finish(self):
+        try:
+            super().finish()
+        except OSError:
+            pass
+        with self.server.conn_lock:
+            self.server.connections.discard(self)
 
     def log_message(self, fmt, *args):  # silence http.server's stderr lines
         pass
@@ -173,6 +185,8 @@ class APIServer:
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._tmpdir: tempfile.TemporaryDirectory | None = None
+        self._pems: tuple[bytes, bytes, bytes] | None = None
+        self.port = 0
         self._stopping = threading.Event()
         self.request_count = 0
         self.write_count = 0
@@ -204,7 +218,15 @@ class APIServer:
 
     # ---- lifecycle ----------------------------------------------------------------------
     def start(self, host: str = "127.0.0.1", port: int = 0) -> "APIServer":
-        ca, cert, key = make_ca_and_serving_cert(self.sans + ([host] if host not in ("0.0.0.0", "::") else []))
+        """Serve HTTPS on ``host:port`` (0 = a free port) in a background thread; returns when serving.
+
+        A stopped server can be started again (same objects, CA, tokens; pass ``port=srv.port`` to
+        keep the address): that is how tests simulate an API-server restart."""
+        if self._httpd is not None:
+            raise RuntimeError("APIServer already started")
+        if not self._pems:
+            self._pems = make_ca_and_serving_cert(self.sans + ([host] if host not in ("0.0.0.0", "::") else []))
+        ca, cert, key = self._pems
         self.ca_pem = ca
         self._tmpdir = tempfile.TemporaryDirectory(prefix="kubesim-apiserver-")
         d = self._tmpdir.name
@@ -215,15 +237,18 @@ class APIServer:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(os.path.join(d, "tls.crt"), os.path.join(d, "tls.key"))
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        _HTTPServer.address_family = family
-        self._httpd = _HTTPServer((host, port), _Handler)
+        server_cls = type("_KubesimHTTPServer", (_HTTPServer,), {"address_family": family})
+        self._stopping.clear()
+        self._httpd = server_cls((host, port), _Handler)
         self._httpd.ssl_context = ctx
         self._httpd.api = self
-        real_port = self._httpd.server_address[1]
+        self._httpd.connections = set()
+        self._httpd.conn_lock = threading.Lock()
+        self.port = self._httpd.server_address[1]
         shown = f"[{host}]" if ":" in host else host
         if host in ("0.0.0.0", "::"):
             shown = "127.0.0.1"
-        self.url = f"https://{shown}:{real_port}"
+        self.url = f"https://{shown}:{self.port}"
         # Publish the CA into the token secrets created before start (bootstrap).
         self._refresh_token_secret_ca()
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2},
@@ -234,12 +259,21 @@ class APIServer:
         return self
 
     def stop(self) -> None:
+        """Stop serving: end watches and waiting creates, drop every open connection (keep-alive
+        ones too, so clients see the outage), remove the temporary certificate files."""
         self._stopping.set()
         self.store.stop_all()
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
+        httpd, self._httpd = self._httpd, None
+        if httpd is not None:
+            httpd.shutdown()
+            httpd.server_close()
+            with httpd.conn_lock:
+                conns = list(httpd.connections)
+            for handler in conns:
+                try:
+                    handler.request.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
         if self._tmpdir is not None:
             self._tmpdir.cleanup()
             self._tmpdir = None
@@ -347,10 +381,11 @@ class APIServer:
             return secret
 
     def _refresh_token_secret_ca(self) -> None:
+        ca_b64 = base64.b64encode(self.ca_pem).decode()
         with self.store.lock:
             items, _ = self.store.list("secrets")
             for sec in items:
-                if sec.get("type") == "kubernetes.io/service-account-token":
+                if sec.get("type") == "kubernetes.io/service-account-token" and sec["data"].get("ca.crt") != ca_b64:
                     new = copy.deepcopy(sec)
                     new["data"]["ca.crt"] = base64.b64encode(self.ca_pem).decode()
                     self.store.update("secrets", new)
