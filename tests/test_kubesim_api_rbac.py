@@ -188,3 +188,14 @@ def test_1_13_forbidden_wording():
                                    'resource "configmaps" in API group "" in the namespace "default"')
     finally:
         srv.stop()
+
+
+def test_names_with_colons_round_trip(c):
+    """RBAC names like system:kube-scheduler are path-escaped by clients (%3A) and must resolve."""
+    rbac = k.RbacAuthorizationV1Api(c)
+    rbac.create_cluster_role({"metadata": {"name": "system:tproxy-reader"}, "rules": []})
+    assert rbac.read_cluster_role("system:tproxy-reader").metadata.name == "system:tproxy-reader"
+    rbac.delete_cluster_role("system:tproxy-reader")
+    with pytest.raises(k.ApiException) as e:
+        rbac.read_cluster_role("system:tproxy-reader")
+    assert e.value.status == 404

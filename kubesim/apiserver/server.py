@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 import uuid
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import structlog
 
@@ -611,7 +611,7 @@ class APIServer:
         handler(h, req, user, exempt)
 
     def _resolve(self, method: str, path: str, query: dict) -> Request | None:
-        segs = [s for s in path.split("/") if s]
+        segs = [unquote(s) for s in path.split("/") if s]   # clients escape ':' in "system:..." names
         if segs[:2] == ["api", "v1"]:
             group, version, rest = "", "v1", segs[2:]
         elif len(segs) >= 3 and segs[0] == "apis":
