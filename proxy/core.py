@@ -501,25 +501,46 @@ class TproxyAddon:
         self._block_response(flow, v.reason)
         self._audit(flow, v, status=BLOCK_STATUS, nbytes=len(BLOCK_BODY))
 
-    def http_connect(self, flow: http.HTTPFlow) -> None:
-        """Regular (standard) mode: CONNECT host:443 is fine when policy has an HTTPS rule for host.
+    async def http_connect(self, flow: http.HTTPFlow) -> None:
+        """Regular (standard) mode CONNECT.
 
-        The tunnelled requests are decided one by one in ``request``; here we only refuse tunnels to
-        hosts that no rule could allow, so a blocked client gets 418 instead of a TLS error.
+        ``CONNECT host:443`` passes when some rule for the host allows https: the tunnelled requests
+        are then decided one by one in ``request`` (a blocked client gets 418 here instead of a TLS
+        error later). A rule whose ``methods`` list ``CONNECT`` allows a raw tunnel to any port of the
+        host: the tunnel itself is approved (resolved, range-checked, pinned) and audited. Anything
+        else is refused with 418. (In transparent mode mitmproxy refuses CONNECT itself.)
         """
         if flow.response:
             return
         try:
             host = normalize_host(flow.request.host)
         except Exception:  # noqa: BLE001
-            host = ""
+            return self._deny(flow, Verdict("block", "invalid-host", host=flow.request.host,
+                                            port=flow.request.port))
         port = flow.request.port
-        ok = self.policy.mode in ("open", "report") or any(
-            ((not r.schemes or "https" in r.schemes) and port == 443) or "CONNECT" in r.methods
-            for r in self.policy.candidates(host)) if host else False
-        if not ok:
-            v = Verdict("block", "connect-not-allowed", host=host or flow.request.host, port=port)
-            self._deny(flow, v)
+        namespace = self._pod(flow)[1]["namespace"] or None
+        candidates = [r for r in self.policy.candidates(host) if not r.namespaces or namespace in r.namespaces]
+        tunnel_rule = min((r for r in candidates if "CONNECT" in r.methods), key=lambda r: r.index, default=None)
+        if tunnel_rule is not None:
+            v = Verdict("allow", "rule", host=host, port=port, rule=tunnel_rule)
+            try:
+                addresses = await self.resolve(host, port)
+            except (OSError, UnicodeError) as e:
+                flow.response = http.Response.make(502, f"tproxy: cannot resolve {host}: {e}\n".encode(),
+                                                   {"Content-Type": "text/plain"})
+                return self._audit(flow, v, status=502, nbytes=None, error=f"dns: {e}")
+            denied = [a for a in addresses if self.policy.address_denied(a)]
+            if not addresses or (denied and self.policy.mode == "enforce"):
+                return self._deny(flow, dataclasses.replace(v, decision="block", reason="denied-range",
+                                                            upstream=",".join(denied or addresses)))
+            v = dataclasses.replace(v, upstream=addresses[0])
+            self._approve(flow, host, port, addresses[0])
+            self.metrics.requests.labels("allow", self.metrics.host_label(tunnel_rule)).inc()
+            return self._audit(flow, v, status=200, nbytes=None)
+        https_ok = port == 443 and any(not r.schemes or "https" in r.schemes for r in candidates)
+        if https_ok or self.policy.mode in ("open", "report"):
+            return
+        self._deny(flow, Verdict("block", "connect-not-allowed", host=host, port=port))
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         """Count the bytes of streamed bodies (mitmproxy keeps no copy of them)."""

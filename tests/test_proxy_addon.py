@@ -278,25 +278,43 @@ def connect_flow(host, port):
 
 def test_connect_to_allowed_https_host_passes(addon):
     f = connect_flow("storage.googleapis.com", 443)
-    addon.http_connect(f)
+    asyncio.run(addon.http_connect(f))
     assert f.response is None
 
 
 def test_connect_to_other_host_is_blocked(addon):
     f = connect_flow("www.google.com", 443)
-    addon.http_connect(f)
+    asyncio.run(addon.http_connect(f))
     assert f.response.status_code == 418
 
 
 def test_connect_to_other_port_is_blocked_unless_rule_allows_connect(addon, tmp_path):
     f = connect_flow("storage.googleapis.com", 22)
-    addon.http_connect(f)
+    asyncio.run(addon.http_connect(f))
     assert f.response.status_code == 418
     addon.tctx.configure(addon, tproxy_policy=write_policy(
         tmp_path, "rules: [{host: storage.googleapis.com, methods: [CONNECT]}]\n"))
     f = connect_flow("storage.googleapis.com", 22)
-    addon.http_connect(f)
+    asyncio.run(addon.http_connect(f))
     assert f.response is None
+
+
+def test_connect_rule_approves_a_raw_tunnel_pinned_to_the_checked_address(addon, tmp_path, audit_file):
+    addon.tctx.configure(addon, tproxy_policy=write_policy(tmp_path, "rules: [{host: a.example, methods: [CONNECT]}]\n"))
+    f = connect_flow("a.example", 22)
+    asyncio.run(addon.http_connect(f))
+    assert f.response is None
+    assert server_connect(addon, f, "a.example", 22).address == ("203.0.113.30", 22)
+    line = audit_lines(audit_file)[-1]
+    assert (line["decision"], line["method"], line["port"]) == ("allow", "CONNECT", 22)
+
+
+def test_connect_rule_still_honours_deny_ranges(addon, tmp_path):
+    addon.tctx.configure(addon, tproxy_policy=write_policy(
+        tmp_path, "rules: [{host: private.example, methods: [CONNECT]}]\n"))
+    f = connect_flow("private.example", 5432)
+    asyncio.run(addon.http_connect(f))
+    assert f.response.status_code == 418 and f.response.headers["X-Tproxy-Reason"] == "denied-range"
 
 
 def test_regular_mode_uses_request_host_and_port(addon, tmp_path):
