@@ -176,27 +176,46 @@ def run(cfg: common.BenchConfig) -> dict:
     concurrency = cfg.pick(100, 500)
     faults = cfg.pick("conflict=0.2,watch_cut=0.05", "conflict=0.2,watch_cut=0.02")
     kinds = ["bare", "tproxy"] if have_ours is True else ["bare"]
-    res: dict = {"n": n, "concurrency": concurrency, "faults": faults, "scenarios": {}}
-    for label, fl in (("clean", None), ("faults", faults)):
-        for kind in kinds:
-            res["scenarios"][f"{kind}/{label}"] = scenario(kind, fl, n, concurrency)
+    reps = cfg.pick(1, min(cfg.repeats, 3))
+    res: dict = {"n": n, "concurrency": concurrency, "faults": faults, "repeats": reps, "scenarios": {}}
+    runs: dict[str, list[dict]] = {}
+    for rep in range(reps):  # interleaved: bare and tproxy alternate, so drift hits both
+        for label, fl in (("clean", None), ("faults", faults)):
+            for kind in kinds:
+                runs.setdefault(f"{kind}/{label}", []).append(scenario(kind, fl, n, concurrency))
     sc = res["scenarios"]
+    for key, rs in runs.items():
+        codes: dict = {}
+        for r in rs:
+            for c, v in r["codes"].items():
+                codes[c] = codes.get(c, 0) + v
+        verify = {k: sum(r["verify"].get(k) or 0 for r in rs) for k in rs[0]["verify"]}
+        sc[key] = {"runs": len(rs), "per_s": common.spread(r["per_s"] for r in rs),
+                   "p50_ms": common.spread(r["latency"]["p50_ms"] for r in rs),
+                   "p99_ms": common.spread(r["latency"]["p99_ms"] for r in rs),
+                   "max_ms": max(r["latency"]["max_ms"] or 0 for r in rs),
+                   "codes": codes, "failures": sum(r["failures"] for r in rs), "verify": verify,
+                   "ready_s": [round(r["ready_s"], 2) for r in rs],
+                   "latency_sample_ms": [x for r in rs for x in r["latency_sample_ms"]]}
     summary = []
     for label in ("clean", "faults"):
         b, o = sc.get(f"bare/{label}"), sc.get(f"tproxy/{label}")
         if b and o:
             summary.append({"metric": f"{label}: create latency p50 tproxy ÷ bare",
-                            "value": common.ratio(o["latency"]["p50_ms"], b["latency"]["p50_ms"]), "target": "≤ 2"})
+                            "value": common.ratio(o["p50_ms"]["median"], b["p50_ms"]["median"]), "target": "≤ 2"})
             summary.append({"metric": f"{label}: create latency p99 tproxy ÷ bare",
-                            "value": common.ratio(o["latency"]["p99_ms"], b["latency"]["p99_ms"]), "target": "≤ 2"})
+                            "value": common.ratio(o["p99_ms"]["median"], b["p99_ms"]["median"]), "target": "≤ 2"})
             summary.append({"metric": f"{label}: burst throughput bare ÷ tproxy",
-                            "value": common.ratio(b["per_s"], o["per_s"]), "target": "≤ 2"})
-            summary.append({"metric": f"{label}: tproxy failed creates (of {n})", "value": o["failures"], "target": "0"})
+                            "value": common.ratio(b["per_s"]["median"], o["per_s"]["median"]), "target": "≤ 2"})
+            summary.append({"metric": f"{label}: tproxy failed creates (of {n * o['runs']})", "value": o["failures"],
+                            "target": "0"})
     res["summary"] = summary
-    res["tables"] = [{"title": f"{n} blocking creates, {concurrency} concurrent (faults: {faults})",
-                      "columns": ["controller/scenario", "creates/s", "p50 ms", "p99 ms", "max ms", "codes",
+    res["tables"] = [{"title": f"{n} blocking creates, {concurrency} concurrent, {reps} interleaved run(s) "
+                               f"(medians; faults: {faults})",
+                      "columns": ["controller/scenario", "creates/s", "±rel", "p50 ms", "p99 ms", "max ms", "codes",
                                   "initialized", "uninitialized", "injected once", "injected twice"],
-                      "rows": [[k, r["per_s"], r["latency"]["p50_ms"], r["latency"]["p99_ms"], r["latency"]["max_ms"],
+                      "rows": [[k, r["per_s"]["median"], r["per_s"]["rel_spread"], r["p50_ms"]["median"],
+                                r["p99_ms"]["median"], r["max_ms"],
                                 " ".join(f"{c}:{v}" for c, v in sorted(r["codes"].items())),
                                 r["verify"]["initialized"], r["verify"]["still_uninitialized"],
                                 r["verify"].get("injected_once"), r["verify"].get("injected_twice_or_more")]

@@ -61,8 +61,8 @@ def run(cfg: common.BenchConfig) -> dict:
     if not os.path.exists(os.path.join(common.REPO, "kubesim", "upstream.py")):
         raise common.Skip("kubesim/upstream.py not found")
     have_addon = os.path.exists(ADDON)
-    duration = cfg.pick(1.5, 5.0)
-    rounds = cfg.pick(1, cfg.repeats)
+    duration = cfg.pick(1.5, 3.0)
+    rounds = cfg.pick(1, max(cfg.repeats, 5))  # many short interleaved rounds: medians resist load bursts
     concurrency = 8
     dl_bytes = cfg.pick(64 * 2**20, 2**30)
     modes = [m for m in MODES if have_addon or not m.startswith("addon")]
