@@ -119,3 +119,19 @@ def test_stats_count_connections(upstream):
 def test_https_without_cert_dir_is_a_clear_error():
     with pytest.raises(ValueError, match="needs --cert-dir"):
         Upstream(["127.0.0.1"], http_port=0, https_port=443)
+
+
+def test_ipv6_bind_and_no_sni_default_certificate_for_the_address(ca):
+    import socket
+    with socket.socket(socket.AF_INET6) as s:
+        s.bind(("::1", 0))
+        port = s.getsockname()[1]
+    up = Upstream(["::1"], http_port=0, https_port=port, cert_dir=ca.directory).start()
+    try:
+        ctx = ssl.create_default_context(cafile=ca.ca_file)
+        conn = http.client.HTTPSConnection("::1", port, context=ctx, timeout=5)  # IP: no SNI, IP SAN verified
+        conn.request("GET", "/echo")
+        info = json.loads(conn.getresponse().read())
+        assert info["local_address"] == "::1" and info["sni"] is None
+    finally:
+        up.stop()
