@@ -1013,8 +1013,6 @@ class APIServer:
         self._validate_common(rt, obj)
         self._fill_new_meta(rt, obj)
         name = meta["name"]
-        if rt.storage == "services":
-            self._allocate_cluster_ip(rt, obj)
         uninitialized = meta.get("initializers") is not None
         if self.k8s_version == "1.7":
             include = req.query.get("includeUninitialized") == "1"     # §1b: only the literal "1"
@@ -1029,7 +1027,10 @@ class APIServer:
                 self.store.watchers[rt.storage].add(waiter)
 
         try:
-            stored = self.store.create(rt.storage, obj, on_created=register)
+            with self.store.lock:     # allocation and write in one critical section
+                if rt.storage == "services" and self.store.get("services", req.namespace, name) is None:
+                    self._allocate_cluster_ip(rt, obj)
+                stored = self.store.create(rt.storage, obj, on_created=register)
         except AlreadyExists:
             raise errors.already_exists(rt, name) from None
         self.write_count += 1
@@ -1222,6 +1223,14 @@ class APIServer:
                 self._admit_update(rt, req, user, new, cur)
                 self._validate_common(rt, new)
                 self._check_pod_update(rt, new, cur)
+            if rt.storage == "services" and isinstance(new.get("spec"), dict) and not new["spec"].get("clusterIP"):
+                ip = (cur.get("spec") or {}).get("clusterIP")
+                if ip:
+                    new["spec"]["clusterIP"] = ip      # allocated once, carried over
+            if rt.storage == "daemonsets" and isinstance(new.get("spec"), dict):
+                old_t = (cur.get("spec") or {}).get("templateGeneration", 1)
+                new["spec"]["templateGeneration"] = old_t + (
+                    1 if new["spec"].get("template") != (cur.get("spec") or {}).get("template") else 0)
             if rt.tracks_generation:
                 gen = cur["metadata"].get("generation", 1)
                 meta["generation"] = gen + 1 if new.get("spec") != cur.get("spec") else gen
