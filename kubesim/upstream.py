@@ -135,11 +135,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
     do_HEAD = do_GET
 
     def do_POST(self):
+        self.server.stats.incr(self.server.listener, "requests")
         length = int(self.headers.get("Content-Length") or 0)
         data = self.rfile.read(length) if length else b""
         if self.path.split("?", 1)[0] == "/echo":
             return self._echo(len(data))
-        self.server.stats.incr(self.server.listener, "requests")
         self._send(200, f"received {len(data)} bytes\n".encode())
 
     do_PUT = do_POST
