@@ -199,3 +199,22 @@ def test_names_with_colons_round_trip(c):
     with pytest.raises(k.ApiException) as e:
         rbac.read_cluster_role("system:tproxy-reader")
     assert e.value.status == 404
+
+
+def test_1_13_field_selector_name_authorizes_with_resource_names():
+    """1.11+ (kubernetes#63469): list/watch with fieldSelector=metadata.name=x is authorized as a request for x;
+    in 1.7 (test_watch: legacy path test) the same request is denied."""
+    srv = APIServer(k8s_version="1.13").start()
+    try:
+        c = api_client_for(srv)
+        k.CoreV1Api(c).create_namespaced_config_map("default", {"metadata": {"name": "cfg"}})
+        bind(c, "default", "cfg", [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["cfg"],
+                                    "verbs": ["list", "watch"]}],
+             [{"kind": "ServiceAccount", "name": "init", "namespace": "default"}])
+        sa = api_client_for(srv, srv.service_account_token("default", "init"))
+        s, body = raw(sa, "GET", "/api/v1/namespaces/default/configmaps", query={"fieldSelector": "metadata.name=cfg"})
+        assert s == 200 and [i["metadata"]["name"] for i in body["items"]] == ["cfg"]
+        assert raw(sa, "GET", "/api/v1/namespaces/default/configmaps")[0] == 403
+        assert raw(sa, "GET", "/api/v1/namespaces/default/configmaps", query={"fieldSelector": "metadata.name=x"})[0] == 403
+    finally:
+        srv.stop()

@@ -658,6 +658,12 @@ class APIServer:
             return None
         if legacy_watch and method != "GET":
             return None
+        if req.verb in ("list", "watch") and not req.name and self.k8s_version != "1.7":
+            # 1.11+ (kubernetes#63469): fieldSelector=metadata.name=x names the request for
+            # authorization, so resourceNames rules can allow it. 1.7 authorizes it without a name.
+            name = selectors.exact_name(query.get("fieldSelector"))
+            if name and "/" not in name and name not in (".", ".."):
+                req.name = name
         return req
 
     # ---- discovery ----------------------------------------------------------------------
