@@ -3,8 +3,9 @@
 Each (algorithm, pod count) runs in a fresh network namespace (``bench.podwatch_worker``), from a
 process inside the namespace calling the iptables binaries, as the real controllers do:
 - *sync*: from an empty table to N annotated pods programmed. Ours = render the whole state and
-  one ``iptables-restore --noflush``; original = per pod ``iptables -t nat -L`` + regex + one
-  ``iptables -A`` per port (bench/baselines.py).
+  one ``iptables-restore --noflush``; original = per pod ``iptables -t nat -L PREROUTING --line-numbers``
+  + regex + one ``iptables -A`` per port (``podwatch/original.py``, the Go ``syncFirewall`` in Python,
+  flaws kept on purpose).
 - *programming latency*: with N pods programmed, a new pod gets its IP; time from "pod IP known"
   to "rules applied", measured by timing the render+apply path (not through the API server), so
   it excludes watch delivery and the controller's coalescing interval.
@@ -36,8 +37,8 @@ def _worker(algo: str, pods: int, *, latency_samples: int = 0, resyncs: int = 0,
 
 def run(cfg: common.BenchConfig) -> dict:
     common.need_root()
-    sizes = cfg.pick([10, 100, 500], [10, 100, 1000, 5000])
-    lat_at = cfg.pick(500, 1000)
+    sizes = cfg.pick([10, 100, 300], [10, 100, 1000, 5000])
+    lat_at = cfg.pick(300, 1000)
     lat_samples = cfg.pick(20, 100)
     cap = cfg.pick(20.0, 240.0)
     res: dict = {"sizes": sizes, "latency_at_pods": lat_at, "ours": {}, "original": {}}
@@ -45,7 +46,8 @@ def run(cfg: common.BenchConfig) -> dict:
         "sync = empty table → N annotated pods programmed, each algorithm in a fresh netns, "
         "from a process inside it calling iptables via subprocess (iptables-nft here).",
         "ours = one render of the full state + one iptables-restore --noflush per table (podwatch.rules); "
-        "original = per pod iptables -L + regex + one iptables -A per port (bench/baselines.py).",
+        "original = per pod iptables -t nat -L PREROUTING --line-numbers + regex + one iptables -A per port "
+        "(podwatch/original.py: the original Go syncFirewall, flaws kept, baseline only).",
         f"programming latency = time to program one new pod with {lat_at} pods present, timed around the "
         "render+apply path (not through the API server: excludes watch delivery and coalescing).",
     ]

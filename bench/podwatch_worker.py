@@ -24,9 +24,14 @@ def pod(i: int) -> dict:
 class Original:
     name = "original"
 
+    def __init__(self, host_port: int = 8080):
+        from podwatch import original  # the original Go syncFirewall, flaws kept (BASELINE ONLY)
+        self.original = original
+        self.host_port = host_port
+
     def add(self, pods_so_far: list[dict], new: dict) -> None:
-        from bench.baselines import original_add_pod
-        original_add_pod(f"{new['namespace']}/{new['name']}", new["ip"])
+        # The original keyed rules by pod name only (comment "tproxy-<name>"); names here are unique.
+        self.original.sync_pod(new["name"], new["ip"], self.host_port)
 
     def sync(self, pods: list[dict], deadline: float) -> int:
         done = 0
