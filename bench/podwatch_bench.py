@@ -91,6 +91,34 @@ def run(cfg: common.BenchConfig) -> dict:
         res["ours_status"] = f"skipped: {ours_skip}"
         notes.append(f"ours skipped: {ours_skip}")
 
+    # End to end through the real controller (kubesim + python -m podwatch in one fresh netns).
+    if not ours_skip:
+        e2e_samples = cfg.pick(10, 50)
+        try:
+            from kubesim.netns import Netns
+            common.need_module("podwatch.controller")
+            common.need_module("kubesim.apiserver.cli")
+            ns = Netns.create("bpe")
+            try:
+                argv = [sys.executable, "-m", "bench.podwatch_e2e_worker", "--pods", str(lat_at),
+                        "--samples", str(e2e_samples)]
+                p = subprocess.run(ns.exec_argv(argv), capture_output=True, text=True, cwd=common.REPO, timeout=300)
+            finally:
+                ns.delete()
+            if p.returncode != 0:
+                raise RuntimeError(f"e2e worker exited {p.returncode}: {p.stderr[-800:]}")
+            e2e = json.loads(p.stdout.strip().splitlines()[-1])
+            res["e2e"] = {"pods": lat_at, "initial_program_s": e2e["initial_program_s"],
+                          "latency": common.latency_summary(e2e["latency_s"]),
+                          "latency_samples_ms": [round(x * 1000, 3) for x in e2e["latency_s"]]}
+            common.log(f"podwatch e2e at {lat_at} pods: {res['e2e']['latency']}")
+        except common.Skip as e:
+            res["e2e"] = {"status": f"skipped: {e}"}
+        notes.append("end to end = through the real controller: kubesim + `python -m podwatch` in one fresh netns; "
+                     "time from the API server accepting the pod's status with its podIP to the rule being visible "
+                     "in `iptables -t nat -S` (polled every 5 ms): watch delivery + coalescing (min-sync-interval "
+                     "0.1 s) + sync. No end-to-end figure for the original: it was never a controller here.")
+
     rows, summary = [], []
     for n in sizes:
         o, b = res["ours"].get(str(n)), res["original"].get(str(n))
@@ -110,14 +138,19 @@ def run(cfg: common.BenchConfig) -> dict:
                "columns": ["pods", "ours (s)", "ours spread (±rel)", "original (s)", "speed-up ×",
                            "ours rules", "original rules"], "rows": rows}]
     lo, lb = res["ours"].get(str(lat_at), {}).get("latency"), res["original"].get(str(lat_at), {}).get("latency")
-    if lo or lb:
+    le = (res.get("e2e") or {}).get("latency")
+    if lo or lb or le:
         tables.append({"title": f"Programming latency of one new pod with {lat_at} pods present (ms)",
                        "columns": ["algorithm", "n", "p50", "p90", "p99", "max"],
                        "rows": [[name, l["n"], l["p50_ms"], l["p90_ms"], l["p99_ms"], l["max_ms"]]
-                                for name, l in (("ours", lo), ("original", lb)) if l]})
+                                for name, l in (("ours, render+apply path", lo), ("original, per-pod path", lb),
+                                                ("ours, end to end via the controller", le)) if l]})
+    if le:
+        summary.append({"metric": f"programming latency p99 at {lat_at} pods, end to end via the controller",
+                        "value": le["p99_ms"], "unit": "ms", "target": "≤ 250 ms at 1,000"})
     if lo:
-        summary.append({"metric": f"programming latency p99 at {lat_at} pods (ours)", "value": lo["p99_ms"],
-                        "unit": "ms", "target": "≤ 250 ms at 1,000"})
+        summary.append({"metric": f"programming latency p99 at {lat_at} pods (ours, render+apply path)",
+                        "value": lo["p99_ms"], "unit": "ms", "target": "≤ 250 ms at 1,000"})
     if lo and lb:
         summary.append({"metric": f"programming latency p50 ratio original/ours at {lat_at} pods",
                         "value": common.ratio(lb["p50_ms"], lo["p50_ms"], 2)})
@@ -127,6 +160,8 @@ def run(cfg: common.BenchConfig) -> dict:
                          for name in ("ours", "original") if res[name]}}]
     cdf = {name: res[name][str(lat_at)]["latency_samples_ms"] for name in ("ours", "original")
            if "latency_samples_ms" in res[name].get(str(lat_at), {})}
+    if le:
+        cdf["ours end to end"] = res["e2e"]["latency_samples_ms"]
     if cdf:
         plots.append({"file": "podwatch_latency.png", "kind": "cdf", "logx": True,
                       "title": f"podwatch: programming latency at {lat_at} pods",
