@@ -156,7 +156,8 @@ def run(cfg: common.BenchConfig) -> dict:
                         "value": common.ratio(lb["p50_ms"], lo["p50_ms"], 2)})
     plots = [{"file": "podwatch_sync.png", "kind": "line", "title": "podwatch: sync time vs pods",
               "xlabel": "annotated pods", "ylabel": "sync time (s)", "logx": True, "logy": True,
-              "series": {name: [[n, res[name][str(n)]["sync_s"]["median"]] for n in sizes if str(n) in res[name]]
+              "series": {_label(res, name): [[n, res[name][str(n)]["sync_s"]["median"]] for n in sizes
+                                             if str(n) in res[name]]
                          for name in ("ours", "original") if res[name]}}]
     cdf = {name: res[name][str(lat_at)]["latency_samples_ms"] for name in ("ours", "original")
            if "latency_samples_ms" in res[name].get(str(lat_at), {})}
@@ -170,3 +171,8 @@ def run(cfg: common.BenchConfig) -> dict:
     if ours_skip:
         res["status"] = f"ok (ours skipped: {ours_skip})"
     return res
+
+
+def _label(res: dict, name: str) -> str:
+    capped = [n for n, e in res[name].items() if e.get("capped")]
+    return f"{name} (at {', '.join(capped)} pods: capped, lower bound)" if capped else name

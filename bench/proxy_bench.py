@@ -219,6 +219,9 @@ def run(cfg: common.BenchConfig) -> dict:
                          d["rss_growth_mb"]] for m, d in dl.items()]}]
     plots = [{"file": "proxy_rps.png", "kind": "bar", "title": "proxy: keep-alive req/s (median)",
               "ylabel": "req/s", "series": {f"{m} {s}": med(m, s) for s in ("http", "https") for m in modes}},
+             {"file": "proxy_vs_bare.png", "kind": "bar", "title": "proxy: keep-alive req/s ÷ bare mitmdump (same run)",
+              "ylabel": "ratio", "series": {f"{m} {s}": common.ratio(med(m, s), med("bare", s))
+                                            for s in ("http", "https") for m in modes if m != "direct"}},
              {"file": "proxy_latency.png", "kind": "cdf", "logx": True, "title": "proxy: HTTPS latency distribution",
               "xlabel": "ms", "ylabel": "fraction",
               "series": {m: res["small"][m]["https"]["latency_sample_ms"] for m in modes}}]
