@@ -76,17 +76,37 @@ def test_new_namespace_and_service_account_get_tokens(srv, c):
 
 
 def test_service_account_denied_with_the_1_7_message(srv):
-    """RBAC deny: 403 Forbidden, `<resource>.<group> "<name>" is forbidden: User "<user>" cannot <verb> ...`."""
+    """RBAC deny in 1.7: 403 written by the authorization filter as text/plain (not a Status), wording of
+    responsewriters.forbiddenMessage: `User "<user>" cannot <verb> <resource>.<group> in the namespace "<ns>".`"""
     sa = api_client_for(srv, srv.service_account_token("default", "nobody"))
     s, body = raw(sa, "GET", "/apis/extensions/v1beta1/namespaces/default/deployments/web")
-    assert s == 403 and body["reason"] == "Forbidden"
-    assert body["message"] == ('deployments.extensions "web" is forbidden: User "system:serviceaccount:default:nobody" '
-                               'cannot get deployments.extensions in the namespace "default".')
-    assert body["details"] == {"name": "web", "group": "extensions", "kind": "deployments"}
+    assert s == 403
+    assert body == ('User "system:serviceaccount:default:nobody" cannot get deployments.extensions '
+                    'in the namespace "default".')
     s, body = raw(sa, "GET", "/api/v1/nodes")
     assert s == 403
-    assert body["message"] == ('nodes is forbidden: User "system:serviceaccount:default:nobody" cannot list nodes '
-                               'at the cluster scope.')
+    assert body == 'User "system:serviceaccount:default:nobody" cannot list nodes at the cluster scope.'
+    s, body = raw(sa, "GET", "/api/v1/namespaces/default/pods/p/status")
+    assert body.endswith("cannot get pods/status in the namespace \"default\".")
+    # the official client turns it into an ApiException carrying the text
+    with pytest.raises(k.ApiException) as e:
+        k.CoreV1Api(sa).read_namespaced_pod("p", "default")
+    assert e.value.status == 403 and e.value.headers["Content-Type"] == "text/plain"
+
+
+def test_1_13_denial_is_a_status():
+    """From 1.8 the authorization 403 is a Status: `<resource>.<group> "<name>" is forbidden: ...`."""
+    srv = APIServer(k8s_version="1.13").start()
+    try:
+        sa = api_client_for(srv, srv.service_account_token("default", "nobody"))
+        s, body = raw(sa, "GET", "/apis/extensions/v1beta1/namespaces/default/deployments/web")
+        assert s == 403 and body["reason"] == "Forbidden"
+        assert body["message"].startswith('deployments.extensions "web" is forbidden: User "system:serviceaccount:')
+        assert body["details"] == {"name": "web", "group": "extensions", "kind": "deployments"}
+        s, body = raw(sa, "GET", "/api/v1/namespaces/default/pods")
+        assert body["message"].startswith("pods is forbidden: ")
+    finally:
+        srv.stop()
 
 
 def test_role_binding_allows_exactly_its_rules(srv, c):

@@ -17,6 +17,14 @@ class APIError(Exception):
         return body
 
 
+class PlainError(Exception):
+    """An error the real server wrote as text/plain rather than a Status (1.7's authorization 403)."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
 def _details(rt, name: str) -> dict:
     d = {"name": name, "kind": rt.name}
     if rt.group:

@@ -176,9 +176,9 @@ def forbidden_message(k8s_version: str, user: User, verb: str, group: str, resou
     """The message of a 403 from the authorization filter, in the selected version's wording.
 
     1.7 (apiserver responsewriters.forbiddenMessage): ``User "u" cannot get configmaps in the
-    namespace "ns".`` / ``... at the cluster scope.``; 1.13: ``User "u" cannot get resource
-    "configmaps" in API group "" in the namespace "ns"``. Prefixed, like errors.NewForbidden, with
-    ``<resource>.<group> "<name>" is forbidden: ``.
+    namespace "ns".`` / ``... at the cluster scope.`` (1.7 sent that alone, as text/plain);
+    1.13: ``User "u" cannot get resource "configmaps" in API group "" in the namespace "ns"``.
+    Prefixed, like errors.NewForbidden, with ``<resource>.<group> "<name>" is forbidden: ``.
     """
     qualified = f"{resource}.{group}" if group else resource
     if k8s_version == "1.7":

@@ -471,15 +471,20 @@ class APIServer:
 
     def _authorize(self, user: User, verb: str, rt: ResourceType, subresource: str, name: str, ns: str):
         if not self.authorizer.allowed(user, verb, rt.group, rt.name, subresource, name, ns):
-            raise errors.forbidden(rt.name, rt.group, name, forbidden_message(
-                self.k8s_version, user, verb, rt.group, rt.name, subresource, name, ns))
+            message = forbidden_message(self.k8s_version, user, verb, rt.group, rt.name, subresource, name, ns)
+            if self.k8s_version == "1.7":
+                # 1.7's authorization filter (responsewriters.Forbidden) wrote text/plain, not a
+                # Status: clients then report `... (get pods)`. RBAC gave no reason, so no suffix.
+                raise errors.PlainError(403, message.split(" is forbidden: ", 1)[1])
+            raise errors.forbidden(rt.name, rt.group, name, message)
 
     def _can_initialize(self, user: User, rt: ResourceType, name: str, ns: str, what: str) -> None:
-        """The plugin's canInitialize (§3): verb ``initialize`` on the request's resource."""
+        """The plugin's canInitialize (§3): verb ``initialize`` on the request's resource.
+
+        Denied -> ``errors.NewForbidden(gr, name, fmt.Errorf("%s: %s", message, reason))``; RBAC's
+        reason for a denial is empty (1.7 and 1.13 alike), hence the message ends in ``": "``."""
         if not self.authorizer.allowed(user, "initialize", rt.group, rt.name, "", name, ns):
-            inner = forbidden_message(self.k8s_version, user, "initialize", rt.group, rt.name, "", name, ns)
-            inner = inner.split(" is forbidden: ", 1)[1]
-            raise errors.forbidden(rt.name, rt.group, name, forbidden_prefix(rt.qualified, name) + f"{what}: {inner}")
+            raise errors.forbidden(rt.name, rt.group, name, forbidden_prefix(rt.qualified, name) + f"{what}: ")
 
     # ---- HTTP plumbing ------------------------------------------------------------------
     def dispatch(self, h: _Handler, method: str) -> None:
@@ -489,6 +494,8 @@ class APIServer:
         t0 = time.perf_counter()
         try:
             self._dispatch(h, method)
+        except errors.PlainError as e:
+            self._send_text(h, e.code, e.message)
         except APIError as e:
             self._send_json(h, e.code, e.status())
         except _Streamed:
@@ -507,6 +514,16 @@ class APIServer:
                 self.m_requests.labels(req.verb, req.rt.qualified, str(h.kubesim_code)).inc()
                 if req.verb != "watch":
                     self.m_latency.labels(req.verb).observe(time.perf_counter() - t0)
+
+    def _send_text(self, h: _Handler, code: int, text: str) -> None:
+        h.kubesim_code = code
+        data = text.encode()
+        h.send_response(code)
+        h.send_header("Content-Type", "text/plain")
+        h.send_header("X-Content-Type-Options", "nosniff")
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data)
 
     def _send_json(self, h: _Handler, code: int, body, extra_headers=None) -> None:
         h.kubesim_code = code
