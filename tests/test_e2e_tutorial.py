@@ -133,5 +133,7 @@ def test_the_app_container_cannot_undo_the_lock(tutorial):
 def test_nothing_left_the_locked_pod_except_through_the_proxy(tutorial):
     """Runs last: every request above was made; none of them reached the internet from the pod."""
     unlocked_ip = tutorial["unlocked"]["status"]["podIP"]
+    direct = curl(tutorial, tutorial["unlocked"], "-o", "/dev/null", "-w", "%{http_code}", "https://www.google.com/")
+    assert direct.stdout == "200"
     assert tutorial["leaks"].seen_from(unlocked_ip) > 0  # the counter does see direct pod traffic
     assert tutorial["leaks"].packets() == 0
