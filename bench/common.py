@@ -93,6 +93,15 @@ def latency_summary(seconds: Sequence[float]) -> dict:
     }
 
 
+def quantile_sample(values: Sequence[float], k: int = 400, scale: float = 1000.0) -> list[float]:
+    """At most ``k`` evenly spaced order statistics (×``scale``, rounded): keeps a distribution's shape
+    for CDF plots without storing every sample in latest.json."""
+    s = sorted(values)
+    if len(s) > k:
+        s = [s[round(i * (len(s) - 1) / (k - 1))] for i in range(k)]
+    return [round(x * scale, 3) for x in s]
+
+
 def spread(values: Iterable[float]) -> dict:
     """Median and spread (min, max, relative half-range) of repeated measurements."""
     v = [float(x) for x in values if x is not None]

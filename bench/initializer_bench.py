@@ -117,7 +117,7 @@ def burst(ks: KubeSim, n: int, concurrency: int) -> dict:
     wall = time.perf_counter() - t0
     return {"n": n, "concurrency": concurrency, "wall_s": wall, "per_s": n / wall, "codes": codes,
             "failures": n - codes.get("201", 0), "latency": common.latency_summary(lat),
-            "latency_sample_ms": [round(x * 1000, 2) for x in lat]}
+            "latency_s": lat}
 
 
 def verify(client, kind: str, n: int) -> dict:
@@ -196,7 +196,7 @@ def run(cfg: common.BenchConfig) -> dict:
                    "max_ms": max(r["latency"]["max_ms"] or 0 for r in rs),
                    "codes": codes, "failures": sum(r["failures"] for r in rs), "verify": verify,
                    "ready_s": [round(r["ready_s"], 2) for r in rs],
-                   "latency_sample_ms": [x for r in rs for x in r["latency_sample_ms"]]}
+                   "latency_sample_ms": common.quantile_sample([x for r in rs for x in r["latency_s"]])}
     summary = []
     for label in ("clean", "faults"):
         b, o = sc.get(f"bare/{label}"), sc.get(f"tproxy/{label}")

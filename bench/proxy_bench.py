@@ -143,7 +143,7 @@ def run(cfg: common.BenchConfig) -> dict:
                 small[mode][scheme] = {"rps": common.spread(r["rps"] for r in runs),
                                        "latency": common.latency_summary(lats),
                                        "statuses": statuses, "errors": errors,
-                                       "latency_sample_ms": [round(x * 1000, 3) for x in lats[:: max(1, len(lats) // 2000)]]}
+                                       "latency_sample_ms": common.quantile_sample(lats)}
         res["small"] = small
 
         # -- large streamed download -----------------------------------------------------------

@@ -149,3 +149,10 @@ def test_quick_suite_writes_a_readable_report_with_plots(quick_run):
     for f in pngs:
         assert f"]({f})" in md
         assert open(out / f, "rb").read(4) == b"\x89PNG"
+
+
+def test_quantile_sample_keeps_extremes_and_bounds_size():
+    vals = [i / 1000 for i in range(10_000)]
+    q = common.quantile_sample(vals, 100)
+    assert len(q) == 100 and q[0] == 0.0 and q[-1] == 9999.0 and q == sorted(q)
+    assert common.quantile_sample([0.002, 0.001]) == [1.0, 2.0]
