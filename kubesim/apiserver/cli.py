@@ -30,7 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--initializer-config-refresh", type=float, default=0.0, metavar="SECONDS",
                    help="re-read InitializerConfigurations at most this often (1.7 polled every 1 s; "
                         "default 0 = on every create)")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="debug also logs one JSON line per request (method, path, code, user, ms)")
 
 
 def _configure_logging(level: str) -> None:
@@ -55,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"kubesim serve: --faults: {e}", file=sys.stderr)
         return 2
     srv = APIServer(k8s_version=args.k8s_version, faults=faults, seed=args.seed, sans=args.san,
-                    history=args.history, initializer_config_refresh=args.initializer_config_refresh)
+                    history=args.history, initializer_config_refresh=args.initializer_config_refresh,
+                    log_requests=args.log_level == "debug")
     try:
         srv.start(host=host, port=int(port))
     except OSError as e:

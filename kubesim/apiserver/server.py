@@ -151,7 +151,8 @@ class _HTTPServer(http.server.ThreadingHTTPServer):
     request_queue_size = 1024
 
     def handle_error(self, request, client_address):
-        log.debug("connection_error", client=str(client_address))
+        if getattr(self, "api", None) is not None and self.api.log_requests:
+            log.info("connection_error", client=str(client_address))
 
 
 class APIServer:
@@ -159,11 +160,12 @@ class APIServer:
 
     def __init__(self, k8s_version: str = "1.7", faults=None, seed: int = 0, sans=(),
                  history: int = 5000, initializer_config_refresh: float = 0.0,
-                 service_cidr: str = "10.96.0.0/12"):
+                 service_cidr: str = "10.96.0.0/12", log_requests: bool = False):
         if k8s_version not in GIT_VERSIONS:
             raise ValueError(f"k8s_version must be one of {sorted(GIT_VERSIONS)}, not {k8s_version!r}")
         self.k8s_version = k8s_version
         self.seed = seed
+        self.log_requests = log_requests
         self.sans = list(sans or ())
         self.store = Store(history=history)
         self.authorizer = Authorizer(self.store)
@@ -510,10 +512,14 @@ class APIServer:
                 h.close_connection = True
         finally:
             req = h.kubesim_req
+            elapsed = time.perf_counter() - t0
             if req is not None:
                 self.m_requests.labels(req.verb, req.rt.qualified, str(h.kubesim_code)).inc()
                 if req.verb != "watch":
-                    self.m_latency.labels(req.verb).observe(time.perf_counter() - t0)
+                    self.m_latency.labels(req.verb).observe(elapsed)
+            if self.log_requests:
+                log.info("request", method=method, path=h.path, code=h.kubesim_code,
+                         user=getattr(h, "kubesim_user", None), ms=round(elapsed * 1000, 2))
 
     def _send_text(self, h: _Handler, code: int, text: str) -> None:
         h.kubesim_code = code
@@ -609,6 +615,7 @@ class APIServer:
             self._send_json(h, 200, discovery)
             return
         user = self.authenticate(h.headers.get("Authorization"))
+        h.kubesim_user = user.name if user else None
         if user is None:
             raise errors.unauthorized()
         req = self._resolve(method, path, query)
