@@ -101,6 +101,17 @@ def round_lines(log: str) -> str:
     return tail(log, 4)
 
 
+def audit_line(line: str) -> str:
+    """One proxy audit JSON line as a short mitmproxy-like line; other lines unchanged."""
+    import json
+    try:
+        a = json.loads(line)
+        return (f"{a['client_ip']}: {a['method']} {a['scheme']}://{a['host']}{a['path']}  << {a['status']}  "
+                f"[{a['decision']}: {a.get('rule') or a.get('reason')}; pod {a.get('pod_namespace')}/{a.get('pod_name')}]")
+    except (ValueError, KeyError, TypeError):
+        return line
+
+
 def tail(text: str, n: int) -> str:
     return "\n".join(text.rstrip("\n").splitlines()[-n:])
 
@@ -200,8 +211,9 @@ class Demo:
         ip = (locked.get("status") or {}).get("podIP", "")
         proxy_log = self.cluster.read_log(proxy_pod, "tproxy-tproxy-mode")
         lines = [l for l in proxy_log.splitlines() if ip and ip in l and ("google" in l)]
-        print(f"$ kubectl logs {proxy_pod['metadata']['name']} -c tproxy-tproxy-mode | grep {ip}")
-        print("\n".join(lines[-6:]) or "(no proxy log lines for the locked pod)")
+        print(f"$ kubectl logs {proxy_pod['metadata']['name']} -c tproxy-tproxy-mode   "
+              f"(audit lines of the locked pod {ip}, condensed)")
+        print("\n".join(audit_line(l) for l in lines[-4:]) or "(no proxy log lines for the locked pod)")
         print()
 
         problems = []

@@ -276,3 +276,11 @@ def test_stop_leaves_nothing_behind():
     assert not any(n in listed_netns() for n in names)
     assert not os.path.exists(f"/proc/{pid}")
     assert not os.path.exists(c.run_dir)
+
+
+def test_deployment_and_daemonset_status_report_ready_replicas(cluster):
+    cluster.client.create(DEPLOY, deployment("counted", [sh("c", "sleep 1000")], replicas=2))
+    cluster.wait_pods("app=counted", count=2, timeout=20)
+    st = wait_for(lambda: (cluster.client.get(f"{DEPLOY}/counted").get("status") or {}).get("availableReplicas") == 2
+                  and cluster.client.get(f"{DEPLOY}/counted")["status"], what="deployment status")
+    assert st["replicas"] == 2 and st["readyReplicas"] == 2

@@ -214,6 +214,32 @@ class Kubelet:
         missing = replicas - len(current) - len(inflight)
         for _ in range(max(0, missing)):
             self._create_pod(obj, kind, template, h)
+        self._update_owner_status(obj, kind, current[:replicas], replicas)
+
+    def _update_owner_status(self, obj: dict, kind: str, pods: list[dict], replicas: int) -> None:
+        """Report replica counts on the Deployment/DaemonSet (``kubectl get`` and rollout waits read them)."""
+        ready = sum(1 for p in pods if any(c.get("type") == "Ready" and c.get("status") == "True"
+                                           for c in (p.get("status") or {}).get("conditions") or []))
+        meta = obj["metadata"]
+        if kind == "Deployment":
+            want = {"observedGeneration": meta.get("generation", 1), "replicas": len(pods),
+                    "updatedReplicas": len(pods), "readyReplicas": ready, "availableReplicas": ready,
+                    "unavailableReplicas": max(0, replicas - ready)}
+            path = f"/apis/apps/v1beta1/namespaces/{meta.get('namespace', 'default')}/deployments/{meta['name']}/status"
+        else:
+            want = {"currentNumberScheduled": len(pods), "desiredNumberScheduled": 1, "numberMisscheduled": 0,
+                    "numberReady": ready, "updatedNumberScheduled": len(pods), "numberAvailable": ready,
+                    "observedGeneration": meta.get("generation", 1)}
+            path = f"/apis/extensions/v1beta1/namespaces/{meta.get('namespace', 'default')}/daemonsets/{meta['name']}/status"
+        cur = obj.get("status") or {}
+        if all(cur.get(k) == v for k, v in want.items()):
+            return
+        new = copy.deepcopy(obj)
+        new["status"] = {**cur, **want}
+        try:
+            self.client.replace(path, new)
+        except ApiError:
+            pass  # a newer version exists; the next reconcile (it triggers one) retries
 
     def _create_pod(self, owner: dict, kind: str, template: dict, h: str) -> None:
         meta = owner["metadata"]
