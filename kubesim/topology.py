@@ -172,6 +172,29 @@ class Forwarder:
                 pass
 
 
+STALE_PREFIXES = ("ksnode", "ksinet", "kspod")
+
+
+def cleanup_stale(prefixes=STALE_PREFIXES) -> list[str]:
+    """Delete namespaces left by kubesim processes that died without cleaning up (kill -9).
+
+    Names are ``<prefix>-<pid>-<n>`` (see :func:`kubesim.netns.unique_name`); only namespaces whose
+    creating process no longer exists are touched, so concurrent runs are safe.
+    """
+    removed = []
+    out = nsmod.sh(["ip", "netns", "list"], check=False).stdout
+    for line in out.splitlines():
+        name = line.split()[0] if line.split() else ""
+        parts = name.split("-")
+        if len(parts) != 3 or parts[0] not in prefixes or not parts[1].isdigit():
+            continue
+        if os.path.exists(f"/proc/{parts[1]}"):
+            continue
+        Netns(name).delete()
+        removed.append(name)
+    return removed
+
+
 @dataclass
 class PodNet:
     """A pod's network: its namespace, addresses and the node-side interface."""
@@ -203,6 +226,7 @@ class Topology:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def up(self) -> "Topology":
+        cleanup_stale()
         try:
             self.node = Netns.create("ksnode")
             self.internet = Netns.create("ksinet")

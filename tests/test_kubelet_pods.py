@@ -284,3 +284,19 @@ def test_deployment_and_daemonset_status_report_ready_replicas(cluster):
     st = wait_for(lambda: (cluster.client.get(f"{DEPLOY}/counted").get("status") or {}).get("availableReplicas") == 2
                   and cluster.client.get(f"{DEPLOY}/counted")["status"], what="deployment status")
     assert st["replicas"] == 2 and st["readyReplicas"] == 2
+
+
+def test_stale_namespaces_of_dead_kubesim_processes_are_removed():
+    from kubesim.topology import cleanup_stale
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale, alive = f"kspod-{dead.pid}-1", f"kspod-{os.getpid()}-99999"
+    for n in (stale, alive):
+        subprocess.run(["ip", "netns", "add", n], check=True)
+    try:
+        removed = cleanup_stale()
+        assert stale in removed and alive not in removed
+        assert alive in listed_netns() and stale not in listed_netns()
+    finally:
+        for n in (stale, alive):
+            subprocess.run(["ip", "netns", "del", n], capture_output=True)
