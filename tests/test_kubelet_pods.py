@@ -300,3 +300,32 @@ def test_stale_namespaces_of_dead_kubesim_processes_are_removed():
     finally:
         for n in (stale, alive):
             subprocess.run(["ip", "netns", "del", n], capture_output=True)
+
+
+def test_kubelet_cli_cleans_up_everything_on_ctrl_c(tmp_path):
+    import signal
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    proc = subprocess.Popen([sys.executable, "-m", "kubesim", "kubelet", "--run-dir", str(run_dir), "--no-internet",
+                             "--log-level", "warning"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        assert "cluster ready" in line, line
+        from controllerkit.kube import Client
+        client = Client.from_config(str(run_dir / "admin.kubeconfig"))
+        client.create(DEPLOY, deployment("ctrlc", [sh("c", "sleep 1000")]))
+
+        def running_pid():
+            pods = client.list("/api/v1/namespaces/default/pods", labelSelector="app=ctrlc")["items"]
+            cs = [(p.get("status") or {}).get("containerStatuses") or [{}] for p in pods]
+            ids = [c[0].get("containerID", "") for c in cs if c[0].get("state", {}).get("running")]
+            return ids and int(ids[0].rsplit("/", 1)[-1])
+        pid = wait_for(running_pid, timeout=30, what="a running container")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not os.path.exists(f"/proc/{pid}")
+    assert f"-{proc.pid}-" not in listed_netns()
