@@ -97,7 +97,7 @@ def test_quick_suite_runs_every_benchmark_without_harness_errors(quick_run):
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
     data = json.load(open(out / "latest.json"))
     assert data["mode"] == "quick"
-    assert set(data["benchmarks"]) == set(BENCHMARKS)
+    assert set(BENCHMARKS) <= set(data["benchmarks"]) <= set(BENCHMARKS) | {"cross"}
     for name, r in data["benchmarks"].items():
         assert r["status"].startswith(("ok", "skipped: ")), (name, r["status"])
     m = data["machine"]
