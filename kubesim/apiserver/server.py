@@ -253,7 +253,7 @@ class APIServer:
         self.url = f"https://{shown}:{self.port}"
         # Publish the CA into the token secrets created before start (bootstrap).
         self._refresh_token_secret_ca()
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2},
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="kubesim-apiserver", daemon=True)
         self._thread.start()
         log.info("apiserver_started", url=self.url, k8s_version=self.k8s_version,
