@@ -179,6 +179,11 @@ def machine_info() -> dict:
                                 capture_output=True, text=True, timeout=5).stdout.strip() or None
     except Exception:
         commit = None
+    try:  # others commit to the same checkout: say when the measured tree was not exactly the commit
+        dirty = [ln[3:] for ln in subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--untracked-files=no"],
+                                                 capture_output=True, text=True, timeout=5).stdout.splitlines()]
+    except Exception:
+        dirty = []
     return {
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "hostname": platform.node(),
@@ -190,6 +195,7 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "loadavg_at_start": [round(x, 2) for x in load] if load else None,
         "git_commit": commit,
+        "git_uncommitted_files": dirty,
         "packages": {d: version(d) for d in ("mitmproxy", "kubernetes", "matplotlib", "PyYAML",
                                               "prometheus-client", "structlog")},
         "tools": {"iptables": cmd_version(["iptables", "--version"])},

@@ -71,7 +71,10 @@ def render_markdown(results: dict, *, made_plots=frozenset(), plot_error=None) -
     pk = m.get("packages", {})
     lines = [f"# {TITLE}", ""]
     lines.append(f"Mode **{results.get('mode')}**, run {m.get('date_utc')} in {results.get('elapsed_s', '?')} s "
-                 f"(commit `{m.get('git_commit')}`).")
+                 f"(commit `{m.get('git_commit')}`"
+                 + (f", plus uncommitted changes in {', '.join(m['git_uncommitted_files'][:8])}"
+                    + (" …" if len(m["git_uncommitted_files"]) > 8 else "") if m.get("git_uncommitted_files") else "")
+                 + ").")
     lines.append("")
     lines.append(f"- Machine: {m.get('nproc')} CPUs ({m.get('cpu')}), {m.get('mem_mb')} MB RAM, "
                  f"kernel {m.get('kernel')}, {m.get('os')}; load average at start {m.get('loadavg_at_start')}")
