@@ -75,7 +75,7 @@ def run(cfg: common.BenchConfig) -> dict:
         "figures are medians over rounds, latency percentiles over all requests of all rounds.",
         "the load generator is pure Python: its own ceiling caps the *direct* figure, so proxy/direct "
         "understates the gap; bare/addon ratios are unaffected (both far below the ceiling).",
-        "proxies: mitmdump 11.0.2 --mode transparent, connection_strategy=lazy, upstream TLS verified "
+        "proxies: mitmdump 11.0.2 --mode transparent, connection_strategy=lazy, stream_large_bodies=1m (as proxy/Dockerfile), upstream TLS verified "
         "against the test CA; addon = proxy/addon.py with a policy of 10 or 10,000 rules "
         "(half exact hosts, half *. wildcards, the host under test last).",
     ]
@@ -96,7 +96,7 @@ def run(cfg: common.BenchConfig) -> dict:
         for mode in modes:
             if mode == "direct":
                 continue
-            argv = base + ["--listen-port", str(PORTS[mode]), "--set", "stream_large_bodies=64k"]
+            argv = base + ["--listen-port", str(PORTS[mode]), "--set", "stream_large_bodies=1m"]
             if mode.startswith("addon"):
                 pol = os.path.join(topo.tmp, f"policy-{mode}.yaml")
                 with open(pol, "w") as f:
