@@ -453,3 +453,13 @@ def test_stop_drops_keepalive_connections_and_restart_keeps_state():
         assert raw(api_client_for(srv, token), "GET", "/api/v1/namespaces/default/pods")[0] == 403
     finally:
         srv.stop()
+
+
+def test_ipv6_listen():
+    """start(host="::1") serves on IPv6 loopback; ::1 is on the certificate."""
+    srv = APIServer().start(host="::1")
+    try:
+        assert srv.url.startswith("https://[::1]:")
+        assert raw(api_client_for(srv), "GET", "/api/v1/namespaces")[0] == 200
+    finally:
+        srv.stop()
