@@ -329,3 +329,18 @@ def test_kubelet_cli_cleans_up_everything_on_ctrl_c(tmp_path):
             proc.kill()
     assert not os.path.exists(f"/proc/{pid}")
     assert f"-{proc.pid}-" not in listed_netns()
+
+
+def test_failing_liveness_probe_restarts_the_container(cluster):
+    # serves /healthz for ~1 s, then stops answering: the kubelet must kill and restart it
+    script = ("cd /tmp && timeout 1 python3 -m http.server 8099 >/dev/null 2>&1; echo stopped-serving; sleep 1000")
+    probe = {"httpGet": {"path": "/", "port": 8099}, "periodSeconds": 1, "failureThreshold": 2}
+    cluster.client.create(DEPLOY, deployment("liveness", [sh("c", script, livenessProbe=probe)]))
+    pod = cluster.wait_pods("app=liveness", timeout=20)[0]
+
+    def restarted():
+        p = cluster.pods("default", "app=liveness")[0]
+        cs = ((p.get("status") or {}).get("containerStatuses") or [{}])[0]
+        return cs.get("restartCount", 0) >= 1
+    wait_for(restarted, timeout=20, what="a liveness restart")
+    assert log_of(cluster, pod, "c").count("stopped-serving") >= 1

@@ -270,6 +270,7 @@ class PodRuntime(threading.Thread):
                     self._start(c)
                     changed = True
                 elif c.proc is not None and c.proc.poll() is None:
+                    self._check_liveness(c)
                     ready = self._probe_ready(c)
                     if ready != c.ready:
                         c.ready = ready
@@ -281,7 +282,8 @@ class PodRuntime(threading.Thread):
                 self.volumes.refresh()
 
     def _probe_ready(self, c: ContainerProc) -> bool:
-        """readinessProbe httpGet/tcpSocket from the pod's namespace (at most once a second)."""
+        """readinessProbe httpGet/tcpSocket from the pod's namespace (polled faster than periodSeconds,
+        so pods become Ready promptly in tests and the demo)."""
         probe = c.spec.get("readinessProbe")
         if not probe:
             return True
@@ -291,6 +293,30 @@ class PodRuntime(threading.Thread):
         c._probed = nowt
         if nowt - getattr(c, "_started_mono", nowt) < float(probe.get("initialDelaySeconds", 0)):
             return False
+        return self._probe(c, probe)
+
+    def _check_liveness(self, c: ContainerProc) -> None:
+        """livenessProbe: ``failureThreshold`` failures in a row (every ``periodSeconds``) kill the
+        container, which the supervisor then restarts with back-off, as a real kubelet does."""
+        probe = c.spec.get("livenessProbe")
+        if not probe:
+            return
+        nowt = time.monotonic()
+        if nowt - getattr(c, "_started_mono", nowt) < float(probe.get("initialDelaySeconds", 0)):
+            return
+        if nowt - getattr(c, "_live_at", 0) < float(probe.get("periodSeconds", 10)):
+            return
+        c._live_at = nowt
+        if self._probe(c, probe):
+            c._live_failures = 0
+            return
+        c._live_failures = getattr(c, "_live_failures", 0) + 1
+        if c._live_failures >= int(probe.get("failureThreshold", 3)):
+            c._live_failures = 0
+            self.log.info("liveness probe failed, killing the container", container=c.name)
+            threading.Thread(target=self._kill, args=(c, 2.0), daemon=True).start()
+
+    def _probe(self, c: ContainerProc, probe: dict) -> bool:
         target = probe.get("httpGet") or probe.get("tcpSocket")
         if not target:
             return True  # exec probes are not simulated
