@@ -112,6 +112,16 @@ def audit_line(line: str) -> str:
         return line
 
 
+def proxy_container(pod: dict) -> str:
+    """The DaemonSet pod's transparent-proxy container: the one running the tproxy-proxy image."""
+    from kubesim.kubelet.images import image_name
+    for c in pod["spec"]["containers"]:
+        if image_name(c.get("image", "")) in ("tproxy-proxy", "mitmproxy") or "mitmdump" in (c.get("command") or [""])[0]:
+            if "1080" not in " ".join(c.get("command") or []):  # not the standard-mode proxy
+                return c["name"]
+    raise DemoError(f"no proxy container in {pod['metadata']['name']}")
+
+
 def tail(text: str, n: int) -> str:
     return "\n".join(text.rstrip("\n").splitlines()[-n:])
 
@@ -209,9 +219,10 @@ class Demo:
         print(round_lines(self.cluster.read_log(locked, "app")) or "(no output)")
         print()
         ip = (locked.get("status") or {}).get("podIP", "")
-        proxy_log = self.cluster.read_log(proxy_pod, "tproxy-tproxy-mode")
+        pc = proxy_container(proxy_pod)
+        proxy_log = self.cluster.read_log(proxy_pod, pc)
         lines = [l for l in proxy_log.splitlines() if ip and ip in l and ("google" in l)]
-        print(f"$ kubectl logs {proxy_pod['metadata']['name']} -c tproxy-tproxy-mode   "
+        print(f"$ kubectl logs {proxy_pod['metadata']['name']} -c {pc}   "
               f"(audit lines of the locked pod {ip}, condensed)")
         print("\n".join(audit_line(l) for l in lines[-4:]) or "(no proxy log lines for the locked pod)")
         print()

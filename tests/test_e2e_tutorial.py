@@ -10,7 +10,7 @@ import time
 import pytest
 
 from controllerkit.kube import resource_path
-from kubesim.demo import locked_ok, unlocked_ok
+from kubesim.demo import locked_ok, proxy_container, unlocked_ok
 from kubesim.kubelet import e2e
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -75,14 +75,14 @@ def test_proxy_logged_the_locked_apps_requests_with_its_identity(tutorial):
     deadline = time.monotonic() + 20
     lines = []
     while time.monotonic() < deadline:
-        lines = [l for l in c.read_log(tutorial["proxy"], "tproxy-tproxy-mode").splitlines() if name in l]
+        lines = [l for l in c.read_log(tutorial["proxy"], proxy_container(tutorial["proxy"])).splitlines() if name in l]
         if any('"status":418' in l for l in lines) and any('"status":200' in l for l in lines):
             break
         time.sleep(0.3)
     assert any('"host":"www.google.com"' in l and '"decision":"block"' in l for l in lines), lines[-5:]
     assert any('"host":"storage.googleapis.com"' in l and '"decision":"allow"' in l for l in lines), lines[-5:]
     unlocked_ip = tutorial["unlocked"]["status"]["podIP"]
-    assert not [l for l in c.read_log(tutorial["proxy"], "tproxy-tproxy-mode").splitlines()
+    assert not [l for l in c.read_log(tutorial["proxy"], proxy_container(tutorial["proxy"])).splitlines()
                 if f'"client_ip":"{unlocked_ip}"' in l], "the unlocked app must not be intercepted"
 
 
