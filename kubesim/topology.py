@@ -250,6 +250,8 @@ class Topology:
                 if v6 and self.ipv6:
                     inet.run("ip", "-6", "addr", "add", f"{v6}/128", "dev", "lo")
             node.write_hosts(self.hosts_mapping())
+            if self.ipv6:  # resolve the uplink neighbour now, or pods' first IPv6 packet waits ~1 s for it
+                node.run("ping", "-6", "-c1", "-W1", UPLINK6_INET, check=False)
         except Exception:
             self.down()
             raise

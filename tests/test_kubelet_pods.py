@@ -344,3 +344,15 @@ def test_failing_liveness_probe_restarts_the_container(cluster):
         return cs.get("restartCount", 0) >= 1
     wait_for(restarted, timeout=20, what="a liveness restart")
     assert log_of(cluster, pod, "c").count("stopped-serving") >= 1
+
+
+def test_a_bare_pod_is_bound_to_the_node_run_and_removed_on_delete(cluster):
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "bare", "labels": {"app": "bare"}},
+           "spec": {"containers": [sh("c", "echo bare-ran; sleep 1000")]}}
+    cluster.client.create("/api/v1/namespaces/default/pods", pod)
+    p = cluster.wait_pods("app=bare", timeout=20)[0]
+    assert p["spec"]["nodeName"] == "node-1"
+    wait_for(lambda: "bare-ran" in log_of(cluster, p, "c"))
+    net = cluster.pod_runtime(p).net.name
+    cluster.client.delete("/api/v1/namespaces/default/pods/bare")
+    wait_for(lambda: net not in listed_netns(), what="netns removed after the pod was deleted")
