@@ -109,5 +109,39 @@ def test_every_pod_is_intercepted_after_the_restarts(burst):
         assert got == ("418", "200"), p["metadata"]["name"]
 
 
+def test_proxy_restarted_with_a_bad_policy_fails_closed_then_recovers(burst):
+    """mitmdump refuses to start with a malformed policy (no last good one yet): locked pods' web requests
+    then fail — they never bypass — and work again once the policy is fixed."""
+    c = burst["cluster"]
+    path = "/api/v1/namespaces/default/configmaps/tproxy-tproxy-policy"
+    cm = c.client.get(path)
+    good = cm["data"]["policy.yaml"]
+    cm["data"]["policy.yaml"] = "mode: [broken\n"
+    c.client.replace(path, cm)
+    ds_pod = c.pods("default", "app=tproxy,component=tproxy")[0]
+    c.client.delete(f"/api/v1/namespaces/default/pods/{ds_pod['metadata']['name']}")
+    pod = c.pods("default", "app=burst,i=canary")[0]
+    old_uid = ds_pod["metadata"]["uid"]
+    deadline = time.monotonic() + 30
+    while old_uid in c.kubelet.runtimes and time.monotonic() < deadline:
+        time.sleep(0.1)
+    c.kubelet.runtimes.get(old_uid) is None or pytest.fail("the old DaemonSet pod did not stop")
+    time.sleep(1)  # the new proxy container starts, rejects the policy and exits (and is restarted)
+    codes = {curl_code(c, pod, u) for u in (BLOCKED, ALLOWED) for _ in range(2)}
+    assert "200" not in codes and "418" not in codes, codes  # nothing answers: no bypass, no stale proxy
+    cm = c.client.get(path)
+    cm["data"]["policy.yaml"] = good
+    c.client.replace(path, cm)
+    c.wait_pods("app=tproxy,component=tproxy", "default", timeout=60)
+    deadline = time.monotonic() + 30
+    got = None
+    while time.monotonic() < deadline:
+        got = (curl_code(c, pod, BLOCKED), curl_code(c, pod, ALLOWED))
+        if got == ("418", "200"):
+            break
+        time.sleep(1)
+    assert got == ("418", "200")
+
+
 def test_nothing_leaked_during_the_restarts(burst):
     assert burst["leaks"].packets() == 0
