@@ -78,7 +78,8 @@ class SimCluster:
             ca = TestCA(self.ca_dir)
             extra_ca.append(ca.ca_file)
             self._start_upstream()
-        progress(f"API server: Kubernetes {self.k8s_version} with the Initializers admission plugin")
+        progress(f"API server: {self.external_kubeconfig}" if self.external_kubeconfig else
+                 f"API server: Kubernetes {self.k8s_version} with the Initializers admission plugin")
         target = self._start_apiserver()
         self.topology.forward(target, API_PORT)
         progress(f"kubelet: node {self.node_name} ({NODE_IP})")
