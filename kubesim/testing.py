@@ -81,9 +81,13 @@ def raw(client, method: str, path: str, query=None, body=None, content_type: str
         resp = client.call_api(path, method, query_params=q, header_params=headers, body=body,
                                auth_settings=["BearerToken"], _preload_content=False,
                                _return_http_data_only=True, _request_timeout=timeout)
-        r = resp
-        data = r.data
-        return r.status, (_json.loads(data) if data else None)
+        data = resp.data
+        if not data:
+            return resp.status, None
+        try:
+            return resp.status, _json.loads(data)
+        except ValueError:
+            return resp.status, data.decode("utf-8", "replace")
     except ApiException as e:
         try:
             return e.status, _json.loads(e.body) if e.body else None
