@@ -56,6 +56,34 @@ class ConfigError(ValueError):
     """The injection config cannot be used; the message says where and why."""
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """``SafeLoader`` that refuses a key given twice in one mapping.
+
+    Plain PyYAML keeps the last value silently, so a second ``volumeMounts:`` section (or a second
+    ``image:`` in one container) would drop the first one's mounts without a word.
+    """
+
+
+def _construct_unique_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False):
+    seen: dict = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # `<<: *anchor` merges are allowed to be overridden by explicit keys
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            first = seen.setdefault(key, key_node)
+        except TypeError:
+            continue  # an unhashable key: construct_mapping reports it
+        if first is not key_node:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping", node.start_mark,
+                f"found duplicate key {key!r} (first at line {first.start_mark.line + 1})", key_node.start_mark)
+    return loader.construct_mapping(node, deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
 @dataclass(frozen=True)
 class InjectionConfig:
     """A validated injection config. The lists hold plain JSON-like dicts in API field names.
@@ -263,7 +291,7 @@ def parse_config(text: str) -> InjectionConfig:
     if not isinstance(text, str):
         raise ConfigError(f"config must be a string, got {type(text).__name__}")
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

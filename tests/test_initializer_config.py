@@ -95,10 +95,20 @@ def test_empty_lists_and_null_sections_are_fine():
     ("envVars: [{name: X, value: a}, {name: X, value: b}]", "duplicate environment variable 'X'"),
     ("envVars: [{name: X, value: a, valueFrom: {fieldRef: {fieldPath: x}}}]", "mutually exclusive"),
     ("containers: []\nContainers: []", "given twice"),
+    # PyYAML alone keeps the last of two equal keys: the first section's mounts would vanish silently.
+    ("volumeMounts: [{name: v, mountPath: /a}]\nvolumes: []\nvolumeMounts: [{name: v, mountPath: /b}]",
+     r"line 3, column 1: found duplicate key 'volumeMounts' \(first at line 1\)"),
+    ("containers: [{name: a, image: b, image: c}]", "found duplicate key 'image'"),
+    ('{"envVars": [], "envVars": []}', "found duplicate key 'envVars'"),
 ])
 def test_bad_config_is_a_clear_error(text, message):
     with pytest.raises(ConfigError, match=message):
         parse_config(text)
+
+
+def test_yaml_merge_keys_may_be_overridden_by_explicit_keys():
+    cfg = parse_config("containers:\n  - <<: {name: a, image: b}\n    image: c")
+    assert cfg.containers == [{"name": "a", "image": "c"}]
 
 
 def test_configmap_without_config_key_names_the_configmap():
