@@ -356,3 +356,17 @@ def test_a_bare_pod_is_bound_to_the_node_run_and_removed_on_delete(cluster):
     net = cluster.pod_runtime(p).net.name
     cluster.client.delete("/api/v1/namespaces/default/pods/bare")
     wait_for(lambda: net not in listed_netns(), what="netns removed after the pod was deleted")
+
+
+def test_mount_points_directly_under_root_exist_only_in_the_container(cluster):
+    cluster.client.create("/api/v1/namespaces/default/configmaps",
+                          {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "rootlevel"},
+                           "data": {"f": "top-level"}})
+    c = sh("c", "cat /kubesim-data/f; echo; getent hosts www.google.com; ls /opt/app/start.sh; sleep 1000",
+           image="example-app:debian", volumeMounts=[{"name": "d", "mountPath": "/kubesim-data"}])
+    cluster.client.create(DEPLOY, deployment("rootlevel", [c], volumes=[{"name": "d", "configMap": {"name": "rootlevel"}}]))
+    pod = cluster.wait_pods("app=rootlevel", timeout=20)[0]
+    out = wait_for(lambda: "start.sh" in log_of(cluster, pod, "c") and log_of(cluster, pod, "c"))
+    assert "top-level" in out
+    assert "203.0.113.10" in out  # the pod's hosts file survived the private root
+    assert not os.path.exists("/kubesim-data")

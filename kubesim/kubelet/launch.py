@@ -8,7 +8,8 @@ whose propagation is slave (nothing we mount leaks to the host), with ``/etc/net
 1. Mount points that do not exist on the host (``/opt/tproxy``, ``/etc/tproxy/policy``,
    ``/var/run/secrets/...``) are created *without touching the host*: the nearest existing ancestor
    directory is covered by an overlayfs whose lower layer is itself and whose upper layer lives in the
-   kubelet's run directory, so the new directories exist only in this mount namespace.
+   kubelet's run directory, so the new directories exist only in this mount namespace. A mount point
+   directly under ``/`` (``/data``) makes the container chroot into a tmpfs that mirrors ``/`` first.
 2. Volumes, the image's ``COPY`` sources and the service-account token are bind-mounted in the order
    given (read-only where asked).
 3. Capabilities: a non-privileged container loses everything outside Docker's default set from its
@@ -69,7 +70,33 @@ def _nearest_existing(path: str) -> str:
     return p
 
 
-def prepare_mount_points(mounts: list[dict], scratch: str, netns: str | None) -> None:
+def needs_private_root(mounts: list[dict]) -> bool:
+    """True when a mount point would have to be created directly under ``/``."""
+    return any(not os.path.lexists(m["dst"]) and _nearest_existing(os.path.dirname(m["dst"])) == "/"
+               for m in mounts)
+
+
+def enter_private_root(scratch: str) -> None:
+    """chroot into a tmpfs whose top-level entries mirror the host's ``/`` (recursive binds, symlinks
+    copied), so that new top-level directories (``/data``) exist for this container only."""
+    root = os.path.join(scratch, "rootfs")
+    os.makedirs(root, exist_ok=True)
+    _mount("tmpfs", root, "tmpfs", 0, "mode=755")
+    for name in sorted(os.listdir("/")):
+        src, dst = "/" + name, os.path.join(root, name)
+        if os.path.islink(src):
+            os.symlink(os.readlink(src), dst)
+        elif os.path.isdir(src):
+            os.mkdir(dst)
+            _mount(src, dst, None, MS_BIND | MS_REC)
+        else:
+            open(dst, "w").close()
+            _mount(src, dst, None, MS_BIND)
+    os.chroot(root)
+    os.chdir("/")
+
+
+def prepare_mount_points(mounts: list[dict], scratch: str, netns: str | None, chrooted: bool = False) -> None:
     """Create every missing destination inside overlays (never on the host's filesystem)."""
     n = 0
     overlaid: list[str] = []
@@ -79,8 +106,10 @@ def prepare_mount_points(mounts: list[dict], scratch: str, netns: str | None) ->
             continue
         anc = os.path.realpath(_nearest_existing(os.path.dirname(dst)))
         if anc == "/":
-            raise LaunchError(f"refusing to create {dst}: it would need an overlay on /")
-        if anc not in overlaid:
+            if not chrooted:
+                raise LaunchError(f"cannot create {dst}: no private root")
+            # the private root is a tmpfs: top-level directories are created in it directly
+        elif anc not in overlaid:
             upper, work = os.path.join(scratch, f"ov{n}", "upper"), os.path.join(scratch, f"ov{n}", "work")
             n += 1
             os.makedirs(upper, exist_ok=True)
@@ -152,7 +181,10 @@ def drop_capabilities(keep: set[str]) -> None:
 
 def launch(spec: dict) -> None:
     mounts = spec.get("mounts", [])
-    prepare_mount_points(mounts, spec["scratch"], spec.get("netns"))
+    chrooted = needs_private_root(mounts)
+    if chrooted:
+        enter_private_root(spec["scratch"])
+    prepare_mount_points(mounts, spec["scratch"], spec.get("netns"), chrooted)
     bind_all(mounts)
     if not spec.get("privileged"):
         keep = set(DEFAULT_CAPS) | {("CAP_" + c.upper()).replace("CAP_CAP_", "CAP_") for c in spec.get("cap_add", [])}
