@@ -180,6 +180,7 @@ class Controller:
         get_path = resource_path("v1", "configmaps", self.config_namespace, self.configmap)
         watch_path = f"/api/v1/watch/namespaces/{self.config_namespace}/configmaps/{self.configmap}"
         delay = self.config_retry
+        gone_streak = 0
         while not self._stop.is_set():
             try:
                 cm = self.client.get(get_path)
@@ -194,12 +195,14 @@ class Controller:
                     if self._stop.is_set():
                         return
                     for etype, obj in stream:
+                        gone_streak = 0
                         if etype in ("ADDED", "MODIFIED"):
                             self.load_configmap(obj)
                         elif etype == "DELETED":
                             self._set_config_error("missing", f"{self._cm_ref()} was deleted")
                 # The stream ended (server timeout or a cut): re-GET and watch again, at once unless
                 # the server keeps ending watches immediately (then do not spin).
+                gone_streak = 0
                 if time.monotonic() - opened < 1.0 and self._stop.wait(self.config_retry):
                     return
                 continue
@@ -209,8 +212,13 @@ class Controller:
                 self._set_config_error(
                     "forbidden", f"{self._cm_ref()}: {exc} (the initializer needs get and watch on this "
                     f"ConfigMap, e.g. a Role in {self.config_namespace} with resourceNames [{self.configmap}])")
-            except errors.Gone:
-                continue  # resourceVersion too old: re-GET at once
+            except errors.Gone as exc:
+                gone_streak += 1
+                if gone_streak == 1:
+                    continue  # resourceVersion too old: re-GET at once
+                # A fresh GET's resourceVersion is too old again: back off instead of spinning GET+watch.
+                self.log.warning("config_watch_gone_again", configmap=self._cm_ref(), error=str(exc),
+                                 attempt=gone_streak, retry_in=delay)
             except (errors.ApiError, errors.StreamError, OSError) as exc:
                 if self._stop.is_set():
                     return

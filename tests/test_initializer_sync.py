@@ -5,6 +5,7 @@ answer the API can give a write: 409 re-read and redo, 422 on the injected objec
 with the server's reason, 404 -> done, 403 -> reported and retried, never a silent drop.
 """
 import json
+import time
 
 import pytest
 
@@ -137,3 +138,24 @@ def test_without_config_keys_wait_and_are_queued_when_it_arrives(fake):
     assert "containers[0].image: required" in c.ready()[1]
     assert c.load_configmap({"data": {"config": CONFIG}})
     assert c.queue.get(timeout=1) == "ns/web"
+
+
+def test_config_watch_that_is_always_gone_backs_off_instead_of_spinning(fake):
+    """One 410 means "re-GET at once"; a 410 again right after a fresh GET must not turn into a
+    GET+watch loop as fast as the network allows (the informer has the same rule)."""
+    cm_path = "/api/v1/namespaces/default/configmaps/tproxy-initializer"
+    watch_path = "/api/v1/watch/namespaces/default/configmaps/tproxy-initializer"
+    fake.route("GET", cm_path, 200, {"metadata": {"name": "tproxy-initializer", "namespace": "default",
+                                                  "resourceVersion": "3"}, "data": {"config": CONFIG}})
+    fake.route("GET", watch_path, 410, status_body(410, "Gone", "too old resource version: 3"))
+    fake.add_collection("/apis/apps/v1beta1/deployments")
+    c = Controller(Client.from_url(fake.url), logger=Recorder(), config_retry=0.3)
+    c.start()
+    try:
+        time.sleep(1.2)
+    finally:
+        c.stop()
+    watches = [q for m, p, q in fake.requests if p == watch_path]
+    assert 2 <= len(watches) <= 6, f"{len(watches)} config watches in 1.2 s"
+    assert c.config is not None, "the GET's config is still installed"
+    assert any(e == "config_watch_gone_again" for _, e, _ in c.log.records)
