@@ -7,6 +7,8 @@ Enabled suite-wide by ``pytest_plugins = ["kubesim.testing"]`` in tests/conftest
 - ``kubesim_server``: a fresh server per test (use it when a test changes faults or global state).
 - ``kubeconfig_path``: an admin kubeconfig file for ``kubesim_server``.
 - ``kube_api_client``: an official ``kubernetes.client.ApiClient`` (admin) for ``kubesim_server``.
+- ``kubesim_server_factory``: ``make(**APIServer kwargs)`` for servers with other options, all
+  stopped at teardown.
 
 Helpers: :func:`api_client_for` builds an ``ApiClient`` for any server and token (e.g. a
 ServiceAccount's, from ``srv.service_account_token(ns, name)``).
@@ -48,6 +50,24 @@ def kubesim_server_module():
     srv = _server()
     yield srv
     srv.stop()
+
+
+@pytest.fixture
+def kubesim_server_factory():
+    """Start servers with any options (``k8s_version="1.13"``, ``faults=...``, ``history=10``,
+    ``sans=[...]``); every server started through it is stopped at teardown."""
+    started = []
+
+    def make(**kwargs):
+        host = kwargs.pop("host", "127.0.0.1")
+        port = kwargs.pop("port", 0)
+        srv = APIServer(**kwargs).start(host=host, port=port)
+        started.append(srv)
+        return srv
+
+    yield make
+    for srv in started:
+        srv.stop()
 
 
 @pytest.fixture

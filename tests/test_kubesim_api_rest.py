@@ -463,3 +463,10 @@ def test_ipv6_listen():
         assert raw(api_client_for(srv), "GET", "/api/v1/namespaces")[0] == 200
     finally:
         srv.stop()
+
+
+def test_server_factory_fixture(kubesim_server_factory):
+    """kubesim_server_factory starts servers with any options and stops them at teardown."""
+    srv = kubesim_server_factory(k8s_version="1.13", history=3)
+    assert k.VersionApi(api_client_for(srv)).get_code().minor == "13"
+    assert srv.store.history.maxlen == 3
