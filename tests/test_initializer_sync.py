@@ -159,3 +159,46 @@ def test_config_watch_that_is_always_gone_backs_off_instead_of_spinning(fake):
     assert 2 <= len(watches) <= 6, f"{len(watches)} config watches in 1.2 s"
     assert c.config is not None, "the GET's config is still installed"
     assert any(e == "config_watch_gone_again" for _, e, _ in c.log.records)
+
+
+def _sample(name, **labels):
+    from prometheus_client import REGISTRY
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_skipped_and_failed_outcomes_are_counted_timed_and_logged_with_identity(fake):
+    c = Controller(Client.from_url(fake.url), logger=Recorder(), require_annotation=True)
+    assert c.load_configmap({"data": {"config": CONFIG}})
+    annotated = dep()
+    annotated["metadata"]["annotations"] = {"initializer.kubernetes.io/tproxy": "TRUE"}
+    annotated["spec"]["template"]["spec"]["volumes"] = [{"name": "ca", "hostPath": {"path": "/etc"}}]
+    fake.route("GET", PATH, 200, dep())            # no annotation: released untouched
+    fake.route("GET", PATH, 200, annotated)        # annotated, but its volume "ca" clashes with ours
+    fake.route("PUT", PATH, 200, dep())
+    skipped, failed = (_sample("tproxy_initializer_deployments_total", outcome=o) for o in ("skipped", "failed"))
+    timed = _sample("tproxy_initializer_initialization_seconds_count")
+
+    assert c.sync("ns/web").action == "skip"
+    assert c.sync("ns/web").action == FAIL
+    assert _sample("tproxy_initializer_deployments_total", outcome="skipped") == skipped + 1
+    assert _sample("tproxy_initializer_deployments_total", outcome="failed") == failed + 1
+    assert _sample("tproxy_initializer_initialization_seconds_count") == timed + 2
+    skip_put, fail_put = puts(fake)
+    assert skip_put["spec"] == dep()["spec"] and skip_put["metadata"]["initializers"] is None
+    assert "volume 'ca' with a different definition" in fail_put["metadata"]["initializers"]["result"]["message"]
+    logged = {e: (level, kw) for level, e, kw in c.log.records if e.startswith("deployment_")}
+    level, kw = logged["deployment_skipped"]
+    assert level == "info" and kw["outcome"] == "skipped" and (kw["namespace"], kw["name"], kw["uid"]) == ("ns", "web", "u")
+    assert kw["reason"] == "annotation initializer.kubernetes.io/tproxy is missing", "a skip says why"
+    level, kw = logged["deployment_failed"]
+    assert level == "warning" and kw["outcome"] == "failed" and "volume 'ca'" in kw["reason"]
+
+
+def test_config_reloads_count_changes_only(fake):
+    c = Controller(Client.from_url(fake.url), logger=Recorder())
+    before = metrics.CONFIG_RELOADS._value.get()
+    assert c.load_configmap({"data": {"config": CONFIG}})
+    assert c.load_configmap({"data": {"config": CONFIG + "\n"}})      # same content: not a reload
+    assert c.load_configmap({"data": {"config": CONFIG.replace("image: sidecar", "image: sidecar:v2")}})
+    assert metrics.CONFIG_RELOADS._value.get() == before + 2
+    assert [kw["previous"] is None for _, e, kw in c.log.records if e == "config_loaded"] == [True, False]
