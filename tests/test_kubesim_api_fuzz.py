@@ -51,3 +51,17 @@ def test_arbitrary_patches_never_500(fuzz_server, ctype, body):
     assert s != 500, status
     s, obj = raw(c, "GET", f"{path}/target")
     assert s in (200, 404)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=json_values)
+def test_arbitrary_update_bodies_never_500(fuzz_server, body):
+    c = api_client_for(fuzz_server)
+    path = "/api/v1/namespaces/default/pods"
+    if raw(c, "GET", f"{path}/put-target")[0] == 404:
+        assert raw(c, "POST", path, body={"metadata": {"name": "put-target"},
+                                          "spec": {"containers": [{"name": "c", "image": "i"}]}})[0] == 201
+    s, status = raw(c, "PUT", f"{path}/put-target", body=body, timeout=10)
+    assert s != 500, status
+    s, status = raw(c, "PUT", f"{path}/put-target/status", body=body, timeout=10)
+    assert s != 500, status
