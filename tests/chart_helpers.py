@@ -6,15 +6,10 @@ script fetched into ``.tools/bin/helm``.
 from __future__ import annotations
 
 import functools
-import importlib.resources
-import importlib.util
 import json
 import os
-import re
 import shutil
 import subprocess
-import sys
-import types
 from pathlib import Path
 from typing import Any
 
@@ -100,52 +95,21 @@ def render_notes(values: dict[str, Any] | None, tmp_path: Path) -> str:
     return yaml.safe_load(text)["notes"]
 
 
-def install_pkg_resources_shim() -> None:
-    """kubernetes-validate 1.13.0 imports ``pkg_resources``, which setuptools >= 81 no longer ships.
-    It only uses resource_filename/resource_listdir on its own package data: provide those."""
-    try:
-        import pkg_resources  # noqa: F401
-        return
-    except ImportError:
-        pass
-    shim = types.ModuleType("pkg_resources")
-
-    def _path(package: str, resource: str) -> Path:
-        return Path(str(importlib.resources.files(package))) / resource.lstrip("/")
-
-    shim.resource_filename = lambda package, resource: str(_path(package, resource))
-    shim.resource_listdir = lambda package, resource: sorted(os.listdir(_path(package, resource)))
-    sys.modules["pkg_resources"] = shim
-
-
-def _schema_root() -> Path:
-    spec = importlib.util.find_spec("kubernetes_validate")
-    assert spec and spec.submodule_search_locations, "kubernetes-validate==1.13.0 is not installed"
-    return Path(spec.submodule_search_locations[0]) / "kubernetes-json-schema"
-
-
 @functools.lru_cache(maxsize=None)
-def _validator(version: str, kind: str, api_version: str):
-    """kubernetes_validate.validate(obj, version, strict=True), with the schema and its
-    ``_definitions.json`` loaded once per (version, kind) instead of on every call (hundreds of
-    objects are validated here). Same files, same resolver, same jsonschema draft selection."""
-    import jsonschema
+def _validate_json(text: str, version: str) -> None:
+    import kubernetes_validate
 
-    schema_dir = _schema_root() / f"v{version}-local-strict"
-    group = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
-    path = schema_dir / f"{kind.lower()}-{group}.json"
-    assert path.exists(), f"no Kubernetes {version} schema for {kind} {api_version}"
-    schema = json.loads(path.read_text())
-    resolver = jsonschema.RefResolver(base_uri=f"file://{schema_dir}/", referrer=schema)
-    return jsonschema.validators.validator_for(schema)(schema, resolver=resolver)
+    kubernetes_validate.validate(json.loads(text), version, strict=True)
 
 
 def validate_strict(obj: dict, version: str) -> None:
-    """Validate one object against the Kubernetes ``version`` OpenAPI schema, unknown fields refused."""
+    """``kubernetes_validate.validate(obj, version, strict=True)`` (unknown fields refused), with a
+    clear error. Each call loads and resolves the schema again (~0.1 s), and the flag combinations
+    render many identical objects, so an object already valid for ``version`` is not validated twice."""
     import jsonschema
 
     try:
-        _validator(version, obj["kind"], obj["apiVersion"]).validate(obj)
+        _validate_json(json.dumps(obj, sort_keys=True), version)
     except jsonschema.ValidationError as exc:
         where = "/".join(str(p) for p in exc.absolute_path)
         raise AssertionError(f"{obj['kind']} {obj['metadata'].get('name')} is invalid for Kubernetes "
