@@ -138,6 +138,7 @@ class TproxyAddon:
         self._watch_thread: threading.Thread | None = None
         self._policy_sig = None
         self._bundle = ""  # trust bundle written for tproxy_extra_ca
+        self._running = False
 
     # -- options ---------------------------------------------------------------------------------
     def load(self, loader):
@@ -234,7 +235,14 @@ class TproxyAddon:
             f.write("\n".join(p.strip() + "\n" for p in parts))
         return bundle
 
+    def readiness(self) -> tuple[bool, str]:
+        """/readyz: ready once mitmproxy runs (listening) with a policy in force."""
+        if not self._running:
+            return False, "mitmproxy is not running yet"
+        return True, f"policy {self.policy.source} ({self.policy.mode}, {len(self.policy.rules)} rules)"
+
     def running(self):
+        self._running = True
         try:
             from controllerkit.log import setup_logging
             setup_logging("proxy", ctx.options.tproxy_log_level)
@@ -243,8 +251,13 @@ class TproxyAddon:
         self.start_watcher()
         log.info("proxy_ready", policy=self.policy.source, mode=self.policy.mode, rules=len(self.policy.rules),
                  identity=ctx.options.tproxy_identity or None, metrics_port=ctx.options.tproxy_metrics_port,
-                 connection_strategy=ctx.options.connection_strategy,
-                 stream_large_bodies=ctx.options.stream_large_bodies)
+                 connection_strategy=self._option("connection_strategy"),
+                 stream_large_bodies=self._option("stream_large_bodies"))
+
+    @staticmethod
+    def _option(name: str):
+        """A mitmproxy option's value, or None where it is not registered (bare test contexts)."""
+        return getattr(ctx.options, name) if name in ctx.options.keys() else None
 
     def done(self):
         self._watch_stop.set()
@@ -323,7 +336,7 @@ class TproxyAddon:
         if port:
             from controllerkit.serve import HealthServer
             try:
-                self.health = HealthServer(port, host=host, ready=lambda: True, registry=self.metrics.registry)
+                self.health = HealthServer(port, host=host, ready=self.readiness, registry=self.metrics.registry)
                 self.health.start()
             except OSError as e:
                 self.health = None

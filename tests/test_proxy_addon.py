@@ -480,6 +480,14 @@ def test_metrics_server_serves_prometheus_text(addon):
     assert "tproxy_policy_rules 1.0" in body
 
 
+def test_ready_only_once_mitmproxy_runs(addon):
+    assert addon.readiness()[0] is False
+    addon.running()
+    ok, why = addon.readiness()
+    assert ok and "<builtin>" in why
+    addon.done()
+
+
 def _free_port():
     import socket
     with socket.socket() as s:

@@ -234,7 +234,7 @@ def _build(w, tmp):
     wait_for(lambda: inet.run("curl", "-sS", "-m", "2", "http://203.0.113.10/.upstream/stats",
                               check=False).returncode == 0, what="upstream")
     wait_for(lambda: os.path.exists(w.mitm_ca) and node.run(
-        "curl", "-sS", "-m", "2", f"http://127.0.0.1:{METRICS_PORT}/healthz", check=False).returncode == 0,
+        "curl", "-sSf", "-m", "2", f"http://127.0.0.1:{METRICS_PORT}/readyz", check=False).returncode == 0,
         20, what="mitmdump (see mitmdump.err)")
     wait_for(lambda: "8080" in node.run("ss", "-ltn").stdout, what="mitmdump listening")
     # the standard-mode variant (tproxy.addStandardModeProxy): same addon, same policy, port 1080
