@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import socket
 import subprocess
@@ -122,7 +123,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             timeout = float(raw_timeout)
         except ValueError:
-            raise lock.LockConfigError(f"TPROXY_VERIFY_TIMEOUT: {raw_timeout!r} is not a number of seconds") from None
+            timeout = math.nan
+        # nan/inf/negative would make the proof loop forever (the pod hangs in Init) or end at once
+        if not (math.isfinite(timeout) and timeout >= 0):
+            raise lock.LockConfigError(
+                f"TPROXY_VERIFY_TIMEOUT: {raw_timeout!r} is not a number of seconds (finite, >= 0)")
     except lock.LockConfigError as e:
         log("config_error", level="error", message=str(e))
         print(f"tproxy-sidecar: {e}", file=sys.stderr)

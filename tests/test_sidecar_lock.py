@@ -49,6 +49,10 @@ def test_jump_fixup_is_idempotent():
     ("BLOCK_SVC_CIDR", "10.0.0.0/99", "BLOCK_SVC_CIDR: '10.0.0.0/99' is not a CIDR"),
     ("TPROXY_VERIFY", "maybe", "TPROXY_VERIFY: 'maybe' is not a boolean"),
     ("TPROXY_VERIFY_TIMEOUT", "soon", "TPROXY_VERIFY_TIMEOUT: 'soon' is not a number"),
+    # would loop forever (the pod stuck in Init) or skip the proof: refused like garbage
+    ("TPROXY_VERIFY_TIMEOUT", "nan", "TPROXY_VERIFY_TIMEOUT: 'nan' is not a number of seconds (finite, >= 0)"),
+    ("TPROXY_VERIFY_TIMEOUT", "inf", "TPROXY_VERIFY_TIMEOUT: 'inf' is not a number"),
+    ("TPROXY_VERIFY_TIMEOUT", "-5", "TPROXY_VERIFY_TIMEOUT: '-5' is not a number"),
     ("NODE_NAME", "no-such-node.invalid", "NODE_NAME: cannot resolve node 'no-such-node.invalid'"),
 ])
 def test_bad_configuration_is_a_clear_error(var, value, msg):
@@ -176,3 +180,43 @@ def test_rerun_is_idempotent_and_restores_the_jump_on_top(net):
     pod.run("iptables", "-D", "OUTPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT")
     assert pod.run("ip6tables", "-S").stdout == before["ip6tables"]
     assert sorted(pod.run("iptables", "-S").stdout.splitlines()) == sorted(before["iptables"].splitlines())
+
+
+@pytest.mark.root
+def test_loopback_is_allowed(net):
+    pod = net.pods["locked"]
+    assert net.connect(pod, "tcp", "127.0.0.1", 9000) == "OK podsrv 9000"
+    assert net.connect(pod, "tcp", "::1", 9000) == "OK podsrv 9000"
+
+
+@pytest.mark.root
+def test_without_allow_dns_only_the_pods_resolvers_and_any_restores_the_original(net, tmp_path):
+    """The changed default: ALLOW_DNS unset allows the resolv.conf nameservers only (a DNS tunnel
+    to a foreign resolver is refused); ALLOW_DNS=any is the original's 'any resolver'."""
+    pod = net.add_pod("dnsdflt")
+    resolv = tmp_path / "resolv.conf"
+    env = {k: v for k, v in LOCK_ENV.items() if k != "ALLOW_DNS"} | {"TPROXY_RESOLV_CONF": str(resolv)}
+
+    def lock_with(**extra):
+        proc = subprocess.run(pod.exec_argv([START]), env={**env, **extra}, capture_output=True, text=True,
+                              timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stderr
+
+    def dns():
+        return (net.connect(pod, "udp", DNS_ALLOWED, 53), net.connect(pod, "tcp", DNS_ALLOWED, 53),
+                net.connect(pod, "udp", DNS_FOREIGN, 53), net.connect(pod, "tcp", DNS_FOREIGN, 53))
+
+    resolv.write_text(f"search default.svc.cluster.local\nnameserver {DNS_ALLOWED}\noptions ndots:5\n")
+    lock_with()
+    allowed_udp, allowed_tcp, foreign_udp, foreign_tcp = dns()
+    assert (allowed_udp, allowed_tcp) == ("OK inet hello", "OK inet 53")
+    assert foreign_udp in ("ERR EPERM", "ERR ECONNREFUSED") and foreign_tcp == "ERR ECONNREFUSED"
+
+    lock_with(ALLOW_DNS="any")
+    assert dns() == ("OK inet hello", "OK inet 53", "OK inet hello", "OK inet 53")
+
+    resolv.write_text("search default.svc.cluster.local\n")  # no nameserver: DNS refused, with a warning
+    err = lock_with()
+    assert '"event": "no_dns_allowed"' in err
+    assert all(r in ("ERR EPERM", "ERR ECONNREFUSED") for r in dns())
