@@ -34,6 +34,17 @@ SVC_CIDR = "198.51.100.0/24"
 PROBE_ENV = {"PYTHONPATH": REPO, "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
 
 
+def wait_for(pred, timeout: float = 10.0, what: str = "condition", interval: float = 0.02):
+    """Poll ``pred`` until it returns something truthy (returned) or fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
 class CaptureNet:
     """Build with :meth:`create`; :meth:`add_pod` per pod; :meth:`delete` removes everything."""
 

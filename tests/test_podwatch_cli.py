@@ -23,6 +23,13 @@ def test_go_style_and_gnu_style_flags(argv, port, ns):
     assert (args.host_port, args.namespace, args.annotation) == (port, ns, "initializer.kubernetes.io/tproxy")
 
 
+def test_defaults_port_8080_all_namespaces_node_from_env(monkeypatch):
+    monkeypatch.setenv("NODE_NAME", "node-7")
+    args = build_parser().parse_args([])
+    assert (args.host_port, args.namespace, args.node_name) == (8080, "", "node-7")
+    assert (args.identity_file, args.metrics_port, args.cleanup) == ("", 9101, False)
+
+
 def run(*argv, env=None):
     return subprocess.run([sys.executable, "-m", "podwatch", *argv], cwd=REPO, capture_output=True, text=True,
                           timeout=30, env={**os.environ, "PYTHONPATH": REPO, "NODE_NAME": "n1", **(env or {})})

@@ -15,23 +15,13 @@ import time
 
 import pytest
 
-from capture_topology import INET4, REPO, CaptureNet
+from capture_topology import INET4, REPO, CaptureNet, wait_for
 from podwatch import rules
 
 HOST_PORT = 18080
 METRICS_PORT = 19101
 NODE = "node-1"
 ANN = "initializer.kubernetes.io/tproxy"
-
-
-def wait_for(pred, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 class Cluster:

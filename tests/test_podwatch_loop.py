@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from capture_topology import wait_for
 from controllerkit.log import get_logger
 from podwatch import controller, rules
 
@@ -45,9 +46,18 @@ def node():
     ns.delete()
 
 
-def make(node, runner=None, **kw):
+class RecordingLogger:
+    """Keeps (level, event, fields) so a test can check what an operator would read."""
+    def __init__(self):
+        self.records = []
+
+    def __getattr__(self, level):
+        return lambda event, **kw: self.records.append((level, event, kw))
+
+
+def make(node, runner=None, logger=None, **kw):
     pw = controller.PodWatch(node="n1", annotation=ANN, host_port=8080, runner=runner or rules.netns_runner(node.name),
-                             logger=get_logger(component="podwatch-test"), **kw)
+                             logger=logger or get_logger(component="podwatch-test"), **kw)
     pw.attach(FakeInformer())
     calls = []
     real = pw.syncer.sync
@@ -63,15 +73,6 @@ def make(node, runner=None, **kw):
 
 def redirects(node):
     return node.run("iptables", "-t", "nat", "-S", rules.REDIRECT_CHAIN, check=False).stdout.count("-j REDIRECT")
-
-
-def wait_for(pred, timeout=10, what=""):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out: {what}")
 
 
 @pytest.mark.root
@@ -133,7 +134,8 @@ def test_failed_restore_is_retried_with_backoff_and_counted(node):
             return subprocess.CompletedProcess(argv, 1, "", "iptables-restore: line 3 failed\n")
         return real(argv, input)
     before = controller.SYNC_FAILURES.labels("ipv4")._value.get()
-    pw, calls, t = make(node, runner=flaky, min_sync_interval=0.01, resync_period=60)
+    log = RecordingLogger()
+    pw, calls, t = make(node, runner=flaky, logger=log, min_sync_interval=0.01, resync_period=60)
     pw.informer.store.pods["p1"] = pod(1)
     assert pw.ready()[0] is False
     t.start()
@@ -142,6 +144,11 @@ def test_failed_restore_is_retried_with_backoff_and_counted(node):
         assert controller.SYNC_FAILURES.labels("ipv4")._value.get() - before >= 1
         assert all(force for force, _, _ in calls)  # retries rewrite everything
         wait_for(lambda: pw.ready()[0], what="ready after success")
+        # the error names the table and quotes the restore input line iptables complained about
+        failed = [kw for level, event, kw in log.records if event == "sync_failed" and level == "error"]
+        assert failed and failed[0]["family"] == "ipv4" and failed[0]["table"] == "filter"
+        assert failed[0]["offending_lines"] == [f"3: :{rules.LOCKED_CHAIN} - [0:0]"]
+        assert "line 3 failed" in failed[0]["error"]
     finally:
         pw.stop()
         t.join(5)

@@ -78,6 +78,21 @@ def test_guard_rejects_what_escaped_the_redirect_but_lets_dns_through(net, run):
 
 
 @pytest.mark.root
+def test_inbound_connections_to_an_annotated_pod_pass_the_guard(net, run):
+    """Servers in a locked pod keep working from outside the node: the SYN is not the pod's, and
+    the pod's replies (even from port 80) are established flows, neither redirected nor rejected."""
+    sync(web_pods(net, "web"), run)
+    net.serve(net.pods["web"], "podsrv", "tcp:0.0.0.0:9000", "tcp:[::]:9000", "tcp:0.0.0.0:80")
+    ip4, ip6 = net.pod_ips["web"]
+    assert net.connect(net.internet, "tcp", ip4, 9000) == "OK podsrv 9000"
+    assert net.connect(net.internet, "tcp", ip6, 9000) == "OK podsrv 9000"
+    assert net.connect(net.internet, "tcp", ip4, 80) == "OK podsrv 80"
+    # while the pod's own new connections are still captured or refused
+    assert curl(net, "web", f"http://{INET4}/") == f"proxy {HOST_PORT}"
+    assert net.connect(net.pods["web"], "tcp", INET4, 22) == "ERR ECONNREFUSED"
+
+
+@pytest.mark.root
 def test_deleting_a_pod_removes_exactly_its_rules(net, run):
     everyone = [rules.LockedPod(ip="10.4.0.5", namespace="default", name="web"),
                 rules.LockedPod(ip="10.4.0.6", namespace="default", name="web-2"),

@@ -84,6 +84,30 @@ def test_redirect_to_a_closed_port_is_named(net):
 
 
 @pytest.mark.root
+def test_keeps_probing_until_the_redirect_appears(net):
+    """The usual order in a cluster: the pod starts before podwatch has programmed its IP."""
+    pod = net.add_pod("late")
+    env = {**PROBE_ENV, "NODE_NAME": "node-1", "ALLOW_DNS": "any", "TPROXY_VERIFY_TIMEOUT": "20"}
+    proc = subprocess.Popen(pod.exec_argv([START]), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        seen = []
+        for line in proc.stderr:  # wait until it has really failed at least once
+            seen.append(line)
+            if '"event": "probe_failed"' in line:
+                break
+        assert proc.poll() is None, "".join(seen)
+        redirect(net, "late", PORT_OK)
+        _, rest = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, "".join(seen) + rest
+    assert '"event": "verified"' in rest
+
+
+@pytest.mark.root
 def test_verify_false_skips_the_proof(net):
     env = {**PROBE_ENV, "ALLOW_DNS": "any", "TPROXY_VERIFY": "false"}
     proc = subprocess.run(net.pods["nothing"].exec_argv([START]), env=env, capture_output=True, text=True, timeout=60)
