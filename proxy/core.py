@@ -436,6 +436,14 @@ class TproxyAddon:
             host = normalize_host(raw_host)
         except Exception:  # noqa: BLE001 - idna raises several types; any is "invalid"
             return Verdict("block", "invalid-host", host=authority)
+        if req.authority and req.authority != authority:
+            # HTTP/1 absolute-form target naming another host than the Host header: one of them would
+            # be ignored by somebody (us, mitmproxy or the upstream); refuse rather than guess.
+            try:
+                if normalize_host(split_host_port(req.authority)[0]) != host:
+                    return Verdict("block", "authority-host-mismatch", host=host)
+            except Exception:  # noqa: BLE001
+                return Verdict("block", "invalid-host", host=req.authority)
         if regular:
             port = req.port
         else:

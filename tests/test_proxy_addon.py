@@ -186,6 +186,25 @@ def test_ip_literal_allowed_by_exact_rule(addon, tmp_path):
     assert f.response is None and server_connect(addon, f).address == ("203.0.113.50", 80)
 
 
+def test_absolute_form_target_for_another_host_is_blocked(addon):
+    f = make_flow(path="/solutions-public-assets/a.txt")
+    f.request.authority = "www.google.com"
+    run(addon, f)
+    assert f.response.headers["X-Tproxy-Reason"] == "authority-host-mismatch"
+
+
+def test_absolute_form_target_for_the_same_host_passes(addon):
+    f = make_flow()
+    f.request.authority = "storage.googleapis.com:443"
+    assert run(addon, f).response is None
+
+
+def test_duplicate_host_headers_are_blocked(addon):
+    f = make_flow()
+    f.request.headers.add("Host", "www.google.com")
+    assert run(addon, f).response.headers["X-Tproxy-Reason"] == "invalid-host"
+
+
 def test_missing_host_header_is_blocked(addon):
     f = run(addon, make_flow(scheme="http", host_header=False))
     assert f.response.headers["X-Tproxy-Reason"] == "missing-host"
