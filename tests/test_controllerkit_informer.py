@@ -283,3 +283,24 @@ def test_stop_returns_promptly_during_quiet_watch(srv, make_informer):
     inf.stop()
     assert time.monotonic() - t0 < 2
     assert not inf._thread.is_alive()
+
+
+@pytest.mark.parametrize("fault", ["http500", "http410"])
+def test_a_server_that_keeps_failing_gets_growing_backoff_not_a_busy_loop(srv, make_informer, fault):
+    """Every watch answered 500 (reconnect) or 410 (relist, then 410 again): the informer keeps trying,
+    with capped exponential backoff instead of as fast as the network allows, and recovers after."""
+    srv.upsert(PODS, pod("a"))
+    srv.fault(PODS, *[fault] * 500)
+    inf, rec = make_informer(backoff_initial=0.05, backoff_max=0.4)
+    inf.start()
+    assert inf.wait_for_sync(5)
+    time.sleep(1.0)
+    n = len(watches(srv))
+    # 0.05, 0.1, 0.2, 0.4, 0.4 s (+-20 %) between attempts: about 5 in a second; a busy loop makes dozens
+    assert 3 <= n <= 9, f"{n} watch attempts in 1 s"
+    if fault == "http410":
+        assert len(lists(srv)) >= n, "each 410 forces a relist"
+    with srv._lock:
+        srv._coll(PODS).faults.clear()
+    srv.upsert(PODS, pod("b"))
+    wait_for(lambda: ("add", "ns/b") in rec.kinds(), what="events once the server recovers")
