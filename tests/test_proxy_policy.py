@@ -100,9 +100,15 @@ def test_decision_cost_does_not_grow_with_rules():
             p.decide("nope.example", method="GET", scheme="https", path="/")
         return time.perf_counter() - t
 
-    best_small = min(cost(small) for _ in range(3))
-    best_big = min(cost(big) for _ in range(3))
-    assert best_big < best_small * 2 + 0.01
+    import gc
+    gc.disable()  # a collection landing in one measurement is noise, not decision cost
+    try:
+        best_small = min(cost(small) for _ in range(5))
+        best_big = min(cost(big) for _ in range(5))
+    finally:
+        gc.enable()
+    # a linear scan would be ~4000x slower here; allow generous noise on a shared 2-core machine
+    assert best_big < best_small * 3 + 0.01
 
 
 def test_normalize_path_keeps_trailing_slash():
