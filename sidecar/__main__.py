@@ -22,12 +22,13 @@ TOOLS = {4: ("iptables", "iptables-restore"), 6: ("ip6tables", "ip6tables-restor
 
 ENV_HELP = """environment:
   ALLOW_DNS              resolver address(es) allowed on udp/tcp 53 (comma/space separated);
-                         "any" = any resolver (the original behaviour); unset = the nameservers
-                         in /etc/resolv.conf (the cluster resolver kubelet configured)
+                         unset = only the nameservers in /etc/resolv.conf (the cluster resolver
+                         kubelet configured; the original allowed any resolver when unset);
+                         "any" = any resolver (the original's default, a DNS data channel)
   BLOCK_SVC_CIDR         CIDR(s) to reject (e.g. the cluster's service range)
   NODE_NAME              node name; resolved to allow tcp NODE:1080 (standard-mode proxy)
   TPROXY_VERIFY          true (default) | false: prove interception before exiting
-  TPROXY_VERIFY_TIMEOUT  seconds to keep probing (default 60)
+  TPROXY_VERIFY_TIMEOUT  seconds to keep probing, finite and >= 0 (default 60)
   TPROXY_RESOLV_CONF     resolv.conf to read when ALLOW_DNS is unset (default /etc/resolv.conf)
 """
 
