@@ -370,3 +370,27 @@ def test_mount_points_directly_under_root_exist_only_in_the_container(cluster):
     assert "top-level" in out
     assert "203.0.113.10" in out  # the pod's hosts file survived the private root
     assert not os.path.exists("/kubesim-data")
+
+
+def test_env_from_configmap_and_secret_keys_and_a_missing_key_is_a_config_error(cluster):
+    cluster.client.create("/api/v1/namespaces/default/configmaps",
+                          {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "envsrc"}, "data": {"k": "cmval"}})
+    cluster.client.create("/api/v1/namespaces/default/secrets",
+                          {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "envsec"},
+                           "data": {"k": base64.b64encode(b"secval").decode()}})
+    env = [{"name": "A", "valueFrom": {"configMapKeyRef": {"name": "envsrc", "key": "k"}}},
+           {"name": "B", "valueFrom": {"secretKeyRef": {"name": "envsec", "key": "k"}}}]
+    bad = [{"name": "C", "valueFrom": {"configMapKeyRef": {"name": "envsrc", "key": "nope"}}}]
+    cluster.client.create(DEPLOY, deployment("envsrc", [sh("c", 'echo "A=$A B=$B"; sleep 1000', env=env),
+                                                        sh("bad", "echo never; sleep 1000", env=bad)]))
+    pod = wait_for(lambda: next(iter(cluster.pods("default", "app=envsrc")), None))
+    wait_for(lambda: "A=cmval B=secval" in log_of(cluster, pod, "c"), what="env from keys")
+
+    def config_error():
+        p = cluster.pods("default", "app=envsrc")[0]
+        for cs in (p.get("status") or {}).get("containerStatuses") or []:
+            if cs["name"] == "bad" and "CreateContainerConfigError" in json.dumps(cs):
+                return True
+        return "container start failed" in log_of(cluster, pod, "bad")
+    wait_for(config_error, what="a clear config error for the missing key")
+    assert "never" not in log_of(cluster, pod, "bad")

@@ -17,6 +17,7 @@ stdout+stderr go to ``<pod dir>/logs/<container>.log`` (appended across restarts
 """
 from __future__ import annotations
 
+import base64
 import copy
 import datetime as dt
 import json
@@ -396,7 +397,6 @@ class PodRuntime(threading.Thread):
                     obj = self.kubelet.client.get(resource_path("v1", kind, self.ns, ref["name"]))
                     val = (obj.get("data") or {}).get(ref["key"])
                     if val is not None and kind == "secrets":
-                        import base64
                         val = base64.b64decode(val).decode()
                 except NotFound:
                     val = None
