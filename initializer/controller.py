@@ -234,18 +234,10 @@ class Controller:
         """(ready, reason): ready when a valid config is loaded and the deployment informer synced."""
         if self._config is None:
             return False, self._config_reason
-        if self.informer is None or not self._informer_synced():
+        if self.informer is None or not self.informer.has_synced:
             why = self._informer_log.last_error if self._informer_log is not None else None
             return False, "deployment informer has not synced yet" + (f": {why}" if why else "")
         return True, "ok"
-
-    def _informer_synced(self) -> bool:
-        synced = getattr(self.informer, "has_synced", None)
-        if callable(synced):
-            return bool(synced())
-        if synced is not None:
-            return bool(synced)
-        return True
 
     def wait_ready(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
