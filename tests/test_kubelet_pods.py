@@ -394,3 +394,16 @@ def test_env_from_configmap_and_secret_keys_and_a_missing_key_is_a_config_error(
         return "container start failed" in log_of(cluster, pod, "bad")
     wait_for(config_error, what="a clear config error for the missing key")
     assert "never" not in log_of(cluster, pod, "bad")
+
+
+def test_subpath_mounts_a_single_file_of_a_volume(cluster):
+    cluster.client.create("/api/v1/namespaces/default/configmaps",
+                          {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "subp"},
+                           "data": {"one.conf": "first", "two.conf": "second"}})
+    c = sh("c", "cat /etc/kubesim-sub/app.conf; echo; ls /etc/kubesim-sub; sleep 1000",
+           volumeMounts=[{"name": "v", "mountPath": "/etc/kubesim-sub/app.conf", "subPath": "two.conf"}])
+    cluster.client.create(DEPLOY, deployment("subp", [c], volumes=[{"name": "v", "configMap": {"name": "subp"}}]))
+    pod = cluster.wait_pods("app=subp", timeout=20)[0]
+    out = wait_for(lambda: "app.conf\n" in log_of(cluster, pod, "c") and log_of(cluster, pod, "c"))
+    assert out.splitlines()[:2] == ["second", "app.conf"]
+    assert not os.path.exists("/etc/kubesim-sub")
