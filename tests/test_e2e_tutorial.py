@@ -69,6 +69,21 @@ def test_locked_app_log_matches_the_tutorial(tutorial):
     assert locked_ok(r), r
 
 
+def test_the_tutorials_logs_command_shows_the_locked_round(tutorial):
+    """``kubectl logs --selector=app=debian-app,variant=locked`` of the tutorial, through ``kubesim logs``."""
+    import os
+    import subprocess
+    import sys
+    e2e.wait_round(tutorial["cluster"], tutorial["locked"])
+    out = subprocess.run([sys.executable, "-m", "kubesim", "logs", "--run-dir", tutorial["cluster"].run_dir,
+                          "--selector", "app=debian-app,variant=locked", "--tail", "20"],
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert out.returncode == 0, out.stderr
+    assert "https://www.google.com: 418" in out.stdout
+    assert "https://storage.googleapis.com/solutions-public-assets/: 200" in out.stdout
+    assert "Operation not permitted" in out.stdout
+
+
 def test_proxy_logged_the_locked_apps_requests_with_its_identity(tutorial):
     c, locked = tutorial["cluster"], tutorial["locked"]
     name = locked["metadata"]["name"]
