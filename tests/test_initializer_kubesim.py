@@ -460,9 +460,10 @@ def test_two_replicas_inject_exactly_once(admin, kubeconfig, cm_name):
     n = 30
     for i in range(n):
         create(admin, "two", deployment(f"t{i}", pending=[two]), includeUninitialized="1")
+    logs = [Recorder(), Recorder()]
     replicas = [Controller.from_kubeconfig(kubeconfig, initializer_name=two, configmap=cm_name,
-                                           config_namespace=CM_NS, workers=3, resync_period=0.3)
-                for _ in range(2)]
+                                           config_namespace=CM_NS, workers=3, resync_period=0.3, logger=log)
+                for log in logs]
     for r in replicas:
         r.start()
     try:
@@ -472,6 +473,11 @@ def test_two_replicas_inject_exactly_once(admin, kubeconfig, cm_name):
             r.stop()
     for o in objs:
         assert_injected_once(o)
+    # Exactly one successful write per deployment across both replicas: the loser of a race saw a 409,
+    # re-read, and found nothing left to do.
+    done = [[kw["name"] for kw in log.events("deployment_initialized")] for log in logs]
+    print(f"replica split: {len(done[0])} + {len(done[1])}")
+    assert sorted(done[0] + done[1]) == sorted(f"t{i}" for i in range(n))
 
 
 def test_kill_9_mid_burst_then_restart_completes_everything_once(admin, kubeconfig, cm_name, tmp_path):
