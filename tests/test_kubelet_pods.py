@@ -407,3 +407,18 @@ def test_subpath_mounts_a_single_file_of_a_volume(cluster):
     out = wait_for(lambda: "app.conf\n" in log_of(cluster, pod, "c") and log_of(cluster, pod, "c"))
     assert out.splitlines()[:2] == ["second", "app.conf"]
     assert not os.path.exists("/etc/kubesim-sub")
+
+
+def test_logs_follow_prints_new_lines(cluster):
+    cluster.client.create(DEPLOY, deployment("follow", [sh("c", "echo first; sleep 2; echo second; sleep 1000")]))
+    pod = cluster.wait_pods("app=follow", timeout=20)[0]
+    wait_for(lambda: "first" in log_of(cluster, pod, "c"))
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    proc = subprocess.Popen([sys.executable, "-m", "kubesim", "logs", "--run-dir", cluster.run_dir,
+                             pod["metadata"]["name"], "-f"], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout.readline().strip() == "first"
+        assert proc.stdout.readline().strip() == "second"  # appeared after logs -f started
+    finally:
+        proc.kill()
+        proc.wait()
