@@ -114,3 +114,15 @@ def validate_strict(obj: dict, version: str) -> None:
         where = "/".join(str(p) for p in exc.absolute_path)
         raise AssertionError(f"{obj['kind']} {obj['metadata'].get('name')} is invalid for Kubernetes "
                              f"{version} at {where or '<root>'}: {exc.message}") from None
+
+
+def api_path(obj: dict, name: str | None = None) -> str:
+    """The REST path of a rendered object's collection (or of ``name`` in it), for the kubesim tests."""
+    from kubesim.apiserver.resources import RESOURCES
+
+    group, _, version = obj["apiVersion"].rpartition("/")
+    rt = next(r for r in RESOURCES if r.kind == obj["kind"] and r.group == group and r.version == version)
+    base = f"/apis/{group}/{version}" if group else f"/api/{version}"
+    ns = obj["metadata"].get("namespace")
+    path = f"{base}/namespaces/{ns}/{rt.name}" if rt.namespaced else f"{base}/{rt.name}"
+    return f"{path}/{name}" if name else path

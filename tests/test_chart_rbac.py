@@ -7,15 +7,9 @@ import copy
 
 import pytest
 
-from chart_helpers import find, one, render
-
-try:
-    from kubesim.apiserver import APIServer
-    from kubesim.apiserver.resources import RESOURCES
-    from kubesim.testing import api_client_for, raw, watch_events
-except ImportError as exc:  # pragma: no cover - kubesim is part of the repository
-    pytest.skip(f"kubesim API server not available ({exc}): kubesim.apiserver.APIServer and "
-                f"kubesim.testing are needed for the chart RBAC test", allow_module_level=True)
+from chart_helpers import api_path, find, one, render
+from kubesim.apiserver import APIServer
+from kubesim.testing import api_client_for, raw, watch_events
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -23,16 +17,6 @@ RELEASE_NS = "tproxy-system"
 FULL = "tproxy-tproxy"
 APP_NS = "team-a"
 INITIALIZER = "tproxy.initializer.kubernetes.io"
-
-
-def _path(obj: dict, name: str | None = None) -> str:
-    group, _, version = obj["apiVersion"].rpartition("/")
-    rt = next(r for r in RESOURCES if r.kind == obj["kind"] and r.group == group and r.version == version)
-    base = f"/apis/{group}/{version}" if group else f"/api/{version}"
-    ns = obj["metadata"].get("namespace")
-    path = f"{base}/namespaces/{ns}/{rt.name}" if rt.namespaced else f"{base}/{rt.name}"
-    return f"{path}/{name}" if name else path
-
 
 APP_DEPLOYMENT = {
     "apiVersion": "extensions/v1beta1", "kind": "Deployment",
@@ -56,7 +40,7 @@ def cluster():
         assert status == 201, body
     created = []
     for obj in objs:  # Helm's install order
-        status, body = raw(admin, "POST", _path(obj), body=obj, timeout=10)
+        status, body = raw(admin, "POST", api_path(obj), body=obj, timeout=10)
         # Nothing in the chart may wait for initialization: the InitializerConfiguration comes last,
         # so the initializer's own Deployment is created (201) before it exists.
         assert status == 201, f"{obj['kind']} {obj['metadata']['name']}: {status} {body}"
