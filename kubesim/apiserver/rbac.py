@@ -19,7 +19,7 @@ import hashlib
 import hmac
 import json
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 RBAC_STORAGES = ("roles", "rolebindings", "clusterroles", "clusterrolebindings")
 

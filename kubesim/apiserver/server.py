@@ -27,20 +27,20 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import structlog
 
-from . import admission, errors, patch as patchlib, resources, selectors
+from . import admission, discovery, errors, patch as patchlib, resources, selectors, validation
 from .certs import make_ca_and_serving_cert
 from .errors import APIError, FieldError
 from .faults import FaultSpec
 from .rbac import Authorizer, TokenIssuer, User, forbidden_message, forbidden_prefix, sa_user
 from .resources import BY_GVR, RESOURCES, ResourceType
-from .store import STOP, AlreadyExists, Gone, NotFound, Store, Watcher, is_uninitialized
+from .store import STOP, AlreadyExists, Gone, Store, Watcher, is_uninitialized
 
 log = structlog.get_logger("kubesim.apiserver")
 
 MAX_BODY = 3 * 1024 * 1024
 DEFAULT_CREATE_TIMEOUT = 30.0
 DEFAULT_WATCH_TIMEOUT = 1800.0
-GIT_VERSIONS = {"1.7": "v1.7.16", "1.13": "v1.13.12"}
+GIT_VERSIONS = discovery.GIT_VERSIONS
 _TOKEN_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"   # k8s utilrand alphanums
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -692,57 +692,8 @@ class APIServer:
 
     # ---- discovery ----------------------------------------------------------------------
     def _discovery(self, path: str, h) -> dict | None:
-        if path == "/version":
-            minor = self.k8s_version.split(".")[1]
-            return {"major": "1", "minor": minor, "gitVersion": GIT_VERSIONS[self.k8s_version],
-                    "gitCommit": "kubesim", "gitTreeState": "clean", "buildDate": "2017-10-01T00:00:00Z",
-                    "goVersion": "go1.8.3" if self.k8s_version == "1.7" else "go1.11.13",
-                    "compiler": "gc", "platform": "linux/amd64"}
-        if path == "/api":
-            host = h.headers.get("Host") or self.url.split("//", 1)[-1]
-            return {"kind": "APIVersions", "versions": ["v1"],
-                    "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": host}]}
-        if path == "/apis":
-            return {"kind": "APIGroupList", "apiVersion": "v1",
-                    "groups": [self._api_group(g) for g in self._groups()]}
-        segs = [s for s in path.split("/") if s]
-        if len(segs) == 2 and segs[0] == "apis" and segs[1] in self._groups():
-            return dict(self._api_group(segs[1]), kind="APIGroup", apiVersion="v1")
-        if segs == ["api", "v1"]:
-            return self._resource_list("", "v1")
-        if len(segs) == 3 and segs[0] == "apis" and segs[2] in self._groups().get(segs[1], []):
-            return self._resource_list(segs[1], segs[2])
-        return None
-
-    def _groups(self) -> dict[str, list[str]]:
-        gv = resources.group_versions()
-        if self.k8s_version == "1.7":
-            gv["rbac.authorization.k8s.io"] = ["v1beta1", "v1"]
-        return gv
-
-    def _api_group(self, g: str) -> dict:
-        versions = self._groups()[g]
-        entries = [{"groupVersion": f"{g}/{v}", "version": v} for v in versions]
-        return {"name": g, "versions": entries, "preferredVersion": entries[0]}
-
-    def _resource_list(self, group: str, version: str) -> dict:
-        out = []
-        for r in RESOURCES:
-            if r.group != group or r.version != version:
-                continue
-            entry = {"name": r.name, "singularName": "", "namespaced": r.namespaced, "kind": r.kind,
-                     "verbs": list(r.verbs)}
-            if r.short_names:
-                entry["shortNames"] = list(r.short_names)
-            out.append(entry)
-            if r.has_status:
-                out.append({"name": f"{r.name}/status", "singularName": "", "namespaced": r.namespaced,
-                            "kind": r.kind, "verbs": ["get", "patch", "update"]})
-            for sub in r.extra_subresources:
-                out.append({"name": f"{r.name}/{sub}", "singularName": "", "namespaced": r.namespaced,
-                            "kind": "Binding", "verbs": ["create"]})
-        return {"kind": "APIResourceList", "apiVersion": "v1",
-                "groupVersion": f"{group}/{version}" if group else version, "resources": out}
+        host = h.headers.get("Host") or self.url.split("//", 1)[-1]
+        return discovery.document(path, self.k8s_version, host)
 
     # ---- input decoding -----------------------------------------------------------------
     def _decode(self, rt: ResourceType, body, req: Request) -> dict:
@@ -815,67 +766,9 @@ class APIServer:
                                      f"unexpected structure ({e})") from None
 
     def _validate_object(self, rt: ResourceType, obj: dict) -> None:
-        meta = obj["metadata"]
-        name = meta.get("name", "")
-        errs = []
-        if not name:
-            errs.append(FieldError("Required", "metadata.name", "name or generateName is required"))
-        else:
-            msg = resources.validate_name(rt.name_rule, name)
-            if msg:
-                errs.append(FieldError("Invalid", "metadata.name", msg, name))
-        for key in ("labels", "annotations"):
-            v = meta.get(key)
-            if v is not None and (not isinstance(v, dict) or not all(isinstance(x, str) for x in v.values())):
-                errs.append(FieldError("Invalid", f"metadata.{key}", "must be a map of string to string", v))
-        errs += admission.validate_initializers(meta.get("initializers"), self.k8s_version)
-        if rt.storage == "initializerconfigurations":
-            errs += self._validate_initializer_configuration(obj)
-        if rt.storage == "pods":
-            errs += _validate_pod_spec(obj.get("spec"), "spec")
-        if rt.pod_like == "template":
-            spec = obj.get("spec") or {}
-            tmpl = spec.get("template") or {}
-            errs += _validate_pod_spec(tmpl.get("spec"), "spec.template.spec")
-            labels = (tmpl.get("metadata") or {}).get("labels") or {}
-            selector = (spec.get("selector") or {}).get("matchLabels") or {}
-            if not (spec.get("selector") or {}).get("matchExpressions") and not selector:
-                errs.append(FieldError("Required", "spec.selector", ""))
-            elif any(labels.get(k_) != v for k_, v in selector.items()):
-                errs.append(FieldError("Invalid", "spec.template.metadata.labels",
-                                       "`selector` does not match template `labels`", labels))
+        errs = validation.validate_object(rt, obj, self.k8s_version)
         if errs:
-            raise errors.invalid(rt, name, errs)
-
-    def _validate_initializer_configuration(self, obj: dict) -> list[FieldError]:
-        errs = []
-        for i, init in enumerate(obj.get("initializers") or []):
-            name = init.get("name", "") if isinstance(init, dict) else ""
-            p = f"initializers[{i}].name"
-            if not name:
-                errs.append(FieldError("Required", p, ""))
-            elif self.k8s_version == "1.7" and len(name.split(".")) < 3:
-                errs.append(FieldError("Invalid", p, "should be a domain with at least two dots", name))
-            elif self.k8s_version != "1.7" and len(name.split(".")) < 3:
-                errs.append(FieldError("Invalid", p, "should be a domain with at least three segments separated by dots", name))
-            fp = init.get("failurePolicy") if isinstance(init, dict) else None
-            if fp is not None and self.k8s_version == "1.7" and fp != "Ignore":
-                # 1.7 only: the field existed, only "Ignore" was accepted, and it was never implemented.
-                errs.append(FieldError("Invalid", f"initializers[{i}].failurePolicy",
-                                       'supported values: "Ignore"', fp))
-            for j, rule in enumerate((init.get("rules") or []) if isinstance(init, dict) else []):
-                for fld in ("apiGroups", "apiVersions", "resources"):
-                    vals = rule.get(fld) or []
-                    rp = f"initializers[{i}].rules[{j}].{fld}"
-                    if not vals:
-                        errs.append(FieldError("Required", rp, ""))
-                    elif "*" in vals and len(vals) > 1:
-                        errs.append(FieldError("Invalid", rp, "if '*' is present, must not specify other values", vals))
-                    elif fld == "resources" and self.k8s_version != "1.7":
-                        for r in vals:   # 1.8+ validateResourcesNoSubResources
-                            if "/" in r:
-                                errs.append(FieldError("Invalid", rp, "must not specify subresources", r))
-        return errs
+            raise errors.invalid(rt, obj["metadata"].get("name", ""), errs)
 
     # ---- verbs --------------------------------------------------------------------------
     def _verb_get(self, h, req: Request, user, exempt) -> None:
@@ -1352,44 +1245,6 @@ class APIServer:
                 deleted.append(rt.view(gone, self.k8s_version, in_list=True))
         self._send_json(h, 200, {"kind": f"{rt.kind}List", "apiVersion": rt.api_version,
                                  "metadata": {"resourceVersion": str(self.store.rv)}, "items": deleted})
-
-
-def _validate_pod_spec(spec, path: str) -> list[FieldError]:
-    """The parts of pod-spec validation that catch real manifest mistakes: containers present,
-    each with a unique DNS-label name and an image; volume names unique."""
-    errs: list[FieldError] = []
-    if not isinstance(spec, dict) or not spec.get("containers"):
-        return [FieldError("Required", f"{path}.containers", "")]
-    seen: set = set()
-    for key in ("initContainers", "containers"):
-        items = spec.get(key) or []
-        if not isinstance(items, list):
-            errs.append(FieldError("Invalid", f"{path}.{key}", "must be a list", items))
-            continue
-        for i, c in enumerate(items):
-            p = f"{path}.{key}[{i}]"
-            if not isinstance(c, dict):
-                errs.append(FieldError("Invalid", p, "must be an object", c))
-                continue
-            name = c.get("name")
-            if not name:
-                errs.append(FieldError("Required", f"{p}.name", ""))
-            elif resources.validate_name("label", name):
-                errs.append(FieldError("Invalid", f"{p}.name", resources.validate_name("label", name), name))
-            elif name in seen:
-                errs.append(FieldError("Duplicate", f"{p}.name", "", name))
-            seen.add(name)
-            if not c.get("image"):
-                errs.append(FieldError("Required", f"{p}.image", ""))
-    vols: set = set()
-    for i, v in enumerate(spec.get("volumes") or []):
-        name = v.get("name") if isinstance(v, dict) else None
-        if not name:
-            errs.append(FieldError("Required", f"{path}.volumes[{i}].name", ""))
-        elif name in vols:
-            errs.append(FieldError("Duplicate", f"{path}.volumes[{i}].name", "", name))
-        vols.add(name)
-    return errs
 
 
 def _patch_sets_resource_version(body) -> bool:

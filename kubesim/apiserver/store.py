@@ -16,7 +16,7 @@ import collections
 import copy
 import queue
 import threading
-from typing import Callable, Iterable
+from typing import Callable
 
 STOP = object()   # sentinel put into watcher queues when the server stops
 
