@@ -55,6 +55,10 @@ class PodWatch:
         self._first_seen: dict[tuple[str, str], float] = {}   # (ip, ns/name) -> first seen
         self._seen_lock = threading.Lock()  # informer thread notes, sync thread reads and prunes
         self._programmed: set[tuple[str, str]] = set()
+        # uids of pods seen locked: they stay locked until the pod object is gone or terminated,
+        # even if someone removes the annotation (sync thread only)
+        self._locked_uids: set[str] = set()
+        self._kept_warned: set[str] = set()
         self.synced_once = threading.Event()
         self.last_error: str = ""
 
@@ -82,7 +86,17 @@ class PodWatch:
     # -- sync -----------------------------------------------------------------------------------
     def desired(self) -> list[rules.LockedPod]:
         pods = self.informer.store.list() if self.informer is not None else []
-        return rules.locked_pods(pods, self.annotation, namespace=self.namespace or None)
+        ns = self.namespace or None
+        locked = rules.locked_pods(pods, self.annotation, namespace=ns, also_uids=self._locked_uids)
+        by_annotation = {p.uid for p in rules.locked_pods(pods, self.annotation, namespace=ns)}
+        kept = {p.uid: p for p in locked if p.uid and p.uid not in by_annotation}
+        for uid in kept.keys() - self._kept_warned:
+            self.log.warning("annotation_removed_kept_locked", pod=kept[uid].key, uid=uid, annotation=self.annotation,
+                             message="a locked pod lost its annotation; its rules stay until the pod is gone")
+        self._kept_warned = set(kept)
+        # forget pods that are gone or terminated (a uid is never reused)
+        self._locked_uids = {p.uid for p in locked if p.uid}
+        return locked
 
     def sync_once(self, force: bool = True) -> bool:
         """One sync (``force``: rewrite every family even if unchanged). True when all needed applied."""

@@ -39,7 +39,7 @@ import re
 import shlex
 import subprocess
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Collection, Iterable, Mapping, Sequence
 
 FAMILIES = ("ipv4", "ipv6")
 TABLES = ("filter", "nat")  # application order: guard first, then redirect
@@ -127,8 +127,13 @@ def pod_ips(pod: Mapping) -> list[str]:
 
 
 def locked_pods(pods: Iterable[Mapping], annotation: str = "initializer.kubernetes.io/tproxy",
-                *, namespace: str | None = None) -> list[LockedPod]:
+                *, namespace: str | None = None, also_uids: Collection[str] = ()) -> list[LockedPod]:
     """The desired state: pods whose ``annotation`` is "true", with an IP, not terminated.
+
+    ``also_uids``: pods (by uid) that stay locked whatever their annotation says now. The
+    controller passes the pods it has already seen locked: removing the annotation from a running
+    pod must not lift the node's redirect and guard while the pod's own lock still lets tcp
+    80/443 out (that would be a bypass, not an opt-out).
 
     A pod being deleted (``deletionTimestamp`` set) keeps its rules: its containers still run
     during the grace period, and dropping the redirect early would let them out unfiltered.
@@ -140,7 +145,8 @@ def locked_pods(pods: Iterable[Mapping], annotation: str = "initializer.kubernet
         meta = pod.get("metadata") or {}
         if namespace and meta.get("namespace") != namespace:
             continue
-        if not _annotation_true((meta.get("annotations") or {}).get(annotation)):
+        if not (_annotation_true((meta.get("annotations") or {}).get(annotation))
+                or (meta.get("uid") and meta.get("uid") in also_uids)):
             continue
         if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
             continue

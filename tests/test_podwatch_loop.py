@@ -152,3 +152,35 @@ def test_failed_restore_is_retried_with_backoff_and_counted(node):
     finally:
         pw.stop()
         t.join(5)
+
+
+@pytest.mark.root
+def test_removing_the_annotation_of_a_running_pod_keeps_it_locked_until_it_is_gone(node):
+    """Otherwise `kubectl annotate pod p1 tproxy-` would lift the redirect and guard while the
+    pod's own lock still lets tcp 80/443 out: a bypass of the proxy."""
+    log = RecordingLogger()
+    pw, _, _ = make(node, logger=log)
+    store = pw.informer.store.pods
+    store["p1"], store["p2"] = pod(1), pod(2)
+    assert pw.sync_once()
+    assert redirects(node) == 2
+    for value in (None, "false"):  # annotation deleted, or set to "false"
+        p1 = pod(1)
+        if value is None:
+            del p1["metadata"]["annotations"][ANN]
+        else:
+            p1["metadata"]["annotations"][ANN] = value
+        store["p1"] = p1
+        assert pw.sync_once() and redirects(node) == 2
+    warned = [kw for level, event, kw in log.records if event == "annotation_removed_kept_locked"]
+    assert len(warned) == 1 and warned[0]["pod"] == "default/p1"  # once, not every sync
+    gone = pod(1)
+    del gone["metadata"]["annotations"][ANN]
+    gone["status"]["phase"] = "Succeeded"
+    store["p1"] = gone
+    assert pw.sync_once() and redirects(node) == 1  # terminated: its rules go, p2's stay
+    del store["p2"]
+    assert pw.sync_once() and redirects(node) == 0  # deleted: its rules go
+    store["p3"] = pod(3)
+    del store["p3"]["metadata"]["annotations"][ANN]
+    assert pw.sync_once() and redirects(node) == 0  # never seen annotated: never locked
