@@ -241,6 +241,8 @@ class PodRuntime(threading.Thread):
                 if not self._sleep(delay):
                     return
         self.initialized = True
+        if self._halt.is_set():
+            return
         for c in self.containers:
             self._start(c)
         self.phase = "Running"
