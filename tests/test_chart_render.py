@@ -448,3 +448,89 @@ def test_long_release_names_keep_names_and_labels_within_limits():
     assert len(names) == 4, "truncation must not make two objects collide"
     raw, _ = _injection(objs)
     assert raw["volumes"][0]["configMap"]["name"] in names
+
+
+# ---- the rendered commands are what the components accept -----------------------------------
+
+def _mitmdump_args(command: list[str]):
+    """Parse a rendered mitmdump command with mitmdump's own parser, the tproxy addon's options
+    registered, and type-check every --set value (as mitmproxy would at start)."""
+    import asyncio
+
+    from mitmproxy import options
+    from mitmproxy.tools import cmdline
+    from mitmproxy.tools.dump import DumpMaster
+
+    from proxy.core import TproxyAddon
+
+    async def parse():
+        opts = options.Options()
+        master = DumpMaster(opts, with_termlog=False, with_dumper=False)
+        master.addons.add(TproxyAddon())
+        assert command[0] == "mitmdump"
+        args = cmdline.mitmdump(opts).parse_args(command[1:])
+        values = {}
+        for spec in args.setoptions:
+            key, _, value = spec.partition("=")
+            assert key in opts, f"mitmdump has no option {key!r}"
+            values[key] = opts._parse_setval(opts._options[key], [value])
+        return args, values
+
+    return asyncio.run(parse())
+
+
+def test_rendered_args_parse_with_each_components_own_cli():
+    from initializer.__main__ import build_parser as initializer_parser
+    from podwatch.__main__ import build_parser as podwatch_parser
+
+    objs = render({**ALL_ON, "tproxy.addStandardModeProxy": True, "tproxy.hostPort": 9090,
+                   "tproxy.initializer.excludeNamespaces": ["kube-system", "kube-public"],
+                   "tproxy.metrics.podwatchPort": 9281, "tproxy.metrics.proxyPort": 9282,
+                   "tproxy.metrics.standardProxyPort": 9283, "tproxy.metrics.initializerPort": 9280})
+    dep = one(objs, "Deployment")
+    init = initializer_parser().parse_args(container(dep["spec"]["template"]["spec"], "tproxy-initializer")["args"])
+    cm = one(objs, "ConfigMap", f"{FULL}-initializer")
+    assert (init.namespace, init.configmap) == (cm["metadata"]["namespace"], cm["metadata"]["name"])
+    assert init.initializer_name == one(objs, "InitializerConfiguration")["initializers"][0]["name"]
+    assert init.require_annotation is True and init.annotation == "initializer.kubernetes.io/tproxy"
+    assert init.exclude_namespaces == ["kube-system", "kube-public"]
+    assert init.metrics_port == 9280 and init.workers == 2
+
+    pod = one(objs, "DaemonSet")["spec"]["template"]["spec"]
+    pw = podwatch_parser().parse_args(container(pod, "tproxy-podwatch")["args"])
+    assert (pw.annotation, pw.host_port, pw.metrics_port) == ("initializer.kubernetes.io/tproxy", 9090, 9281)
+    assert pw.identity_file == "/var/run/tproxy/identity.json"
+
+    tp, tp_opts = _mitmdump_args(container(pod, "tproxy-tproxy-mode")["command"])
+    assert tp.mode == ["transparent"] and tp.listen_port == 9090
+    assert tp.scripts == ["/opt/tproxy/proxy/addon.py"]
+    assert tp_opts["tproxy_metrics_port"] == 9282
+    assert tp_opts["tproxy_identity"] == pw.identity_file
+    std, std_opts = _mitmdump_args(container(pod, "tproxy-standard-mode")["command"])
+    assert std.mode is None and std.listen_port == 1080 and std_opts["tproxy_metrics_port"] == 9283
+    assert std_opts["confdir"] == tp_opts["confdir"] == "/etc/tproxy/mitmproxy"
+
+
+def test_resources_values_reach_their_containers():
+    objs = render({**ALL_ON, "tproxy.addStandardModeProxy": True})
+    pod = one(objs, "DaemonSet")["spec"]["template"]["spec"]
+    default = {"limits": {"cpu": "500m", "memory": "256Mi"}, "requests": {"cpu": "100m", "memory": "128Mi"}}
+    assert container(pod, "tproxy-tproxy-mode")["resources"] == default
+    assert container(pod, "tproxy-standard-mode")["resources"] == default
+    small = {"limits": {"cpu": "1", "memory": "1Gi"}, "requests": {"cpu": "50m", "memory": "64Mi"}}
+    objs = render({**ALL_ON, "tproxy.addStandardModeProxy": True, "tproxy.resources": small,
+                   "tproxy.initializer.resources": {"requests": {"cpu": "10m"}}})
+    pod = one(objs, "DaemonSet")["spec"]["template"]["spec"]
+    assert container(pod, "tproxy-tproxy-mode")["resources"] == small
+    assert container(pod, "tproxy-standard-mode")["resources"] == small
+    # tproxy.resources is the mitmproxy containers' only (as in the original): podwatch keeps its own.
+    assert container(pod, "tproxy-podwatch")["resources"]["limits"] == {"cpu": "500m", "memory": "128Mi"}
+    init = container(one(objs, "Deployment")["spec"]["template"]["spec"], "tproxy-initializer")
+    assert init["resources"]["requests"]["cpu"] == "10m"
+
+
+def test_chart_is_apiversion_v1_for_helm_2_and_3():
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["apiVersion"] == "v1" and chart["name"] == "tproxy"
+    # apiVersion v2-only fields would be ignored by Helm 2 (dependencies belong in requirements.yaml).
+    assert not {"type", "dependencies"} & set(chart)
