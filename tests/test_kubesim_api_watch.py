@@ -313,3 +313,10 @@ def test_watchers_do_not_block_writers(srv, c):
         v1.create_namespaced_config_map("default", {"metadata": {"name": f"fast-{i}"}, "data": {"x": "y" * 2000}})
     assert time.monotonic() - t0 < 20
     resp.close()
+
+
+def test_watch_param_on_a_named_get_is_a_plain_get(c):
+    """1.7 RequestInfo: ?watch=true turns only a collection GET into a watch; GET by name returns the object."""
+    k.CoreV1Api(c).create_namespaced_config_map("default", {"metadata": {"name": "named"}})
+    s, obj = raw(c, "GET", "/api/v1/namespaces/default/configmaps/named", query={"watch": "true"})
+    assert s == 200 and obj["kind"] == "ConfigMap" and obj["metadata"]["name"] == "named"

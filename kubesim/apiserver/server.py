@@ -665,7 +665,9 @@ class APIServer:
                 return None
             if legacy_watch:
                 return None
-        watch = legacy_watch or _truthy(query.get("watch"))
+        # ?watch=true only turns a collection GET into a watch; a GET by name ignores it (1.7
+        # RequestInfo); watching one object by name is the legacy /watch/ path.
+        watch = legacy_watch or (_truthy(query.get("watch")) and not req.name)
         if method == "GET":
             req.verb = "watch" if watch else ("get" if req.name else "list")
         elif method == "POST":
