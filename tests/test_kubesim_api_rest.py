@@ -470,3 +470,19 @@ def test_server_factory_fixture(kubesim_server_factory):
     srv = kubesim_server_factory(k8s_version="1.13", history=3)
     assert k.VersionApi(api_client_for(srv)).get_code().minor == "13"
     assert srv.store.history.maxlen == 3
+
+
+def test_start_on_a_busy_port_raises_and_cli_reports_it(tmp_path):
+    """Binding a port in use raises OSError in-process; `kubesim serve` exits 1 with a clear message."""
+    srv = APIServer().start()
+    try:
+        other = APIServer()
+        with pytest.raises(OSError):
+            other.start(port=srv.port)
+        proc = subprocess.run([sys.executable, "-m", "kubesim", "serve", "--listen", f"127.0.0.1:{srv.port}",
+                               "--kubeconfig", str(tmp_path / "kc")], capture_output=True, text=True, timeout=60,
+                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        assert proc.returncode == 1 and f"cannot listen on 127.0.0.1:{srv.port}" in proc.stderr
+        assert not (tmp_path / "kc").exists()
+    finally:
+        srv.stop()

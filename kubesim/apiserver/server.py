@@ -241,7 +241,12 @@ class APIServer:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         server_cls = type("_KubesimHTTPServer", (_HTTPServer,), {"address_family": family})
         self._stopping.clear()
-        self._httpd = server_cls((host, port), _Handler)
+        try:
+            self._httpd = server_cls((host, port), _Handler)
+        except OSError:
+            self._tmpdir.cleanup()
+            self._tmpdir = None
+            raise
         self._httpd.ssl_context = ctx
         self._httpd.api = self
         self._httpd.connections = set()
