@@ -118,11 +118,10 @@ def validate_strict(obj: dict, version: str) -> None:
 
 def api_path(obj: dict, name: str | None = None) -> str:
     """The REST path of a rendered object's collection (or of ``name`` in it), for the kubesim tests."""
+    from controllerkit.kube import resource_path
     from kubesim.apiserver.resources import RESOURCES
 
     group, _, version = obj["apiVersion"].rpartition("/")
     rt = next(r for r in RESOURCES if r.kind == obj["kind"] and r.group == group and r.version == version)
-    base = f"/apis/{group}/{version}" if group else f"/api/{version}"
-    ns = obj["metadata"].get("namespace")
-    path = f"{base}/namespaces/{ns}/{rt.name}" if rt.namespaced else f"{base}/{rt.name}"
-    return f"{path}/{name}" if name else path
+    namespace = obj["metadata"].get("namespace") if rt.namespaced else None
+    return resource_path(obj["apiVersion"], rt.name, namespace, name)
