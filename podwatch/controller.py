@@ -59,6 +59,7 @@ class PodWatch:
         # even if someone removes the annotation (sync thread only)
         self._locked_uids: set[str] = set()
         self._kept_warned: set[str] = set()
+        self._remembered = False
         self.synced_once = threading.Event()
         self.last_error: str = ""
 
@@ -84,8 +85,27 @@ class PodWatch:
         informer.add_handler(self.on_add, self.on_update, self.on_delete)
 
     # -- sync -----------------------------------------------------------------------------------
+    def _remember_programmed(self, pods: list[dict]) -> None:
+        """Once, before the first sync after start-up: pods whose redirect rules are already on the
+        node (from before a restart) were locked, so they stay locked even if their annotation was
+        removed while podwatch was down. Matched by IP *and* ns/name."""
+        self._remembered = True
+        programmed: set[tuple[str, str]] = set()
+        for fam in rules.FAMILIES:
+            try:
+                programmed |= rules.read_programmed(fam, self.runner)
+            except rules.IptablesError as e:
+                self.log.warning("read_programmed_failed", family=fam, error=str(e))
+        for pod in pods:
+            meta = pod.get("metadata") or {}
+            key = f"{meta.get('namespace', '')}/{meta.get('name', '')}"
+            if meta.get("uid") and any((ip, key) in programmed for ip in rules.pod_ips(pod)):
+                self._locked_uids.add(meta["uid"])
+
     def desired(self) -> list[rules.LockedPod]:
         pods = self.informer.store.list() if self.informer is not None else []
+        if not self._remembered:
+            self._remember_programmed(pods)
         ns = self.namespace or None
         locked = rules.locked_pods(pods, self.annotation, namespace=ns, also_uids=self._locked_uids)
         by_annotation = {p.uid for p in rules.locked_pods(pods, self.annotation, namespace=ns)}

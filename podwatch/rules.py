@@ -30,7 +30,8 @@ Public API (used by the controller, the tests and bench/):
 
 ``locked_pods(pods, annotation)``, ``render(pods, host_port, live=None)``,
 ``apply(rendered, runner=None)``, ``sync(pods, host_port, runner=None)``,
-``read_live(family, runner=None)``, ``render_cleanup(live)``, ``cleanup(runner=None)``.
+``read_live(family, runner=None)``, ``read_programmed(family, runner=None)``, ``render_cleanup(live)``,
+``cleanup(runner=None)``.
 """
 from __future__ import annotations
 
@@ -205,6 +206,25 @@ def read_live(family: str, runner: Runner | None = None, *, chains: bool = False
             if chk.returncode == 0:
                 live.chains.add(owned)
     return live
+
+
+def read_programmed(family: str, runner: Runner | None = None) -> set[tuple[str, str]]:
+    """``(ip, "ns/name")`` of the redirect rules now in our nat chain (empty if it does not exist).
+
+    The rules survive a podwatch restart, so they are its memory of which pods were locked.
+    """
+    proc = _run(runner, [TOOLS[family][0], "-w", "5", "-t", "nat", "-S", REDIRECT_CHAIN])
+    out: set[tuple[str, str]] = set()
+    if proc.returncode != 0:
+        return out
+    for ln in proc.stdout.splitlines():
+        try:
+            words = shlex.split(ln)
+            ip = str(ipaddress.ip_network(words[words.index("-s") + 1], strict=False).network_address)
+            out.add((ip, words[words.index("--comment") + 1]))
+        except (ValueError, IndexError):
+            continue
+    return out
 
 
 # -- rendering -------------------------------------------------------------------------------

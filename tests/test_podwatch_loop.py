@@ -184,3 +184,25 @@ def test_removing_the_annotation_of_a_running_pod_keeps_it_locked_until_it_is_go
     store["p3"] = pod(3)
     del store["p3"]["metadata"]["annotations"][ANN]
     assert pw.sync_once() and redirects(node) == 0  # never seen annotated: never locked
+
+
+@pytest.mark.root
+def test_a_restarted_podwatch_keeps_pods_locked_whose_annotation_went_while_it_was_down(node):
+    """The rules on the node are the memory across a restart: matched by IP and ns/name."""
+    first, _, _ = make(node)
+    for i in (1, 2, 3):
+        first.informer.store.pods[f"p{i}"] = pod(i)
+    assert first.sync_once() and redirects(node) == 3
+    # podwatch down; meanwhile p1 loses its annotation, p2 is deleted, and p3 is replaced by a
+    # new pod of the same name on another IP without the annotation
+    log = RecordingLogger()
+    second, _, _ = make(node, logger=log)
+    p1 = pod(1)
+    del p1["metadata"]["annotations"][ANN]
+    p3 = pod(3, ip="10.5.9.9")
+    del p3["metadata"]["annotations"][ANN]
+    second.informer.store.pods.update(p1=p1, p3=p3)
+    assert second.sync_once()
+    out = node.run("iptables", "-t", "nat", "-S", rules.REDIRECT_CHAIN).stdout
+    assert redirects(node) == 1 and '"default/p1"' in out
+    assert [kw["pod"] for _, event, kw in log.records if event == "annotation_removed_kept_locked"] == ["default/p1"]
