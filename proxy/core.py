@@ -154,20 +154,18 @@ class TproxyAddon:
         loader.add_option("tproxy_extra_ca", str, "",
                           "PEM file of extra CA certificates trusted for upstream TLS *in addition to* the "
                           "public roots (mitmproxy's ssl_verify_upstream_trusted_ca alone replaces them).")
-        # Safety defaults: nothing is dialled before the request hook; large bodies are streamed.
-        # (The options belong to mitmproxy's proxyserver addon, absent in bare test contexts.)
+        # Safety defaults: nothing is dialled before the request hook; large bodies are streamed; the
+        # audit log replaces mitmdump's flow dump on stdout (mitmproxy's log records still reach
+        # stderr as JSON through controllerkit's handler). Applied only to options still at
+        # mitmproxy's default, so an explicit --set wins (a non-lazy strategy still fails closed:
+        # server_connect refuses every connection no request decision approved).
         opts = loader.master.options
-        known = set(opts.keys())
-        if "connection_strategy" in known and opts.connection_strategy != "lazy":
-            opts.update(connection_strategy="lazy")
-        if "stream_large_bodies" in known and not opts.stream_large_bodies:
-            opts.update(stream_large_bodies=DEFAULT_STREAM_LARGE_BODIES)
-        # The audit log replaces mitmdump's own flow dump on stdout; mitmproxy's log records still
-        # reach stderr as JSON through controllerkit's handler. (--set on the command line wins.)
-        if "flow_detail" in known:
-            opts.update(flow_detail=0)
-        if "termlog_verbosity" in known:
-            opts.update(termlog_verbosity="error")
+        for name, value in (("connection_strategy", "lazy"),
+                            ("stream_large_bodies", DEFAULT_STREAM_LARGE_BODIES),
+                            ("flow_detail", 0), ("termlog_verbosity", "error")):
+            # (absent in bare test contexts without mitmproxy's proxyserver/dumper addons)
+            if name in opts.keys() and not opts.has_changed(name):
+                opts.update(**{name: value})
 
     def configure(self, updated):
         o = ctx.options

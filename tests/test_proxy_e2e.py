@@ -30,6 +30,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
 MITMDUMP = os.path.join(os.path.dirname(PY), "mitmdump")
 POD4, POD6 = "198.18.1.2", "2001:db8:100::2"
+EAGER_POD = "198.18.1.3"  # its traffic goes to a mitmdump started with --set connection_strategy=eager
 NAMES = {  # what both the pod and the node resolve
     "www.google.com": "203.0.113.10",
     "storage.googleapis.com": "203.0.113.20",
@@ -122,7 +123,8 @@ class World:
         return self.pod.run(PY, "-c", code, check=False, timeout=timeout)
 
     def upstream_stats(self, listener):
-        r = self.inet.run("curl", "-sS", "-m", "5", "http://203.0.113.10/.upstream/stats", timeout=10)
+        # asked through 203.0.113.20:80, a listener no test counts (the query is a connection too)
+        r = self.inet.run("curl", "-sS", "-m", "5", "http://203.0.113.20/.upstream/stats", timeout=10)
         return json.loads(r.stdout).get(listener, {"connections": 0, "requests": 0, "tls_failures": 0})
 
     def metrics(self):
@@ -245,6 +247,15 @@ def _build(w, tmp):
                    "--set", f"tproxy_policy={w.policy_file}", "--set", f"tproxy_audit={w.std_audit_file}"],
             "mitmdump-std")
     wait_for(lambda: ":1080" in node.run("ss", "-ltn").stdout, 20, what="standard-mode mitmdump listening")
+    # an instance asked for connection_strategy=eager, for a second pod address
+    pod.add_addr("eth0", EAGER_POD + "/24")
+    node.run("iptables", "-t", "nat", "-I", "PREROUTING", "-s", EAGER_POD, "-p", "tcp", "-m", "multiport",
+             "--dports", "80,443", "-j", "REDIRECT", "--to-ports", "8081")
+    w.spawn(node, [MITMDUMP, "--mode", "transparent", "--listen-port", "8081", "--set", f"confdir={confdir}",
+                   "-s", os.path.join(REPO, "proxy", "addon.py"), "--set", "connection_strategy=eager",
+                   "--set", f"tproxy_extra_ca={w.ca.ca_file}", "--set", f"tproxy_policy={w.policy_file}",
+                   "--set", f"tproxy_audit={os.path.join(tmp, 'audit-eager.jsonl')}"], "mitmdump-eager")
+    wait_for(lambda: ":8081" in node.run("ss", "-ltn").stdout, 20, what="eager mitmdump listening")
 
 
 # -- the tutorial's two requests ----------------------------------------------------------------
@@ -374,6 +385,17 @@ def test_upstream_with_untrusted_certificate_is_not_200(world):
     status, body, _, _ = world.curl("https://untrusted.example/echo")
     assert status == 502, body
     assert b"erif" in body  # "Certificate verify failed"
+
+
+def test_connection_strategy_eager_on_the_command_line_is_still_lazy(world):
+    # "eager" is mitmproxy's default, so the addon cannot tell it was asked for and keeps lazy; either
+    # way the client-chosen destination is never dialled (with eager, server_connect would refuse it)
+    ready = [json.loads(x) for x in open(os.path.join(world.tmp, "mitmdump-eager.err")) if '"proxy_ready"' in x]
+    assert ready[0]["connection_strategy"] == "lazy"
+    before = world.upstream_stats("203.0.113.10:80")["connections"]
+    status, body, _, _ = world.curl("--interface", EAGER_POD, "-H", "Host: allowed.example", "http://203.0.113.10/echo")
+    assert status == 200 and json.loads(body)["local_address"] == NAMES["allowed.example"]
+    assert world.upstream_stats("203.0.113.10:80")["connections"] == before
 
 
 # -- the standard-mode variant ------------------------------------------------------------------
