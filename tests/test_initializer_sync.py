@@ -202,3 +202,17 @@ def test_config_reloads_count_changes_only(fake):
     assert c.load_configmap({"data": {"config": CONFIG.replace("image: sidecar", "image: sidecar:v2")}})
     assert metrics.CONFIG_RELOADS._value.get() == before + 2
     assert [kw["previous"] is None for _, e, kw in c.log.records if e == "config_loaded"] == [True, False]
+
+
+def test_malformed_reload_keeps_the_last_good_config_and_logs_why(fake):
+    c = Controller(Client.from_url(fake.url), logger=Recorder())
+    assert c.load_configmap({"metadata": {"name": "cm", "namespace": "ns"}, "data": {"config": CONFIG}})
+    good = c.config
+    errs = metrics.CONFIG_ERRORS.labels("malformed")._value.get()
+    assert not c.load_configmap({"metadata": {"name": "cm", "namespace": "ns"},
+                                 "data": {"config": CONFIG.replace("image: sidecar", "imgae: sidecar")}})
+    assert c.config is good, "the last good config stays in force"
+    assert metrics.CONFIG_ERRORS.labels("malformed")._value.get() == errs + 1
+    [(level, kw)] = [(level, kw) for level, e, kw in c.log.records if e == "config_error_keeping_last_good"]
+    assert level == "error" and kw["reason"] == "malformed" and kw["fingerprint"] == good.fingerprint
+    assert "ConfigMap ns/cm: containers[0]: unknown field(s) imgae" in kw["error"]
