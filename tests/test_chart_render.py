@@ -534,3 +534,21 @@ def test_chart_is_apiversion_v1_for_helm_2_and_3():
     assert chart["apiVersion"] == "v1" and chart["name"] == "tproxy"
     # apiVersion v2-only fields would be ignored by Helm 2 (dependencies belong in requirements.yaml).
     assert not {"type", "dependencies"} & set(chart)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "tproxy.useRbac=true"], "tproxy: Additional property useRbac is not allowed"),
+    (["--set", "tproxy.hostPort=http"], "tproxy.hostPort: Invalid type. Expected: integer"),
+    (["--set", "tproxy.hostPort=70000"], "tproxy.hostPort: Must be less than or equal to 65535"),
+    (["--set", "tproxy.useInitializer=yes"], "tproxy.useInitializer: Invalid type. Expected: boolean"),
+    (["--set", "tproxy.rootCertsNamespaces={Team_A}"], "tproxy.rootCertsNamespaces.0: Does not match pattern"),
+    (["--set", "tproxy.blockSvcCIDR=everything"], "tproxy.blockSvcCIDR: Does not match pattern"),
+    (["--set", "images.pullPolicy=Sometimes"], "images.pullPolicy: images.pullPolicy must be one of"),
+], ids=["typo", "port-type", "port-range", "bool", "namespace", "cidr", "pull-policy"])
+def test_bad_values_stop_the_install_naming_the_value(args, message):
+    """values.schema.json: Helm 3 refuses a misspelt key or a wrong type before rendering anything,
+    instead of silently ignoring it or failing later at the API server (or in the pods)."""
+    proc = helm("template", "tproxy", str(CHART), *args, check=False)
+    assert proc.returncode != 0 and not proc.stdout
+    assert "values don't meet the specifications of the schema" in proc.stderr
+    assert message in proc.stderr, proc.stderr

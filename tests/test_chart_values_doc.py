@@ -1,6 +1,7 @@
 """chart/README.md's values table and chart/values.yaml say the same thing: every key, every default."""
 from __future__ import annotations
 
+import json
 import re
 
 import yaml
@@ -72,3 +73,28 @@ def test_the_original_value_names_are_kept():
                 "tproxy.resources"):
         _lookup(values, key)
     assert values["tproxy"]["hostPort"] == 8080
+
+
+def _schema_leaves(schema, root, prefix=""):
+    """Dotted paths of the schema's declared properties (descending into nested objects)."""
+    for key, sub in (schema.get("properties") or {}).items():
+        if "$ref" in sub:
+            sub = root["definitions"][sub["$ref"].rsplit("/", 1)[1]]
+        path = f"{prefix}.{key}" if prefix else key
+        if sub.get("type") == "object" and "properties" in sub and "resources" not in key:
+            yield from _schema_leaves(sub, root, path)
+        else:
+            yield path
+
+
+def test_values_schema_accepts_values_yaml_and_declares_exactly_its_keys():
+    import jsonschema
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    jsonschema.Draft7Validator(schema).validate(values)  # additionalProperties: false -> no undeclared key
+    declared = set(_schema_leaves(schema, schema)) - {"global"}  # Helm's own key for subcharts
+    leaves = [path for path, _ in _leaves(values)]
+    for key in declared:  # nothing declared that values.yaml lacks
+        assert any(p == key or p.startswith(key + ".") for p in leaves), f"schema declares {key}, values.yaml has none"
