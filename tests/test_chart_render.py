@@ -178,6 +178,11 @@ def test_initializer_values_are_honoured():
     none = render({**ALL_ON, "tproxy.initializer.excludeNamespaces": []})
     args = container(one(none, "Deployment")["spec"]["template"]["spec"], "tproxy-initializer")["args"]
     assert not [a for a in args if a.startswith("--exclude-namespaces")]
+    # The command-line way to empty a list, --set 'x={}', gives [""]: accepted and skipped.
+    none = render(ALL_ON, "--set", "tproxy.initializer.excludeNamespaces={}", "--set", "tproxy.rootCertsNamespaces={}")
+    args = container(one(none, "Deployment")["spec"]["template"]["spec"], "tproxy-initializer")["args"]
+    assert not [a for a in args if a.startswith("--exclude-namespaces")]
+    assert [c["metadata"]["namespace"] for c in find(none, "ConfigMap", f"{FULL}-root-certs")] == [RELEASE_NS]
 
 
 def _injection(objs):
