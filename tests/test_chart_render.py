@@ -395,8 +395,10 @@ def test_notes_with_initializer_name_the_annotation(tmp_path):
 
 
 def test_notes_in_manual_mode_print_the_init_container(tmp_path):
-    notes = render_notes({"tproxy.allowDNS": "10.11.240.10", "tproxy.addStandardModeProxy": True}, tmp_path)
+    notes = render_notes({"tproxy.allowDNS": "10.11.240.10", "tproxy.addStandardModeProxy": True,
+                          "tproxy.rootCertsNamespaces": ["team-b", "team-a"]}, tmp_path)
     assert '"initializer.kubernetes.io/tproxy": "true"' in notes  # podwatch still needs it
+    assert f"{FULL}-root-certs exists in these namespaces only: {RELEASE_NS}, team-a, team-b" in notes
     block = notes[notes.index("initContainers:"):notes.index("Add the volumes")]
     [init] = yaml.safe_load(block)["initContainers"]
     assert init["name"] == "tproxy" and init["securityContext"] == {"privileged": True}
