@@ -28,7 +28,7 @@ def fuzz_server():
     srv.stop()
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(path=st.sampled_from(PATHS), body=json_values)
 def test_arbitrary_create_bodies_never_500(fuzz_server, path, body):
     c = api_client_for(fuzz_server)
@@ -38,7 +38,7 @@ def test_arbitrary_create_bodies_never_500(fuzz_server, path, body):
         assert status["kind"] == "Status" and status["code"] == s
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ctype=st.sampled_from(["application/strategic-merge-patch+json", "application/merge-patch+json",
                               "application/json-patch+json"]), body=json_values)
 def test_arbitrary_patches_never_500(fuzz_server, ctype, body):
@@ -53,7 +53,7 @@ def test_arbitrary_patches_never_500(fuzz_server, ctype, body):
     assert s in (200, 404)
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=json_values)
 def test_arbitrary_update_bodies_never_500(fuzz_server, body):
     c = api_client_for(fuzz_server)

@@ -349,10 +349,24 @@ def test_cli_serve_writes_kubeconfig_and_exits_cleanly_on_sigterm(tmp_path):
     assert any(l["event"] == "kubeconfig_written" for l in logs)
 
 
-def test_cli_rejects_bad_faults_spec(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "kubesim", "serve", "--kubeconfig", str(tmp_path / "kc"),
-                           "--faults", "bogus=1"], capture_output=True, text=True, timeout=30)
-    assert proc.returncode == 2 and "unknown fault 'bogus'" in proc.stderr
+def _cli(argv):
+    import argparse
+
+    from kubesim.apiserver import cli
+    import structlog
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    try:
+        return cli.run(parser.parse_args(argv))
+    finally:
+        structlog.reset_defaults()   # run() points structlog at this test's (captured) stderr
+
+
+def test_cli_rejects_bad_faults_spec(tmp_path, capsys):
+    assert _cli(["--kubeconfig", str(tmp_path / "kc"), "--faults", "bogus=1"]) == 2
+    assert "unknown fault 'bogus'" in capsys.readouterr().err
+    assert _cli(["--kubeconfig", str(tmp_path / "kc"), "--listen", "nocolon"]) == 2
+    assert "--listen must be HOST:PORT" in capsys.readouterr().err
 
 
 def test_service_cluster_ip_allocation(c):
@@ -472,17 +486,15 @@ def test_server_factory_fixture(kubesim_server_factory):
     assert srv.store.history.maxlen == 3
 
 
-def test_start_on_a_busy_port_raises_and_cli_reports_it(tmp_path):
-    """Binding a port in use raises OSError in-process; `kubesim serve` exits 1 with a clear message."""
+def test_start_on_a_busy_port_raises_and_cli_reports_it(tmp_path, capsys):
+    """Binding a port in use raises OSError in-process; `kubesim serve` returns 1 with a clear message."""
     srv = APIServer().start()
     try:
         other = APIServer()
         with pytest.raises(OSError):
             other.start(port=srv.port)
-        proc = subprocess.run([sys.executable, "-m", "kubesim", "serve", "--listen", f"127.0.0.1:{srv.port}",
-                               "--kubeconfig", str(tmp_path / "kc")], capture_output=True, text=True, timeout=60,
-                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        assert proc.returncode == 1 and f"cannot listen on 127.0.0.1:{srv.port}" in proc.stderr
+        assert _cli(["--listen", f"127.0.0.1:{srv.port}", "--kubeconfig", str(tmp_path / "kc")]) == 1
+        assert f"cannot listen on 127.0.0.1:{srv.port}" in capsys.readouterr().err
         assert not (tmp_path / "kc").exists()
     finally:
         srv.stop()
