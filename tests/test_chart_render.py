@@ -255,6 +255,10 @@ def test_daemonset_wires_podwatch_and_the_proxy_to_the_host_port():
                           "--metrics-port=9181", "--identity-file=/var/run/tproxy/identity.json"]
     assert pw["env"] == [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}]
     assert pw["securityContext"]["privileged"] is True
+    assert pw["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 9181}
+    assert pw["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 9181}
+    assert {"containerPort": 9181, "hostPort": 9181} in [
+        {k: p[k] for k in ("containerPort", "hostPort")} for p in pw["ports"]]
 
     px = container(pod, "tproxy-tproxy-mode")
     assert px["image"] == "tproxy-proxy:0.1.0"
@@ -268,6 +272,9 @@ def test_daemonset_wires_podwatch_and_the_proxy_to_the_host_port():
     assert {"containerPort": 9090, "hostPort": 9090} in [
         {k: p[k] for k in ("containerPort", "hostPort")} for p in px["ports"]]
     assert px["readinessProbe"]["tcpSocket"]["port"] == 9090
+    assert px["livenessProbe"]["tcpSocket"]["port"] == 9090
+    assert {"containerPort": 9182, "hostPort": 9182} in [
+        {k: p[k] for k in ("containerPort", "hostPort")} for p in px["ports"]]
 
     # Volumes: the CA Secret as the read-only confdir, the policy, the identity map shared with podwatch.
     vols = {v["name"]: v for v in pod["volumes"]}
