@@ -104,3 +104,22 @@ def test_missing_cluster_config_is_a_clear_error(tmp_path, capsys, monkeypatch, 
     rc = main(["--kubeconfig", str(tmp_path / "nope"), "--metrics-port", "0"])
     assert rc == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_metrics_port_in_use_is_a_clear_error(tmp_path, capsys, restore_logging):
+    import socket
+    kc = tmp_path / "kubeconfig"
+    kc.write_text("""apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:1"}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+""")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        rc = main(["--kubeconfig", str(kc), "--metrics-host", "127.0.0.1", "--metrics-port", str(port)])
+    assert rc == 1
+    assert f"cannot serve metrics on port {port}" in capsys.readouterr().err
