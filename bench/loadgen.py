@@ -38,6 +38,7 @@ def load(url: str, *, concurrency: int, duration: float, max_requests: int, warm
     errors: dict[str, int] = {}
     reconnects = [0]
     counter = [0]
+    total = [0]  # every completed request, warm-up included (for CPU-per-request figures)
     start = threading.Event()
     t_begin = [0.0]
     measuring_from = [0.0]
@@ -65,6 +66,8 @@ def load(url: str, *, concurrency: int, duration: float, max_requests: int, warm
                 if resp.will_close:
                     conn.close()
                     conn = None
+                with lock:
+                    total[0] += 1
                 if t0 >= measuring_from[0]:
                     with lock:
                         counter[0] += 1
@@ -95,7 +98,7 @@ def load(url: str, *, concurrency: int, duration: float, max_requests: int, warm
         n = len(lat)
         return {"url": url, "concurrency": concurrency, "requests": n,
                 "elapsed_s": elapsed, "rps": n / elapsed if elapsed > 0 else None,
-                "statuses": statuses, "errors": errors, "connections": reconnects[0],
+                "statuses": statuses, "errors": errors, "connections": reconnects[0], "total_requests": total[0],
                 "latencies_s": lat}
 
 

@@ -116,7 +116,7 @@ def run(cfg: common.BenchConfig) -> dict:
             res["e2e"] = {"status": f"skipped: {e}"}
         notes.append("end to end = through the real controller: kubesim + `python -m podwatch` in one fresh netns; "
                      "time from the API server accepting the pod's status with its podIP to the rule being visible "
-                     "in `iptables -t nat -S` (polled every 5 ms): watch delivery + coalescing (min-sync-interval "
+                     "in `iptables -t nat -S` (polled every 20 ms): watch delivery + coalescing (min-sync-interval "
                      "0.1 s) + sync. No end-to-end figure for the original: it was never a controller here.")
 
     rows, summary = [], []
