@@ -608,16 +608,21 @@ def test_without_rbac_403s_are_reported_clearly(admin, server, cm_name, tmp_path
         ctl.stop()
 
 
-def test_config_but_no_deployment_access_says_so_in_readiness(admin, server, cm_name, tmp_path):
-    name = "cfg-only"
+def _grant_config_read(admin, sa_name: str, cm_name: str) -> None:
+    """A Role + RoleBinding giving ServiceAccount rbac/<sa_name> get+watch on the one ConfigMap (as the chart does)."""
     admin.create(resource_path("rbac.authorization.k8s.io/v1beta1", "roles", CM_NS), {
-        "metadata": {"name": name, "namespace": CM_NS},
+        "metadata": {"name": sa_name, "namespace": CM_NS},
         "rules": [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [cm_name],
                    "verbs": ["get", "watch"]}]})
     admin.create(resource_path("rbac.authorization.k8s.io/v1beta1", "rolebindings", CM_NS), {
-        "metadata": {"name": name, "namespace": CM_NS},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": "rbac"}]})
+        "metadata": {"name": sa_name, "namespace": CM_NS},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": sa_name},
+        "subjects": [{"kind": "ServiceAccount", "name": sa_name, "namespace": "rbac"}]})
+
+
+def test_config_but_no_deployment_access_says_so_in_readiness(admin, server, cm_name, tmp_path):
+    name = "cfg-only"
+    _grant_config_read(admin, name, cm_name)
     kc = _sa_kubeconfig(server, tmp_path, "rbac", name)
     ctl = Controller.from_kubeconfig(kc, initializer_name="cfg.initializer.example.com", configmap=cm_name,
                                      config_namespace=CM_NS, logger=Recorder())
@@ -643,14 +648,7 @@ def test_write_without_initialize_verb_is_reported_and_retried(admin, server, ch
         "metadata": {"name": name}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
                                                 "name": name},
         "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": "rbac"}]})
-    admin.create(resource_path("rbac.authorization.k8s.io/v1beta1", "roles", CM_NS), {
-        "metadata": {"name": name, "namespace": CM_NS},
-        "rules": [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [cm_name],
-                   "verbs": ["get", "watch"]}]})
-    admin.create(resource_path("rbac.authorization.k8s.io/v1beta1", "rolebindings", CM_NS), {
-        "metadata": {"name": name, "namespace": CM_NS},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": "rbac"}]})
+    _grant_config_read(admin, name, cm_name)
     kc = _sa_kubeconfig(server, tmp_path, "rbac", name)
     ro = "ro.initializer.example.com"
     log = Recorder()
