@@ -214,6 +214,14 @@ def test_injection_config_parses_with_the_initializers_parser(all_on):
     assert set(raw) == {"containers", "volumes", "volumeMounts", "envVars"}
 
 
+def test_allow_dns_takes_what_the_sidecar_takes():
+    """ALLOW_DNS: addresses separated by commas or spaces, or "any" (the original's any resolver)."""
+    for value in ("any", "10.11.240.10, 2001:db8::53"):
+        raw, _ = _injection(render(ALL_ON, "--set-json", f"tproxy.allowDNS={json.dumps(value)}"))
+        env = {e["name"]: e.get("value") for e in raw["containers"][0]["env"]}
+        assert env["ALLOW_DNS"] == value
+
+
 def test_injection_config_carries_the_network_and_standard_proxy_settings():
     from initializer.config import parse_config
 
@@ -557,8 +565,9 @@ def test_chart_is_apiversion_v1_for_helm_2_and_3():
     (["--set", "tproxy.useInitializer=yes"], "tproxy.useInitializer: Invalid type. Expected: boolean"),
     (["--set", "tproxy.rootCertsNamespaces={Team_A}"], "tproxy.rootCertsNamespaces.0: Does not match pattern"),
     (["--set", "tproxy.blockSvcCIDR=everything"], "tproxy.blockSvcCIDR: Does not match pattern"),
+    (["--set", "tproxy.allowDNS=kube-dns"], "tproxy.allowDNS: Does not match pattern"),
     (["--set", "images.pullPolicy=Sometimes"], "images.pullPolicy: images.pullPolicy must be one of"),
-], ids=["typo", "port-type", "port-range", "bool", "namespace", "cidr", "pull-policy"])
+], ids=["typo", "port-type", "port-range", "bool", "namespace", "cidr", "dns", "pull-policy"])
 def test_bad_values_stop_the_install_naming_the_value(args, message):
     """values.schema.json: Helm 3 refuses a misspelt key or a wrong type before rendering anything,
     instead of silently ignoring it or failing later at the API server (or in the pods)."""
