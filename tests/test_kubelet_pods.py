@@ -334,7 +334,8 @@ def test_kubelet_cli_cleans_up_everything_on_ctrl_c(tmp_path):
 def test_failing_liveness_probe_restarts_the_container(cluster):
     # serves /healthz for ~1 s, then stops answering: the kubelet must kill and restart it
     script = ("cd /tmp && timeout 1 python3 -m http.server 8099 >/dev/null 2>&1; echo stopped-serving; sleep 1000")
-    probe = {"httpGet": {"path": "/", "port": 8099}, "periodSeconds": 1, "failureThreshold": 2}
+    probe = {"httpGet": {"path": "/", "port": 8099}, "initialDelaySeconds": 2, "periodSeconds": 1,
+             "failureThreshold": 2}
     cluster.client.create(DEPLOY, deployment("liveness", [sh("c", script, livenessProbe=probe)]))
     pod = cluster.wait_pods("app=liveness", timeout=20)[0]
 

@@ -209,10 +209,10 @@ class SimCluster:
         return self.kubelet.runtimes.get(pod["metadata"]["uid"])
 
     def log_path(self, pod: dict, container: str) -> str:
-        rt = self.pod_runtime(pod)
-        if rt is None:
-            raise KeyError(f"pod {pod['metadata']['name']} does not run on this kubelet")
-        return rt.log_path(container)
+        """Where the kubelet keeps the container's log (also before it starts and after the pod is gone)."""
+        meta = pod["metadata"]
+        return os.path.join(self.run_dir, "pods", f"{meta.get('namespace', 'default')}_{meta['name']}_"
+                            f"{meta.get('uid', '')[:8]}", "logs", f"{container}.log")
 
     def read_log(self, pod: dict, container: str) -> str:
         try:
