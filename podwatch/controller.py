@@ -108,7 +108,7 @@ class PodWatch:
             self._remember_programmed(pods)
         ns = self.namespace or None
         locked = rules.locked_pods(pods, self.annotation, namespace=ns, also_uids=self._locked_uids)
-        by_annotation = {p.uid for p in rules.locked_pods(pods, self.annotation, namespace=ns)}
+        by_annotation = {(pod.get("metadata") or {}).get("uid") for pod in pods if rules.annotated(pod, self.annotation)}
         kept = {p.uid: p for p in locked if p.uid and p.uid not in by_annotation}
         for uid in kept.keys() - self._kept_warned:
             self.log.warning("annotation_removed_kept_locked", pod=kept[uid].key, uid=uid, annotation=self.annotation,

@@ -98,7 +98,9 @@ class LockedPod:
 
     @property
     def family(self) -> str:
-        return "ipv6" if ipaddress.ip_address(self.ip).version == 6 else "ipv4"
+        # called for every pod in every render: a ':' test, not an ipaddress parse (an IPv6
+        # address always has one, an IPv4 address never)
+        return "ipv6" if ":" in self.ip else "ipv4"
 
     @property
     def key(self) -> str:
@@ -107,6 +109,11 @@ class LockedPod:
 
 def _annotation_true(value) -> bool:
     return isinstance(value, str) and value.strip().lower() == "true"
+
+
+def annotated(pod: Mapping, annotation: str) -> bool:
+    """Whether the pod's ``annotation`` says "true" (case-insensitive)."""
+    return _annotation_true(((pod.get("metadata") or {}).get("annotations") or {}).get(annotation))
 
 
 def pod_ips(pod: Mapping) -> list[str]:
@@ -146,8 +153,7 @@ def locked_pods(pods: Iterable[Mapping], annotation: str = "initializer.kubernet
         meta = pod.get("metadata") or {}
         if namespace and meta.get("namespace") != namespace:
             continue
-        if not (_annotation_true((meta.get("annotations") or {}).get(annotation))
-                or (meta.get("uid") and meta.get("uid") in also_uids)):
+        if not (annotated(pod, annotation) or (meta.get("uid") and meta.get("uid") in also_uids)):
             continue
         if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
             continue
