@@ -212,10 +212,10 @@ class Demo:
             time.sleep(0.5)
 
         print()
-        print("$ kubectl logs --selector app=debian-app,variant=unlocked --tail=4")
+        print("$ kubectl logs --selector app=debian-app,variant=unlocked   (newest round)")
         print(round_lines(self.cluster.read_log(unlocked, "app")) or "(no output)")
         print()
-        print("$ kubectl logs --selector app=debian-app,variant=locked --tail=4")
+        print("$ kubectl logs --selector app=debian-app,variant=locked   (newest round)")
         print(round_lines(self.cluster.read_log(locked, "app")) or "(no output)")
         print()
         ip = (locked.get("status") or {}).get("podIP", "")
