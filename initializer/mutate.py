@@ -69,11 +69,19 @@ def annotation_value(obj: dict, annotation: str) -> Optional[str]:
     return ann.get(annotation)
 
 
+def _omitted_when_empty(value: Any) -> bool:
+    """The API server drops ``omitempty`` scalars and lists holding their zero value (``readOnly: false``,
+    ``value: ""``, ``args: []``), so an object that went through it lacks them. Not ``{}``: an empty
+    struct such as ``emptyDir: {}`` is a pointer the server keeps, and it means something."""
+    return value is False or value == "" or value == []
+
+
 def _subset(ours: Any, theirs: Any) -> bool:
     """True if every field of ``ours`` is in ``theirs`` with the same value (defaults tolerated)."""
     if isinstance(ours, dict):
-        return isinstance(theirs, dict) and all(k in theirs and _subset(v, theirs[k]) for k, v in ours.items()
-                                               if v is not None)
+        return isinstance(theirs, dict) and all(
+            _subset(v, theirs[k]) if k in theirs else _omitted_when_empty(v)
+            for k, v in ours.items() if v is not None)
     if isinstance(ours, list):
         return isinstance(theirs, list) and len(ours) == len(theirs) and all(
             _subset(a, b) for a, b in zip(ours, theirs))

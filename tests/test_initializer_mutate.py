@@ -89,6 +89,28 @@ def test_server_defaults_on_existing_objects_are_not_conflicts():
     assert len(dec.obj["spec"]["template"]["spec"]["initContainers"]) == 1
 
 
+def test_zero_values_the_server_omits_are_not_conflicts():
+    """A config with ``readOnly: false``, ``value: ""`` and ``args: []`` against an object that went
+    through the API server (which drops those omitempty zero values): injected once, no 422."""
+    cfg = parse_config("""
+containers: [{name: tproxy, image: s, args: [], securityContext: {privileged: true}}]
+volumes: [{name: ca, emptyDir: {}}]
+volumeMounts: [{name: ca, mountPath: /ca, readOnly: false}]
+envVars: [{name: EMPTY, value: ""}]
+""")
+    once = decide(deployment(), cfg, initializer_name=NAME, annotation=ANN, require_annotation=False).obj
+    served = json.loads(json.dumps(once).replace(', "readOnly": false', "").replace(', "value": ""', "")
+                        .replace(', "args": []', ""))
+    assert "readOnly" not in json.dumps(served) and '"args"' not in json.dumps(served)
+    served["metadata"]["initializers"] = {"pending": [{"name": NAME}]}
+    dec = decide(served, cfg, initializer_name=NAME, annotation=ANN, require_annotation=False)
+    assert dec.action == INJECT, dec.reason
+    assert dec.obj["spec"] == served["spec"], "nothing added twice"
+    # ...but an empty struct is a real value: a user volume "ca" with another source still conflicts
+    clash = deployment(volumes=[{"name": "ca", "hostPath": {"path": "/"}}])
+    assert decide(clash, cfg, initializer_name=NAME, annotation=ANN, require_annotation=False).action == FAIL
+
+
 @pytest.mark.parametrize("podspec, message", [
     ({"volumes": [{"name": "ca-certs-debian", "emptyDir": {}}]},
      "spec.template.spec.volumes already has volume 'ca-certs-debian' with a different definition"),
