@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 import threading
 
 import structlog
+
+from controllerkit.log import setup_logging
 
 from .faults import FaultSpec
 
@@ -35,11 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _configure_logging(level: str) -> None:
-    structlog.configure(
-        processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True),
-                    structlog.processors.format_exc_info, structlog.processors.JSONRenderer()],
-        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
+    # The shared setup writes to whatever sys.stderr is at each call; binding the stream seen at
+    # configure time broke every later log line once that stream was closed (in-process CLI tests).
+    setup_logging("kubesim-apiserver", level)
 
 
 def run(args: argparse.Namespace) -> int:
