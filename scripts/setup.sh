@@ -36,7 +36,7 @@ stamp="$VENV/.tproxy-installed"
 want=$(cat setup.cfg setup.py | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   log "installing tproxy and pinned dependencies into $VENV"
-  "$VENV/bin/pip" install -q -e '.[test,bench]'
+  "$VENV/bin/pip" install -q -e '.[proxy,test,bench]'
   echo "$want" > "$stamp"
 else
   log "virtualenv up to date"
