@@ -86,7 +86,8 @@ def test_a_burst_of_events_coalesces_into_few_syncs(node):
             pw.informer.store.pods[f"p{i}"] = p
             pw.on_add(p)
         wait_for(lambda: redirects(node) == 200, what="200 pods programmed")
-        assert 2 <= len(calls) <= 10, calls
+        # 200 events, a handful of syncs (the first, empty one may already have seen the burst)
+        assert 1 <= len(calls) <= 10, calls
         assert all("ipv6" in skipped for force, _, skipped in calls[1:])  # IPv6 unchanged: not rewritten
     finally:
         pw.stop()
@@ -113,7 +114,7 @@ def test_periodic_forced_resync_repairs_drift_even_under_constant_churn(node):
         wait_for(lambda: redirects(node) == 1, what="first sync")
         c.start()
         node.run("iptables", "-t", "nat", "-F", rules.REDIRECT_CHAIN)
-        wait_for(lambda: redirects(node) == 1, timeout=3, what="drift repaired")
+        wait_for(lambda: redirects(node) == 1, timeout=10, what="drift repaired")
         assert any(skipped == ["ipv4", "ipv6"] for _, _, skipped in calls)  # churn did not rewrite
     finally:
         stop.set()
