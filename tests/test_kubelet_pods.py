@@ -60,7 +60,12 @@ def sh(name, script, **kw):
 
 
 def log_of(cluster, pod, container):
-    return cluster.read_log(pod, container)
+    """The container's log so far; empty while the kubelet has not started the pod yet (the API
+    object can be seen a moment before the kubelet's runtime knows it)."""
+    try:
+        return cluster.read_log(pod, container)
+    except KeyError:
+        return ""
 
 
 def test_deployment_pods_are_created_owned_labelled_and_running(cluster):
