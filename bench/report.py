@@ -83,6 +83,11 @@ def render_markdown(results: dict, *, made_plots=frozenset(), plot_error=None) -
     lines.append("- Absolute figures on this shared, noisy machine are not comparable across runs; "
                  "every ratio below compares two figures measured side by side in this run.")
     lines.append("")
+    try:
+        para = performance_paragraph(results)
+    except Exception as e:  # the paragraph is a convenience; never lose the report for it
+        para = f"(paragraph unavailable: {type(e).__name__}: {e})"
+    lines += ["## In one paragraph", "", para, ""]
     lines.append("## Summary")
     lines.append("")
     lines.append("| benchmark | metric | value | target |")
@@ -124,6 +129,84 @@ def render_markdown(results: dict, *, made_plots=frozenset(), plot_error=None) -
                 lines.append(f"![{p.get('title', '')}]({p['file']})")
                 lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def performance_paragraph(results: dict) -> str:
+    """The README's "Performance" paragraph, built from this run's figures (ratios only)."""
+    b = results.get("benchmarks", {})
+
+    def val(name, prefix):
+        for s in b.get(name, {}).get("summary", []) or []:
+            if str(s.get("metric", "")).startswith(prefix):
+                return s.get("value")
+        return None
+
+    parts = []
+    px = b.get("proxy", {})
+    if str(px.get("status", "")).startswith("ok") and val("proxy", "http proxy CPU per request: addon-10 / bare"):
+        dl = px.get("download", {}).get("addon-10", {})
+        parts.append(
+            f"Through the proxy, the tproxy addon uses {_pct(val('proxy', 'http proxy CPU per request: addon-10 / bare'))} "
+            f"(HTTP) and {_pct(val('proxy', 'https proxy CPU per request: addon-10 / bare'))} (HTTPS) CPU per request "
+            f"than bare `mitmdump --mode transparent` (keep-alive req/s ratio "
+            f"{_fmt(val('proxy', 'http keep-alive req/s: addon-10 / bare'))} / "
+            f"{_fmt(val('proxy', 'https keep-alive req/s: addon-10 / bare'))}), and a 10,000-rule policy uses "
+            f"{_pct(val('proxy', 'http proxy CPU per request: addon-10k / addon-10'))} / "
+            f"{_pct(val('proxy', 'https proxy CPU per request: addon-10k / addon-10'))} than a 10-rule one; "
+            f"a {_size(px.get('download_bytes', 0))} download streams through it with the proxy's memory flat "
+            f"(+{_fmt(dl.get('rss_growth_mb'))} MB RSS).")
+    pw = b.get("podwatch", {})
+    if str(pw.get("status", "")).startswith("ok") and pw.get("ours"):
+        at = pw.get("latency_at_pods")
+        e2e = (pw.get("e2e") or {}).get("latency") or {}
+        parts.append(
+            f"podwatch programs {at:,} pods {_fmt(val('podwatch', f'sync speed-up vs original at {at:,}'))}× faster "
+            f"than the original per-pod iptables loop"
+            + (f" (5,000 pods: ≥ {_fmt(val('podwatch', 'sync speed-up vs original at 5,000'))}×, the original "
+               f"was stopped at its time cap)" if val('podwatch', 'sync speed-up vs original at 5,000') else "")
+            + (f"; a new pod's rules are in place {_fmt(e2e.get('p50_ms'))} ms (p50) / {_fmt(e2e.get('p99_ms'))} ms "
+               f"(p99) after its IP reaches the API server, with {at:,} pods on the node" if e2e else "") + ".")
+    ini = b.get("initializer", {})
+    if str(ini.get("status", "")).startswith("ok") and val("initializer", "clean: create latency p50"):
+        parts.append(
+            f"A burst of {ini.get('n')} blocking creates through the tproxy initializer takes "
+            f"{_fmt(val('initializer', 'clean: create latency p50'))}× (p50) / "
+            f"{_fmt(val('initializer', 'clean: create latency p99'))}× (p99) the latency of a bare GET+PUT initializer "
+            f"({_fmt(val('initializer', 'faults: create latency p50'))}× / {_fmt(val('initializer', 'faults: create latency p99'))}× "
+            f"with 20 % injected conflicts and watch cuts), with "
+            f"{val('initializer', 'clean: tproxy failed creates')} + {val('initializer', 'faults: tproxy failed creates')} "
+            f"failed creates" + (" and every deployment injected exactly once." if _injected_once(ini) else "."))
+    sc = b.get("sidecar", {})
+    if str(sc.get("status", "")).startswith("ok") and val("sidecar", "init container start→exit with the real proxy"):
+        parts.append(f"The egress-lock init container starts, locks and proves interception in "
+                     f"{_fmt(val('sidecar', 'init container start→exit with the real proxy'))} ms "
+                     f"({_fmt(val('sidecar', 'start→exit (stand-in) ÷ lock only'))}× the lock alone).")
+    ks = b.get("kubesim", {})
+    if str(ks.get("status", "")).startswith("ok"):
+        parts.append(f"(kubesim, the API server emulator these run against, sustains "
+                     f"{_fmt(val('kubesim', 'writes/s'))} writes/s on the same machine.)")
+    m = results.get("machine", {})
+    head = (f"Measured side by side in one run of `make bench` on a shared {m.get('nproc')}-core VM "
+            f"({results.get('machine', {}).get('date_utc', '')[:10]}); ratios, not absolute figures, are what carry over. ")
+    return head + " ".join(parts) + " Full report: [bench/results/report.md](bench/results/report.md)."
+
+
+def _pct(ratio) -> str:
+    """1.19 -> "19 % more", 0.97 -> "3 % less"."""
+    if ratio is None:
+        return "–"
+    d = (ratio - 1) * 100
+    return f"{abs(d):.0f} % {'more' if d >= 0 else 'less'}"
+
+
+def _size(n: int) -> str:
+    return f"{n // 2**30} GB" if n >= 2**30 else f"{n // 2**20} MB"
+
+
+def _injected_once(ini: dict) -> bool:
+    scs = [v for k, v in (ini.get("scenarios") or {}).items() if k.startswith("tproxy/")]
+    return bool(scs) and all(v["verify"].get("injected_twice_or_more") == 0 and v["verify"].get("not_injected") == 0
+                             and v["verify"].get("still_uninitialized") == 0 for v in scs)
 
 
 def summary_text(results: dict) -> str:

@@ -70,6 +70,7 @@ def test_report_renders_header_summary_tables_and_plots(tmp_path):
     assert "| x | speed-up | 42.00 | ≥ 20 |" in md
     assert "| y | skipped: not there |" in md
     assert "![t](x.png)" in md
+    assert "## In one paragraph" in md and "ratios, not absolute figures" in md
     for f in ("x.png", "y.png", "z.png"):
         assert open(tmp_path / f, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
