@@ -121,6 +121,7 @@ class Informer:
         self.log = logger if logger is not None else get_logger(informer=self.name)
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
+        self._watch_progressed = False  # did the current watch deliver events before it failed?
         self.watch_timeout = watch_timeout
         self.store = Store()
         self.last_resource_version: str | None = None
@@ -199,8 +200,15 @@ class Informer:
                 if self._stop.is_set():
                     break
                 _ERRORS.labels(self.name, type(exc).__name__).inc()
-                delay = self._backoff(failures)
-                failures += 1
+                if not need_list and self._watch_progressed:
+                    # A watch that delivered events and was then cut: the server is up, resume from the
+                    # newest resourceVersion at once (like client-go); back off only on repeated failure.
+                    self._watch_progressed = False
+                    failures = 0
+                    delay = 0.0
+                else:
+                    delay = self._backoff(failures)
+                    failures += 1
                 level = self.log.warning if is_retryable(exc) else self.log.error
                 level("watch_failed", path=self.path, phase="list" if need_list else "watch", error=str(exc),
                       error_type=type(exc).__name__, retry_in=round(delay, 3), attempt=failures)
@@ -254,11 +262,12 @@ class Informer:
                                         timeout_seconds=timeout, **self.query)
         self._stream = stream
         got = False
+        self._watch_progressed = False
         try:
             if self._stop.is_set():
                 return got
             for etype, obj in stream:
-                got = True
+                got = self._watch_progressed = True
                 _EVENTS.labels(self.name, etype).inc()
                 self._apply(etype, obj)
                 if self._stop.is_set():

@@ -190,6 +190,24 @@ def test_reconnect_after_stream_failure_resumes_from_last_rv_without_relist(srv,
     assert rec.kinds() == [("add", "ns/a"), ("add", "ns/b"), ("add", "ns/c")], "no duplicate or lost events"
 
 
+def test_cut_after_events_resumes_at_once_not_after_backoff(srv, make_informer):
+    """A watch that delivered events and was then cut resumes immediately (client-go does the same);
+    the backoff is for servers that fail again and again. With a 30 s initial backoff, the old code
+    re-watched only after ~30 s."""
+    srv.upsert(PODS, pod("a"))
+    inf, rec = make_informer(backoff_initial=30.0)
+    inf.start()
+    assert inf.wait_for_sync(5)
+    srv.upsert(PODS, pod("b"))
+    wait_for(lambda: ("add", "ns/b") in rec.kinds(), what="event b on the first watch")
+    n_watches = len(watches(srv))
+    srv.fault(PODS, "cut")
+    wait_for(lambda: len(watches(srv)) > n_watches, timeout=5, what="immediate re-watch after the cut")
+    srv.upsert(PODS, pod("c"))
+    wait_for(lambda: ("add", "ns/c") in rec.kinds(), timeout=5, what="event after the resumed watch")
+    assert len(lists(srv)) == 1
+
+
 def test_server_closing_watch_normally_rewatches(srv, make_informer):
     srv.upsert(PODS, pod("a"))
     srv.max_watch_seconds = 0.05
