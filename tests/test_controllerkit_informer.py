@@ -195,7 +195,7 @@ def test_cut_after_events_resumes_at_once_not_after_backoff(srv, make_informer):
     the backoff is for servers that fail again and again. With a 30 s initial backoff, the old code
     re-watched only after ~30 s."""
     srv.upsert(PODS, pod("a"))
-    inf, rec = make_informer(backoff_initial=30.0)
+    inf, rec = make_informer(backoff_initial=30.0, backoff_max=60.0)
     inf.start()
     assert inf.wait_for_sync(5)
     srv.upsert(PODS, pod("b"))
