@@ -11,13 +11,15 @@ Enabled suite-wide by ``pytest_plugins = ["kubesim.testing"]`` in tests/conftest
   stopped at teardown.
 
 Helpers: :func:`api_client_for` builds an ``ApiClient`` for any server and token (e.g. a
-ServiceAccount's, from ``srv.service_account_token(ns, name)``).
+ServiceAccount's, from ``srv.service_account_token(ns, name)``); :func:`wait_for` (from :mod:`kubesim.polling`)
+polls a condition until it is truthy.
 """
 from __future__ import annotations
 
 import pytest
 
 from kubesim.apiserver import APIServer
+from kubesim.polling import wait_for  # noqa: F401 - re-exported for the tests
 
 
 def api_client_for(srv: APIServer, token: str | None = None):

@@ -15,6 +15,7 @@ the sidecar probe, with or without the nonce), and echo UDP datagrams.
 """
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -25,6 +26,8 @@ REPO = os.path.dirname(HERE)
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
+from kubesim.polling import wait_for  # noqa: E402 - stdlib only, cheap in the namespace scripts
+
 INET4 = "203.0.113.10"
 INET6 = "2001:db8:2::10"
 DNS_ALLOWED = "203.0.113.53"
@@ -34,15 +37,7 @@ SVC_CIDR = "198.51.100.0/24"
 PROBE_ENV = {"PYTHONPATH": REPO, "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
 
 
-def wait_for(pred, timeout: float = 10.0, what: str = "condition", interval: float = 0.02):
-    """Poll ``pred`` until it returns something truthy (returned) or fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+wait_for = functools.partial(wait_for, timeout=10.0, interval=0.02)  # re-exported to the podwatch tests
 
 
 class CaptureNet:

@@ -1,6 +1,7 @@
 """controllerkit.informer against a local server speaking the Kubernetes list/watch protocol:
 resourceVersion tracking, relist on 410 (ERROR event and HTTP status), reconnect after a stream cut
 mid-line, re-watch after a normal end, resync, handler isolation and cache protection."""
+import functools
 import threading
 import time
 
@@ -9,6 +10,7 @@ import pytest
 from controllerkit.informer import Informer, Store, key_of
 from controllerkit.kube import Client
 from controllerkit.testing import FakeApiServer
+from kubesim.testing import wait_for
 
 PODS = "/api/v1/pods"
 QUERY = {"includeUninitialized": "true", "fieldSelector": "spec.nodeName=n1"}
@@ -18,13 +20,7 @@ def pod(name, ns="ns", **spec):
     return {"metadata": {"name": name, "namespace": ns}, "spec": dict(spec)}
 
 
-def wait_for(cond, timeout=5.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.005)
-    raise AssertionError(f"timed out waiting for {what}")
+wait_for = functools.partial(wait_for, timeout=5.0, interval=0.005)
 
 
 class Recorder:

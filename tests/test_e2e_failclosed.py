@@ -14,6 +14,7 @@ import pytest
 
 from kubesim.demo import locked_ok
 from kubesim.kubelet import e2e
+from kubesim.testing import wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -40,9 +41,9 @@ def delayed():
         e2e.apply(c, docs)
         c.wait_pods("app=tproxy,component=initializer", "kube-system", timeout=60)
         e2e.apply(c, e2e.example("debian-app-locked.yaml"))
-        pod = _wait(lambda: next(iter(c.pods("default", "app=debian-app,variant=locked")), None), 30, "locked pod")
-        ip = _wait(lambda: (c.pods("default", "app=debian-app,variant=locked")[0].get("status") or {}).get("podIP"),
-                   30, "pod IP")
+        pod = wait_for(lambda: next(iter(c.pods("default", "app=debian-app,variant=locked")), None), 30, 0.1, "locked pod")
+        ip = wait_for(lambda: (c.pods("default", "app=debian-app,variant=locked")[0].get("status") or {}).get("podIP"),
+                      30, 0.1, "pod IP")
         # watch until the app runs: when did the node redirect for the pod appear, when did the app start?
         rules_at = app_at = None
         deadline = time.monotonic() + PODWATCH_DELAY + 60
@@ -61,16 +62,6 @@ def delayed():
             service.kill()
             service.wait()
         c.stop()
-
-
-def _wait(fn, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_locked_app_starts_only_after_the_node_redirect_exists(delayed):

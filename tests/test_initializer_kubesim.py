@@ -10,6 +10,7 @@ they do not race the shared one.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import signal
@@ -32,6 +33,7 @@ from initializer import metrics
 from initializer.controller import Controller
 from initializer.mutate import ALPHA_INIT_ANNOTATION, BETA_INIT_ANNOTATION
 from kubesim import apiserver as kubesim_api  # part of this repo: a broken import must fail, not skip
+from kubesim.testing import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 HELM = os.environ.get("TPROXY_HELM", str(REPO / ".tools" / "bin" / "helm"))
@@ -88,15 +90,7 @@ def deployment(name, annotated=True, group=DEPLOY, pending=None, **podspec):
     return {"apiVersion": group, "kind": "Deployment", "metadata": meta, "spec": spec}
 
 
-def wait_for(fn, timeout=10.0, interval=0.02, what="condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+wait_for = functools.partial(wait_for, timeout=10.0, interval=0.02)
 
 
 def tproxy_count(obj: dict) -> int:

@@ -4,6 +4,7 @@ One simulated cluster (node + internet namespaces, API server, kubelet) is share
 each test creates its own objects with unique names and waits by polling, never by sleeping blindly.
 """
 import base64
+import functools
 import json
 import os
 import subprocess
@@ -13,6 +14,7 @@ import time
 import pytest
 
 from kubesim import netns
+from kubesim.testing import wait_for
 
 pytestmark = [pytest.mark.root]
 
@@ -20,15 +22,7 @@ DEPLOY = "/apis/extensions/v1beta1/namespaces/default/deployments"
 DS = "/apis/extensions/v1beta1/namespaces/default/daemonsets"
 
 
-def wait_for(fn, timeout=20.0, interval=0.1, what="condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}; last value: {last!r}")
+wait_for = functools.partial(wait_for, timeout=20.0, interval=0.1)
 
 
 @pytest.fixture(scope="module")

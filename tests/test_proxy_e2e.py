@@ -11,6 +11,7 @@ Topology (all in namespaces this module creates; nothing touches the root namesp
                                                2001:db8:1::10, 169.254.169.254 (metadata);
                                                a second upstream with an untrusted CA on 203.0.113.66
 """
+import functools
 import json
 import os
 import subprocess
@@ -22,6 +23,7 @@ import pytest
 from kubesim import netns
 from kubesim.testca import TestCA
 from kubesim.upstream import HELLO_BODY
+from kubesim.testing import wait_for
 from sidecar import probe
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -54,18 +56,7 @@ rules:
 METRICS_PORT = 9464
 
 
-def wait_for(pred, timeout=15.0, interval=0.1, what="condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = pred()
-            if last:
-                return last
-        except Exception as e:  # noqa: BLE001 - keep polling, report the last error
-            last = e
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}: last={last!r}")
+wait_for = functools.partial(wait_for, timeout=15.0, interval=0.1, retry_on=(Exception,))
 
 
 class World:
@@ -143,7 +134,7 @@ class World:
             return [json.loads(line) for line in f if line.strip()]
 
     def audit_for(self, path):
-        return wait_for(lambda: [a for a in self.audit() if a.get("path") == path], 5, what=f"audit line {path}")
+        return wait_for(lambda: [a for a in self.audit() if a.get("path") == path], timeout=5, what=f"audit line {path}")
 
     def set_policy(self, text):
         """Replace the policy file and wait until the proxy reports a reload (success or error)."""
@@ -154,7 +145,7 @@ class World:
             f.write(text)
         os.replace(tmp, self.policy_file)
         wait_for(lambda: self.metric("tproxy_policy_reloads_total", result="success")
-                 + self.metric("tproxy_policy_reloads_total", result="error") > before, 5, what="policy reload")
+                 + self.metric("tproxy_policy_reloads_total", result="error") > before, timeout=5, what="policy reload")
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +228,7 @@ def _build(w, tmp):
                               check=False).returncode == 0, what="upstream")
     wait_for(lambda: os.path.exists(w.mitm_ca) and node.run(
         "curl", "-sSf", "-m", "2", f"http://127.0.0.1:{METRICS_PORT}/readyz", check=False).returncode == 0,
-        20, what="mitmdump (see mitmdump.err)")
+        timeout=20, what="mitmdump (see mitmdump.err)")
     wait_for(lambda: "8080" in node.run("ss", "-ltn").stdout, what="mitmdump listening")
     # the standard-mode variant (tproxy.addStandardModeProxy): same addon, same policy, port 1080
     w.std_audit_file = os.path.join(tmp, "audit-std.jsonl")
@@ -246,7 +237,7 @@ def _build(w, tmp):
                    "--set", f"ssl_verify_upstream_trusted_ca={w.ca.ca_file}",
                    "--set", f"tproxy_policy={w.policy_file}", "--set", f"tproxy_audit={w.std_audit_file}"],
             "mitmdump-std")
-    wait_for(lambda: ":1080" in node.run("ss", "-ltn").stdout, 20, what="standard-mode mitmdump listening")
+    wait_for(lambda: ":1080" in node.run("ss", "-ltn").stdout, timeout=20, what="standard-mode mitmdump listening")
     # an instance asked for connection_strategy=eager, for a second pod address
     pod.add_addr("eth0", EAGER_POD + "/24")
     node.run("iptables", "-t", "nat", "-I", "PREROUTING", "-s", EAGER_POD, "-p", "tcp", "-m", "multiport",
@@ -255,7 +246,7 @@ def _build(w, tmp):
                    "-s", os.path.join(REPO, "proxy", "addon.py"), "--set", "connection_strategy=eager",
                    "--set", f"tproxy_extra_ca={w.ca.ca_file}", "--set", f"tproxy_policy={w.policy_file}",
                    "--set", f"tproxy_audit={os.path.join(tmp, 'audit-eager.jsonl')}"], "mitmdump-eager")
-    wait_for(lambda: ":8081" in node.run("ss", "-ltn").stdout, 20, what="eager mitmdump listening")
+    wait_for(lambda: ":8081" in node.run("ss", "-ltn").stdout, timeout=20, what="eager mitmdump listening")
 
 
 # -- the tutorial's two requests ----------------------------------------------------------------
@@ -353,7 +344,7 @@ def test_raw_tcp_on_intercepted_ports_never_reaches_upstream(world, payload, por
     ctl = world.upstream_stats(listener)["connections"]
     world.node.run(PY, "-c", f"import socket; s=socket.create_connection(('203.0.113.99', {port}), 3); "
                              f"s.sendall(b'x'); s.close()", timeout=10)
-    wait_for(lambda: world.upstream_stats(listener)["connections"] == ctl + 1, 5, what="control connection")
+    wait_for(lambda: world.upstream_stats(listener)["connections"] == ctl + 1, timeout=5, what="control connection")
     before = ctl + 1
     code = f"""
 import socket
