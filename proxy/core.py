@@ -31,6 +31,7 @@ from typing import Awaitable, Callable, Optional
 
 import structlog
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.net.http import url
 from mitmproxy.proxy import mode_specs
 
 from proxy.identity import IdentityMap, canonical_ip
@@ -62,6 +63,25 @@ async def system_resolve(host: str, port: int) -> list[str]:
         if sockaddr[0] not in seen:
             seen.append(sockaddr[0])
     return seen
+
+
+def set_host_port(req: http.Request, host: str, port: int) -> None:
+    """``req.host = host; req.port = port`` with the same end state, minus the work that changes nothing.
+
+    mitmproxy's ``host`` and ``port`` setters each rebuild ``host[:port]`` and rewrite the Host
+    header / ``:authority`` (a case-insensitive multidict scan each), even when they already say
+    exactly that -- the usual case here, where the request's own Host named the policy host. This
+    writes ``req.data`` directly and touches the header / authority only when they differ from
+    what the setters would have written (``url.hostport`` of the new scheme, host and port)."""
+    data = req.data
+    data.host = host
+    data.port = port
+    val = url.hostport(req.scheme, host, port)
+    headers = data.headers
+    if "Host" in headers and headers.get_all("Host") != [val]:
+        headers["Host"] = val
+    if data.authority and req.authority != val:
+        req.authority = val
 
 
 def split_host_port(authority: str) -> tuple[str, Optional[int]]:
@@ -506,11 +526,10 @@ class TproxyAddon:
             v = dataclasses.replace(blocked, decision="report" if self.policy.mode == "report" else "allow",
                                     reason="denied-range" if self.policy.mode == "report" else v.reason)
         pinned = addresses[0]
-        v = dataclasses.replace(v, upstream=pinned)
+        v.upstream = pinned  # v is this request's own Verdict (fresh from evaluate)
         # Dial the policy host by name (mitmproxy keeps it as SNI and for certificate verification);
         # server_connect pins the connection to the address checked above.
-        flow.request.host = v.host
-        flow.request.port = v.port
+        set_host_port(flow.request, v.host, v.port)
         self._approve(flow, v.host, v.port, pinned)
         self.metrics.requests.labels(v.decision, self.metrics.host_label(v.rule)).inc()
         flow.metadata["tproxy"] = v
