@@ -159,6 +159,7 @@ class TproxyAddon:
         self._policy_sig = None
         self._bundle = ""  # trust bundle written for tproxy_extra_ca
         self._running = False
+        self._ts_sec, self._ts_prefix = -1, ""
 
     # -- options ---------------------------------------------------------------------------------
     def load(self, loader):
@@ -418,11 +419,17 @@ class TproxyAddon:
 
     def _base_record(self, flow) -> dict:
         client_ip, pod = self._pod(flow)
-        now = time.time()
-        return {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z",
+        return {"ts": self._timestamp(time.time()),
                 "event": "decision", "client_ip": client_ip, "pod_namespace": pod["namespace"],
                 "pod_name": pod["name"], "pod_service_account": pod["serviceAccount"],
                 "node": self.identity.node or self.node}
+
+    def _timestamp(self, now: float) -> str:
+        """``2026-11-27T06:05:28.123Z`` (UTC, milliseconds); the date-time part formatted once a second."""
+        sec = int(now)
+        if sec != self._ts_sec:
+            self._ts_sec, self._ts_prefix = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        return f"{self._ts_prefix}.{int(now * 1000) % 1000:03d}Z"
 
     def _audit(self, flow, v: Verdict, *, status: int | None, nbytes: int | None, error: str | None = None):
         rec = self._base_record(flow)
@@ -467,26 +474,27 @@ class TproxyAddon:
         else:
             dest = flow.server_conn.address
             port = dest[1] if dest else (443 if req.scheme == "https" else 80)
-        v = Verdict("allow", "rule", host=host, port=port)
-        if self.policy.mode == "open":  # no filtering at all (still dials the Host by name, audited)
-            return dataclasses.replace(v, reason="open-mode")
-        if req.scheme == "https" and flow.client_conn.tls:
+        policy = self.policy
+        if policy.mode == "open":  # no filtering at all (still dials the Host by name, audited)
+            return Verdict("allow", "open-mode", host=host, port=port)
+        scheme = req.scheme
+        if scheme == "https" and flow.client_conn.tls:
             sni = flow.client_conn.sni
             if not sni:
                 if not is_ip_literal(host):
-                    return dataclasses.replace(v, decision="block", reason="tls-without-sni")
+                    return Verdict("block", "tls-without-sni", host=host, port=port)
             else:
                 try:
                     sni_norm = normalize_host(sni)
                 except Exception:  # noqa: BLE001
                     sni_norm = None
                 if sni_norm != host:
-                    return dataclasses.replace(v, decision="block", reason="sni-host-mismatch")
-        d = self.policy.decide(host, method=req.method, scheme=req.scheme, path=req.path, namespace=namespace)
+                    return Verdict("block", "sni-host-mismatch", host=host, port=port)
+        d = policy.decide(host, method=req.method, scheme=scheme, path=req.path, namespace=namespace)
         if d.allowed:
-            return dataclasses.replace(v, rule=d.rule)
+            return Verdict("allow", "rule", host=host, port=port, rule=d.rule)
         reason = "ip-literal" if is_ip_literal(host) else d.reason
-        return dataclasses.replace(v, decision="block", reason=reason)
+        return Verdict("block", reason, host=host, port=port)
 
     def _finalize(self, v: Verdict) -> Verdict:
         """Report mode turns a would-be block into 'report' (allowed, logged)."""
@@ -512,7 +520,7 @@ class TproxyAddon:
         try:
             addresses = await self.resolve(v.host, v.port)
         except (OSError, UnicodeError) as e:
-            self.metrics.requests.labels(v.decision, self.metrics.host_label(v.rule)).inc()
+            self.metrics.count_request(v.decision, v.rule)
             flow.response = http.Response.make(502, f"tproxy: cannot resolve {v.host}: {e}\n".encode(),
                                                {"Content-Type": "text/plain"})
             self._audit(flow, v, status=502, nbytes=None, error=f"dns: {e}")
@@ -531,11 +539,11 @@ class TproxyAddon:
         # server_connect pins the connection to the address checked above.
         set_host_port(flow.request, v.host, v.port)
         self._approve(flow, v.host, v.port, pinned)
-        self.metrics.requests.labels(v.decision, self.metrics.host_label(v.rule)).inc()
+        self.metrics.count_request(v.decision, v.rule)
         flow.metadata["tproxy"] = v
 
     def _deny(self, flow, v: Verdict) -> None:
-        self.metrics.requests.labels("block", self.metrics.host_label(None)).inc()
+        self.metrics.count_request("block", None)
         self._block_response(flow, v.reason)
         self._audit(flow, v, status=BLOCK_STATUS, nbytes=len(BLOCK_BODY))
 
@@ -573,7 +581,7 @@ class TproxyAddon:
                                                             upstream=",".join(denied or addresses)))
             v = dataclasses.replace(v, upstream=addresses[0])
             self._approve(flow, host, port, addresses[0])
-            self.metrics.requests.labels("allow", self.metrics.host_label(tunnel_rule)).inc()
+            self.metrics.count_request("allow", tunnel_rule)
             return self._audit(flow, v, status=200, nbytes=None)
         https_ok = port == 443 and any(not r.schemes or "https" in r.schemes for r in candidates)
         if https_ok or self.policy.mode in ("open", "report"):
@@ -611,7 +619,7 @@ class TproxyAddon:
         # Refused by mitmproxy before our request hook (CONNECT in transparent mode, smuggling
         # attempts, malformed requests): nothing was dialled; record it as a block.
         reason = "connect-not-allowed" if flow.request.method == "CONNECT" else "invalid-request"
-        self.metrics.requests.labels("block", self.metrics.host_label(None)).inc()
+        self.metrics.count_request("block", None)
         self._audit(flow, Verdict("block", reason, host=flow.request.host, port=flow.request.port),
                     status=400, nbytes=None, error=msg)
 

@@ -33,6 +33,16 @@ class Metrics:
             buckets=(0.00001, 0.00003, 0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1), registry=r)
         self.probes = Counter("tproxy_probe_requests", "Interception probes answered.", registry=r)
         self.identity_errors = Counter("tproxy_identity_errors", "Unreadable pod identity files.", registry=r)
+        self._request_children: dict[tuple[str, str], object] = {}
+
+    def count_request(self, decision: str, rule) -> None:
+        """``requests.labels(decision, host_label(rule)).inc()``, with the label children cached
+        (``.labels()`` validates and locks on every call; the label set is bounded, see above)."""
+        key = (decision, self.host_label(rule))
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._request_children[key] = self.requests.labels(*key)
+        child.inc()
 
     @staticmethod
     def host_label(rule) -> str:
