@@ -7,8 +7,11 @@ Enabled suite-wide by ``pytest_plugins = ["kubesim.testing"]`` in tests/conftest
 - ``kubesim_server``: a fresh server per test (use it when a test changes faults or global state).
 - ``kubeconfig_path``: an admin kubeconfig file for ``kubesim_server``.
 - ``kube_api_client``: an official ``kubernetes.client.ApiClient`` (admin) for ``kubesim_server``.
+- ``kube_api_client_module``: the same for ``kubesim_server_module``.
 - ``kubesim_server_factory``: ``make(**APIServer kwargs)`` for servers with other options, all
-  stopped at teardown.
+  stopped at teardown; ``kubesim_server_factory_module`` is its module-scoped twin.
+- ``fake_api_server``: a started ``controllerkit.testing.FakeApiServer`` per test (for the
+  informer's fault cases).
 
 Helpers: :func:`api_client_for` builds an ``ApiClient`` for any server and token (e.g. a
 ServiceAccount's, from ``srv.service_account_token(ns, name)``); :func:`wait_for` (from :mod:`kubesim.polling`)
@@ -54,10 +57,9 @@ def kubesim_server_module():
     srv.stop()
 
 
-@pytest.fixture
-def kubesim_server_factory():
-    """Start servers with any options (``k8s_version="1.13"``, ``faults=...``, ``history=10``,
-    ``sans=[...]``); every server started through it is stopped at teardown."""
+def _started_servers():
+    """Generator behind the factory fixtures: yields ``make(**APIServer kwargs)``, then stops
+    every server it started."""
     started = []
 
     def make(**kwargs):
@@ -73,6 +75,19 @@ def kubesim_server_factory():
 
 
 @pytest.fixture
+def kubesim_server_factory():
+    """Start servers with any options (``k8s_version="1.13"``, ``faults=...``, ``history=10``,
+    ``sans=[...]``); every server started through it is stopped at teardown."""
+    yield from _started_servers()
+
+
+@pytest.fixture(scope="module")
+def kubesim_server_factory_module():
+    """:func:`kubesim_server_factory` for module-scoped fixtures (servers stopped after the module)."""
+    yield from _started_servers()
+
+
+@pytest.fixture
 def kubeconfig_path(kubesim_server, tmp_path):
     return kubesim_server.write_kubeconfig(str(tmp_path / "kubeconfig"))
 
@@ -82,6 +97,22 @@ def kube_api_client(kubesim_server):
     client = api_client_for(kubesim_server)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="module")
+def kube_api_client_module(kubesim_server_module):
+    client = api_client_for(kubesim_server_module)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def fake_api_server():
+    """A started :class:`controllerkit.testing.FakeApiServer` (plain-HTTP list/watch fake), per test."""
+    from controllerkit.testing import FakeApiServer
+    srv = FakeApiServer().start()
+    yield srv
+    srv.stop()
 
 
 def raw(client, method: str, path: str, query=None, body=None, content_type: str | None = None,

@@ -9,7 +9,6 @@ import pytest
 
 from controllerkit.informer import Informer, Store, key_of
 from controllerkit.kube import Client
-from controllerkit.testing import FakeApiServer
 from kubesim.testing import wait_for
 
 PODS = "/api/v1/pods"
@@ -46,10 +45,8 @@ class Recorder:
 
 
 @pytest.fixture
-def srv():
-    s = FakeApiServer().start()
-    yield s
-    s.stop()
+def srv(fake_api_server):
+    return fake_api_server
 
 
 @pytest.fixture

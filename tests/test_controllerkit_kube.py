@@ -7,16 +7,14 @@ import yaml
 
 from controllerkit import errors
 from controllerkit.kube import Client, ConfigError, resource_path
-from controllerkit.testing import FakeApiServer, status_body
+from controllerkit.testing import status_body
 
 PODS = "/api/v1/pods"
 
 
 @pytest.fixture
-def srv():
-    s = FakeApiServer().start()
-    yield s
-    s.stop()
+def srv(fake_api_server):
+    return fake_api_server
 
 
 @pytest.fixture

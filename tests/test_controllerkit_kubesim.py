@@ -7,18 +7,16 @@ import pytest
 from controllerkit import errors
 from controllerkit.informer import Informer
 from controllerkit.kube import Client, resource_path
-from kubesim.apiserver import APIServer
 
 NS = "ck"
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory):
-    srv = APIServer().start()
+def api(kubesim_server_module, tmp_path_factory):
+    srv = kubesim_server_module
     client = Client.from_config(srv.write_kubeconfig(str(tmp_path_factory.mktemp("kc") / "kubeconfig")))
     client.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
-    yield srv, client
-    srv.stop()
+    return srv, client
 
 
 def test_https_crud_and_typed_errors(api):

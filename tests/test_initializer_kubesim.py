@@ -32,7 +32,6 @@ from controllerkit.serve import HealthServer
 from initializer import metrics
 from initializer.controller import Controller
 from initializer.mutate import ALPHA_INIT_ANNOTATION, BETA_INIT_ANNOTATION
-from kubesim import apiserver as kubesim_api  # part of this repo: a broken import must fail, not skip
 from kubesim.testing import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -140,10 +139,8 @@ def chart():
 
 
 @pytest.fixture(scope="module")
-def server(chart):
-    srv = kubesim_api.APIServer(k8s_version="1.7", seed=0).start(host="127.0.0.1", port=0)
-    yield srv
-    srv.stop()
+def server(chart, kubesim_server_factory_module):
+    return kubesim_server_factory_module(k8s_version="1.7", seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 
 from controllerkit import errors
 from controllerkit.kube import Client
-from controllerkit.testing import FakeApiServer, status_body
+from controllerkit.testing import status_body
 from initializer import metrics
 from initializer.controller import MAX_CONFLICT_RETRIES, Controller
 from initializer.mutate import FAIL, INJECT
@@ -39,10 +39,8 @@ class Recorder:
 
 
 @pytest.fixture
-def fake():
-    srv = FakeApiServer().start()
-    yield srv
-    srv.stop()
+def fake(fake_api_server):
+    return fake_api_server
 
 
 @pytest.fixture

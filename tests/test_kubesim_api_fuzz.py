@@ -4,7 +4,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kubesim.apiserver import APIServer
 from kubesim.testing import api_client_for, raw
 
 json_scalars = st.none() | st.booleans() | st.integers(-5, 5) | st.text(max_size=5)
@@ -22,10 +21,8 @@ PATHS = ["/api/v1/namespaces/default/pods", "/api/v1/namespaces/default/configma
 
 
 @pytest.fixture(scope="module")
-def fuzz_server():
-    srv = APIServer().start()
-    yield srv
-    srv.stop()
+def fuzz_server(kubesim_server_module):
+    return kubesim_server_module
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

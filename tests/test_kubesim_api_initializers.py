@@ -41,24 +41,18 @@ def rule(groups=("*",), versions=("*",), resources=("deployments",)):
 
 
 @pytest.fixture
-def srv():
-    s = APIServer().start()
-    yield s
-    s.stop()
+def srv(kubesim_server):
+    return kubesim_server
 
 
 @pytest.fixture
-def srv113():
-    s = APIServer(k8s_version="1.13").start()
-    yield s
-    s.stop()
+def srv113(kubesim_server_factory):
+    return kubesim_server_factory(k8s_version="1.13")
 
 
 @pytest.fixture
-def c(srv):
-    cl = api_client_for(srv)
-    yield cl
-    cl.close()
+def c(kube_api_client):
+    return kube_api_client
 
 
 def create_async(c, path, body, query=None):

@@ -10,15 +10,13 @@ from kubesim.testing import api_client_for, raw
 
 
 @pytest.fixture(scope="module")
-def srv():
-    s = APIServer().start()
-    yield s
-    s.stop()
+def srv(kubesim_server_module):
+    return kubesim_server_module
 
 
 @pytest.fixture(scope="module")
-def c(srv):
-    return api_client_for(srv)
+def c(kube_api_client_module):
+    return kube_api_client_module
 
 
 def bind(c, ns, name, rules, subjects, cluster_role=False, cluster_binding=False):

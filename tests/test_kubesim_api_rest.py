@@ -21,15 +21,13 @@ EXT = "/apis/extensions/v1beta1/namespaces/default/deployments"
 
 
 @pytest.fixture(scope="module")
-def srv():
-    s = APIServer().start()
-    yield s
-    s.stop()
+def srv(kubesim_server_module):
+    return kubesim_server_module
 
 
 @pytest.fixture(scope="module")
-def c(srv):
-    return api_client_for(srv)
+def c(kube_api_client_module):
+    return kube_api_client_module
 
 
 def deployment(name):

@@ -5,8 +5,7 @@ import warnings
 
 import pytest
 
-from kubesim.apiserver import APIServer
-from kubesim.testing import api_client_for, raw
+from kubesim.testing import raw
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -19,32 +18,28 @@ TEMPLATE = {"metadata": {"labels": {"a": "b"}}, "spec": {
 
 
 @pytest.fixture(scope="module")
-def objects():
-    srv = APIServer().start()
-    c = api_client_for(srv)
+def objects(kube_api_client_module):
+    c = kube_api_client_module
     out = []
-    try:
-        raw(c, "POST", "/apis/admissionregistration.k8s.io/v1alpha1/initializerconfigurations", body={
-            "metadata": {"name": "x"}, "initializers": [{"name": "a.example.com", "rules": [
-                {"apiGroups": ["extensions"], "apiVersions": ["*"], "resources": ["daemonsets"]}]}]})
-        out.append(raw(c, "GET", "/apis/admissionregistration.k8s.io/v1alpha1/initializerconfigurations/x")[1])
-        out.append(raw(c, "POST", "/apis/extensions/v1beta1/namespaces/default/deployments",
-                       body={"metadata": {"name": "d"}, "spec": {"template": TEMPLATE}})[1])
-        out.append(raw(c, "GET", "/apis/apps/v1beta1/namespaces/default/deployments/d")[1])
-        out.append(raw(c, "POST", "/apis/extensions/v1beta1/namespaces/default/daemonsets",
-                       query={"includeUninitialized": "1"}, body={"metadata": {"name": "ds"}, "spec": {"template": TEMPLATE}})[1])
-        out.append(raw(c, "POST", "/api/v1/namespaces/default/pods", body={"metadata": {"name": "p"}, "spec": TEMPLATE["spec"]})[1])
-        out.append(raw(c, "POST", "/api/v1/namespaces/default/services", body={"metadata": {"name": "s"}, "spec": {"ports": [{"port": 80}]}})[1])
-        out.append(raw(c, "GET", "/api/v1/namespaces/default")[1])
-        sa = raw(c, "GET", "/api/v1/namespaces/default/serviceaccounts/default")[1]
-        out.append(sa)
-        out.append(raw(c, "GET", "/api/v1/namespaces/default/secrets/" + sa["secrets"][0]["name"])[1])
-        out.append(raw(c, "POST", "/api/v1/namespaces/default/configmaps", body={"metadata": {"name": "m"}, "data": {"k": "v"}})[1])
-        out.append(raw(c, "GET", "/apis/rbac.authorization.k8s.io/v1beta1/clusterroles/cluster-admin")[1])
-        out.append(raw(c, "GET", "/apis/rbac.authorization.k8s.io/v1beta1/clusterrolebindings/cluster-admin")[1])
-        yield out
-    finally:
-        srv.stop()
+    raw(c, "POST", "/apis/admissionregistration.k8s.io/v1alpha1/initializerconfigurations", body={
+        "metadata": {"name": "x"}, "initializers": [{"name": "a.example.com", "rules": [
+            {"apiGroups": ["extensions"], "apiVersions": ["*"], "resources": ["daemonsets"]}]}]})
+    out.append(raw(c, "GET", "/apis/admissionregistration.k8s.io/v1alpha1/initializerconfigurations/x")[1])
+    out.append(raw(c, "POST", "/apis/extensions/v1beta1/namespaces/default/deployments",
+                   body={"metadata": {"name": "d"}, "spec": {"template": TEMPLATE}})[1])
+    out.append(raw(c, "GET", "/apis/apps/v1beta1/namespaces/default/deployments/d")[1])
+    out.append(raw(c, "POST", "/apis/extensions/v1beta1/namespaces/default/daemonsets",
+                   query={"includeUninitialized": "1"}, body={"metadata": {"name": "ds"}, "spec": {"template": TEMPLATE}})[1])
+    out.append(raw(c, "POST", "/api/v1/namespaces/default/pods", body={"metadata": {"name": "p"}, "spec": TEMPLATE["spec"]})[1])
+    out.append(raw(c, "POST", "/api/v1/namespaces/default/services", body={"metadata": {"name": "s"}, "spec": {"ports": [{"port": 80}]}})[1])
+    out.append(raw(c, "GET", "/api/v1/namespaces/default")[1])
+    sa = raw(c, "GET", "/api/v1/namespaces/default/serviceaccounts/default")[1]
+    out.append(sa)
+    out.append(raw(c, "GET", "/api/v1/namespaces/default/secrets/" + sa["secrets"][0]["name"])[1])
+    out.append(raw(c, "POST", "/api/v1/namespaces/default/configmaps", body={"metadata": {"name": "m"}, "data": {"k": "v"}})[1])
+    out.append(raw(c, "GET", "/apis/rbac.authorization.k8s.io/v1beta1/clusterroles/cluster-admin")[1])
+    out.append(raw(c, "GET", "/apis/rbac.authorization.k8s.io/v1beta1/clusterrolebindings/cluster-admin")[1])
+    return out
 
 
 def test_every_kind_validates_strictly(objects):

@@ -24,17 +24,13 @@ def deployment(name):
 
 
 @pytest.fixture
-def srv():
-    s = APIServer().start()
-    yield s
-    s.stop()
+def srv(kubesim_server):
+    return kubesim_server
 
 
 @pytest.fixture
-def c(srv):
-    cl = api_client_for(srv)
-    yield cl
-    cl.close()
+def c(kube_api_client):
+    return kube_api_client
 
 
 @pytest.fixture
