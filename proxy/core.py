@@ -78,7 +78,8 @@ def set_host_port(req: http.Request, host: str, port: int) -> None:
     data.port = port
     val = url.hostport(req.scheme, host, port)
     headers = data.headers
-    if "Host" in headers and headers.get_all("Host") != [val]:
+    current = headers.get_all("Host")  # one scan: present (non-empty) and already right?
+    if current and current != [val]:
         headers["Host"] = val
     if data.authority and req.authority != val:
         req.authority = val
@@ -124,8 +125,11 @@ class AuditLog:
             except OSError as e:
                 raise exceptions.OptionsError(f"tproxy_audit: cannot open {target!r}: {e.strerror or e}") from None
 
+    # json.dumps with any non-default argument builds a new JSONEncoder per call; build it once.
+    _encode = json.JSONEncoder(default=str, separators=(",", ":")).encode
+
     def write(self, record: dict) -> None:
-        line = json.dumps(record, default=str, separators=(",", ":")) + "\n"
+        line = self._encode(record) + "\n"
         with self._lock:
             f = self._file or sys.stdout
             f.write(line)
