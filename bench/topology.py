@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 
-from kubesim.netns import Netns, veth
+from kubesim.netns import Netns, stop, veth
 
 CLIENT_IP = "198.18.1.2"
 NODE_CLIENT_SIDE = "198.18.1.1"
@@ -95,15 +95,5 @@ class Topology:
                           "-m", "multiport", "--dports", "80,443", "-j", "REDIRECT", "--to-ports", str(port))
 
     def down(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        for ns in (self.client, self.node, self.internet):
-            if ns is not None:
-                ns.delete()
+        stop(self.procs, (self.client, self.node, self.internet))
         shutil.rmtree(self.tmp, ignore_errors=True)

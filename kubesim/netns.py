@@ -159,6 +159,24 @@ def veth(a: Netns, a_if: str, b: Netns, b_if: str, *, mtu: int | None = None) ->
         ns.link_up(ifname)
 
 
+def stop(procs: Iterable[subprocess.Popen], namespaces: Iterable["Netns | None"] = (),
+         timeout: float = 5.0) -> None:
+    """Tear down what a test or benchmark started: terminate every process still running, wait
+    up to ``timeout`` s for each (then kill it), and delete ``namespaces`` (None entries skipped)."""
+    procs = list(procs)
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    for ns in namespaces:
+        if ns is not None:
+            ns.delete()
+
+
 def cleanup_all() -> None:
     """Delete every namespace this process created and did not delete yet."""
     with _lock:

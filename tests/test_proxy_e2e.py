@@ -80,16 +80,7 @@ class World:
         return p
 
     def close(self):
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        for n in self.nss:
-            n.delete()
+        netns.stop(self.procs, self.nss)
 
     # -- clients ---------------------------------------------------------------------------------
     def curl(self, *args, timeout=10):
