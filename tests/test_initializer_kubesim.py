@@ -32,14 +32,12 @@ from controllerkit.serve import HealthServer
 from initializer import metrics
 from initializer.controller import Controller
 from initializer.mutate import ALPHA_INIT_ANNOTATION, BETA_INIT_ANNOTATION
+from initializer_objects import ANN, DEPLOY, NAME, deployment
 from kubesim.testing import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 HELM = os.environ.get("TPROXY_HELM", str(REPO / ".tools" / "bin" / "helm"))
-NAME = "tproxy.initializer.kubernetes.io"
-ANN = "initializer.kubernetes.io/tproxy"
 CM_NS = "kube-system"
-DEPLOY = "apps/v1beta1"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,20 +71,6 @@ def collection_path(obj: dict) -> str:
               "ClusterRoleBinding": "clusterrolebindings", "Role": "roles", "RoleBinding": "rolebindings",
               "InitializerConfiguration": "initializerconfigurations", "Namespace": "namespaces"}[kind]
     return resource_path(obj["apiVersion"], plural, (obj.get("metadata") or {}).get("namespace"))
-
-
-def deployment(name, annotated=True, group=DEPLOY, pending=None, **podspec):
-    meta = {"name": name}
-    if annotated is not None:
-        meta["annotations"] = {ANN: "true" if annotated is True else annotated}
-    if pending is not None:
-        meta["initializers"] = {"pending": [{"name": n} for n in pending]}
-    pod = {"containers": [{"name": "app", "image": "debian"}]}
-    pod.update(podspec)
-    spec = {"template": {"metadata": {"labels": {"app": name}}, "spec": pod}}
-    if group == "extensions/v1beta1":
-        spec["selector"] = {"matchLabels": {"app": name}}
-    return {"apiVersion": group, "kind": "Deployment", "metadata": meta, "spec": spec}
 
 
 wait_for = functools.partial(wait_for, timeout=10.0, interval=0.02)

@@ -8,9 +8,9 @@ from initializer import mutate
 from initializer.config import parse_config
 from initializer.mutate import (ALPHA_INIT_ANNOTATION, BETA_INIT_ANNOTATION, FAIL, IGNORE, INJECT, SKIP,
                                 InjectionConflict, apply_injection, decide)
+from initializer_objects import ANN, NAME
+from initializer_objects import deployment as _deployment
 
-NAME = "tproxy.initializer.kubernetes.io"
-ANN = "initializer.kubernetes.io/tproxy"
 
 CFG = parse_config("""
 containers:
@@ -26,15 +26,8 @@ envVars:
 
 
 def deployment(pending=(NAME,), annotated=True, ns="default", **podspec):
-    meta = {"name": "web", "namespace": ns, "uid": "u1", "resourceVersion": "7"}
-    if annotated is not None:
-        meta["annotations"] = {ANN: "true" if annotated is True else annotated}
-    if pending is not None:
-        meta["initializers"] = {"pending": [{"name": n} for n in pending]}
-    pod = {"containers": [{"name": "app", "image": "debian"}]}
-    pod.update(podspec)
-    return {"apiVersion": "apps/v1beta1", "kind": "Deployment", "metadata": meta,
-            "spec": {"template": {"metadata": {"labels": {"app": "web"}}, "spec": pod}}}
+    return _deployment("web", annotated=annotated, pending=pending,
+                       meta={"namespace": ns, "uid": "u1", "resourceVersion": "7"}, **podspec)
 
 
 def run(obj, require=False, **kw):
