@@ -68,17 +68,22 @@ def test_backoff_grows_exponentially_caps_and_forget_resets():
 
 
 def test_add_rate_limited_delays_growing():
-    q = WorkQueue("t", base_delay=0.05, max_delay=1)
-    q.add_rate_limited("k")  # 0.05 s
-    assert q.get(timeout=0.02) is None
+    # Delays far above scheduling noise: a loaded 2-core CI machine can stall a thread for tens of ms,
+    # which made a 0.05 s delay observable as "already due" (flaky). The early get()s only need to be
+    # shorter than the delay, so they stay short.
+    q = WorkQueue("t", base_delay=0.5, max_delay=5)
     t0 = time.monotonic()
-    assert q.get(timeout=1) == "k"
+    q.add_rate_limited("k")  # 0.5 s
+    assert q.get(timeout=0.1) is None
+    assert q.get(timeout=5) == "k"
+    assert time.monotonic() - t0 >= 0.45
     q.done("k")
-    q.add_rate_limited("k")  # 0.1 s now
-    assert q.get(timeout=0.06) is None
-    assert q.get(timeout=1) == "k"
+    t1 = time.monotonic()
+    q.add_rate_limited("k")  # 1.0 s now
+    assert q.get(timeout=0.3) is None
+    assert q.get(timeout=5) == "k"
     assert q.num_requeues("k") == 2
-    assert time.monotonic() - t0 >= 0.09
+    assert time.monotonic() - t1 >= 0.9
 
 
 def test_add_after_keeps_earliest_and_dedups():
