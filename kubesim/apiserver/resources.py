@@ -99,7 +99,9 @@ def _default_template(spec: dict) -> None:
         default_pod_spec(tmpl.setdefault("spec", {}))
 
 
-def default_deployment_apps(obj: dict) -> None:
+def _default_deployment(obj: dict, *, max_unavailable, max_surge, apps_only: dict) -> None:
+    """The 1.7 Deployment defaults shared by both groups (§7); they differ only in the rolling-update
+    numbers and in fields that only apps/v1beta1 defaults."""
     spec = obj.setdefault("spec", {})
     _default_template_selector(spec)
     if not obj["metadata"].get("labels"):
@@ -111,28 +113,20 @@ def default_deployment_apps(obj: dict) -> None:
     strat.setdefault("type", "RollingUpdate")
     if strat["type"] == "RollingUpdate":
         ru = strat.setdefault("rollingUpdate", {})
-        ru.setdefault("maxUnavailable", "25%")
-        ru.setdefault("maxSurge", "25%")
-    spec.setdefault("revisionHistoryLimit", 2)
-    spec.setdefault("progressDeadlineSeconds", 600)
+        ru.setdefault("maxUnavailable", max_unavailable)
+        ru.setdefault("maxSurge", max_surge)
+    for key, value in apps_only.items():
+        spec.setdefault(key, value)
     _default_template(spec)
+
+
+def default_deployment_apps(obj: dict) -> None:
+    _default_deployment(obj, max_unavailable="25%", max_surge="25%",
+                        apps_only={"revisionHistoryLimit": 2, "progressDeadlineSeconds": 600})
 
 
 def default_deployment_extensions(obj: dict) -> None:
-    spec = obj.setdefault("spec", {})
-    _default_template_selector(spec)
-    if not obj["metadata"].get("labels"):
-        labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels")
-        if labels:
-            obj["metadata"]["labels"] = dict(labels)
-    spec.setdefault("replicas", 1)
-    strat = spec.setdefault("strategy", {})
-    strat.setdefault("type", "RollingUpdate")
-    if strat["type"] == "RollingUpdate":
-        ru = strat.setdefault("rollingUpdate", {})
-        ru.setdefault("maxUnavailable", 1)
-        ru.setdefault("maxSurge", 1)
-    _default_template(spec)
+    _default_deployment(obj, max_unavailable=1, max_surge=1, apps_only={})
 
 
 def default_daemonset(obj: dict) -> None:
