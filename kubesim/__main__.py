@@ -1,4 +1,4 @@
-"""kubesim command line: ``python -m kubesim {serve,apply,logs,demo} ...``.
+"""kubesim command line: ``python -m kubesim {serve,apply,logs,kubelet,demo} ...``.
 
 Each subcommand lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``;
 they are imported lazily so that ``serve`` does not pay for the kubelet and the other way round.
