@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import ipaddress
+import json
 import posixpath
 import urllib.parse
 from typing import Any, Iterable
@@ -130,9 +131,20 @@ class Rule:
     schemes: frozenset[str] = frozenset()
     namespaces: frozenset[str] = frozenset()
 
-    @property
+    # Worked out once per rule (the dataclass is frozen; cached_property writes the instance dict).
+    @functools.cached_property
     def label(self) -> str:
         return f"rules[{self.index}] {self.host}"
+
+    @functools.cached_property
+    def allows(self) -> "Decision":
+        """The decision "allowed by this rule" (one shared immutable object)."""
+        return Decision(True, self, "rule")
+
+    @functools.cached_property
+    def audit_members(self) -> str:
+        """This rule's audit fields, JSON-encoded without braces: ``"rule":...,"rule_index":N``."""
+        return f'"rule":{json.dumps(self.label)},"rule_index":{self.index}'
 
     def matches(self, method: str, scheme: str, path: str, namespace: str | None) -> bool:
         if self.methods and method.upper() not in self.methods:
@@ -151,6 +163,9 @@ class Decision:
     allowed: bool
     rule: Rule | None
     reason: str                         # "rule", "no-matching-rule", ...
+
+
+NO_MATCH = Decision(False, None, "no-matching-rule")
 
 
 def _strings(value: Any, where: str) -> list[str]:
@@ -183,6 +198,7 @@ class Policy:
         self.source = source
         self._denied_cache: dict[str, bool] = {}
         self._exact: dict[str, list[Rule]] = {}
+        self._candidates: dict[str, tuple[Rule, ...]] = {}
         self._wild: dict[str, list[Rule]] = {}
         for r in self.rules:
             if r.host.startswith("*."):
@@ -282,8 +298,16 @@ class Policy:
                     methods, schemes, namespaces)
 
     # -- decisions -----------------------------------------------------------------------------
-    def candidates(self, host: str) -> Iterable[Rule]:
-        """Rules whose host pattern covers ``host`` (already normalised), exact ones first."""
+    def candidates(self, host: str) -> tuple[Rule, ...]:
+        """Rules whose host pattern covers ``host`` (already normalised), exact ones first (memoised)."""
+        hit = self._candidates.get(host)
+        if hit is None:
+            if len(self._candidates) > 4096:  # hosts are chosen by clients: keep the memo bounded
+                self._candidates.clear()
+            hit = self._candidates[host] = tuple(self._find_candidates(host))
+        return hit
+
+    def _find_candidates(self, host: str) -> Iterable[Rule]:
         yield from self._exact.get(host, ())
         if is_ip_literal(host):
             return
@@ -298,14 +322,18 @@ class Policy:
     def decide(self, host: str, *, method: str, scheme: str, path: str,
                namespace: str | None = None) -> Decision:
         """Match a request against the allow rules. ``host`` must be normalised."""
-        npath = normalize_path(path)
+        npath = None  # normalised only when a candidate rule has paths to compare
         best: Rule | None = None
         for rule in self.candidates(host):  # only the rules indexed under this host's names
-            if (best is None or rule.index < best.index) and rule.matches(method, scheme, npath, namespace):
+            if best is not None and rule.index >= best.index:
+                continue
+            if rule.paths and npath is None:
+                npath = normalize_path(path)
+            if rule.matches(method, scheme, npath, namespace):
                 best = rule
         if best is None:
-            return Decision(False, None, "no-matching-rule")
-        return Decision(True, best, "rule")
+            return NO_MATCH
+        return best.allows
 
     def address_denied(self, address: str) -> bool:
         """True when ``address`` is in ``deny_ranges`` and not in ``allow_ranges`` (memoised)."""

@@ -188,3 +188,36 @@ def test_configmap_style_symlink_swap_changes_the_signature(tmp_path):
     os.symlink("..v2", tmp_path / "..data_tmp")
     os.replace(tmp_path / "..data_tmp", tmp_path / "..data")
     assert TproxyAddon._stat(str(tmp_path / "policy.yaml")) != before
+
+
+_paths = st.sampled_from(["/", "/a/", "/a/b", "/b/", "/a/../b/x", "/%61/"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.fixed_dictionaries({"host": _patterns}, optional={
+    "paths": st.lists(st.sampled_from(["/a/", "/b/", "/a/b"]), min_size=1, max_size=2),
+    "methods": st.lists(st.sampled_from(["GET", "POST"]), min_size=1, max_size=2)}), max_size=8),
+    _names, _paths, st.sampled_from(["GET", "POST", "PUT"]))
+def test_decide_matches_a_linear_scan_with_paths_and_methods(rules, host, path, method):
+    """The index, the per-host memo and the lazy path normalisation give the same first match as
+    checking every rule in order against the normalised path."""
+    p = pol(rules)
+    npath = normalize_path(path)
+    expected = None
+    for i, r in enumerate(rules):
+        covers = host.endswith("." + r["host"][2:]) if r["host"].startswith("*.") else host == r["host"]
+        if covers and method in r.get("methods", [method]) and \
+                any(npath.startswith(normalize_path(x)) for x in r.get("paths", ["/"])):
+            expected = i
+            break
+    for _ in range(2):  # the second decision comes from the memo
+        d = p.decide(host, method=method, scheme="https", path=path)
+        assert (d.rule.index if d.allowed else None) == expected
+
+
+def test_candidate_memo_stays_bounded_and_correct():
+    p = pol([{"host": "*.example"}])
+    for i in range(5000):
+        assert p.decide(f"h{i}.example", method="GET", scheme="https", path="/").allowed
+        assert not p.decide(f"h{i}.other", method="GET", scheme="https", path="/").allowed
+    assert len(p._candidates) <= 4097
