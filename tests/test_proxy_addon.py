@@ -5,6 +5,8 @@ import os
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from mitmproxy import connection, exceptions
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
@@ -629,7 +631,199 @@ def test_load_forces_lazy_connections_and_streaming():
         assert tctx.options.stream_large_bodies == core.DEFAULT_STREAM_LARGE_BODIES
 
 
-def test_script_loads_by_path():
+ADDON_SCRIPT = os.path.join(os.path.dirname(__file__), "..", "proxy", "addon.py")
+IMPLEMENTED_HOOKS = {"load", "configure", "running", "done", "request", "http_connect", "responseheaders", "response",
+                     "error", "server_connect", "server_connected", "server_connect_error", "tcp_start",
+                     "client_disconnected"}
+
+
+def test_script_exposes_every_hook_name_on_the_module():
+    """proxy/addon.py's hooks are module attributes (see its docstring): every hook mitmproxy knows is
+    defined, bound to the one TproxyAddon or None, and nothing is nested under ``addons``."""
+    from mitmproxy import hooks
+    with taddons.context():
+        module = script_module(ADDON_SCRIPT)
+        assert module.addons == [] and isinstance(module.addon, TproxyAddon)
+        assert set(hooks.all_hooks) >= IMPLEMENTED_HOOKS  # our names are mitmproxy's hook names
+        for name in hooks.all_hooks:
+            fn = module.__dict__[name]  # present (a KeyError here is an AttributeError per event)
+            if name in IMPLEMENTED_HOOKS:
+                assert fn.__self__ is module.addon and fn.__func__ is getattr(TproxyAddon, name), name
+            else:
+                assert fn is None, name
+
+
+def script_module(path):
+    from mitmproxy.addons import script
+    return script.load_script(os.path.abspath(path))
+
+
+def test_script_hooks_run_through_mitmproxys_own_dispatch(tmp_path):
+    """Loaded the way mitmdump -s loads it, the module's hooks decide requests: a blocked host gets
+    the teapot, an allowed one is approved for its own address."""
+    from mitmproxy import hooks as mhooks
+    from mitmproxy.proxy.layers import http as lhttp
+    module = script_module(ADDON_SCRIPT)
+    module.addon._resolver = fake_resolve
     with taddons.context() as tctx:
-        module = tctx.script(os.path.join(os.path.dirname(__file__), "..", "proxy", "addon.py"))
-        assert [type(a).__name__ for a in module.addons] == ["TproxyAddon"]
+        tctx.master.addons.add(module)  # into the chain; runs the module's load hook: options appear
+        tctx.master.addons.invoke_addon_sync(module, mhooks.ConfigureHook(set(tctx.options.keys())))
+        tctx.configure(module.addon, tproxy_audit=str(tmp_path / "audit.jsonl"))
+        blocked, allowed = make_flow("www.google.com", "/"), make_flow()
+
+        async def dispatch():
+            for f in (blocked, allowed):
+                await tctx.master.addons.handle_lifecycle(lhttp.HttpRequestHook(f))
+
+        asyncio.run(dispatch())
+        assert blocked.response.status_code == 418
+        assert allowed.response is None and allowed.request.host == "storage.googleapis.com"
+        assert server_connect(module.addon, allowed).address == ("203.0.113.20", 443)
+        module.addon.done()
+
+
+# -- audit line assembly and batching ----------------------------------------------------------------
+AUDIT_KEYS = ["ts", "event", "client_ip", "pod_namespace", "pod_name", "pod_service_account", "node", "proxy_mode",
+              "policy_mode", "method", "scheme", "host", "port", "path", "sni", "decision", "reason", "rule",
+              "rule_index", "upstream", "status", "bytes"]
+
+
+def test_audit_line_has_every_field_in_order(addon, audit_file):
+    f = run(addon, make_flow())
+    f.response = tutils.tresp(content=b"abc")
+    addon.response(f)
+    run(addon, make_flow("www.google.com", "/x"))
+    allowed, blocked = audit_lines(audit_file)
+    assert list(allowed) == AUDIT_KEYS and list(blocked) == AUDIT_KEYS
+    assert (allowed["event"], allowed["proxy_mode"], allowed["policy_mode"], allowed["port"], allowed["rule_index"]) == \
+        ("decision", "transparent", "enforce", 443, 0)
+    assert (blocked["rule"], blocked["rule_index"], blocked["upstream"], blocked["bytes"]) == \
+        (None, None, None, len(BLOCK_BODY))
+    assert allowed["ts"].endswith("Z") and len(allowed["ts"]) == len("2026-11-27T06:05:28.123Z")
+
+
+def test_audit_error_field_is_last_and_escaped(addon, audit_file):
+    f = run(addon, make_flow())
+    f.error = tflow.terr('upstream said "no"\nand \\ left')
+    addon.error(f)
+    line = audit_lines(audit_file)[-1]
+    assert list(line) == AUDIT_KEYS + ["error"] and line["error"] == 'upstream said "no"\nand \\ left'
+
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(path=st.text(min_size=0, max_size=40), sni=st.one_of(st.none(), st.text(max_size=20)),
+       error=st.one_of(st.none(), st.text(min_size=1, max_size=30)), method=st.sampled_from(["GET", "POST", "PÜT"]))
+def test_audit_line_is_valid_json_for_any_client_text(addon, audit_file, path, sni, error, method):
+    """Path, SNI, method and error are chosen by clients: whatever they hold, the assembled line
+    parses as one JSON object carrying them unchanged (quotes, control and non-ASCII characters)."""
+    f = make_flow("www.google.com", "/")
+    f.request.path = "/" + path
+    f.request.method = method
+    f.client_conn.sni = sni
+    v = core.Verdict("block", "no-matching-rule", host="www.google.com", port=443)
+    before = len(audit_file.read_text().splitlines()) if audit_file.exists() else 0
+    addon._audit(f, v, status=418, nbytes=None, error=error)
+    lines = audit_file.read_text().splitlines()
+    assert len(lines) == before + 1
+    line = json.loads(lines[-1])
+    assert (line["path"], line["sni"], line["method"], line.get("error")) == ("/" + path, sni, method, error)
+    assert lines[-1].isascii()
+
+
+def test_client_fields_are_looked_up_once_per_connection(addon, tmp_path, audit_file):
+    ident = tmp_path / "identity.json"
+    ident.write_text(json.dumps({"version": 1, "node": "n1", "pods": {"10.0.0.5": {"namespace": "ns", "name": "p1"}}}))
+    addon.tctx.configure(addon, tproxy_identity=str(ident))
+    first = make_flow("www.google.com", "/1")
+    run(addon, first)
+    calls = []
+    lookup = addon.identity.lookup
+    addon.identity.lookup = lambda ip: calls.append(ip) or lookup(ip)
+    second = make_flow("www.google.com", "/2")
+    second.client_conn = first.client_conn  # keep-alive: same connection
+    run(addon, second)
+    assert calls == []  # known pod: no second lookup on the same connection
+    assert [line["pod_name"] for line in audit_lines(audit_file)] == ["p1", "p1"]
+    addon.client_disconnected(first.client_conn)
+    assert first.client_conn.id not in addon._clients
+
+
+def test_unknown_client_is_looked_up_again_until_podwatch_knows_it(addon, tmp_path, audit_file):
+    """The pod's first connection may come before podwatch wrote its identity: an unknown client
+    is not cached as unknown for the rest of its connection."""
+    ident = tmp_path / "identity.json"
+    ident.write_text(json.dumps({"version": 1, "node": "n1", "pods": {}}))
+    addon.tctx.configure(addon, tproxy_identity=str(ident))
+    first = make_flow("www.google.com", "/1")
+    run(addon, first)
+    ident.write_text(json.dumps({"version": 1, "node": "n1", "pods": {"10.0.0.5": {"namespace": "ns", "name": "late"}}}))
+    addon.identity.refresh(force=True)
+    second = make_flow("www.google.com", "/2")
+    second.client_conn = first.client_conn
+    run(addon, second)
+    assert [line["pod_name"] for line in audit_lines(audit_file)] == ["", "late"]
+
+
+def test_audit_lines_are_batched_on_the_event_loop_and_flushed(tmp_path):
+    target = tmp_path / "audit.jsonl"
+    log = core.AuditLog(str(target))
+    log.FLUSH_SECONDS = 0.2
+
+    async def main():
+        log.attach(asyncio.get_running_loop())
+        for i in range(3):
+            log.write({"n": i})
+        early = target.read_text()
+        await asyncio.sleep(0.4)
+        return early
+
+    early = asyncio.run(main())
+    assert early == ""  # nothing written per line while batching ...
+    assert [json.loads(x)["n"] for x in target.read_text().splitlines()] == [0, 1, 2]  # ... all of it once flushed
+    log.close()
+
+
+def test_audit_batch_is_written_at_once_when_full_and_on_close(tmp_path):
+    target = tmp_path / "audit.jsonl"
+    log = core.AuditLog(str(target))
+    log.FLUSH_SECONDS = 60
+
+    async def main():
+        log.attach(asyncio.get_running_loop())
+        for i in range(log.MAX_PENDING):
+            log.write({"n": i})
+        full = len(target.read_text().splitlines())
+        log.write({"n": "tail"})
+        return full
+
+    assert asyncio.run(main()) == log.MAX_PENDING  # the batch that filled up went out without waiting
+    assert len(target.read_text().splitlines()) == log.MAX_PENDING
+    log.close()  # done hook / shutdown: nothing is lost
+    assert json.loads(target.read_text().splitlines()[-1]) == {"n": "tail"}
+
+
+def test_audit_lines_from_other_threads_are_written_at_once(tmp_path):
+    import threading
+    target = tmp_path / "audit.jsonl"
+    log = core.AuditLog(str(target))
+    log.FLUSH_SECONDS = 60
+    seen = []
+
+    async def main():
+        log.attach(asyncio.get_running_loop())
+        log.write({"n": "loop"})
+        t = threading.Thread(target=lambda: (log.write({"n": "thread"}), seen.append(target.read_text())))
+        t.start()
+        t.join()
+
+    asyncio.run(main())
+    assert [json.loads(x)["n"] for x in seen[0].splitlines()] == ["loop", "thread"]  # in order, nothing held back
+    log.close()
+
+
+def test_audit_write_failure_is_logged_not_raised(tmp_path, capsys):
+    log = core.AuditLog(str(tmp_path / "audit.jsonl"))
+    log._file.close()  # e.g. the volume went away
+    log.write({"n": 1})  # must not take the request (or the proxy) down
+    assert "audit_write_failed" in capsys.readouterr().err

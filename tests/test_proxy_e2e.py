@@ -324,7 +324,9 @@ def test_connect_request_is_refused_and_never_tunnels(world):
     assert connect_code != "200", r.stdout + r.stderr
     assert r.returncode != 0
     assert world.upstream_stats("203.0.113.30:443")["connections"] == before
-    assert any(a["reason"] == "connect-not-allowed" for a in world.audit())
+    # (audit lines are written in batches, within AuditLog.FLUSH_SECONDS)
+    wait_for(lambda: any(a["reason"] == "connect-not-allowed" for a in world.audit()), timeout=5,
+             what="audit line for the refused CONNECT")
 
 
 @pytest.mark.parametrize("payload, port", [(b"SSH-2.0-OpenSSH_9.2\r\n", 443), (b"\x00\x01binary\xff" * 10, 443),
@@ -405,10 +407,12 @@ def test_standard_mode_blocks_plain_http_and_dials_policy_host(world):
     assert world.curl(*STD, "http://www.google.com/")[0] == 418
     status, body, _, _ = world.curl(*STD, "http://allowed.example/echo")
     assert status == 200 and json.loads(body)["local_address"] == NAMES["allowed.example"]
-    with open(world.std_audit_file) as f:
-        lines = [json.loads(x) for x in f if x.strip()]
-    assert any(a["proxy_mode"] == "regular" and a["decision"] == "allow" and a["host"] == "allowed.example"
-               for a in lines)
+
+    def allowed_line():
+        with open(world.std_audit_file) as f:
+            return any(a["proxy_mode"] == "regular" and a["decision"] == "allow" and a["host"] == "allowed.example"
+                       for a in (json.loads(x) for x in f if x.strip()))
+    wait_for(allowed_line, timeout=5, what="standard-mode audit line")  # lines are written in batches
 
 
 # -- probe, audit, streaming --------------------------------------------------------------------
