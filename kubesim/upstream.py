@@ -14,6 +14,8 @@ Virtual hosts (chosen by the ``Host`` header; HTTPS picks the certificate by SNI
 - any host: ``/echo`` → JSON with what the server saw (Host, SNI, the local address:port the client
   reached, the peer, method, path, scheme), so tests can tell *where* a request really went;
   ``/bytes/N`` → N bytes streamed in chunks (large-download tests and the benchmark);
+  ``/chunked/N`` → N bytes with ``Transfer-Encoding: chunked`` (no Content-Length: the size is
+  unknown until the end);
   ``/.upstream/stats`` → JSON counters (connections accepted and requests per listener).
 - ``--metadata``: ``metadata.google.internal`` / ``169.254.169.254`` answer ``/computeMetadata/v1/…``
   like the GCE metadata server (requires ``Metadata-Flavor: Google``).
@@ -112,6 +114,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self._echo()
         if path.startswith("/bytes/"):
             return self._bytes(path[len("/bytes/"):])
+        if path.startswith("/chunked/"):
+            return self._bytes(path[len("/chunked/"):], chunked=True)
         if path == "/.upstream/stats":
             return self._send(200, json.dumps(self.server.stats.snapshot()).encode(), "application/json")
         if self.server.metadata and host in METADATA_HOSTS:
@@ -163,16 +167,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
         }
         self._send(200, json.dumps(info).encode(), "application/json")
 
-    def _bytes(self, spec: str) -> None:
+    def _bytes(self, spec: str, chunked: bool = False) -> None:
         try:
             n = int(spec)
             if n < 0:
                 raise ValueError
         except ValueError:
-            return self._send(400, b"/bytes/N needs a non-negative integer N\n")
+            return self._send(400, b"/bytes/N and /chunked/N need a non-negative integer N\n")
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(n))
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(n))
         self.end_headers()
         if self.command == "HEAD":
             return
@@ -180,8 +187,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         left = n
         while left > 0:
             k = min(left, CHUNK)
-            self.wfile.write(block[:k])
+            self.wfile.write(b"%x\r\n%s\r\n" % (k, block[:k]) if chunked else block[:k])
             left -= k
+        if chunked:
+            self.wfile.write(b"0\r\n\r\n")
 
     def _metadata(self, path: str) -> None:
         hdr = [("Metadata-Flavor", "Google")]

@@ -679,8 +679,15 @@ class TproxyAddon:
         self._deny(flow, Verdict("block", "connect-not-allowed", host=host, port=port))
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        """Count the bytes of streamed bodies (mitmproxy keeps no copy of them)."""
-        if "tproxy" in flow.metadata and flow.response.stream is True:
+        """Count the bytes of streamed bodies (mitmproxy keeps no copy of them).
+
+        A body of unknown size (chunked, or delimited by the connection's close) is streamed from
+        its first byte: left to mitmproxy, it would be buffered up to ``stream_large_bodies`` and
+        then streamed without passing through any hook, and the audit line would miss its bytes."""
+        if "tproxy" not in flow.metadata:
+            return
+        response = flow.response
+        if response.stream is True or (not response.stream and "content-length" not in response.headers):
             counter = {"n": 0}
             flow.metadata["tproxy_bytes"] = counter
 
@@ -688,7 +695,7 @@ class TproxyAddon:
                 counter["n"] += len(chunk)
                 return chunk
 
-            flow.response.stream = count
+            response.stream = count
 
     def response(self, flow: http.HTTPFlow) -> None:
         v = flow.metadata.pop("tproxy", None)

@@ -827,3 +827,24 @@ def test_audit_write_failure_is_logged_not_raised(tmp_path, capsys):
     log._file.close()  # e.g. the volume went away
     log.write({"n": 1})  # must not take the request (or the proxy) down
     assert "audit_write_failed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("headers, streamed", [
+    ({"Content-Length": "5"}, False),                 # known small size: mitmproxy buffers it
+    ({"Transfer-Encoding": "chunked"}, True),          # unknown size: streamed (and counted) from byte 1
+    ({}, True),                                        # close-delimited
+])
+def test_bodies_of_unknown_size_are_streamed_and_counted(addon, audit_file, headers, streamed):
+    f = run(addon, make_flow())
+    f.response = tutils.tresp(content=b"")
+    f.response.headers.clear()
+    f.response.headers.update(headers)
+    addon.responseheaders(f)
+    assert callable(f.response.stream) == streamed
+    if streamed:
+        for chunk in (b"abc", b"de", b""):
+            assert f.response.stream(chunk) == chunk
+    else:
+        f.response.content = b"12345"
+    addon.response(f)
+    assert audit_lines(audit_file)[-1]["bytes"] == 5

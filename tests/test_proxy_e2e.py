@@ -456,6 +456,18 @@ def test_large_download_is_streamed_with_flat_memory(world):
     assert rss_kb("VmHWM") - base < 64 * 1024, "mitmdump buffered the body"
 
 
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_chunked_download_of_unknown_size_is_counted_in_the_audit(world, scheme):
+    """No Content-Length: mitmproxy would buffer 1 MB and then stream the rest past every hook; the
+    addon streams such bodies from the first byte, so the audit line counts every byte."""
+    size = 3 * 1024 * 1024 + 17
+    status, body, headers, _ = world.curl(f"{scheme}://allowed.example/chunked/{size}?s={scheme}", timeout=30)
+    assert status == 200 and len(body) == size and body == b"x" * size
+    assert headers.get("transfer-encoding") == "chunked" or scheme == "https"  # (h2 has no chunked framing)
+    line = world.audit_for(f"/chunked/{size}?s={scheme}")[-1]
+    assert (line["status"], line["bytes"]) == (200, size)
+
+
 # -- policy changes (these run last: they change the module's policy) -----------------------------
 def test_report_mode_allows_and_records_would_block(world):
     world.set_policy(POLICY.replace("mode: enforce", "mode: report"))
