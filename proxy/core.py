@@ -66,6 +66,8 @@ def _jint(value) -> str:
 
 
 NO_RULE_MEMBERS = '"rule":null,"rule_index":null'
+# Blocks that report mode does not turn into "report": the request itself is malformed.
+MALFORMED_REASONS = frozenset({"missing-host", "invalid-host", "multiple-host-headers"})
 
 
 async def system_resolve(host: str, port: int) -> list[str]:
@@ -80,22 +82,23 @@ async def system_resolve(host: str, port: int) -> list[str]:
     return seen
 
 
-def set_host_port(req: http.Request, host: str, port: int) -> None:
+def set_host_port(req: http.Request, host: str, port: int, host_headers: list[str] | None = None) -> None:
     """``req.host = host; req.port = port`` with the same end state, minus the work that changes nothing.
 
     mitmproxy's ``host`` and ``port`` setters each rebuild ``host[:port]`` and rewrite the Host
     header / ``:authority`` (a case-insensitive multidict scan each), even when they already say
     exactly that -- the usual case here, where the request's own Host named the policy host. This
     writes ``req.data`` directly and touches the header / authority only when they differ from
-    what the setters would have written (``url.hostport`` of the new scheme, host and port)."""
+    what the setters would have written (``url.hostport`` of the new scheme, host and port).
+    ``host_headers``: the request's Host values if the caller has just read them (saves a scan)."""
     data = req.data
     data.host = host
     data.port = port
     val = url.hostport(req.scheme, host, port)
-    headers = data.headers
-    current = headers.get_all("Host")  # one scan: present (non-empty) and already right?
-    if current and current != [val]:
-        headers["Host"] = val
+    if host_headers is None:
+        host_headers = data.headers.get_all("Host")
+    if host_headers and host_headers != [val]:  # present and not already right
+        data.headers["Host"] = val
     if data.authority and req.authority != val:
         req.authority = val
 
@@ -133,6 +136,7 @@ class Verdict:
     port: int = 0
     rule: object = None
     upstream: str = ""
+    host_headers: list | None = None    # the request's Host values as evaluate read them
 
 
 class AuditLog:
@@ -543,7 +547,12 @@ class TproxyAddon:
         """Policy decision for a request, without side effects (no DNS, no flow changes)."""
         req = flow.request
         regular = self._regular_mode(flow)
-        authority = req.host_header or (req.host if regular else "")
+        hosts = req.data.headers.get_all("Host")
+        if len(hosts) > 1:  # RFC 9112 3.2: a request with more than one Host field line is invalid
+            return Verdict("block", "multiple-host-headers")
+        # = req.host_header (HTTP/2 and 3: :authority first), without a second header scan
+        authority = ((req.data.authority and req.authority) if req.is_http2 or req.is_http3 else "") or \
+            (hosts[0] if hosts else "") or (req.host if regular else "")
         if not authority:
             return Verdict("block", "missing-host")
         try:
@@ -582,14 +591,13 @@ class TproxyAddon:
                     return Verdict("block", "sni-host-mismatch", host=host, port=port)
         d = policy.decide(host, method=req.method, scheme=scheme, path=req.path, namespace=namespace)
         if d.allowed:
-            return Verdict("allow", "rule", host=host, port=port, rule=d.rule)
+            return Verdict("allow", "rule", host=host, port=port, rule=d.rule, host_headers=hosts)
         reason = "ip-literal" if is_ip_literal(host) else d.reason
         return Verdict("block", reason, host=host, port=port)
 
     def _finalize(self, v: Verdict) -> Verdict:
         """Report mode turns a would-be block into 'report' (allowed, logged)."""
-        if v.decision == "block" and self.policy.mode == "report" and v.reason not in ("missing-host",
-                                                                                      "invalid-host"):
+        if v.decision == "block" and self.policy.mode == "report" and v.reason not in MALFORMED_REASONS:
             return dataclasses.replace(v, decision="report")
         return v
 
@@ -627,7 +635,7 @@ class TproxyAddon:
         v.upstream = pinned  # v is this request's own Verdict (fresh from evaluate)
         # Dial the policy host by name (mitmproxy keeps it as SNI and for certificate verification);
         # server_connect pins the connection to the address checked above.
-        set_host_port(flow.request, v.host, v.port)
+        set_host_port(flow.request, v.host, v.port, v.host_headers)
         self._approve(flow, v.host, v.port, pinned)
         self.metrics.count_request(v.decision, v.rule)
         flow.metadata["tproxy"] = v
