@@ -69,7 +69,7 @@ def run(cfg: common.BenchConfig) -> dict:
         raise common.Skip("kubesim/upstream.py not found")
     have_addon = os.path.exists(ADDON)
     duration = cfg.pick(1.5, 2.0)
-    rounds = cfg.pick(1, max(cfg.repeats, 8))  # many short interleaved rounds: paired ratios resist load bursts
+    rounds = cfg.pick(1, max(cfg.repeats, 12))  # many short interleaved rounds: paired ratios resist load bursts
     concurrency = 8
     dl_bytes = cfg.pick(64 * 2**20, 2**30)
     modes = [m for m in MODES if have_addon or not m.startswith("addon")]
