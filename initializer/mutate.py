@@ -29,6 +29,10 @@ import json
 from dataclasses import dataclass
 from typing import Any, Optional
 
+# kubernetes' own parser (the official client, already a dependency): the full suffix grammar
+# (m, k, Ki..Ei, M..E, exponents) without a hand-written copy.
+from kubernetes.utils.quantity import parse_quantity
+
 from .config import InjectionConfig
 
 BETA_INIT_ANNOTATION = "pod.beta.kubernetes.io/init-containers"
@@ -76,15 +80,33 @@ def _omitted_when_empty(value: Any) -> bool:
     return value is False or value == "" or value == []
 
 
-def _subset(ours: Any, theirs: Any) -> bool:
-    """True if every field of ``ours`` is in ``theirs`` with the same value (defaults tolerated)."""
+def _same_quantity(ours: Any, theirs: Any) -> bool:
+    """Equal as Kubernetes quantities (``1000m`` == ``1``, ``1024Mi`` == ``1Gi``, ``0.5`` == ``500m``)."""
+    try:
+        return parse_quantity(ours) == parse_quantity(theirs)
+    except (ValueError, TypeError):
+        return ours == theirs
+
+
+def _is_quantity_field(path: tuple) -> bool:
+    """``resources.limits.X`` / ``resources.requests.X`` and ``emptyDir.sizeLimit``: the fields the API
+    server stores in canonical form, so a value that went through it may be spelt differently."""
+    return (len(path) >= 3 and path[-3] == "resources" and path[-2] in ("limits", "requests")) or \
+        path[-2:] == ("emptyDir", "sizeLimit")
+
+
+def _subset(ours: Any, theirs: Any, path: tuple = ()) -> bool:
+    """True if every field of ``ours`` is in ``theirs`` with the same value (defaults tolerated;
+    quantities compared by value, as the server rewrites them into canonical form)."""
     if isinstance(ours, dict):
         return isinstance(theirs, dict) and all(
-            _subset(v, theirs[k]) if k in theirs else _omitted_when_empty(v)
+            _subset(v, theirs[k], path + (k,)) if k in theirs else _omitted_when_empty(v)
             for k, v in ours.items() if v is not None)
     if isinstance(ours, list):
         return isinstance(theirs, list) and len(ours) == len(theirs) and all(
-            _subset(a, b) for a, b in zip(ours, theirs))
+            _subset(a, b, path) for a, b in zip(ours, theirs))
+    if ours != theirs and path and _is_quantity_field(path):
+        return _same_quantity(ours, theirs)
     return ours == theirs
 
 

@@ -104,6 +104,31 @@ envVars: [{name: EMPTY, value: ""}]
     assert decide(clash, cfg, initializer_name=NAME, annotation=ANN, require_annotation=False).action == FAIL
 
 
+def test_quantities_the_server_rewrote_are_not_conflicts():
+    """The API server stores quantities in canonical form (1000m -> 1, 1024Mi -> 1Gi, 0.5 -> 500m). An
+    object that already carries our injection, exported and created again, must not fail with a 422.
+    A quantity of another value still conflicts."""
+    cfg = parse_config("""
+containers: [{name: tproxy, image: s, securityContext: {privileged: true},
+              resources: {limits: {cpu: 1000m, memory: 1024Mi}, requests: {cpu: "0.5"}}}]
+volumes: [{name: scratch, emptyDir: {sizeLimit: 2048Mi}}]
+""")
+    once = decide(deployment(), cfg, initializer_name=NAME, annotation=ANN, require_annotation=False).obj
+    served = copy.deepcopy(once)
+    tproxy = served["spec"]["template"]["spec"]["initContainers"][0]
+    tproxy["resources"] = {"limits": {"cpu": "1", "memory": "1Gi"}, "requests": {"cpu": "500m"}}
+    served["spec"]["template"]["spec"]["volumes"][0]["emptyDir"]["sizeLimit"] = "2Gi"
+    served["metadata"]["initializers"] = {"pending": [{"name": NAME}]}
+    dec = decide(served, cfg, initializer_name=NAME, annotation=ANN, require_annotation=False)
+    assert dec.action == INJECT, dec.reason
+    assert dec.obj["spec"] == served["spec"], "nothing added twice"
+    tproxy["resources"]["limits"]["cpu"] = "2"
+    dec = decide(served, cfg, initializer_name=NAME, annotation=ANN, require_annotation=False)
+    assert dec.action == FAIL and "init container 'tproxy' with a different definition" in dec.reason
+    # outside quantity fields, "1" and "1000m" are different strings
+    assert not mutate._subset({"env": [{"name": "X", "value": "1000m"}]}, {"env": [{"name": "X", "value": "1"}]})
+
+
 @pytest.mark.parametrize("podspec, message", [
     ({"volumes": [{"name": "ca-certs-debian", "emptyDir": {}}]},
      "spec.template.spec.volumes already has volume 'ca-certs-debian' with a different definition"),
