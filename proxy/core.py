@@ -125,6 +125,8 @@ class ClientInfo:
     pod: dict                           # namespace, name, serviceAccount ("" when unknown)
     regular: bool                       # standard (regular) mode rather than transparent
     audit_members: str                  # its audit fields, JSON-encoded, without braces
+    identity: object                    # the IdentityMap and its generation this was looked up in
+    generation: int
 
 
 @dataclasses.dataclass(slots=True)
@@ -465,12 +467,14 @@ class TproxyAddon:
     def _client(self, flow) -> ClientInfo:
         """The flow's client connection: address, pod identity, proxy mode and audit fields.
 
-        Worked out once per connection (keep-alive requests reuse it) and dropped when the client
-        disconnects. A client the identity file does not know (yet: podwatch may write it after
-        the pod's first connection) is looked up again on its next request."""
+        Worked out once per connection and identity file: keep-alive requests reuse it until podwatch
+        rewrites the file (checked at most once a second, as before), so a pod's namespace (which
+        namespace-scoped rules decide on) is never older than the file. Dropped on disconnect."""
         client = flow.client_conn
+        identity = self.identity
+        identity.refresh()  # a clock read; a stat at most once a second
         info = self._clients.get(client.id)
-        if info is not None and (info.pod["namespace"] or not self.identity.path):
+        if info is not None and info.identity is identity and info.generation == identity.generation:
             return info
         client_ip = canonical_ip(str(client.peername[0])) if client.peername else ""
         pod = self.identity.lookup(client_ip) if client_ip else {"namespace": "", "name": "", "serviceAccount": ""}
@@ -479,7 +483,7 @@ class TproxyAddon:
             "client_ip": client_ip, "pod_namespace": pod["namespace"], "pod_name": pod["name"],
             "pod_service_account": pod["serviceAccount"], "node": self.identity.node or self.node,
             "proxy_mode": "regular" if regular else "transparent"})[1:-1]
-        info = ClientInfo(client_ip, pod, regular, members)
+        info = ClientInfo(client_ip, pod, regular, members, identity, identity.generation)
         if client.id:
             self._clients[client.id] = info
         return info
@@ -785,4 +789,6 @@ def hook_table(addon) -> dict:
     import mitmproxy.proxy.layers  # noqa: F401
     import mitmproxy.proxy.server_hooks  # noqa: F401
     from mitmproxy import hooks
-    return {name: getattr(addon, name, None) for name in hooks.all_hooks}
+    # add_log is mitmproxy's deprecated log event: merely having the attribute (even None) makes
+    # AddonManager.register warn "The add_log event has been deprecated" on every (re)load.
+    return {name: getattr(addon, name, None) for name in hooks.all_hooks if name != "add_log"}

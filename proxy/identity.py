@@ -43,6 +43,7 @@ class IdentityMap:
         self._sig: tuple | None = None
         self._last_check = float("-inf")
         self.node = ""
+        self.generation = 0  # bumped whenever the map is replaced: lets callers cache lookups safely
         if path:
             self.refresh(force=True)
 
@@ -58,6 +59,8 @@ class IdentityMap:
             changed = self._sig is not None or bool(self._pods)
             with self._lock:
                 self._pods, self._sig, self.node = {}, None, ""
+                if changed:
+                    self.generation += 1
             return changed
         sig = (st.st_ino, st.st_mtime_ns, st.st_size)
         if sig == self._sig:
@@ -76,6 +79,7 @@ class IdentityMap:
             return False
         with self._lock:
             self._pods, self._sig, self.node = pods, sig, str(doc.get("node", ""))
+            self.generation += 1
         return True
 
     def lookup(self, client_ip: str) -> dict:

@@ -639,7 +639,7 @@ def test_script_exposes_every_hook_name_on_the_module():
         module = script_module(ADDON_SCRIPT)
         assert module.addons == [] and isinstance(module.addon, TproxyAddon)
         assert set(hooks.all_hooks) >= IMPLEMENTED_HOOKS  # our names are mitmproxy's hook names
-        for name in hooks.all_hooks:
+        for name in set(hooks.all_hooks) - {"add_log"}:  # (deprecated: its mere presence warns)
             fn = module.__dict__[name]  # present (a KeyError here is an AttributeError per event)
             if name in IMPLEMENTED_HOOKS:
                 assert fn.__self__ is module.addon and fn.__func__ is getattr(TproxyAddon, name), name
@@ -862,3 +862,34 @@ def test_allowed_request_keeps_a_single_host_header(addon, tmp_path):
     f = run(addon, make_flow("WWW.Google.com.", "/", scheme="http"))
     assert f.response is None
     assert f.request.headers.get_all("Host") == ["www.google.com"]  # normalised, written once
+
+
+def test_loading_the_script_logs_no_deprecation_warning(caplog):
+    """mitmproxy warns about the deprecated add_log event whenever an addon merely has that attribute."""
+    import logging
+
+    import mitmproxy.log  # noqa: F401 - registers add_log in all_hooks, as in a running mitmdump
+    module = script_module(ADDON_SCRIPT)
+    assert "add_log" not in module.__dict__
+    with caplog.at_level(logging.DEBUG), taddons.context() as tctx:
+        tctx.master.addons.add(module)
+    assert not [r for r in caplog.records if "deprecated" in r.getMessage()]
+
+
+def test_identity_change_reaches_a_live_connection(addon, tmp_path, audit_file):
+    """Namespace rules decide on the pod's identity: when podwatch rewrites the identity file (an IP
+    now belongs to a pod of another namespace), a keep-alive connection follows it."""
+    ident = tmp_path / "identity.json"
+    ident.write_text(json.dumps({"version": 1, "node": "n", "pods": {"10.0.0.5": {"namespace": "team-a", "name": "a"}}}))
+    addon.tctx.configure(addon, tproxy_identity=str(ident), tproxy_policy=write_policy(
+        tmp_path, "rules: [{host: a.example, namespaces: [team-a]}]\n"))
+    first = run(addon, make_flow("a.example", "/"))
+    assert first.response is None
+    _bump(ident, json.dumps({"version": 1, "node": "n2", "pods": {"10.0.0.5": {"namespace": "team-b", "name": "b"}}}))
+    addon.identity.refresh(force=True)
+    second = make_flow("a.example", "/")
+    second.client_conn = first.client_conn  # same keep-alive connection
+    run(addon, second)
+    assert second.response is not None and second.response.status_code == 418
+    line = audit_lines(audit_file)[-1]
+    assert (line["pod_namespace"], line["pod_name"], line["node"]) == ("team-b", "b", "n2")
