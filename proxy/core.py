@@ -31,6 +31,7 @@ from typing import Awaitable, Callable, Optional
 
 import structlog
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.connection import ConnectionState
 from mitmproxy.net.http import url
 from mitmproxy.proxy import mode_specs
 
@@ -484,7 +485,7 @@ class TproxyAddon:
             "pod_service_account": pod["serviceAccount"], "node": self.identity.node or self.node,
             "proxy_mode": "regular" if regular else "transparent"})[1:-1]
         info = ClientInfo(client_ip, pod, regular, members, identity, identity.generation)
-        if client.id:
+        if client.id and client.state is not ConnectionState.CLOSED:  # closed: client_disconnected has run
             self._clients[client.id] = info
         return info
 
@@ -514,7 +515,9 @@ class TproxyAddon:
         flow.response = http.Response.make(200, body, {"Content-Type": "text/plain", ANSWER_HEADER: nonce})
 
     def _approve(self, flow, host: str, port: int, address: str) -> None:
-        self._approved.setdefault(flow.client_conn.id, {})[(host, port)] = address
+        client = flow.client_conn
+        if client.state is not ConnectionState.CLOSED:  # (gone while we awaited DNS: nothing to keep)
+            self._approved.setdefault(client.id, {})[(host, port)] = address
 
     def _block_response(self, flow, reason: str) -> None:
         flow.response = http.Response.make(BLOCK_STATUS, BLOCK_BODY, {**BLOCK_HEADERS, "X-Tproxy-Reason": reason})

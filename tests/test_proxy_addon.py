@@ -893,3 +893,16 @@ def test_identity_change_reaches_a_live_connection(addon, tmp_path, audit_file):
     assert second.response is not None and second.response.status_code == 418
     line = audit_lines(audit_file)[-1]
     assert (line["pod_namespace"], line["pod_name"], line["node"]) == ("team-b", "b", "n2")
+
+
+def test_a_client_gone_before_its_decision_leaves_nothing_behind(addon):
+    """The client may disconnect while its request waits for DNS; client_disconnected has then run
+    already, so nothing may be (re)recorded for it: no approval (it could never be used) and no
+    cached client fields (they would never be dropped)."""
+    from mitmproxy.connection import ConnectionState
+    f = make_flow()
+    f.client_conn.state = ConnectionState.CLOSED
+    addon.client_disconnected(f.client_conn)
+    run(addon, f)
+    assert f.response is None  # still decided (and audited) like any request
+    assert f.client_conn.id not in addon._approved and f.client_conn.id not in addon._clients
