@@ -147,17 +147,18 @@ class AuditLog:
 
     Unbuffered until :meth:`attach` is called (by the addon's ``running`` hook, i.e. inside a
     running mitmproxy): from then on lines written on the event loop's thread are collected and
-    written together at most ``FLUSH_SECONDS`` later (or at once when ``MAX_PENDING`` lines wait),
+    written together at most ``flush_seconds`` later (or at once when ``MAX_PENDING`` lines wait),
     one ``write`` + ``flush`` per batch instead of per request. A crash (kill -9) can therefore
-    lose the last ``FLUSH_SECONDS`` of lines; a clean shutdown (``done``) writes them all. Lines
+    lose the last ``flush_seconds`` of lines; a clean shutdown (``done``) writes them all. Lines
     from other threads, and every line before ``attach``, are written at once.
     """
 
-    FLUSH_SECONDS = 0.05
+    FLUSH_SECONDS = 0.05  # default of the tproxy_audit_flush_ms option
     MAX_PENDING = 256
 
-    def __init__(self, target: str):
+    def __init__(self, target: str, flush_seconds: float = FLUSH_SECONDS):
         self.target = target
+        self.flush_seconds = flush_seconds  # 0: every line written at once, also when attached
         self._lock = threading.Lock()
         self._pending: list[str] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -185,10 +186,10 @@ class AuditLog:
         """Write one already-encoded JSON object (no newline)."""
         with self._lock:
             self._pending.append(line + "\n")
-            if self._loop is not None and threading.get_ident() == self._loop_thread \
+            if self._loop is not None and self.flush_seconds > 0 and threading.get_ident() == self._loop_thread \
                     and len(self._pending) < self.MAX_PENDING:
                 if self._timer is None:
-                    self._timer = self._loop.call_later(self.FLUSH_SECONDS, self.flush)
+                    self._timer = self._loop.call_later(self.flush_seconds, self.flush)
                 return
             self._write_pending()
 
@@ -255,6 +256,9 @@ class TproxyAddon:
         loader.add_option("tproxy_metrics_port", int, 0, "Port for /metrics, /healthz, /readyz (0 = off).")
         loader.add_option("tproxy_metrics_host", str, "0.0.0.0", "Address for the metrics server.")
         loader.add_option("tproxy_audit", str, "-", "Audit log: a file to append JSON lines to, or '-' for stdout.")
+        loader.add_option("tproxy_audit_flush_ms", int, round(AuditLog.FLUSH_SECONDS * 1000),
+                          "Audit lines are written in batches at most this many ms apart (0: one write per "
+                          "line; a kill -9 can lose at most this much).")
         loader.add_option("tproxy_log_level", str, "info", "Log level of tproxy's own JSON log lines (stderr).")
         loader.add_option("tproxy_extra_ca", str, "",
                           "PEM file of extra CA certificates trusted for upstream TLS *in addition to* the "
@@ -289,10 +293,15 @@ class TproxyAddon:
             self._policy_sig = self._stat(o.tproxy_policy) if o.tproxy_policy else None
         if "tproxy_identity" in updated:
             self.identity = IdentityMap(o.tproxy_identity, on_error=self._identity_error)
+        if "tproxy_audit_flush_ms" in updated:
+            if not 0 <= o.tproxy_audit_flush_ms <= 10_000:
+                raise exceptions.OptionsError(
+                    f"tproxy_audit_flush_ms: {o.tproxy_audit_flush_ms} is not between 0 and 10000 (ms; 0 = unbatched)")
+            self.audit.flush_seconds = o.tproxy_audit_flush_ms / 1000
         if "tproxy_audit" in updated:
             if not o.tproxy_audit:
                 raise exceptions.OptionsError("tproxy_audit: empty; use '-' for stdout or a file path")
-            old, self.audit = self.audit, AuditLog(o.tproxy_audit)
+            old, self.audit = self.audit, AuditLog(o.tproxy_audit, self.audit.flush_seconds)
             if old._loop is not None:
                 self.audit.attach(old._loop, old._loop_thread)
             old.close()

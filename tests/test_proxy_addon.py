@@ -762,7 +762,7 @@ def test_unknown_client_is_looked_up_again_until_podwatch_knows_it(addon, tmp_pa
 def test_audit_lines_are_batched_on_the_event_loop_and_flushed(tmp_path):
     target = tmp_path / "audit.jsonl"
     log = core.AuditLog(str(target))
-    log.FLUSH_SECONDS = 0.2
+    log.flush_seconds = 0.2
 
     async def main():
         log.attach(asyncio.get_running_loop())
@@ -781,7 +781,7 @@ def test_audit_lines_are_batched_on_the_event_loop_and_flushed(tmp_path):
 def test_audit_batch_is_written_at_once_when_full_and_on_close(tmp_path):
     target = tmp_path / "audit.jsonl"
     log = core.AuditLog(str(target))
-    log.FLUSH_SECONDS = 60
+    log.flush_seconds = 60
 
     async def main():
         log.attach(asyncio.get_running_loop())
@@ -801,7 +801,7 @@ def test_audit_lines_from_other_threads_are_written_at_once(tmp_path):
     import threading
     target = tmp_path / "audit.jsonl"
     log = core.AuditLog(str(target))
-    log.FLUSH_SECONDS = 60
+    log.flush_seconds = 60
     seen = []
 
     async def main():
@@ -906,3 +906,26 @@ def test_a_client_gone_before_its_decision_leaves_nothing_behind(addon):
     run(addon, f)
     assert f.response is None  # still decided (and audited) like any request
     assert f.client_conn.id not in addon._approved and f.client_conn.id not in addon._clients
+
+
+def test_audit_flush_option_sets_the_batch_window_and_zero_writes_every_line(addon, audit_file):
+    addon.tctx.configure(addon, tproxy_audit_flush_ms=0)
+    assert addon.audit.flush_seconds == 0
+
+    async def main():
+        addon.audit.attach(asyncio.get_running_loop())  # as in a running mitmproxy
+        addon.audit.write({"n": 1})
+        return audit_lines(audit_file)
+
+    assert asyncio.run(main()) == [{"n": 1}]  # written at once although attached
+    addon.tctx.configure(addon, tproxy_audit_flush_ms=250)
+    assert addon.audit.flush_seconds == 0.25
+    addon.tctx.configure(addon, tproxy_audit=str(audit_file) + ".2")  # a new target keeps the window
+    assert addon.audit.flush_seconds == 0.25
+
+
+@pytest.mark.parametrize("value", [-1, 10_001])
+def test_audit_flush_option_out_of_range_is_rejected(addon, value):
+    with pytest.raises(exceptions.OptionsError, match="tproxy_audit_flush_ms: .* not between 0 and 10000"):
+        addon.tctx.configure(addon, tproxy_audit_flush_ms=value)
+    assert addon.audit.flush_seconds == core.AuditLog.FLUSH_SECONDS  # the previous value stays
