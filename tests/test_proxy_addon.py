@@ -761,8 +761,7 @@ def test_unknown_client_is_looked_up_again_until_podwatch_knows_it(addon, tmp_pa
 
 def test_audit_lines_are_batched_on_the_event_loop_and_flushed(tmp_path):
     target = tmp_path / "audit.jsonl"
-    log = core.AuditLog(str(target))
-    log.flush_seconds = 0.2
+    log = core.AuditLog(str(target), flush_seconds=0.2)
 
     async def main():
         log.attach(asyncio.get_running_loop())
@@ -780,8 +779,7 @@ def test_audit_lines_are_batched_on_the_event_loop_and_flushed(tmp_path):
 
 def test_audit_batch_is_written_at_once_when_full_and_on_close(tmp_path):
     target = tmp_path / "audit.jsonl"
-    log = core.AuditLog(str(target))
-    log.flush_seconds = 60
+    log = core.AuditLog(str(target), flush_seconds=60)
 
     async def main():
         log.attach(asyncio.get_running_loop())
@@ -800,8 +798,7 @@ def test_audit_batch_is_written_at_once_when_full_and_on_close(tmp_path):
 def test_audit_lines_from_other_threads_are_written_at_once(tmp_path):
     import threading
     target = tmp_path / "audit.jsonl"
-    log = core.AuditLog(str(target))
-    log.flush_seconds = 60
+    log = core.AuditLog(str(target), flush_seconds=60)
     seen = []
 
     async def main():
