@@ -244,9 +244,12 @@ def run(cfg: common.BenchConfig) -> dict:
                             "value": paired("addon-10", "bare", scheme), "target": "≥ 0.90"})
             summary.append({"metric": f"{scheme} keep-alive req/s: addon-10k / addon-10",
                             "value": paired("addon-10k", "addon-10", scheme), "target": "≥ 0.95"})
-            for a_, b_ in (("addon-10", "bare"), ("addon-10k", "addon-10")):
+            # The same targets read as CPU time: the proxy's own work per request, the figure least
+            # disturbed by other jobs on a shared machine (req/s also moves with the scheduler).
+            for a_, b_, target in (("addon-10", "bare", "≤ 1.10"), ("addon-10k", "addon-10", "≤ 1.05")):
                 summary.append({"metric": f"{scheme} proxy CPU per request: {a_} / {b_}",
-                                "value": res["paired_cpu_ratios"].get(f"{a_}/{b_}", {}).get(scheme, {}).get("median")})
+                                "value": res["paired_cpu_ratios"].get(f"{a_}/{b_}", {}).get(scheme, {}).get("median"),
+                                "target": target})
         summary.append({"metric": f"{scheme} keep-alive req/s: bare mitmdump / direct",
                         "value": paired("bare", "direct", scheme)})
     dmode = "addon-10" if "addon-10" in dl else "bare"
