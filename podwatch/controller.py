@@ -163,7 +163,8 @@ class PodWatch:
         with self._seen_lock:  # keep what events noted during this sync (pods not in this round yet)
             self._first_seen = {k: v for k, v in self._first_seen.items() if k in live or v > now}
         self.log.info("synced", ok=ok, forced=force, pods=len(pods), rules=result.rules,
-                      skipped=result.skipped or None, duration_ms=round(duration * 1000, 2))
+                      skipped=result.skipped or None, incremental=result.incremental or None,
+                      duration_ms=round(duration * 1000, 2))
         if ok:
             self.last_error = ""
             self.synced_once.set()

@@ -351,6 +351,7 @@ class SyncResult:
     rules: dict[str, int]                   # family -> number of rules in owned chains
     failed: dict[str, IptablesError]        # family -> error (families that did not apply)
     skipped: list[str] = field(default_factory=list)  # families left alone (unchanged, not forced)
+    incremental: list[str] = field(default_factory=list)  # families changed by per-pod lines only
 
 
 def count_rules(rendered_table: str) -> int:
@@ -377,13 +378,63 @@ def sync(pods: Iterable[LockedPod], host_port: int, runner: Runner | None = None
     return result
 
 
+# An incremental change larger than this is applied as a full rewrite (a burst, a host-port change).
+DELTA_MAX_LINES = 64
+
+
+def _per_pod(table: str):
+    """Predicate: is a rendered line one pod's rule (order-independent within its chain)?"""
+    prefix = f"-A {OWNED[table][1]} -s "
+    return lambda line: line.startswith(prefix)
+
+
+def render_delta(applied: Mapping[str, str], desired: Mapping[str, str]) -> dict[str, str] | None:
+    """Restore input changing only per-pod rules: ``{table: text}`` (tables that differ), or None.
+
+    ``applied`` and ``desired`` are one family's :func:`render` output (without ``live``) for what
+    was last applied and what is wanted. When they differ only in per-pod lines, each table gets
+    ``-D`` for the rules that went and ``-A`` for the new ones, with no chain declaration, so the
+    chain is not flushed and rewritten: a new pod costs a few ms instead of re-adding every rule
+    (about 80 ms at 1,000 pods). Per-pod rules are independent of their order (each matches one
+    source address; the filter chain's shared ESTABLISHED rule is part of the skeleton), so
+    appending gives the same behaviour as the full render. None (rewrite everything) when anything
+    else differs (the first pod or the last one, the host port, the skeleton), when the change is
+    larger than ``DELTA_MAX_LINES``, or when lines repeat.
+    """
+    out: dict[str, str] = {}
+    for table in TABLES:
+        old, new = applied.get(table), desired.get(table)
+        if old is None or new is None:
+            return None
+        if old == new:
+            continue
+        is_pod = _per_pod(table)
+        old_lines, new_lines = old.splitlines(), new.splitlines()
+        if [ln for ln in old_lines if not is_pod(ln)] != [ln for ln in new_lines if not is_pod(ln)]:
+            return None
+        old_pods = [ln for ln in old_lines if is_pod(ln)]
+        new_pods = [ln for ln in new_lines if is_pod(ln)]
+        old_set, new_set = set(old_pods), set(new_pods)
+        if len(old_set) != len(old_pods) or len(new_set) != len(new_pods):
+            return None
+        gone = [ln for ln in old_pods if ln not in new_set]
+        added = [ln for ln in new_pods if ln not in old_set]
+        if len(gone) + len(added) > DELTA_MAX_LINES:
+            return None
+        out[table] = "\n".join([f"*{table}", *("-D " + ln[len("-A "):] for ln in gone), *added, "COMMIT"]) + "\n"
+    return out
+
+
 class Syncer:
     """:func:`sync` with memory: an unforced sync leaves a family alone when its desired rules
-    are exactly what this syncer last applied successfully (no iptables call at all).
+    are exactly what this syncer last applied successfully (no iptables call at all), and changes
+    only the rules of pods that came or went when that is all that differs (:func:`render_delta`).
 
     The controller forces the periodic resync (which repairs drift: a deleted jump, a flushed
     chain) and every retry after a failure; event-driven syncs skip the family that did not
     change (an IPv4 pod event does not rewrite the IPv6 tables), like kube-proxy's partial syncs.
+    A failed incremental change (e.g. ``-D`` of a rule somebody removed) fails the family like
+    any sync: the controller's forced retry rewrites it whole.
     """
 
     def __init__(self, host_port: int, runner: Runner | None = None):
@@ -399,16 +450,21 @@ class Syncer:
                 result.skipped.append(fam)
                 result.rules[fam] = sum(count_rules(t) for t in desired[fam].values())
                 continue
+            previous = None if force else self._applied.get(fam)
             self._applied.pop(fam, None)
             try:
-                live = read_live(fam, self.runner)
-                text = render(pods, self.host_port, {fam: live})[fam]
-                apply({fam: text}, self.runner)
+                delta = render_delta(previous, desired[fam]) if previous is not None else None
+                if delta is not None:
+                    apply({fam: delta}, self.runner)
+                    result.incremental.append(fam)
+                else:
+                    live = read_live(fam, self.runner)
+                    apply({fam: render(pods, self.host_port, {fam: live})[fam]}, self.runner)
             except IptablesError as e:
                 result.failed[fam] = e
                 continue
             self._applied[fam] = desired[fam]
-            result.rules[fam] = sum(count_rules(t) for t in text.values())
+            result.rules[fam] = sum(count_rules(t) for t in desired[fam].values())
         return result
 
 

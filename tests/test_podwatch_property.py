@@ -52,3 +52,20 @@ def test_chains_always_equal_the_last_synced_set(node, sets):
         for table, builtin, chain in (("nat", "PREROUTING", rules.REDIRECT_CHAIN), ("filter", "FORWARD", rules.GUARD_CHAIN)):
             lines = node.run(tool, "-t", table, "-S", builtin).stdout.splitlines()
             assert sum(f"-j {chain}" in ln for ln in lines) == 1 and f"-j {chain}" in lines[1]
+
+
+@pytest.mark.root
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(POD_SETS)
+def test_incremental_syncs_always_equal_the_last_synced_set(node, sets):
+    """The same property through the controller's Syncer, whose event-driven syncs change only the
+    rules of pods that came or went (podwatch.rules.render_delta)."""
+    syncer = rules.Syncer(8080, rules.netns_runner(node.name))
+    for pods in sets:
+        res = syncer.sync(pods)
+        assert not res.failed
+    last = sets[-1]
+    for fam, tool in (("ipv4", "iptables"), ("ipv6", "ip6tables")):
+        want = sorted((str(ipaddress.ip_address(p.ip)), p.key) for p in last if p.family == fam)
+        assert programmed(node, tool, "nat", rules.REDIRECT_CHAIN, "REDIRECT") == want
+        assert programmed(node, tool, "filter", rules.GUARD_CHAIN, rules.LOCKED_CHAIN) == want
