@@ -245,42 +245,27 @@ def validate_config(data: Any) -> InjectionConfig:
     if not parts:
         raise ConfigError("config is empty: expected a mapping with containers, volumes, volumeMounts, envVars")
 
-    containers = parts.get("containers", [])
-    names: set[str] = set()
-    for i, c in enumerate(containers):
-        _validate_container(c, f"containers[{i}]")
-        if c["name"] in names:
-            raise ConfigError(f"containers[{i}].name: duplicate container name {c['name']!r}")
-        names.add(c["name"])
-
-    volumes = parts.get("volumes", [])
-    vnames: set[str] = set()
-    for i, v in enumerate(volumes):
-        _validate_volume(v, f"volumes[{i}]")
-        if v["name"] in vnames:
-            raise ConfigError(f"volumes[{i}].name: duplicate volume name {v['name']!r}")
-        vnames.add(v["name"])
-
-    mounts = parts.get("volumeMounts", [])
-    paths: set[str] = set()
-    for i, m in enumerate(mounts):
-        _validate_mount(m, f"volumeMounts[{i}]")
-        # Several mounts may share a volume (the original mounts ca-certs-debian twice), but a
-        # container cannot mount two things at one path.
-        if m["mountPath"] in paths:
-            raise ConfigError(f"volumeMounts[{i}].mountPath: duplicate mount path {m['mountPath']!r}")
-        paths.add(m["mountPath"])
-
-    env_vars = parts.get("envVars", [])
-    enames: set[str] = set()
-    for i, e in enumerate(env_vars):
-        _validate_env(e, f"envVars[{i}]")
-        if e["name"] in enames:
-            raise ConfigError(f"envVars[{i}].name: duplicate environment variable {e['name']!r}")
-        enames.add(e["name"])
+    containers = _validate_items(parts, "containers", _validate_container, "name", "duplicate container name")
+    volumes = _validate_items(parts, "volumes", _validate_volume, "name", "duplicate volume name")
+    # Several mounts may share a volume (the original mounts ca-certs-debian twice), but a
+    # container cannot mount two things at one path.
+    mounts = _validate_items(parts, "volumeMounts", _validate_mount, "mountPath", "duplicate mount path")
+    env_vars = _validate_items(parts, "envVars", _validate_env, "name", "duplicate environment variable")
 
     return InjectionConfig(containers=copy.deepcopy(containers), volumes=copy.deepcopy(volumes),
                            volume_mounts=copy.deepcopy(mounts), env_vars=copy.deepcopy(env_vars))
+
+
+def _validate_items(parts: dict, section: str, validate, key: str, duplicate: str) -> list:
+    """Validate each item of ``parts[section]`` and refuse two items with the same ``key``."""
+    items = parts.get(section, [])
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        validate(item, f"{section}[{i}]")
+        if item[key] in seen:
+            raise ConfigError(f"{section}[{i}].{key}: {duplicate} {item[key]!r}")
+        seen.add(item[key])
+    return items
 
 
 def parse_config(text: str) -> InjectionConfig:

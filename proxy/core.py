@@ -531,11 +531,6 @@ class TproxyAddon:
     def _block_response(self, flow, reason: str) -> None:
         flow.response = http.Response.make(BLOCK_STATUS, BLOCK_BODY, {**BLOCK_HEADERS, "X-Tproxy-Reason": reason})
 
-    def _write_audit(self, flow, fields: dict) -> None:
-        """One audit line: time, event, the client's (pre-encoded) fields, then ``fields``."""
-        self.audit.write_line(f'{{"ts":"{self._timestamp(time.time())}","event":"decision",'
-                              f'{self._client(flow).audit_members},{AuditLog._encode(fields)[1:]}')
-
     def _timestamp(self, now: float) -> str:
         """``2026-11-27T06:05:28.123Z`` (UTC, milliseconds); the date-time part formatted once a second."""
         sec = int(now)
@@ -544,18 +539,24 @@ class TproxyAddon:
         return f"{self._ts_prefix}.{int(now * 1000) % 1000:03d}Z"
 
     def _audit(self, flow, v: Verdict, *, status: int | None, nbytes: int | None, error: str | None = None):
-        """The decision's audit line. Assembled from pre-encoded parts (client, rule) and escaped
-        fields: one line per request is the proxy's hottest path after mitmproxy itself. Same
-        fields and order as :meth:`_write_audit` would give for the equivalent dict (tested)."""
+        """The audit line of a request's decision."""
         req = flow.request
-        rule = v.rule
         flow.metadata["tproxy_audited"] = True
+        self._audit_line(flow, method=req.method, scheme=req.scheme, host=v.host or req.pretty_host,
+                         port=v.port or req.port, path=req.path, decision=v.decision, reason=v.reason,
+                         rule=v.rule, upstream=v.upstream or None, status=status, nbytes=nbytes, error=error)
+
+    def _audit_line(self, flow, *, method, scheme, host, port, path, decision, reason, rule, upstream,
+                    status, nbytes, error=None) -> None:
+        """Write one audit line (every audit line has these fields, in this order). Assembled from
+        pre-encoded parts (client, rule) and escaped fields: one line per request is the proxy's
+        hottest path after mitmproxy itself."""
         self.audit.write_line(
             f'{{"ts":"{self._timestamp(time.time())}","event":"decision",{self._client(flow).audit_members},'
-            f'"policy_mode":{_jstr(self.policy.mode)},"method":{_jstr(req.method)},"scheme":{_jstr(req.scheme)},'
-            f'"host":{_jstr(v.host or req.pretty_host)},"port":{_jint(v.port or req.port)},"path":{_jstr(req.path)},'
-            f'"sni":{_jstr(flow.client_conn.sni)},"decision":{_jstr(v.decision)},"reason":{_jstr(v.reason)},'
-            f'{rule.audit_members if rule is not None else NO_RULE_MEMBERS},"upstream":{_jstr(v.upstream or None)},'
+            f'"policy_mode":{_jstr(self.policy.mode)},"method":{_jstr(method)},"scheme":{_jstr(scheme)},'
+            f'"host":{_jstr(host)},"port":{_jint(port)},"path":{_jstr(path)},'
+            f'"sni":{_jstr(flow.client_conn.sni)},"decision":{_jstr(decision)},"reason":{_jstr(reason)},'
+            f'{rule.audit_members if rule is not None else NO_RULE_MEMBERS},"upstream":{_jstr(upstream)},'
             f'"status":{_jint(status)},"bytes":{_jint(nbytes)}' + (f',"error":{_jstr(error)}}}' if error else "}"))
 
     # -- the decision ----------------------------------------------------------------------------
@@ -782,11 +783,9 @@ class TproxyAddon:
         """Non-HTTP bytes on an intercepted port: audit and count; server_connect refuses the dial."""
         self.metrics.blocked_connections.labels("raw-tcp").inc()
         dest = flow.server_conn.address
-        self._write_audit(flow, {
-            "policy_mode": self.policy.mode, "method": None, "scheme": "tcp",
-            "host": str(dest[0]) if dest else None, "port": dest[1] if dest else None, "path": None,
-            "sni": flow.client_conn.sni, "decision": "block", "reason": "raw-tcp", "rule": None,
-            "rule_index": None, "upstream": None, "status": None, "bytes": 0})
+        self._audit_line(flow, method=None, scheme="tcp", host=str(dest[0]) if dest else None,
+                         port=dest[1] if dest else None, path=None, decision="block", reason="raw-tcp", rule=None,
+                         upstream=None, status=None, nbytes=0)
 
     def client_disconnected(self, client) -> None:
         self._approved.pop(client.id, None)

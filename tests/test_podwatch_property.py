@@ -36,6 +36,14 @@ def programmed(node, tool, table, chain, target):
     return sorted(got)
 
 
+def assert_rules_are(node, pods):
+    """Exactly one redirect and one guard rule per pod IP of ``pods``, in both families."""
+    for fam, tool in (("ipv4", "iptables"), ("ipv6", "ip6tables")):
+        want = sorted((str(ipaddress.ip_address(p.ip)), p.key) for p in pods if p.family == fam)
+        assert programmed(node, tool, "nat", rules.REDIRECT_CHAIN, "REDIRECT") == want
+        assert programmed(node, tool, "filter", rules.GUARD_CHAIN, rules.LOCKED_CHAIN) == want
+
+
 @pytest.mark.root
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(POD_SETS)
@@ -44,11 +52,8 @@ def test_chains_always_equal_the_last_synced_set(node, sets):
     for pods in sets:
         res = rules.sync(pods, 8080, run)
         assert not res.failed
-    last = sets[-1]
+    assert_rules_are(node, sets[-1])
     for fam, tool in (("ipv4", "iptables"), ("ipv6", "ip6tables")):
-        want = sorted((str(ipaddress.ip_address(p.ip)), p.key) for p in last if p.family == fam)
-        assert programmed(node, tool, "nat", rules.REDIRECT_CHAIN, "REDIRECT") == want
-        assert programmed(node, tool, "filter", rules.GUARD_CHAIN, rules.LOCKED_CHAIN) == want
         for table, builtin, chain in (("nat", "PREROUTING", rules.REDIRECT_CHAIN), ("filter", "FORWARD", rules.GUARD_CHAIN)):
             lines = node.run(tool, "-t", table, "-S", builtin).stdout.splitlines()
             assert sum(f"-j {chain}" in ln for ln in lines) == 1 and f"-j {chain}" in lines[1]
@@ -64,8 +69,4 @@ def test_incremental_syncs_always_equal_the_last_synced_set(node, sets):
     for pods in sets:
         res = syncer.sync(pods)
         assert not res.failed
-    last = sets[-1]
-    for fam, tool in (("ipv4", "iptables"), ("ipv6", "ip6tables")):
-        want = sorted((str(ipaddress.ip_address(p.ip)), p.key) for p in last if p.family == fam)
-        assert programmed(node, tool, "nat", rules.REDIRECT_CHAIN, "REDIRECT") == want
-        assert programmed(node, tool, "filter", rules.GUARD_CHAIN, rules.LOCKED_CHAIN) == want
+    assert_rules_are(node, sets[-1])
