@@ -32,6 +32,7 @@ from controllerkit.informer import Informer
 from controllerkit.kube import Client, resource_path
 from controllerkit.log import get_logger
 
+from kubesim.kubelet import preflight
 from kubesim.kubelet.images import ImageIndex
 from kubesim.kubelet.runtime import PodRuntime
 from kubesim.topology import NODE_IP, Topology
@@ -123,6 +124,9 @@ class Kubelet:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self, sync_timeout: float = 20.0) -> "Kubelet":
+        # one probe container first: a machine that cannot run a non-root container says so here,
+        # instead of as crash-looping pods (kubesim.kubelet.preflight)
+        preflight.check(self.topology.node.name, self.run_dir)
         self._register_node()
         for inf in (self.deployments, self.daemonsets, self.pods):
             inf.start()

@@ -10,8 +10,11 @@ whose propagation is slave (nothing we mount leaks to the host), with ``/etc/net
    directory is covered by an overlayfs whose lower layer is itself and whose upper layer lives in the
    kubelet's run directory, so the new directories exist only in this mount namespace. A mount point
    directly under ``/`` (``/data``) makes the container chroot into a tmpfs that mirrors ``/`` first.
-2. Volumes, the image's ``COPY`` sources and the service-account token are bind-mounted in the order
-   given (read-only where asked).
+2. The image's Python runtime (:mod:`kubesim.kubelet.pyimage`: the interpreter at
+   ``/opt/kubesim/python``, the virtualenv as a read-only overlay at ``/opt/kubesim/venv``), then
+   volumes, the image's ``COPY`` sources and the service-account token are mounted in the order given
+   (read-only where asked). A container reads nothing through the host's own paths, so a checkout in a
+   private directory (``/root``, mode 0700) serves a non-root container user as well as any other.
 3. Capabilities: a non-privileged container loses everything outside Docker's default set from its
    bounding set (so ``CAP_NET_ADMIN`` is gone after ``execve``: ``iptables`` fails as in a real pod).
    ``runAsUser``/``runAsGroup`` switch the user last (an unprivileged user has no capabilities anyway).
@@ -136,8 +139,21 @@ def rebind_netns_etc(netns: str) -> None:
             _mount(os.path.join(d, fn), target, None, MS_BIND)
 
 
+def mount_overlay(lowers: list[str], dst: str) -> None:
+    """A read-only overlay of ``lowers`` (first on top) at ``dst``: the image's Python runtime."""
+    for d in lowers:
+        if not os.path.isdir(d):
+            raise LaunchError(f"overlay layer {d} for {dst} does not exist")
+        if ":" in d or "," in d:
+            raise LaunchError(f"overlay layer {d} for {dst}: a path with ':' or ',' cannot be an overlay layer")
+    _mount("overlay", dst, "overlay", MS_RDONLY, "lowerdir=" + ":".join(lowers))
+
+
 def bind_all(mounts: list[dict]) -> None:
     for m in mounts:
+        if "overlay" in m:
+            mount_overlay(m["overlay"], m["dst"])
+            continue
         src, dst = m["src"], m["dst"]
         if not os.path.exists(src):
             raise LaunchError(f"mount source {src} for {dst} does not exist")
@@ -146,27 +162,6 @@ def bind_all(mounts: list[dict]) -> None:
         _mount(src, dst, None, MS_BIND | MS_REC)
         if m.get("ro"):
             _mount(None, dst, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_REC)
-
-
-def open_interpreter_path(scratch: str) -> None:
-    """Let a non-root user reach the virtualenv's interpreter (it lives under /root here).
-
-    Directories on the way that others may not traverse are covered, in this mount namespace only,
-    by an overlay whose top directory is mode 0711: the files keep their own permissions.
-    """
-    target = os.path.realpath(sys.executable)
-    d = os.path.dirname(target)
-    blocked = []
-    while d not in ("/", ""):
-        if not os.stat(d).st_mode & 0o001:
-            blocked.append(d)
-        d = os.path.dirname(d)
-    for i, d in enumerate(reversed(blocked)):
-        upper, work = os.path.join(scratch, f"x{i}", "upper"), os.path.join(scratch, f"x{i}", "work")
-        os.makedirs(upper, exist_ok=True)
-        os.makedirs(work, exist_ok=True)
-        os.chmod(upper, (os.stat(d).st_mode & 0o7777) | 0o011)
-        _mount("overlay", d, "overlay", 0, f"lowerdir={d},upperdir={upper},workdir={work}")
 
 
 def drop_capabilities(keep: set[str]) -> None:
@@ -184,7 +179,12 @@ def launch(spec: dict) -> None:
     chrooted = needs_private_root(mounts)
     if chrooted:
         enter_private_root(spec["scratch"])
-    prepare_mount_points(mounts, spec["scratch"], spec.get("netns"), chrooted)
+    # destinations inside an overlay (a file of the image's runtime) exist once that overlay is
+    # mounted; every other missing one is created before anything is mounted, since a later overlay
+    # on an ancestor would hide what was already mounted below it
+    overlays = [m["dst"].rstrip("/") + "/" for m in mounts if "overlay" in m]
+    outside = [m for m in mounts if not any(m["dst"].startswith(o) for o in overlays)]
+    prepare_mount_points(outside, spec["scratch"], spec.get("netns"), chrooted)
     bind_all(mounts)
     if not spec.get("privileged"):
         keep = set(DEFAULT_CAPS) | {("CAP_" + c.upper()).replace("CAP_CAP_", "CAP_") for c in spec.get("cap_add", [])}
@@ -194,8 +194,6 @@ def launch(spec: dict) -> None:
     if uid is not None:
         if spec.get("run_as_non_root") and int(uid) == 0:
             raise LaunchError("container has runAsNonRoot and runAsUser 0")
-        if int(uid) != 0:
-            open_interpreter_path(spec["scratch"])
         os.setgroups([])
         os.setgid(int(gid if gid is not None else uid))
         os.setuid(int(uid))

@@ -33,11 +33,13 @@ import time
 from controllerkit.errors import ApiError, Conflict, NotFound
 from controllerkit.kube import resource_path
 
+from kubesim.kubelet import pyimage
 from kubesim.kubelet.images import REPO_ROOT, container_argv
 from kubesim.kubelet.volumes import PodVolumes, VolumeError
 from kubesim.topology import API_PORT, NODE_IP, run_in_netns
 
-VENV_BIN = os.path.dirname(sys.executable)
+#: the container's view of the host virtualenv's bin/ (see :mod:`kubesim.kubelet.pyimage`)
+VENV_BIN = pyimage.bin_dir()
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: interpreters an image's ENTRYPOINT may name by absolute path (python:3.11-slim puts them in
 #: /usr/local/bin); they map to the virtualenv, which has every pinned dependency
@@ -375,6 +377,7 @@ class PodRuntime(threading.Thread):
                "KUBERNETES_PORT": f"tcp://{NODE_IP}:{API_PORT}"}
         if os.environ.get("TERM"):
             env["TERM"] = "dumb"
+        env.update(pyimage.env())
         env.update(image.env)
         fields = {"metadata.name": self.name, "metadata.namespace": self.ns, "metadata.uid": self.uid,
                   "spec.nodeName": self.kubelet.node_name, "spec.serviceAccountName": spec.get("serviceAccountName", "default"),
@@ -418,7 +421,10 @@ class PodRuntime(threading.Thread):
             argv = [expand(a, env) for a in container_argv(image, spec.get("command"), spec.get("args"))]
         if argv:
             argv = [EXEC_MAP.get(argv[0], argv[0])] + list(argv[1:])
-        sysmounts = [{"src": self.kubelet.ca_bundle, "dst": p, "ro": True, "file": True}
+        # the image's Python runtime first (the trust bundle is bound over a file inside it)
+        product = next((dst for src, dst in image.copies if src == REPO_ROOT), None)
+        pymounts = pyimage.mounts(self.kubelet.run_dir, product)
+        sysmounts = [{"src": self.kubelet.ca_bundle, "dst": pyimage.container_path(p) or p, "ro": True, "file": True}
                      for p in self.kubelet.trust_paths]
         imgmounts = [{"src": src, "dst": dst, "ro": True, "file": os.path.isfile(src)} for src, dst in image.copies]
         volmounts = sorted(self.volumes.mounts_for(spec), key=lambda m: m["dst"].count("/"))
@@ -428,7 +434,7 @@ class PodRuntime(threading.Thread):
         os.makedirs(scratch, exist_ok=True)
         os.chmod(scratch, 0o755)
         return {"argv": argv, "env": env, "cwd": spec.get("workingDir") or image.workdir or "/",
-                "mounts": sysmounts + imgmounts + volmounts, "netns": self.net.name, "scratch": scratch,
+                "mounts": pymounts + sysmounts + imgmounts + volmounts, "netns": self.net.name, "scratch": scratch,
                 "privileged": bool(sc.get("privileged")), "cap_add": caps.get("add") or [],
                 "cap_drop": caps.get("drop") or [],
                 "run_as_user": sc.get("runAsUser", psc.get("runAsUser")),
