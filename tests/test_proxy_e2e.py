@@ -494,6 +494,25 @@ def test_http2_host_header_disagreeing_with_authority_never_reaches_the_origin(w
     assert world.recorded(test_id) == []
 
 
+def test_http2_scheme_is_the_connections_not_the_clients(world):
+    # ":scheme: http" inside TLS: decided, dialled and forwarded as https (mitmproxy replaces it)
+    test_id = "h2-scheme"
+    answer = world.raw(h2=[[":method", "GET"], [":scheme", "http"], [":authority", "allowed.example"],
+                           [":path", f"/echo?t={test_id}"], ["x-test-id", test_id]])
+    assert answer["status"] == 200, answer
+    [seen] = world.recorded(test_id)
+    assert (seen["listener"], seen["sni"]) == (f"{NAMES['allowed.example']}:443", "allowed.example")
+    line = world.audit_for(f"/echo?t={test_id}")[-1]
+    assert (line["scheme"], line["decision"]) == ("https", "allow")
+
+
+def test_two_host_headers_never_reach_the_origin(world):
+    test_id = "two-hosts"
+    raw = _http1(f"/echo?t={test_id}", test_id).replace("Host: allowed.example\r\n",
+                                                         "Host: allowed.example\r\nHost: www.google.com\r\n")
+    _blocked(world, world.raw(raw), test_id, "multiple-host-headers")
+
+
 def test_options_asterisk_inside_tls_is_forwarded_as_asterisk_form(world):
     test_id = "options-asterisk"
     answer = world.raw(_http1("*", test_id, method="OPTIONS"))
