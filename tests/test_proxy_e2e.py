@@ -619,6 +619,26 @@ def test_standard_mode_absolute_form_inside_a_tunnel_reaches_the_origin_in_origi
     assert (seen["request_line"], seen["host"]) == (f"GET /echo?t={test_id} HTTP/1.1", "allowed.example")
 
 
+def test_standard_mode_absolute_form_without_host_decides(world):
+    test_id = "std-abs-no-host"
+    raw = f"GET http://allowed.example/echo?t={test_id} HTTP/1.0\r\nX-Test-Id: {test_id}\r\n\r\n"
+    answer = world.raw(raw, dest="198.18.1.1", port=1080)
+    assert answer["status"] == 200, answer
+    [seen] = world.recorded(test_id)
+    assert seen["request_line"] == f"GET /echo?t={test_id} HTTP/1.0"
+    assert seen["listener"] == f"{NAMES['allowed.example']}:80"
+
+
+def test_standard_mode_connect_inside_a_tunnel_is_refused(world):
+    test_id = "std-tunnel-connect"
+    before = world.upstream_stats("203.0.113.10:443")["connections"]
+    answer = world.raw(_http1("www.google.com:443", test_id, host="www.google.com:443", method="CONNECT"),
+                       dest="198.18.1.1", port=1080, tls=True, tunnel="allowed.example:443")
+    assert answer["status"] == 400, answer
+    assert world.recorded(test_id) == []
+    assert world.upstream_stats("203.0.113.10:443")["connections"] == before
+
+
 def test_standard_mode_blocks_plain_http_and_dials_policy_host(world):
     assert world.curl(*STD, "http://www.google.com/")[0] == 418
     status, body, _, _ = world.curl(*STD, "http://allowed.example/echo")
