@@ -4,10 +4,12 @@ Loaded by mitmdump through ``proxy/addon.py``. The invariant it keeps is *the pr
 policy allowed, never what the client pointed at*:
 
 1. ``request`` decides on the request's Host (HTTP/1 ``Host`` / HTTP/2 ``:authority``), after checking
-   that an HTTPS request's SNI names the same host. If allowed, it resolves that host itself,
-   checks every resolved address against ``deny_ranges``, rewrites ``flow.request.host`` to the
-   policy host's *name* (so the client-chosen destination IP is never used) and records an
-   *approval* (client connection, host, port) → pinned address.
+   that an HTTPS request's SNI names the same host and that an HTTP/1 absolute-form target names the
+   same host, scheme and port (proxy/README.md, "Which view of the destination decides"). If
+   allowed, it resolves that host itself, checks every resolved address against ``deny_ranges``,
+   rewrites ``flow.request.host`` to the policy host's *name* (so the client-chosen destination IP
+   is never used), forwards HTTP/1 in origin-form and records an *approval* (client connection,
+   host, port) → pinned address.
 2. ``server_connect`` is the choke point for every upstream connection mitmproxy tries to open
    (HTTP, raw TCP, anything): a connection without an approval gets ``server.error`` and is never
    opened; an approved one is pinned to the address that was checked (no DNS rebinding between
