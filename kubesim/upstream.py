@@ -12,19 +12,27 @@ Virtual hosts (chosen by the ``Host`` header; HTTPS picks the certificate by SNI
 - ``storage.googleapis.com /solutions-public-assets/…`` → 200: the prefix itself is a bucket listing,
   ``…/hello.txt`` a small real file; anything else under that host → 404.
 - any host: ``/echo`` → JSON with what the server saw (Host, SNI, the local address:port the client
-  reached, the peer, method, path, scheme), so tests can tell *where* a request really went;
+  reached, the peer, method, path, scheme, the raw request line), so tests can tell *where* a request
+  really went;
   ``/bytes/N`` → N bytes streamed in chunks (large-download tests and the benchmark);
   ``/chunked/N`` → N bytes with ``Transfer-Encoding: chunked`` (no Content-Length: the size is
   unknown until the end);
   ``/.upstream/stats`` → JSON counters (connections accepted and requests per listener).
+- ``--record``: every request's raw request line, Host and SNI (and ``X-Test-Id``) is kept (the last
+  ``RECORD_MAX``, any method, also ``OPTIONS *``), served by ``/.upstream/requests``; without it that
+  path answers 404.
 - ``--metadata``: ``metadata.google.internal`` / ``169.254.169.254`` answer ``/computeMetadata/v1/…``
   like the GCE metadata server (requires ``Metadata-Flavor: Google``).
+
+Like nginx and other virtual-hosting front ends (RFC 9112 §3.2.2), an absolute-form request target
+(``GET https://host/path``) picks the virtual host by the target's authority, not by ``Host``.
 
 HTTP/1.1 keep-alive with Nagle disabled (a Python server without it collapses to ~200 req/s).
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import http.server
 import ipaddress
 import json
@@ -54,6 +62,7 @@ METADATA_VALUES = {
         {"access_token": "ya29.SIMULATED-SECRET-TOKEN", "expires_in": 3599, "token_type": "Bearer"}),
 }
 CHUNK = 64 * 1024
+RECORD_MAX = 1000
 
 
 class Stats:
@@ -99,8 +108,27 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        if ok and self.server.recorded is not None:
+            self.server.recorded.append({
+                "listener": self.server.listener, "request_line": self.requestline, "host": self.headers.get("Host"),
+                "sni": self.sni, "test_id": self.headers.get("X-Test-Id")})
+        return ok
+
+    def _target(self) -> tuple[str | None, str]:
+        """(the absolute-form target's authority or None, the target's path and query)."""
+        if self.path.startswith("/") or "://" not in self.path:
+            return None, self.path
+        rest = self.path.split("://", 1)[1]
+        cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+        return rest[:cut], (rest[cut:] if rest[cut:cut + 1] == "/" else "/" + rest[cut:])
+
     def _vhost(self) -> str:
-        host = (self.headers.get("Host") or "").strip().lower()
+        # RFC 9112 3.2.2: an absolute-form target's authority wins over the Host header
+        target_authority, _ = self._target()
+        host = (self.headers.get("Host") if target_authority is None else target_authority) or ""
+        host = host.strip().lower()
         if host.startswith("["):
             return host[1:].split("]", 1)[0]
         return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
@@ -108,7 +136,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     # -- dispatch -------------------------------------------------------------------------------
     def do_GET(self):
         self.server.stats.incr(self.server.listener, "requests")
-        path = self.path.split("?", 1)[0]
+        path = self._target()[1].split("?", 1)[0]
         host = self._vhost()
         if path == "/echo":
             return self._echo()
@@ -118,6 +146,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self._bytes(path[len("/chunked/"):], chunked=True)
         if path == "/.upstream/stats":
             return self._send(200, json.dumps(self.server.stats.snapshot()).encode(), "application/json")
+        if path == "/.upstream/requests" and self.server.recorded is not None:
+            return self._send(200, json.dumps(list(self.server.recorded)).encode(), "application/json")
         if self.server.metadata and host in METADATA_HOSTS:
             return self._metadata(path)
         if host not in self.server.hosts:
@@ -142,11 +172,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.server.stats.incr(self.server.listener, "requests")
         length = int(self.headers.get("Content-Length") or 0)
         data = self.rfile.read(length) if length else b""
-        if self.path.split("?", 1)[0] == "/echo":
+        if self._target()[1].split("?", 1)[0] == "/echo":
             return self._echo(len(data))
         self._send(200, f"received {len(data)} bytes\n".encode())
 
     do_PUT = do_POST
+
+    def do_OPTIONS(self):  # also "OPTIONS *"
+        self.server.stats.incr(self.server.listener, "requests")
+        self._send(200, b"", headers=[("Allow", "GET, HEAD, POST, PUT, OPTIONS")])
 
     # -- endpoints ------------------------------------------------------------------------------
     def _echo(self, body_len: int = 0) -> None:
@@ -162,6 +196,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             "peer": f"{peer[0]}:{peer[1]}",
             "method": self.command,
             "path": self.path,
+            "request_line": self.requestline,
             "body_length": body_len,
             "headers": {k: v for k, v in self.headers.items()},
         }
@@ -211,13 +246,14 @@ class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     request_queue_size = 128
 
     def __init__(self, addr: str, port: int, *, tls: ssl.SSLContext | None, hosts: Sequence[str],
-                 metadata: bool, stats: Stats, verbose: bool):
+                 metadata: bool, stats: Stats, verbose: bool, recorded: collections.deque | None = None):
         self.address_family = socket.AF_INET6 if ":" in addr else socket.AF_INET
         self.tls = tls
         self.hosts = set(hosts)
         self.metadata = metadata
         self.stats = stats
         self.verbose = verbose
+        self.recorded = recorded  # shared by all listeners; None: not recording
         super().__init__((addr, port), Handler, bind_and_activate=False)
         if self.address_family == socket.AF_INET6:
             self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
@@ -291,12 +327,14 @@ class Upstream:
 
     def __init__(self, binds: Sequence[str], *, http_port: int = 80, https_port: int = 443,
                  cert_dir: str | None = None, hosts: Sequence[str] = DEFAULT_HOSTS,
-                 metadata: bool = False, verbose: bool = False):
+                 metadata: bool = False, verbose: bool = False, record: bool = False):
         if not binds:
             raise ValueError("at least one --bind address is needed")
         if https_port and not cert_dir:
             raise ValueError("--https-port needs --cert-dir (the test CA directory)")
         self.stats = Stats()
+        # deque.append is atomic: the listeners' threads share it without a lock
+        self.recorded: collections.deque | None = collections.deque(maxlen=RECORD_MAX) if record else None
         self.ca = TestCA(cert_dir) if cert_dir else None
         tls = _tls_context(self.ca, hosts, binds, metadata) if https_port else None
         self.servers: list[_Server] = []
@@ -304,7 +342,7 @@ class Upstream:
             for port, ctx in ((http_port, None), (https_port, tls)):
                 if port:
                     self.servers.append(_Server(addr, port, tls=ctx, hosts=hosts, metadata=metadata,
-                                                stats=self.stats, verbose=verbose))
+                                                stats=self.stats, verbose=verbose, recorded=self.recorded))
         self._threads: list[threading.Thread] = []
 
     @property
@@ -353,12 +391,15 @@ def main(argv=None) -> int:
     p.add_argument("--hosts", default=",".join(DEFAULT_HOSTS),
                    help="comma-separated virtual hosts (default: %(default)s)")
     p.add_argument("--metadata", action="store_true", help="also answer as the GCE metadata server")
+    p.add_argument("--record", action="store_true",
+                   help="keep every request's raw request line, Host and SNI; served at /.upstream/requests")
     p.add_argument("--verbose", action="store_true", help="log every request to stderr")
     args = p.parse_args(argv)
     hosts = [h.strip().lower() for h in args.hosts.split(",") if h.strip()]
     try:
         serve_forever(args.bind, http_port=args.http_port, https_port=args.https_port,
-                      cert_dir=args.cert_dir, hosts=hosts, metadata=args.metadata, verbose=args.verbose)
+                      cert_dir=args.cert_dir, hosts=hosts, metadata=args.metadata, verbose=args.verbose,
+                      record=args.record)
     except (ValueError, OSError) as e:
         p.exit(2, f"kubesim.upstream: error: {e}\n")
     return 0

@@ -4,10 +4,12 @@ Loaded by mitmdump through ``proxy/addon.py``. The invariant it keeps is *the pr
 policy allowed, never what the client pointed at*:
 
 1. ``request`` decides on the request's Host (HTTP/1 ``Host`` / HTTP/2 ``:authority``), after checking
-   that an HTTPS request's SNI names the same host. If allowed, it resolves that host itself,
-   checks every resolved address against ``deny_ranges``, rewrites ``flow.request.host`` to the
-   policy host's *name* (so the client-chosen destination IP is never used) and records an
-   *approval* (client connection, host, port) → pinned address.
+   that an HTTPS request's SNI names the same host and that an HTTP/1 absolute-form target names the
+   same host, scheme and port (proxy/README.md, "Which view of the destination decides"). If
+   allowed, it resolves that host itself, checks every resolved address against ``deny_ranges``,
+   rewrites ``flow.request.host`` to the policy host's *name* (so the client-chosen destination IP
+   is never used), forwards HTTP/1 in origin-form and records an *approval* (client connection,
+   host, port) → pinned address.
 2. ``server_connect`` is the choke point for every upstream connection mitmproxy tries to open
    (HTTP, raw TCP, anything): a connection without an approval gets ``server.error`` and is never
    opened; an approved one is pinned to the address that was checked (no DNS rebinding between
@@ -37,6 +39,7 @@ from mitmproxy.proxy import mode_specs
 
 from proxy.identity import IdentityMap, canonical_ip
 from proxy.metrics import Metrics
+from proxy import request_target
 from proxy.policy import Policy, PolicyError, is_ip_literal, normalize_host
 from sidecar.probe import ANSWER_HEADER, NONCE_HEADER, PROBE_ADDRESS, PROBE_HOST, PROBE_PATH, PROBE_PORT
 
@@ -68,7 +71,7 @@ def _jint(value) -> str:
 
 NO_RULE_MEMBERS = '"rule":null,"rule_index":null'
 # Blocks that report mode does not turn into "report": the request itself is malformed.
-MALFORMED_REASONS = frozenset({"missing-host", "invalid-host", "multiple-host-headers"})
+MALFORMED_REASONS = frozenset({"missing-host", "invalid-host", "multiple-host-headers", "invalid-target"})
 
 
 async def system_resolve(host: str, port: int) -> list[str]:
@@ -90,7 +93,8 @@ def set_host_port(req: http.Request, host: str, port: int, host_headers: list[st
     header / ``:authority`` (a case-insensitive multidict scan each), even when they already say
     exactly that -- the usual case here, where the request's own Host named the policy host. This
     writes ``req.data`` directly and touches the header / authority only when they differ from
-    what the setters would have written (``url.hostport`` of the new scheme, host and port).
+    what the setters would have written (``url.hostport`` of the new scheme, host and port). An
+    HTTP/1 absolute-form target is dropped: the upstream gets origin-form (``/path?query``).
     ``host_headers``: the request's Host values if the caller has just read them (saves a scan)."""
     data = req.data
     data.host = host
@@ -100,8 +104,12 @@ def set_host_port(req: http.Request, host: str, port: int, host_headers: list[st
         host_headers = data.headers.get_all("Host")
     if host_headers and host_headers != [val]:  # present and not already right
         data.headers["Host"] = val
-    if data.authority and req.authority != val:
-        req.authority = val
+    if data.authority:
+        if req.is_http2 or req.is_http3:
+            if req.authority != val:
+                req.authority = val
+        else:  # HTTP/1: origin-form (RFC 9112 3.2.1), never the client's absolute-form target
+            data.authority = b""
 
 
 def split_host_port(authority: str) -> tuple[str, Optional[int]]:
@@ -248,6 +256,7 @@ class TproxyAddon:
 
     # -- options ---------------------------------------------------------------------------------
     def load(self, loader):
+        request_target.install()  # keeps an absolute-form target's scheme and port for the decision
         loader.add_option("tproxy_policy", str, "",
                           "Policy YAML file (watched, hot-reloaded). Empty: the tutorial's built-in policy "
                           "(only https://storage.googleapis.com/solutions-public-assets/).")
@@ -561,35 +570,50 @@ class TproxyAddon:
 
     # -- the decision ----------------------------------------------------------------------------
     def evaluate(self, flow: http.HTTPFlow, namespace: str | None = None) -> Verdict:
-        """Policy decision for a request, without side effects (no DNS, no flow changes)."""
+        """Policy decision for a request, without side effects (no DNS, no flow changes).
+
+        Every view of the destination the request carries must agree (proxy/README.md, "Which view
+        decides"): the HTTP/1 absolute-form target, the Host header (HTTP/2: ``:authority``), the
+        TLS SNI and the connection's scheme and port."""
         req = flow.request
+        data = req.data
+        path = data.path
+        if path[:1] != b"/" and not (path == b"*" and data.method == b"OPTIONS"):
+            # Only an HTTP/2 or 3 :path can be anything else (HTTP/1 targets are parsed into a path,
+            # or "*"); forwarded to an HTTP/1 origin it would be its request target (RFC 9113 8.3.1).
+            return Verdict("block", "invalid-target")
         regular = self._regular_mode(flow)
-        hosts = req.data.headers.get_all("Host")
+        hosts = data.headers.get_all("Host")
         if len(hosts) > 1:  # RFC 9112 3.2: a request with more than one Host field line is invalid
             return Verdict("block", "multiple-host-headers")
+        h2 = req.is_http2 or req.is_http3
         # = req.host_header (HTTP/2 and 3: :authority first), without a second header scan
-        authority = ((req.data.authority and req.authority) if req.is_http2 or req.is_http3 else "") or \
+        authority = ((data.authority and req.authority) if h2 else "") or \
             (hosts[0] if hosts else "") or (req.host if regular else "")
         if not authority:
             return Verdict("block", "missing-host")
         try:
-            raw_host, _port = split_host_port(authority)  # the port is the connection's, not the header's
+            raw_host, host_port = split_host_port(authority)
             host = normalize_host(raw_host)
         except Exception:  # noqa: BLE001 - idna raises several types; any is "invalid"
             return Verdict("block", "invalid-host", host=authority)
-        if req.authority and req.authority != authority:
-            # HTTP/1 absolute-form target naming another host than the Host header: one of them would
-            # be ignored by somebody (us, mitmproxy or the upstream); refuse rather than guess.
-            try:
-                if normalize_host(split_host_port(req.authority)[0]) != host:
-                    return Verdict("block", "authority-host-mismatch", host=host)
-            except Exception:  # noqa: BLE001
-                return Verdict("block", "invalid-host", host=req.authority)
         if regular:
             port = req.port
-        else:
+        else:  # the port the client connected to; a port in the Host header is not dialled
             dest = flow.server_conn.address
             port = dest[1] if dest else (443 if req.scheme == "https" else 80)
+        target = None if h2 else request_target.absolute_target(req)
+        if target is None and data.authority and not h2:  # parser not wrapped (bare test contexts)
+            try:
+                t_host, t_port = split_host_port(req.authority)
+            except ValueError:
+                return Verdict("block", "invalid-host", host=req.authority)
+            target = (req.scheme, t_host, t_port or url.default_port(req.scheme))
+        if target is not None:
+            # HTTP/1 absolute-form: the origin would use the target and ignore Host (RFC 9112 3.2.2)
+            mismatch = self._target_mismatch(target, host, host_port if hosts else None, req.scheme, port)
+            if mismatch:
+                return Verdict("block", mismatch, host=host, port=port)
         policy = self.policy
         if policy.mode == "open":  # no filtering at all (still dials the Host by name, audited)
             return Verdict("allow", "open-mode", host=host, port=port)
@@ -611,6 +635,23 @@ class TproxyAddon:
             return Verdict("allow", "rule", host=host, port=port, rule=d.rule, host_headers=hosts)
         reason = "ip-literal" if is_ip_literal(host) else d.reason
         return Verdict("block", reason, host=host, port=port)
+
+    @staticmethod
+    def _target_mismatch(target: tuple[str, str, int], host: str, host_port: int | None, scheme: str,
+                         port: int) -> str | None:
+        """Why an absolute-form target disagrees with the Host header (``host``, its explicit port
+        ``host_port`` or None) or the connection (``scheme``, ``port``), or None if it agrees."""
+        t_scheme, t_host, t_port = target
+        try:
+            if normalize_host(t_host) != host:
+                return "authority-host-mismatch"
+        except Exception:  # noqa: BLE001
+            return "invalid-host"
+        if t_scheme != scheme:
+            return "authority-scheme-mismatch"
+        if t_port != port or (host_port or url.default_port(t_scheme)) != t_port:
+            return "authority-port-mismatch"
+        return None
 
     def _finalize(self, v: Verdict) -> Verdict:
         """Report mode turns a would-be block into 'report' (allowed, logged)."""

@@ -8,6 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mitmproxy import connection, exceptions
+from mitmproxy.net.http import http1
+from mitmproxy.net.http.http1.assemble import assemble_request_head
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 from mitmproxy.test import taddons, tflow, tutils
@@ -199,6 +201,63 @@ def test_absolute_form_target_for_the_same_host_passes(addon):
     f = make_flow()
     f.request.authority = "storage.googleapis.com:443"
     assert run(addon, f).response is None
+
+
+def absolute_form_flow(line: bytes, host="storage.googleapis.com", *, port=443, **kw):
+    """A transparent-mode flow whose request was parsed from ``line`` (so the absolute-form target is
+    kept as written), then given the connection's scheme, host and port as mitmproxy's transparent
+    mode does before any hook."""
+    f = make_flow(host, scheme="https" if port == 443 else "http", dest=("203.0.113.99", port), **kw)
+    req = http1.read_request_head([line + b"\r\n", b"Host: " + host.encode() + b"\r\n"])
+    req.data.host, req.data.port, req.scheme = "203.0.113.99", port, f.request.scheme
+    f.request = req
+    return f
+
+
+@pytest.mark.parametrize("line, port, reason", [
+    (b"GET https://www.google.com/solutions-public-assets/a HTTP/1.1", 443, "authority-host-mismatch"),
+    (b"GET http://storage.googleapis.com/solutions-public-assets/a HTTP/1.1", 443, "authority-scheme-mismatch"),
+    (b"GET https://storage.googleapis.com/solutions-public-assets/a HTTP/1.1", 80, "authority-scheme-mismatch"),
+    (b"GET https://storage.googleapis.com:8443/solutions-public-assets/a HTTP/1.1", 443, "authority-port-mismatch"),
+])
+def test_absolute_form_target_disagreeing_with_the_connection_is_blocked(addon, line, port, reason):
+    f = run(addon, absolute_form_flow(line, port=port))
+    assert f.response.status_code == 418 and f.response.headers["X-Tproxy-Reason"] == reason
+    assert server_connect(addon, f, "storage.googleapis.com", port).error
+
+
+def test_absolute_form_target_with_another_port_than_the_host_header_is_blocked(addon):
+    f = run(addon, absolute_form_flow(b"GET https://storage.googleapis.com/solutions-public-assets/a HTTP/1.1",
+                                      "storage.googleapis.com:8443"))
+    assert f.response.headers["X-Tproxy-Reason"] == "authority-port-mismatch"
+
+
+@pytest.mark.parametrize("line", [b"GET https://STORAGE.googleapis.com./solutions-public-assets/a?q HTTP/1.1",
+                                  b"GET https://storage.googleapis.com:443/solutions-public-assets/a?q HTTP/1.1"])
+def test_allowed_absolute_form_target_is_forwarded_in_origin_form(addon, line):
+    f = run(addon, absolute_form_flow(line))
+    assert f.response is None
+    assert assemble_request_head(f.request).startswith(b"GET /solutions-public-assets/a?q HTTP/1.1\r\n")
+    assert f.request.headers.get_all("Host") == ["storage.googleapis.com"]
+
+
+@pytest.mark.parametrize("mode", ["enforce", "report"])
+@pytest.mark.parametrize("path", ["https://www.google.com/", "www.google.com:443", "*"])
+def test_http2_path_that_is_not_a_path_is_refused_in_every_mode(addon, tmp_path, mode, path):
+    """Forwarded to an HTTP/1 origin, an HTTP/2 :path is its request target (absolute-form here)."""
+    addon.tctx.configure(addon, tproxy_policy=write_policy(tmp_path, f"mode: {mode}\nrules: [{{host: a.example}}]\n"))
+    f = make_flow("a.example", "/")
+    f.request.http_version = "HTTP/2.0"
+    f.request.path = path
+    run(addon, f)
+    assert f.response.status_code == 418 and f.response.headers["X-Tproxy-Reason"] == "invalid-target"
+
+
+def test_options_asterisk_is_decided_on_the_host(addon, tmp_path):
+    addon.tctx.configure(addon, tproxy_policy=write_policy(tmp_path, "rules: [{host: a.example}]\n"))
+    f = run(addon, make_flow("a.example", "*", method="OPTIONS"))
+    assert f.response is None
+    assert assemble_request_head(f.request).startswith(b"OPTIONS * HTTP/1.1\r\n")
 
 
 def test_missing_host_header_is_blocked(addon):

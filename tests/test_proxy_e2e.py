@@ -54,6 +54,7 @@ rules:
   - host: metadata.google.internal   # allowed by name, still denied by address range
 """
 METRICS_PORT = 9464
+RAW_CLIENT = os.path.join(REPO, "tests", "raw_http_client.py")
 
 
 wait_for = functools.partial(wait_for, timeout=15.0, interval=0.1, retry_on=(Exception,))
@@ -100,6 +101,24 @@ class World:
                     headers[k.strip().lower()] = v.strip()
         data = open(body, "rb").read() if os.path.exists(body) else b""
         return int(code or 0), data, headers, version
+
+    def raw(self, raw=None, *, h2=None, port=443, dest="allowed.example", sni="allowed.example", tls=None,
+            tunnel=None):
+        """One request from the pod exactly as written (tests/raw_http_client.py): HTTP/1 bytes ``raw``
+        or HTTP/2 header pairs ``h2``; TLS (with ``sni``, None = none) when ``tls`` or port 443;
+        ``tunnel``: inside a CONNECT to that host:port (``dest``:``port`` is then the proxy)."""
+        spec = {"connect": [dest, port], "raw": raw, "h2": h2, "tunnel": tunnel}
+        if tls or (tls is None and port == 443):
+            spec.update(sni=sni, cafile=self.mitm_ca)
+        r = self.pod.run(PY, RAW_CLIENT, json.dumps(spec), check=False, timeout=20)
+        assert r.returncode == 0, r.stdout + r.stderr
+        return json.loads(r.stdout)
+
+    def recorded(self, test_id):
+        """What the upstream received for requests carrying ``X-Test-Id: test_id`` (raw request line,
+        Host, SNI, listener)."""
+        r = self.inet.run("curl", "-sS", "-m", "5", "http://203.0.113.20/.upstream/requests", timeout=10)
+        return [x for x in json.loads(r.stdout) if x["test_id"] == test_id]
 
     def pod_python(self, code, timeout=15):
         return self.pod.run(PY, "-c", code, check=False, timeout=timeout)
@@ -188,7 +207,7 @@ def _build(w, tmp):
     TestCA(bad_ca_dir)
     hosts_arg = ",".join(n for n in NAMES if n not in ("untrusted.example",))
     up = [PY, "-m", "kubesim.upstream", "--http-port", "80", "--https-port", "443", "--cert-dir", ca_dir,
-          "--hosts", hosts_arg, "--metadata"]
+          "--hosts", hosts_arg, "--metadata", "--record"]
     for a in UPSTREAM_ADDRS:
         up += ["--bind", a]
     w.spawn(inet, up, "upstream")
@@ -382,6 +401,162 @@ def test_connection_strategy_eager_on_the_command_line_is_still_lazy(world):
     assert world.upstream_stats("203.0.113.10:80")["connections"] == before
 
 
+# -- the request target and the other views of the destination (proxy/README.md, "Which view decides") --
+def _http1(target, test_id, host="allowed.example", method="GET"):
+    return f"{method} {target} HTTP/1.1\r\nHost: {host}\r\nX-Test-Id: {test_id}\r\nConnection: close\r\n\r\n"
+
+
+def _blocked(world, answer, test_id, reason):
+    """418 with ``reason``, the same reason in the audit line, and nothing reached the upstream."""
+    assert answer["status"] == 418, answer
+    assert answer["headers"]["x-tproxy-reason"] == reason
+    wait_for(lambda: any(a["reason"] == reason and test_id in (a["path"] or "") for a in world.audit()),
+             timeout=5, what=f"audit line {reason} for {test_id}")
+    assert world.recorded(test_id) == []
+
+
+@pytest.mark.parametrize("port, target", [(443, "https://www.google.com/echo?t={id}"),
+                                          (80, "http://www.google.com/echo?t={id}")])
+def test_absolute_form_naming_a_refused_host_is_blocked(world, port, target):
+    # Host and SNI name the allowed host; the origin would serve the target's host (RFC 9112 3.2.2)
+    test_id = f"abs-refused-{port}"
+    answer = world.raw(_http1(target.format(id=test_id), test_id), port=port)
+    _blocked(world, answer, test_id, "authority-host-mismatch")
+
+
+@pytest.mark.parametrize("port, target, host", [
+    (443, "https://allowed.example/echo?t={id}", "allowed.example"),
+    (443, "https://ALLOWED.Example/echo?t={id}", "allowed.example"),
+    (443, "https://allowed.example./echo?t={id}", "Allowed.Example."),
+    (443, "https://allowed.example:443/echo?t={id}", "allowed.example"),
+    (443, "https://allowed.example/echo?t={id}", "allowed.example:443"),
+    (80, "http://allowed.example/echo?t={id}", "allowed.example"),
+    (80, "http://Allowed.Example.:80/echo?t={id}", "allowed.example"),
+])
+def test_absolute_form_naming_the_allowed_host_reaches_the_origin_in_origin_form(world, port, target, host):
+    test_id = f"abs-allowed-{port}-{target.split('/')[2]}-{host}"
+    answer = world.raw(_http1(target.format(id=test_id), test_id, host=host), port=port)
+    assert answer["status"] == 200, answer
+    [seen] = world.recorded(test_id)
+    assert seen["request_line"] == f"GET /echo?t={test_id} HTTP/1.1"
+    assert seen["host"] == "allowed.example"
+    assert seen["listener"] == f"{NAMES['allowed.example']}:{port}"
+    assert seen["sni"] == ("allowed.example" if port == 443 else None)
+
+
+@pytest.mark.parametrize("port, target, reason", [
+    (443, "http://allowed.example/echo?t={id}", "authority-scheme-mismatch"),     # http target inside TLS
+    (80, "https://allowed.example/echo?t={id}", "authority-scheme-mismatch"),     # https target in clear text
+    (443, "https://allowed.example:8443/echo?t={id}", "authority-port-mismatch"),  # another port than dialled
+    (80, "http://allowed.example:8080/echo?t={id}", "authority-port-mismatch"),
+])
+def test_absolute_form_with_another_scheme_or_port_than_the_connection_is_blocked(world, port, target, reason):
+    test_id = f"abs-{reason}-{port}"
+    _blocked(world, world.raw(_http1(target.format(id=test_id), test_id), port=port), test_id, reason)
+
+
+def test_absolute_form_with_another_port_than_the_host_header_is_blocked(world):
+    test_id = "abs-host-port"
+    answer = world.raw(_http1(f"https://allowed.example/echo?t={test_id}", test_id, host="allowed.example:8443"))
+    _blocked(world, answer, test_id, "authority-port-mismatch")
+
+
+def test_absolute_form_naming_a_refused_host_is_blocked_in_http2(world):
+    # HTTP/2 has no absolute-form; a :path that is not a path would reach an HTTP/1 origin as one
+    test_id = "h2-absolute-path"
+    answer = world.raw(h2=[[":method", "GET"], [":scheme", "https"], [":authority", "allowed.example"],
+                           [":path", f"https://www.google.com/echo?t={test_id}"], ["x-test-id", test_id]])
+    _blocked(world, answer, test_id, "invalid-target")
+
+
+def test_http2_authority_decides_and_reaches_the_origin_as_host_in_origin_form(world):
+    test_id = "h2-origin-form"
+    answer = world.raw(h2=[[":method", "GET"], [":scheme", "https"], [":authority", "Allowed.Example."],
+                           [":path", f"/echo?t={test_id}"], ["x-test-id", test_id]])
+    assert answer["status"] == 200, answer
+    [seen] = world.recorded(test_id)
+    assert (seen["request_line"], seen["host"]) == (f"GET /echo?t={test_id} HTTP/1.1", "allowed.example")
+
+
+def test_http2_authority_naming_another_host_than_sni_is_blocked(world):
+    test_id = "h2-sni-authority"
+    answer = world.raw(h2=[[":method", "GET"], [":scheme", "https"], [":authority", "www.google.com"],
+                           [":path", f"/echo?t={test_id}"], ["x-test-id", test_id]])
+    _blocked(world, answer, test_id, "sni-host-mismatch")
+
+
+def test_http2_host_header_disagreeing_with_authority_never_reaches_the_origin(world):
+    # mitmproxy refuses the stream (validate_inbound_headers); were that off, the Host would be rewritten
+    test_id = "h2-host-vs-authority"
+    answer = world.raw(h2=[[":method", "GET"], [":scheme", "https"], [":authority", "allowed.example"],
+                           [":path", f"/echo?t={test_id}"], ["host", "www.google.com"], ["x-test-id", test_id]])
+    assert answer["status"] != 200, answer
+    assert world.recorded(test_id) == []
+
+
+def test_http2_scheme_is_the_connections_not_the_clients(world):
+    # ":scheme: http" inside TLS: decided, dialled and forwarded as https (mitmproxy replaces it)
+    test_id = "h2-scheme"
+    answer = world.raw(h2=[[":method", "GET"], [":scheme", "http"], [":authority", "allowed.example"],
+                           [":path", f"/echo?t={test_id}"], ["x-test-id", test_id]])
+    assert answer["status"] == 200, answer
+    [seen] = world.recorded(test_id)
+    assert (seen["listener"], seen["sni"]) == (f"{NAMES['allowed.example']}:443", "allowed.example")
+    line = world.audit_for(f"/echo?t={test_id}")[-1]
+    assert (line["scheme"], line["decision"]) == ("https", "allow")
+
+
+def test_two_host_headers_never_reach_the_origin(world):
+    test_id = "two-hosts"
+    raw = _http1(f"/echo?t={test_id}", test_id).replace("Host: allowed.example\r\n",
+                                                         "Host: allowed.example\r\nHost: www.google.com\r\n")
+    _blocked(world, world.raw(raw), test_id, "multiple-host-headers")
+
+
+def test_options_asterisk_inside_tls_is_forwarded_as_asterisk_form(world):
+    test_id = "options-asterisk"
+    answer = world.raw(_http1("*", test_id, method="OPTIONS"))
+    assert answer["status"] == 200, answer
+    [seen] = world.recorded(test_id)
+    assert (seen["request_line"], seen["host"], seen["sni"]) == \
+        ("OPTIONS * HTTP/1.1", "allowed.example", "allowed.example")
+
+
+def test_asterisk_target_with_another_method_is_blocked(world):
+    test_id = "get-asterisk"
+    answer = world.raw(_http1("*", test_id))
+    assert answer["status"] == 418 and answer["headers"]["x-tproxy-reason"] == "invalid-target", answer
+    assert world.recorded(test_id) == []
+
+
+def test_connect_inside_tls_is_refused_and_never_tunnels(world):
+    test_id = "connect-in-tls"
+    before = world.upstream_stats("203.0.113.10:443")["connections"]
+    answer = world.raw(_http1("www.google.com:443", test_id, host="www.google.com:443", method="CONNECT"))
+    assert answer["status"] == 400, answer
+    assert world.recorded(test_id) == []
+    assert world.upstream_stats("203.0.113.10:443")["connections"] == before
+    wait_for(lambda: any(a["reason"] == "connect-not-allowed" and a["sni"] == "allowed.example"
+                         for a in world.audit()), timeout=5, what="audit line for CONNECT inside TLS")
+
+
+def test_https_original_destination_is_ignored_for_the_policy_hosts_address(world):
+    # TLS to www.google.com's address, SNI and Host allowed.example: dialled at allowed.example's address
+    test_id = "orig-dst-https"
+    answer = world.raw(_http1(f"/echo?t={test_id}", test_id), dest=NAMES["www.google.com"])
+    assert answer["status"] == 200, answer
+    [seen] = world.recorded(test_id)
+    assert seen["listener"] == f"{NAMES['allowed.example']}:443" and seen["host"] == "allowed.example"
+
+
+def test_host_header_port_is_ignored_for_dialling_and_rewritten(world):
+    test_id = "host-port"
+    answer = world.raw(_http1(f"/echo?t={test_id}", test_id, host="allowed.example:8443"))
+    assert answer["status"] == 200, answer
+    [seen] = world.recorded(test_id)
+    assert (seen["listener"], seen["host"]) == (f"{NAMES['allowed.example']}:443", "allowed.example")
+
+
 # -- the standard-mode variant ------------------------------------------------------------------
 STD = ("-x", "http://198.18.1.1:1080")
 
@@ -401,6 +576,67 @@ def test_standard_mode_refuses_connect_to_blocked_host(world):
     r = world.pod.run("curl", "-sS", "-m", "5", *STD, "--cacert", world.mitm_ca, "-o", "/dev/null",
                       "-w", "%{http_connect}", "https://www.google.com/", check=False)
     assert r.stdout.strip() == "418" and r.returncode != 0
+
+
+def _std_blocked(world, answer, test_id, reason):
+    assert answer["status"] == 418 and answer["headers"]["x-tproxy-reason"] == reason, answer
+
+    def line():
+        with open(world.std_audit_file) as f:
+            return any(a["reason"] == reason and test_id in (a["path"] or "") for a in map(json.loads, f))
+    wait_for(line, timeout=5, what=f"standard-mode audit line {reason}")
+    assert world.recorded(test_id) == []
+
+
+def test_standard_mode_absolute_form_naming_another_host_than_host_header_is_blocked(world):
+    test_id = "std-abs-host"
+    answer = world.raw(_http1(f"http://www.google.com/echo?t={test_id}", test_id), dest="198.18.1.1", port=1080)
+    _std_blocked(world, answer, test_id, "authority-host-mismatch")
+
+
+def test_standard_mode_absolute_form_reaches_the_origin_in_origin_form(world):
+    test_id = "std-abs-ok"
+    answer = world.raw(_http1(f"http://ALLOWED.example.:80/echo?t={test_id}", test_id), dest="198.18.1.1",
+                       port=1080)
+    assert answer["status"] == 200, answer
+    [seen] = world.recorded(test_id)
+    assert (seen["request_line"], seen["host"]) == (f"GET /echo?t={test_id} HTTP/1.1", "allowed.example")
+
+
+def test_standard_mode_absolute_form_inside_a_tunnel_naming_another_host_is_blocked(world):
+    test_id = "std-tunnel-abs"
+    answer = world.raw(_http1(f"https://www.google.com/echo?t={test_id}", test_id), dest="198.18.1.1",
+                       port=1080, tls=True, tunnel="allowed.example:443")
+    _std_blocked(world, answer, test_id, "authority-host-mismatch")
+
+
+def test_standard_mode_absolute_form_inside_a_tunnel_reaches_the_origin_in_origin_form(world):
+    test_id = "std-tunnel-ok"
+    answer = world.raw(_http1(f"https://allowed.example/echo?t={test_id}", test_id), dest="198.18.1.1",
+                       port=1080, tls=True, tunnel="allowed.example:443")
+    assert answer["status"] == 200, answer
+    [seen] = world.recorded(test_id)
+    assert (seen["request_line"], seen["host"]) == (f"GET /echo?t={test_id} HTTP/1.1", "allowed.example")
+
+
+def test_standard_mode_absolute_form_without_host_decides(world):
+    test_id = "std-abs-no-host"
+    raw = f"GET http://allowed.example/echo?t={test_id} HTTP/1.0\r\nX-Test-Id: {test_id}\r\n\r\n"
+    answer = world.raw(raw, dest="198.18.1.1", port=1080)
+    assert answer["status"] == 200, answer
+    [seen] = world.recorded(test_id)
+    assert seen["request_line"] == f"GET /echo?t={test_id} HTTP/1.0"
+    assert seen["listener"] == f"{NAMES['allowed.example']}:80"
+
+
+def test_standard_mode_connect_inside_a_tunnel_is_refused(world):
+    test_id = "std-tunnel-connect"
+    before = world.upstream_stats("203.0.113.10:443")["connections"]
+    answer = world.raw(_http1("www.google.com:443", test_id, host="www.google.com:443", method="CONNECT"),
+                       dest="198.18.1.1", port=1080, tls=True, tunnel="allowed.example:443")
+    assert answer["status"] == 400, answer
+    assert world.recorded(test_id) == []
+    assert world.upstream_stats("203.0.113.10:443")["connections"] == before
 
 
 def test_standard_mode_blocks_plain_http_and_dials_policy_host(world):

@@ -135,3 +135,45 @@ def test_ipv6_bind_and_no_sni_default_certificate_for_the_address(ca):
         assert info["local_address"] == "::1" and info["sni"] is None
     finally:
         up.stop()
+
+
+def _raw(port, raw: bytes) -> bytes:
+    import socket
+    with socket.create_connection(("127.0.0.1", port), 5) as s:
+        s.sendall(raw)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return data
+
+
+def test_absolute_form_target_picks_the_virtual_host_over_the_host_header(upstream):
+    # as nginx does (RFC 9112 3.2.2): what a proxy forwarding the target verbatim would expose
+    port, _ = _ports(upstream)
+    data = _raw(port, b"GET http://www.google.com/ HTTP/1.1\r\nHost: storage.googleapis.com\r\n"
+                      b"Connection: close\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 200") and b"simulated www.google.com" in data
+    data = _raw(port, b"GET http://storage.googleapis.com/solutions-public-assets/hello.txt?x HTTP/1.1\r\n"
+                      b"Host: www.google.com\r\nConnection: close\r\n\r\n")
+    assert data.endswith(HELLO_BODY)
+
+
+def test_record_mode_keeps_raw_request_lines_host_and_sni(ca):
+    http_port, https_port = _free_port(), _free_port()
+    up = Upstream(["127.0.0.1"], http_port=http_port, https_port=https_port, cert_dir=ca.directory,
+                  record=True).start()
+    try:
+        _raw(http_port, b"OPTIONS * HTTP/1.1\r\nHost: a.example\r\nX-Test-Id: t1\r\nConnection: close\r\n\r\n")
+        _raw(http_port, b"GET https://b.example/x?y HTTP/1.1\r\nHost: a.example\r\nX-Test-Id: t2\r\n"
+                        b"Connection: close\r\n\r\n")
+        _https(up, ca, "www.google.com", "/echo")
+        conn = http.client.HTTPConnection("127.0.0.1", http_port, timeout=5)
+        conn.request("GET", "/.upstream/requests")
+        seen = json.loads(conn.getresponse().read())
+        assert seen[0] == {"listener": f"127.0.0.1:{http_port}", "request_line": "OPTIONS * HTTP/1.1",
+                           "host": "a.example", "sni": None, "test_id": "t1"}
+        assert (seen[1]["request_line"], seen[1]["test_id"]) == ("GET https://b.example/x?y HTTP/1.1", "t2")
+        assert (seen[2]["request_line"], seen[2]["sni"], seen[2]["listener"]) == \
+            ("GET /echo HTTP/1.1", "www.google.com", f"127.0.0.1:{https_port}")
+    finally:
+        up.stop()
