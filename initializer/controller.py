@@ -324,9 +324,13 @@ class Controller:
             self._copies_wanted.wait(self.resync_period)
             if self._stop.is_set():
                 return
-            self._copies_wanted.clear()
             if self._root_certs is None or self.informer is None or not self.informer.has_synced:
+                # A pass was asked for before the deployments were listed (e.g. at start): keep the
+                # request and look again shortly, not a whole resync period later.
+                if self._stop.wait(0.2):
+                    return
                 continue
+            self._copies_wanted.clear()
             for ns in sorted(self.copy_namespaces()):
                 self.copy_queue.add(ns)
 
