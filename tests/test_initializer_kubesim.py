@@ -665,8 +665,9 @@ def _source(admin, name: str, bundle: str = "-----BEGIN CERTIFICATE-----\nA\n---
 
 
 def _certs_controller(kubeconfig, cm_name, initializer_name, source, log=None, **kw):
+    kw.setdefault("resync_period", 0.3)
     ctl = Controller.from_kubeconfig(kubeconfig, initializer_name=initializer_name, configmap=cm_name,
-                                     config_namespace=CM_NS, require_annotation=True, resync_period=0.3,
+                                     config_namespace=CM_NS, require_annotation=True,
                                      root_certs_configmap=source, root_certs_namespace=RELEASE_NS,
                                      logger=log or Recorder(), **kw)
     ctl.start()
@@ -801,5 +802,31 @@ def test_a_namespace_where_the_initializer_may_not_write_the_bundle_fails_the_cr
         with pytest.raises(errors.NotFound):
             get(admin, "copy-denied", "app")
         assert _copy(admin, "copy-denied", source) is None
+    finally:
+        ctl.stop()
+
+
+def test_copies_left_stale_while_the_initializer_was_down_are_updated_at_start(admin, kubeconfig, cm_name):
+    """The CA changed while no replica ran: at start, without any new deployment, the copies in
+    namespaces with locked deployments are brought up to date (not one resync period later)."""
+    from initializer.rootcerts import COPY_OF_ANNOTATION
+    rc, source = "stale.initializer.example.com", "stale-root-certs"
+    _source(admin, source, "NEW CA\n")
+    admin.create("/api/v1/namespaces", {"metadata": {"name": "stale"}})
+    admin.create(resource_path("v1", "configmaps", "stale"), {
+        "metadata": {"name": source, "annotations": {COPY_OF_ANNOTATION: f"{RELEASE_NS}/{source}"}},
+        "data": {"root-certs.crt": "OLD CA\n"}})
+    locked = deployment("locked", meta={"initializers": {"pending": []}})  # already initialized
+    locked["spec"]["template"]["metadata"]["annotations"] = {ANN: "true"}
+    create(admin, "stale", locked)
+    # The source is known before the deployments are listed (as when its GET answers first).
+    ctl = Controller.from_kubeconfig(kubeconfig, initializer_name=rc, configmap=cm_name, config_namespace=CM_NS,
+                                     require_annotation=True, resync_period=300, root_certs_configmap=source,
+                                     root_certs_namespace=RELEASE_NS, logger=Recorder())
+    assert ctl.load_root_certs(admin.get(resource_path("v1", "configmaps", RELEASE_NS, source)))
+    ctl.start()
+    try:
+        wait_for(lambda: _copy(admin, "stale", source)["data"] == {"root-certs.crt": "NEW CA\n"},
+                 what="stale copy updated at start")
     finally:
         ctl.stop()
