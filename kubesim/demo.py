@@ -260,8 +260,9 @@ class Demo:
                             "storage.googleapis.com")
         if problems:
             raise DemoError("the tutorial's results were not observed:\n  - " + "\n  - ".join(problems))
-        self.step("OK: the unlocked app reaches everything; the locked apps (default and a namespace created "
-                  "after the install) get 418 for www.google.com, 200 for the allowed bucket, and no ping")
+        self.step("OK: the unlocked app reaches everything; the locked app gets 418 for www.google.com, 200 "
+                  f"for the allowed bucket, and no ping, in default and in {FRESH_NAMESPACE} (created after "
+                  "the install)")
         return 0
 
 
