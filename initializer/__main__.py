@@ -129,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     both("exclude-namespaces", dest="exclude_namespaces", type=parse_namespaces, default=[],
          metavar="NS[,NS...]",
          help="namespaces whose deployments are released without injection (comma-separated)")
+    both("root-certs-configmap", dest="root_certs_configmap", default="", metavar="NAME",
+         help="the ConfigMap holding the proxy's CA bundle that injected pods mount: before a deployment "
+              "in another namespace is released, a copy of it (same name) is created or updated there, "
+              "and every copy follows the source when it changes; empty: no copies (default)")
+    both("root-certs-namespace", dest="root_certs_namespace", default=None, metavar="NS",
+         help="namespace of --root-certs-configmap (default: the -namespace value)")
     both("workers", type=parse_workers, default=2, metavar="N", help="sync worker threads (default: %(default)s)")
     both("resync-period", dest="resync_period", type=parse_duration, default=30.0, metavar="DURATION",
          help="informer resync period: every deployment is looked at again this often, so a missed "
@@ -150,7 +156,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             args.kubeconfig, initializer_name=args.initializer_name, annotation=args.annotation,
             configmap=args.configmap, config_namespace=args.namespace,
             require_annotation=args.require_annotation, exclude_namespaces=args.exclude_namespaces,
-            workers=args.workers, resync_period=args.resync_period, logger=log)
+            workers=args.workers, resync_period=args.resync_period,
+            root_certs_configmap=args.root_certs_configmap, root_certs_namespace=args.root_certs_namespace,
+            logger=log)
     except KubeConfigError as exc:
         log.error("no_cluster_config", error=str(exc))
         print(f"initializer: {exc}", file=sys.stderr)

@@ -15,6 +15,12 @@ Why this shape (and not the original's "AddFunc does everything"):
 * The ConfigMap is watched through the 1.7 legacy watch-by-name path
   ``/api/v1/watch/namespaces/NS/configmaps/NAME``, so the controller needs only ``get`` and ``watch``
   on that one name (``resourceNames``); a collection watch would need list/watch on every ConfigMap.
+* The proxy's CA bundle (``--root-certs-configmap``) is watched the same way, and a deployment is
+  released only after its namespace holds an up-to-date copy of it (``rootcerts.ensure_copy``): a pod
+  can mount ConfigMaps of its own namespace only. When the bundle cannot be provided there (forbidden,
+  or the name is taken by a ConfigMap that is not our copy) the deployment fails with a result naming
+  the cause. A change of the bundle updates the copy in every namespace that has injected deployments
+  (found in the deployment informer's cache: no list of ConfigMaps or namespaces is needed).
 """
 from __future__ import annotations
 
@@ -31,7 +37,8 @@ from controllerkit.workqueue import WorkQueue, run_workers
 
 from . import metrics
 from .config import ConfigError, InjectionConfig, config_from_configmap
-from .mutate import FAIL, IGNORE, INJECT, SKIP, Decision, decide, failure_status, pending_names
+from .mutate import FAIL, IGNORE, INJECT, SKIP, Decision, decide, failure_status, is_annotated, pending_names
+from .rootcerts import CopyRefused, RootCerts, ensure_copy
 
 DEFAULT_ANNOTATION = "initializer.kubernetes.io/tproxy"
 DEFAULT_CONFIGMAP = "tproxy-initializer"
@@ -96,7 +103,8 @@ class Controller:
                  annotation: str = DEFAULT_ANNOTATION, configmap: str = DEFAULT_CONFIGMAP,
                  config_namespace: str = DEFAULT_NAMESPACE, require_annotation: bool = False,
                  exclude_namespaces: Iterable[str] = (), workers: int = 2, resync_period: float = 30.0,
-                 config_retry: float = 1.0, watch_timeout: int = 300, logger=None):
+                 config_retry: float = 1.0, watch_timeout: int = 300, root_certs_configmap: str = "",
+                 root_certs_namespace: Optional[str] = None, logger=None):
         if workers < 1:
             raise ValueError("workers must be >= 1")
         self.client = client
@@ -111,6 +119,14 @@ class Controller:
         self.config_retry = config_retry
         self.watch_timeout = watch_timeout
         self.log = logger or structlog.get_logger("initializer")
+        # The CA bundle to copy into every namespace where we inject ("" = off: the original behaviour,
+        # the bundle must then exist in each namespace some other way).
+        self.root_certs_configmap = root_certs_configmap
+        self.root_certs_namespace = root_certs_namespace or config_namespace
+        self._root_certs: Optional[RootCerts] = None
+        self._root_certs_reason = f"{self._root_certs_ref()} not read yet"
+        self._copies_wanted = threading.Event()
+        self.copy_queue = WorkQueue("initializer-root-certs")
 
         self._config: Optional[InjectionConfig] = None
         self._config_reason = f"ConfigMap {config_namespace}/{configmap} not read yet"
@@ -118,7 +134,7 @@ class Controller:
         self._deferred: set[str] = set()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._cm_watch = None
+        self._watches: dict = {}  # ConfigMap ref -> open watch stream (closed by stop())
         self.queue = WorkQueue("initializer")
         self.informer = None
         self._informer_log: Optional[_InformerLog] = None
@@ -176,30 +192,41 @@ class Controller:
         return True
 
     def _config_loop(self) -> None:
-        """GET the ConfigMap, then watch it by name; re-GET on 410, stream end or error."""
-        get_path = resource_path("v1", "configmaps", self.config_namespace, self.configmap)
-        watch_path = f"/api/v1/watch/namespaces/{self.config_namespace}/configmaps/{self.configmap}"
+        self._watch_configmap(
+            self.config_namespace, self.configmap, self.load_configmap,
+            on_error=self._set_config_error,
+            forbidden_hint=f"the initializer needs get and watch on this ConfigMap, e.g. a Role in "
+                           f"{self.config_namespace} with resourceNames [{self.configmap}]")
+
+    def _watch_configmap(self, namespace: str, name: str, on_object, *, on_error, forbidden_hint: str) -> None:
+        """GET one ConfigMap, then watch it by name; re-GET on 410, stream end or error.
+
+        ``on_object(cm)`` gets every version; ``on_error(reason, message)`` each failure (reason:
+        missing, forbidden, error)."""
+        ref = f"ConfigMap {namespace}/{name}"
+        get_path = resource_path("v1", "configmaps", namespace, name)
+        watch_path = f"/api/v1/watch/namespaces/{namespace}/configmaps/{name}"
         delay = self.config_retry
         gone_streak = 0
         while not self._stop.is_set():
             try:
                 cm = self.client.get(get_path)
-                self.load_configmap(cm)
+                on_object(cm)
                 rv = (cm.get("metadata") or {}).get("resourceVersion")
                 delay = self.config_retry
                 opened = time.monotonic()
                 stream = self.client.open_watch(watch_path, resource_version=rv,
                                                 timeout_seconds=self.watch_timeout)
-                self._cm_watch = stream
+                self._watches[ref] = stream
                 with stream:
                     if self._stop.is_set():
                         return
                     for etype, obj in stream:
                         gone_streak = 0
                         if etype in ("ADDED", "MODIFIED"):
-                            self.load_configmap(obj)
+                            on_object(obj)
                         elif etype == "DELETED":
-                            self._set_config_error("missing", f"{self._cm_ref()} was deleted")
+                            on_error("missing", f"{ref} was deleted")
                 # The stream ended (server timeout or a cut): re-GET and watch again, at once unless
                 # the server keeps ending watches immediately (then do not spin).
                 gone_streak = 0
@@ -207,33 +234,138 @@ class Controller:
                     return
                 continue
             except errors.NotFound as exc:
-                self._set_config_error("missing", f"{self._cm_ref()} not found: {exc.message}")
+                on_error("missing", f"{ref} not found: {exc.message}")
             except errors.Forbidden as exc:
-                self._set_config_error(
-                    "forbidden", f"{self._cm_ref()}: {exc} (the initializer needs get and watch on this "
-                    f"ConfigMap, e.g. a Role in {self.config_namespace} with resourceNames [{self.configmap}])")
+                on_error("forbidden", f"{ref}: {exc} ({forbidden_hint})")
             except errors.Gone as exc:
                 gone_streak += 1
                 if gone_streak == 1:
                     continue  # resourceVersion too old: re-GET at once
                 # A fresh GET's resourceVersion is too old again: back off instead of spinning GET+watch.
-                self.log.warning("config_watch_gone_again", configmap=self._cm_ref(), error=str(exc),
+                self.log.warning("config_watch_gone_again", configmap=ref, error=str(exc),
                                  attempt=gone_streak, retry_in=delay)
             except (errors.ApiError, errors.StreamError, OSError) as exc:
                 if self._stop.is_set():
                     return
-                self._set_config_error("error", f"{self._cm_ref()}: {exc}")
+                on_error("error", f"{ref}: {exc}")
             finally:
-                self._cm_watch = None
+                self._watches.pop(ref, None)
             if self._stop.wait(delay):
                 return
             delay = min(delay * 2, 10.0)
 
+    # -- the proxy's CA bundle -------------------------------------------------------------------
+    def _root_certs_ref(self) -> str:
+        return f"ConfigMap {self.root_certs_namespace}/{self.root_certs_configmap}"
+
+    @property
+    def root_certs(self) -> Optional[RootCerts]:
+        return self._root_certs
+
+    def load_root_certs(self, cm: dict) -> bool:
+        """Install a new version of the CA bundle; on a change, update every copy. True if installed."""
+        try:
+            certs = RootCerts.from_configmap(cm)
+        except ValueError as exc:
+            self._set_root_certs_error("malformed", str(exc))
+            return False
+        with self._config_lock:
+            old = self._root_certs
+            self._root_certs = certs
+            self._root_certs_reason = ""
+            deferred, self._deferred = self._deferred, set()
+        metrics.ROOT_CERTS_LOADED.set(1)
+        if old is None or old.fingerprint != certs.fingerprint:
+            self.log.info("root_certs_loaded", configmap=self._root_certs_ref(), fingerprint=certs.fingerprint,
+                          previous=old.fingerprint if old else None,
+                          resource_version=(cm.get("metadata") or {}).get("resourceVersion"))
+            self._copies_wanted.set()
+        for key in deferred:
+            self.queue.add(key)
+        return True
+
+    def _set_root_certs_error(self, reason: str, message: str) -> None:
+        metrics.ROOT_CERTS_ERRORS.labels(reason).inc()
+        with self._config_lock:
+            have = self._root_certs is not None
+            if not have:
+                self._root_certs_reason = message
+        if have:
+            self.log.error("root_certs_error_keeping_last", reason=reason, error=message,
+                           configmap=self._root_certs_ref(), fingerprint=self._root_certs.fingerprint)
+        else:
+            self.log.error("root_certs_unavailable", reason=reason, error=message, configmap=self._root_certs_ref(),
+                           hint="deployments to inject stay pending until the CA bundle is read")
+
+    def _root_certs_loop(self) -> None:
+        self._watch_configmap(
+            self.root_certs_namespace, self.root_certs_configmap, self.load_root_certs,
+            on_error=self._set_root_certs_error,
+            forbidden_hint=f"the initializer needs get and watch on this ConfigMap, e.g. a Role in "
+                           f"{self.root_certs_namespace} with resourceNames [{self.root_certs_configmap}]")
+
+    def copy_namespaces(self) -> set[str]:
+        """Namespaces that need a copy: those of deployments in the informer's cache whose pod template
+        carries our annotation (injected, or locked by hand), minus excluded ones and the source's own."""
+        if self.informer is None:
+            return set()
+        out = set()
+        for obj in self.informer.store.list(copy=False):
+            ns = (obj.get("metadata") or {}).get("namespace", "")
+            if ns and ns not in self.exclude_namespaces and ns != self.root_certs_namespace and \
+                    is_annotated((obj.get("spec") or {}).get("template") or {}, self.annotation):
+                out.add(ns)
+        return out
+
+    def _copies_loop(self) -> None:
+        """On a new bundle at once, and every resync period (a deleted copy comes back, a refused one is
+        tried again), queue every namespace that needs a copy."""
+        while not self._stop.is_set():
+            self._copies_wanted.wait(self.resync_period)
+            if self._stop.is_set():
+                return
+            if self._root_certs is None or self.informer is None or not self.informer.has_synced:
+                # A pass was asked for before the deployments were listed (e.g. at start): keep the
+                # request and look again shortly, not a whole resync period later.
+                if self._stop.wait(0.2):
+                    return
+                continue
+            self._copies_wanted.clear()
+            for ns in sorted(self.copy_namespaces()):
+                self.copy_queue.add(ns)
+
+    def sync_copy(self, namespace: str) -> Optional[str]:
+        """Bring the copy in ``namespace`` up to date (copy queue worker). Refusals are logged and
+        counted, and tried again on the next pass; other errors are re-queued with backoff."""
+        certs = self._root_certs
+        if certs is None:
+            return None
+        try:
+            outcome = ensure_copy(self.client, certs, namespace)
+        except CopyRefused as exc:
+            metrics.ROOT_CERTS_COPIES.labels("refused").inc()
+            self.log.error("root_certs_copy_refused", namespace=namespace, error=str(exc))
+            return None
+        except errors.ApiError:
+            metrics.ROOT_CERTS_COPIES.labels("error").inc()
+            raise
+        self._copy_done(namespace, certs, outcome)
+        return outcome
+
+    def _copy_done(self, namespace: str, certs: RootCerts, outcome: str) -> None:
+        metrics.ROOT_CERTS_COPIES.labels(outcome).inc()
+        if outcome != "unchanged":
+            self.log.info("root_certs_copy_" + outcome, namespace=namespace, configmap=certs.name,
+                          source=certs.source, fingerprint=certs.fingerprint)
+
     # -- readiness -------------------------------------------------------------------------------
     def ready(self) -> tuple[bool, str]:
-        """(ready, reason): ready when a valid config is loaded and the deployment informer synced."""
+        """(ready, reason): ready when a valid config (and the CA bundle, when we copy it) is loaded and
+        the deployment informer synced."""
         if self._config is None:
             return False, self._config_reason
+        if self.root_certs_configmap and self._root_certs is None:
+            return False, self._root_certs_reason
         if self.informer is None or not self.informer.has_synced:
             why = self._informer_log.last_error if self._informer_log is not None else None
             return False, "deployment informer has not synced yet" + (f": {why}" if why else "")
@@ -268,14 +400,15 @@ class Controller:
 
         Returns the decision that was written (``None`` when nothing was written).
         """
-        cfg = self._config
-        if cfg is None:
+        cfg, certs = self._config, self._root_certs
+        if cfg is None or (self.root_certs_configmap and certs is None):
             with self._config_lock:
-                if self._config is None:
+                if self._config is None or (self.root_certs_configmap and self._root_certs is None):
                     self._deferred.add(key)
                     return None
-                cfg = self._config
+                cfg, certs = self._config, self._root_certs
         ns, _, name = key.partition("/")
+        copied = False
         path = resource_path(DEPLOYMENTS_GV, "deployments", ns, name)
         for attempt in range(MAX_CONFLICT_RETRIES):
             try:
@@ -287,6 +420,19 @@ class Controller:
                               exclude_namespaces=self.exclude_namespaces)
             if decision.action == IGNORE:
                 return None
+            if decision.action == INJECT and certs is not None and not copied and ns != self.root_certs_namespace:
+                # The pods will mount the bundle from their own namespace: it must be there before
+                # they exist, i.e. before we release the deployment.
+                try:
+                    self._copy_done(ns, certs, ensure_copy(self.client, certs, ns))
+                    copied = True
+                except CopyRefused as exc:
+                    metrics.ROOT_CERTS_COPIES.labels("refused").inc()
+                    decision = self._fail(path, current, str(exc), code=exc.code, reason=exc.reason)
+                    if decision is None:
+                        continue
+                    self._record(decision, current)
+                    return decision
             try:
                 self.client.replace(path, decision.obj)
             except errors.Conflict:
@@ -316,9 +462,14 @@ class Controller:
                                                f"{MAX_CONFLICT_RETRIES} attempts; will retry")
 
     def _fail_after_invalid(self, path: str, current: dict, exc: errors.ApiError) -> Optional[Decision]:
+        return self._fail(path, current, f"the API server rejected the injected deployment: {exc.message}")
+
+    def _fail(self, path: str, current: dict, message: str, **status) -> Optional[Decision]:
+        """Set ``initializers.result`` (the server deletes the object; the blocked create fails with it).
+        ``None`` on a conflict: the caller re-reads and decides again."""
         failed = {**current, "metadata": dict(current["metadata"])}
         inits = dict(failed["metadata"].get("initializers") or {})
-        inits["result"] = failure_status(f"the API server rejected the injected deployment: {exc.message}")
+        inits["result"] = failure_status(message, **status)
         failed["metadata"]["initializers"] = inits
         try:
             self.client.replace(path, failed)
@@ -352,7 +503,8 @@ class Controller:
     def start(self) -> "Controller":
         self.log.info("starting", initializer_name=self.initializer_name, annotation=self.annotation,
                       configmap=self._cm_ref(), require_annotation=self.require_annotation,
-                      exclude_namespaces=sorted(self.exclude_namespaces), workers=self.workers)
+                      exclude_namespaces=sorted(self.exclude_namespaces), workers=self.workers,
+                      root_certs=self._root_certs_ref() if self.root_certs_configmap else None)
         t = threading.Thread(target=self._config_loop, name="initializer-config", daemon=True)
         t.start()
         self._threads.append(t)
@@ -360,6 +512,14 @@ class Controller:
         self.informer.start()
         self._threads += run_workers(self.queue, self.sync, workers=self.workers, stop=self._stop,
                                      logger=self.log)
+        if self.root_certs_configmap:
+            for target, name in ((self._root_certs_loop, "initializer-root-certs"),
+                                 (self._copies_loop, "initializer-root-certs-copies")):
+                t = threading.Thread(target=target, name=name, daemon=True)
+                t.start()
+                self._threads.append(t)
+            self._threads += run_workers(self.copy_queue, self.sync_copy, workers=1, stop=self._stop,
+                                         logger=self.log)
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -367,8 +527,9 @@ class Controller:
         self.queue.shutdown()
         if self.informer is not None:
             self.informer.stop()
-        stream = self._cm_watch
-        if stream is not None:
+        self._copies_wanted.set()
+        self.copy_queue.shutdown()
+        for stream in list(self._watches.values()):
             stream.close()
         for t in self._threads:
             t.join(timeout)

@@ -25,3 +25,14 @@ CONFIG_ERRORS = Counter(
     "ConfigMap reads that could not be used, by reason (missing, malformed, forbidden, error)", ["reason"])
 CONFIG_LOADED = Gauge(
     "tproxy_initializer_config_loaded", "1 when a valid injection config is loaded (else deployments wait)")
+ROOT_CERTS_LOADED = Gauge(
+    "tproxy_initializer_root_certs_loaded",
+    "1 when the proxy's CA bundle (--root-certs-configmap) is read (else deployments to inject wait)")
+ROOT_CERTS_ERRORS = Counter(
+    "tproxy_initializer_root_certs_errors_total",
+    "Reads of the CA bundle ConfigMap that could not be used, by reason (missing, malformed, forbidden, error)",
+    ["reason"])
+ROOT_CERTS_COPIES = Counter(
+    "tproxy_initializer_root_certs_copies_total",
+    "Copies of the CA bundle ensured in application namespaces, by outcome "
+    "(created, updated, unchanged, refused = forbidden or name taken, error = retried)", ["outcome"])

@@ -228,9 +228,9 @@ def remove_pending(obj: dict, initializer_name: str) -> list[str]:
     return [p.get("name", "") for p in pending]
 
 
-def failure_status(message: str) -> dict:
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "code": 422,
-            "reason": "Invalid", "message": FAILURE_PREFIX + message}
+def failure_status(message: str, *, code: int = 422, reason: str = "Invalid") -> dict:
+    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "code": code,
+            "reason": reason, "message": FAILURE_PREFIX + message}
 
 
 def is_annotated(obj: dict, annotation: str) -> bool:

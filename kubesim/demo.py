@@ -2,9 +2,11 @@
 
 1. start a simulated Kubernetes 1.7 cluster (API server with the Initializers admission plugin, one
    node, an "internet" with www.google.com, storage.googleapis.com and a metadata server);
-2. ``helm template tproxy chart/ --set tproxy.useInitializer=true,tproxy.useRBAC=true`` applied in order;
+2. the README's install: namespace ``tproxy-system``, then ``helm template tproxy chart/ --namespace
+   tproxy-system --set tproxy.useInitializer=true,tproxy.useRBAC=true`` applied in order;
 3. wait for the initializer and the DaemonSet (podwatch + mitmproxy);
-4. create ``examples/debian-app.yaml`` and ``examples/debian-app-locked.yaml``;
+4. create ``examples/debian-app.yaml`` and ``examples/debian-app-locked.yaml`` in ``default``, and the
+   locked example again in a namespace created afterwards (``team-b``: no per-namespace setup);
 5. print what the tutorial prints: both apps' logs and the proxy's log lines for the locked app's requests;
 6. clean up (also on Ctrl-C).
 
@@ -31,6 +33,8 @@ CHART = os.path.join(REPO_ROOT, "chart")
 EXAMPLES = os.path.join(REPO_ROOT, "examples")
 GOOGLE = "https://www.google.com"
 BUCKET = "https://storage.googleapis.com/solutions-public-assets/"
+RELEASE_NAMESPACE = "tproxy-system"  # the README's `helm install ... --namespace tproxy-system --create-namespace`
+FRESH_NAMESPACE = "team-b"
 
 
 class DemoError(Exception):
@@ -140,7 +144,7 @@ class Demo:
         for line in text.rstrip("\n").splitlines():
             print(f"         {line}", flush=True)
 
-    def apply_text(self, text: str, source: str) -> None:
+    def apply_text(self, text: str, source: str, namespace: str = "default") -> None:
         import io
         from kubesim.apply import ApplyError, apply_documents, load_documents
         try:
@@ -148,7 +152,7 @@ class Demo:
         except ApplyError as e:
             raise DemoError(str(e)) from None
         out, err = io.StringIO(), io.StringIO()
-        failures = apply_documents(self.cluster.client, docs, out=out, err=err)
+        failures = apply_documents(self.cluster.client, docs, namespace=namespace, out=out, err=err)
         self.detail(out.getvalue())
         if failures:
             raise DemoError(f"applying {source} failed:\n{err.getvalue()}")
@@ -176,11 +180,14 @@ class Demo:
         self.step(f"cluster up; run dir {self.cluster.run_dir}")
 
         values = "tproxy.useInitializer=true,tproxy.useRBAC=true"
-        self.step(f"helm template tproxy chart/ --set {values} | kubectl apply -f -")
-        self.apply_text(render_chart(values), "chart")
+        ns = RELEASE_NAMESPACE
+        self.step(f"kubectl create namespace {ns}   (what helm install --create-namespace does)")
+        self.apply_text(f"apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n", "namespace")
+        self.step(f"helm template tproxy chart/ --namespace {ns} --set {values} | kubectl apply -f -")
+        self.apply_text(render_chart(values, ["--namespace", ns]), "chart")
 
         self.step("Waiting for the tproxy DaemonSet (podwatch + mitmproxy) and the initializer")
-        ds = self.wait("the tproxy DaemonSet pod", "app=tproxy,component=tproxy", "default", 1, 60)
+        ds = self.wait("the tproxy DaemonSet pod", "app=tproxy,component=tproxy", ns, 1, 60)
         self.wait("the initializer", "app=tproxy,component=initializer", "kube-system", 1, 60)
         proxy_pod = ds[0]
 
@@ -197,17 +204,26 @@ class Demo:
                             "(is the initializer running and the InitializerConfiguration applied?)")
         self.detail(f"initialized in {time.monotonic() - t:.1f}s; injected init containers: {inits}")
 
-        self.step("Waiting for both apps")
+        self.step(f"kubectl create namespace {FRESH_NAMESPACE} && kubectl apply -n {FRESH_NAMESPACE} "
+                  "-f examples/debian-app-locked.yaml   (a namespace the chart knows nothing about)")
+        self.apply_text(f"apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {FRESH_NAMESPACE}\n", "namespace")
+        self.apply_text(open(os.path.join(EXAMPLES, "debian-app-locked.yaml")).read(),
+                        "examples/debian-app-locked.yaml", namespace=FRESH_NAMESPACE)
+
+        self.step("Waiting for the three apps")
         unlocked = self.wait("debian-app", "app=debian-app,variant=unlocked", "default", 1, 60)[0]
         locked = self.wait("debian-app-locked", "app=debian-app,variant=locked", "default", 1, 90)[0]
+        fresh = self.wait(f"{FRESH_NAMESPACE}/debian-app-locked", "app=debian-app,variant=locked",
+                          FRESH_NAMESPACE, 1, 90)[0]
 
-        self.step("Waiting for a full round of the example loop in both logs")
+        self.step("Waiting for a full round of the example loop in the three logs")
         deadline = time.monotonic() + self.args.timeout
-        ru = rl = None
+        ru = rl = rf = None
         while time.monotonic() < deadline:
             ru = last_round(self.cluster.read_log(unlocked, "app"))
             rl = last_round(self.cluster.read_log(locked, "app"))
-            if ru and rl:
+            rf = last_round(self.cluster.read_log(fresh, "app"))
+            if ru and rl and rf:
                 break
             time.sleep(0.5)
 
@@ -217,6 +233,9 @@ class Demo:
         print()
         print("$ kubectl logs --selector app=debian-app,variant=locked   (newest round)")
         print(round_lines(self.cluster.read_log(locked, "app")) or "(no output)")
+        print()
+        print(f"$ kubectl logs -n {FRESH_NAMESPACE} --selector app=debian-app,variant=locked   (newest round)")
+        print(round_lines(self.cluster.read_log(fresh, "app")) or "(no output)")
         print()
         ip = (locked.get("status") or {}).get("podIP", "")
         pc = proxy_container(proxy_pod)
@@ -233,13 +252,17 @@ class Demo:
         if not locked_ok(rl):
             problems.append(f"locked app: expected www.google.com 418, bucket 200, ping 'Operation not "
                             f"permitted'; got {rl}")
+        if not locked_ok(rf):
+            problems.append(f"locked app in {FRESH_NAMESPACE}: expected www.google.com 418, bucket 200, ping "
+                            f"'Operation not permitted'; got {rf}")
         if not any("www.google.com" in l for l in lines) or not any("storage.googleapis.com" in l for l in lines):
             problems.append("proxy: no log lines for the locked app's requests to www.google.com and "
                             "storage.googleapis.com")
         if problems:
             raise DemoError("the tutorial's results were not observed:\n  - " + "\n  - ".join(problems))
         self.step("OK: the unlocked app reaches everything; the locked app gets 418 for www.google.com, 200 "
-                  "for the allowed bucket, and no ping")
+                  f"for the allowed bucket, and no ping, in default and in {FRESH_NAMESPACE} (created after "
+                  "the install)")
         return 0
 
 

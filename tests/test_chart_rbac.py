@@ -33,8 +33,8 @@ def cluster():
     """A 1.7 API server holding the installed chart (all options on) and an app namespace."""
     srv = APIServer(k8s_version="1.7").start()
     admin = api_client_for(srv)
-    objs = render({"tproxy.useInitializer": True, "tproxy.useRBAC": True, "tproxy.addStandardModeProxy": True,
-                   "tproxy.rootCertsNamespaces": [APP_NS]}, namespace=RELEASE_NS)
+    objs = render({"tproxy.useInitializer": True, "tproxy.useRBAC": True, "tproxy.addStandardModeProxy": True},
+                  namespace=RELEASE_NS)
     for ns in (RELEASE_NS, APP_NS):
         status, body = raw(admin, "POST", "/api/v1/namespaces", body={"metadata": {"name": ns}})
         assert status == 201, body
@@ -136,10 +136,66 @@ def test_initializer_reads_and_watches_only_its_own_configmap(cluster, initializ
     # Nothing else: not other ConfigMaps, not a list, not a write, not its own in another namespace.
     assert raw(initializer, "GET", f"/api/v1/namespaces/{ns}/configmaps/other-config")[0] == 403
     assert raw(initializer, "GET", f"/api/v1/namespaces/{ns}/configmaps")[0] == 403
-    assert raw(initializer, "GET", f"/api/v1/namespaces/{APP_NS}/configmaps/{FULL}-root-certs")[0] == 403
+    assert raw(initializer, "GET", f"/api/v1/namespaces/{APP_NS}/configmaps/{name}")[0] == 403
     assert raw(initializer, "PUT", f"/api/v1/namespaces/{ns}/configmaps/{name}", body=cm)[0] == 403
     status, _ = raw(initializer, "GET", f"/api/v1/watch/namespaces/{ns}/configmaps/other-config", timeout=5)
     assert status == 403
+
+
+def test_initializer_reads_and_watches_the_ca_bundle_source_by_name(cluster, initializer):
+    _, _, objs = cluster
+    src = one(objs, "ConfigMap", f"{FULL}-root-certs", RELEASE_NS)
+    status, body = raw(initializer, "GET", f"/api/v1/namespaces/{RELEASE_NS}/configmaps/{FULL}-root-certs")
+    assert status == 200 and body["data"] == src["data"]
+    events = list(watch_events(initializer, f"/api/v1/watch/namespaces/{RELEASE_NS}/configmaps/{FULL}-root-certs",
+                               timeout=5, max_events=1))
+    assert events[0]["type"] == "ADDED" and events[0]["object"]["data"] == src["data"]
+    # Not the proxy's Secret next to it (the private key), not the policy, not a list.
+    assert raw(initializer, "GET", f"/api/v1/namespaces/{RELEASE_NS}/secrets/{FULL}-certs")[0] == 403
+    assert raw(initializer, "GET", f"/api/v1/namespaces/{RELEASE_NS}/configmaps/{FULL}-policy")[0] == 403
+    assert raw(initializer, "GET", f"/api/v1/namespaces/{RELEASE_NS}/configmaps")[0] == 403
+
+
+@pytest.mark.parametrize("ns", [APP_NS, "created-after-install"])
+def test_initializer_can_create_and_update_the_ca_copy_in_any_namespace_and_nothing_more(cluster, initializer, ns):
+    """What the copy needs, in a namespace the chart knows nothing about (one created after install
+    too): get, create and update of the copy by name. What stays denied: reading, listing, watching,
+    updating or deleting any other ConfigMap, and deleting or patching the copy."""
+    _, admin, objs = cluster
+    if ns != APP_NS:
+        assert raw(admin, "POST", "/api/v1/namespaces", body={"metadata": {"name": ns}})[0] == 201
+        assert raw(admin, "POST", f"/api/v1/namespaces/{ns}/configmaps",
+                   body={"metadata": {"name": "other-config"}, "data": {"k": "v"}})[0] == 201
+    copy_name = f"{FULL}-root-certs"
+    path = f"/api/v1/namespaces/{ns}/configmaps/{copy_name}"
+    data = one(objs, "ConfigMap", copy_name, RELEASE_NS)["data"]
+    assert raw(initializer, "GET", path)[0] == 404  # allowed: the answer is "not there yet"
+    status, created = raw(initializer, "POST", f"/api/v1/namespaces/{ns}/configmaps",
+                          body={"metadata": {"name": copy_name}, "data": data})
+    assert status == 201, created
+    created["data"] = {"root-certs.crt": "rotated"}
+    assert raw(initializer, "PUT", path, body=created)[0] == 200
+    # Denied: everything else about ConfigMaps there.
+    assert raw(initializer, "GET", f"/api/v1/namespaces/{ns}/configmaps")[0] == 403
+    assert raw(initializer, "GET", f"/api/v1/namespaces/{ns}/configmaps/other-config")[0] == 403
+    assert raw(initializer, "PUT", f"/api/v1/namespaces/{ns}/configmaps/other-config",
+               body={"metadata": {"name": "other-config"}, "data": {"k": "overwritten"}})[0] == 403
+    assert raw(initializer, "DELETE", f"/api/v1/namespaces/{ns}/configmaps/other-config")[0] == 403
+    assert raw(initializer, "DELETE", path)[0] == 403
+    assert raw(initializer, "PATCH", path, body={"data": {"root-certs.crt": "x"}},
+               content_type="application/strategic-merge-patch+json")[0] == 403
+    assert raw(initializer, "GET", f"/api/v1/watch/namespaces/{ns}/configmaps/other-config", timeout=5)[0] == 403
+    assert raw(initializer, "GET", "/api/v1/configmaps")[0] == 403
+    from kubernetes.client.exceptions import ApiException
+    with pytest.raises(ApiException) as denied:
+        list(watch_events(initializer, "/api/v1/configmaps", query={"timeoutSeconds": "1"}, timeout=10))
+    assert denied.value.status == 403
+    # create cannot be restricted by name in RBAC: that one grant is on every name (documented).
+    assert raw(initializer, "POST", f"/api/v1/namespaces/{ns}/configmaps",
+               body={"metadata": {"name": "any-name"}, "data": {}})[0] == 201
+    assert raw(admin, "DELETE", f"/api/v1/namespaces/{ns}/configmaps/any-name")[0] == 200
+    # No namespaces either: the copies are found through the deployments it already watches.
+    assert raw(initializer, "GET", "/api/v1/namespaces")[0] == 403
 
 
 def test_initializer_cannot_read_secrets_or_touch_other_things(cluster, initializer):

@@ -156,6 +156,8 @@ def test_initializer_deployment_args_probes_and_namespace(all_on):
         f"-configmap={FULL}-initializer",
         "--metrics-port=9180",
         "--workers=2",
+        f"--root-certs-configmap={FULL}-root-certs",
+        f"--root-certs-namespace={RELEASE_NS}",
         "--exclude-namespaces=kube-system",
     ]
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 9180}
@@ -356,19 +358,31 @@ def _rules(objs, kind, name):
 def test_rbac_grants_exactly_what_each_component_needs(all_on):
     assert _rules(all_on, "ClusterRole", f"{FULL}-initializer") == [
         {"apiGroups": ["apps", "extensions"], "resources": ["deployments"],
-         "verbs": ["get", "list", "watch", "update", "patch", "initialize"]}]
+         "verbs": ["get", "list", "watch", "update", "patch", "initialize"]},
+        # The CA bundle's copy, by name in every namespace; create cannot be restricted by name.
+        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [f"{FULL}-root-certs"],
+         "verbs": ["get", "update"]},
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]}]
     assert _rules(all_on, "Role", f"{FULL}-initializer-config") == [
         {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [f"{FULL}-initializer"],
          "verbs": ["get", "watch"]}]
-    assert one(all_on, "Role")["metadata"]["namespace"] == "kube-system"
+    assert one(all_on, "Role", f"{FULL}-initializer-config")["metadata"]["namespace"] == "kube-system"
+    # The source of the copies, read and watched by name where the chart creates it.
+    assert _rules(all_on, "Role", f"{FULL}-initializer-root-certs") == [
+        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [f"{FULL}-root-certs"],
+         "verbs": ["get", "watch"]}]
+    assert one(all_on, "Role", f"{FULL}-initializer-root-certs")["metadata"]["namespace"] == RELEASE_NS
     assert _rules(all_on, "ClusterRole", f"{FULL}-podwatch") == [
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
     # Nothing else is granted: no Secrets, no wildcards, no other roles.
     roles = find(all_on, "ClusterRole") + find(all_on, "Role")
-    assert len(roles) == 3
+    assert len(roles) == 4
     for role in roles:
         for rule in role["rules"]:
             assert "secrets" not in rule["resources"] and "*" not in rule["verbs"]
+            # Nobody lists, watches or deletes ConfigMaps as a collection (a list shows every one's data).
+            if "configmaps" in rule["resources"] and not rule.get("resourceNames"):
+                assert set(rule["verbs"]) <= {"create"}
             assert "*" not in rule["resources"] and "*" not in rule["apiGroups"]
 
 
@@ -398,15 +412,30 @@ def test_root_certs_are_copied_into_listed_namespaces():
     assert sorted(c["metadata"]["namespace"] for c in cms) == sorted([RELEASE_NS, "team-a", "team-b"])
     bundles = {c["data"]["root-certs.crt"] for c in cms}
     assert len(bundles) == 1, "every copy must hold the same CA"
+    # The listed copies are marked as copies of the release namespace's source, so an initializer
+    # keeps them current instead of refusing them as someone else's ConfigMap; the source is not.
+    from initializer.rootcerts import COPY_OF_ANNOTATION
+    for cm in cms:
+        ann = cm["metadata"].get("annotations") or {}
+        if cm["metadata"]["namespace"] == RELEASE_NS:
+            assert COPY_OF_ANNOTATION not in ann
+        else:
+            assert ann[COPY_OF_ANNOTATION] == f"{RELEASE_NS}/{FULL}-root-certs"
+
+
+def test_by_default_the_bundle_is_rendered_in_the_release_namespace_only(all_on):
+    """The initializer copies it: no namespace list to keep up to date (issue 23)."""
+    assert [c["metadata"]["namespace"] for c in find(all_on, "ConfigMap", f"{FULL}-root-certs")] == [RELEASE_NS]
 
 
 # ---- NOTES.txt ------------------------------------------------------------------------------
 
 def test_notes_with_initializer_name_the_annotation(tmp_path):
-    notes = render_notes({**ALL_ON, "tproxy.rootCertsNamespaces": ["team-a"]}, tmp_path)
+    notes = render_notes(ALL_ON, tmp_path)
     assert '"initializer.kubernetes.io/tproxy": "true"' in notes
     assert "initContainers" not in notes
-    assert f"{RELEASE_NS}, team-a" in notes
+    assert "in any namespace" in notes and f"{FULL}-root-certs in\n{RELEASE_NS}" in notes
+    assert "will not start" not in notes
 
 
 def test_notes_in_manual_mode_print_the_init_container(tmp_path):

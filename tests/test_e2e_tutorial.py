@@ -4,6 +4,12 @@ One simulated 1.7 cluster for the module (API server, netns kubelet, node + inte
 real chart rendered by the real Helm binary and applied in order, the real initializer, podwatch,
 sidecar and mitmproxy processes. A leak counter in the internet namespace is installed before the
 locked app exists and read by the last test: nothing from the locked pod may arrive there directly.
+
+The commands are the README's, followed literally: the release in its own namespace
+(`helm install tproxy chart/ --namespace tproxy-system --create-namespace ...`), the examples in
+`default`, then the locked example again in a namespace created after the install
+(`kubectl create namespace team-b && kubectl apply -n team-b -f examples/debian-app-locked.yaml`):
+no per-namespace setup, no chart upgrade (issue 23).
 """
 import time
 
@@ -16,6 +22,9 @@ from kubesim.kubelet import e2e
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 ALLOWED = "https://storage.googleapis.com/solutions-public-assets/hello.txt"
+RELEASE_NS = e2e.RELEASE_NAMESPACE
+FRESH_NS = "team-b"
+ROOT_CERTS = "tproxy-tproxy-root-certs"
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +33,9 @@ def tutorial():
     c = SimCluster(kubelet_options={"backoff_initial": 1.0, "backoff_cap": 4.0})
     c.start()
     try:
-        e2e.apply(c, e2e.chart_documents())
-        proxy = c.wait_pods("app=tproxy,component=tproxy", "default", timeout=60)[0]
+        e2e.create_namespace(c, RELEASE_NS)
+        e2e.apply(c, e2e.chart_documents(namespace=RELEASE_NS))
+        proxy = c.wait_pods("app=tproxy,component=tproxy", RELEASE_NS, timeout=60)[0]
         c.wait_pods("app=tproxy,component=initializer", "kube-system", timeout=60)
         e2e.apply(c, e2e.example("debian-app.yaml"))
         unlocked = c.wait_pods("app=debian-app,variant=unlocked", timeout=30)[0]
@@ -33,7 +43,11 @@ def tutorial():
         leaks = e2e.LeakCounter(c.topology.internet, [rt.net.ip, rt.net.ip6]).install()
         e2e.apply(c, e2e.example("debian-app-locked.yaml"))
         locked = c.wait_pods("app=debian-app,variant=locked", timeout=60)[0]
-        yield {"cluster": c, "proxy": proxy, "unlocked": unlocked, "locked": locked, "leaks": leaks}
+        e2e.create_namespace(c, FRESH_NS)
+        e2e.apply(c, e2e.example("debian-app-locked.yaml"), namespace=FRESH_NS)
+        fresh = c.wait_pods("app=debian-app,variant=locked", FRESH_NS, timeout=60)[0]
+        yield {"cluster": c, "proxy": proxy, "unlocked": unlocked, "locked": locked, "fresh": fresh,
+               "leaks": leaks}
     finally:
         c.stop()
 
@@ -59,6 +73,23 @@ def test_the_initializer_injected_the_locked_deployment_only(tutorial):
     assert ics["state"]["terminated"]["exitCode"] == 0
 
 
+def test_the_release_namespace_holds_the_proxy_and_the_bundle_is_copied_where_apps_are_locked(tutorial):
+    c = tutorial["cluster"]
+    assert tutorial["proxy"]["metadata"]["namespace"] == RELEASE_NS
+    source = c.client.get(resource_path("v1", "configmaps", RELEASE_NS, ROOT_CERTS))
+    for ns in ("default", FRESH_NS):
+        copy_ = c.client.get(resource_path("v1", "configmaps", ns, ROOT_CERTS))
+        assert copy_["data"] == source["data"]
+        ann = copy_["metadata"]["annotations"]
+        assert ann["tproxy.initializer.kubernetes.io/root-certs-copy-of"] == f"{RELEASE_NS}/{ROOT_CERTS}"
+    # Only the public bundle travels: the proxy's key stays in its Secret in the release namespace.
+    assert "PRIVATE KEY" not in source["data"]["root-certs.crt"]
+    from controllerkit import errors
+    for ns in ("default", FRESH_NS):
+        with pytest.raises(errors.NotFound):
+            c.client.get(resource_path("v1", "secrets", ns, "tproxy-tproxy-certs"))
+
+
 def test_unlocked_app_log_matches_the_tutorial(tutorial):
     r = e2e.wait_round(tutorial["cluster"], tutorial["unlocked"])
     assert unlocked_ok(r), r
@@ -67,6 +98,13 @@ def test_unlocked_app_log_matches_the_tutorial(tutorial):
 def test_locked_app_log_matches_the_tutorial(tutorial):
     r = e2e.wait_round(tutorial["cluster"], tutorial["locked"])
     assert locked_ok(r), r
+
+
+def test_locked_app_in_a_namespace_created_after_install_log_matches_the_tutorial(tutorial):
+    r = e2e.wait_round(tutorial["cluster"], tutorial["fresh"])
+    assert locked_ok(r), r
+    out = curl(tutorial, tutorial["fresh"], "-w", "\\n%{http_code}", ALLOWED)
+    assert out.stdout.rpartition("\n")[2] == "200", out  # TLS verified against the copied bundle
 
 
 def test_the_tutorials_logs_command_shows_the_locked_round(tutorial):
@@ -145,10 +183,31 @@ def test_the_app_container_cannot_undo_the_lock(tutorial):
     assert out.stdout == "418"
 
 
+def test_a_changed_bundle_reaches_the_copies_and_the_running_pods_volumes(tutorial):
+    """The source changes (as a helm upgrade with a new CA or extraTrustedCerts would): the copies
+    follow, and the kubelet refreshes the running pods' configMap volumes (directory mounts, not
+    subPath), so the file the app reads changes without a restart. The bundle stays valid: the same
+    certificate twice."""
+    c = tutorial["cluster"]
+    path = resource_path("v1", "configmaps", RELEASE_NS, ROOT_CERTS)
+    source = c.client.get(path)
+    bundle = source["data"]["root-certs.crt"]
+    source["data"]["root-certs.crt"] = bundle + bundle
+    c.client.replace(path, source)
+    from kubesim.polling import wait_for
+    for ns, pod in (("default", tutorial["locked"]), (FRESH_NS, tutorial["fresh"])):
+        wait_for(lambda: c.client.get(resource_path("v1", "configmaps", ns, ROOT_CERTS))["data"]
+                 == source["data"], timeout=30, what=f"copy in {ns} updated")
+        wait_for(lambda: c.exec_in_pod(pod, ["cat", "/etc/ssl/certs/ca-certificates.crt"]).stdout
+                 == bundle + bundle, timeout=30, what=f"the running pod in {ns} sees the new bundle")
+    out = curl(tutorial, tutorial["fresh"], "-o", "/dev/null", "-w", "%{http_code}", ALLOWED)
+    assert out.stdout == "200", out
+
+
 def test_nothing_left_the_locked_pod_except_through_the_proxy(tutorial):
     """Runs last: every request above was made; none of them reached the internet from the pod."""
     unlocked_ip = tutorial["unlocked"]["status"]["podIP"]
     direct = curl(tutorial, tutorial["unlocked"], "-o", "/dev/null", "-w", "%{http_code}", "https://www.google.com/")
     assert direct.stdout == "200"
     assert tutorial["leaks"].seen_from(unlocked_ip) > 0  # the counter does see direct pod traffic
-    assert tutorial["leaks"].packets() == 0
+    assert tutorial["leaks"].packets() == 0  # neither locked pod (default, team-b) sent anything directly

@@ -38,6 +38,7 @@ from kubesim.testing import wait_for
 REPO = Path(__file__).resolve().parent.parent
 HELM = os.environ.get("TPROXY_HELM", str(REPO / ".tools" / "bin" / "helm"))
 CM_NS = "kube-system"
+RELEASE_NS = "tproxy-system"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -56,12 +57,15 @@ def render_chart() -> list[dict]:
 
 
 def initializer_objects(docs):
-    """The chart's initializer objects by kind (component=initializer) + its InitializerConfiguration."""
+    """The chart's initializer objects by kind (component=initializer) + its InitializerConfiguration,
+    and under "RootCerts" the CA bundle ConfigMap the initializer copies."""
     by_kind: dict[str, list[dict]] = {}
     for d in docs:
         labels = (d.get("metadata") or {}).get("labels") or {}
         if labels.get("component") == "initializer" or d["kind"] == "InitializerConfiguration":
             by_kind.setdefault(d["kind"], []).append(d)
+        elif d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-root-certs"):
+            by_kind.setdefault("RootCerts", []).append(d)
     return by_kind
 
 
@@ -133,7 +137,8 @@ def admin(server, chart):
     c = Client.from_url(server.url, token=server.admin_token, ca_file=server.ca_file)
     c.api_client.set_default_header("X-Kubesim-No-Faults", "1")
     c.default_timeout = 40
-    for kind in ("ConfigMap", "InitializerConfiguration"):
+    c.create("/api/v1/namespaces", {"metadata": {"name": RELEASE_NS}})
+    for kind in ("ConfigMap", "InitializerConfiguration", "RootCerts"):
         for obj in chart[kind]:
             c.create(collection_path(obj), obj)
     for ns in ("team-a", "team-b", "excluded", "two", "kill", "late", "rbac", "faults", "order", "groups"):
@@ -562,6 +567,11 @@ def test_works_with_exactly_the_charts_rbac_and_args_across_namespaces(admin, se
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         assert 'tproxy_initializer_deployments_total{outcome="initialized"} 2.0' in text
         assert "tproxy_initializer_config_loaded 1.0" in text and 'workqueue_depth{name="initializer"}' in text
+        assert "tproxy_initializer_root_certs_loaded 1.0" in text
+        # The CA bundle was copied into the deployments' namespace with the chart's RBAC.
+        source = chart["RootCerts"][0]
+        copy_ = admin.get(resource_path("v1", "configmaps", "rbac", source["metadata"]["name"]))
+        assert copy_["data"] == source["data"]
     finally:
         proc.terminate()
         proc.wait(10)
@@ -639,5 +649,184 @@ def test_write_without_initialize_verb_is_reported_and_retried(admin, server, ch
         assert "initialize" in rec["hint"]
         cur = get(admin, "rbac", "ro")
         assert pending_of(cur) == [ro] and tproxy_count(cur) == 0
+    finally:
+        ctl.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# the proxy's CA bundle in every namespace (issue 23)
+#
+# Each test has its own initializer name and its own source ConfigMap (the copies take the source's
+# name), so they neither race the shared controller nor see each other's copies.
+
+def _source(admin, name: str, bundle: str = "-----BEGIN CERTIFICATE-----\nA\n-----END CERTIFICATE-----\n") -> dict:
+    return admin.create(resource_path("v1", "configmaps", RELEASE_NS),
+                        {"metadata": {"name": name}, "data": {"root-certs.crt": bundle}})
+
+
+def _certs_controller(kubeconfig, cm_name, initializer_name, source, log=None, **kw):
+    kw.setdefault("resync_period", 0.3)
+    ctl = Controller.from_kubeconfig(kubeconfig, initializer_name=initializer_name, configmap=cm_name,
+                                     config_namespace=CM_NS, require_annotation=True,
+                                     root_certs_configmap=source, root_certs_namespace=RELEASE_NS,
+                                     logger=log or Recorder(), **kw)
+    ctl.start()
+    assert ctl.wait_ready(10), ctl.ready()
+    return ctl
+
+
+def _copy(admin, ns, name):
+    try:
+        return admin.get(resource_path("v1", "configmaps", ns, name))
+    except errors.NotFound:
+        return None
+
+
+def test_bundle_is_in_a_fresh_namespace_before_the_create_returns(admin, kubeconfig, cm_name):
+    """Two replicas; a namespace created after they started; a blocking create: when it returns 201 the
+    namespace already holds the bundle the pods will mount (a copy marked as ours), created once."""
+    from initializer.rootcerts import COPY_OF_ANNOTATION
+    rc, source = "copy.initializer.example.com", "copy-root-certs"
+    src = _source(admin, source)
+    ctls = [_certs_controller(kubeconfig, cm_name, rc, source) for _ in range(2)]
+    try:
+        admin.create("/api/v1/namespaces", {"metadata": {"name": "fresh"}})
+        assert _copy(admin, "fresh", source) is None
+        obj = create(admin, "fresh", deployment("app", pending=[rc]))  # blocks until released
+        assert pending_of(obj) is None and tproxy_count(obj) == 1
+        cm = _copy(admin, "fresh", source)
+        assert cm is not None, "released before the bundle was in the namespace"
+        assert cm["data"] == src["data"]
+        assert cm["metadata"]["annotations"][COPY_OF_ANNOTATION] == f"{RELEASE_NS}/{source}"
+        # A second deployment there, handled by either replica: the copy is left as it is.
+        create(admin, "fresh", deployment("app2", pending=[rc]))
+        assert _copy(admin, "fresh", source)["metadata"]["resourceVersion"] == cm["metadata"]["resourceVersion"]
+        # Not annotated: released untouched, and no copy is needed for it.
+        admin.create("/api/v1/namespaces", {"metadata": {"name": "fresh-plain"}})
+        create(admin, "fresh-plain", deployment("plain", annotated=None, pending=[rc]))
+        assert _copy(admin, "fresh-plain", source) is None
+        # The release namespace holds the source itself: never overwritten with a copy.
+        create(admin, RELEASE_NS, deployment("in-release-ns", pending=[rc]))
+        here = _copy(admin, RELEASE_NS, source)
+        assert COPY_OF_ANNOTATION not in (here["metadata"].get("annotations") or {})
+        assert here["metadata"]["resourceVersion"] == src["metadata"]["resourceVersion"]
+    finally:
+        for c in ctls:
+            c.stop()
+
+
+def test_a_new_ca_reaches_every_copy_and_a_deleted_copy_comes_back(admin, kubeconfig, cm_name):
+    rc, source = "rotate.initializer.example.com", "rotate-root-certs"
+    src = _source(admin, source, "OLD CA\n")
+    log = Recorder()
+    ctl = _certs_controller(kubeconfig, cm_name, rc, source, log=log)
+    try:
+        for ns in ("rot-a", "rot-b"):
+            admin.create("/api/v1/namespaces", {"metadata": {"name": ns}})
+            create(admin, ns, deployment("app", pending=[rc]))
+            assert _copy(admin, ns, source)["data"] == {"root-certs.crt": "OLD CA\n"}
+        # The CA changes (e.g. helm upgrade with a new tproxy.ca.cert): every copy follows.
+        src["data"] = {"root-certs.crt": "NEW CA\n"}
+        admin.replace(resource_path("v1", "configmaps", RELEASE_NS, source), src)
+        for ns in ("rot-a", "rot-b"):
+            wait_for(lambda: _copy(admin, ns, source)["data"] == {"root-certs.crt": "NEW CA\n"},
+                     what=f"copy in {ns} updated")
+        assert {"rot-a", "rot-b"} <= {e["namespace"] for e in log.events("root_certs_copy_updated")}
+        # A copy deleted by someone is written again on the next pass (new pods there must start).
+        admin.delete(resource_path("v1", "configmaps", "rot-b", source))
+        wait_for(lambda: (_copy(admin, "rot-b", source) or {}).get("data") == {"root-certs.crt": "NEW CA\n"},
+                 what="deleted copy re-created")
+    finally:
+        ctl.stop()
+
+
+def test_a_same_named_configmap_that_is_not_ours_fails_the_create_and_is_kept(admin, kubeconfig, cm_name):
+    rc, source = "taken.initializer.example.com", "taken-root-certs"
+    _source(admin, source)
+    admin.create("/api/v1/namespaces", {"metadata": {"name": "taken"}})
+    theirs = admin.create(resource_path("v1", "configmaps", "taken"),
+                          {"metadata": {"name": source}, "data": {"root-certs.crt": "THEIR OWN BUNDLE"}})
+    ctl = _certs_controller(kubeconfig, cm_name, rc, source)
+    try:
+        with pytest.raises(errors.ApiError) as exc:
+            create(admin, "taken", deployment("app", pending=[rc]))
+        assert exc.value.code == 409, exc.value
+        msg = exc.value.message
+        assert msg.startswith("tproxy initializer: cannot provide the proxy CA bundle in namespace taken")
+        assert f"ConfigMap taken/{source} exists and is not a copy of {RELEASE_NS}/{source}" in msg
+        with pytest.raises(errors.NotFound):
+            get(admin, "taken", "app")
+        assert _copy(admin, "taken", source) == theirs  # untouched
+    finally:
+        ctl.stop()
+
+
+def test_a_namespace_where_the_initializer_may_not_write_the_bundle_fails_the_create_naming_it(
+        admin, server, cm_name, tmp_path):
+    """Everything the chart grants, except that the copy may only be written in one namespace: a
+    deployment elsewhere fails at once with a result naming the namespace and the missing grant
+    (never released without its bundle, never left waiting)."""
+    rbac = "rbac.authorization.k8s.io/v1beta1"
+    sa, rc, source = "one-ns", "onens.initializer.example.com", "onens-root-certs"
+    _source(admin, source)
+    for ns in ("copy-allowed", "copy-denied"):
+        admin.create("/api/v1/namespaces", {"metadata": {"name": ns}})
+
+    def bind(kind, name, ns, rules):
+        path_ns = ns if kind == "Role" else None
+        admin.create(resource_path(rbac, kind.lower() + "s", path_ns),
+                     {"metadata": {"name": name, **({"namespace": ns} if ns else {})}, "rules": rules})
+        admin.create(resource_path(rbac, kind.lower() + "bindings", path_ns), {
+            "metadata": {"name": name, **({"namespace": ns} if ns else {})},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": "rbac"}]})
+
+    cms = {"apiGroups": [""], "resources": ["configmaps"]}
+    bind("ClusterRole", sa, None, [{"apiGroups": ["apps", "extensions"], "resources": ["deployments"],
+                                    "verbs": ["get", "list", "watch", "update", "patch", "initialize"]}])
+    bind("Role", sa, CM_NS, [{**cms, "resourceNames": [cm_name], "verbs": ["get", "watch"]}])
+    bind("Role", sa, RELEASE_NS, [{**cms, "resourceNames": [source], "verbs": ["get", "watch"]}])
+    bind("Role", sa + "-copy", "copy-allowed", [{**cms, "resourceNames": [source], "verbs": ["get", "update"]},
+                                                {**cms, "verbs": ["create"]}])
+    kc = _sa_kubeconfig(server, tmp_path, "rbac", sa)
+    ctl = _certs_controller(kc, cm_name, rc, source)
+    try:
+        ok = create(admin, "copy-allowed", deployment("app", pending=[rc]))
+        assert pending_of(ok) is None and _copy(admin, "copy-allowed", source) is not None
+        with pytest.raises(errors.Forbidden) as exc:
+            create(admin, "copy-denied", deployment("app", pending=[rc]))
+        msg = exc.value.message
+        assert msg.startswith("tproxy initializer: cannot provide the proxy CA bundle in namespace copy-denied")
+        assert f"get of ConfigMap copy-denied/{source} is forbidden" in msg
+        assert f"needs get, create and update on configmaps named {source} in copy-denied" in msg
+        with pytest.raises(errors.NotFound):
+            get(admin, "copy-denied", "app")
+        assert _copy(admin, "copy-denied", source) is None
+    finally:
+        ctl.stop()
+
+
+def test_copies_left_stale_while_the_initializer_was_down_are_updated_at_start(admin, kubeconfig, cm_name):
+    """The CA changed while no replica ran: at start, without any new deployment, the copies in
+    namespaces with locked deployments are brought up to date (not one resync period later)."""
+    from initializer.rootcerts import COPY_OF_ANNOTATION
+    rc, source = "stale.initializer.example.com", "stale-root-certs"
+    _source(admin, source, "NEW CA\n")
+    admin.create("/api/v1/namespaces", {"metadata": {"name": "stale"}})
+    admin.create(resource_path("v1", "configmaps", "stale"), {
+        "metadata": {"name": source, "annotations": {COPY_OF_ANNOTATION: f"{RELEASE_NS}/{source}"}},
+        "data": {"root-certs.crt": "OLD CA\n"}})
+    locked = deployment("locked", meta={"initializers": {"pending": []}})  # already initialized
+    locked["spec"]["template"]["metadata"]["annotations"] = {ANN: "true"}
+    create(admin, "stale", locked)
+    # The source is known before the deployments are listed (as when its GET answers first).
+    ctl = Controller.from_kubeconfig(kubeconfig, initializer_name=rc, configmap=cm_name, config_namespace=CM_NS,
+                                     require_annotation=True, resync_period=300, root_certs_configmap=source,
+                                     root_certs_namespace=RELEASE_NS, logger=Recorder())
+    assert ctl.load_root_certs(admin.get(resource_path("v1", "configmaps", RELEASE_NS, source)))
+    ctl.start()
+    try:
+        wait_for(lambda: _copy(admin, "stale", source)["data"] == {"root-certs.crt": "NEW CA\n"},
+                 what="stale copy updated at start")
     finally:
         ctl.stop()

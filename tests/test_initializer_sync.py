@@ -214,3 +214,96 @@ def test_malformed_reload_keeps_the_last_good_config_and_logs_why(fake):
     [(level, kw)] = [(level, kw) for level, e, kw in c.log.records if e == "config_error_keeping_last_good"]
     assert level == "error" and kw["reason"] == "malformed" and kw["fingerprint"] == good.fingerprint
     assert "ConfigMap ns/cm: containers[0]: unknown field(s) imgae" in kw["error"]
+
+
+# ---- the CA bundle copy before the release (--root-certs-configmap) -------------------------------
+
+CM = "/api/v1/namespaces/ns/configmaps/root-certs"
+CMS = "/api/v1/namespaces/ns/configmaps"
+BUNDLE = {"root-certs.crt": "CA"}
+
+
+def copy_of(rv="7", data=BUNDLE, owner="tproxy-system/root-certs"):
+    ann = {"tproxy.initializer.kubernetes.io/root-certs-copy-of": owner} if owner else {}
+    return {"apiVersion": "v1", "kind": "ConfigMap", "data": dict(data),
+            "metadata": {"name": "root-certs", "namespace": "ns", "resourceVersion": rv, "annotations": ann}}
+
+
+@pytest.fixture
+def certs_ctl(fake):
+    c = Controller(Client.from_url(fake.url), logger=Recorder(), root_certs_configmap="root-certs",
+                   root_certs_namespace="tproxy-system")
+    assert c.load_configmap({"metadata": {"name": "cm", "namespace": "default"}, "data": {"config": CONFIG}})
+    assert c.load_root_certs({"metadata": {"name": "root-certs", "namespace": "tproxy-system"}, "data": BUNDLE})
+    return c
+
+
+def calls(fake):
+    return [(m, p) for m, p, _ in fake.requests if p in (PATH, CM, CMS)]
+
+
+def test_without_the_bundle_read_deployments_wait(fake):
+    c = Controller(Client.from_url(fake.url), logger=Recorder(), root_certs_configmap="root-certs",
+                   root_certs_namespace="tproxy-system")
+    assert c.load_configmap({"metadata": {"name": "cm", "namespace": "default"}, "data": {"config": CONFIG}})
+    assert c.sync("ns/web") is None and fake.requests == []
+    assert c.ready() == (False, "ConfigMap tproxy-system/root-certs not read yet")
+
+
+def test_a_lost_create_race_is_looked_at_again_then_released(fake, certs_ctl):
+    """Another replica created the copy between our GET and our POST: 409 AlreadyExists, GET again, ours
+    and current: the deployment is released, nothing overwritten."""
+    fake.route("GET", PATH, 200, dep())
+    fake.route("GET", CM, 404, status_body(404, "NotFound", 'configmaps "root-certs" not found'))
+    fake.route("GET", CM, 200, copy_of())
+    fake.route("POST", CMS, 409, status_body(409, "AlreadyExists", 'configmaps "root-certs" already exists'))
+    fake.route("PUT", PATH, 200, dep(rv="6"))
+    assert certs_ctl.sync("ns/web").action == INJECT
+    assert calls(fake) == [("GET", PATH), ("GET", CM), ("POST", CMS), ("GET", CM), ("PUT", PATH)]
+
+
+def test_an_outdated_copy_is_updated_with_the_version_read_before_the_release(fake, certs_ctl):
+    fake.route("GET", PATH, 200, dep())
+    fake.route("GET", CM, 200, copy_of(rv="3", data={"root-certs.crt": "OLD"}))
+    fake.route("PUT", CM, 200, copy_of(rv="4"))
+    fake.route("PUT", PATH, 200, dep(rv="6"))
+    assert certs_ctl.sync("ns/web").action == INJECT
+    assert calls(fake) == [("GET", PATH), ("GET", CM), ("PUT", CM), ("PUT", PATH)]
+    [(_, body)] = [(h, json.loads(b)) for (h, b), (m, p, _) in zip(fake.request_details, fake.requests)
+                   if m == "PUT" and p == CM]
+    assert body["data"] == BUNDLE and body["metadata"]["resourceVersion"] == "3"
+
+
+def test_a_server_error_on_the_copy_is_retried_and_nothing_is_released(fake, certs_ctl):
+    fake.route("GET", PATH, 200, dep())
+    fake.route("GET", CM, 500, status_body(500, "InternalError", "etcd is down"))
+    with pytest.raises(errors.ServerError):
+        certs_ctl.sync("ns/web")
+    assert ("PUT", PATH) not in calls(fake)
+
+
+def test_a_forbidden_copy_fails_the_deployment_with_403_naming_namespace_and_grant(fake, certs_ctl):
+    fake.route("GET", PATH, 200, dep())
+    fake.route("GET", CM, 200, copy_of(data={"root-certs.crt": "OLD"}))
+    fake.route("PUT", CM, 403, status_body(403, "Forbidden", 'configmaps "root-certs" is forbidden'))
+    fake.route("PUT", PATH, 200, dep(rv="6"))
+    decision = certs_ctl.sync("ns/web")
+    assert decision.action == FAIL
+    [body] = puts(fake)
+    result = body["metadata"]["initializers"]["result"]
+    assert (result["code"], result["reason"], result["status"]) == (403, "Forbidden", "Failure")
+    assert result["message"].startswith("tproxy initializer: cannot provide the proxy CA bundle in namespace ns: "
+                                        "update of ConfigMap ns/root-certs is forbidden")
+    assert "needs get, create and update on configmaps named root-certs in ns" in result["message"]
+    assert body["metadata"]["initializers"]["pending"] == [{"name": NAME}]  # failed, not released
+    assert "initContainers" not in body["spec"]["template"]["spec"]
+
+
+def test_the_source_namespace_needs_no_copy(fake, certs_ctl):
+    path = "/apis/apps/v1beta1/namespaces/tproxy-system/deployments/web"
+    d = dep()
+    d["metadata"]["namespace"] = "tproxy-system"
+    fake.route("GET", path, 200, d)
+    fake.route("PUT", path, 200, d)
+    assert certs_ctl.sync("tproxy-system/web").action == INJECT
+    assert not [p for _, p, _ in fake.requests if "configmaps" in p]

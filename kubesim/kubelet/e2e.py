@@ -11,7 +11,7 @@ import os
 import time
 
 from kubesim.apply import apply_documents, load_documents
-from kubesim.demo import EXAMPLES, last_round, render_chart
+from kubesim.demo import EXAMPLES, RELEASE_NAMESPACE, last_round, render_chart
 from kubesim.topology import POD_CIDR, POD_CIDR6
 from sidecar.probe import PROBE_ADDRESS
 
@@ -22,15 +22,24 @@ class E2EError(AssertionError):
     pass
 
 
-def chart_documents(values: str = TUTORIAL_VALUES, extra: list[str] | None = None) -> list[dict]:
-    return load_documents(render_chart(values, extra), "chart")
+def chart_documents(values: str = TUTORIAL_VALUES, extra: list[str] | None = None,
+                    namespace: str | None = None) -> list[dict]:
+    """The chart as ``helm template`` renders it; ``namespace``: the release namespace (``--namespace``)."""
+    ns_args = ["--namespace", namespace] if namespace else []
+    return load_documents(render_chart(values, [*ns_args, *(extra or [])]), "chart")
 
 
-def apply(cluster, docs: list[dict]) -> None:
+def apply(cluster, docs: list[dict], namespace: str = "default") -> None:
+    """``kubectl apply -n NAMESPACE -f``: ``namespace`` for the objects that name none."""
     import io
     out, err = io.StringIO(), io.StringIO()
-    if apply_documents(cluster.client, docs, out=out, err=err):
+    if apply_documents(cluster.client, docs, namespace=namespace, out=out, err=err):
         raise E2EError(f"apply failed:\n{err.getvalue()}")
+
+
+def create_namespace(cluster, name: str) -> None:
+    """``kubectl create namespace NAME`` (what ``helm install --create-namespace`` does first)."""
+    apply(cluster, [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}])
 
 
 def example(name: str) -> list[dict]:
