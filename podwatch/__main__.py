@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between two rule syncs; bursts of events coalesce (default: %(default)s)")
     p.add_argument("--resync-period", type=float, default=30.0,
                    help="full sync every N seconds, repairing drift (default: %(default)s)")
+    p.add_argument("--iptables-backend", default=os.environ.get("TPROXY_IPTABLES_BACKEND", "auto"),
+                   help="auto (detect what the node uses, as kube-proxy's iptables-wrapper does), legacy "
+                        "or nft (default: $TPROXY_IPTABLES_BACKEND, else auto)")
     p.add_argument("--cleanup", action="store_true",
                    help="remove every rule, chain and the identity file podwatch owns, then exit")
     p.add_argument("--log-level", default="info", help="debug, info, warning, error (default: %(default)s)")
@@ -60,10 +63,32 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"tproxy-podwatch: {e}", file=sys.stderr)
         return 2
+    from controllerkit import iptables
+
     from . import identity, rules
 
+    try:
+        setting = iptables.parse_setting(args.iptables_backend, "--iptables-backend / $TPROXY_IPTABLES_BACKEND")
+    except iptables.BackendConfigError as e:
+        log.error("bad_flags", message=str(e))
+        print(f"tproxy-podwatch: {e}", file=sys.stderr)
+        return 2
+
+    def choose_backend() -> iptables.Detection:
+        # Once, at start: re-detecting later could switch backends under our own rules (mixing).
+        chosen = iptables.choose(setting)
+        log.info("iptables_backend", setting=setting, **chosen.describe())
+        if chosen.ours_elsewhere and not args.cleanup:
+            log.warning("tproxy_rules_in_other_backend", backends=chosen.ours_elsewhere, backend=chosen.backend,
+                        message="chains of ours exist in a backend we do not use (both are evaluated); "
+                                "--cleanup removes them")
+        return chosen
+
     if args.cleanup:
-        errors = rules.cleanup()
+        chosen = choose_backend()
+        errors = {}
+        for backend in (chosen.backend, *chosen.ours_elsewhere):  # auto: wherever our chains are
+            errors.update(rules.cleanup(backend=backend))
         identity.IdentityFile(args.identity_file, args.node_name).remove()
         for fam, err in errors.items():
             log.error("cleanup_failed", family=fam, error=str(err), offending_lines=err.lines)
@@ -104,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
 
     pw = PodWatch(node=args.node_name, annotation=args.annotation, host_port=args.host_port,
                   namespace=args.namespace, identity_file=args.identity_file,
-                  min_sync_interval=args.min_sync_interval, resync_period=args.resync_period, logger=log)
+                  min_sync_interval=args.min_sync_interval, resync_period=args.resync_period, logger=log,
+                  backend=choose_backend().backend)
     informer = Informer(client, resource_path("v1", "pods", args.namespace or None),
                         query={"fieldSelector": f"spec.nodeName={args.node_name}"}, resync_period=0,
                         name="pods")

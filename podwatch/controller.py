@@ -40,12 +40,12 @@ class PodWatch:
     def __init__(self, *, node: str, annotation: str, host_port: int, namespace: str = "",
                  identity_file: str = "", runner: rules.Runner | None = None,
                  min_sync_interval: float = 0.1, resync_period: float = 30.0, logger=None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, backend: str = rules.DEFAULT_BACKEND):
         self.node, self.annotation, self.host_port = node, annotation, host_port
         self.namespace = namespace
         self.identity = identity.IdentityFile(identity_file, node)
-        self.runner = runner
-        self.syncer = rules.Syncer(host_port, runner)
+        self.runner, self.backend = runner, backend  # backend: chosen once at start (never mixed)
+        self.syncer = rules.Syncer(host_port, runner, backend)
         self.min_sync_interval, self.resync_period = min_sync_interval, resync_period
         self.log = logger
         self.clock = clock
@@ -93,7 +93,7 @@ class PodWatch:
         programmed: set[tuple[str, str]] = set()
         for fam in rules.FAMILIES:
             try:
-                programmed |= rules.read_programmed(fam, self.runner)
+                programmed |= rules.read_programmed(fam, self.runner, backend=self.backend)
             except rules.IptablesError as e:
                 self.log.warning("read_programmed_failed", family=fam, error=str(e))
         for pod in pods:

@@ -31,16 +31,21 @@ Public API (used by the controller, the tests and bench/):
 ``locked_pods(pods, annotation)``, ``render(pods, host_port, live=None)``,
 ``apply(rendered, runner=None)``, ``sync(pods, host_port, runner=None)``,
 ``read_live(family, runner=None)``, ``read_programmed(family, runner=None)``, ``render_cleanup(live)``,
-``cleanup(runner=None)``.
+``cleanup(runner=None)``. Every call that touches iptables also takes ``backend`` ("legacy" or
+"nft", default nft); the controller passes the one :func:`controllerkit.iptables.detect` chose, and
+all binaries are named for it (``iptables-legacy-restore``, ...). The restore call, the jump
+fix-up and the error type are shared with the sidecar (:mod:`controllerkit.iptables`).
 """
 from __future__ import annotations
 
 import ipaddress
-import re
 import shlex
-import subprocess
 from dataclasses import dataclass, field
-from typing import Callable, Collection, Iterable, Mapping, Sequence
+from typing import Collection, Iterable, Mapping, Sequence
+
+from controllerkit import iptables
+from controllerkit.iptables import (DEFAULT_BACKEND, IptablesError, Runner, default_runner,  # noqa: F401
+                                    netns_runner)
 
 FAMILIES = ("ipv4", "ipv6")
 TABLES = ("filter", "nat")  # application order: guard first, then redirect
@@ -57,33 +62,6 @@ OWNED = {
     "filter": ("FORWARD", GUARD_CHAIN, GUARD_JUMP_COMMENT),
 }
 REJECT_OTHER = {"ipv4": "icmp-admin-prohibited", "ipv6": "icmp6-adm-prohibited"}
-TOOLS = {
-    "ipv4": ("iptables", "iptables-restore"),
-    "ipv6": ("ip6tables", "ip6tables-restore"),
-}
-
-#: runner(argv, input_text) -> CompletedProcess; injectable so tests/bench can wrap ``ip netns exec``.
-Runner = Callable[[Sequence[str], "str | None"], subprocess.CompletedProcess]
-
-
-def default_runner(argv: Sequence[str], input: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(list(argv), input=input, capture_output=True, text=True, timeout=60)
-
-
-def netns_runner(netns_name: str) -> Runner:
-    """A runner that executes every iptables call inside ``ip netns exec NAME``."""
-    def run(argv: Sequence[str], input: str | None = None) -> subprocess.CompletedProcess:
-        return default_runner(["ip", "netns", "exec", netns_name, *argv], input)
-    return run
-
-
-class IptablesError(RuntimeError):
-    """An iptables(-restore) call failed. ``lines`` are the offending input lines (if known)."""
-
-    def __init__(self, message: str, *, family: str = "", table: str = "",
-                 stderr: str = "", lines: Sequence[str] = ()):
-        super().__init__(message)
-        self.family, self.table, self.stderr, self.lines = family, table, stderr, list(lines)
 
 
 @dataclass(frozen=True, order=True)
@@ -183,43 +161,34 @@ class LiveJumps:
     chains: set[str] = field(default_factory=set)
 
 
-def _run(runner: Runner | None, argv: Sequence[str], input: str | None = None) -> subprocess.CompletedProcess:
-    try:
-        return (runner or default_runner)(argv, input)
-    except (OSError, subprocess.SubprocessError) as e:  # binary missing, timeout
-        raise IptablesError(f"{argv[0]} could not run: {e}", stderr=str(e)) from e
-
-
-def read_live(family: str, runner: Runner | None = None, *, chains: bool = False) -> LiveJumps:
+def read_live(family: str, runner: Runner | None = None, *, chains: bool = False,
+              backend: str = DEFAULT_BACKEND) -> LiveJumps:
     """Read the built-in chains we hook into (cheap: ``-S CHAIN`` lists one chain).
 
     ``chains=True`` also checks which owned chains exist (only :func:`cleanup` needs that: a sync
     declares its chains, which creates them when missing).
     """
-    tool = TOOLS[family][0]
     live = LiveJumps()
     for table, (builtin, chain, _) in OWNED.items():
-        proc = _run(runner, [tool, "-w", "5", "-t", table, "-S", builtin])
+        proc = iptables.list_chain(family, table, builtin, backend=backend, runner=runner)
         if proc.returncode != 0:
-            raise IptablesError(f"{tool} -t {table} -S {builtin} failed: {proc.stderr.strip()}",
-                                family=family, table=table, stderr=proc.stderr)
-        rules = [ln for ln in proc.stdout.splitlines() if ln.startswith(f"-A {builtin} ")]
-        ours = [ln for ln in rules if re.search(rf"(^|\s)-j {re.escape(chain)}(\s|$)", ln)]
-        live.jumps[table] = ours
-        live.first[table] = bool(rules) and rules[0] in ours
+            raise IptablesError(f"{iptables.binary(family, backend)} -t {table} -S {builtin} failed: "
+                                f"{proc.stderr.strip()}", family=family, table=table, stderr=proc.stderr)
+        live.jumps[table], live.first[table] = iptables.find_jumps(proc.stdout, builtin, chain)
         for owned in (([chain, LOCKED_CHAIN] if table == "filter" else [chain]) if chains else ()):
-            chk = _run(runner, [tool, "-w", "5", "-t", table, "-S", owned])
+            chk = iptables.list_chain(family, table, owned, backend=backend, runner=runner)
             if chk.returncode == 0:
                 live.chains.add(owned)
     return live
 
 
-def read_programmed(family: str, runner: Runner | None = None) -> set[tuple[str, str]]:
+def read_programmed(family: str, runner: Runner | None = None, *,
+                    backend: str = DEFAULT_BACKEND) -> set[tuple[str, str]]:
     """``(ip, "ns/name")`` of the redirect rules now in our nat chain (empty if it does not exist).
 
     The rules survive a podwatch restart, so they are its memory of which pods were locked.
     """
-    proc = _run(runner, [TOOLS[family][0], "-w", "5", "-t", "nat", "-S", REDIRECT_CHAIN])
+    proc = iptables.list_chain(family, "nat", REDIRECT_CHAIN, backend=backend, runner=runner)
     out: set[tuple[str, str]] = set()
     if proc.returncode != 0:
         return out
@@ -234,9 +203,7 @@ def read_programmed(family: str, runner: Runner | None = None) -> set[tuple[str,
 
 
 # -- rendering -------------------------------------------------------------------------------
-def _q(text: str) -> str:
-    """Quote a comment for iptables-restore (it tokenises like a shell, double quotes only)."""
-    return '"' + text.replace("\\", "").replace('"', "'") + '"'
+_q = iptables.quote
 
 
 def _cidr(ip: str) -> str:
@@ -246,12 +213,9 @@ def _cidr(ip: str) -> str:
 def _jump_lines(table: str, live: LiveJumps | None) -> list[str]:
     """Lines that leave exactly one jump, at position 1 (nothing when that is already true)."""
     builtin, chain, comment = OWNED[table]
-    existing = (live.jumps.get(table, []) if live else [])
-    if live and len(existing) == 1 and live.first.get(table):
-        return []
-    lines = ["-D " + ln[len("-A "):] for ln in existing]
-    lines.append(f"-I {builtin} 1 -m comment --comment {_q(comment)} -j {chain}")
-    return lines
+    if not live:
+        return iptables.jump_fixup(builtin, chain, comment, [], False)
+    return iptables.jump_fixup(builtin, chain, comment, live.jumps.get(table, []), live.first.get(table, False))
 
 
 def render_table(family: str, table: str, pods: Sequence[LockedPod], host_port: int,
@@ -310,40 +274,19 @@ def render_cleanup(live: LiveJumps) -> dict[str, str]:
 
 
 # -- applying --------------------------------------------------------------------------------
-_ERR_LINE = re.compile(r"line:?\s*(\d+)", re.I)
-
-
-def restore(family: str, table: str, text: str, runner: Runner | None = None) -> None:
+def restore(family: str, table: str, text: str, runner: Runner | None = None, *,
+            backend: str = DEFAULT_BACKEND) -> None:
     """Apply one table with one ``iptables-restore --noflush`` (atomic), or raise IptablesError."""
-    tool = TOOLS[family][1]
-    proc = _run(runner, [tool, "-w", "5", "--noflush"], text)
-    if proc.returncode == 0:
-        return
-    lines = text.splitlines()
-    bad: list[str] = []
-    for m in _ERR_LINE.finditer(proc.stderr):
-        n = int(m.group(1))
-        if 1 <= n <= len(lines) and lines[n - 1] != "COMMIT":
-            bad.append(f"{n}: {lines[n - 1]}")
-    if not bad:
-        # nf_tables reports errors found at commit time at the COMMIT line: find the rules that
-        # mention what the message quotes (e.g. "Chain 'X' does not exist"), else show the rules.
-        quoted = [q for q in re.findall(r"[`'\"]([^`'\"]+)'", proc.stderr) if q.strip()]
-        bad = [f"{i + 1}: {ln}" for i, ln in enumerate(lines)
-               if ln.startswith(("-A ", "-I ", "-D ")) and any(q in ln for q in quoted)]
-    if not bad:
-        bad = [f"{i + 1}: {ln}" for i, ln in enumerate(lines) if ln.startswith(("-A ", "-I ", "-D "))][:20]
-    raise IptablesError(f"{tool} --noflush ({table}) failed: {proc.stderr.strip()}",
-                        family=family, table=table, stderr=proc.stderr, lines=bad)
+    iptables.restore(family, text, backend=backend, table=table, runner=runner)
 
 
 def apply(rendered: Mapping[str, Mapping[str, str]], runner: Runner | None = None,
-          families: Iterable[str] | None = None) -> None:
+          families: Iterable[str] | None = None, *, backend: str = DEFAULT_BACKEND) -> None:
     """Apply rendered restore input: per family, filter (guard) then nat (redirect)."""
     for fam in (families or rendered.keys()):
         for table in TABLES:
             if table in rendered[fam]:
-                restore(fam, table, rendered[fam][table], runner)
+                restore(fam, table, rendered[fam][table], runner, backend=backend)
 
 
 @dataclass
@@ -358,7 +301,8 @@ def count_rules(rendered_table: str) -> int:
     return sum(1 for ln in rendered_table.splitlines() if ln.startswith("-A "))
 
 
-def sync(pods: Iterable[LockedPod], host_port: int, runner: Runner | None = None) -> SyncResult:
+def sync(pods: Iterable[LockedPod], host_port: int, runner: Runner | None = None, *,
+         backend: str = DEFAULT_BACKEND) -> SyncResult:
     """Make the node's owned chains equal to ``pods``: read the jumps, render, apply (stateless,
     every family rewritten; the controller uses :class:`Syncer`).
 
@@ -369,9 +313,9 @@ def sync(pods: Iterable[LockedPod], host_port: int, runner: Runner | None = None
     result = SyncResult(rules={}, failed={})
     for fam in FAMILIES:
         try:
-            live = read_live(fam, runner)
+            live = read_live(fam, runner, backend=backend)
             text = render(pods, host_port, {fam: live})[fam]
-            apply({fam: text}, runner)
+            apply({fam: text}, runner, backend=backend)
             result.rules[fam] = sum(count_rules(t) for t in text.values())
         except IptablesError as e:
             result.failed[fam] = e
@@ -437,8 +381,8 @@ class Syncer:
     any sync: the controller's forced retry rewrites it whole.
     """
 
-    def __init__(self, host_port: int, runner: Runner | None = None):
-        self.host_port, self.runner = host_port, runner
+    def __init__(self, host_port: int, runner: Runner | None = None, backend: str = DEFAULT_BACKEND):
+        self.host_port, self.runner, self.backend = host_port, runner, backend
         self._applied: dict[str, dict[str, str]] = {}
 
     def sync(self, pods: Iterable[LockedPod], *, force: bool = False) -> SyncResult:
@@ -455,11 +399,12 @@ class Syncer:
             try:
                 delta = render_delta(previous, desired[fam]) if previous is not None else None
                 if delta is not None:
-                    apply({fam: delta}, self.runner)
+                    apply({fam: delta}, self.runner, backend=self.backend)
                     result.incremental.append(fam)
                 else:
-                    live = read_live(fam, self.runner)
-                    apply({fam: render(pods, self.host_port, {fam: live})[fam]}, self.runner)
+                    live = read_live(fam, self.runner, backend=self.backend)
+                    apply({fam: render(pods, self.host_port, {fam: live})[fam]}, self.runner,
+                          backend=self.backend)
             except IptablesError as e:
                 result.failed[fam] = e
                 continue
@@ -468,15 +413,15 @@ class Syncer:
         return result
 
 
-def cleanup(runner: Runner | None = None) -> dict[str, IptablesError]:
+def cleanup(runner: Runner | None = None, *, backend: str = DEFAULT_BACKEND) -> dict[str, IptablesError]:
     """Remove every jump and chain podwatch owns, both families. Returns per-family errors."""
     errors = {}
     for fam in FAMILIES:
         try:
-            live = read_live(fam, runner, chains=True)
+            live = read_live(fam, runner, chains=True, backend=backend)
             for table, text in render_cleanup(live).items():
                 if text.count("\n") > 2:
-                    restore(fam, table, text, runner)
+                    restore(fam, table, text, runner, backend=backend)
         except IptablesError as e:
             errors[fam] = e
     return errors

@@ -11,14 +11,14 @@ import json
 import math
 import os
 import socket
-import subprocess
 import sys
 import time
+
+from controllerkit import iptables
 
 from . import lock, verify
 
 EXIT_OK, EXIT_UNVERIFIED, EXIT_CONFIG, EXIT_IPTABLES = 0, 1, 2, 3
-TOOLS = {4: ("iptables", "iptables-restore"), 6: ("ip6tables", "ip6tables-restore")}
 
 ENV_HELP = """environment:
   ALLOW_DNS              resolver address(es) allowed on udp/tcp 53 (comma/space separated);
@@ -30,6 +30,9 @@ ENV_HELP = """environment:
   TPROXY_VERIFY          true (default) | false: prove interception before exiting
   TPROXY_VERIFY_TIMEOUT  seconds to keep probing, finite and >= 0 (default 60)
   TPROXY_RESOLV_CONF     resolv.conf to read when ALLOW_DNS is unset (default /etc/resolv.conf)
+  TPROXY_IPTABLES_BACKEND auto (default) | legacy | nft: which iptables to write the lock with;
+                         auto = the one this pod's network namespace already uses (nft when
+                         it holds no rules, legacy when nf_tables is not usable here)
 """
 
 
@@ -91,17 +94,17 @@ def ipv6_disabled() -> bool:
         return True  # no IPv6 stack at all
 
 
-def apply_family(version: int, cfg: lock.LockConfig) -> None:
-    show, restore = TOOLS[version]
-    cur = subprocess.run([show, "-w", "5", "-t", "filter", "-S", "OUTPUT"], capture_output=True, text=True)
+def apply_family(version: int, cfg: lock.LockConfig, backend: str) -> None:
+    """One family's lock in one restore transaction (raises iptables.IptablesError)."""
+    family = f"ipv{version}"
+    cur = iptables.list_chain(family, "filter", "OUTPUT", backend=backend)
     if cur.returncode != 0:
-        raise RuntimeError(f"{show} -S OUTPUT failed: {cur.stderr.strip()}")
+        raise iptables.IptablesError(f"{iptables.binary(family, backend)} -S OUTPUT failed: {cur.stderr.strip()}",
+                                     family=family, table="filter", stderr=cur.stderr)
     jumps, first = lock.parse_jumps(cur.stdout)
     text = (lock.render_v4 if version == 4 else lock.render_v6)(cfg, jumps, first)
-    proc = subprocess.run([restore, "-w", "5", "--noflush"], input=text, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{restore} --noflush failed: {proc.stderr.strip()}\ninput was:\n{text}")
-    log("lock_applied", family=f"ipv{version}", rules=text.count("\n-A "), replaced_jumps=len(jumps))
+    iptables.restore(family, text, backend=backend, table="filter")
+    log("lock_applied", family=family, backend=backend, rules=text.count("\n-A "), replaced_jumps=len(jumps))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         if not (math.isfinite(timeout) and timeout >= 0):
             raise lock.LockConfigError(
                 f"TPROXY_VERIFY_TIMEOUT: {raw_timeout!r} is not a number of seconds (finite, >= 0)")
-    except lock.LockConfigError as e:
+        backend_setting = iptables.parse_setting(os.environ.get(iptables.ENV))
+    except (lock.LockConfigError, iptables.BackendConfigError) as e:
         log("config_error", level="error", message=str(e))
         print(f"tproxy-sidecar: {e}", file=sys.stderr)
         return EXIT_CONFIG
@@ -142,15 +146,17 @@ def main(argv: list[str] | None = None) -> int:
         log("no_dns_allowed", level="warning",
             message="ALLOW_DNS is unset and the pod's resolv.conf names no nameserver: DNS will be refused")
     try:
-        apply_family(4, cfg)
+        chosen = iptables.choose(backend_setting)  # in the pod's own network namespace
+        log("iptables_backend", setting=backend_setting, **chosen.describe())
+        apply_family(4, cfg, chosen.backend)
         try:
-            apply_family(6, cfg)
-        except RuntimeError as e:
+            apply_family(6, cfg, chosen.backend)
+        except iptables.IptablesError as e:
             if not ipv6_disabled():
                 raise
             log("ipv6_skipped", level="warning", reason="IPv6 is disabled in this pod", detail=str(e))
-    except (RuntimeError, OSError) as e:
-        log("lock_failed", level="error", message=str(e))
+    except (iptables.IptablesError, OSError) as e:
+        log("lock_failed", level="error", message=str(e), offending_lines=getattr(e, "lines", []))
         print(f"tproxy-sidecar: egress lock not applied: {e}", file=sys.stderr)
         return EXIT_IPTABLES
     if not do_verify:

@@ -26,6 +26,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
+from controllerkit import iptables
+
 CHAIN = "TPROXY-EGRESS"
 JUMP_COMMENT = "tproxy: egress lock"
 STANDARD_PROXY_PORT = 1080
@@ -92,16 +94,8 @@ def _version(addr: str) -> int:
     return ipaddress.ip_network(addr, strict=False).version
 
 
-def _jump_lines(existing_jumps: Sequence[str], first: bool) -> list[str]:
-    if len(existing_jumps) == 1 and first:
-        return []
-    lines = ["-D " + ln[len("-A "):] for ln in existing_jumps]
-    lines.append(f'-I OUTPUT 1 -m comment --comment "{JUMP_COMMENT}" -j {CHAIN}')
-    return lines
-
-
 def _common_head(existing_jumps: Sequence[str], first: bool) -> list[str]:
-    return ["*filter", f":{CHAIN} - [0:0]", *_jump_lines(existing_jumps, first),
+    return ["*filter", f":{CHAIN} - [0:0]", *iptables.jump_fixup("OUTPUT", CHAIN, JUMP_COMMENT, existing_jumps, first),
             f"-A {CHAIN} -o lo -j ACCEPT",
             f"-A {CHAIN} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"]
 
@@ -151,9 +145,7 @@ def render_v6(cfg: LockConfig, existing_jumps: Sequence[str] = (), first: bool =
 
 def parse_jumps(save_output: str) -> tuple[list[str], bool]:
     """From ``iptables -S OUTPUT`` output: our jump lines, and whether the first rule is ours."""
-    rules = [ln for ln in save_output.splitlines() if ln.startswith("-A OUTPUT ")]
-    ours = [ln for ln in rules if re.search(rf"(^|\s)-j {CHAIN}(\s|$)", ln)]
-    return ours, bool(rules) and rules[0] in ours
+    return iptables.find_jumps(save_output, "OUTPUT", CHAIN)
 
 
 def describe(cfg: LockConfig) -> dict:

@@ -130,7 +130,7 @@ def test_failed_restore_is_retried_with_backoff_and_counted(node):
     fail = {"left": 2}
 
     def flaky(argv, input=None):
-        if "iptables-restore" in argv and fail["left"] > 0:
+        if "iptables-nft-restore" in argv and fail["left"] > 0:  # the backend podwatch defaults to
             fail["left"] -= 1
             return subprocess.CompletedProcess(argv, 1, "", "iptables-restore: line 3 failed\n")
         return real(argv, input)
