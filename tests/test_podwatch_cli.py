@@ -45,7 +45,21 @@ def test_help():
     (["--resync-period", "0"], "--resync-period > 0"),
     (["--kubeconfig", "/nonexistent/kubeconfig"], "kubeconfig '/nonexistent/kubeconfig' (from --kubeconfig) does not exist"),
     (["--log-level", "loud"], "unknown log level 'loud'"),
+    (["--iptables-backend", "xtables"],
+     "--iptables-backend / $TPROXY_IPTABLES_BACKEND: 'xtables' is not an iptables backend (auto, legacy, nft)"),
 ])
 def test_bad_input_is_a_clear_error(argv, msg):
     out = run(*argv, "--metrics-port", "0")
     assert out.returncode == 2 and msg in out.stderr
+
+
+def test_a_bad_backend_from_the_environment_is_a_clear_error():
+    out = run("--metrics-port", "0", env={"TPROXY_IPTABLES_BACKEND": "iptables-nft"})
+    assert out.returncode == 2 and "'iptables-nft' is not an iptables backend (auto, legacy, nft)" in out.stderr
+
+
+def test_the_flag_defaults_to_the_environment_then_auto(monkeypatch):
+    monkeypatch.delenv("TPROXY_IPTABLES_BACKEND", raising=False)
+    assert build_parser().parse_args([]).iptables_backend == "auto"
+    monkeypatch.setenv("TPROXY_IPTABLES_BACKEND", "legacy")
+    assert build_parser().parse_args([]).iptables_backend == "legacy"
