@@ -262,7 +262,8 @@ def test_daemonset_wires_podwatch_and_the_proxy_to_the_host_port():
     pw = container(pod, "tproxy-podwatch")
     assert pw["image"] == "tproxy-podwatch:0.1.0" and "command" not in pw
     assert pw["args"] == ["-annotation=initializer.kubernetes.io/tproxy", "-hostPort=9090",
-                          "--metrics-port=9181", "--identity-file=/var/run/tproxy/identity.json"]
+                          "--metrics-port=9181", "--identity-file=/var/run/tproxy/identity.json",
+                          "--iptables-backend=auto"]
     assert pw["env"] == [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}]
     assert pw["securityContext"]["privileged"] is True
     assert pw["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 9181}
@@ -551,6 +552,7 @@ def test_rendered_args_parse_with_each_components_own_cli():
     pw = podwatch_parser().parse_args(container(pod, "tproxy-podwatch")["args"])
     assert (pw.annotation, pw.host_port, pw.metrics_port) == ("initializer.kubernetes.io/tproxy", 9090, 9281)
     assert pw.identity_file == "/var/run/tproxy/identity.json"
+    assert pw.iptables_backend == "auto"
 
     tp, tp_opts = _mitmdump_args(container(pod, "tproxy-tproxy-mode")["command"])
     assert tp.mode == ["transparent"] and tp.listen_port == 9090
@@ -596,7 +598,8 @@ def test_chart_is_apiversion_v1_for_helm_2_and_3():
     (["--set", "tproxy.blockSvcCIDR=everything"], "tproxy.blockSvcCIDR: Does not match pattern"),
     (["--set", "tproxy.allowDNS=kube-dns"], "tproxy.allowDNS: Does not match pattern"),
     (["--set", "images.pullPolicy=Sometimes"], "images.pullPolicy: images.pullPolicy must be one of"),
-], ids=["typo", "port-type", "port-range", "bool", "namespace", "cidr", "dns", "pull-policy"])
+    (["--set", "tproxy.iptablesBackend=iptables"], "tproxy.iptablesBackend: tproxy.iptablesBackend must be one of"),
+], ids=["typo", "port-type", "port-range", "bool", "namespace", "cidr", "dns", "pull-policy", "iptables-backend"])
 def test_bad_values_stop_the_install_naming_the_value(args, message):
     """values.schema.json: Helm 3 refuses a misspelt key or a wrong type before rendering anything,
     instead of silently ignoring it or failing later at the API server (or in the pods)."""
@@ -604,3 +607,17 @@ def test_bad_values_stop_the_install_naming_the_value(args, message):
     assert proc.returncode != 0 and not proc.stdout
     assert "values don't meet the specifications of the schema" in proc.stderr
     assert message in proc.stderr, proc.stderr
+
+
+def test_a_forced_iptables_backend_reaches_podwatch_and_the_injected_init_container():
+    """One value, two components: podwatch on every node and the sidecar in every pod use the same
+    backend when it is forced (auto is each one's default, so the sidecar gets no variable then)."""
+    from controllerkit import iptables
+    from initializer.config import parse_config
+    from podwatch.__main__ import build_parser as podwatch_parser
+
+    objs = render({**ALL_ON, "tproxy.iptablesBackend": "legacy"})
+    pod = one(objs, "DaemonSet")["spec"]["template"]["spec"]
+    assert podwatch_parser().parse_args(container(pod, "tproxy-podwatch")["args"]).iptables_backend == "legacy"
+    env = {e["name"]: e.get("value") for e in parse_config(_injection(objs)[1]).containers[0]["env"]}
+    assert iptables.parse_setting(env[iptables.ENV]) == "legacy"

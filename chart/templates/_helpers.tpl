@@ -131,6 +131,10 @@ env:
 {{- end }}
   - name: TPROXY_VERIFY_TIMEOUT
     value: {{ .Values.tproxy.verifyTimeout | toString | quote }}
+{{- if ne .Values.tproxy.iptablesBackend "auto" }}
+  - name: TPROXY_IPTABLES_BACKEND
+    value: {{ .Values.tproxy.iptablesBackend | quote }}
+{{- end }}
 resources:
   limits:
     cpu: 500m
