@@ -254,3 +254,29 @@ def test_podwatch_cleanup_chooses_the_backend_like_the_controller(net):
     assert logged["backend"] == "legacy" and "more rules" in logged["reason"]
     assert "TPROXY" not in save(net.node, "legacy") + save(net.node, "nft")
     assert "KUBE-SERVICES" in save(net.node, "legacy")
+
+
+@pytest.mark.root
+def test_podwatch_on_a_legacy_node_keeps_its_rules_in_legacy(tmp_path):
+    """The controller path end to end: podwatch as a process (auto) on a node whose kube-proxy
+    uses iptables-legacy programs a new pod's redirect into legacy and nothing into nft."""
+    from capture_topology import wait_for
+    from test_podwatch_controller import HOST_PORT as PW_PORT, Cluster
+
+    c = Cluster(str(tmp_path))
+    try:
+        seed_kube_proxy_legacy(c.net.node)
+        c.start()
+        web_ip = c.net.pod_ips["web"][0]
+        c.add_pod("default", "web", web_ip)
+        wait_for(lambda: f"{web_ip}/32" in c.net.node.run("iptables-legacy", "-t", "nat", "-S", rules.REDIRECT_CHAIN,
+                                                            check=False).stdout, what="redirect rule in legacy")
+        out = c.net.pods["web"].run("curl", "-sS", "-m", "3", f"http://{INET4}/", check=False)
+        assert out.stdout.strip() == f"proxy {PW_PORT}"
+        assert "TPROXY" not in save(c.net.node, "nft")
+        c.stop()
+        c.log.seek(0)
+        logged = next(json.loads(ln) for ln in c.log.read().splitlines() if '"iptables_backend"' in ln)
+        assert logged["backend"] == "legacy" and logged["setting"] == "auto"
+    finally:
+        c.close()
