@@ -21,11 +21,17 @@ in the namespace the process runs in:
    nft backend is not usable here (its save failed, e.g. a kernel without nf_tables) while the
    legacy one is.
 
-Why the wrapper's current rule (tie → nft) rather than its first version's: both of its versions
-agree on "more rules wins"; they differ only in the tie, where nft is Debian's default, the
-wrapper's choice since 2020, and the only backend of current kernels without the legacy modules.
-A node whose kernel has no nf_tables (old 1.7-era kernels) still gets legacy through the
-usability check, and ``TPROXY_IPTABLES_BACKEND=legacy`` forces it.
+Which version of the wrapper, and why. kube-proxy's images of the 1.17–1.19 era carried
+kubernetes' own ``build/debian-iptables/iptables-wrapper``: legacy when legacy holds >= 10 rules
+(without even asking nft: iptables-nft 1.8.3 could hang), else legacy when legacy >= nft, so a tie
+went to **legacy**. kubernetes-sigs/iptables-wrappers (the shell wrapper since 2020 and the Go one
+now) added the hint chains and breaks ties to **nft** (``-gt``; the Go version defaults to nft when
+no hint is found). We take the latter: the >= 10 shortcut only worked around a bug of an
+iptables-nft we do not ship (1.8.9), "more rules wins" covers every node that runs kube-proxy,
+and a tie means nothing in this namespace to be ordered against, where nft is Debian's default,
+the only backend of kernels built without the legacy modules, and what ``iptables`` in our images
+is. A kernel without nf_tables (old 1.7-era kernels) still gets legacy through the usability check,
+and ``TPROXY_IPTABLES_BACKEND=legacy`` forces it.
 
 **The override** ``TPROXY_IPTABLES_BACKEND`` (``auto`` | ``legacy`` | ``nft``; podwatch also takes
 ``--iptables-backend``): anything but ``auto`` skips detection. Anything else is a
