@@ -92,7 +92,7 @@ def _wait_until_configuration_is_in_force(admin):
 
 
 def test_install_upgrade_uninstall_reinstall_never_hold_the_initializer():
-    """§9 of k8s-initializers-1.7.md: the initializer's own Deployment must not wait for itself, on
+    """§9 of docs/initializers-1.7.md: the initializer's own Deployment must not wait for itself, on
     install, on upgrade (Helm PATCHes existing objects; the plugin only marks creates) and on a
     reinstall after `helm uninstall`. The emulator polls configurations every second like 1.7."""
     srv = APIServer(k8s_version="1.7", initializer_config_refresh=1.0).start()

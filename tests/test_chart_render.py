@@ -109,7 +109,7 @@ def test_strict_validation_refuses_unknown_fields_and_wrong_types(all_on):
 def test_initializer_configuration_is_installed_last(all_on):
     # `helm template` prints in Helm's install order (releaseutil.InstallOrder; unknown kinds such
     # as InitializerConfiguration last). So the initializer's Deployment exists before the
-    # configuration that would otherwise hold its own create pending (k8s-initializers-1.7.md §9).
+    # configuration that would otherwise hold its own create pending (docs/initializers-1.7.md §9).
     kinds = [o["kind"] for o in all_on]
     assert kinds[-1] == "InitializerConfiguration"
     assert kinds.count("InitializerConfiguration") == 1

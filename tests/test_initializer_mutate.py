@@ -284,7 +284,7 @@ def test_injection_is_complete_and_idempotent_for_any_template(pod, with_annotat
 
 
 def test_our_name_twice_in_pending_is_handled_in_two_idempotent_passes():
-    # The server merges InitializerConfigurations without removing duplicates (1.7 §1a).
+    # The server merges InitializerConfigurations without removing duplicates (docs/initializers-1.7.md §1a).
     first = run(deployment(pending=(NAME, NAME)))
     assert first.action == INJECT and first.pending_after == (NAME,)
     second = run(first.obj)

@@ -1,7 +1,7 @@
 """Conformance: the Initializers admission plugin, blocking create, updates and completion.
 
 Driven through the official kubernetes client over HTTPS against kubesim's API server. Section
-numbers refer to /work/shared/design/k8s-initializers-1.7.md.
+numbers refer to docs/initializers-1.7.md.
 """
 import threading
 import time

@@ -1,6 +1,6 @@
 """Conformance: visibility (§2), watch event mapping, resume, 410 Gone, timeouts and legacy watch paths.
 
-Official kubernetes client over HTTPS against kubesim. § refers to k8s-initializers-1.7.md.
+Official kubernetes client over HTTPS against kubesim. § refers to docs/initializers-1.7.md.
 """
 import threading
 import time

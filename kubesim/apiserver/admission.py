@@ -1,6 +1,6 @@
 """The Initializers admission plugin and the ObjectMeta validation around it (§1a, §3, §5, §6).
 
-Everything here follows k8s-initializers-1.7.md: configurations merged in ``metadata.name`` order
+Everything here follows docs/initializers-1.7.md: configurations merged in ``metadata.name`` order
 (stable), rules matched against the *request's* group/version/resource with AND semantics across
 rules and wildcards only at index 0, creator-supplied initializers needing the ``initialize`` verb,
 ``pending: []`` as the administrator bypass, and the update-side ValidateInitializersUpdate checks.

@@ -100,7 +100,7 @@ def _default_template(spec: dict) -> None:
 
 
 def _default_deployment(obj: dict, *, max_unavailable, max_surge, apps_only: dict) -> None:
-    """The 1.7 Deployment defaults shared by both groups (§7); they differ only in the rolling-update
+    """The 1.7 Deployment defaults shared by both groups (docs/initializers-1.7.md §7); they differ only in the rolling-update
     numbers and in fields that only apps/v1beta1 defaults."""
     spec = obj.setdefault("spec", {})
     _default_template_selector(spec)
@@ -170,7 +170,7 @@ def default_secret(obj: dict) -> None:
     obj.setdefault("type", "Opaque")
 
 
-# ---- 1.7 init-container annotation mirroring (§5 last bullet, §7) -----------------------------
+# ---- 1.7 init-container annotation mirroring (docs/initializers-1.7.md §5, §7) ---------------
 
 def pod_like_input(meta_and_spec: dict) -> str | None:
     """1.7 input conversion of a PodSpec holder (pod or pod template): the beta (else alpha)

@@ -3,7 +3,7 @@
 Design: ``ThreadingHTTPServer`` (one daemon thread per connection, HTTP/1.1 keep-alive, TLS
 handshake in the connection's own thread), one :class:`~kubesim.apiserver.store.Store` behind a
 global lock, and blocking creates that wait on a per-object watcher queue (no polling). Section
-numbers (§) refer to /work/shared/design/k8s-initializers-1.7.md.
+numbers (§) refer to docs/initializers-1.7.md.
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ each write appends one :class:`Event` to the history and offers it to every watc
 storage. Watchers get their own unbounded queue, so a slow watch stream never blocks a writer.
 Stored objects are never mutated in place: every write stores a fresh dict.
 
-Visibility (k8s-initializers-1.7.md §2): a watcher's filter is applied to both the current and the
+Visibility (docs/initializers-1.7.md §2): a watcher's filter is applied to both the current and the
 previous object of an event: current passes and previous not -> ADDED, both -> MODIFIED, only the
 previous -> DELETED carrying the previous object. Uninitialized objects (``metadata.initializers``
 present, even ``{}``) pass only when the watcher asked for ``includeUninitialized``.

@@ -3,7 +3,7 @@
 Only what catches real manifest and controller mistakes: object names (DNS-1123 subdomain /
 label / DNS-1035 per resource), labels/annotations as string maps, ObjectMeta's initializers
 (admission.validate_initializers), pod specs and pod templates, selectors against template labels,
-and InitializerConfigurations (§6 of k8s-initializers-1.7.md).
+and InitializerConfigurations (§6 of docs/initializers-1.7.md).
 """
 from __future__ import annotations
 
