@@ -13,6 +13,8 @@ import sys
 import threading
 from typing import Optional, Sequence
 
+from controllerkit.cli import ExactArgumentParser
+
 from .controller import (DEFAULT_ANNOTATION, DEFAULT_CONFIGMAP, DEFAULT_INITIALIZER_NAME, DEFAULT_NAMESPACE,
                          Controller)
 
@@ -76,25 +78,8 @@ def parse_namespaces(value: str) -> list[str]:
     return [n.strip() for n in value.split(",") if n.strip()]
 
 
-class _ExactParser(argparse.ArgumentParser):
-    """Go's flag package never abbreviates; Python 3.11 still prefix-matches single-dash long options
-    even with ``allow_abbrev=False``, so ``-annotatio x`` would silently mean ``-annotation x``."""
-
-    def parse_known_args(self, args=None, namespace=None):
-        argv = list(sys.argv[1:] if args is None else args)
-        known = set(self._option_string_actions)
-        for arg in argv:
-            if arg == "--":
-                break
-            if arg.startswith("-") and len(arg) > 1 and not arg[1:2].isdigit():
-                name = arg.split("=", 1)[0]
-                if name not in known:
-                    self.error(f"unrecognized arguments: {arg} (flags must be spelled out; see --help)")
-        return super().parse_known_args(argv, namespace)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _ExactParser(
+    p = ExactArgumentParser(
         prog="python3 -m initializer",
         description="tproxy Initializer controller (Kubernetes 1.7 alpha Initializers): injects the tproxy "
                     "egress-lock init container, CA volumes, mounts and env into Deployments whose "

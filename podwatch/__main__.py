@@ -11,12 +11,14 @@ import signal
 import sys
 import threading
 
+from controllerkit.cli import ExactArgumentParser
+
 DEFAULT_ANNOTATION = "initializer.kubernetes.io/tproxy"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="tproxy-podwatch", allow_abbrev=False,
+    p = ExactArgumentParser(
+        prog="tproxy-podwatch",
         description="Watch the pods scheduled to this node and keep the node's iptables rules equal to "
                     "the set of annotated pods: tcp 80/443 REDIRECTed to the proxy's host port, a FORWARD "
                     "guard rejecting what escaped the redirect (IPv4 and IPv6, one iptables-restore per "

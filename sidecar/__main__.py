@@ -14,6 +14,8 @@ import socket
 import sys
 import time
 
+from controllerkit.cli import ExactArgumentParser
+
 from controllerkit import iptables
 
 from . import lock, verify
@@ -108,7 +110,7 @@ def apply_family(version: int, cfg: lock.LockConfig, backend: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ExactArgumentParser(
         prog="tproxy-sidecar", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Apply the pod's IPv4/IPv6 egress lock atomically (iptables-restore), then "
                     "prove that tcp/80 is intercepted by the tproxy proxy before the app starts.",
