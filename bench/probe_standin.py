@@ -1,7 +1,7 @@
 """A stand-in for the proxy's probe answer: the least any responder must do for the sidecar's proof.
 
 ``python -m bench.probe_standin --port P`` answers every request with 200 and the probe nonce
-echoed in the answer header (sidecar/probe.py's contract). The sidecar benchmark compares the
+echoed in the answer header (controllerkit/probe.py's contract). The sidecar benchmark compares the
 real proxy (mitmdump + tproxy addon) against it.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ import argparse
 import http.server
 import sys
 
-from sidecar import probe
+from controllerkit import probe
 
 
 class Handler(http.server.BaseHTTPRequestHandler):

@@ -41,7 +41,7 @@ from proxy.identity import IdentityMap, canonical_ip
 from proxy.metrics import Metrics
 from proxy import request_target
 from proxy.policy import Policy, PolicyError, is_ip_literal, normalize_host
-from sidecar.probe import ANSWER_HEADER, NONCE_HEADER, PROBE_ADDRESS, PROBE_HOST, PROBE_PATH, PROBE_PORT
+from controllerkit.probe import ANSWER_HEADER, NONCE_HEADER, PROBE_ADDRESS, PROBE_HOST, PROBE_PATH, PROBE_PORT
 
 BLOCK_STATUS = 418
 BLOCK_BODY = b"Access Denied by Administrator"

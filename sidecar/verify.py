@@ -1,6 +1,6 @@
 """Prove that this pod's web traffic is intercepted by the tproxy proxy (fail closed).
 
-The probe contract is in :mod:`sidecar.probe`. One attempt sends ``GET /.tproxy/probe`` to
+The probe contract is in :mod:`controllerkit.probe`. One attempt sends ``GET /.tproxy/probe`` to
 192.0.2.1:80 with a fresh nonce; only the tproxy proxy answers with that nonce echoed. Each
 failed attempt is classified so that the final error names the missing piece.
 """
@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from . import probe
+from controllerkit import probe
 
 NO_ANSWER = "no-answer"
 REFUSED = "refused"

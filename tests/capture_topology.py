@@ -127,7 +127,7 @@ def _server(mode: str, tag: str, specs: list[str]) -> None:
     import socketserver
     import threading
 
-    from sidecar import probe
+    from controllerkit import probe
 
     class TCP(socketserver.StreamRequestHandler):
         def handle(self):

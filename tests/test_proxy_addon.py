@@ -16,7 +16,7 @@ from mitmproxy.test import taddons, tflow, tutils
 
 from proxy import core
 from proxy.core import BLOCK_BODY, TproxyAddon
-from sidecar import probe
+from controllerkit import probe
 
 DNS = {
     "storage.googleapis.com": ["203.0.113.20"],

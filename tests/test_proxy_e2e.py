@@ -24,7 +24,7 @@ from kubesim import netns
 from kubesim.testca import TestCA
 from kubesim.upstream import HELLO_BODY
 from kubesim.testing import wait_for
-from sidecar import probe
+from controllerkit import probe
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 

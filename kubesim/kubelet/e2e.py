@@ -13,7 +13,7 @@ import time
 from kubesim.apply import apply_documents, load_documents
 from kubesim.demo import EXAMPLES, RELEASE_NAMESPACE, last_round, render_chart
 from kubesim.topology import POD_CIDR, POD_CIDR6
-from sidecar.probe import PROBE_ADDRESS
+from controllerkit.probe import PROBE_ADDRESS
 
 TUTORIAL_VALUES = "tproxy.useInitializer=true,tproxy.useRBAC=true"
 
