@@ -4,7 +4,7 @@ Each (algorithm, pod count) runs in a fresh network namespace (``bench.podwatch_
 process inside the namespace calling the iptables binaries, as the real controllers do:
 - *sync*: from an empty table to N annotated pods programmed. Ours = render the whole state and
   one ``iptables-restore --noflush``; original = per pod ``iptables -t nat -L PREROUTING --line-numbers``
-  + regex + one ``iptables -A`` per port (``podwatch/original.py``, the Go ``syncFirewall`` in Python,
+  + regex + one ``iptables -A`` per port (``bench/podwatch_original.py``, the Go ``syncFirewall`` in Python,
   flaws kept on purpose).
 - *programming latency*: with N pods programmed, a new pod gets its IP; time from "pod IP known"
   to "rules applied", measured by timing the render+apply path (not through the API server), so
@@ -47,7 +47,7 @@ def run(cfg: common.BenchConfig) -> dict:
         "from a process inside it calling iptables via subprocess (iptables-nft here).",
         "ours = one render of the full state + one iptables-restore --noflush per table (podwatch.rules); "
         "original = per pod iptables -t nat -L PREROUTING --line-numbers + regex + one iptables -A per port "
-        "(podwatch/original.py: the original Go syncFirewall, flaws kept, baseline only).",
+        "(bench/podwatch_original.py: the original Go syncFirewall, flaws kept, baseline only).",
         f"programming latency = time to program one new pod with {lat_at} pods present, timed around the "
         "render+apply path (not through the API server: excludes watch delivery and coalescing).",
     ]

@@ -25,7 +25,7 @@ class Original:
     name = "original"
 
     def __init__(self, host_port: int = 8080):
-        from podwatch import original  # the original Go syncFirewall, flaws kept (BASELINE ONLY)
+        from bench import podwatch_original as original  # the original Go syncFirewall, flaws kept (BASELINE ONLY)
         self.original = original
         self.host_port = host_port
 

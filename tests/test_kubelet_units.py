@@ -25,8 +25,9 @@ def test_every_component_image_maps_to_its_dockerfile_entrypoint():
     assert idx.resolve("reg/tproxy-sidecar:1").entrypoint == ["/opt/tproxy/sidecar/start.sh"]
     proxy = idx.resolve("tproxy-proxy:0.1.0")
     assert proxy.entrypoint[0] == "mitmdump" and "/opt/tproxy/proxy/addon.py" in proxy.entrypoint
-    # COPY . /opt/tproxy (context: the repository root) becomes a bind of the checkout
-    assert (REPO_ROOT, "/opt/tproxy") in proxy.copies
+    # each COPY of a product package (context: the repository root) becomes a bind of that directory
+    assert (os.path.join(REPO_ROOT, "proxy"), "/opt/tproxy/proxy") in proxy.copies
+    assert (os.path.join(REPO_ROOT, "setup.cfg"), "/opt/tproxy/setup.cfg") in proxy.copies
     assert proxy.workdir == "/opt/tproxy"
 
 

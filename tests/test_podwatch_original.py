@@ -1,9 +1,10 @@
-"""The baseline (podwatch/original.py) is faithful to the original, flaws included: bench/ relies on it."""
+"""The baseline (bench/podwatch_original.py) is faithful to the original, flaws included: bench/ relies on it."""
 from __future__ import annotations
 
 import pytest
 
-from podwatch import original, rules
+from bench import podwatch_original as original
+from podwatch import rules
 
 
 @pytest.fixture

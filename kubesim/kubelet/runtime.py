@@ -422,7 +422,9 @@ class PodRuntime(threading.Thread):
         if argv:
             argv = [EXEC_MAP.get(argv[0], argv[0])] + list(argv[1:])
         # the image's Python runtime first (the trust bundle is bound over a file inside it)
-        product = next((dst for src, dst in image.copies if src == REPO_ROOT), None)
+        # where the image holds the product (its WORKDIR, /opt/tproxy, when its COPYs land there)
+        wd = (image.workdir or "").rstrip("/")
+        product = image.workdir if wd and any(dst == wd or dst.startswith(wd + "/") for _, dst in image.copies) else None
         pymounts = pyimage.mounts(self.kubelet.run_dir, product)
         sysmounts = [{"src": self.kubelet.ca_bundle, "dst": pyimage.container_path(p) or p, "ro": True, "file": True}
                      for p in self.kubelet.trust_paths]
