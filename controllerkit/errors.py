@@ -153,7 +153,26 @@ def _class_for(code: int, reason: str) -> type[ApiError]:
     return ApiError
 
 
-def from_response(code: int, body: bytes | str | dict | None) -> ApiError:
+def from_response(code: int, body: bytes | str | dict | None, headers=None) -> ApiError:
+    """See :func:`_from_response`; a ``Retry-After`` header (seconds) fills ``retry_after`` when the
+    Status body gave none (a 429 from the API server or a proxy in front of it)."""
+    err = _from_response(code, body)
+    if err.retry_after is None and headers is not None:
+        try:
+            value = headers.get("Retry-After")
+        except AttributeError:
+            value = None
+        if value is not None:
+            try:
+                seconds = float(str(value).strip())
+            except ValueError:
+                seconds = None  # an HTTP-date: not sent by API servers; ignored
+            if seconds is not None and seconds >= 0:
+                err.retry_after = seconds
+    return err
+
+
+def _from_response(code: int, body: bytes | str | dict | None) -> ApiError:
     """Build the typed error for an HTTP ``code`` and its body.
 
     A Kubernetes ``Status`` body gives reason, message and details; anything else (an HTML page

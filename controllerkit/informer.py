@@ -30,6 +30,7 @@ from typing import Callable
 
 from prometheus_client import Counter, Gauge
 
+from .backoff import exponential, retry_after_of
 from .errors import Gone, is_retryable
 from .kube import Client, WatchStream
 from .log import get_logger
@@ -209,6 +210,9 @@ class Informer:
                 else:
                     delay = self._backoff(failures)
                     failures += 1
+                asked = retry_after_of(exc)  # a 429 (or 503) that says how long to wait is obeyed
+                if asked is not None and asked > delay:
+                    delay = asked
                 level = self.log.warning if is_retryable(exc) else self.log.error
                 level("watch_failed", path=self.path, phase="list" if need_list else "watch", error=str(exc),
                       error_type=type(exc).__name__, retry_in=round(delay, 3), attempt=failures)
@@ -217,8 +221,7 @@ class Informer:
 
     def _backoff(self, attempt: int) -> float:
         """Capped exponential backoff with +/-20 % jitter, so many informers do not reconnect in lockstep."""
-        base = min(self.backoff_max, self.backoff_initial * (2 ** min(attempt, 32)))
-        return min(self.backoff_max, base * random.uniform(0.8, 1.2))
+        return exponential(attempt, self.backoff_initial, self.backoff_max, jitter=0.2)
 
     def _list(self) -> None:
         result = self.client.list(self.path, **self.query)

@@ -296,7 +296,7 @@ class Client:
                 _preload_content=False, _request_timeout=timeout)
         except ApiException as exc:
             if exc.status:
-                raise from_response(exc.status, exc.body or exc.reason or "") from None
+                raise from_response(exc.status, exc.body or exc.reason or "", getattr(exc, "headers", None)) from None
             raise StreamError(f"{method.upper()} {path}: {exc.reason}") from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise StreamError(f"{method.upper()} {path}: {exc}") from exc

@@ -13,6 +13,8 @@ silently dropped. This is client-go's ``workqueue.RateLimitingInterface`` in ~15
 """
 from __future__ import annotations
 
+from .backoff import exponential, retry_after_of
+
 import collections
 import heapq
 import itertools
@@ -151,13 +153,16 @@ class WorkQueue:
         with self._cond:
             n = self._failures.get(key, 0)
             self._failures[key] = n + 1
-        # 2**n overflows float for absurd n; the cap makes anything past ~64 equal anyway
-        return min(self.base_delay * (2 ** min(n, 64)), self.max_delay)
+        return exponential(n, self.base_delay, self.max_delay)  # client-go's: no jitter
 
-    def add_rate_limited(self, key) -> None:
-        """Re-add ``key`` after its per-key exponential backoff (a failed sync)."""
+    def add_rate_limited(self, key, retry_after: float | None = None) -> None:
+        """Re-add ``key`` after its per-key exponential backoff (a failed sync), and no sooner than
+        ``retry_after`` seconds when the server asked for that (a 429's Retry-After)."""
         _RETRIES.labels(self._metric_name).inc()
-        self.add_after(key, self.when(key))
+        delay = self.when(key)
+        if retry_after is not None and retry_after > delay:
+            delay = retry_after
+        self.add_after(key, delay)
 
     def forget(self, key) -> None:
         """Reset ``key``'s failure count (call after a successful sync)."""
@@ -206,7 +211,7 @@ def run_workers(queue: WorkQueue, sync: Callable[[str], None], *, workers: int =
                                    error_type=type(exc).__name__, retries=queue.num_requeues(key),
                                    requeue=retry)
                 if retry:
-                    queue.add_rate_limited(key)
+                    queue.add_rate_limited(key, retry_after_of(exc))
                 else:
                     queue.forget(key)
             else:

@@ -32,6 +32,7 @@ from typing import Iterable, Optional
 import structlog
 
 from controllerkit import errors
+from controllerkit.backoff import Backoff
 from controllerkit.kube import Client, resource_path
 from controllerkit.workqueue import WorkQueue, run_workers
 
@@ -206,14 +207,16 @@ class Controller:
         ref = f"ConfigMap {namespace}/{name}"
         get_path = resource_path("v1", "configmaps", namespace, name)
         watch_path = f"/api/v1/watch/namespaces/{namespace}/configmaps/{name}"
-        delay = self.config_retry
+        retry = Backoff(self.config_retry, max(10.0, self.config_retry), jitter=0)
+        delay = retry.next()
         gone_streak = 0
         while not self._stop.is_set():
             try:
                 cm = self.client.get(get_path)
                 on_object(cm)
                 rv = (cm.get("metadata") or {}).get("resourceVersion")
-                delay = self.config_retry
+                retry.reset()
+                delay = retry.next()
                 opened = time.monotonic()
                 stream = self.client.open_watch(watch_path, resource_version=rv,
                                                 timeout_seconds=self.watch_timeout)
@@ -252,7 +255,7 @@ class Controller:
                 self._watches.pop(ref, None)
             if self._stop.wait(delay):
                 return
-            delay = min(delay * 2, 10.0)
+            delay = retry.next()
 
     # -- the proxy's CA bundle -------------------------------------------------------------------
     def _root_certs_ref(self) -> str:

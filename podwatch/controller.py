@@ -22,6 +22,8 @@ from typing import Callable
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from controllerkit.backoff import Backoff
+
 from . import identity, rules
 
 RULES = Gauge("tproxy_podwatch_rules_programmed", "Rules in podwatch's chains after the last successful sync",
@@ -172,6 +174,7 @@ class PodWatch:
 
     def run(self) -> None:
         """Sync loop (call after the informer has synced). Returns when :meth:`stop` is called."""
+        retry = Backoff(0.5, 10.0, jitter=0)  # after a failed sync: 0.5 s doubling to 10 s
         backoff = 0.0
         last = last_full = -1e9
         force = True  # the first sync after start-up rewrites everything
@@ -196,7 +199,9 @@ class PodWatch:
             if ok and force:
                 last_full = last
             force = not ok
-            backoff = 0.0 if ok else min(max(backoff * 2, 0.5), 10.0)
+            if ok:
+                retry.reset()
+            backoff = 0.0 if ok else retry.next()
 
     def stop(self) -> None:
         self._stop.set()

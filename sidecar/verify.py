@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from controllerkit import probe
+from controllerkit.backoff import Backoff
 
 NO_ANSWER = "no-answer"
 REFUSED = "refused"
@@ -79,7 +80,7 @@ def verify(timeout: float, *, node: str = "", log: Callable[..., None] = lambda 
            attempt_timeout: float = 3.0, prober: Callable[[float], Attempt] = probe_once) -> tuple[bool, str]:
     """Retry with short backoff until the proxy answers or ``timeout`` seconds pass."""
     deadline = time.monotonic() + max(timeout, 0.0)
-    backoff, n = 0.2, 0
+    backoff, n = Backoff(0.2, 2.0, jitter=0), 0
     while True:
         n += 1
         remaining = deadline - time.monotonic()
@@ -91,5 +92,4 @@ def verify(timeout: float, *, node: str = "", log: Callable[..., None] = lambda 
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return False, explain(att, node)
-        time.sleep(min(backoff, remaining))
-        backoff = min(backoff * 2, 2.0)
+        time.sleep(min(backoff.next(), remaining))

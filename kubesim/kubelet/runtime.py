@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 
+from controllerkit.backoff import Backoff as _Backoff
 from controllerkit.errors import ApiError, Conflict, NotFound
 from controllerkit.kube import resource_path
 
@@ -63,15 +64,10 @@ def expand(value: str, env: dict[str, str]) -> str:
     return _VAR.sub(sub, value)
 
 
-class Backoff:
-    """10 s → 5 min on a real kubelet; here ``initial`` doubling up to ``cap`` (both configurable)."""
-
-    def __init__(self, initial: float, cap: float):
-        self.initial, self.cap, self.current = initial, cap, 0.0
-
-    def next(self) -> float:
-        self.current = self.initial if not self.current else min(self.cap, self.current * 2)
-        return self.current
+def Backoff(initial: float, cap: float) -> _Backoff:
+    """A container's restart delays: 10 s -> 5 min on a real kubelet; here ``initial`` doubling up to
+    ``cap`` (both configurable), without jitter, like the kubelet's."""
+    return _Backoff(initial, cap, jitter=0)
 
 
 class ContainerProc:
