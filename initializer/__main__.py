@@ -7,13 +7,13 @@ manifests keep working; every flag also has the ``--double-dash`` spelling.
 from __future__ import annotations
 
 import argparse
-import re
 import signal
 import sys
 import threading
 from typing import Optional, Sequence
 
 from controllerkit.cli import ExactArgumentParser
+from controllerkit.durations import parse_seconds
 
 from .controller import (DEFAULT_ANNOTATION, DEFAULT_CONFIGMAP, DEFAULT_INITIALIZER_NAME, DEFAULT_NAMESPACE,
                          Controller)
@@ -22,7 +22,6 @@ DEFAULT_METRICS_PORT = 9180  # chart: tproxy.metrics.initializerPort
 
 _TRUE = {"1", "t", "true", "yes", "on"}
 _FALSE = {"0", "f", "false", "no", "off"}
-_DURATION = re.compile(r"(\d+(?:\.\d*)?)(ms|s|m|h)")
 
 
 def parse_bool(value: str) -> bool:
@@ -37,18 +36,9 @@ def parse_bool(value: str) -> bool:
 
 def parse_duration(value: str) -> float:
     """Seconds from a number (``30``) or a Go duration (``30s``, ``1m30s``, ``500ms``)."""
-    v = str(value).strip()
-    try:
-        seconds = float(v)
-    except ValueError:
-        pos, seconds = 0, 0.0
-        for m in _DURATION.finditer(v):
-            if m.start() != pos:
-                break
-            seconds += float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[m.group(2)]
-            pos = m.end()
-        if pos != len(v) or not v:
-            raise argparse.ArgumentTypeError(f"invalid duration {value!r} (e.g. 30, 30s, 1m30s)") from None
+    seconds = parse_seconds(value)
+    if seconds is None or not str(value).strip():
+        raise argparse.ArgumentTypeError(f"invalid duration {value!r} (e.g. 30, 30s, 1m30s)")
     if seconds <= 0:
         raise argparse.ArgumentTypeError(f"duration must be positive, got {value!r}")
     return seconds

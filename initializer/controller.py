@@ -32,6 +32,7 @@ from typing import Iterable, Optional
 import structlog
 
 from controllerkit import errors
+from controllerkit import optin
 from controllerkit.backoff import Backoff
 from controllerkit.kube import Client, resource_path
 from controllerkit.workqueue import WorkQueue, run_workers
@@ -41,7 +42,7 @@ from .config import ConfigError, InjectionConfig, config_from_configmap
 from .mutate import FAIL, IGNORE, INJECT, SKIP, Decision, decide, failure_status, is_annotated, pending_names
 from .rootcerts import CopyRefused, RootCerts, ensure_copy
 
-DEFAULT_ANNOTATION = "initializer.kubernetes.io/tproxy"
+DEFAULT_ANNOTATION = optin.DEFAULT_ANNOTATION
 DEFAULT_CONFIGMAP = "tproxy-initializer"
 DEFAULT_INITIALIZER_NAME = "tproxy.initializer.kubernetes.io"
 DEFAULT_NAMESPACE = "default"

@@ -33,6 +33,8 @@ from typing import Any, Optional
 # (m, k, Ki..Ei, M..E, exponents) without a hand-written copy.
 from kubernetes.utils.quantity import parse_quantity
 
+from controllerkit import optin
+
 from .config import InjectionConfig
 
 BETA_INIT_ANNOTATION = "pod.beta.kubernetes.io/init-containers"
@@ -234,8 +236,7 @@ def failure_status(message: str, *, code: int = 422, reason: str = "Invalid") ->
 
 
 def is_annotated(obj: dict, annotation: str) -> bool:
-    value = annotation_value(obj, annotation)
-    return isinstance(value, str) and value.strip().lower() == "true"
+    return optin.is_true(annotation_value(obj, annotation))
 
 
 def decide(deployment: dict, cfg: InjectionConfig, *, initializer_name: str, annotation: str,

@@ -11,9 +11,10 @@ import signal
 import sys
 import threading
 
+from controllerkit import optin
 from controllerkit.cli import ExactArgumentParser
 
-DEFAULT_ANNOTATION = "initializer.kubernetes.io/tproxy"
+DEFAULT_ANNOTATION = optin.DEFAULT_ANNOTATION
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -43,7 +43,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Collection, Iterable, Mapping, Sequence
 
-from controllerkit import iptables
+from controllerkit import iptables, optin
 from controllerkit.iptables import (DEFAULT_BACKEND, IptablesError, Runner, default_runner,  # noqa: F401
                                     netns_runner)
 
@@ -85,8 +85,7 @@ class LockedPod:
         return f"{self.namespace}/{self.name}"
 
 
-def _annotation_true(value) -> bool:
-    return isinstance(value, str) and value.strip().lower() == "true"
+_annotation_true = optin.is_true
 
 
 def annotated(pod: Mapping, annotation: str) -> bool:
@@ -112,7 +111,7 @@ def pod_ips(pod: Mapping) -> list[str]:
     return out
 
 
-def locked_pods(pods: Iterable[Mapping], annotation: str = "initializer.kubernetes.io/tproxy",
+def locked_pods(pods: Iterable[Mapping], annotation: str = optin.DEFAULT_ANNOTATION,
                 *, namespace: str | None = None, also_uids: Collection[str] = ()) -> list[LockedPod]:
     """The desired state: pods whose ``annotation`` is "true", with an IP, not terminated.
 
