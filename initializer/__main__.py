@@ -7,12 +7,11 @@ manifests keep working; every flag also has the ``--double-dash`` spelling.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 from typing import Optional, Sequence
 
 from controllerkit.cli import ExactArgumentParser
+from controllerkit.component import Lifecycle, StartupError, fail
 from controllerkit.durations import parse_seconds
 
 from .controller import (DEFAULT_ANNOTATION, DEFAULT_CONFIGMAP, DEFAULT_INITIALIZER_NAME, DEFAULT_NAMESPACE,
@@ -123,7 +122,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from controllerkit.kube import ConfigError as KubeConfigError
     from controllerkit.log import setup_logging
-    from controllerkit.serve import HealthServer
 
     log = setup_logging("initializer", args.log_level)
     try:
@@ -139,29 +137,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"initializer: {exc}", file=sys.stderr)
         return 1
 
-    stop = threading.Event()
-
-    def on_signal(signum, _frame):
-        log.info("shutdown_signal", signal=signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-
-    health = None
-    if args.metrics_port:
-        try:
-            health = HealthServer(args.metrics_port, host=args.metrics_host, ready=controller.ready).start()
-        except OSError as exc:
-            log.error("metrics_port_unavailable", port=args.metrics_port, error=str(exc))
-            print(f"initializer: cannot serve metrics on port {args.metrics_port}: {exc}", file=sys.stderr)
-            return 1
-        log.info("serving_metrics", port=health.port)
+    life = Lifecycle(log)
+    try:
+        life.serve_health(args.metrics_port, args.metrics_host, controller.ready, exit_code=1)
+    except StartupError as exc:
+        return fail(log, "initializer", exc.code, "metrics_port_unavailable", str(exc), port=args.metrics_port)
     controller.start()
-    stop.wait()
-    controller.stop()
-    if health is not None:
-        health.stop()
+    life.wait()
+    life.shutdown(controller.stop)
     return 0
 
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import threading
 
 from controllerkit import optin
 from controllerkit.cli import ExactArgumentParser
+from controllerkit.component import Lifecycle, StartupError, fail
 
 DEFAULT_ANNOTATION = optin.DEFAULT_ANNOTATION
 
@@ -119,7 +119,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from controllerkit.informer import Informer
     from controllerkit.kube import Client, ConfigError, resource_path
-    from controllerkit.serve import HealthServer
 
     from .controller import PodWatch
 
@@ -139,23 +138,13 @@ def main(argv: list[str] | None = None) -> int:
                         name="pods")
     pw.attach(informer)
 
-    health = None
-    if args.metrics_port:
-        try:
-            health = HealthServer(args.metrics_port, host=args.metrics_host, ready=pw.ready).start()
-        except OSError as e:
-            log.error("metrics_port_unavailable", port=args.metrics_port, error=str(e))
-            return 2
-
-    stop = threading.Event()
-
-    def on_signal(signum, _frame):
-        log.info("stopping", signal=signal.Signals(signum).name, rules="left in place")
-        stop.set()
-        pw.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    life = Lifecycle(log, signal_event="stopping", signal_fields={"rules": "left in place"})
+    life.on_signal(pw.stop)
+    try:
+        health = life.serve_health(args.metrics_port, args.metrics_host, pw.ready, exit_code=2)
+    except StartupError as e:
+        return fail(log, "tproxy-podwatch", e.code, "metrics_port_unavailable", str(e), port=args.metrics_port)
+    stop = life.stop
 
     log.info("starting", node=args.node_name, namespace=args.namespace or "(all)", annotation=args.annotation,
              host_port=args.host_port, identity_file=args.identity_file or None,
@@ -171,11 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     worker.start()
     while not stop.wait(1.0):
         pass
-    pw.stop()
-    worker.join(10)
-    informer.stop()
-    if health:
-        health.stop()
+    life.shutdown(pw.stop, lambda: worker.join(10), informer.stop)
     log.info("stopped")
     return 0
 
