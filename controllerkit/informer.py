@@ -333,3 +333,79 @@ class Informer:
                         if on_update is not None:
                             self._call(on_update, obj, obj)
             self.log.debug("resynced", path=self.path, items=len(objs))
+
+
+def watch_named(client: Client, resource: str, namespace: str, name: str, on_object, *, on_error,
+                stop, forbidden_hint: str = "", retry_initial: float = 1.0, retry_cap: float = 10.0,
+                watch_timeout: int = 300, streams: dict | None = None, log=None) -> None:
+    """Follow ONE object by name until ``stop`` is set: GET it, then watch it by name from that
+    resourceVersion; GET again after ``410 Gone``, a stream end or an error.
+
+    The single-object form of the informer's cycle, for objects a controller may only read by name
+    (RBAC ``resourceNames`` can grant ``get`` and a by-name ``watch``, never a ``list``), such as the
+    initializer's own ConfigMaps. ``on_object(obj)`` gets every version; ``on_error(reason, message)``
+    each failure (reason: ``missing``, ``forbidden``, ``error``). Retries use the shared backoff
+    (no jitter: one object, one client) and honour a server's Retry-After; a stream the server ends
+    at once is not re-opened in a busy loop. ``streams[ref]`` holds the open watch so that another
+    thread can close it to stop at once.
+    """
+    from . import errors
+    from .backoff import Backoff, retry_after_of
+    from .kube import resource_path
+
+    log = log or get_logger(component="informer")
+    streams = streams if streams is not None else {}
+    kind = {"configmaps": "ConfigMap", "secrets": "Secret"}.get(resource, resource)
+    ref = f"{kind} {namespace}/{name}"
+    get_path = resource_path("v1", resource, namespace, name)
+    watch_path = f"/api/v1/watch/namespaces/{namespace}/{resource}/{name}"
+    retry = Backoff(retry_initial, max(retry_cap, retry_initial), jitter=0)
+    delay = retry.next()
+    gone_streak = 0
+    while not stop.is_set():
+        try:
+            obj = client.get(get_path)
+            on_object(obj)
+            rv = (obj.get("metadata") or {}).get("resourceVersion")
+            retry.reset()
+            delay = retry.next()
+            opened = time.monotonic()
+            stream = client.open_watch(watch_path, resource_version=rv, timeout_seconds=watch_timeout)
+            streams[ref] = stream
+            with stream:
+                if stop.is_set():
+                    return
+                for etype, event_obj in stream:
+                    gone_streak = 0
+                    if etype in ("ADDED", "MODIFIED"):
+                        on_object(event_obj)
+                    elif etype == "DELETED":
+                        on_error("missing", f"{ref} was deleted")
+            # The stream ended (server timeout or a cut): GET and watch again, at once unless the
+            # server keeps ending watches immediately (then do not spin).
+            gone_streak = 0
+            if time.monotonic() - opened < 1.0 and stop.wait(retry_initial):
+                return
+            continue
+        except errors.NotFound as exc:
+            on_error("missing", f"{ref} not found: {exc.message}")
+        except errors.Forbidden as exc:
+            on_error("forbidden", f"{ref}: {exc} ({forbidden_hint})" if forbidden_hint else f"{ref}: {exc}")
+        except errors.Gone as exc:
+            gone_streak += 1
+            if gone_streak == 1:
+                continue  # resourceVersion too old: GET again at once
+            # a fresh GET's resourceVersion is too old again: back off instead of spinning GET+watch
+            log.warning("watch_gone_again", object=ref, error=str(exc), attempt=gone_streak, retry_in=delay)
+        except (errors.ApiError, errors.StreamError, OSError) as exc:
+            if stop.is_set():
+                return
+            on_error("error", f"{ref}: {exc}")
+            asked = retry_after_of(exc)
+            if asked is not None and asked > delay:
+                delay = asked
+        finally:
+            streams.pop(ref, None)
+        if stop.wait(delay):
+            return
+        delay = retry.next()

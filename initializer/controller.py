@@ -33,7 +33,7 @@ import structlog
 
 from controllerkit import errors
 from controllerkit import optin
-from controllerkit.backoff import Backoff
+from controllerkit.informer import watch_named
 from controllerkit.kube import Client, resource_path
 from controllerkit.workqueue import WorkQueue, run_workers
 
@@ -201,62 +201,12 @@ class Controller:
                            f"{self.config_namespace} with resourceNames [{self.configmap}]")
 
     def _watch_configmap(self, namespace: str, name: str, on_object, *, on_error, forbidden_hint: str) -> None:
-        """GET one ConfigMap, then watch it by name; re-GET on 410, stream end or error.
-
-        ``on_object(cm)`` gets every version; ``on_error(reason, message)`` each failure (reason:
-        missing, forbidden, error)."""
-        ref = f"ConfigMap {namespace}/{name}"
-        get_path = resource_path("v1", "configmaps", namespace, name)
-        watch_path = f"/api/v1/watch/namespaces/{namespace}/configmaps/{name}"
-        retry = Backoff(self.config_retry, max(10.0, self.config_retry), jitter=0)
-        delay = retry.next()
-        gone_streak = 0
-        while not self._stop.is_set():
-            try:
-                cm = self.client.get(get_path)
-                on_object(cm)
-                rv = (cm.get("metadata") or {}).get("resourceVersion")
-                retry.reset()
-                delay = retry.next()
-                opened = time.monotonic()
-                stream = self.client.open_watch(watch_path, resource_version=rv,
-                                                timeout_seconds=self.watch_timeout)
-                self._watches[ref] = stream
-                with stream:
-                    if self._stop.is_set():
-                        return
-                    for etype, obj in stream:
-                        gone_streak = 0
-                        if etype in ("ADDED", "MODIFIED"):
-                            on_object(obj)
-                        elif etype == "DELETED":
-                            on_error("missing", f"{ref} was deleted")
-                # The stream ended (server timeout or a cut): re-GET and watch again, at once unless
-                # the server keeps ending watches immediately (then do not spin).
-                gone_streak = 0
-                if time.monotonic() - opened < 1.0 and self._stop.wait(self.config_retry):
-                    return
-                continue
-            except errors.NotFound as exc:
-                on_error("missing", f"{ref} not found: {exc.message}")
-            except errors.Forbidden as exc:
-                on_error("forbidden", f"{ref}: {exc} ({forbidden_hint})")
-            except errors.Gone as exc:
-                gone_streak += 1
-                if gone_streak == 1:
-                    continue  # resourceVersion too old: re-GET at once
-                # A fresh GET's resourceVersion is too old again: back off instead of spinning GET+watch.
-                self.log.warning("config_watch_gone_again", configmap=ref, error=str(exc),
-                                 attempt=gone_streak, retry_in=delay)
-            except (errors.ApiError, errors.StreamError, OSError) as exc:
-                if self._stop.is_set():
-                    return
-                on_error("error", f"{ref}: {exc}")
-            finally:
-                self._watches.pop(ref, None)
-            if self._stop.wait(delay):
-                return
-            delay = retry.next()
+        """Follow one ConfigMap by name (controllerkit.informer.watch_named: GET, then watch by name;
+        again after 410, a stream end or an error). By name, because the chart grants ``get`` and
+        ``watch`` on exactly this ConfigMap (``resourceNames``), which cannot grant a list."""
+        watch_named(self.client, "configmaps", namespace, name, on_object, on_error=on_error,
+                    forbidden_hint=forbidden_hint, stop=self._stop, retry_initial=self.config_retry,
+                    watch_timeout=self.watch_timeout, streams=self._watches, log=self.log)
 
     # -- the proxy's CA bundle -------------------------------------------------------------------
     def _root_certs_ref(self) -> str:

@@ -156,7 +156,7 @@ def test_config_watch_that_is_always_gone_backs_off_instead_of_spinning(fake):
     watches = [q for m, p, q in fake.requests if p == watch_path]
     assert 2 <= len(watches) <= 6, f"{len(watches)} config watches in 1.2 s"
     assert c.config is not None, "the GET's config is still installed"
-    assert any(e == "config_watch_gone_again" for _, e, _ in c.log.records)
+    assert any(e == "watch_gone_again" for _, e, _ in c.log.records)
 
 
 def _sample(name, **labels):
