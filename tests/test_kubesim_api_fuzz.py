@@ -17,7 +17,7 @@ PATHS = ["/api/v1/namespaces/default/pods", "/api/v1/namespaces/default/configma
          "/apis/extensions/v1beta1/namespaces/default/deployments",
          "/apis/apps/v1beta1/namespaces/default/deployments",
          "/apis/admissionregistration.k8s.io/v1alpha1/initializerconfigurations",
-         "/apis/rbac.authorization.k8s.io/v1/namespaces/default/roles"]
+         "/apis/rbac.authorization.k8s.io/v1beta1/namespaces/default/roles"]
 
 
 @pytest.fixture(scope="module")
