@@ -24,7 +24,7 @@ def open_to_everyone(rt) -> bool:
 def _describe_subject(subject: dict, binding_ns: str) -> str:
     kind, name = subject.get("kind"), subject.get("name")
     if kind == "ServiceAccount":
-        return f'ServiceAccount "{subject.get("namespace") or binding_ns}/{name}"'
+        return f'ServiceAccount "{name}/{subject.get("namespace") or binding_ns}"'
     return f'{kind} "{name}"'
 
 
