@@ -96,6 +96,15 @@ def test_1_13_every_served_kind_is_in_the_1_13_schemas_and_every_version_of_it_i
             "ClusterRoleBinding"} <= kinds
 
 
+def test_the_schema_catalog_is_generated_from_the_bundled_schemas():
+    """kubesim/apiserver/schema_catalog.py (which group/versions serve each kind in 1.13) is what
+    scripts/gen_api_catalog.py derives from kubernetes-validate's 1.13.0 definitions today."""
+    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "gen_api_catalog.py")
+    import sys
+    assert subprocess.run([sys.executable, script, "--check"]).returncode == 0, \
+        "schema_catalog.py is stale: run python scripts/gen_api_catalog.py"
+
+
 def test_1_13_resource_entries_are_the_real_ones(c13):
     disc = discovered(c13)
     apps = disc[("apps", "v1")]

@@ -329,6 +329,7 @@ for _v in ("v1beta1", "v1"):
 from . import workloads as _workloads  # noqa: E402  (its entries build on the ones above)
 
 RESOURCES += _workloads.resource_types()
+_workloads.assign_served(RESOURCES)
 
 # Every (group, version, resource) of either Kubernetes version; a server serves its own (served()).
 BY_GVR: dict[tuple[str, str, str], ResourceType] = {(r.group, r.version, r.name): r for r in RESOURCES}

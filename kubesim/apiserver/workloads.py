@@ -32,7 +32,22 @@ MAX_INT32 = 2147483647
 TG_ANNOTATION = "deprecated.daemonset.template.generation"
 ROLLBACK_ANNOTATION = "deprecated.deployment.rollback.to"
 ALL = ("all",)
-ONLY_113 = ("1.13",)
+
+# What a 1.7.x API server serves of the kinds kubesim implements (no 1.7 OpenAPI schemas are bundled;
+# these are 1.7's registered group/versions: rbac/v1 and apps/v1beta2 arrived in 1.8, apps/v1 in 1.9,
+# SelfSubjectRulesReview in 1.8, PodSecurityPolicy in policy in 1.10, the webhook configurations in 1.9).
+CORE_KINDS = ("Pod", "Service", "ConfigMap", "Secret", "ServiceAccount", "Namespace", "Node", "Event",
+              "Endpoints", "ReplicationController")
+GVKS_1_7 = frozenset(
+    [("", "v1", k) for k in CORE_KINDS]
+    + [("apps", "v1beta1", "Deployment"), ("apps", "v1beta1", "StatefulSet"),
+       ("extensions", "v1beta1", "Deployment"), ("extensions", "v1beta1", "DaemonSet"),
+       ("extensions", "v1beta1", "ReplicaSet"), ("extensions", "v1beta1", "PodSecurityPolicy"),
+       ("batch", "v1", "Job"), ("policy", "v1beta1", "PodDisruptionBudget"),
+       ("admissionregistration.k8s.io", "v1alpha1", "InitializerConfiguration")]
+    + [("rbac.authorization.k8s.io", "v1beta1", k) for k in ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")]
+    + [("authorization.k8s.io", v, k) for v in ("v1", "v1beta1")
+       for k in ("SelfSubjectAccessReview", "SubjectAccessReview", "LocalSubjectAccessReview")])
 
 
 # ---- defaults ------------------------------------------------------------------------------
@@ -325,10 +340,10 @@ def _rt(group, version, name, kind, namespaced, storage, **kw) -> "R.ResourceTyp
 
 
 def _workload(group, version, name, kind, storage, default, *, default_113=None, scale=None,
-              served=("1.7", "1.13"), short=(), convert=None, listed=()):
+              short=(), convert=None, listed=()):
     return _rt(group, version, name, kind, True, storage, default=default, default_113=default_113,
                has_status=True, tracks_generation=True, pod_like="template", short_names=short,
-               categories=ALL, scale=scale, served=served, convert=convert, listed_subresources=listed,
+               categories=ALL, scale=scale, convert=convert, listed_subresources=listed,
                initial_status=INITIAL_STATUS.get(storage))
 
 
@@ -363,21 +378,19 @@ def resource_types() -> list:
                                   "involvedObject.namespace", "involvedObject.name", "involvedObject.uid",
                                   "involvedObject.apiVersion", "involvedObject.resourceVersion",
                                   "involvedObject.fieldPath", "reason", "source", "type")
-        if rt.group == "rbac.authorization.k8s.io" and rt.version == "v1":
-            rt.served = ONLY_113          # rbac/v1 is GA from 1.8
     v1dep = DeploymentV1()
     v1ds = DaemonSetV1()
     for v in ("v1", "v1beta2"):
         scale = ("autoscaling", "v1", "Scale") if v == "v1" else ("apps", v, "Scale")
         out += [
             _workload("apps", v, "deployments", "Deployment", "deployments", default_deployment_v1,
-                      scale=scale, served=ONLY_113, short=("deploy",), convert=v1dep),
+                      scale=scale, short=("deploy",), convert=v1dep),
             _workload("apps", v, "daemonsets", "DaemonSet", "daemonsets", default_daemonset_v1,
-                      served=ONLY_113, short=("ds",), convert=v1ds),
+                      short=("ds",), convert=v1ds),
             _workload("apps", v, "replicasets", "ReplicaSet", "replicasets", default_replicaset_v1,
-                      scale=scale, served=ONLY_113, short=("rs",)),
+                      scale=scale, short=("rs",)),
             _workload("apps", v, "statefulsets", "StatefulSet", "statefulsets", default_statefulset_v1,
-                      scale=scale, served=ONLY_113, short=("sts",)),
+                      scale=scale, short=("sts",)),
         ]
     out += [
         _workload("extensions", "v1beta1", "replicasets", "ReplicaSet", "replicasets",
@@ -388,27 +401,42 @@ def resource_types() -> list:
                   default_replicationcontroller, scale=("autoscaling", "v1", "Scale"), short=("rc",)),
         _workload("batch", "v1", "jobs", "Job", "jobs", default_job),
     ]
-    for v, served in (("v1beta1", ONLY_113),):
-        for name, kind in (("mutatingwebhookconfigurations", "MutatingWebhookConfiguration"),
-                           ("validatingwebhookconfigurations", "ValidatingWebhookConfiguration")):
-            out.append(_rt("admissionregistration.k8s.io", v, name, kind, False, name,
-                           default=default_webhook_configuration, served=served))
+    for name, kind in (("mutatingwebhookconfigurations", "MutatingWebhookConfiguration"),
+                       ("validatingwebhookconfigurations", "ValidatingWebhookConfiguration")):
+        out.append(_rt("admissionregistration.k8s.io", "v1beta1", name, kind, False, name,
+                       default=default_webhook_configuration))
     out += [
         _rt("policy", "v1beta1", "poddisruptionbudgets", "PodDisruptionBudget", True, "poddisruptionbudgets",
             has_status=True, tracks_generation=True, short_names=("pdb",),
             initial_status=INITIAL_STATUS["poddisruptionbudgets"]),
         _rt("policy", "v1beta1", "podsecuritypolicies", "PodSecurityPolicy", False, "podsecuritypolicies",
-            default=default_psp, short_names=("psp",), served=ONLY_113),
+            default=default_psp, short_names=("psp",)),
         _rt("extensions", "v1beta1", "podsecuritypolicies", "PodSecurityPolicy", False, "podsecuritypolicies",
             default=default_psp, short_names=("psp",)),
     ]
     # authorization.k8s.io: create-only reviews, answered from RBAC (reviews.py), never stored.
     for v in ("v1", "v1beta1"):
-        for name, kind, namespaced, served in (
-                ("localsubjectaccessreviews", "LocalSubjectAccessReview", True, ("1.7", "1.13")),
-                ("selfsubjectaccessreviews", "SelfSubjectAccessReview", False, ("1.7", "1.13")),
-                ("selfsubjectrulesreviews", "SelfSubjectRulesReview", False, ONLY_113),
-                ("subjectaccessreviews", "SubjectAccessReview", False, ("1.7", "1.13"))):
+        for name, kind, namespaced in (
+                ("localsubjectaccessreviews", "LocalSubjectAccessReview", True),
+                ("selfsubjectaccessreviews", "SelfSubjectAccessReview", False),
+                ("selfsubjectrulesreviews", "SelfSubjectRulesReview", False),
+                ("subjectaccessreviews", "SubjectAccessReview", False)):
             out.append(_rt("authorization.k8s.io", v, name, kind, namespaced, "review:" + name,
-                           verbs=REVIEW_VERBS, served=served))
+                           verbs=REVIEW_VERBS))
     return out
+
+
+def assign_served(registry: list) -> None:
+    """Which version serves each entry: 1.13 from the OpenAPI-derived catalog (schema_catalog.py),
+    1.7 from GVKS_1_7. Every catalog kind must have an entry, and every entry a version."""
+    from .schema_catalog import GVKS_1_13
+    have = set()
+    for rt in registry:
+        gvk = (rt.group, rt.version, rt.kind)
+        have.add(gvk)
+        rt.served = tuple(v for v, gvks in (("1.7", GVKS_1_7), ("1.13", GVKS_1_13)) if gvk in gvks)
+        if not rt.served:
+            raise AssertionError(f"kubesim registry: {gvk} is served by no Kubernetes version")
+    missing = (GVKS_1_13 | GVKS_1_7) - have
+    if missing:
+        raise AssertionError(f"kubesim registry: no entry for {sorted(missing)}")
