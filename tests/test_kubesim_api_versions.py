@@ -261,6 +261,9 @@ def test_replicasets_statefulsets_jobs_are_stored_with_their_status(c13):
     assert job["spec"]["template"]["metadata"]["labels"] == {"controller-uid": uid, "job-name": "once"}
     assert (job["spec"]["completions"], job["spec"]["parallelism"], job["spec"]["backoffLimit"]) == (1, 1, 6)
     assert job["status"] == {}
+    s, svc = raw(c13, "POST", "/api/v1/namespaces/default/services", body={"metadata": {"name": "web"},
+                                                                         "spec": {"ports": [{"port": 80}]}})
+    assert s == 201 and svc["status"] == {"loadBalancer": {}}
 
 
 def test_an_apps_v1_deployment_is_initialized_through_the_version_the_initializer_watches(srv13, c13):

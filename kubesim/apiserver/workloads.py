@@ -254,6 +254,7 @@ INITIAL_STATUS = {
     "replicationcontrollers": {"replicas": 0},
     "poddisruptionbudgets": {"disruptionsAllowed": 0, "currentHealthy": 0, "desiredHealthy": 0,
                              "expectedPods": 0},
+    "services": {"loadBalancer": {}},     # ServiceStatus.LoadBalancer is a struct: always written
 }
 
 
