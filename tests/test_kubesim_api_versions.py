@@ -119,6 +119,8 @@ def test_1_13_resource_entries_are_the_real_ones(c13):
     names = [r for r in raw(c13, "GET", "/apis/apps/v1")[1]["resources"]]
     assert [r["name"] for r in names] == sorted(r["name"] for r in names)
     ext = disc[("extensions", "v1beta1")]
+    # `kubectl get all` lists each workload once: only apps/v1 carries the category
+    assert "categories" not in ext["deployments"] and "categories" not in disc[("apps", "v1beta2")]["deployments"]
     assert ext["deployments/scale"]["kind"] == "Scale" and "group" not in ext["deployments/scale"]
     assert ext["deployments/rollback"]["kind"] == "DeploymentRollback"
     assert disc[("apps", "v1beta1")]["deployments/scale"].get("group") is None

@@ -54,7 +54,7 @@ def resource_list(group: str, version: str, k8s_version: str = "1.13") -> dict:
         entry = _entry(r.name, r, r.kind, r.verbs)
         if r.short_names:
             entry["shortNames"] = list(r.short_names)
-        if r.categories:
+        if r.categories and k8s_version not in r.no_categories_in:
             entry["categories"] = list(r.categories)
         out.append(entry)
         if r.has_status:

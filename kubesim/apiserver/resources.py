@@ -231,6 +231,7 @@ class ResourceType:
     extra_subresources: tuple[str, ...] = ()
     served: tuple[str, ...] = ("1.7", "1.13")   # the k8s versions whose API server serves this GVR
     categories: tuple[str, ...] = ()
+    no_categories_in: tuple[str, ...] = ()       # k8s versions whose storage here says WithCategories(nil)
     default_113: Callable[[dict], None] | None = None   # 1.13's defaults when they differ from 1.7's
     scale: tuple[str, str, str] | None = None    # (group, version, kind) of the ``scale`` subresource's body
     initial_status: dict | None = None           # what the create strategy resets ``status`` to
@@ -330,6 +331,7 @@ from . import workloads as _workloads  # noqa: E402  (its entries build on the o
 
 RESOURCES += _workloads.resource_types()
 _workloads.assign_served(RESOURCES)
+_workloads.assign_categories(RESOURCES)
 
 # Every (group, version, resource) of either Kubernetes version; a server serves its own (served()).
 BY_GVR: dict[tuple[str, str, str], ResourceType] = {(r.group, r.version, r.name): r for r in RESOURCES}

@@ -427,6 +427,17 @@ def resource_types() -> list:
     return out
 
 
+def assign_categories(registry: list) -> None:
+    """``kubectl get all`` must not list a workload twice: the real storage_extensions.go and
+    storage_apps.go register the older group/versions ``WithCategories(nil)`` once a newer one carries
+    ``all`` (1.13: only apps/v1 and batch/v1 workloads; 1.7: extensions, plus apps/v1beta1 StatefulSets)."""
+    for rt in registry:
+        if rt.group == "extensions" or (rt.group == "apps" and rt.version in ("v1beta1", "v1beta2")):
+            rt.no_categories_in = ("1.13",)
+            if rt.group == "apps" and rt.storage == "deployments":
+                rt.no_categories_in = ("1.7", "1.13")
+
+
 def assign_served(registry: list) -> None:
     """Which version serves each entry: 1.13 from the OpenAPI-derived catalog (schema_catalog.py),
     1.7 from GVKS_1_7. Every catalog kind must have an entry, and every entry a version."""
