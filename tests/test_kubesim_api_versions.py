@@ -466,3 +466,19 @@ def test_kubectl_scale_describe_and_can_i(srv13, c13, tmp_path):
     assert (rc, out.strip()) == (0, "yes"), err
     rc, out, err = kubectl(kc, "get", "deployment.apps", "nope")
     assert rc == 1 and 'Error from server (NotFound): deployments.apps "nope" not found' in err
+
+
+@pytest.mark.skipif(not os.path.exists(KUBECTL), reason="kubectl not installed (make setup)")
+def test_kubectl_scale_describe_and_can_i_on_1_7(kubesim_server, tmp_path):
+    kc = kubesim_server.write_kubeconfig(str(tmp_path / "kubeconfig"))
+    c = api_client_for(kubesim_server)
+    raw(c, "POST", "/apis/extensions/v1beta1/namespaces/default/deployments",
+        body={"metadata": {"name": "web"}, "spec": {"template": TEMPLATE}})
+    rc, out, err = kubectl(kc, "scale", "deploy/web", "--replicas=2")
+    assert rc == 0 and "deployment.extensions/web scaled" in out, err
+    s, d = raw(c, "GET", "/apis/apps/v1beta1/namespaces/default/deployments/web")
+    assert d["spec"]["replicas"] == 2
+    rc, out, err = kubectl(kc, "describe", "deploy", "web")
+    assert rc == 0 and "Name:         web" in out, err
+    rc, out, err = kubectl(kc, "auth", "can-i", "create", "deployments")
+    assert (rc, out.strip()) == (0, "yes"), err
