@@ -238,10 +238,6 @@ class DeploymentV1(Conversion):
         _pop_annotation(obj, ROLLBACK_ANNOTATION)
 
 
-class WithoutTemplateGeneration(Conversion):
-    """ReplicaSets/Deployments have no templateGeneration; DaemonSets via extensions keep it."""
-
-
 # ---- create strategies, update validation --------------------------------------------------
 
 INITIAL_STATUS = {
@@ -317,9 +313,11 @@ class GoRepr:
 
 
 def validate_update(rt, new: dict, cur: dict, k8s_version: str) -> list[FieldError]:
-    if k8s_version == "1.7" or rt.storage not in ("deployments", "daemonsets", "replicasets", "statefulsets"):
+    """1.13's deployment/daemonset/replicaset ValidateUpdate: the selector may change only through
+    apps/v1beta1 and extensions/v1beta1 (the request's group/version decides)."""
+    if k8s_version == "1.7" or rt.storage not in ("deployments", "daemonsets", "replicasets"):
         return []
-    if (rt.group, rt.version) in SELECTOR_MUTABLE and rt.storage != "statefulsets":
+    if (rt.group, rt.version) in SELECTOR_MUTABLE:
         return []
     old_sel = (cur.get("spec") or {}).get("selector")
     new_sel = (new.get("spec") or {}).get("selector")
