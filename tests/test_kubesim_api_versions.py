@@ -482,3 +482,22 @@ def test_kubectl_scale_describe_and_can_i_on_1_7(kubesim_server, tmp_path):
     assert rc == 0 and "Name:         web" in out, err
     rc, out, err = kubectl(kc, "auth", "can-i", "create", "deployments")
     assert (rc, out.strip()) == (0, "yes"), err
+
+
+def test_impersonation_needs_the_impersonate_verb_and_runs_as_the_user(srv13):
+    """kubectl --as / --as-group: the impersonated user's groups (a service account's own without
+    --as-group, plus system:authenticated) decide; impersonating needs `impersonate` on users/groups/
+    serviceaccounts."""
+    admin = api_client_for(srv13)
+    admin.set_default_header("Impersonate-User", "system:serviceaccount:default:x")
+    review = {"spec": {"resourceAttributes": {"namespace": "default", "verb": "list", "resource": "secrets"}}}
+    s, out = raw(admin, "POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", body=review)
+    assert s == 201 and out["status"] == {"allowed": False}
+    s, body = raw(admin, "GET", "/api/v1/namespaces/default/secrets")
+    assert s == 403 and body["message"].startswith('secrets is forbidden: User "system:serviceaccount:default:x"')
+    sa = api_client_for(srv13, srv13.service_account_token("default", "y"))
+    sa.set_default_header("Impersonate-User", "bob")
+    s, body = raw(sa, "GET", "/api/v1/namespaces/default/pods")
+    assert s == 403 and body["message"] == ('users "bob" is forbidden: User "system:serviceaccount:default:y" cannot '
+                                           'impersonate resource "users" in API group "" at the cluster scope')
+    assert body["details"] == {"name": "bob", "kind": "users"}

@@ -27,7 +27,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import structlog
 
-from . import admission, discovery, errors, patch as patchlib, resources, reviews, scale, selectors, validation, workloads
+from . import (admission, discovery, errors, impersonation, patch as patchlib, resources, reviews, scale, selectors,
+               validation, workloads)
 from .certs import make_ca_and_serving_cert
 from .errors import APIError, FieldError
 from .faults import FaultSpec
@@ -623,6 +624,7 @@ class APIServer:
         h.kubesim_user = user.name if user else None
         if user is None:
             raise errors.unauthorized()
+        user = impersonation.apply(self, h.headers, user)
         req = self._resolve(method, path, query)
         if req is None:
             # No route: the apiserver's mux answers with net/http's NotFound (text, not a Status);
