@@ -501,3 +501,17 @@ def test_impersonation_needs_the_impersonate_verb_and_runs_as_the_user(srv13):
     assert s == 403 and body["message"] == ('users "bob" is forbidden: User "system:serviceaccount:default:y" cannot '
                                            'impersonate resource "users" in API group "" at the cluster scope')
     assert body["details"] == {"name": "bob", "kind": "users"}
+
+
+def test_self_subject_rules_review_includes_the_bootstrap_policy(srv13):
+    sa = api_client_for(srv13, srv13.service_account_token("default", "rules"))
+    s, out = raw(sa, "POST", "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews",
+                 body={"spec": {"namespace": "default"}})
+    assert s == 201 and out["status"]["incomplete"] is False
+    assert {"verbs": ["create"], "apiGroups": ["authorization.k8s.io"],
+            "resources": ["selfsubjectaccessreviews", "selfsubjectrulesreviews"]} in out["status"]["resourceRules"]
+    assert any("/version" in r["nonResourceURLs"] for r in out["status"]["nonResourceRules"])
+    s, out = raw(sa, "POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", body={"spec": {
+        "resourceAttributes": {"verb": "create", "group": "authorization.k8s.io",
+                               "resource": "selfsubjectaccessreviews"}}})
+    assert out["status"]["allowed"] is True and "system:basic-user" in out["status"]["reason"]

@@ -15,6 +15,15 @@ from . import errors
 from .rbac import User, _subject_applies, rule_allows
 
 
+# The bootstrap policy every authenticated user has (1.13 system:basic-user and system:discovery,
+# bound to system:authenticated), which kubesim applies without storing the objects.
+BASIC_USER_RULES = [{"verbs": ["create"], "apiGroups": ["authorization.k8s.io"],
+                     "resources": ["selfsubjectaccessreviews", "selfsubjectrulesreviews"]}]
+DISCOVERY_URLS = ["/api", "/api/*", "/apis", "/apis/*", "/healthz", "/openapi", "/openapi/*",
+                  "/swagger-2.0.0.pb-v1", "/swagger.json", "/swaggerapi", "/swaggerapi/*", "/version", "/version/"]
+DISCOVERY_RULES = [{"verbs": ["get"], "nonResourceURLs": DISCOVERY_URLS}]
+
+
 def open_to_everyone(rt) -> bool:
     """Self reviews are allowed to every user (bootstrap ClusterRole ``system:basic-user``, bound to
     ``system:authenticated``), which kubesim does not store as an object."""
@@ -75,6 +84,10 @@ def decide(api, user: User, attrs: dict | None, non_resource: dict | None) -> di
     verb, group, resource = a.get("verb", ""), a.get("group", ""), a.get("resource", "")
     sub, name, ns = a.get("subresource", ""), a.get("name", ""), a.get("namespace", "")
     reason = rbac_reason(api.store, user, verb, group, resource, sub, name, ns)
+    if reason is None and "system:authenticated" in user.groups and not sub and \
+            any(rule_allows(r, verb, group, resource, sub, name) for r in BASIC_USER_RULES):
+        reason = ('RBAC: allowed by ClusterRoleBinding "system:basic-user" of ClusterRole "system:basic-user" '
+                  'to Group "system:authenticated"')
     if reason is None:
         return {"allowed": False}
     return {"allowed": True, "reason": reason} if api.k8s_version != "1.7" else {"allowed": True}
@@ -114,7 +127,9 @@ def create(api, h, req, user: User) -> None:
 
 
 def _rules(api, user: User, namespace: str) -> dict:
-    rules = api.authorizer.rules_for(user, namespace)
+    rules = list(api.authorizer.rules_for(user, namespace))
+    if "system:authenticated" in user.groups:
+        rules += BASIC_USER_RULES + DISCOVERY_RULES
     res, nonres = [], []
     for r in rules:
         if r.get("nonResourceURLs"):
