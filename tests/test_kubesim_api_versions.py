@@ -515,3 +515,13 @@ def test_self_subject_rules_review_includes_the_bootstrap_policy(srv13):
         "resourceAttributes": {"verb": "create", "group": "authorization.k8s.io",
                                "resource": "selfsubjectaccessreviews"}}})
     assert out["status"]["allowed"] is True and "system:basic-user" in out["status"]["reason"]
+
+
+def test_delete_answers_a_success_status_in_go_field_order(c13):
+    raw(c13, "POST", "/apis/apps/v1/namespaces/default/deployments", body={
+        "metadata": {"name": "gone"}, "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": TEMPLATE}})
+    uid = raw(c13, "GET", "/apis/apps/v1/namespaces/default/deployments/gone")[1]["metadata"]["uid"]
+    s, body = raw(c13, "DELETE", "/apis/apps/v1/namespaces/default/deployments/gone")
+    assert s == 200 and ordered(body) == ordered({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+        "details": {"name": "gone", "group": "apps", "kind": "deployments", "uid": uid}})

@@ -1251,7 +1251,7 @@ class APIServer:
         if rt.group:
             details["group"] = rt.group
         self._send_json(h, 200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-                                 "details": details})
+                                 "details": errors.status_details(details)})
 
     def _verb_deletecollection(self, h, req: Request, user, exempt) -> None:
         rt = req.rt
