@@ -261,6 +261,7 @@ def test_replicasets_statefulsets_jobs_are_stored_with_their_status(c13):
     uid = job["metadata"]["uid"]
     assert job["spec"]["selector"] == {"matchLabels": {"controller-uid": uid}}
     assert job["spec"]["template"]["metadata"]["labels"] == {"controller-uid": uid, "job-name": "once"}
+    assert job["metadata"]["labels"] == {"controller-uid": uid, "job-name": "once"}
     assert (job["spec"]["completions"], job["spec"]["parallelism"], job["spec"]["backoffLimit"]) == (1, 1, 6)
     assert job["status"] == {}
     s, svc = raw(c13, "POST", "/api/v1/namespaces/default/services", body={"metadata": {"name": "web"},

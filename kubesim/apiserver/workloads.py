@@ -273,6 +273,10 @@ def prepare_create(rt, obj: dict) -> None:
         labels.update({"controller-uid": uid, "job-name": obj["metadata"]["name"]})
         tmeta["labels"] = labels
         spec["selector"] = {"matchLabels": {"controller-uid": uid}}
+        if not obj["metadata"].get("labels"):
+            # batch/v1 defaulting copies the template's labels to an unlabelled Job; a real server
+            # also runs it when it decodes the stored object, after the labels above were added.
+            obj["metadata"]["labels"] = dict(labels)
 
 
 SELECTOR_MUTABLE = {("apps", "v1beta1"), ("extensions", "v1beta1")}
