@@ -526,3 +526,46 @@ def test_delete_answers_a_success_status_in_go_field_order(c13):
     assert s == 200 and ordered(body) == ordered({
         "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
         "details": {"name": "gone", "group": "apps", "kind": "deployments", "uid": uid}})
+
+
+def test_every_1_13_kind_read_back_validates_strictly_against_1_13(kubesim_server_factory):
+    """What 1.13 mode returns has the 1.13 shape: no field a 1.13 type lacks, whatever version created it."""
+    srv = kubesim_server_factory(k8s_version="1.13")
+    c = api_client_for(srv)
+    sel = {"matchLabels": {"app": "web"}}
+    posts = [
+        ("/apis/apps/v1/namespaces/default/deployments", {"metadata": {"name": "d"}, "spec": {"selector": sel, "template": TEMPLATE}}),
+        ("/apis/extensions/v1beta1/namespaces/default/daemonsets", {"metadata": {"name": "ds"}, "spec": {"template": TEMPLATE}}),
+        ("/apis/apps/v1/namespaces/default/replicasets", {"metadata": {"name": "rs"}, "spec": {"selector": sel, "template": TEMPLATE}}),
+        ("/apis/apps/v1beta1/namespaces/default/statefulsets", {"metadata": {"name": "ss"}, "spec": {"serviceName": "s", "template": TEMPLATE}}),
+        ("/apis/batch/v1/namespaces/default/jobs", {"metadata": {"name": "j"}, "spec": {"template": {"spec": {
+            "restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox"}]}}}}),
+        ("/api/v1/namespaces/default/replicationcontrollers", {"metadata": {"name": "rc"}, "spec": {"template": TEMPLATE}}),
+        ("/apis/policy/v1beta1/namespaces/default/poddisruptionbudgets", {"metadata": {"name": "pdb"}, "spec": {"selector": sel, "minAvailable": 1}}),
+        ("/apis/admissionregistration.k8s.io/v1beta1/mutatingwebhookconfigurations", {"metadata": {"name": "w"}, "webhooks": [
+            {"name": "w.example.com", "clientConfig": {"service": {"namespace": "default", "name": "w"}}}]}),
+    ]
+    reads = []
+    for path, body in posts:
+        s, obj = raw(c, "POST", path, body=body)
+        assert s == 201, obj
+        name = obj["metadata"]["name"]
+        for gv in ({"deployments": ["apps/v1", "apps/v1beta2", "apps/v1beta1", "extensions/v1beta1"],
+                    "daemonsets": ["apps/v1", "apps/v1beta2", "extensions/v1beta1"],
+                    "replicasets": ["apps/v1", "extensions/v1beta1"],
+                    "statefulsets": ["apps/v1", "apps/v1beta1"]}.get(path.rsplit("/", 1)[1]) or [None]):
+            p = path if gv is None else "/apis/" + gv + "/" + path.split("/", 4)[4]
+            reads.append(raw(c, "GET", f"{p}/{name}")[1])
+    reads.append(raw(c, "GET", "/apis/apps/v1/namespaces/default/deployments/d/scale")[1])
+    reads.append(raw(c, "GET", "/apis/extensions/v1beta1/namespaces/default/deployments/d/scale")[1])
+    review = raw(c, "POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", body={
+        "apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+        "spec": {"resourceAttributes": {"verb": "get", "resource": "pods"}}})[1]
+    assert review["metadata"] == {"creationTimestamp": None}    # a zero metav1.Time, as the real server writes
+    reads.append(dict(review, metadata={}))                    # (the schema types it as a string)
+    for obj in reads:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            kubernetes_validate.validate(obj, "1.13.0", strict=True)
+    assert {o["apiVersion"] for o in reads} >= {"apps/v1", "apps/v1beta2", "apps/v1beta1", "extensions/v1beta1",
+                                                "batch/v1", "policy/v1beta1", "autoscaling/v1", "v1"}
