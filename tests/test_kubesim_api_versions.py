@@ -569,3 +569,31 @@ def test_every_1_13_kind_read_back_validates_strictly_against_1_13(kubesim_serve
             kubernetes_validate.validate(obj, "1.13.0", strict=True)
     assert {o["apiVersion"] for o in reads} >= {"apps/v1", "apps/v1beta2", "apps/v1beta1", "extensions/v1beta1",
                                                 "batch/v1", "policy/v1beta1", "autoscaling/v1", "v1"}
+
+
+def test_1_7_kinds_read_back_validate_strictly_against_1_8(kubesim_server):
+    c = api_client_for(kubesim_server)
+    posts = [
+        ("/apis/extensions/v1beta1/namespaces/default/replicasets", {"metadata": {"name": "rs"}, "spec": {"template": TEMPLATE}}),
+        ("/apis/apps/v1beta1/namespaces/default/statefulsets", {"metadata": {"name": "ss"}, "spec": {"serviceName": "s", "template": TEMPLATE}}),
+        ("/apis/batch/v1/namespaces/default/jobs", {"metadata": {"name": "j"}, "spec": {"template": {"spec": {
+            "restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox"}]}}}}),
+        ("/api/v1/namespaces/default/replicationcontrollers", {"metadata": {"name": "rc"}, "spec": {"template": TEMPLATE}}),
+        ("/apis/policy/v1beta1/namespaces/default/poddisruptionbudgets", {"metadata": {"name": "pdb"}, "spec": {
+            "selector": {"matchLabels": {"app": "web"}}, "minAvailable": 1}}),
+        ("/apis/extensions/v1beta1/namespaces/default/deployments", {"metadata": {"name": "d"}, "spec": {"template": TEMPLATE}}),
+    ]
+    reads = []
+    for path, body in posts:
+        s, obj = raw(c, "POST", path, body=body)
+        assert s == 201, obj
+        reads.append(raw(c, "GET", f"{path}/{obj['metadata']['name']}")[1])
+    reads.append(raw(c, "GET", "/apis/extensions/v1beta1/namespaces/default/deployments/d/scale")[1])
+    reads.append(raw(c, "GET", "/apis/apps/v1beta1/namespaces/default/deployments/d/scale")[1])
+    pdb = next(o for o in reads if o["kind"] == "PodDisruptionBudget")
+    assert pdb["status"]["disruptedPods"] is None       # written as null (no omitempty in 1.7/1.8) ...
+    pdb["status"]["disruptedPods"] = {}                 # ... which the schema types as an object
+    for obj in reads:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            kubernetes_validate.validate(obj, "1.8.0", strict=True)

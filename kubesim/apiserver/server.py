@@ -954,7 +954,7 @@ class APIServer:
                 meta["initializers"] = {"pending": [{"name": n} for n in names]}
         self._validate_common(rt, obj)
         self._fill_new_meta(rt, obj)
-        workloads.prepare_create(rt, obj)
+        workloads.prepare_create(rt, obj, self.k8s_version)
         name = meta["name"]
         uninitialized = meta.get("initializers") is not None
         if self.k8s_version == "1.7":

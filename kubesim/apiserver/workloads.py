@@ -254,11 +254,13 @@ INITIAL_STATUS = {
 }
 
 
-def prepare_create(rt, obj: dict) -> None:
+def prepare_create(rt, obj: dict, k8s_version: str = "1.13") -> None:
     """The create strategy after the system fields (uid) are set: status reset, DaemonSet
     templateGeneration 1, and a Job's generated selector (jobStrategy.Validate's generateSelector)."""
     if rt.storage in INITIAL_STATUS:
         obj["status"] = copy.deepcopy(INITIAL_STATUS[rt.storage])
+        if rt.storage == "poddisruptionbudgets" and k8s_version == "1.7":
+            obj["status"]["disruptedPods"] = None     # not omitempty in 1.7 (required in the 1.8 schema)
     spec = obj.get("spec")
     if not isinstance(spec, dict):
         return
