@@ -49,7 +49,7 @@ def render_chart() -> list[dict]:
         pytest.fail(f"Helm binary not found at {HELM}: run `make setup` or set TPROXY_HELM")
     out = subprocess.run(
         [HELM, "template", "tproxy", str(REPO / "chart"), "--namespace", "tproxy-system", "--kube-version",
-         "1.13.0", "--api-versions", "admissionregistration.k8s.io/v1alpha1",
+         "1.7.16", "--api-versions", "admissionregistration.k8s.io/v1alpha1",
          "--set", "tproxy.useRBAC=true,tproxy.useInitializer=true"],
         capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
