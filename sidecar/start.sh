@@ -10,6 +10,6 @@ set -eu
 : "${TPROXY_VERIFY_TIMEOUT:=60}"
 export TPROXY_VERIFY TPROXY_VERIFY_TIMEOUT
 # The package root (/opt/tproxy in the image) first, so a checkout works without installing.
-root=$(CDPATH= cd -- "$(dirname -- "$0")/.." && pwd)
+root=$(CDPATH='' cd -- "$(dirname -- "$0")/.." && pwd)
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 exec "${TPROXY_PYTHON:-python3}" -m sidecar "$@"
