@@ -17,6 +17,10 @@ What is mutated (initializer/README.md, "Webhook mode", says why):
 - ``Pod`` (core ``v1``), CREATE: opted in by the annotation on the Pod itself (a Pod from an injected
   template carries it), so Jobs, StatefulSets, DaemonSets, bare Pods and the pods of a
   ``kubectl rollout restart`` are covered. A Pod UPDATE cannot change the containers: allowed untouched.
+- A Pod CREATE or a Deployment UPDATE whose object already carries our init containers (by name) but
+  defined otherwise (injected under an older config, or locked by hand) is allowed untouched
+  (``kept``): refusing it would stop every locked workload from making pods after a sidecar upgrade.
+  A Deployment CREATE in that state is refused, as the Initializer refuses it.
 - Everything else (other kinds, subresources, DELETE, CONNECT): allowed untouched.
 """
 from __future__ import annotations
@@ -32,7 +36,8 @@ import jsonpatch
 from controllerkit import optin
 
 from .config import InjectionConfig
-from .mutate import FAILURE_PREFIX, InjectionConflict, apply_injection, failure_status, inject_pod
+from .mutate import (FAILURE_PREFIX, InjectionConflict, _effective_init_containers, apply_injection,
+                     failure_status, inject_pod)
 
 API_GROUP = "admission.k8s.io"
 VERSIONS = ("v1", "v1beta1")
@@ -43,6 +48,7 @@ INJECTED = "injected"      # allowed, with a patch
 UNCHANGED = "unchanged"    # opted in and already injected: allowed, no patch
 SKIPPED = "skipped"        # not opted in / excluded namespace: allowed, no patch
 IGNORED = "ignored"        # not a kind/operation we mutate: allowed, no patch
+KEPT = "kept"              # already carries our init containers, defined otherwise: allowed, no patch
 DENIED = "denied"          # allowed: false, with a Status
 
 
@@ -161,6 +167,13 @@ def review(rv: Review, cfg: Optional[InjectionConfig], *, annotation: str, requi
         else:
             inject_pod(new, cfg, annotation=annotation, prefix="", what="pod")
     except InjectionConflict as exc:
+        if (is_pod or rv.operation == "UPDATE") and _carries_ours(rv.obj, cfg, is_deploy):
+            # Injected under another config version (or locked by hand, manual mode): a Pod of an old
+            # template, or an update of a Deployment injected before the config changed. Refusing would
+            # stop every locked workload from making pods after a sidecar upgrade; it keeps its lock.
+            return Answer(True, KEPT, f"already carries tproxy's init container(s) "
+                                      f"{', '.join(c['name'] for c in cfg.containers)} defined otherwise "
+                                      f"(another config version, or added by hand): left as is ({exc})")
         return _deny(str(exc))
     if bundle_check is not None:
         refusal = bundle_check(rv.namespace, rv.kind)
@@ -171,6 +184,15 @@ def review(rv: Review, cfg: Optional[InjectionConfig], *, annotation: str, requi
     if not patch:
         return Answer(True, UNCHANGED, "already injected")
     return Answer(True, INJECTED, "injected", patch=patch)
+
+
+def _carries_ours(obj: dict, cfg: InjectionConfig, is_deploy: bool) -> bool:
+    pod_like = ((obj.get("spec") or {}).get("template") or {}) if is_deploy else obj
+    try:
+        have = {c.get("name") for c in _effective_init_containers(pod_like) if isinstance(c, dict)}
+    except InjectionConflict:
+        return False
+    return bool(cfg.containers) and all(c["name"] in have for c in cfg.containers)
 
 
 def response(rv_or_version, uid: str, answer: Answer) -> dict:
@@ -186,4 +208,4 @@ def response(rv_or_version, uid: str, answer: Answer) -> dict:
 
 
 __all__ = ["API_GROUP", "VERSIONS", "BadReview", "Review", "Answer", "parse_review", "review", "response",
-           "INJECTED", "UNCHANGED", "SKIPPED", "IGNORED", "DENIED", "FAILURE_PREFIX"]
+           "INJECTED", "UNCHANGED", "SKIPPED", "IGNORED", "KEPT", "DENIED", "FAILURE_PREFIX"]

@@ -42,7 +42,8 @@ WEBHOOK_REVIEWS = Counter(
     "tproxy_initializer_webhook_reviews_total",
     "AdmissionReviews answered, by the reviewed object's kind, the operation and the outcome "
     "(injected = allowed with a patch, unchanged = already injected, skipped = not opted in or excluded, "
-    "ignored = not a kind/operation we mutate, denied = allowed: false with a Status)",
+    "ignored = not a kind/operation we mutate, kept = carries our init containers from another config version, "
+    "denied = allowed: false with a Status)",
     ["kind", "operation", "outcome"])
 WEBHOOK_LATENCY = Histogram(
     "tproxy_initializer_webhook_review_seconds",

@@ -610,3 +610,25 @@ def test_unusable_certificate_exits_1_saying_why(tmp_path):
                str(tmp_path / "missing.key"), "--metrics-port", "0")
     assert out.returncode == 1
     assert "cannot load the serving certificate" in out.stderr and "missing.crt" in out.stderr
+
+
+def test_objects_injected_under_an_older_config_keep_their_lock_and_are_not_refused(env):
+    """After the sidecar image changes in the config, pods of templates injected before must still be
+    created (a refusal would stop every locked workload from scaling), and updates of those Deployments
+    still pass; a *create* of such a Deployment is refused, as the Initializer refuses it."""
+    old = jsonpatch.apply_patch(tutorial_deployment(), patch_of(env.review(review_of(tutorial_deployment()))))
+    env.config = parse_config(CONFIG.replace("tproxy-sidecar:0.1.0", "tproxy-sidecar:0.2.0"))
+    tpl = old["spec"]["template"]
+    p = with_server_defaults({"apiVersion": "v1", "kind": "Pod", "metadata": copy.deepcopy(tpl["metadata"]),
+                              "spec": copy.deepcopy(tpl["spec"])})
+    for rev in (review_of(p, namespace="default"), review_of(old, operation="UPDATE")):
+        resp = env.review(rev)
+        assert resp["allowed"] is True and "patch" not in resp
+        line = env.log.events("admission_review")[-1]
+        assert line["outcome"] == "kept" and "init container 'tproxy' with a different definition" in line["reason"]
+    resp = env.review(review_of(old))
+    assert resp["allowed"] is False and "init container 'tproxy'" in resp["status"]["message"]
+    # a conflict that is not about our init container is still refused on a Pod
+    p["spec"]["volumes"] = [{"name": "ca-certs-debian", "emptyDir": {}}]
+    p["spec"]["initContainers"] = []
+    assert env.review(review_of(p, namespace="default"))["allowed"] is False
