@@ -96,6 +96,8 @@ def parse_review(body: bytes) -> Review:
         doc = json.loads(body)
     except (UnicodeDecodeError, ValueError) as exc:
         raise BadReview(f"the body is not JSON: {exc}") from None
+    except RecursionError:
+        raise BadReview("the body is nested too deeply to be an AdmissionReview") from None
     _require(isinstance(doc, dict), f"expected an AdmissionReview object, got a JSON {type(doc).__name__}")
     api_version = doc.get("apiVersion")
     supported = ", ".join(f"{API_GROUP}/{v}" for v in VERSIONS)

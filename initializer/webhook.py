@@ -406,6 +406,9 @@ class WebhookServer:
                     out = server.webhook.handle(body)
                 except admission.BadReview as exc:
                     return self._error(400, "malformed", f"malformed AdmissionReview: {exc}")
+                except Exception as exc:  # noqa: BLE001 - answer, never drop the connection silently
+                    server.log.exception("review_crashed", error=str(exc))
+                    return self._error(500, "internal", f"internal error: {type(exc).__name__}: {exc}")
                 self._send(200, json.dumps(out, separators=(",", ":")).encode())
 
             def _drain_or_close(self):

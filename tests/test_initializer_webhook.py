@@ -425,6 +425,7 @@ def test_audit_line_and_metrics_per_review(env):
      "request.dryRun must be a boolean"),
     (json.dumps({**review_of(pod()), "request": {**review_of(pod())["request"], "kind": "Pod"}}).encode(),
      "request.kind must be an object"),
+    (b"[" * 30000 + b"]" * 30000, "nested too deeply"),
 ])
 def test_malformed_review_is_400_with_a_clear_message_and_the_connection_survives(env, body, message):
     conn = env.connect()
