@@ -32,7 +32,6 @@ import pytest
 import trustme
 import yaml
 
-from initializer import admission
 from initializer.config import parse_config
 from initializer.mutate import INJECT, FAIL, decide
 from initializer.rootcerts import CopyRefused

@@ -7,16 +7,13 @@ POSTed by the test, as kube-apiserver would.
 """
 from __future__ import annotations
 
-import base64
 import functools
 import json
-import os
 import signal
 import socket
 import ssl
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -27,9 +24,9 @@ import trustme
 from controllerkit import errors
 from controllerkit.kube import Client, resource_path
 from initializer.rootcerts import COPY_OF_ANNOTATION
-from initializer.webhook import PENDING, PRESENT, REFUSED, Webhook, WebhookController
+from initializer.webhook import PRESENT, REFUSED, Webhook, WebhookController
 from kubesim.testing import wait_for
-from test_initializer_webhook import (ANN, CONFIG, Recorder, patch_of, pod, review_of, tutorial_deployment,
+from test_initializer_webhook import (CONFIG, Recorder, patch_of, review_of, tutorial_deployment,
                                       verify_like_apiserver, write_pair)
 
 REPO = Path(__file__).resolve().parent.parent
