@@ -72,7 +72,7 @@ def _both(p: argparse.ArgumentParser, name: str, **kw) -> None:
     p.add_argument("-" + name, "--" + name, **kw)
 
 
-def _add_shared(p: argparse.ArgumentParser, *, what: str) -> None:
+def _add_shared(p: argparse.ArgumentParser, *, what: str, left: str) -> None:
     """The flags both modes take, with the same names and defaults."""
     p.add_argument("-h", "-help", "--help", action="help", help="show this help and exit (Go's -help works too)")
     _both(p, "annotation", default=DEFAULT_ANNOTATION, metavar="KEY",
@@ -84,7 +84,7 @@ def _add_shared(p: argparse.ArgumentParser, *, what: str) -> None:
           help="namespace of the ConfigMap (default: %(default)s)")
     _both(p, "require-annotation", dest="require_annotation", nargs="?", const=True, default=False,
           type=parse_bool, metavar="BOOL",
-          help=f"inject only into {what} whose annotation is \"true\"; others are left untouched "
+          help=f"inject only into {what} whose annotation is \"true\"; others are {left} untouched "
                "(accepts -require-annotation, -require-annotation=true|false; default: false)")
     _both(p, "kubeconfig", default=None, metavar="PATH",
           help="kubeconfig file (default: $KUBECONFIG, else the in-cluster service account)")
@@ -94,7 +94,7 @@ def _add_shared(p: argparse.ArgumentParser, *, what: str) -> None:
           help="address to serve metrics on (default: %(default)s)")
     _both(p, "exclude-namespaces", dest="exclude_namespaces", type=parse_namespaces, default=[],
           metavar="NS[,NS...]",
-          help=f"namespaces whose {what} are never injected (comma-separated)")
+          help=f"namespaces whose {what} are {left} without injection (comma-separated)")
     _both(p, "root-certs-configmap", dest="root_certs_configmap", default="", metavar="NAME",
           help="the ConfigMap holding the proxy's CA bundle that injected pods mount: a copy of it (same "
                "name) is kept in every namespace that needs one, following the source when it changes; "
@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                "are both accepted. Metrics, /healthz and /readyz are served on --metrics-port. "
                "Webhook mode (clusters without Initializers): python3 -m initializer webhook --help.",
         allow_abbrev=False, add_help=False)
-    _add_shared(p, what="deployments")
+    _add_shared(p, what="deployments", left="released")
     _both(p, "initializer-name", default=DEFAULT_INITIALIZER_NAME, metavar="NAME", dest="initializer_name",
           help="our name in metadata.initializers.pending (default: %(default)s)")
     _both(p, "workers", type=parse_workers, default=2, metavar="N", help="sync worker threads (default: %(default)s)")
@@ -147,7 +147,7 @@ def build_webhook_parser() -> argparse.ArgumentParser:
                "the new pair; open ones keep theirs). Metrics, /healthz and /readyz are served on "
                "--metrics-port over HTTP.",
         allow_abbrev=False, add_help=False)
-    _add_shared(p, what="deployments and pods")
+    _add_shared(p, what="deployments and pods", left="allowed")
     _both(p, "tls-cert-file", dest="tls_cert_file", required=True, metavar="FILE",
           help="PEM serving certificate (chain) for the webhook (required)")
     _both(p, "tls-private-key-file", dest="tls_private_key_file", required=True, metavar="FILE",
