@@ -42,6 +42,10 @@ DEFAULT_PATH = "/mutate"
 DEFAULT_MAX_BODY = 7 * 1024 * 1024
 # A client that opens a connection and then sends nothing (or trickles) is dropped after this long.
 DEFAULT_IO_TIMEOUT = 10.0
+# A kept-alive connection may wait this long for its next request. Longer than the 90 s after which
+# kube-apiserver's client (Go's transport defaults) closes idle connections itself, so the client, not
+# the server, closes them: no request is ever sent on a connection the server is closing.
+DEFAULT_IDLE_TIMEOUT = 120.0
 
 PRESENT, PENDING, REFUSED = "present", "pending", "refused"
 
@@ -343,7 +347,7 @@ class WebhookServer:
 
     def __init__(self, webhook: Webhook, certs: CertReloader, *, port: int = DEFAULT_PORT, host: str = "0.0.0.0",
                  path: str = DEFAULT_PATH, max_body: int = DEFAULT_MAX_BODY, io_timeout: float = DEFAULT_IO_TIMEOUT,
-                 logger=None):
+                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT, logger=None):
         self.webhook = webhook
         self.certs = certs
         self.host = host
@@ -351,6 +355,7 @@ class WebhookServer:
         self.path = path
         self.max_body = max_body
         self.io_timeout = io_timeout
+        self.idle_timeout = idle_timeout
         self.log = logger or structlog.get_logger("initializer")
         self._httpd: Optional[_TLSServer] = None
         self._thread: Optional[threading.Thread] = None
@@ -428,7 +433,17 @@ class WebhookServer:
                                    f"{self.command} {self.path.split('?', 1)[0]}: POST AdmissionReviews "
                                    f"to {server.path}")
 
+            served = False
+
+            def parse_request(self):
+                # the request has begun: its headers and body must come within the I/O timeout
+                self.connection.settimeout(server.io_timeout)
+                return super().parse_request()
+
             def handle_one_request(self):
+                if self.served:  # kept alive: waiting for the next request (the handshake had io_timeout)
+                    self.connection.settimeout(server.idle_timeout)
+                self.served = True
                 try:
                     super().handle_one_request()
                 except (ssl.SSLError, socket.timeout, ConnectionError, OSError) as exc:

@@ -467,6 +467,18 @@ def test_huge_body_is_413_without_being_read(env):
                                                        {"reason": "too_large"}) >= 1
 
 
+def test_a_kept_alive_connection_outlives_the_request_timeout(env):
+    """kube-apiserver keeps connections open between reviews (and closes them itself after 90 s idle):
+    a connection idle for longer than the per-request I/O timeout must still answer."""
+    conn = env.connect()
+    try:
+        assert env.review(review_of(pod()), conn=conn)["allowed"] is True
+        time.sleep(env.server.io_timeout + 0.5)
+        assert patch_of(env.review(review_of(pod()), conn=conn))
+    finally:
+        conn.close()
+
+
 def test_a_client_that_sends_nothing_does_not_delay_others(env):
     """A connection that never completes its handshake (or its request) holds only its own thread."""
     idle = [socket.create_connection(("127.0.0.1", env.server.port)) for _ in range(5)]
