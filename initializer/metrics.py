@@ -36,3 +36,28 @@ ROOT_CERTS_COPIES = Counter(
     "tproxy_initializer_root_certs_copies_total",
     "Copies of the CA bundle ensured in application namespaces, by outcome "
     "(created, updated, unchanged, refused = forbidden or name taken, error = retried)", ["outcome"])
+
+# Webhook mode (python3 -m initializer webhook). Config, CA bundle and copy metrics are the ones above.
+WEBHOOK_REVIEWS = Counter(
+    "tproxy_initializer_webhook_reviews_total",
+    "AdmissionReviews answered, by the reviewed object's kind, the operation and the outcome "
+    "(injected = allowed with a patch, unchanged = already injected, skipped = not opted in or excluded, "
+    "ignored = not a kind/operation we mutate, kept = carries our init containers from another config version, "
+    "denied = allowed: false with a Status)",
+    ["kind", "operation", "outcome"])
+WEBHOOK_LATENCY = Histogram(
+    "tproxy_initializer_webhook_review_seconds",
+    "Time to decide one review and build its answer (body read and TLS excluded)",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1))
+WEBHOOK_BAD_REQUESTS = Counter(
+    "tproxy_initializer_webhook_bad_requests_total",
+    "Requests answered with an HTTP error instead of a review, by reason "
+    "(malformed, too_large, length_required, truncated, content_type, not_found, method)", ["reason"])
+WEBHOOK_CERT_RELOADS = Counter(
+    "tproxy_initializer_webhook_certificate_reloads_total", "Serving certificate/key pairs reloaded after a change")
+WEBHOOK_CERT_ERRORS = Counter(
+    "tproxy_initializer_webhook_certificate_errors_total",
+    "Changed serving certificate/key files that could not be loaded (the last good pair stays in use)")
+WEBHOOK_CERT_LOADED = Gauge(
+    "tproxy_initializer_webhook_certificate_loaded_timestamp_seconds",
+    "When the serving certificate in use was loaded (Unix time)")

@@ -127,7 +127,7 @@ def _merge_named(existing: list, wanted: list, *, key: str, what: str, where: st
     return existing, to_add
 
 
-def _effective_init_containers(template: dict) -> list:
+def _effective_init_containers(template: dict, what: str = "pod template") -> list:
     """The init containers a 1.7 server would use: an init-containers annotation overrides the field."""
     ann = (template.get("metadata") or {}).get("annotations") or {}
     for key in INIT_ANNOTATIONS:
@@ -135,49 +135,52 @@ def _effective_init_containers(template: dict) -> list:
             try:
                 value = json.loads(ann[key]) if ann[key] else []
             except (TypeError, ValueError) as exc:
-                raise InjectionConflict(f"pod template annotation {key} is not valid JSON: {exc}") from None
+                raise InjectionConflict(f"{what} annotation {key} is not valid JSON: {exc}") from None
             if not isinstance(value, list):
-                raise InjectionConflict(f"pod template annotation {key} must be a JSON list of containers")
+                raise InjectionConflict(f"{what} annotation {key} must be a JSON list of containers")
             return value
     return list((template.get("spec") or {}).get("initContainers") or [])
 
 
-def apply_injection(deployment: dict, cfg: InjectionConfig, *, annotation: str) -> dict:
-    """Inject ``cfg`` into ``deployment`` (modified in place and returned; pass a deep copy).
+def inject_pod(pod_like: dict, cfg: InjectionConfig, *, annotation: str, prefix: str = "",
+               what: str = "pod") -> dict:
+    """Inject ``cfg`` into a pod or a pod template: any ``{"metadata": ..., "spec": PodSpec}`` (modified in
+    place and returned; pass a deep copy). The one mutation both front ends share: the Initializer calls
+    it on a Deployment's ``spec.template`` (``prefix="spec.template."``, ``what="pod template"``), the
+    admission webhook on a Deployment's template or on a Pod itself (``prefix=""``).
 
     Raises ``InjectionConflict`` when the object has a same-named item with another definition or
-    when a mount refers to a volume the pod would not have.
+    when a mount refers to a volume the pod would not have; the message names the field by its path
+    (``prefix`` + ``spec.volumes``, ...).
     """
-    spec = deployment.setdefault("spec", {})
-    template = spec.setdefault("template", {})
-    tmeta = template.get("metadata")
+    tmeta = pod_like.get("metadata")
     if tmeta is None:
-        tmeta = template["metadata"] = {}
-    pod = template.get("spec")
+        tmeta = pod_like["metadata"] = {}
+    pod = pod_like.get("spec")
     if pod is None:
-        pod = template["spec"] = {}
+        pod = pod_like["spec"] = {}
 
     # Init containers: ours first (the lock must precede every user init container).
-    user_inits = _effective_init_containers(template)
+    user_inits = _effective_init_containers(pod_like, what)
     _, new_inits = _merge_named(user_inits, cfg.containers, key="name", what="init container",
-                                where="spec.template.spec.initContainers")
+                                where=f"{prefix}spec.initContainers")
     ours = {c["name"] for c in cfg.containers}
     containers = pod.get("containers") or []
     for c in containers:
         if c.get("name") in ours:
-            raise InjectionConflict(f"spec.template.spec.containers already has a container named "
+            raise InjectionConflict(f"{prefix}spec.containers already has a container named "
                                     f"{c['name']!r}, which is the name of tproxy's init container")
 
     # Volumes.
     volumes = list(pod.get("volumes") or [])
     _, new_vols = _merge_named(volumes, cfg.volumes, key="name", what="volume",
-                               where="spec.template.spec.volumes")
+                               where=f"{prefix}spec.volumes")
     volumes += new_vols
     vol_names = {v.get("name") for v in volumes if isinstance(v, dict)}
     for m in cfg.volume_mounts:
         if m["name"] not in vol_names:
             raise InjectionConflict(f"volumeMount {m['mountPath']!r} refers to volume {m['name']!r}, "
-                                    f"which is neither in the config's volumes nor in the pod template")
+                                    f"which is neither in the config's volumes nor in the {what}")
 
     # Mounts and env into every user container and user init container (not into ours).
     def inject_into(c: dict, where: str) -> None:
@@ -210,6 +213,18 @@ def apply_injection(deployment: dict, cfg: InjectionConfig, *, annotation: str) 
             ann[key] = json.dumps(final_inits, separators=(",", ":"))
     ann[annotation] = "true"
     tmeta["annotations"] = ann
+    return pod_like
+
+
+def apply_injection(deployment: dict, cfg: InjectionConfig, *, annotation: str) -> dict:
+    """Inject ``cfg`` into ``deployment``'s pod template (modified in place and returned; pass a deep copy).
+
+    Raises ``InjectionConflict`` when the object has a same-named item with another definition or
+    when a mount refers to a volume the pod would not have.
+    """
+    spec = deployment.setdefault("spec", {})
+    template = spec.setdefault("template", {})
+    inject_pod(template, cfg, annotation=annotation, prefix="spec.template.", what="pod template")
     return deployment
 
 
