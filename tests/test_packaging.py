@@ -24,7 +24,8 @@ PACKAGING_FILES = {"setup.py", "setup.cfg", "README.md"}
 #: what each image runs (Dockerfile ENTRYPOINT and the chart's commands), as modules to import
 IMAGES = {
     "tproxy-initializer": ["initializer.__main__", "initializer.controller", "initializer.mutate",
-                           "initializer.config", "initializer.rootcerts"],
+                           "initializer.config", "initializer.rootcerts", "initializer.webhook",
+                           "initializer.admission"],
     "tproxy-podwatch": ["podwatch.__main__", "podwatch.controller", "podwatch.rules", "podwatch.identity"],
     "tproxy-proxy": ["proxy.core", "proxy.policy", "proxy.identity", "proxy.metrics", "proxy.request_target"],
     "tproxy-sidecar": ["sidecar.__main__", "sidecar.lock", "sidecar.verify"],
