@@ -13,8 +13,8 @@ policy allowed, never what the client pointed at*:
 2. ``server_connect`` is the choke point for every upstream connection mitmproxy tries to open
    (HTTP, raw TCP, anything): a connection without an approval gets ``server.error`` and is never
    opened; an approved one is pinned to the address that was checked (no DNS rebinding between
-   the check and the connect). With ``connection_strategy=lazy`` nothing is dialled before the
-   request hook has run.
+   the check and the connect). ``connection_strategy=lazy`` is required (the addon refuses to
+   start otherwise): nothing is dialled before the request hook has run.
 
 Everything else (raw TCP on the intercepted ports, CONNECT in transparent mode, TLS without SNI)
 therefore fails closed by construction; the hooks for them only add audit lines and metrics.
@@ -48,7 +48,6 @@ BLOCK_BODY = b"Access Denied by Administrator"
 BLOCK_HEADERS = {"Content-Type": "text/html"}
 POLICY_POLL_SECONDS = 0.5
 DNS_CACHE_SECONDS = 2.0
-DEFAULT_STREAM_LARGE_BODIES = "1m"
 
 # A lazy proxy (no .bind() here): it must pick up setup_logging's configuration, which the script
 # entry point installs after importing this module.
@@ -272,21 +271,16 @@ class TproxyAddon:
         loader.add_option("tproxy_extra_ca", str, "",
                           "PEM file of extra CA certificates trusted for upstream TLS *in addition to* the "
                           "public roots (mitmproxy's ssl_verify_upstream_trusted_ca alone replaces them).")
-        # Safety defaults: nothing is dialled before the request hook; large bodies are streamed; the
-        # audit log replaces mitmdump's flow dump on stdout (mitmproxy's log records still reach
-        # stderr as JSON through controllerkit's handler). Applied only to options still at
-        # mitmproxy's default, so an explicit --set wins (a non-lazy strategy still fails closed:
-        # server_connect refuses every connection no request decision approved).
-        opts = loader.master.options
-        for name, value in (("connection_strategy", "lazy"),
-                            ("stream_large_bodies", DEFAULT_STREAM_LARGE_BODIES),
-                            ("flow_detail", 0), ("termlog_verbosity", "error")):
-            # (absent in bare test contexts without mitmproxy's proxyserver/dumper addons)
-            if name in opts.keys() and not opts.has_changed(name):
-                opts.update(**{name: value})
 
     def configure(self, updated):
         o = ctx.options
+        if "connection_strategy" in updated and o.connection_strategy != "lazy":
+            # Refuse rather than change another addon's option (nothing may be dialled before a
+            # request is decided). At start (mitmproxy configures a script with every option once
+            # loaded) the error is logged and mitmdump exits; later the change is rolled back.
+            raise exceptions.OptionsError(
+                f"connection_strategy: tproxy needs connection_strategy=lazy (nothing may be dialled before a "
+                f"request is decided), not {o.connection_strategy!r}; add --set connection_strategy=lazy")
         if "tproxy_log_level" in updated and o.tproxy_log_level.lower() not in (
                 "debug", "info", "warning", "warn", "error", "critical"):
             raise exceptions.OptionsError(
@@ -326,9 +320,6 @@ class TproxyAddon:
             if not 0 <= port <= 65535:
                 raise exceptions.OptionsError(f"tproxy_metrics_port: {port} is not a TCP port (0-65535, 0 = off)")
             self._restart_health(o.tproxy_metrics_host, port)
-        if "connection_strategy" in updated and o.connection_strategy != "lazy":
-            log.warning("connection_strategy_not_lazy", value=o.connection_strategy,
-                        effect="every connection is refused until a request was allowed (fail closed)")
 
     @staticmethod
     def _trust_bundle(extra: str) -> str:
@@ -380,6 +371,9 @@ class TproxyAddon:
                  identity=ctx.options.tproxy_identity or None, metrics_port=ctx.options.tproxy_metrics_port,
                  connection_strategy=self._option("connection_strategy"),
                  stream_large_bodies=self._option("stream_large_bodies"))
+        if "stream_large_bodies" in ctx.options.keys() and not ctx.options.stream_large_bodies:
+            log.warning("stream_large_bodies_unset", effect="responses with a Content-Length are buffered whole; "
+                        "the chart and the image pass --set stream_large_bodies=1m")
 
     @staticmethod
     def _option(name: str):

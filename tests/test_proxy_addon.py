@@ -676,12 +676,57 @@ def test_watcher_thread_reloads_within_a_second(addon, tmp_path):
     assert addon.policy.has_host("www.google.com")
 
 
-def test_load_forces_lazy_connections_and_streaming():
+def test_addon_refuses_to_run_unless_connections_are_lazy():
+    """mitmproxy's default connection_strategy is eager: the addon does not change it (another addon's
+    option); configured with every option, as mitmproxy does once a script is loaded, it refuses."""
+    from mitmproxy import hooks
     from mitmproxy.addons.proxyserver import Proxyserver
     a = TproxyAddon(resolver=fake_resolve)
     with taddons.context(Proxyserver(), a) as tctx:
+        assert tctx.options.connection_strategy == "eager"
+        with pytest.raises(exceptions.OptionsError, match=r"connection_strategy: tproxy needs connection_strategy=lazy"
+                           r".*not 'eager'; add --set connection_strategy=lazy"):
+            tctx.master.addons.invoke_addon_sync(a, hooks.ConfigureHook(set(tctx.options.keys())))
+        assert tctx.options.connection_strategy == "eager"  # untouched
+        a.done()
+
+
+def test_mitmdump_exits_when_connections_are_not_lazy(tmp_path):
+    """A real mitmdump: the refusal is logged at start, and mitmdump exits instead of running without the addon."""
+    import subprocess
+    import sys
+    mitmdump = os.path.join(os.path.dirname(sys.executable), "mitmdump")
+    r = subprocess.run([mitmdump, "--listen-host", "127.0.0.1", "-p", "0", "--set", f"confdir={tmp_path}",
+                        "-s", ADDON_SCRIPT, "--set", f"tproxy_audit={tmp_path / 'audit.jsonl'}"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert "connection_strategy: tproxy needs connection_strategy=lazy" in r.stderr, r.stderr[-2000:]
+
+
+def test_load_leaves_the_other_addons_options_alone():
+    from mitmproxy.addons.dumper import Dumper
+    from mitmproxy.addons.proxyserver import Proxyserver
+    from mitmproxy.addons.termlog import TermLog
+    with taddons.context(Proxyserver(), Dumper(), TermLog()) as tctx:
+        tctx.options.update(connection_strategy="lazy")
+        a = TproxyAddon(resolver=fake_resolve)
+        tctx.master.addons.add(a)
         assert tctx.options.connection_strategy == "lazy"
-        assert tctx.options.stream_large_bodies == core.DEFAULT_STREAM_LARGE_BODIES
+        assert tctx.options.stream_large_bodies is None  # mitmproxy's defaults, not rewritten
+        assert tctx.options.flow_detail == 1 and tctx.options.termlog_verbosity == "info"
+        a.done()
+
+
+def test_switching_to_eager_connections_at_run_time_is_rolled_back():
+    from mitmproxy.addons.proxyserver import Proxyserver
+    with taddons.context(Proxyserver()) as tctx:
+        tctx.options.update(connection_strategy="lazy")
+        a = TproxyAddon(resolver=fake_resolve)
+        tctx.master.addons.add(a)
+        with pytest.raises(exceptions.OptionsError, match="connection_strategy: tproxy needs"):
+            tctx.options.update(connection_strategy="eager")
+        assert tctx.options.connection_strategy == "lazy"
+        a.done()
 
 
 ADDON_SCRIPT = os.path.join(os.path.dirname(__file__), "..", "proxy", "addon.py")
