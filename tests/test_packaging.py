@@ -26,7 +26,10 @@ IMAGES = {
     "tproxy-initializer": ["initializer.__main__", "initializer.controller", "initializer.mutate",
                            "initializer.config", "initializer.rootcerts"],
     "tproxy-podwatch": ["podwatch.__main__", "podwatch.controller", "podwatch.rules", "podwatch.identity"],
-    "tproxy-proxy": ["proxy.core", "proxy.policy", "proxy.identity", "proxy.metrics", "proxy.request_target"],
+    "tproxy-proxy": ["proxy.core", "proxy.policy", "proxy.identity", "proxy.metrics", "proxy.request_target",
+                     "proxy.mitm", "proxy.decision", "proxy.audit", "proxy.pinning", "proxy.dns", "proxy.authority",
+                     "proxy.clients", "proxy.probe_answer", "proxy.options", "proxy.trust", "proxy.health",
+                     "proxy.policy_watch"],
     "tproxy-sidecar": ["sidecar.__main__", "sidecar.lock", "sidecar.verify"],
 }
 
