@@ -7,6 +7,10 @@ invalid one logs ``policy_rejected`` with the reason, counts
 ``tproxy_policy_reloads_total{result="error"}`` and keeps the last good policy. A policy given by
 ``--set tproxy_policy=`` goes through the addon's ``configure`` instead (an invalid one is an
 ``OptionsError``, which rolls the option back) and is then watched from its version.
+
+A changed file is parsed in a worker thread (a 10,000-rule policy takes a second or more) and put in
+force on the event loop, so requests keep being served meanwhile and the policy is only ever
+swapped by the loop's own thread; a result that ``configure`` overtook while it was parsed is dropped.
 """
 from __future__ import annotations
 
@@ -44,31 +48,59 @@ class PolicyWatch:
         self.poll_seconds = poll_seconds
         self.path = ""          # the file in force ("" = the built-in policy: nothing to watch)
         self._sig = None        # the version of it last judged
+        self._generation = 0    # bumped by watching(): a parse started before is stale
         self._task: asyncio.Task | None = None
 
     def watching(self, path: str) -> None:
         """``path`` (its current version) is now the policy in force (set by ``configure``)."""
         self.path = path
         self._sig = signature(path) if path else None
+        self._generation += 1
 
     def check(self) -> bool:
         """Reload the file if it changed; keep the last good policy if it is invalid.
 
-        Returns True when a new policy was installed. Called by the task every ``poll_seconds``;
-        tests call it directly."""
+        Returns True when a new policy was installed. Parses on the calling thread (tests; the
+        task uses :meth:`check_in_thread`)."""
+        path = self._changed()
+        if path is None:
+            return False
+        return self._apply(path, *self._load(path))
+
+    async def check_in_thread(self) -> bool:
+        """:meth:`check`, with the file parsed in a worker thread."""
+        path = self._changed()
+        if path is None:
+            return False
+        generation = self._generation
+        result = await asyncio.to_thread(self._load, path)
+        if generation != self._generation:  # configure put another policy in force meanwhile
+            return False
+        return self._apply(path, *result)
+
+    def _changed(self) -> str | None:
+        """The watched path if its file changed since it was last judged (each version is judged once)."""
         path = self.path
         if not path:
-            return False
+            return None
         sig = signature(path)
         if sig == self._sig:
-            return False
-        self._sig = sig  # judge each version of the file once
+            return None
+        self._sig = sig
+        return path
+
+    @staticmethod
+    def _load(path: str) -> tuple[Policy | None, PolicyError | None]:
         try:
-            policy = Policy.load(path)
+            return Policy.load(path), None
         except PolicyError as e:
+            return None, e
+
+    def _apply(self, path: str, policy: Policy | None, error: PolicyError | None) -> bool:
+        if error is not None:
             kept = self.current()
             self.metrics.policy_reloads.labels("error").inc()
-            log.error("policy_rejected", path=path, error=str(e), kept=kept.source, kept_rules=len(kept.rules))
+            log.error("policy_rejected", path=path, error=str(error), kept=kept.source, kept_rules=len(kept.rules))
             return False
         self.install(policy)
         return True
@@ -91,6 +123,6 @@ class PolicyWatch:
         while True:
             await asyncio.sleep(self.poll_seconds)
             try:
-                self.check()
+                await self.check_in_thread()
             except Exception as e:  # noqa: BLE001 - the watch must survive anything
                 log.error("policy_watch_failed", error=repr(e))

@@ -725,7 +725,10 @@ def test_watch_task_survives_an_unexpected_error(addon, tmp_path, monkeypatch):
             raise RuntimeError("boom")
         return False
 
-    monkeypatch.setattr(addon.policy_watch, "check", failing_once)
+    async def failing_once_async():
+        return failing_once()
+
+    monkeypatch.setattr(addon.policy_watch, "check_in_thread", failing_once_async)
     addon.policy_watch.poll_seconds = 0.05
 
     async def body():
@@ -733,6 +736,56 @@ def test_watch_task_survives_an_unexpected_error(addon, tmp_path, monkeypatch):
         assert addon.policy_watch.running and len(calls) >= 2
 
     _running(addon, body)
+
+
+def test_watch_task_parses_off_the_event_loop(addon, tmp_path, monkeypatch):
+    """A large policy takes a while to parse: the loop keeps running (serving requests) meanwhile,
+    and the new policy is put in force by the loop's own thread."""
+    import threading
+    from proxy import policy_watch
+    path = write_policy(tmp_path, "rules: [{host: a.example}]\n")
+    addon.tctx.configure(addon, tproxy_policy=path)
+    load, seen = policy_watch.Policy.load, {}
+
+    def slow_load(p):
+        seen["thread"] = threading.get_ident()
+        time.sleep(0.6)
+        return load(p)
+
+    monkeypatch.setattr(policy_watch.Policy, "load", slow_load)
+    installed_on = []
+    install = addon.policy_watch.install
+    addon.policy_watch.install = lambda pol: (installed_on.append(threading.get_ident()), install(pol))
+
+    async def body():
+        _bump(path, "rules: [{host: www.google.com}]\n")
+        ticks, deadline = 0, time.monotonic() + 3
+        while time.monotonic() < deadline and not addon.policy.has_host("www.google.com"):
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert addon.policy.has_host("www.google.com")
+        assert ticks > 30  # the loop ran all along
+        assert seen["thread"] != threading.get_ident() and installed_on == [threading.get_ident()]
+
+    _running(addon, body)
+
+
+def test_a_parse_overtaken_by_configure_is_dropped(addon, tmp_path, monkeypatch):
+    from proxy import policy_watch
+    watched = write_policy(tmp_path, "rules: [{host: a.example}]\n")
+    addon.tctx.configure(addon, tproxy_policy=watched)
+    other = write_policy(tmp_path, "rules: [{host: b.a.example}]\n", "other.yaml")
+    load = policy_watch.Policy.load
+
+    def load_then_reconfigure(p):
+        result = load(p)
+        addon.policy_watch.watching(other)  # as configure does (the event loop is busy awaiting us)
+        return result
+
+    monkeypatch.setattr(policy_watch.Policy, "load", load_then_reconfigure)
+    _bump(watched, "rules: [{host: www.google.com}]\n")
+    assert asyncio.run(addon.policy_watch.check_in_thread()) is False
+    assert not addon.policy.has_host("www.google.com")
 
 
 def test_the_policy_watch_runs_no_thread(addon):
