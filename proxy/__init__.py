@@ -1,6 +1,9 @@
 """tproxy proxy: the teapot-blocking mitmproxy addon (policy, no-bypass enforcement, audit, metrics).
 
-mitmdump loads ``proxy/addon.py`` by path; the code lives in ``proxy.core`` (the addon),
-``proxy.policy`` (the indexed policy), ``proxy.identity`` (podwatch's pod identity file) and
-``proxy.metrics``. See proxy/README.md.
+mitmdump loads ``proxy/addon.py`` by path; ``proxy.core`` wires mitmproxy's hooks to one module per
+concern: ``proxy.decision`` (the pure decision), ``proxy.audit`` (the audit writer), ``proxy.pinning``
+(approved connections only, at checked addresses), ``proxy.mitm`` (every use of mitmproxy internals),
+``proxy.policy`` and ``proxy.policy_watch``, ``proxy.options``, ``proxy.trust``, ``proxy.dns``,
+``proxy.clients``, ``proxy.identity``, ``proxy.probe_answer``, ``proxy.health``, ``proxy.metrics``.
+See proxy/README.md.
 """

@@ -20,7 +20,8 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from controllerkit.log import setup_logging  # noqa: E402
-from proxy.core import TproxyAddon, hook_table  # noqa: E402
+from proxy.core import TproxyAddon  # noqa: E402
+from proxy.mitm import hook_table  # noqa: E402
 
 # JSON log lines from the start (the level option is applied again once mitmproxy is running).
 setup_logging("proxy", os.environ.get("TPROXY_LOG_LEVEL", "info"))

@@ -283,7 +283,7 @@ def test_daemonset_wires_podwatch_and_the_proxy_to_the_host_port():
     sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
     assert sets == ["confdir=/etc/tproxy/mitmproxy", "tproxy_policy=/etc/tproxy/policy/policy.yaml",
                     "tproxy_identity=/var/run/tproxy/identity.json", "connection_strategy=lazy",
-                    "stream_large_bodies=1m", "tproxy_metrics_port=9182"]
+                    "stream_large_bodies=1m", "flow_detail=0", "termlog_verbosity=error", "tproxy_metrics_port=9182"]
     assert cmd[cmd.index("-s") + 1] == "/opt/tproxy/proxy/addon.py"
     assert {"containerPort": 9090, "hostPort": 9090} in [
         {k: p[k] for k in ("containerPort", "hostPort")} for p in px["ports"]]
@@ -515,6 +515,7 @@ def _mitmdump_args(command: list[str]):
     import asyncio
 
     from mitmproxy import options
+    from mitmproxy.addons.termlog import TermLog
     from mitmproxy.tools import cmdline
     from mitmproxy.tools.dump import DumpMaster
 
@@ -522,8 +523,11 @@ def _mitmdump_args(command: list[str]):
 
     async def parse():
         opts = options.Options()
-        master = DumpMaster(opts, with_termlog=False, with_dumper=False)
-        master.addons.add(TproxyAddon())
+        # mitmdump's own addons (the dumper's and the terminal log's options are set by the chart too)
+        master = DumpMaster(opts, with_termlog=False)
+        termlog = TermLog()
+        master.addons.add(termlog, TproxyAddon())
+        termlog.uninstall()  # (its log handler: not for this process)
         assert command[0] == "mitmdump"
         args = cmdline.mitmdump(opts).parse_args(command[1:])
         values = {}

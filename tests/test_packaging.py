@@ -27,7 +27,10 @@ IMAGES = {
                            "initializer.config", "initializer.rootcerts", "initializer.webhook",
                            "initializer.admission"],
     "tproxy-podwatch": ["podwatch.__main__", "podwatch.controller", "podwatch.rules", "podwatch.identity"],
-    "tproxy-proxy": ["proxy.core", "proxy.policy", "proxy.identity", "proxy.metrics", "proxy.request_target"],
+    "tproxy-proxy": ["proxy.core", "proxy.policy", "proxy.identity", "proxy.metrics", "proxy.request_target",
+                     "proxy.mitm", "proxy.decision", "proxy.audit", "proxy.pinning", "proxy.dns", "proxy.authority",
+                     "proxy.clients", "proxy.probe_answer", "proxy.options", "proxy.trust", "proxy.health",
+                     "proxy.policy_watch"],
     "tproxy-sidecar": ["sidecar.__main__", "sidecar.lock", "sidecar.verify"],
 }
 

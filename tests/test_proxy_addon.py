@@ -1,4 +1,4 @@
-"""proxy.core.TproxyAddon with mitmproxy.test.taddons/tflow: one behaviour per test."""
+"""proxy.core.TproxyAddon (and the modules it wires) with mitmproxy.test.taddons/tflow: one behaviour per test."""
 import asyncio
 import json
 import os
@@ -14,8 +14,9 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 from mitmproxy.test import taddons, tflow, tutils
 
-from proxy import core
+from proxy.audit import AuditLog
 from proxy.core import BLOCK_BODY, TproxyAddon
+from proxy.decision import Verdict
 from controllerkit import probe
 
 DNS = {
@@ -138,7 +139,7 @@ def test_dns_change_after_the_decision_does_not_move_the_connection(addon):
     f = run(addon, make_flow())
     DNS["storage.googleapis.com"] = ["169.254.169.254"]  # rebinding attempt after the check
     try:
-        addon._dns.clear()
+        addon.dns.entries.clear()
         assert server_connect(addon, f).address == ("203.0.113.20", 443)
     finally:
         DNS["storage.googleapis.com"] = ["203.0.113.20"]
@@ -327,7 +328,7 @@ def test_dns_answers_are_cached_briefly(audit_file):
         run(a, make_flow())
         run(a, make_flow())
         assert calls == ["storage.googleapis.com"]
-        a._dns.clear()
+        a.dns.entries.clear()
         run(a, make_flow())
         assert len(calls) == 2
 
@@ -665,23 +666,191 @@ def test_hot_reload_keeps_last_good_policy_on_error(addon, tmp_path):
     assert addon.metrics.registry.get_sample_value("tproxy_policy_reloads_total", {"result": "error"}) == 1
 
 
-def test_watcher_thread_reloads_within_a_second(addon, tmp_path):
+def _running(addon, body):
+    """Run ``body()`` (a coroutine function) on an event loop between the running and done hooks,
+    as inside mitmdump."""
+    async def main():
+        addon.running()
+        try:
+            return await body()
+        finally:
+            addon.done()
+    return asyncio.run(main())
+
+
+def test_watch_task_reloads_within_a_second(addon, tmp_path):
     path = write_policy(tmp_path, "rules: [{host: a.example}]\n")
     addon.tctx.configure(addon, tproxy_policy=path)
-    addon.start_watcher()
-    _bump(path, "rules: [{host: www.google.com}]\n")
-    deadline = time.monotonic() + 2
-    while time.monotonic() < deadline and not addon.policy.has_host("www.google.com"):
-        time.sleep(0.05)
-    assert addon.policy.has_host("www.google.com")
+
+    async def body():
+        assert addon.policy_watch.running  # started by the running hook, on mitmproxy's loop
+        _bump(path, "rules: [{host: www.google.com}]\n")
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and not addon.policy.has_host("www.google.com"):
+            await asyncio.sleep(0.05)
+        assert addon.policy.has_host("www.google.com")
+
+    _running(addon, body)
+    assert not addon.policy_watch.running  # cancelled by the done hook
 
 
-def test_load_forces_lazy_connections_and_streaming():
+def test_watch_task_keeps_the_last_good_policy_and_logs_the_rejection(addon, tmp_path, capsys):
+    path = write_policy(tmp_path, "rules: [{host: a.example}]\n")
+    addon.tctx.configure(addon, tproxy_policy=path)
+
+    async def body():
+        _bump(path, "rules: [{host: 'a b'}]\n")
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and not addon.metrics.registry.get_sample_value(
+                "tproxy_policy_reloads_total", {"result": "error"}):
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.6)  # another poll: the same broken version is judged once
+        assert addon.policy.source == path and addon.policy.has_host("a.example")
+
+    _running(addon, body)
+    assert addon.metrics.registry.get_sample_value("tproxy_policy_reloads_total", {"result": "error"}) == 1
+    rejected = [json.loads(x) for x in capsys.readouterr().err.splitlines() if '"policy_rejected"' in x]
+    assert len(rejected) == 1 and "not a valid hostname" in rejected[0]["error"]
+    assert (rejected[0]["kept"], rejected[0]["kept_rules"]) == (path, 1)
+
+
+def test_watch_task_survives_an_unexpected_error(addon, tmp_path, monkeypatch):
+    path = write_policy(tmp_path, "rules: [{host: a.example}]\n")
+    addon.tctx.configure(addon, tproxy_policy=path)
+    calls = []
+
+    def failing_once():
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return False
+
+    async def failing_once_async():
+        return failing_once()
+
+    monkeypatch.setattr(addon.policy_watch, "check_in_thread", failing_once_async)
+    addon.policy_watch.poll_seconds = 0.05
+
+    async def body():
+        await asyncio.sleep(0.3)
+        assert addon.policy_watch.running and len(calls) >= 2
+
+    _running(addon, body)
+
+
+def test_watch_task_parses_off_the_event_loop(addon, tmp_path, monkeypatch):
+    """A large policy takes a while to parse: the loop keeps running (serving requests) meanwhile,
+    and the new policy is put in force by the loop's own thread."""
+    import threading
+    from proxy import policy_watch
+    path = write_policy(tmp_path, "rules: [{host: a.example}]\n")
+    addon.tctx.configure(addon, tproxy_policy=path)
+    load, seen = policy_watch.Policy.load, {}
+
+    def slow_load(p):
+        seen["thread"] = threading.get_ident()
+        time.sleep(0.6)
+        return load(p)
+
+    monkeypatch.setattr(policy_watch.Policy, "load", slow_load)
+    installed_on = []
+    install = addon.policy_watch.install
+    addon.policy_watch.install = lambda pol: (installed_on.append(threading.get_ident()), install(pol))
+
+    async def body():
+        _bump(path, "rules: [{host: www.google.com}]\n")
+        ticks, deadline = 0, time.monotonic() + 3
+        while time.monotonic() < deadline and not addon.policy.has_host("www.google.com"):
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert addon.policy.has_host("www.google.com")
+        assert ticks > 30  # the loop ran all along
+        assert seen["thread"] != threading.get_ident() and installed_on == [threading.get_ident()]
+
+    _running(addon, body)
+
+
+def test_a_parse_overtaken_by_configure_is_dropped(addon, tmp_path, monkeypatch):
+    from proxy import policy_watch
+    watched = write_policy(tmp_path, "rules: [{host: a.example}]\n")
+    addon.tctx.configure(addon, tproxy_policy=watched)
+    other = write_policy(tmp_path, "rules: [{host: b.a.example}]\n", "other.yaml")
+    load = policy_watch.Policy.load
+
+    def load_then_reconfigure(p):
+        result = load(p)
+        addon.policy_watch.watching(other)  # as configure does (the event loop is busy awaiting us)
+        return result
+
+    monkeypatch.setattr(policy_watch.Policy, "load", load_then_reconfigure)
+    _bump(watched, "rules: [{host: www.google.com}]\n")
+    assert asyncio.run(addon.policy_watch.check_in_thread()) is False
+    assert not addon.policy.has_host("www.google.com")
+
+
+def test_the_policy_watch_runs_no_thread(addon):
+    import threading
+    before = threading.active_count()
+
+    async def body():
+        await asyncio.sleep(0.1)
+        assert threading.active_count() == before
+        assert not [t for t in threading.enumerate() if "policy" in t.name]
+
+    _running(addon, body)
+
+
+def test_addon_refuses_to_run_unless_connections_are_lazy():
+    """mitmproxy's default connection_strategy is eager: the addon does not change it (another addon's
+    option); configured with every option, as mitmproxy does once a script is loaded, it refuses."""
+    from mitmproxy import hooks
     from mitmproxy.addons.proxyserver import Proxyserver
     a = TproxyAddon(resolver=fake_resolve)
     with taddons.context(Proxyserver(), a) as tctx:
+        assert tctx.options.connection_strategy == "eager"
+        with pytest.raises(exceptions.OptionsError, match=r"connection_strategy: tproxy needs connection_strategy=lazy"
+                           r".*not 'eager'; add --set connection_strategy=lazy"):
+            tctx.master.addons.invoke_addon_sync(a, hooks.ConfigureHook(set(tctx.options.keys())))
+        assert tctx.options.connection_strategy == "eager"  # untouched
+        a.done()
+
+
+def test_mitmdump_exits_when_connections_are_not_lazy(tmp_path):
+    """A real mitmdump: the refusal is logged at start, and mitmdump exits instead of running without the addon."""
+    import subprocess
+    import sys
+    mitmdump = os.path.join(os.path.dirname(sys.executable), "mitmdump")
+    r = subprocess.run([mitmdump, "--listen-host", "127.0.0.1", "-p", "0", "--set", f"confdir={tmp_path}",
+                        "-s", ADDON_SCRIPT, "--set", f"tproxy_audit={tmp_path / 'audit.jsonl'}"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert "connection_strategy: tproxy needs connection_strategy=lazy" in r.stderr, r.stderr[-2000:]
+
+
+def test_load_leaves_the_other_addons_options_alone():
+    from mitmproxy.addons.dumper import Dumper
+    from mitmproxy.addons.proxyserver import Proxyserver
+    from mitmproxy.addons.termlog import TermLog
+    with taddons.context(Proxyserver(), Dumper(), TermLog()) as tctx:
+        tctx.options.update(connection_strategy="lazy")
+        a = TproxyAddon(resolver=fake_resolve)
+        tctx.master.addons.add(a)
         assert tctx.options.connection_strategy == "lazy"
-        assert tctx.options.stream_large_bodies == core.DEFAULT_STREAM_LARGE_BODIES
+        assert tctx.options.stream_large_bodies is None  # mitmproxy's defaults, not rewritten
+        assert tctx.options.flow_detail == 1 and tctx.options.termlog_verbosity == "info"
+        a.done()
+
+
+def test_switching_to_eager_connections_at_run_time_is_rolled_back():
+    from mitmproxy.addons.proxyserver import Proxyserver
+    with taddons.context(Proxyserver()) as tctx:
+        tctx.options.update(connection_strategy="lazy")
+        a = TproxyAddon(resolver=fake_resolve)
+        tctx.master.addons.add(a)
+        with pytest.raises(exceptions.OptionsError, match="connection_strategy: tproxy needs"):
+            tctx.options.update(connection_strategy="eager")
+        assert tctx.options.connection_strategy == "lazy"
+        a.done()
 
 
 ADDON_SCRIPT = os.path.join(os.path.dirname(__file__), "..", "proxy", "addon.py")
@@ -717,7 +886,7 @@ def test_script_hooks_run_through_mitmproxys_own_dispatch(tmp_path):
     from mitmproxy import hooks as mhooks
     from mitmproxy.proxy.layers import http as lhttp
     module = script_module(ADDON_SCRIPT)
-    module.addon._resolver = fake_resolve
+    module.addon.dns.resolver = fake_resolve
     with taddons.context() as tctx:
         tctx.master.addons.add(module)  # into the chain; runs the module's load hook: options appear
         tctx.master.addons.invoke_addon_sync(module, mhooks.ConfigureHook(set(tctx.options.keys())))
@@ -774,7 +943,7 @@ def test_audit_line_is_valid_json_for_any_client_text(addon, audit_file, path, s
     f.request.path = "/" + path
     f.request.method = method
     f.client_conn.sni = sni
-    v = core.Verdict("block", "no-matching-rule", host="www.google.com", port=443)
+    v = Verdict("block", "no-matching-rule", host="www.google.com", port=443)
     before = len(audit_file.read_text().splitlines()) if audit_file.exists() else 0
     addon._audit(f, v, status=418, nbytes=None, error=error)
     lines = audit_file.read_text().splitlines()
@@ -799,7 +968,7 @@ def test_client_fields_are_looked_up_once_per_connection(addon, tmp_path, audit_
     assert calls == []  # known pod: no second lookup on the same connection
     assert [line["pod_name"] for line in audit_lines(audit_file)] == ["p1", "p1"]
     addon.client_disconnected(first.client_conn)
-    assert first.client_conn.id not in addon._clients
+    assert first.client_conn.id not in addon.clients.known
 
 
 def test_unknown_client_is_looked_up_again_until_podwatch_knows_it(addon, tmp_path, audit_file):
@@ -820,7 +989,7 @@ def test_unknown_client_is_looked_up_again_until_podwatch_knows_it(addon, tmp_pa
 
 def test_audit_lines_are_batched_on_the_event_loop_and_flushed(tmp_path):
     target = tmp_path / "audit.jsonl"
-    log = core.AuditLog(str(target), flush_seconds=0.2)
+    log = AuditLog(str(target), flush_seconds=0.2)
 
     async def main():
         log.attach(asyncio.get_running_loop())
@@ -838,7 +1007,7 @@ def test_audit_lines_are_batched_on_the_event_loop_and_flushed(tmp_path):
 
 def test_audit_batch_is_written_at_once_when_full_and_on_close(tmp_path):
     target = tmp_path / "audit.jsonl"
-    log = core.AuditLog(str(target), flush_seconds=60)
+    log = AuditLog(str(target), flush_seconds=60)
 
     async def main():
         log.attach(asyncio.get_running_loop())
@@ -857,7 +1026,7 @@ def test_audit_batch_is_written_at_once_when_full_and_on_close(tmp_path):
 def test_audit_lines_from_other_threads_are_written_at_once(tmp_path):
     import threading
     target = tmp_path / "audit.jsonl"
-    log = core.AuditLog(str(target), flush_seconds=60)
+    log = AuditLog(str(target), flush_seconds=60)
     seen = []
 
     async def main():
@@ -873,7 +1042,7 @@ def test_audit_lines_from_other_threads_are_written_at_once(tmp_path):
 
 
 def test_audit_write_failure_is_logged_not_raised(tmp_path, capsys):
-    log = core.AuditLog(str(tmp_path / "audit.jsonl"))
+    log = AuditLog(str(tmp_path / "audit.jsonl"))
     log._file.close()  # e.g. the volume went away
     log.write({"n": 1})  # must not take the request (or the proxy) down
     assert "audit_write_failed" in capsys.readouterr().err
@@ -961,7 +1130,7 @@ def test_a_client_gone_before_its_decision_leaves_nothing_behind(addon):
     addon.client_disconnected(f.client_conn)
     run(addon, f)
     assert f.response is None  # still decided (and audited) like any request
-    assert f.client_conn.id not in addon._approved and f.client_conn.id not in addon._clients
+    assert f.client_conn.id not in addon.pinning.approved and f.client_conn.id not in addon.clients.known
 
 
 def test_audit_flush_option_sets_the_batch_window_and_zero_writes_every_line(addon, audit_file):
@@ -984,4 +1153,4 @@ def test_audit_flush_option_sets_the_batch_window_and_zero_writes_every_line(add
 def test_audit_flush_option_out_of_range_is_rejected(addon, value):
     with pytest.raises(exceptions.OptionsError, match="tproxy_audit_flush_ms: .* not between 0 and 10000"):
         addon.tctx.configure(addon, tproxy_audit_flush_ms=value)
-    assert addon.audit.flush_seconds == core.AuditLog.FLUSH_SECONDS  # the previous value stays
+    assert addon.audit.flush_seconds == AuditLog.FLUSH_SECONDS  # the previous value stays

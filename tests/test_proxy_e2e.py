@@ -32,7 +32,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
 MITMDUMP = os.path.join(os.path.dirname(PY), "mitmdump")
 POD4, POD6 = "198.18.1.2", "2001:db8:100::2"
-EAGER_POD = "198.18.1.3"  # its traffic goes to a mitmdump started with --set connection_strategy=eager
+EAGER_POD = "198.18.1.3"  # its traffic goes to port 8081, where a mitmdump asked for connection_strategy=eager refused to start
+# what the chart and proxy/Dockerfile pass besides the tproxy options (the addon changes none of them)
+MITM_OPTIONS = ["--set", "connection_strategy=lazy", "--set", "stream_large_bodies=1m", "--set", "flow_detail=0",
+                "--set", "termlog_verbosity=error"]
 NAMES = {  # what both the pod and the node resolve
     "www.google.com": "203.0.113.10",
     "storage.googleapis.com": "203.0.113.20",
@@ -228,7 +231,7 @@ def _build(w, tmp):
     w.mitm_ca = os.path.join(confdir, "mitmproxy-ca-cert.pem")
     w.mitm = w.spawn(node, [MITMDUMP, "--mode", "transparent", "--listen-port", "8080",
                             "--set", f"confdir={confdir}", "-s", os.path.join(REPO, "proxy", "addon.py"),
-                            "--set", "connection_strategy=lazy", "--set", "flow_detail=0",
+                            *MITM_OPTIONS,
                             "--set", f"tproxy_extra_ca={w.ca.ca_file}",  # public roots + test CA
                             "--set", f"tproxy_policy={w.policy_file}",
                             "--set", f"tproxy_identity={w.identity_file}",
@@ -243,20 +246,23 @@ def _build(w, tmp):
     # the standard-mode variant (tproxy.addStandardModeProxy): same addon, same policy, port 1080
     w.std_audit_file = os.path.join(tmp, "audit-std.jsonl")
     w.spawn(node, [MITMDUMP, "-p", "1080", "--set", f"confdir={confdir}",
-                   "-s", os.path.join(REPO, "proxy", "addon.py"),
+                   "-s", os.path.join(REPO, "proxy", "addon.py"), *MITM_OPTIONS,
                    "--set", f"ssl_verify_upstream_trusted_ca={w.ca.ca_file}",
                    "--set", f"tproxy_policy={w.policy_file}", "--set", f"tproxy_audit={w.std_audit_file}"],
             "mitmdump-std")
     wait_for(lambda: ":1080" in node.run("ss", "-ltn").stdout, timeout=20, what="standard-mode mitmdump listening")
-    # an instance asked for connection_strategy=eager, for a second pod address
+    # instances asked for connection_strategy=eager, explicitly and by mitmproxy's default: they refuse
+    # to start; a second pod address is redirected to where the first would have listened
     pod.add_addr("eth0", EAGER_POD + "/24")
     node.run("iptables", "-t", "nat", "-I", "PREROUTING", "-s", EAGER_POD, "-p", "tcp", "-m", "multiport",
              "--dports", "80,443", "-j", "REDIRECT", "--to-ports", "8081")
-    w.spawn(node, [MITMDUMP, "--mode", "transparent", "--listen-port", "8081", "--set", f"confdir={confdir}",
-                   "-s", os.path.join(REPO, "proxy", "addon.py"), "--set", "connection_strategy=eager",
-                   "--set", f"tproxy_extra_ca={w.ca.ca_file}", "--set", f"tproxy_policy={w.policy_file}",
-                   "--set", f"tproxy_audit={os.path.join(tmp, 'audit-eager.jsonl')}"], "mitmdump-eager")
-    wait_for(lambda: ":8081" in node.run("ss", "-ltn").stdout, timeout=20, what="eager mitmdump listening")
+    w.eager = {}
+    for name, strategy in (("mitmdump-eager", ["--set", "connection_strategy=eager"]), ("mitmdump-default", [])):
+        w.eager[name] = w.spawn(node, [
+            MITMDUMP, "--mode", "transparent", "--listen-port", "8081" if strategy else "8082",
+            "--set", f"confdir={confdir}", "-s", os.path.join(REPO, "proxy", "addon.py"), *strategy,
+            "--set", f"tproxy_extra_ca={w.ca.ca_file}", "--set", f"tproxy_policy={w.policy_file}",
+            "--set", f"tproxy_audit={os.path.join(tmp, name + '.jsonl')}"], name)
 
 
 # -- the tutorial's two requests ----------------------------------------------------------------
@@ -390,14 +396,18 @@ def test_upstream_with_untrusted_certificate_is_not_200(world):
     assert b"erif" in body  # "Certificate verify failed"
 
 
-def test_connection_strategy_eager_on_the_command_line_is_still_lazy(world):
-    # "eager" is mitmproxy's default, so the addon cannot tell it was asked for and keeps lazy; either
-    # way the client-chosen destination is never dialled (with eager, server_connect would refuse it)
-    ready = [json.loads(x) for x in open(os.path.join(world.tmp, "mitmdump-eager.err")) if '"proxy_ready"' in x]
-    assert ready[0]["connection_strategy"] == "lazy"
+@pytest.mark.parametrize("name", ["mitmdump-eager", "mitmdump-default"])
+def test_mitmdump_without_lazy_connections_refuses_to_start(world, name):
+    # The addon changes no other addon's option: asked for connection_strategy=eager (mitmproxy's
+    # default, also when nothing is said) it refuses to load and mitmdump exits with the reason.
+    # A pod redirected to where it would have listened reaches nothing (fail closed).
+    assert world.eager[name].wait(timeout=30) != 0
+    err = open(os.path.join(world.tmp, f"{name}.err")).read()
+    assert "connection_strategy: tproxy needs connection_strategy=lazy" in err, err[-2000:]
+    assert "add --set connection_strategy=lazy" in err
     before = world.upstream_stats("203.0.113.10:80")["connections"]
     status, body, _, _ = world.curl("--interface", EAGER_POD, "-H", "Host: allowed.example", "http://203.0.113.10/echo")
-    assert status == 200 and json.loads(body)["local_address"] == NAMES["allowed.example"]
+    assert status == 0 and body == b""
     assert world.upstream_stats("203.0.113.10:80")["connections"] == before
 
 
@@ -561,8 +571,8 @@ def test_host_header_port_is_ignored_for_dialling_and_rewritten(world):
 STD = ("-x", "http://198.18.1.1:1080")
 
 
-def test_safety_options_default_on_without_any_set(world):
-    # the standard-mode instance was started without --set connection_strategy / stream_large_bodies
+def test_standard_mode_runs_with_the_options_the_chart_passes(world):
+    # the standard-mode instance got the chart's --set connection_strategy / stream_large_bodies
     ready = [json.loads(x) for x in open(os.path.join(world.tmp, "mitmdump-std.err")) if '"proxy_ready"' in x]
     assert ready and ready[0]["connection_strategy"] == "lazy" and ready[0]["stream_large_bodies"] == "1m"
 

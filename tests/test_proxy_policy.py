@@ -176,7 +176,7 @@ def test_index_matches_linear_scan(patterns, host):
 def test_configmap_style_symlink_swap_changes_the_signature(tmp_path):
     """Kubernetes updates a mounted ConfigMap by swapping the ..data symlink; stat() must follow it."""
     import os
-    from proxy.core import TproxyAddon
+    from proxy.policy_watch import signature
     v1, v2 = tmp_path / "..v1", tmp_path / "..v2"
     v1.mkdir()
     v2.mkdir()
@@ -184,10 +184,10 @@ def test_configmap_style_symlink_swap_changes_the_signature(tmp_path):
     (v2 / "policy.yaml").write_text("rules: []\n")
     os.symlink("..v1", tmp_path / "..data")
     os.symlink("..data/policy.yaml", tmp_path / "policy.yaml")
-    before = TproxyAddon._stat(str(tmp_path / "policy.yaml"))
+    before = signature(str(tmp_path / "policy.yaml"))
     os.symlink("..v2", tmp_path / "..data_tmp")
     os.replace(tmp_path / "..data_tmp", tmp_path / "..data")
-    assert TproxyAddon._stat(str(tmp_path / "policy.yaml")) != before
+    assert signature(str(tmp_path / "policy.yaml")) != before
 
 
 _paths = st.sampled_from(["/", "/a/", "/a/b", "/b/", "/a/../b/x", "/%61/"])

@@ -185,7 +185,8 @@ resources:
   value: $(NODE_NAME):1080
 {{- end -}}
 
-{{/* The proxy's options shared by the transparent and the standard-mode instance. */}}
+{{/* The proxy's options shared by the transparent and the standard-mode instance. The addon changes
+     no mitmproxy option itself and refuses to start without connection_strategy=lazy. */}}
 {{- define "tproxy.proxyOptions" -}}
 - -s
 - /opt/tproxy/proxy/addon.py
@@ -199,6 +200,10 @@ resources:
 - connection_strategy=lazy
 - --set
 - stream_large_bodies=1m
+- --set
+- flow_detail=0
+- --set
+- termlog_verbosity=error
 {{- end -}}
 
 {{/* Mounts of both proxy containers: CA (read-only confdir), policy, podwatch's identity map. */}}
