@@ -105,8 +105,13 @@ def _private_clone(home: str) -> str:
         untracked = subprocess.run(["git", "-C", REPO_ROOT, "ls-files", "--others", "--exclude-standard", "-z"],
                                    check=True, capture_output=True).stdout.decode().split("\0")
         for rel in filter(None, untracked):
+            src = os.path.join(REPO_ROOT, rel)
+            # new sources only: not a developer's local state (dot directories: build caches, a
+            # container engine's data root with sparse files) and nothing large
+            if rel.startswith(".") or "/." in rel or os.path.islink(src) or os.path.getsize(src) > 1 << 20:
+                continue
             os.makedirs(os.path.dirname(os.path.join(dest, rel)), exist_ok=True)
-            shutil.copy2(os.path.join(REPO_ROOT, rel), os.path.join(dest, rel))
+            shutil.copy2(src, os.path.join(dest, rel))
     else:
         shutil.copytree(REPO_ROOT, dest, ignore=shutil.ignore_patterns(".venv", ".tools", "__pycache__", ".*cache"))
     return dest
