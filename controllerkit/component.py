@@ -10,7 +10,10 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Optional
+
+if TYPE_CHECKING:
+    from controllerkit.serve import HealthServer
 
 
 def fail(log, prog: str, code: int, event: str, message: str, **fields) -> int:
@@ -38,7 +41,7 @@ class Lifecycle:
                  install_signals: bool = True):
         self.log = log
         self.stop = threading.Event()
-        self.health = None
+        self.health: Optional["HealthServer"] = None
         self._on_signal: list[Callable[[], None]] = []
         self._signal_event = signal_event
         self._signal_fields = signal_fields or {}
@@ -63,11 +66,12 @@ class Lifecycle:
             return None
         from controllerkit.serve import HealthServer
         try:
-            self.health = HealthServer(port, host=host, ready=ready).start()
+            health = HealthServer(port, host=host, ready=ready).start()
         except OSError as exc:
             raise StartupError(exit_code, f"cannot serve metrics on port {port}: {exc}") from None
-        self.log.info("serving_metrics", port=self.health.port)
-        return self.health
+        self.health = health
+        self.log.info("serving_metrics", port=health.port)
+        return health
 
     def wait(self, poll: float | None = None) -> None:
         """Block until a signal (or ``stop.set()``)."""

@@ -21,6 +21,7 @@ handler that raises is logged and the informer carries on. Handlers should be qu
 """
 from __future__ import annotations
 
+import builtins
 import copy
 from copy import deepcopy as _deepcopy
 import random
@@ -79,7 +80,7 @@ class Store:
                 return list(self._items.values())
             return [_deepcopy(o) for o in self._items.values()]
 
-    def keys(self) -> list[str]:
+    def keys(self) -> builtins.list[str]:  # `list` here is the method above
         with self._lock:
             return list(self._items)
 
@@ -300,7 +301,7 @@ class Informer:
                     self._emit("update", old, obj)
             elif etype == "DELETED":
                 old = self.store._pop(key)
-                self._emit("delete", obj if obj.get("metadata") else old)
+                self._emit("delete", obj if obj.get("metadata") or old is None else old)
 
     def _emit(self, what: str, *objs: dict) -> None:
         index = {"add": 0, "update": 1, "delete": 2}[what]

@@ -27,7 +27,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 from kubernetes.config.incluster_config import InClusterConfigLoader
 
-from .errors import ApiError, StreamError, from_response
+from .errors import StreamError, from_response
 
 __all__ = ["resource_path", "Client", "WatchStream", "ConfigError", "PATCH_CONTENT_TYPES", "WATCH_EVENT_TYPES"]
 

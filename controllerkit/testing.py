@@ -138,8 +138,9 @@ class FakeApiServer:
     # -- server -------------------------------------------------------------------------------------
     @property
     def url(self) -> str:
+        assert self._httpd is not None, "start() the server first"
         host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def start(self) -> "FakeApiServer":
         fake = self

@@ -174,7 +174,7 @@ class WorkQueue:
             return self._failures.get(key, 0)
 
 
-def run_workers(queue: WorkQueue, sync: Callable[[str], None], *, workers: int = 1,
+def run_workers(queue: WorkQueue, sync: Callable[[str], object], *, workers: int = 1,
                 stop: threading.Event, logger=None, on_error=None) -> list[threading.Thread]:
     """Start ``workers`` daemon threads that run ``sync(key)`` for each queued key until ``stop`` is set
     (or the queue is shut down).

@@ -109,7 +109,7 @@ def parse_review(body: bytes) -> Review:
     uid = req.get("uid")
     _require(isinstance(uid, str) and uid != "", "request.uid is missing or not a non-empty string")
     kind = req.get("kind")
-    _require(isinstance(kind, dict) and isinstance(kind.get("kind"), str) and kind.get("kind"),
+    _require(isinstance(kind, dict) and isinstance(kind.get("kind"), str) and bool(kind.get("kind")),
              "request.kind must be an object with group, version and kind")
     op = req.get("operation")
     _require(op in ("CREATE", "UPDATE", "DELETE", "CONNECT"),
@@ -154,7 +154,11 @@ def review(rv: Review, cfg: Optional[InjectionConfig], *, annotation: str, requi
         return Answer(True, IGNORED, f"{rv.operation} of a {rv.kind} is not mutated")
     if rv.namespace in exclude_namespaces:
         return Answer(True, SKIPPED, f"namespace {rv.namespace!r} is excluded")
-    value = optin.value_of(rv.obj.get("metadata"), annotation)
+    obj = rv.obj
+    if obj is None:  # a CREATE or UPDATE always carries its object; refuse rather than guess
+        return _deny(f"the {rv.operation} review of a {rv.kind} carries no request.object", code=400,
+                     reason="BadRequest")
+    value = optin.value_of(obj.get("metadata"), annotation)
     if require_annotation and not optin.is_true(value):
         why = "missing" if value is None else f"{value!r}, not \"true\""
         return Answer(True, SKIPPED, f"annotation {annotation} is {why}")
@@ -162,14 +166,14 @@ def review(rv: Review, cfg: Optional[InjectionConfig], *, annotation: str, requi
         # Never let an opted-in object through without its protection (the Initializer keeps it pending).
         return _deny(f"no valid injection config is loaded yet ({config_reason or 'not read yet'}); "
                      f"retry when the tproxy webhook is ready", code=503, reason="ServiceUnavailable")
-    new = copy.deepcopy(rv.obj)
+    new = copy.deepcopy(obj)
     try:
         if is_deploy:
             apply_injection(new, cfg, annotation=annotation)
         else:
             inject_pod(new, cfg, annotation=annotation, prefix="", what="pod")
     except InjectionConflict as exc:
-        if (is_pod or rv.operation == "UPDATE") and _carries_ours(rv.obj, cfg, is_deploy):
+        if (is_pod or rv.operation == "UPDATE") and _carries_ours(obj, cfg, is_deploy):
             # Injected under another config version (or locked by hand, manual mode): a Pod of an old
             # template, or an update of a Deployment injected before the config changed. Refusing would
             # stop every locked workload from making pods after a sidecar upgrade; it keeps its lock.

@@ -27,9 +27,12 @@ from __future__ import annotations
 import calendar
 import threading
 import time
-from typing import Iterable, Optional
+from typing import TYPE_CHECKING, Iterable, Optional, Self
 
 import structlog
+
+if TYPE_CHECKING:
+    from controllerkit.informer import Informer
 
 from controllerkit import errors
 from controllerkit import optin
@@ -138,11 +141,11 @@ class Controller:
         self._threads: list[threading.Thread] = []
         self._watches: dict = {}  # ConfigMap ref -> open watch stream (closed by stop())
         self.queue = WorkQueue("initializer")
-        self.informer = None
+        self.informer: Optional[Informer] = None
         self._informer_log: Optional[_InformerLog] = None
 
     @classmethod
-    def from_kubeconfig(cls, kubeconfig: Optional[str] = None, **kwargs) -> "Controller":
+    def from_kubeconfig(cls, kubeconfig: Optional[str] = None, **kwargs) -> Self:
         """Build a controller from a kubeconfig path (``None``: $KUBECONFIG, else in-cluster)."""
         client = Client.from_config(kubeconfig)
         client.default_timeout = 10.0
@@ -159,12 +162,12 @@ class Controller:
     def _set_config_error(self, reason: str, message: str) -> None:
         metrics.CONFIG_ERRORS.labels(reason).inc()
         with self._config_lock:
-            have = self._config is not None
-            if not have:
+            kept = self._config
+            if kept is None:
                 self._config_reason = message
-        if have:
+        if kept is not None:
             self.log.error("config_error_keeping_last_good", reason=reason, error=message,
-                           configmap=self._cm_ref(), fingerprint=self._config.fingerprint)
+                           configmap=self._cm_ref(), fingerprint=kept.fingerprint)
         else:
             self.log.error("config_unavailable", reason=reason, error=message, configmap=self._cm_ref(),
                            hint="deployments stay pending until a valid config is loaded")
@@ -241,12 +244,12 @@ class Controller:
     def _set_root_certs_error(self, reason: str, message: str) -> None:
         metrics.ROOT_CERTS_ERRORS.labels(reason).inc()
         with self._config_lock:
-            have = self._root_certs is not None
-            if not have:
+            kept_certs = self._root_certs
+            if kept_certs is None:
                 self._root_certs_reason = message
-        if have:
+        if kept_certs is not None:
             self.log.error("root_certs_error_keeping_last", reason=reason, error=message,
-                           configmap=self._root_certs_ref(), fingerprint=self._root_certs.fingerprint)
+                           configmap=self._root_certs_ref(), fingerprint=kept_certs.fingerprint)
         else:
             self.log.error("root_certs_unavailable", reason=reason, error=message, configmap=self._root_certs_ref(),
                            hint="deployments to inject stay pending until the CA bundle is read")
@@ -382,11 +385,12 @@ class Controller:
                     copied = True
                 except CopyRefused as exc:
                     metrics.ROOT_CERTS_COPIES.labels("refused").inc()
-                    decision = self._fail(path, current, str(exc), code=exc.code, reason=exc.reason)
-                    if decision is None:
+                    failed = self._fail(path, current, str(exc), code=exc.code, reason=exc.reason)
+                    if failed is None:
                         continue
-                    self._record(decision, current)
-                    return decision
+                    self._record(failed, current)
+                    return failed
+            assert decision.obj is not None  # every action but IGNORE (returned above) carries the object
             try:
                 self.client.replace(path, decision.obj)
             except errors.Conflict:
@@ -401,9 +405,10 @@ class Controller:
                 # The server refused the injected object (e.g. the config does not validate against
                 # this deployment). Fail the create with the server's reason rather than retry forever.
                 metrics.WRITE_ERRORS.labels("invalid").inc()
-                decision = self._fail_after_invalid(path, current, exc)
-                if decision is None:
+                failed = self._fail_after_invalid(path, current, exc)
+                if failed is None:
                     continue
+                decision = failed
             except errors.Forbidden as exc:
                 metrics.WRITE_ERRORS.labels("forbidden").inc()
                 self.log.error("write_forbidden", namespace=ns, name=name, error=str(exc),
@@ -462,8 +467,8 @@ class Controller:
         t = threading.Thread(target=self._config_loop, name="initializer-config", daemon=True)
         t.start()
         self._threads.append(t)
-        self.informer = self._make_informer()
-        self.informer.start()
+        self.informer = informer = self._make_informer()
+        informer.start()
         self._threads += run_workers(self.queue, self.sync, workers=self.workers, stop=self._stop,
                                      logger=self.log)
         if self.root_certs_configmap:

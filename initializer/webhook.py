@@ -176,8 +176,8 @@ class WebhookController(Controller):
             t.start()
             self._threads.append(t)
         if self.root_certs_configmap:
-            self.informer = self._make_informer()
-            self.informer.start()
+            self.informer = informer = self._make_informer()
+            informer.start()
             self._threads += run_workers(self.copy_queue, self.sync_copy, workers=self.workers, stop=self._stop,
                                          logger=self.log)
         return self

@@ -105,7 +105,7 @@ class PodWatch:
                 self._locked_uids.add(meta["uid"])
 
     def desired(self) -> list[rules.LockedPod]:
-        pods = self.informer.store.list() if self.informer is not None else []
+        pods: list[dict] = self.informer.store.list() if self.informer is not None else []
         if not self._remembered:
             self._remember_programmed(pods)
         ns = self.namespace or None

@@ -239,6 +239,8 @@ class TproxyAddon:
         if "tproxy" not in flow.metadata:
             return
         response = flow.response
+        if response is None:  # mitmproxy calls responseheaders with the response set
+            return
         if response.stream is True or (not response.stream and "content-length" not in response.headers):
             counter = {"n": 0}
             flow.metadata["tproxy_bytes"] = counter
@@ -253,9 +255,12 @@ class TproxyAddon:
         v = flow.metadata.pop("tproxy", None)
         if v is None:
             return
+        response = flow.response
+        if response is None:  # mitmproxy calls response with the response set
+            return
         counted = flow.metadata.get("tproxy_bytes")
-        nbytes = counted["n"] if counted else len(flow.response.raw_content or b"")
-        self._audit(flow, v, status=flow.response.status_code, nbytes=nbytes)
+        nbytes = counted["n"] if counted else len(response.raw_content or b"")
+        self._audit(flow, v, status=response.status_code, nbytes=nbytes)
 
     def error(self, flow: http.HTTPFlow) -> None:
         msg = flow.error.msg if flow.error else "error"

@@ -108,12 +108,10 @@ def decide(f: RequestFacts, policy: Policy) -> Verdict:
     except Exception:  # noqa: BLE001 - idna raises several types; any is "invalid"
         return Verdict(BLOCK, INVALID_HOST, host=authority)
     scheme = f.scheme
-    if f.regular:
-        port = f.request_port
-    else:  # the port the client connected to; a port in the Host header is not dialled
-        port = f.destination_port
-        if port is None:
-            port = 443 if scheme == "https" else 80
+    # regular mode: the request's port; transparent: the port the client connected to (a port in
+    # the Host header is not dialled)
+    chosen = f.request_port if f.regular else f.destination_port
+    port = chosen if chosen is not None else (443 if scheme == "https" else 80)
     target = None if h2 else f.absolute_target
     if target is None and f.authority and not h2:  # parser not wrapped (bare test contexts)
         try:

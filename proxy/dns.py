@@ -26,8 +26,9 @@ async def system_resolve(host: str, port: int) -> list[str]:
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     seen: list[str] = []
     for *_, sockaddr in infos:
-        if sockaddr[0] not in seen:
-            seen.append(sockaddr[0])
+        addr = str(sockaddr[0])
+        if addr not in seen:
+            seen.append(addr)
     return seen
 
 

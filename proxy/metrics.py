@@ -10,6 +10,8 @@ labelled ``unmatched`` (their host is chosen by the client: unbounded).
 """
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 HOST_LABEL_LIMIT = 50
@@ -33,7 +35,7 @@ class Metrics:
             buckets=(0.00001, 0.00003, 0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1), registry=r)
         self.probes = Counter("tproxy_probe_requests", "Interception probes answered.", registry=r)
         self.identity_errors = Counter("tproxy_identity_errors", "Unreadable pod identity files.", registry=r)
-        self._request_children: dict[tuple[str, str], object] = {}
+        self._request_children: dict[tuple[str, str], Any] = {}
 
     def count_request(self, decision: str, rule) -> None:
         """``requests.labels(decision, host_label(rule)).inc()``, with the label children cached

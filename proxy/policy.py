@@ -146,14 +146,15 @@ class Rule:
         """This rule's audit fields, JSON-encoded without braces: ``"rule":...,"rule_index":N``."""
         return f'"rule":{json.dumps(self.label)},"rule_index":{self.index}'
 
-    def matches(self, method: str, scheme: str, path: str, namespace: str | None) -> bool:
+    def matches(self, method: str, scheme: str, path: str | None, namespace: str | None) -> bool:
+        """``path`` is the normalised path, or None when this rule has no paths to compare."""
         if self.methods and method.upper() not in self.methods:
             return False
         if self.schemes and scheme not in self.schemes:
             return False
         if self.namespaces and namespace not in self.namespaces:
             return False
-        if self.paths and not any(path.startswith(p) for p in self.paths):
+        if self.paths and (path is None or not any(path.startswith(p) for p in self.paths)):
             return False
         return True
 

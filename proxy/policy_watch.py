@@ -102,6 +102,7 @@ class PolicyWatch:
             self.metrics.policy_reloads.labels("error").inc()
             log.error("policy_rejected", path=path, error=str(error), kept=kept.source, kept_rules=len(kept.rules))
             return False
+        assert policy is not None  # _parse gives a policy or an error
         self.install(policy)
         return True
 

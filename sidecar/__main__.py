@@ -66,7 +66,7 @@ def resolve_node(node: str) -> list[str]:
             f"rule ({e.strerror}); fix the pod's DNS/hosts or unset NODE_NAME") from None
     out: list[str] = []
     for info in infos:
-        ip = info[4][0].split("%")[0]
+        ip = str(info[4][0]).split("%")[0]
         if ip not in out:
             out.append(ip)
     return out

@@ -24,7 +24,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Sequence
 
 from controllerkit import iptables
 
@@ -158,5 +158,5 @@ def all_families(cfg: LockConfig, jumps: dict[int, tuple[list[str], bool]] | Non
             "ipv6": render_v6(cfg, *jumps.get(6, ((), False)))}
 
 
-__all__: Iterable[str] = ["LockConfig", "LockConfigError", "render_v4", "render_v6", "parse_jumps",
+__all__ = ["LockConfig", "LockConfigError", "render_v4", "render_v6", "parse_jumps",
                           "parse_addresses", "parse_cidrs", "resolv_conf_nameservers", "CHAIN"]
