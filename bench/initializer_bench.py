@@ -148,7 +148,8 @@ def scenario(kind: str, faults: str | None, n: int, concurrency: int) -> dict:
                 ready_s = wait_working(admin)
             except Exception as e:
                 tail = open(log_path, "rb").read()[-1200:].decode(errors="replace")
-                raise RuntimeError(f"{kind} controller not working: {e}; log: {tail}; kubesim: {ks.log_tail(600)}")
+                raise RuntimeError(
+                    f"{kind} controller not working: {e}; log: {tail}; kubesim: {ks.log_tail(600)}") from e
             r = burst(ks, n, concurrency)
             r["ready_s"] = ready_s
             r["verify"] = verify(admin, kind, n)
@@ -179,7 +180,7 @@ def run(cfg: common.BenchConfig) -> dict:
     reps = cfg.pick(1, min(cfg.repeats, 3))
     res: dict = {"n": n, "concurrency": concurrency, "faults": faults, "repeats": reps, "scenarios": {}}
     runs: dict[str, list[dict]] = {}
-    for rep in range(reps):  # interleaved: bare and tproxy alternate, so drift hits both
+    for _rep in range(reps):  # interleaved: bare and tproxy alternate, so drift hits both
         for label, fl in (("clean", None), ("faults", faults)):
             for kind in kinds:
                 runs.setdefault(f"{kind}/{label}", []).append(scenario(kind, fl, n, concurrency))

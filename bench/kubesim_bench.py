@@ -30,7 +30,6 @@ def writes(ks: KubeSim, threads: int, per_thread: int, ns: str) -> dict:
     errors: list[str] = []
     lock = threading.Lock()
     barrier = threading.Barrier(threads + 1)
-    phase_times = {}
 
     def worker(t: int):
         mine = []

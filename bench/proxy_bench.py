@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 
 import yaml
 
@@ -116,7 +115,7 @@ def run(cfg: common.BenchConfig) -> dict:
             try:
                 wait_listening(topo.node, PORTS[mode], timeout=60, proc=p)
             except Exception as e:
-                raise RuntimeError(f"{mode} proxy did not start: {e}; log: {topo.log_tail(mode + '.log')}")
+                raise RuntimeError(f"{mode} proxy did not start: {e}; log: {topo.log_tail(mode + '.log')}") from e
 
         def loadgen(scheme: str, dur: float, warmup: float) -> dict:
             argv = [sys.executable, "-m", "bench.loadgen", f"{scheme}://www.google.com/", "-c", str(concurrency),

@@ -53,7 +53,7 @@ def run(cfg: common.BenchConfig) -> dict:
         env = {**os.environ, "ALLOW_DNS": "198.18.0.53", "TPROXY_VERIFY_TIMEOUT": "15",
                "TPROXY_PYTHON": sys.executable}
         k = 0
-        for i in range(runs):
+        for _i in range(runs):
             for mode in modes:
                 k += 1
                 pod = Netns.create("bscp")

@@ -184,7 +184,7 @@ def cleanup_all() -> None:
     for ns in leftovers:
         try:
             ns.delete()
-        except Exception:  # best effort at exit
+        except Exception:  # noqa: BLE001 - best effort at exit
             pass
 
 

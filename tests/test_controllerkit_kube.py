@@ -332,7 +332,7 @@ def test_watch_without_chunked_encoding_delivers_each_event_at_once():
     threading.Thread(target=serve, daemon=True).start()
     c = Client.from_url(f"http://127.0.0.1:{listener.getsockname()[1]}")
     got = []
-    for etype, obj in c.watch("/api/v1/pods", timeout_seconds=5):
+    for etype, _obj in c.watch("/api/v1/pods", timeout_seconds=5):
         got.append(etype)
         first_seen.set()
     listener.close()

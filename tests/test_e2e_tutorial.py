@@ -167,7 +167,7 @@ def test_locked_pod_ping_is_not_permitted(tutorial):
 
 
 def test_locked_pod_other_ports_and_ipv6_do_not_get_out(tutorial):
-    c, pod = tutorial["cluster"], tutorial["locked"]
+    pod = tutorial["locked"]
     tcp = curl(tutorial, pod, "--connect-timeout", "3", "-o", "/dev/null", "http://203.0.113.10:8443/")
     assert tcp.returncode != 0
     v6 = curl(tutorial, pod, "-6", "--connect-timeout", "3", "-o", "/dev/null", "-w", "%{http_code}",

@@ -241,8 +241,8 @@ def test_template_annotations_are_kept():
 
 # --- properties: whatever the user's pod template, one injection is complete and a second is a no-op
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings  # noqa: E402 - the property tests' own imports, kept with them
+from hypothesis import strategies as st  # noqa: E402
 
 _names = st.sampled_from(["app", "web", "side", "db", "cache"])
 _user_env = st.lists(st.fixed_dictionaries({"name": st.sampled_from(["A", "B", "PATH"]),

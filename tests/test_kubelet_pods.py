@@ -12,7 +12,6 @@ import sys
 
 import pytest
 
-from kubesim import netns
 from kubesim.testing import wait_for
 
 pytestmark = [pytest.mark.root]

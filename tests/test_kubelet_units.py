@@ -1,5 +1,4 @@
 """Pure parts of the netns kubelet and its CLIs (no root needed)."""
-import io
 import os
 
 import pytest

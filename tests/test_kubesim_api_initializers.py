@@ -6,7 +6,6 @@ numbers refer to docs/initializers-1.7.md.
 import threading
 import time
 
-import kubernetes.client as k
 import pytest
 
 from kubesim.apiserver import APIServer

@@ -11,7 +11,6 @@ import time
 import kubernetes.client as k
 import kubernetes.config
 import pytest
-import yaml
 
 from kubesim.apiserver import APIServer
 from kubesim.testing import api_client_for, raw
@@ -428,7 +427,6 @@ def test_pod_template_validation(c):
 
 def test_yaml_request_body(c):
     """application/yaml bodies are accepted like JSON (kubectl --output-ish clients)."""
-    import urllib.request
     s, obj = raw(c, "POST", CM, body="apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: from-yaml\ndata:\n  a: b\n",
                  content_type="application/yaml")
     assert s == 201 and obj["data"] == {"a": "b"}

@@ -53,7 +53,7 @@ def test_chains_always_equal_the_last_synced_set(node, sets):
         res = rules.sync(pods, 8080, run)
         assert not res.failed
     assert_rules_are(node, sets[-1])
-    for fam, tool in (("ipv4", "iptables"), ("ipv6", "ip6tables")):
+    for _fam, tool in (("ipv4", "iptables"), ("ipv6", "ip6tables")):
         for table, builtin, chain in (("nat", "PREROUTING", rules.REDIRECT_CHAIN), ("filter", "FORWARD", rules.GUARD_CHAIN)):
             lines = node.run(tool, "-t", table, "-S", builtin).stdout.splitlines()
             assert sum(f"-j {chain}" in ln for ln in lines) == 1 and f"-j {chain}" in lines[1]

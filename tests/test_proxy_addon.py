@@ -152,7 +152,7 @@ def test_unapproved_connection_to_original_destination_is_refused(addon):
 
 
 def test_approval_is_per_client_connection(addon):
-    f = run(addon, make_flow())
+    run(addon, make_flow())
     other = make_flow()
     srv = server_connect(addon, other, "storage.googleapis.com", 443)
     assert srv.error

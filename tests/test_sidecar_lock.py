@@ -41,7 +41,7 @@ def test_jump_fixup_is_idempotent():
     jumps, first = lock.parse_jumps(f"-P OUTPUT ACCEPT\n-A OUTPUT -j OTHER\n{ours}\n{ours}\n")
     assert len(jumps) == 2 and not first
     text = lock.render_v4(lock.LockConfig(), jumps, first)
-    assert text.count(f"-D OUTPUT -m comment") == 2 and text.count("-I OUTPUT 1 ") == 1
+    assert text.count("-D OUTPUT -m comment") == 2 and text.count("-I OUTPUT 1 ") == 1
 
 
 @pytest.mark.parametrize("var,value,msg", [
@@ -90,7 +90,8 @@ LOCK_ENV = {**PROBE_ENV, "ALLOW_DNS": DNS_ALLOWED, "BLOCK_SVC_CIDR": SVC_CIDR, "
 def net():
     net = CaptureNet.create()
     try:
-        locked, open_ = net.add_pod("locked"), net.add_pod("open")
+        locked = net.add_pod("locked")
+        net.add_pod("open")
         net.serve(net.internet, "inet", f"tcp:{INET4}:80", f"tcp:{INET4}:443", f"tcp:{INET4}:22",
                   f"udp:{INET4}:443", f"tcp:[{INET6}]:80", f"tcp:{SVC_IP}:80",
                   f"udp:{DNS_ALLOWED}:53", f"tcp:{DNS_ALLOWED}:53", f"udp:{DNS_FOREIGN}:53", f"tcp:{DNS_FOREIGN}:53")

@@ -39,7 +39,7 @@ def validate_name(kind_of_name: str, name: str) -> str | None:
                     "'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')")
     elif kind_of_name == "path":  # RBAC objects: any name that is a valid path segment
         if name in (".", "..") or "/" in name or "%" in name:
-            return f"may not contain '/' or '%' and may not be '.' or '..'"
+            return "may not contain '/' or '%' and may not be '.' or '..'"
     else:
         if len(name) > 253:
             return "must be no more than 253 characters"

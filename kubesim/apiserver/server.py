@@ -617,7 +617,7 @@ class APIServer:
         discovery = self._discovery(path, h)
         if discovery is not None:
             if method != "GET":
-                raise APIError(405, "MethodNotAllowed", f"the server does not allow this method on the requested resource")
+                raise APIError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
             self._send_json(h, 200, discovery)
             return
         user = self.authenticate(h.headers.get("Authorization"))

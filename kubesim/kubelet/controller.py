@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import random
-import string
 import threading
 import time
 

@@ -11,7 +11,7 @@ import os
 import time
 
 from kubesim.apply import apply_documents, load_documents
-from kubesim.demo import EXAMPLES, RELEASE_NAMESPACE, last_round, render_chart
+from kubesim.demo import EXAMPLES, RELEASE_NAMESPACE, last_round, render_chart  # noqa: F401 - RELEASE_NAMESPACE: re-exported for the e2e tests
 from kubesim.topology import POD_CIDR, POD_CIDR6
 from controllerkit.probe import PROBE_ADDRESS
 

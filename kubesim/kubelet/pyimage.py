@@ -115,7 +115,7 @@ def build_layer(run_dir: str, product_path: str | None) -> str:
                 os.makedirs(os.path.dirname(out), exist_ok=True)
                 with open(out, "w") as f:
                     f.write((product_path + "\n") if product_path else "")
-    for dirpath, dirnames, filenames in os.walk(tmp):
+    for dirpath, _dirnames, filenames in os.walk(tmp):
         os.chmod(dirpath, 0o755)
         for fn in filenames:
             p = os.path.join(dirpath, fn)
