@@ -100,9 +100,8 @@ APT
          "$rootfs"/usr/share/locale/* "$rootfs"/var/cache/apt/* "$rootfs"/var/lib/apt/lists/* \
          "$rootfs"/var/cache/debconf/*-old "$rootfs"/var/log/*.log "$rootfs"/tmp/* \
          "$rootfs"/usr/share/python-wheels
-  # no byte-code: the images install with --no-compile, and PYTHONDONTWRITEBYTECODE keeps pip's own
-  # run in each build from writing the standard library's and pip's .pyc files into every image layer
-  find "$rootfs" -name __pycache__ -type d -prune -exec rm -rf {} +
+  # the standard library and pip stay byte-compiled (as in the official image: no compile at every
+  # start); PYTHONDONTWRITEBYTECODE keeps the builds' own pip runs from adding .pyc files to each layer
   tar -C "$rootfs" -c . | tpodman import \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'ENV LANG=C.UTF-8' --change 'ENV PYTHONDONTWRITEBYTECODE=1' --change 'CMD ["python3"]' - "$LOCAL_BASE" >/dev/null
