@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench bench-quick lint clean
+.PHONY: setup demo test bench bench-quick lint clean images demo-images
 
 setup:
 	VENV=$(VENV) bash scripts/setup.sh
@@ -13,6 +13,15 @@ demo: setup
 
 test: setup
 	$(PY) scripts/run_tests.py $(PYTEST_ARGS)
+
+# The four images and the example app's, from their Dockerfiles, with podman (installed if missing);
+# a local Debian bookworm base when the official python base cannot be pulled. See scripts/images.sh.
+images: setup
+	bash scripts/images.sh
+
+# The tutorial on the real images: the netns kubelet runs every pod's containers with podman.
+demo-images: images
+	$(PY) -m kubesim demo --runtime=podman
 
 bench: setup
 	$(PY) -m bench

@@ -174,9 +174,17 @@ class Demo:
     def run(self) -> int:
         from kubesim.kubelet.cluster import SimCluster
         from controllerkit.kube import resource_path
+        runtime = getattr(self.args, "runtime", "emulate")
+        if runtime == "podman":
+            from kubesim.kubelet import engine
+            try:
+                engine.require(images_needed())
+            except engine.EngineError as e:
+                raise DemoError(str(e)) from None
         self.cluster = SimCluster(self.args.run_dir, keep_run_dir=self.args.keep,
-                                  kubelet_options={"backoff_initial": 1.0, "backoff_cap": 4.0})
-        self.step("Starting a simulated Kubernetes 1.7 cluster (Initializers admission plugin on)")
+                                  kubelet_options={"backoff_initial": 1.0, "backoff_cap": 4.0, "runtime": runtime})
+        self.step("Starting a simulated Kubernetes 1.7 cluster (Initializers admission plugin on)"
+                  + ("; pods run the real images on podman" if runtime == "podman" else ""))
         self.cluster.start(progress=lambda m: self.detail(m))
         self.step(f"cluster up; run dir {self.cluster.run_dir}")
 
@@ -267,8 +275,22 @@ class Demo:
         return 0
 
 
+def images_needed() -> list[str]:
+    """Every image the tutorial's pods run: the chart's (as rendered) and the examples'."""
+    import yaml
+    refs = set()
+    texts = [render_chart("tproxy.useInitializer=true,tproxy.useRBAC=true")]
+    texts += [open(os.path.join(EXAMPLES, f)).read() for f in ("debian-app.yaml", "debian-app-locked.yaml")]
+    for text in texts:
+        refs.update(re.findall(r"^\s*(?:-\s+)?image:\s*[\"']?([^\s\"']+)", text, re.M))
+    return sorted(refs)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = __doc__.split("\n\n")[0]
+    p.add_argument("--runtime", choices=("emulate", "podman"), default="emulate",
+                   help="emulate (default, fast): run each image's Dockerfile entrypoint on the host's Python; "
+                        "podman: run the real images built by `make images`")
     p.add_argument("--run-dir", help="keep logs and volumes here (default: a temporary directory)")
     p.add_argument("--keep", action="store_true", help="keep the run directory after the demo")
     p.add_argument("--timeout", type=float, default=40.0,

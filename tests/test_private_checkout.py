@@ -113,7 +113,7 @@ def _private_clone(home: str) -> str:
             os.makedirs(os.path.dirname(os.path.join(dest, rel)), exist_ok=True)
             shutil.copy2(src, os.path.join(dest, rel))
     else:
-        shutil.copytree(REPO_ROOT, dest, ignore=shutil.ignore_patterns(".venv", ".tools", "__pycache__", ".*cache"))
+        shutil.copytree(REPO_ROOT, dest, ignore=shutil.ignore_patterns(".venv", ".tools", ".images", ".kind", "__pycache__", ".*cache"))
     return dest
 
 

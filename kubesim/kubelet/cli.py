@@ -34,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(doubles up to --backoff-cap; default 1)")
     p.add_argument("--backoff-cap", type=float, default=10.0, help="maximum back-off (default 10)")
     p.add_argument("--log-level", default="info", help="kubelet log level (JSON lines on stderr)")
+    p.add_argument("--runtime", choices=("emulate", "podman"), default="emulate",
+                   help="emulate (default): each image's Dockerfile entrypoint on the host's Python; "
+                        "podman: the real images built by `make images`")
 
 
 def run(args) -> int:
@@ -47,7 +50,8 @@ def run(args) -> int:
     run_dir = args.run_dir or tempfile.mkdtemp(prefix="kubesim-")
     cluster = SimCluster(run_dir, node_name=args.node_name, kubeconfig=args.kubeconfig,
                          internet=not args.no_internet, ipv6=not args.no_ipv6, keep_run_dir=True,
-                         kubelet_options={"backoff_initial": args.backoff, "backoff_cap": args.backoff_cap})
+                         kubelet_options={"backoff_initial": args.backoff, "backoff_cap": args.backoff_cap,
+                                          "runtime": args.runtime})
     stop = threading.Event()
 
     def on_signal(signum, _frame):

@@ -93,9 +93,14 @@ class Kubelet:
 
     def __init__(self, client: Client, topology: Topology, *, run_dir: str, node_name: str | None = None,
                  extra_ca_files: list[str] | None = None, backoff_initial: float = 1.0, backoff_cap: float = 10.0,
-                 max_grace: float = 5.0, volume_refresh: float = 1.0, resync_period: float = 30.0, logger=None):
+                 max_grace: float = 5.0, volume_refresh: float = 1.0, resync_period: float = 30.0, logger=None,
+                 runtime: str = "emulate"):
         self.client = client
         self.topology = topology
+        if runtime not in ("emulate", "podman"):
+            raise ValueError(f"kubelet: unknown runtime {runtime!r} (emulate or podman)")
+        #: emulate: each Dockerfile's entrypoint on the host's Python; podman: the real images
+        self.runtime = runtime
         self.node_name = node_name or topology.node_name
         self.run_dir = os.path.abspath(run_dir)
         self.hostfs = os.path.join(self.run_dir, "hostfs")

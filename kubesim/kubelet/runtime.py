@@ -12,8 +12,11 @@ A :class:`PodRuntime` is a thread that owns everything of one pod:
 5. ``stop()``: SIGTERM to each container's process group, SIGKILL after the grace period, then the
    network namespace is deleted.
 
-Every container process is ``ip netns exec <ns> python -m kubesim.kubelet.launch <spec>``; its
-stdout+stderr go to ``<pod dir>/logs/<container>.log`` (appended across restarts).
+Every container process is ``ip netns exec <ns> python -m kubesim.kubelet.launch <spec>`` (the default
+runtime, ``emulate``: the image's Dockerfile read, its entrypoint run on the host's Python), or with
+``runtime="podman"`` an attached ``podman run`` of the real image (:mod:`kubesim.kubelet.engine`) joined
+to the pod's network namespace; either way its stdout+stderr go to ``<pod dir>/logs/<container>.log``
+(appended across restarts).
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ from controllerkit.kube import resource_path
 
 from kubesim.kubelet import pyimage
 from kubesim.kubelet.images import REPO_ROOT, container_argv
+from kubesim.kubelet.launch import DEFAULT_CAPS
 from kubesim.kubelet.volumes import PodVolumes, VolumeError
 from kubesim.topology import API_PORT, NODE_IP, run_in_netns
 
@@ -447,14 +451,81 @@ class PodRuntime(threading.Thread):
 
     LAUNCHER_ENV = {"PATH": BASE_PATH, "PYTHONPATH": REPO_ROOT, "PYTHONDONTWRITEBYTECODE": "1"}
 
+    def podman_argv(self, c: ContainerProc, launch: dict) -> list[str]:
+        """``podman run`` of the container's real image with what the launch spec says, translated:
+        the pod's network namespace (the node's for hostNetwork), its /etc/hosts and resolv.conf, the
+        pod spec's env (not the emulation's PATH/PYTHON* additions: the image has its own), volumes
+        and the service-account token, the trust bundle over the image's CA files, command/args,
+        working directory, securityContext (privileged, capabilities, runAsUser/Group)."""
+        from kubesim.kubelet import engine
+        spec = c.spec
+        name = self._podman_name(c)
+        argv = engine.podman_argv() + ["run", "--rm", "--name", name, *engine.LIMITS,
+                                       "--network", f"ns:/run/netns/{self.net.name}", "--hostname", self.name]
+        etc = f"/etc/netns/{self.net.name}"
+        for f in ("hosts", "resolv.conf"):
+            if os.path.exists(os.path.join(etc, f)):
+                argv += ["-v", f"{os.path.join(etc, f)}:/etc/{f}:ro"]
+        env = self._env(spec)
+        emulated = set(pyimage.env()) | {"PATH", "HOME", "PYTHONDONTWRITEBYTECODE"} | set(self.kubelet.images.resolve(spec.get("image", "")).env)
+        declared = {e["name"] for e in spec.get("env") or []}
+        for k, v in env.items():
+            if k in emulated and k not in declared:
+                continue
+            argv += ["-e", f"{k}={v}"]
+        volumes = self.volumes.mounts_for(spec)
+        for m in volumes:
+            argv += ["-v", f"{m['src']}:{m['dst']}" + (":ro" if m.get("ro") else "")]
+        if self.kubelet.ca_bundle:
+            # under the pod's own volumes (the injected CA bundle at /etc/ssl/certs/ wins), as in the emulation
+            for dst in engine.TRUST_PATHS:
+                if not any(dst == m["dst"] or dst.startswith(m["dst"].rstrip("/") + "/") for m in volumes):
+                    argv += ["-v", f"{self.kubelet.ca_bundle}:{dst}:ro"]
+        if launch["privileged"]:
+            argv.append("--privileged")
+        # Docker's and containerd's default set, which Kubernetes pods get (podman's own lacks NET_RAW,
+        # which Debian's ping needs as a file capability), then the securityContext's changes
+        drops = {c.upper().removeprefix("CAP_") for c in launch["cap_drop"]}
+        if "ALL" not in drops:
+            for cap in sorted(DEFAULT_CAPS):
+                if cap.removeprefix("CAP_") not in drops:
+                    argv += ["--cap-add", cap]
+        for cap in launch["cap_drop"]:
+            argv += ["--cap-drop", cap]
+        for cap in launch["cap_add"]:
+            argv += ["--cap-add", cap]
+        user = launch["run_as_user"]
+        if user is not None:
+            argv += ["--user", f"{user}:{launch['run_as_group']}" if launch["run_as_group"] is not None else str(user)]
+        elif launch["run_as_non_root"] and engine.image_user(spec.get("image", "")) in ("", "0", "root", "0:0"):
+            raise VolumeError(f"container has runAsNonRoot and image {spec.get('image')} will run as root")
+        if spec.get("workingDir"):
+            argv += ["-w", spec["workingDir"]]
+        command = [expand(a, env) for a in spec.get("command") or []]
+        args = [expand(a, env) for a in spec.get("args") or []]
+        if command:
+            argv += ["--entrypoint", json.dumps(command)]
+        argv.append(engine.image_ref(spec.get("image", "")))
+        return argv + args
+
+    def _podman_name(self, c: ContainerProc) -> str:
+        return f"kubesim-{self.uid[:8]}-{c.name}-{c.restarts}"
+
     def _start(self, c: ContainerProc) -> None:
         scratch = os.path.join(self.dir, "scratch", f"{c.name}-{c.restarts}")
         try:
             launch = self.launch_spec(c.spec, scratch)
-        except VolumeError as e:
+            if self.kubelet.runtime == "podman":
+                from kubesim.kubelet import engine
+                engine.require([c.spec.get("image", "")])
+                argv = self.podman_argv(c, launch)
+                launch["argv"] = argv
+                engine.podman("rm", "-f", "-t", "0", self._podman_name(c), check=False)
+        except (VolumeError, Exception) as e:  # noqa: BLE001 - EngineError too: a missing image is a config error
             self._fail_start(c, str(e))
             return
-        argv = self.launcher_argv(launch, scratch)
+        if self.kubelet.runtime != "podman":
+            argv = self.launcher_argv(launch, scratch)
         logf = open(self.log_path(c.name), "ab")
         try:
             c.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
@@ -476,6 +547,17 @@ class PodRuntime(threading.Thread):
 
     def _kill(self, c: ContainerProc, grace: float) -> None:
         p = c.proc
+        if self.kubelet.runtime == "podman" and p is not None and p.poll() is None:
+            # the engine stops the container (SIGTERM, then SIGKILL after the grace period); the
+            # attached `podman run` then exits with it
+            from kubesim.kubelet import engine
+            engine.podman("stop", "-t", str(max(1, int(grace))), self._podman_name(c), check=False,
+                          timeout=grace + 30)
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+            engine.podman("rm", "-f", "-t", "0", self._podman_name(c), check=False)
         if p is None or p.poll() is not None:
             return
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
