@@ -23,6 +23,10 @@ images: setup
 demo-images: images
 	$(PY) -m kubesim demo --runtime=podman
 
+# ruff (ruff.toml), shellcheck and mypy (setup.cfg [mypy]) over the repository; CI runs it first.
+lint: setup
+	VENV=$(VENV) bash scripts/lint.sh
+
 bench: setup
 	$(PY) -m bench
 

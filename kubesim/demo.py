@@ -277,7 +277,6 @@ class Demo:
 
 def images_needed() -> list[str]:
     """Every image the tutorial's pods run: the chart's (as rendered) and the examples'."""
-    import yaml
     refs = set()
     texts = [render_chart("tproxy.useInitializer=true,tproxy.useRBAC=true")]
     texts += [open(os.path.join(EXAMPLES, f)).read() for f in ("debian-app.yaml", "debian-app-locked.yaml")]

@@ -21,7 +21,6 @@
 # against the targets (proxy 300 MB, others 200 MB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-REPO=$PWD
 . scripts/podman-env.sh
 
 log() { printf '[images] %s\n' "$*"; }

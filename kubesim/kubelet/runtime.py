@@ -467,7 +467,8 @@ class PodRuntime(threading.Thread):
             if os.path.exists(os.path.join(etc, f)):
                 argv += ["-v", f"{os.path.join(etc, f)}:/etc/{f}:ro"]
         env = self._env(spec)
-        emulated = set(pyimage.env()) | {"PATH", "HOME", "PYTHONDONTWRITEBYTECODE"} | set(self.kubelet.images.resolve(spec.get("image", "")).env)
+        emulated = (set(pyimage.env()) | {"PATH", "HOME", "PYTHONDONTWRITEBYTECODE"}
+                    | set(self.kubelet.images.resolve(spec.get("image", "")).env))
         declared = {e["name"] for e in spec.get("env") or []}
         for k, v in env.items():
             if k in emulated and k not in declared:
