@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iptables-backend", default=os.environ.get("TPROXY_IPTABLES_BACKEND", "auto"),
                    help="auto (detect what the node uses, as kube-proxy's iptables-wrapper does), legacy "
                         "or nft (default: $TPROXY_IPTABLES_BACKEND, else auto)")
+    p.add_argument("--departed-grace", type=float, default=35.0, metavar="SECONDS",
+                   help="a locked pod whose object vanished without a graceful deletion (a force delete) keeps "
+                        "its rules this long, while its containers may still run, unless another pod takes its "
+                        "address; 0 = drop them at once (default: %(default)s)")
     p.add_argument("--cleanup", action="store_true",
                    help="remove every rule, chain and the identity file podwatch owns, then exit")
     p.add_argument("--log-level", default="info", help="debug, info, warning, error (default: %(default)s)")
@@ -109,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         problems.append("--node-name is required (or set $NODE_NAME, e.g. from the downward API spec.nodeName)")
     if not 1 <= args.host_port <= 65535:
         problems.append(f"-hostPort {args.host_port} is not a TCP port (1-65535)")
+    if args.departed_grace < 0:
+        problems.append("--departed-grace must be >= 0 seconds")
     if args.min_sync_interval < 0 or args.resync_period <= 0:
         problems.append("--min-sync-interval must be >= 0 and --resync-period > 0")
     if problems:
@@ -132,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     pw = PodWatch(node=args.node_name, annotation=args.annotation, host_port=args.host_port,
                   namespace=args.namespace, identity_file=args.identity_file,
                   min_sync_interval=args.min_sync_interval, resync_period=args.resync_period, logger=log,
+                  departed_grace=args.departed_grace,
                   backend=choose_backend().backend)
     informer = Informer(client, resource_path("v1", "pods", args.namespace or None),
                         query={"fieldSelector": f"spec.nodeName={args.node_name}"}, resync_period=0,

@@ -38,11 +38,17 @@ LATENCY = Histogram("tproxy_podwatch_programming_latency_seconds",
 IDENTITY_WRITES = Counter("tproxy_podwatch_identity_writes_total", "Identity file rewrites")
 
 
+#: seconds a force-deleted locked pod keeps its rules: Kubernetes' default terminationGracePeriodSeconds
+#: (30) plus the kubelet's margin to kill what is left
+DEPARTED_GRACE = 35.0
+
+
 class PodWatch:
     def __init__(self, *, node: str, annotation: str, host_port: int, namespace: str = "",
                  identity_file: str = "", runner: rules.Runner | None = None,
                  min_sync_interval: float = 0.1, resync_period: float = 30.0, logger=None,
-                 clock: Callable[[], float] = time.monotonic, backend: str = rules.DEFAULT_BACKEND):
+                 clock: Callable[[], float] = time.monotonic, backend: str = rules.DEFAULT_BACKEND,
+                 departed_grace: float = DEPARTED_GRACE):
         self.node, self.annotation, self.host_port = node, annotation, host_port
         self.namespace = namespace
         self.identity = identity.IdentityFile(identity_file, node)
@@ -61,6 +67,13 @@ class PodWatch:
         # even if someone removes the annotation (sync thread only)
         self._locked_uids: set[str] = set()
         self._kept_warned: set[str] = set()
+        # locked pods whose object vanished without a graceful deletion (a force delete): their
+        # containers may still run for a grace period, so their rules stay until then, unless another
+        # pod takes the address first (sync thread only). uid -> (the pod's LockedPods, expiry)
+        self.departed_grace = departed_grace
+        self._last_locked: dict[str, list[rules.LockedPod]] = {}
+        self._departed: dict[str, tuple[list[rules.LockedPod], float]] = {}
+        self._graceful: set[str] = set()  # uids seen with a deletionTimestamp (not force-deleted)
         self._remembered = False
         self.synced_once = threading.Event()
         self.last_error: str = ""
@@ -77,10 +90,18 @@ class PodWatch:
         self._note(pod)
 
     def on_update(self, old: dict, new: dict) -> None:
+        self._note_terminating(new)
         self._note(new)
 
     def on_delete(self, pod: dict) -> None:
+        self._note_terminating(pod)  # the last state of a graceful delete carries its deletionTimestamp
         self._dirty.set()
+
+    def _note_terminating(self, pod: dict) -> None:
+        meta = pod.get("metadata") or {}
+        if meta.get("deletionTimestamp") and meta.get("uid"):
+            with self._seen_lock:
+                self._graceful.add(meta["uid"])
 
     def attach(self, informer) -> None:
         self.informer = informer
@@ -118,7 +139,49 @@ class PodWatch:
         self._kept_warned = set(kept)
         # forget pods that are gone or terminated (a uid is never reused)
         self._locked_uids = {p.uid for p in locked if p.uid}
-        return locked
+        return locked + self._retained_departed(pods, locked)
+
+    def _retained_departed(self, pods: list[dict], locked: list[rules.LockedPod]) -> list[rules.LockedPod]:
+        """Rules for locked pods whose object disappeared while they were running.
+
+        A graceful delete keeps the object (with ``deletionTimestamp``) until the kubelet has
+        stopped the containers, and ``locked_pods`` keeps its rules meanwhile. A force delete
+        (``--grace-period=0 --force``) or an emulator without graceful deletion removes the object
+        at once while the containers may still run: dropping the redirect and guard then would let
+        the pod's own lock (which allows tcp 80/443, expecting the node's redirect) send them out
+        unfiltered. So such a pod keeps its rules for ``departed_grace`` seconds, unless another pod
+        takes its address first. A pod that ended (Succeeded/Failed) has no processes left: its
+        rules go at once."""
+        now = self.clock()
+        present = {(pod.get("metadata") or {}).get("uid") for pod in pods}
+        # seen terminating: a graceful delete, whose object outlives the containers
+        terminating = {(pod.get("metadata") or {}).get("uid") for pod in pods
+                       if (pod.get("metadata") or {}).get("deletionTimestamp")}
+        with self._seen_lock:
+            graceful = self._graceful | terminating
+        current: dict[str, list[rules.LockedPod]] = {}
+        for p in locked:
+            if p.uid:
+                current.setdefault(p.uid, []).append(p)
+        for uid, lps in self._last_locked.items():
+            if (uid not in present and uid not in self._departed and uid not in graceful
+                    and self.departed_grace > 0):
+                self._departed[uid] = (lps, now + self.departed_grace)
+                self.log.warning("locked_pod_vanished_keeping_rules", pod=lps[0].key, uid=uid,
+                                 seconds=self.departed_grace,
+                                 message="the pod object is gone without a graceful deletion; its rules stay "
+                                         "while its containers may still run")
+        self._last_locked = current
+        with self._seen_lock:  # forget the uids of objects that are gone (a uid is never reused)
+            self._graceful = (self._graceful | terminating) & present
+        taken = {ip for pod in pods for ip in rules.pod_ips(pod)}
+        kept: list[rules.LockedPod] = []
+        for uid, (lps, expiry) in list(self._departed.items()):
+            if now >= expiry or uid in present or any(p.ip in taken for p in lps):
+                del self._departed[uid]
+                continue
+            kept.extend(lps)
+        return kept
 
     def sync_once(self, force: bool = True) -> bool:
         """One sync (``force``: rewrite every family even if unchanged). True when all needed applied."""
@@ -180,6 +243,8 @@ class PodWatch:
         force = True  # the first sync after start-up rewrites everything
         while not self._stop.is_set():
             deadline = last + backoff if backoff else last_full + self.resync_period
+            if self._departed:  # a force-deleted pod's rules go when its grace period ends
+                deadline = min(deadline, min(expiry for _, expiry in self._departed.values()))
             woken = self._dirty.wait(timeout=max(0.0, deadline - self.clock()))
             if self._stop.is_set():
                 break

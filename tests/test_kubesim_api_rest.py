@@ -112,6 +112,43 @@ def test_delete_returns_success_status_and_namespace_delete_cascades(c):
     assert raw(c, "GET", "/api/v1/namespaces/doomed/configmaps/x")[0] == 404
 
 
+def test_a_scheduled_pod_is_deleted_gracefully_as_the_pod_strategy_does(c):
+    """A running pod on a node gets deletionTimestamp + deletionGracePeriodSeconds and stays (its
+    kubelet stops the containers, then deletes with grace 0); grace 0, an unscheduled pod or a
+    finished one go at once; a second delete may only shorten the grace period."""
+    base = "/api/v1/namespaces/default/pods"
+
+    def mk(name, node="node-1", **spec):
+        body = {"metadata": {"name": name}, "spec": {"containers": [{"name": "a", "image": "i"}], **spec}}
+        if node:
+            body["spec"]["nodeName"] = node
+        assert raw(c, "POST", base, body=body)[0] == 201
+
+    mk("g1", terminationGracePeriodSeconds=20)
+    s, obj = raw(c, "DELETE", f"{base}/g1")
+    assert s == 200 and obj["kind"] == "Pod" and obj["metadata"]["deletionGracePeriodSeconds"] == 20
+    assert obj["metadata"]["deletionTimestamp"]
+    assert raw(c, "GET", f"{base}/g1")[1]["metadata"]["deletionTimestamp"] == obj["metadata"]["deletionTimestamp"]
+    s, again = raw(c, "DELETE", f"{base}/g1", body={"gracePeriodSeconds": 5})  # shorter: taken
+    assert s == 200 and again["metadata"]["deletionGracePeriodSeconds"] == 5
+    s, same = raw(c, "DELETE", f"{base}/g1", body={"gracePeriodSeconds": 9})  # longer: ignored
+    assert same["metadata"]["deletionGracePeriodSeconds"] == 5
+    # an update (the kubelet's status) cannot clear it
+    cur = raw(c, "GET", f"{base}/g1")[1]
+    cur["metadata"].pop("deletionTimestamp")
+    assert raw(c, "PUT", f"{base}/g1", body=cur)[1]["metadata"]["deletionTimestamp"]
+    s, body = raw(c, "DELETE", f"{base}/g1", body={"gracePeriodSeconds": 0})  # the kubelet's
+    assert s == 200 and body["status"] == "Success"
+    assert raw(c, "GET", f"{base}/g1")[0] == 404
+    mk("g2", node=None)  # never scheduled: nothing to stop
+    assert raw(c, "DELETE", f"{base}/g2")[1]["status"] == "Success"
+    mk("g3")
+    assert raw(c, "DELETE", f"{base}/g3?gracePeriodSeconds=0")[1]["status"] == "Success"
+    assert raw(c, "GET", f"{base}/g3")[0] == 404
+    mk("g4")
+    assert raw(c, "DELETE", f"{base}/g4", body={"gracePeriodSeconds": "soon"})[0] == 400
+
+
 def test_generate_name(c):
     """metadata.generateName gets a random suffix."""
     s, obj = raw(c, "POST", CM, body={"metadata": {"generateName": "gen-"}})

@@ -233,7 +233,7 @@ def test_watch_field_selector_on_node_name(srv, c):
     v1.create_namespaced_pod("default", pod)
     v1.create_namespaced_pod("default", dict(pod, metadata={"name": "q"}, spec=dict(pod["spec"], nodeName="node-b")))
     v1.patch_namespaced_pod_status("p", "default", {"status": {"phase": "Running", "podIP": "198.18.1.5"}})
-    v1.delete_namespaced_pod("p", "default")
+    v1.delete_namespaced_pod("p", "default", grace_period_seconds=0)  # as its kubelet finishes it
     w.wait_for(3)
     assert w.types() == [("ADDED", "p"), ("MODIFIED", "p"), ("DELETED", "p")]
     assert w.events[1]["object"]["status"]["podIP"] == "198.18.1.5"

@@ -80,7 +80,11 @@ class Cluster:
                        {"status": {"phase": "Running", "podIP": ip}}, patch_type="merge")
 
     def delete_pod(self, ns, name):
-        self.api.delete(self.path("v1", "pods", ns, name), {"gracePeriodSeconds": 0})
+        """What `kubectl delete pod` and the pod's kubelet do: a graceful delete (the object gets its
+        deletionTimestamp and stays while the containers stop), then the kubelet's delete with grace 0."""
+        path = self.path("v1", "pods", ns, name)
+        self.api.delete(path, {})
+        self.api.delete(path, {"gracePeriodSeconds": 0})
 
     def comments(self):
         """Comments (ns/name) of the REDIRECT rules, with the source IP."""

@@ -180,8 +180,12 @@ def test_removing_the_annotation_of_a_running_pod_keeps_it_locked_until_it_is_go
     gone["status"]["phase"] = "Succeeded"
     store["p1"] = gone
     assert pw.sync_once() and redirects(node) == 1  # terminated: its rules go, p2's stay
+    p2 = pod(2)
+    p2["metadata"]["deletionTimestamp"] = "2026-12-04T10:00:00Z"  # a graceful delete
+    store["p2"] = p2
+    assert pw.sync_once() and redirects(node) == 1  # terminating: its containers may still run
     del store["p2"]
-    assert pw.sync_once() and redirects(node) == 0  # deleted: its rules go
+    assert pw.sync_once() and redirects(node) == 0  # deleted once they stopped: its rules go
     store["p3"] = pod(3)
     del store["p3"]["metadata"]["annotations"][ANN]
     assert pw.sync_once() and redirects(node) == 0  # never seen annotated: never locked
@@ -207,3 +211,75 @@ def test_a_restarted_podwatch_keeps_pods_locked_whose_annotation_went_while_it_w
     out = node.run("iptables", "-t", "nat", "-S", rules.REDIRECT_CHAIN).stdout
     assert redirects(node) == 1 and '"default/p1"' in out
     assert [kw["pod"] for _, event, kw in log.records if event == "annotation_removed_kept_locked"] == ["default/p1"]
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def _fake(**kw):
+    clock = Clock()
+    pw = controller.PodWatch(node="n1", annotation=ANN, host_port=8080, runner=lambda argv, **k: None,
+                             logger=RecordingLogger(), clock=clock, **kw)
+    pw.informer = FakeInformer()
+    pw._remembered = True  # no iptables reads: desired() only
+    return pw, clock
+
+
+def test_a_force_deleted_locked_pod_keeps_its_rules_for_its_grace_period():
+    """A force delete removes the object while the containers may still run: dropping the redirect
+    then would let the pod's own lock (tcp 80/443 allowed) send them out unfiltered."""
+    pw, clock = _fake(departed_grace=35)
+    pw.informer.store.pods["p1"] = pod(1)
+    assert [p.name for p in pw.desired()] == ["p1"]
+    del pw.informer.store.pods["p1"]
+    clock.t += 10
+    assert [p.name for p in pw.desired()] == ["p1"]  # still redirected and guarded
+    assert any(e == "locked_pod_vanished_keeping_rules" for _, e, _ in pw.log.records)
+    clock.t += 36  # 36 s after podwatch saw it vanish
+    assert pw.desired() == []
+
+
+def test_a_vanished_pods_address_taken_by_another_pod_drops_its_rules_at_once():
+    pw, clock = _fake(departed_grace=35)
+    pw.informer.store.pods["p1"] = pod(1, ip="10.9.0.1")
+    pw.desired()
+    del pw.informer.store.pods["p1"]
+    pw.desired()
+    plain = pod(2, ip="10.9.0.1")
+    plain["metadata"]["annotations"] = {}
+    pw.informer.store.pods["p2"] = plain  # an unlocked pod now owns the address
+    assert pw.desired() == []
+
+
+def test_a_pod_that_ended_or_zero_grace_keeps_nothing():
+    pw, clock = _fake(departed_grace=35)
+    done = pod(1)
+    pw.informer.store.pods["p1"] = done
+    pw.desired()
+    done["status"]["phase"] = "Succeeded"  # its processes are gone
+    assert pw.desired() == []
+    del pw.informer.store.pods["p1"]
+    assert pw.desired() == []
+    pw0, _ = _fake(departed_grace=0)
+    pw0.informer.store.pods["p1"] = pod(1)
+    pw0.desired()
+    del pw0.informer.store.pods["p1"]
+    assert pw0.desired() == []
+
+
+def test_a_gracefully_deleted_pod_loses_its_rules_when_its_object_goes():
+    """Graceful deletion: the object (with deletionTimestamp) outlives the containers, so when it
+    goes nothing of the pod runs any more and its rules go at once."""
+    pw, clock = _fake(departed_grace=35)
+    p = pod(1)
+    pw.informer.store.pods["p1"] = p
+    pw.desired()
+    p["metadata"]["deletionTimestamp"] = "2026-12-04T10:00:00Z"
+    assert [x.name for x in pw.desired()] == ["p1"]  # terminating: still locked
+    del pw.informer.store.pods["p1"]
+    assert pw.desired() == []

@@ -1146,6 +1146,11 @@ class APIServer:
                 raise errors.conflict(rt, req.name)
             for k in ("uid", "creationTimestamp"):
                 meta[k] = cur["metadata"].get(k)
+            for k in ("deletionTimestamp", "deletionGracePeriodSeconds"):  # set by a delete only
+                if k in cur["metadata"]:
+                    meta[k] = cur["metadata"][k]
+                else:
+                    meta.pop(k, None)
             if rt.namespaced:
                 meta["namespace"] = req.namespace
             if req.subresource == "status":
@@ -1244,6 +1249,11 @@ class APIServer:
             if uid and uid != cur["metadata"].get("uid"):
                 raise APIError(409, "Conflict", f'Precondition failed: UID in precondition: {uid}, UID in object '
                                f'meta: {cur["metadata"].get("uid")}', {"name": req.name, "kind": rt.name})
+            if rt.storage == "pods":
+                graceful = self._graceful_pod_delete(cur, opts, req)
+                if graceful is not None:
+                    self._send_json(h, 200, rt.view(graceful, self.k8s_version))
+                    return
             gone = self.store.delete(rt.storage, req.namespace, req.name)
             self.write_count += 1
             self._after_delete(rt, gone)
@@ -1252,6 +1262,40 @@ class APIServer:
             details["group"] = rt.group
         self._send_json(h, 200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
                                  "details": errors.status_details(details)})
+
+    def _graceful_pod_delete(self, cur: dict, opts, req: Request) -> dict | None:
+        """A pod's graceful deletion, as the real pod strategy does it (call with the store locked).
+
+        A scheduled, running pod is not removed at once: it gets ``deletionTimestamp`` (now + the
+        grace period) and ``deletionGracePeriodSeconds``, and stays until its kubelet has stopped the
+        containers and deletes it again with grace 0. The grace period is the request's
+        ``gracePeriodSeconds`` (DeleteOptions or query), else the pod's
+        ``terminationGracePeriodSeconds`` (default 30); an unscheduled or finished pod, or grace 0,
+        is deleted at once (returns None). A second delete can only shorten the grace period."""
+        grace = None
+        if isinstance(opts, dict) and opts.get("gracePeriodSeconds") is not None:
+            grace = opts.get("gracePeriodSeconds")
+        elif req.query.get("gracePeriodSeconds") not in (None, ""):
+            grace = req.query.get("gracePeriodSeconds")
+        spec, meta = cur.get("spec") or {}, cur["metadata"]
+        if grace is None:
+            grace = spec.get("terminationGracePeriodSeconds", 30)
+        try:
+            grace = int(grace)
+        except (TypeError, ValueError):
+            raise errors.bad_request(f"gracePeriodSeconds: {grace!r} is not an integer") from None
+        if grace <= 0 or not spec.get("nodeName") or (cur.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            return None
+        current = meta.get("deletionGracePeriodSeconds")
+        if meta.get("deletionTimestamp") and current is not None and int(current) <= grace:
+            return cur  # already terminating, no sooner than asked
+        new = copy.deepcopy(cur)
+        stamp = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=grace)
+        new["metadata"]["deletionTimestamp"] = stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
+        new["metadata"]["deletionGracePeriodSeconds"] = grace
+        stored, _prev = self.store.update("pods", new)
+        self.write_count += 1
+        return stored
 
     def _verb_deletecollection(self, h, req: Request, user, exempt) -> None:
         rt = req.rt

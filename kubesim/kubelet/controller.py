@@ -26,7 +26,7 @@ import random
 import threading
 import time
 
-from controllerkit.errors import AlreadyExists, ApiError, NotFound
+from controllerkit.errors import AlreadyExists, ApiError, Conflict, NotFound
 from controllerkit.informer import Informer
 from controllerkit.kube import Client, resource_path
 from controllerkit.log import get_logger
@@ -115,6 +115,7 @@ class Kubelet:
         self.daemonsets = Informer(client, DAEMONSETS, resync_period=resync_period, name="kubelet-daemonsets")
         self.pods = Informer(client, PODS, resync_period=resync_period, name="kubelet-pods")
         self.runtimes: dict[str, PodRuntime] = {}
+        self._finishing: set[str] = set()  # uids whose graceful deletion is being finished
         self._kick = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -296,9 +297,12 @@ class Kubelet:
                 continue
             if (p.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
                 continue
+            if p["metadata"].get("deletionTimestamp"):
+                self._finish_deletion(p)  # a graceful delete: stop it, then remove the object
+                continue
             wanted[p["metadata"]["uid"]] = p
         for uid, rt in list(self.runtimes.items()):
-            if uid not in wanted:
+            if uid not in wanted and uid not in self._finishing:
                 rt.stop()
                 del self.runtimes[uid]
                 threading.Thread(target=rt.join, daemon=True).start()
@@ -307,6 +311,38 @@ class Kubelet:
                 rt = PodRuntime(self, p)
                 self.runtimes[uid] = rt
                 rt.start()
+
+    def _finish_deletion(self, pod: dict) -> None:
+        """The kubelet's half of a graceful delete: stop the pod's containers (SIGTERM, then SIGKILL
+        after the grace period), then delete the object with grace 0. Until then the pod object stays,
+        with its ``deletionTimestamp``, so a controller watching it (podwatch) keeps its rules while
+        its processes may still run."""
+        meta = pod["metadata"]
+        uid = meta["uid"]
+        if uid in self._finishing:
+            return
+        self._finishing.add(uid)
+        rt = self.runtimes.get(uid)
+
+        def finish():
+            try:
+                if rt is not None:
+                    rt.stop()
+                    rt.join()
+                self.runtimes.pop(uid, None)
+                path = resource_path("v1", "pods", meta.get("namespace", "default"), meta["name"])
+                try:
+                    self.client.delete(path, body={"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0,
+                                                   "preconditions": {"uid": uid}})
+                except (NotFound, Conflict):
+                    pass
+                except ApiError as e:
+                    self.log.warning("finishing a pod's deletion failed", pod=meta["name"], error=str(e))
+            finally:
+                self._finishing.discard(uid)
+                self._kick.set()
+
+        threading.Thread(target=finish, name=f"delete {meta['name']}", daemon=True).start()
 
     def _bind(self, pod: dict) -> None:
         """The scheduler's job, done here for a one-node cluster: set ``spec.nodeName``."""
