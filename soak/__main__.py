@@ -20,6 +20,11 @@ def main(argv=None) -> int:
     minutes = 2.0 if a.ci else a.minutes
     if not 0 < minutes <= 120:
         ap.error("--minutes must be in (0, 120]")
+    import signal
+
+    def interrupted(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, interrupted)  # stop the cluster (pods, namespaces) on `timeout` / kill
     from soak.run import Soak
     results = Soak(minutes, a.report, seed=a.seed, max_live=a.max_live,
                    log=lambda m: print(m, flush=True)).run()

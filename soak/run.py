@@ -480,6 +480,7 @@ class Soak:
         out["final_canary"] = (self.curl(self.canary, BLOCKED), self.curl(self.canary, ALLOWED))
         out["control_convergence"] = self.control_convergence()
         out["control_leak"] = self.control_leak()
+        out["control_lock_removed"] = self.control_lock_removed()
         return out
 
     def control_convergence(self) -> dict:
@@ -497,6 +498,43 @@ class Soak:
         ok = self._wait(lambda: self.gaps({canary_ip}) == [], CONVERGE_BOUND["flush"])
         return {"gaps_while_frozen": frozen_gaps, "detected": bool(frozen_gaps),
                 "converged_after_resume": ok, "s": time.monotonic() - t}
+
+    def control_lock_removed(self) -> dict:
+        """A throwaway locked pod loses its own lock (the OUTPUT jump deleted in its namespace, what a
+        privileged app container could do) and sends tcp to 203.0.113.10:8443 itself. The node's guard
+        must still stop it (0 counted). Then its guard rule is deleted at the node too: the same packets
+        must now be counted: with both layers gone the counter shows the leak."""
+        name = "soak-control-unlocked"
+        self.c.client.create(DEPLOY.format(ns="default"), deployment(name, True))
+        try:
+            pod = self.c.wait_pods(f"soak={name}", timeout=90)[0]
+            ip = pod["status"]["podIP"]
+            ns = self.c.pod_runtime(pod).net.netns
+            removed = []
+            for b in ("nft", "legacy"):
+                for line in ns.run(f"iptables-{b}-save", "-t", "filter", check=False).stdout.splitlines():
+                    if line.startswith("-A OUTPUT") and "TPROXY-EGRESS" in line:
+                        ns.run(f"iptables-{b}", "-w", "-D", *shlex.split(line)[1:], check=False)
+                        removed.append(b)
+
+            def send():
+                return ns.run("curl", "-s", "-m", "2", "-o", "/dev/null", "-w", "%{http_code}",
+                              "http://203.0.113.10:8443/", check=False)
+            before = self.leaks.packets()
+            first = send()
+            guard_only = self.leaks.packets() - before
+            guard = [l for l in self.node(f"{self.ipt()}-save", "-t", "filter").stdout.splitlines()
+                     if l.startswith(f"-A TPROXY-GUARD -s {ip}/32")]
+            for line in guard:
+                self.node(self.ipt(), "-w", "-D", *shlex.split(line)[1:])
+            before = self.leaks.packets()
+            send()
+            both = self.leaks.packets() - before
+            return {"pod_lock_removed": removed, "counted_with_guard": guard_only, "curl_with_guard": first.stdout,
+                    "guard_rules_deleted": len(guard), "counted_without_guard": both,
+                    "detected": bool(removed) and guard_only == 0 and both > 0}
+        finally:
+            self.delete("default", name)
 
     def control_leak(self) -> dict:
         """A pod without the lock (a plain deployment) talks to the internet directly: the counter must

@@ -41,6 +41,8 @@ def test_the_soak_really_did_what_it_claims(soak):
     assert {"kill-initializer", "kill-podwatch", "kill-proxy", "flush", "policy-good", "policy-bad"} <= kinds, kinds
     assert len({spec for _, spec in r["faults"]}) >= 6  # clean, conflicts, watch cuts, 410s, latency, 500s
     assert r["leaks"]["control"]["counted"] > 0  # the leak counter counts a pod without the lock
+    unlocked = r["final"]["control_lock_removed"]  # a locked pod without its lock: the guard holds, then not
+    assert unlocked["counted_with_guard"] == 0 and unlocked["counted_without_guard"] > 0, unlocked
     assert r["control_convergence"]["gaps_while_frozen"]  # the convergence check sees a flushed chain
     # growth is judged on a process's longest life after a 20 s warm-up, over at least 30 s; in 2 minutes
     # with kills, not every component gets such a window (the 10-minute run judges all of them)
