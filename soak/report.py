@@ -74,6 +74,10 @@ def summarize(soak, final: dict, started: float) -> dict:
     growing = [f"{comp} {m}" for comp, r in gr.items() if not comp.startswith("kubesim")
                for m, v in r.items() if isinstance(v, dict) and v.get("grows")]
     leaks = final.get("leaks_during_soak")
+    events = getattr(soak, "leak_events", [])
+    by_kind = {}
+    for e in events:
+        by_kind[e["kind"]] = by_kind.get(e["kind"], 0) + e["packets"]
     cl, cc = final.get("control_leak") or {}, final.get("control_convergence") or {}
     minutes = soak.duration / 60
     invariants = {
@@ -109,7 +113,8 @@ def summarize(soak, final: dict, started: float) -> dict:
                     "bad_injections": [f"{c['ns']}/{c['name']}: {c['injection']}" for c in bad_inj][:20]},
         "perturbations": {"total": len(soak.perturbations), "by_kind": conv_summary,
                           "not_converged": not_converged[:10], "errors": perturb_errors[:10]},
-        "faults": soak.faults_log, "leaks": {"during_soak": leaks, "control": cl},
+        "faults": soak.faults_log,
+        "leaks": {"during_soak": leaks, "control": cl, "attributed_ipv4": by_kind, "events": events[:200]},
         "control_convergence": cc, "final": final, "growth": gr,
         "canary_checks": {"n": len(soak.canary_checks),
                           "codes": _count(c["blocked"] for c in soak.canary_checks)},
@@ -250,6 +255,13 @@ def markdown(r: dict, pngs) -> str:
           f"**{r['leaks']['during_soak']}**. Control (a pod without the lock, after the soak): "
           f"{r['leaks']['control']}. Lock removed in a throwaway locked pod, then its node guard: "
           f"{(r.get('final') or {}).get('control_lock_removed')}.", "",
+          f"IPv4 packets by what their source address was (sampled every 0.5 s): {r['leaks'].get('attributed_ipv4')} "
+          "(`live`: a locked pod present in the API before and after; `deleted`: a locked pod whose API object "
+          "was deleted in the interval or before, while the kubelet may still run it; `plain`: an unlocked pod).", ""]
+    for e in r["leaks"].get("events", [])[:30]:
+        L.append(f"- t={e['t']:.1f}s {e['ip']} {e['packets']} packets, {e['kind']}, {e['pod']}, "
+                 f"kubelet still runs it: {e['kubelet_still_runs_it']}, during {e.get('during')}")
+    L += ["",
           f"Convergence control (podwatch SIGSTOPped, redirect chain flushed): {r['control_convergence']}.", "",
           "## Growth (longest-lived process of each component, after a 20 s warm-up)", "",
           "| component | incarnations | metric | slope /min | first → last | judged | grows |", "|---|---|---|---|---|---|---|"]

@@ -90,7 +90,9 @@ class Soak:
         self.errors: list[str] = []
         self.canary_checks: list[dict] = []
         self.leak_samples: list[tuple[float, int]] = []
+        self.leak_events: list[dict] = []  # per source address, with whose it was (see attribute_leaks)
         self.counter = 0
+        self.current = ("start", 0.0)  # the perturbation in progress (kind, since)
         self.c = None
 
     # -- helpers --------------------------------------------------------------------------------
@@ -158,10 +160,81 @@ class Soak:
             if "TPROXY-GUARD" in self.node(f"iptables-{b}-save", "-t", "filter").stdout:
                 self.backend = b
         self.leaks = e2e.LeakCounter(self.c.topology.internet).install()
+        self.install_leak_by_ip()
         self.c.client.create(DEPLOY.format(ns="default"), deployment("soak-canary", True))
         self.canary = self.c.wait_pods("soak=soak-canary", timeout=90)[0]
         self.good_policy = self.c.client.get(POLICY)["data"]["policy.yaml"]
         self.say(f"soak: cluster up, iptables backend {self.backend}, canary {self.canary['status']['podIP']}")
+
+    # -- leak attribution ---------------------------------------------------------------------------
+    BY_IP = "SOAK-LEAK-BY-IP"
+
+    def install_leak_by_ip(self) -> None:
+        """A second counter in the internet namespace, one rule per IPv4 pod address (same exclusion
+        as the LeakCounter: the probe address), so a counted packet can be traced to a pod."""
+        from kubesim.topology import POD_CIDR
+        from controllerkit.probe import PROBE_ADDRESS
+        net = POD_CIDR.rsplit(".", 1)[0]
+        rules = [f"-A {self.BY_IP} -d {PROBE_ADDRESS}/32 -j RETURN"] + \
+                [f"-A {self.BY_IP} -s {net}.{i}/32" for i in range(1, 255)]
+        text = f"*filter\n:{self.BY_IP} - [0:0]\n-I INPUT 1 -s {POD_CIDR} -j {self.BY_IP}\n" + "\n".join(rules) + "\nCOMMIT\n"
+        self.c.topology.internet.run("iptables-restore", "--noflush", input=text)
+        self._by_ip_last: dict[str, int] = {}
+        self._pods_prev: dict[str, list] = {}
+
+    def leak_by_ip(self) -> dict[str, int]:
+        out = self.c.topology.internet.run("iptables", "-w", "-L", self.BY_IP, "-v", "-x", "-n").stdout
+        counts = {}
+        for line in out.splitlines():  # pkts bytes [target] prot opt in out source destination
+            f = line.split()
+            if f and f[0].isdigit() and "RETURN" not in f:
+                src = [x for x in f if x.startswith("198.18.")]
+                if src:
+                    counts[src[0]] = int(f[0])
+        return counts
+
+    def attribute_leaks(self) -> None:
+        """Every 0.5 s: which pod addresses were counted since the last look, and what each address was
+        at both looks: a locked pod present in the API both times (``live``: the invariant broken), a
+        locked pod deleted from the API in between or before while the kubelet still ran it
+        (``deleted``), a plain pod (``plain``), or nothing known (``unknown``)."""
+        while not self.stop.is_set():
+            self.stop.wait(0.5)
+            try:
+                pods = self.all_pods()
+                now_by_ip: dict[str, list] = {}
+                for p in pods:
+                    ip = (p.get("status") or {}).get("podIP")
+                    if ip:
+                        now_by_ip.setdefault(ip, []).append(p)
+                runtimes = {rt.net.ip: uid for uid, rt in list(self.c.kubelet.runtimes.items())
+                            if rt.net is not None and not rt.host_network}
+                counts = self.leak_by_ip()
+            except Exception:  # noqa: BLE001 - try again next tick
+                continue
+            for ip, n in counts.items():
+                delta = n - self._by_ip_last.get(ip, 0)
+                if delta <= 0:
+                    continue
+                before, after = self._pods_prev.get(ip, []), now_by_ip.get(ip, [])
+                locked_before = [p for p in before if checks.locked_pod_ips([p])]
+                locked_after = [p for p in after if checks.locked_pod_ips([p])]
+                uids_after = {p["metadata"]["uid"] for p in locked_after}
+                if [p for p in locked_before if p["metadata"]["uid"] in uids_after]:
+                    kind = "live"
+                elif locked_before or (ip in runtimes and not after):
+                    kind = "deleted"
+                elif before or after:
+                    kind = "plain" if not (locked_before or locked_after) else "live"
+                else:
+                    kind = "unknown"
+                who = (locked_before or before or after or [{"metadata": {"name": "?", "namespace": "?"}}])[0]["metadata"]
+                self.leak_events.append({"t": self.now(), "ip": ip, "packets": delta, "kind": kind,
+                                         "pod": f"{who.get('namespace')}/{who.get('name')}",
+                                         "kubelet_still_runs_it": ip in runtimes,
+                                         "during": f"{self.current[0]} (since t={self.current[1]:.1f}s)"})
+            self._by_ip_last = counts
+            self._pods_prev = now_by_ip
 
     # -- workload -------------------------------------------------------------------------------
     def creator(self, wid: int) -> None:
@@ -235,11 +308,13 @@ class Soak:
                 order = kinds[:]
                 self.rng.shuffle(order)
             kind = order.pop()
+            self.current = (kind, self.now())
             try:
                 rec = getattr(self, "do_" + kind.replace("-", "_"))()
             except Exception as e:  # noqa: BLE001 - record, keep going
                 rec = {"kind": kind, "error": f"{e!r}", "trace": traceback.format_exc()[-1500:]}
             rec.setdefault("kind", kind)
+            self.current = ("pause", self.now())
             self.perturbations.append(rec)
             self.stop.wait(self.rng.uniform(1, 4))
 
@@ -421,7 +496,8 @@ class Soak:
             self.t0 = time.monotonic()
             threads = [threading.Thread(target=self.creator, args=(i,), name=f"creator-{i}") for i in range(3)]
             threads += [threading.Thread(target=f, name=f.__name__) for f in
-                        (self.deleter, self.chaos, self.faults, self.sampler, self.canary_prober)]
+                        (self.deleter, self.chaos, self.faults, self.sampler, self.canary_prober,
+                         self.attribute_leaks)]
             for t in threads:
                 t.daemon = True
                 t.start()
