@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 
 from soak import checks
 
@@ -169,11 +168,11 @@ def plots(results: dict, samples: list[dict], out: str) -> list[tuple[str, str]]
     fig, ax = plt.subplots(figsize=(9, 4.5))
     for comp, by_pid in sorted(incarnations(samples).items()):
         first = True
-        for pid, pts in by_pid.items():
+        for _pid, pts in by_pid.items():
             ax.plot([t for t, _ in pts], [st["rss_mb"] for _, st in pts], label=comp if first else None,
                     color=f"C{sorted(incarnations(samples)).index(comp)}")
             first = False
-    for t, spec in results["faults"]:
+    for t, _spec in results["faults"]:
         ax.axvline(t, color="0.85", lw=0.8)
     ax.set_xlabel("s since start (grey: API fault phase changes)")
     ax.set_ylabel("RSS (MB)")
@@ -184,7 +183,7 @@ def plots(results: dict, samples: list[dict], out: str) -> list[tuple[str, str]]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
     for ax, metric in zip(axes, ("fds", "threads")):
         for comp, by_pid in sorted(incarnations(samples).items()):
-            for i, (pid, pts) in enumerate(by_pid.items()):
+            for i, (_pid, pts) in enumerate(by_pid.items()):
                 ax.plot([t for t, _ in pts], [st[metric] for _, st in pts], label=comp if i == 0 else None,
                         color=f"C{sorted(incarnations(samples)).index(comp)}")
         ax.set_title(metric)
