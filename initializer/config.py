@@ -282,7 +282,12 @@ def parse_config(text: str) -> InjectionConfig:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"config is not valid YAML/JSON{where}: {problem}") from None
-    return validate_config(data)
+    except RecursionError:
+        raise ConfigError("config is nested too deeply to parse") from None
+    try:
+        return validate_config(data)
+    except RecursionError:  # e.g. a recursive YAML alias (&a [*a])
+        raise ConfigError("config is nested too deeply (or refers to itself through a YAML alias)") from None
 
 
 def config_from_configmap(cm: dict[str, Any]) -> InjectionConfig:

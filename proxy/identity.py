@@ -73,6 +73,10 @@ class IdentityMap:
             if doc.get("version", 1) != 1:
                 raise ValueError(f"unsupported version {doc.get('version')!r}")
             pods = {canonical_ip(ip): info for ip, info in doc["pods"].items() if isinstance(info, dict)}
+        except RecursionError:
+            self._sig = sig
+            self.on_error(f"identity file {self.path}: nested too deeply")
+            return False
         except (OSError, ValueError) as e:
             self._sig = sig  # do not re-parse the same broken content every second
             self.on_error(f"identity file {self.path}: {e}")

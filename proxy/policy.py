@@ -219,6 +219,8 @@ class Policy:
                 text = f.read()
         except OSError as e:
             raise PolicyError(f"cannot read policy {path}: {e.strerror or e}") from None
+        except UnicodeDecodeError as e:
+            raise PolicyError(f"{path}: not UTF-8 text (byte {e.start})") from None
         return cls.from_yaml(text, source=path)
 
     @classmethod
@@ -227,7 +229,12 @@ class Policy:
             doc = yaml.safe_load(text)
         except yaml.YAMLError as e:
             raise PolicyError(f"{source}: not valid YAML: {str(e).splitlines()[0]}") from None
-        return cls.from_dict(doc, source=source)
+        except RecursionError:
+            raise PolicyError(f"{source}: nested too deeply to parse") from None
+        try:
+            return cls.from_dict(doc, source=source)
+        except RecursionError:  # e.g. a recursive YAML alias (&a [*a])
+            raise PolicyError(f"{source}: nested too deeply (or refers to itself through a YAML alias)") from None
 
     @classmethod
     def from_dict(cls, doc: Any, source: str = "<dict>") -> "Policy":

@@ -7,7 +7,10 @@ import time
 import pytest
 
 from controllerkit.errors import ApiError
+from kubesim.demo import proxy_container
 from kubesim.kubelet import e2e
+from kubesim.polling import scaled
+from kubesim.testing import wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -20,7 +23,19 @@ ALLOWED = "https://storage.googleapis.com/solutions-public-assets/hello.txt"
 
 
 def curl_code(c, pod, url):
-    return c.exec_in_pod(pod, ["curl", "-s", "-m", "8", "-o", "/dev/null", "-w", "%{http_code}", url]).stdout
+    return c.exec_in_pod(pod, ["curl", "-s", "-m", str(int(scaled(8))), "-o", "/dev/null", "-w", "%{http_code}", url],
+                         timeout=scaled(30)).stdout
+
+
+def proxy_log(c):
+    """The running DaemonSet pod's transparent proxy log (appended across container restarts)."""
+    pod = c.pods("default", "app=tproxy,component=tproxy")[0]
+    return c.read_log(pod, proxy_container(pod))
+
+
+def rejections(log: str) -> int:
+    """How many times the proxy said it rejected a policy and kept the last good one."""
+    return sum(1 for line in log.splitlines() if '"policy_rejected"' in line)
 
 
 def locked_deployment(i):
@@ -69,15 +84,20 @@ def burst():
                 ini = c.pods("kube-system", "app=tproxy,component=initializer")[0]
                 c.client.delete(f"/api/v1/namespaces/kube-system/pods/{ini['metadata']['name']}")
             if i == 2:  # a bad policy reload: the running proxy must keep the last good policy
+                rejected_before = rejections(proxy_log(c))
                 set_policy("mode: [this is not a policy\n")
-                time.sleep(2.5)  # > volume refresh (1 s) + the proxy's reload poll (1 s)
+                # the proxy read the bad file and said so (volume refresh, then its reload poll)
+                rejected_line = wait_for(
+                    lambda: [l for l in proxy_log(c).splitlines() if '"policy_rejected"' in l][rejected_before:],
+                    30, 0.1, "the proxy's policy_rejected log line for the bad policy")[0]
                 during_bad_policy = {u: curl_code(c, canary, u) for u in (BLOCKED, ALLOWED)}
+                during_bad_policy["rejected"] = rejected_line
                 set_policy(good_policy)
             if i == 3:  # the whole DaemonSet pod (podwatch + proxy) restarts
                 ds_pod = c.pods("default", "app=tproxy,component=tproxy")[0]
                 c.client.delete(f"/api/v1/namespaces/default/pods/{ds_pod['metadata']['name']}")
         for t in threads:
-            t.join(60)
+            t.join(scaled(60))
         yield {"cluster": c, "results": results, "durations": durations, "leaks": leaks,
                "during_bad_policy": during_bad_policy}
     finally:
@@ -85,8 +105,8 @@ def burst():
 
 
 def test_every_create_completed_without_hanging(burst):
+    # "created" means 201 before the server's 30 s create timeout: a hang would be a 504 here
     assert burst["results"] == {i: "created" for i in range(BURST)}, burst["results"]
-    assert max(burst["durations"].values()) < 30
 
 
 def test_every_deployment_was_injected_exactly_once(burst):
@@ -98,7 +118,12 @@ def test_every_deployment_was_injected_exactly_once(burst):
 
 
 def test_a_bad_policy_reload_keeps_the_last_good_policy(burst):
-    assert burst["during_bad_policy"] == {BLOCKED: "418", ALLOWED: "200"}
+    got = dict(burst["during_bad_policy"])
+    rejected = got.pop("rejected", "")
+    # the proxy did read the bad file (so the requests below ran under "last good kept", not before
+    # the reload) and named what it kept
+    assert '"kept"' in rejected and "policy" in rejected, rejected
+    assert got == {BLOCKED: "418", ALLOWED: "200"}
 
 
 def test_every_pod_is_intercepted_after_the_restarts(burst):
@@ -122,23 +147,29 @@ def test_proxy_restarted_with_a_bad_policy_fails_closed_then_recovers(burst):
     old = c.pod_runtime(ds_pod)
     c.client.delete(f"/api/v1/namespaces/default/pods/{ds_pod['metadata']['name']}")
     pod = c.pods("default", "app=burst,i=canary")[0]
-    old.join(30)  # the old proxy and podwatch processes are gone (podwatch leaves its rules in place)
+    old.join(scaled(30))  # the old proxy and podwatch processes are gone (podwatch leaves its rules in place)
     assert not old.is_alive()
-    time.sleep(1)  # the new proxy container starts, rejects the policy and exits (and is restarted)
+
+    def new_proxy_exited():
+        """The replacement pod's proxy container has started, rejected the policy and exited."""
+        for p in c.pods("default", "app=tproxy,component=tproxy"):
+            if p["metadata"]["uid"] == ds_pod["metadata"]["uid"]:
+                continue
+            name = proxy_container(p)
+            for st in (p.get("status") or {}).get("containerStatuses") or []:
+                if st["name"] == name and (st.get("lastState") or {}).get("terminated"):
+                    return st
+        return None
+    exited = wait_for(new_proxy_exited, 60, 0.1, "the new proxy container to exit on the malformed policy")
+    assert exited["lastState"]["terminated"].get("exitCode") != 0, exited
     codes = {curl_code(c, pod, u) for u in (BLOCKED, ALLOWED) for _ in range(2)}
     assert "200" not in codes and "418" not in codes, codes  # nothing answers: no bypass, no stale proxy
     cm = c.client.get(path)
     cm["data"]["policy.yaml"] = good
     c.client.replace(path, cm)
     c.wait_pods("app=tproxy,component=tproxy", "default", timeout=60)
-    deadline = time.monotonic() + 30
-    got = None
-    while time.monotonic() < deadline:
-        got = (curl_code(c, pod, BLOCKED), curl_code(c, pod, ALLOWED))
-        if got == ("418", "200"):
-            break
-        time.sleep(1)
-    assert got == ("418", "200")
+    wait_for(lambda: (curl_code(c, pod, BLOCKED), curl_code(c, pod, ALLOWED)) == ("418", "200"), 30, 0.5,
+             "blocked 418 and allowed 200 through the recovered proxy")
 
 
 def test_nothing_leaked_during_the_restarts(burst):

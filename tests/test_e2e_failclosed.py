@@ -12,8 +12,9 @@ import time
 
 import pytest
 
-from kubesim.demo import locked_ok
+from kubesim.demo import last_round, locked_ok
 from kubesim.kubelet import e2e
+from kubesim.polling import scaled
 from kubesim.testing import wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -46,7 +47,7 @@ def delayed():
                       30, 0.1, "pod IP")
         # watch until the app runs: when did the node redirect for the pod appear, when did the app start?
         rules_at = app_at = None
-        deadline = time.monotonic() + PODWATCH_DELAY + 60
+        deadline = time.monotonic() + PODWATCH_DELAY + scaled(60)
         while time.monotonic() < deadline and app_at is None:
             now = time.monotonic()
             if rules_at is None and ip in c.topology.node.run("iptables-save", "-t", "nat", check=False).stdout:
@@ -92,12 +93,14 @@ def test_proxy_and_podwatch_restart_leaks_nothing_and_never_bypasses(delayed):
     c.client.delete(f"/api/v1/namespaces/default/pods/{ds_pod['metadata']['name']}")
     # while the DaemonSet pod is replaced (podwatch sleeps again), requests from the app keep going
     c.wait_pods("app=tproxy,component=tproxy", "default", timeout=60)
-    time.sleep(1)
+    # the app went on making requests across the restart: at least one complete round since `before`
+    wait_for(lambda: last_round(c.read_log(pod, "app")[before:]), 40, 0.2,
+             "a complete round of the app's loop after the DaemonSet pod restart")
     during = c.read_log(pod, "app")[before:]
     assert not re.search(r"https://www\.google\.com: 200", during), during
     # interception comes back for the same pod
-    out = c.exec_in_pod(pod, ["curl", "-s", "-m", "8", "-o", "/dev/null", "-w", "%{http_code}",
-                              "https://www.google.com/"])
+    out = c.exec_in_pod(pod, ["curl", "-s", "-m", str(int(scaled(8))), "-o", "/dev/null", "-w", "%{http_code}",
+                              "https://www.google.com/"], timeout=scaled(30))
     assert out.stdout == "418", out
 
 

@@ -11,13 +11,14 @@ The commands are the README's, followed literally: the release in its own namesp
 (`kubectl create namespace team-b && kubectl apply -n team-b -f examples/debian-app-locked.yaml`):
 no per-namespace setup, no chart upgrade (issue 23).
 """
-import time
 
 import pytest
 
 from controllerkit.kube import resource_path
 from kubesim.demo import locked_ok, proxy_container, unlocked_ok
 from kubesim.kubelet import e2e
+from kubesim.polling import scaled
+from kubesim.testing import wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -53,7 +54,7 @@ def tutorial():
 
 
 def curl(t, pod, *args, timeout=15):
-    return t["cluster"].exec_in_pod(pod, ["curl", "-sS", "-m", "8", *args], timeout=timeout)
+    return t["cluster"].exec_in_pod(pod, ["curl", "-sS", "-m", str(int(scaled(8))), *args], timeout=scaled(timeout))
 
 
 def test_the_initializer_injected_the_locked_deployment_only(tutorial):
@@ -125,13 +126,14 @@ def test_the_tutorials_logs_command_shows_the_locked_round(tutorial):
 def test_proxy_logged_the_locked_apps_requests_with_its_identity(tutorial):
     c, locked = tutorial["cluster"], tutorial["locked"]
     name = locked["metadata"]["name"]
-    deadline = time.monotonic() + 20
-    lines = []
-    while time.monotonic() < deadline:
-        lines = [l for l in c.read_log(tutorial["proxy"], proxy_container(tutorial["proxy"])).splitlines() if name in l]
-        if any('"status":418' in l for l in lines) and any('"status":200' in l for l in lines):
-            break
-        time.sleep(0.3)
+    def audit_lines():
+        return [l for l in c.read_log(tutorial["proxy"], proxy_container(tutorial["proxy"])).splitlines() if name in l]
+    try:
+        wait_for(lambda: (lambda ls: any('"status":418' in l for l in ls) and any('"status":200' in l for l in ls))(
+            audit_lines()), 20, 0.3, "the proxy's 418 and 200 audit lines for the locked pod")
+    except AssertionError:
+        pass  # the assertions below say which line is missing
+    lines = audit_lines()
     assert any('"host":"www.google.com"' in l and '"decision":"block"' in l for l in lines), lines[-5:]
     assert any('"host":"storage.googleapis.com"' in l and '"decision":"allow"' in l for l in lines), lines[-5:]
     unlocked_ip = tutorial["unlocked"]["status"]["podIP"]

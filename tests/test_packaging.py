@@ -18,7 +18,7 @@ from setuptools import find_packages
 from kubesim.kubelet.images import REPO_ROOT, ImageIndex
 
 PRODUCT = {"controllerkit", "initializer", "podwatch", "sidecar", "proxy"}
-DEV_ONLY = ("kubesim", "bench", "tests")
+DEV_ONLY = ("kubesim", "bench", "soak", "tests")
 PACKAGING_FILES = {"setup.py", "setup.cfg", "README.md"}
 
 #: what each image runs (Dockerfile ENTRYPOINT and the chart's commands), as modules to import

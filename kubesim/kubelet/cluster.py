@@ -180,7 +180,10 @@ class SimCluster:
 
     def wait_pods(self, selector: str, namespace: str = "default", *, count: int = 1, ready: bool = True,
                   timeout: float = 60.0, phase: str | None = None) -> list[dict]:
-        """Wait until ``count`` pods match and are Ready (or in ``phase``); raise with their status if not."""
+        """Wait until ``count`` pods match and are Ready (or in ``phase``); raise with their status if not.
+        ``timeout`` is multiplied by ``TPROXY_TEST_TIMEOUT_SCALE`` (:func:`kubesim.polling.scaled`)."""
+        from kubesim.polling import scaled
+        timeout = scaled(timeout)
         deadline = time.monotonic() + timeout
         pods: list[dict] = []
         while time.monotonic() < deadline:
@@ -193,8 +196,8 @@ class SimCluster:
                     [(c["name"], c.get("state"), c.get("restartCount"))
                      for c in (p.get("status") or {}).get("initContainerStatuses", [])
                      + (p.get("status") or {}).get("containerStatuses", [])]) for p in pods]
-        raise TimeoutError(f"pods {namespace}/{selector!r}: wanted {count} {'ready' if ready else phase}, "
-                           f"got {summary}")
+        raise TimeoutError(f"pods {namespace}/{selector!r}: wanted {count} {'ready' if ready else phase} "
+                           f"within {timeout:g}s, got {summary}")
 
     @staticmethod
     def _pod_ok(p: dict, ready: bool, phase: str | None) -> bool:

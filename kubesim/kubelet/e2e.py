@@ -62,7 +62,10 @@ def container(obj: dict, name_suffix: str) -> dict:
 
 
 def wait_round(cluster, pod: dict, container_name: str = "app", timeout: float = 40.0) -> dict:
-    """The first complete round of the example loop in the pod's log."""
+    """The first complete round of the example loop in the pod's log (``timeout`` scaled by
+    ``TPROXY_TEST_TIMEOUT_SCALE``)."""
+    from kubesim.polling import scaled
+    timeout = scaled(timeout)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         r = last_round(cluster.read_log(pod, container_name))
