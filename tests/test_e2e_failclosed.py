@@ -91,7 +91,11 @@ def test_proxy_and_podwatch_restart_leaks_nothing_and_never_bypasses(delayed):
     ds_pod = c.pods("default", "app=tproxy,component=tproxy")[0]
     before = len(c.read_log(pod, "app"))
     c.client.delete(f"/api/v1/namespaces/default/pods/{ds_pod['metadata']['name']}")
-    # while the DaemonSet pod is replaced (podwatch sleeps again), requests from the app keep going
+    # while the DaemonSet pod is replaced (podwatch sleeps again), requests from the app keep going;
+    # the old pod stays, terminating, until its kubelet has stopped it (graceful deletion)
+    old = ds_pod["metadata"]["name"]
+    wait_for(lambda: all(p["metadata"]["name"] != old for p in c.pods("default", "app=tproxy,component=tproxy")),
+             scaled(60), 0.2, "the old DaemonSet pod gone once its containers stopped")
     c.wait_pods("app=tproxy,component=tproxy", "default", timeout=60)
     # the app went on making requests across the restart: at least one complete round since `before`
     wait_for(lambda: last_round(c.read_log(pod, "app")[before:]), 40, 0.2,
