@@ -27,7 +27,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import structlog
 
-from . import admission, discovery, errors, patch as patchlib, resources, selectors, validation
+from . import admission, discovery, errors, openapi, patch as patchlib, protobuf, resources, selectors, validation
 from .certs import make_ca_and_serving_cert
 from .errors import APIError, FieldError
 from .faults import FaultSpec
@@ -498,6 +498,7 @@ class APIServer:
         self.request_count += 1
         h.kubesim_req = None
         h.kubesim_code = 0
+        h.kubesim_proto = False
         t0 = time.perf_counter()
         try:
             self._dispatch(h, method)
@@ -538,9 +539,12 @@ class APIServer:
 
     def _send_json(self, h: _Handler, code: int, body, extra_headers=None) -> None:
         h.kubesim_code = code
-        data = json.dumps(body, separators=(",", ":")).encode()
+        data = protobuf.encode_object(body) if getattr(h, "kubesim_proto", False) and isinstance(body, dict) else None
+        ctype = protobuf.MEDIA_TYPE if data is not None else "application/json"
+        if data is None:
+            data = json.dumps(body, separators=(",", ":")).encode()
         h.send_response(code)
-        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Type", ctype)
         h.send_header("Content-Length", str(len(data)))
         for k, v in (extra_headers or {}).items():
             h.send_header(k, v)
@@ -579,6 +583,8 @@ class APIServer:
         if not raw.strip():
             raise errors.bad_request("the body of the request was empty")
         ctype = (h.headers.get("Content-Type") or "").split(";")[0].strip()
+        if ctype == protobuf.MEDIA_TYPE:
+            return protobuf.decode_object(raw)[2]
         if ctype in ("application/yaml", "application/x-yaml", "text/yaml"):
             import yaml
             try:
@@ -613,6 +619,8 @@ class APIServer:
             h.end_headers()
             h.wfile.write(data)
             return
+        if path == "/openapi/v2" and method == "GET" and openapi.serve(h, self.k8s_version, GIT_VERSIONS[self.k8s_version]):
+            return
         discovery = self._discovery(path, h)
         if discovery is not None:
             if method != "GET":
@@ -628,6 +636,11 @@ class APIServer:
             raise APIError(404, "NotFound", "the server could not find the requested resource",
                            {"causes": [{"reason": "UnexpectedServerResponse", "message": "404 page not found"}]})
         h.kubesim_req = req
+        proto = protobuf.prefers_protobuf(h.headers.get("Accept"))
+        if proto is None:
+            raise APIError(406, "NotAcceptable", "only the following media types are accepted: application/json, "
+                           "application/yaml, application/vnd.kubernetes.protobuf")
+        h.kubesim_proto = proto
         faults = self.faults
         exempt = h.headers.get("X-Kubesim-No-Faults") == "1"
         if not exempt and faults.active:
@@ -1217,7 +1230,10 @@ class APIServer:
             raise APIError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
         raw = getattr(h, "raw_body", b"")
         try:
-            opts = json.loads(raw) if raw.strip() else {}
+            if raw.strip() and (h.headers.get("Content-Type") or "").split(";")[0].strip() == protobuf.MEDIA_TYPE:
+                opts = protobuf.decode_object(raw)[2]      # DeleteOptions from a typed client
+            else:
+                opts = json.loads(raw) if raw.strip() else {}
         except ValueError as e:
             raise errors.bad_request(f"json parse error: {e}") from None
         with self.store.lock:
