@@ -27,7 +27,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import structlog
 
-from . import admission, discovery, errors, openapi, patch as patchlib, protobuf, resources, selectors, validation
+from . import admission, discovery, errors, logs_subresource, openapi, patch as patchlib, protobuf, resources, selectors, validation
 from .certs import make_ca_and_serving_cert
 from .errors import APIError, FieldError
 from .faults import FaultSpec
@@ -193,6 +193,7 @@ class APIServer:
         self.request_count = 0
         self.write_count = 0
         self._waiting_creates = 0
+        self.log_source = None      # (pod, container) -> log file path: the kubelet's side of pods/log
         self._init_metrics()
         self._bootstrap()
 
@@ -679,7 +680,8 @@ class APIServer:
             req.name = rest[1]
         if len(rest) == 3:
             req.subresource = rest[2]
-            if req.subresource not in (("status",) if rt.has_status else ()) + rt.extra_subresources:
+            if req.subresource not in (("status",) if rt.has_status else ()) + rt.extra_subresources + (
+                    ("log",) if rt.storage == "pods" and method == "GET" else ()):
                 return None
             if legacy_watch:
                 return None
@@ -792,6 +794,8 @@ class APIServer:
 
     # ---- verbs --------------------------------------------------------------------------
     def _verb_get(self, h, req: Request, user, exempt) -> None:
+        if req.subresource == "log":
+            return logs_subresource.serve(self, h, req)
         obj = self.store.get(req.rt.storage, req.namespace, req.name)
         if obj is None:
             raise errors.not_found(req.rt, req.name)
