@@ -159,7 +159,7 @@ class APIServer:
     """An in-process Kubernetes 1.7 (or 1.13) API server emulator. See kubesim/README.md."""
 
     def __init__(self, k8s_version: str = "1.7", faults=None, seed: int = 0, sans=(),
-                 history: int = 5000, initializer_config_refresh: float = 0.0,
+                 history: int = 100, initializer_config_refresh: float = 0.0,
                  service_cidr: str = "10.96.0.0/12", log_requests: bool = False):
         if k8s_version not in GIT_VERSIONS:
             raise ValueError(f"k8s_version must be one of {sorted(GIT_VERSIONS)}, not {k8s_version!r}")
