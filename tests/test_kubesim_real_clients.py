@@ -266,3 +266,22 @@ def test_kubectl_logs_reads_the_kubelets_files_with_tail_limit_and_previous(clie
     finally:
         follower.kill()
         follower.wait()
+
+
+def test_kubectl_get_prints_the_server_side_columns_of_1_13(clients):
+    """1.13 answers kubectl's Table request with its printers' columns; 1.7 had none (NAME, AGE)."""
+    c = clients
+    c.kubectl("apply", *c.kubectl_flags, "-f", "examples/debian-app.yaml")
+    c.kubectl("create", "configmap", "c1", "--from-literal=a=b", "--from-literal=c=d")
+    head = c.kubectl("get", "deployments.extensions").stdout.splitlines()[0].split()
+    cms = c.kubectl("get", "configmaps").stdout.splitlines()
+    wide = c.kubectl("get", "deployments.extensions", "-o", "wide").stdout.splitlines()
+    if c.version == "1.7":
+        assert head == ["NAME", "AGE"]
+        return
+    assert head == ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]
+    assert cms[0].split() == ["NAME", "DATA", "AGE"] and cms[1].split()[:2] == ["c1", "2"]
+    assert wide[0].split()[-3:] == ["CONTAINERS", "IMAGES", "SELECTOR"]
+    assert "example-app:debian" in wide[1] and "app=debian-app,variant=unlocked" in wide[1]
+    ns = c.kubectl("get", "configmaps", "--all-namespaces").stdout.splitlines()
+    assert ns[0].split()[:2] == ["NAMESPACE", "NAME"] and ns[1].split()[:2] == ["default", "c1"]

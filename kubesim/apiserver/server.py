@@ -27,7 +27,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import structlog
 
-from . import admission, discovery, errors, logs_subresource, openapi, patch as patchlib, protobuf, resources, selectors, validation
+from . import (admission, discovery, errors, logs_subresource, openapi, patch as patchlib, protobuf, resources,
+               selectors, tables, validation)
 from .certs import make_ca_and_serving_cert
 from .errors import APIError, FieldError
 from .faults import FaultSpec
@@ -800,6 +801,9 @@ class APIServer:
         if obj is None:
             raise errors.not_found(req.rt, req.name)
         # §2: GET by name always returns the object, initialized or not.
+        if tables.wanted(h.headers.get("Accept"), self.k8s_version):
+            return self._send_json(h, 200, tables.table(req.rt, [req.rt.view(obj, self.k8s_version)], {
+                "resourceVersion": obj["metadata"].get("resourceVersion", "")}, req.query.get("includeObject", "Metadata")))
         self._send_json(h, 200, req.rt.view(obj, self.k8s_version))
 
     def _predicate(self, req: Request):
@@ -824,6 +828,10 @@ class APIServer:
                 continue
             out.append(req.rt.view(o, self.k8s_version, in_list=True))
         prefix = "/api/v1" if not req.rt.group else f"/apis/{req.rt.group}/{req.rt.version}"
+        if tables.wanted(h.headers.get("Accept"), self.k8s_version):
+            objs = [dict(o, kind=req.rt.kind, apiVersion=req.rt.api_version) for o in out]
+            return self._send_json(h, 200, tables.table(req.rt, objs, {
+                "selfLink": prefix + "/" + req.rt.name, "resourceVersion": str(rv)}, req.query.get("includeObject", "Metadata")))
         self._send_json(h, 200, {"kind": f"{req.rt.kind}List", "apiVersion": req.rt.api_version,
                                  "metadata": {"selfLink": prefix + "/" + req.rt.name, "resourceVersion": str(rv)},
                                  "items": out})
@@ -858,8 +866,13 @@ class APIServer:
         def chunk(data: bytes) -> None:
             h.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
 
+        as_table = tables.wanted(h.headers.get("Accept"), self.k8s_version)
+
         def send_event(typ, obj):
             body = obj if typ == "ERROR" else rt.view(obj, self.k8s_version)
+            if as_table and typ != "ERROR":
+                body = tables.table(rt, [body], {"resourceVersion": body["metadata"].get("resourceVersion", "")},
+                                    req.query.get("includeObject", "Metadata"))
             chunk(json.dumps({"type": typ, "object": body}, separators=(",", ":")).encode() + b"\n")
 
         try:
