@@ -285,3 +285,19 @@ def test_kubectl_get_prints_the_server_side_columns_of_1_13(clients):
     assert "example-app:debian" in wide[1] and "app=debian-app,variant=unlocked" in wide[1]
     ns = c.kubectl("get", "configmaps", "--all-namespaces").stdout.splitlines()
     assert ns[0].split()[:2] == ["NAMESPACE", "NAME"] and ns[1].split()[:2] == ["default", "c1"]
+
+
+def test_new_objects_come_back_with_the_status_a_real_server_returns(clients):
+    c = clients
+    c.kubectl("apply", *c.kubectl_flags, "-f", "examples/debian-app.yaml")
+    assert c.get("deployments.extensions", "debian-app")["status"] == {}
+    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+           "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}}
+    c.kubectl("create", *c.kubectl_flags, "-f", "-", stdin=json.dumps(svc))
+    assert c.get("service", "web")["status"] == {"loadBalancer": {}}
+    ds = {"apiVersion": "extensions/v1beta1", "kind": "DaemonSet", "metadata": {"name": "ds"},
+          "spec": {"template": {"metadata": {"labels": {"app": "ds"}},
+                                "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}}
+    c.kubectl("create", *c.kubectl_flags, "-f", "-", stdin=json.dumps(ds))
+    assert c.get("daemonsets.extensions", "ds")["status"] == {
+        "currentNumberScheduled": 0, "numberMisscheduled": 0, "desiredNumberScheduled": 0, "numberReady": 0}

@@ -28,7 +28,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import structlog
 
 from . import (admission, discovery, errors, logs_subresource, openapi, patch as patchlib, protobuf, resources,
-               selectors, tables, validation)
+               selectors, status_defaults, tables, validation)
 from .certs import make_ca_and_serving_cert
 from .errors import APIError, FieldError
 from .faults import FaultSpec
@@ -958,6 +958,7 @@ class APIServer:
         if rt.namespaced and self.store.get("namespaces", "", req.namespace) is None:
             raise errors.namespace_not_found(req.namespace)
         self._default(rt, obj)      # defaulting happens when the body is decoded, before admission
+        status_defaults.apply(rt, obj)
         # The Initializers admission plugin, create branch (§1a).
         inits = meta.get("initializers")
         if inits is not None:
