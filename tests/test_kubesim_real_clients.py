@@ -301,3 +301,34 @@ def test_new_objects_come_back_with_the_status_a_real_server_returns(clients):
     c.kubectl("create", *c.kubectl_flags, "-f", "-", stdin=json.dumps(ds))
     assert c.get("daemonsets.extensions", "ds")["status"] == {
         "currentNumberScheduled": 0, "numberMisscheduled": 0, "desiredNumberScheduled": 0, "numberReady": 0}
+
+
+def test_kubectl_get_in_chunks_sees_every_object_once(clients):
+    """--chunk-size=2 makes kubectl list with limit/continue (1.13 pages, 1.7 ignores both)."""
+    c = clients
+    for i in range(5):
+        c.kubectl("create", "configmap", f"c{i}", "--from-literal=a=b")
+    out = c.kubectl("get", "configmaps", "--chunk-size=2", "-o", "name", "-v=6").stdout.split()
+    assert out == [f"configmap/c{i}" for i in range(5)]
+    import ssl
+    import urllib.request
+    ctx = ssl.create_default_context(cafile=c.srv.ca_file)
+
+    def get(query):
+        req = urllib.request.Request(f"{c.srv.url}/api/v1/namespaces/default/configmaps?{query}",
+                                     headers={"Authorization": f"Bearer {c.srv.admin_token}"})
+        with urllib.request.urlopen(req, context=ctx) as r:
+            return json.loads(r.read())
+
+    first = get("limit=2")
+    if c.version == "1.7":
+        assert len(first["items"]) == 5 and "continue" not in first["metadata"]
+        return
+    assert [i["metadata"]["name"] for i in first["items"]] == ["c0", "c1"]
+    second = get("limit=2&continue=" + first["metadata"]["continue"])
+    assert [i["metadata"]["name"] for i in second["items"]] == ["c2", "c3"]
+    assert second["metadata"]["resourceVersion"] == first["metadata"]["resourceVersion"]
+    import urllib.error
+    with pytest.raises(urllib.error.HTTPError) as e:
+        get("limit=2&continue=garbage")
+    assert e.value.code == 400

@@ -27,8 +27,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import structlog
 
-from . import (admission, discovery, errors, logs_subresource, openapi, patch as patchlib, protobuf, resources,
-               selectors, status_defaults, tables, validation)
+from . import (admission, discovery, errors, logs_subresource, openapi, pagination, patch as patchlib, protobuf,
+               resources, selectors, status_defaults, tables, validation)
 from .certs import make_ca_and_serving_cert
 from .errors import APIError, FieldError
 from .faults import FaultSpec
@@ -828,13 +828,13 @@ class APIServer:
                 continue
             out.append(req.rt.view(o, self.k8s_version, in_list=True))
         prefix = "/api/v1" if not req.rt.group else f"/apis/{req.rt.group}/{req.rt.version}"
+        out, more = pagination.page(out, req.query, rv, self.k8s_version)
+        list_meta = dict({"selfLink": prefix + "/" + req.rt.name, "resourceVersion": str(rv)}, **more)
         if tables.wanted(h.headers.get("Accept"), self.k8s_version):
             objs = [dict(o, kind=req.rt.kind, apiVersion=req.rt.api_version) for o in out]
-            return self._send_json(h, 200, tables.table(req.rt, objs, {
-                "selfLink": prefix + "/" + req.rt.name, "resourceVersion": str(rv)}, req.query.get("includeObject", "Metadata")))
+            return self._send_json(h, 200, tables.table(req.rt, objs, list_meta, req.query.get("includeObject", "Metadata")))
         self._send_json(h, 200, {"kind": f"{req.rt.kind}List", "apiVersion": req.rt.api_version,
-                                 "metadata": {"selfLink": prefix + "/" + req.rt.name, "resourceVersion": str(rv)},
-                                 "items": out})
+                                 "metadata": list_meta, "items": out})
 
     def _verb_watch(self, h, req: Request, user, exempt) -> None:
         rt = req.rt
