@@ -27,10 +27,12 @@ FRESH_NS = "team-b"
 ROOT_CERTS = "tproxy-tproxy-root-certs"
 
 
-@pytest.fixture(scope="module")
-def tutorial():
+@pytest.fixture(scope="module", params=["1.7", "1.13"])
+def tutorial(request):
+    """The tutorial on a simulated 1.7 cluster (the tutorial's) and on a 1.13 one (where helm and kubectl
+    also validate the chart and the examples against the server's OpenAPI)."""
     from kubesim.kubelet.cluster import SimCluster
-    c = SimCluster(kubelet_options={"backoff_initial": 1.0, "backoff_cap": 4.0})
+    c = SimCluster(k8s_version=request.param, kubelet_options={"backoff_initial": 1.0, "backoff_cap": 4.0})
     c.start()
     try:
         e2e.helm_install(c, namespace=RELEASE_NS)
@@ -223,6 +225,18 @@ def test_kubectl_logs_reads_the_locked_round_through_the_api_server(tutorial):
     audit = e2e.run_client(c, ["kubectl", "logs", "-n", RELEASE_NS, proxy["metadata"]["name"],
                                "-c", proxy_container(proxy)]).stdout
     assert locked["metadata"]["name"] in audit
+
+
+def test_kubectl_rollout_status_and_get_see_the_running_apps(tutorial):
+    c = tutorial["cluster"]
+    out = e2e.run_client(c, ["kubectl", "rollout", "status", "deployment.extensions/debian-app-locked",
+                             "--timeout=60s"]).stdout
+    assert "successfully rolled out" in out
+    pods = e2e.run_client(c, ["kubectl", "get", "pods", "-l", "app=debian-app", "-o", "json"]).stdout
+    import json
+    assert sorted(p["status"]["phase"] for p in json.loads(pods)["items"]) == ["Running", "Running"]
+    described = e2e.run_client(c, ["kubectl", "describe", "pod", tutorial["locked"]["metadata"]["name"]]).stdout
+    assert "Init Containers:" in described and "tproxy:" in described
 
 
 def test_helm_uninstall_leaves_nothing_of_the_release(tutorial):
