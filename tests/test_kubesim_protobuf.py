@@ -221,3 +221,26 @@ def test_protobuf_patches_are_415_like_a_real_server(srv):
 def test_an_accept_header_with_nothing_kubesim_writes_is_406(srv):
     status, _, data = request(srv, "GET", "/api/v1/namespaces", accept="application/xml")
     assert status == 406 and json.loads(data)["reason"] == "NotAcceptable"
+
+
+def test_a_watch_that_prefers_protobuf_streams_length_delimited_watch_events(srv):
+    """client-go's typed watch (Accept protobuf first) gets the protobuf stream framing."""
+    cm = msg(f"{CORE}.ConfigMap")
+    cm.metadata.name = "w"
+    request(srv, "POST", "/api/v1/namespaces/default/configmaps", envelope("v1", "ConfigMap", cm.SerializeToString()), PB)
+    status, ctype, data = request(srv, "GET", "/api/v1/namespaces/default/configmaps?watch=true&timeoutSeconds=1",
+                                  accept=f"{PB}, application/json")
+    assert status == 200 and ctype == protobuf.WATCH_MEDIA_TYPE
+    n = int.from_bytes(data[:4], "big")
+    frame = data[4:4 + n]
+    u = msg("k8s.io.apimachinery.pkg.runtime.Unknown")
+    u.ParseFromString(frame[4:])
+    assert frame[:4] == protobuf.MAGIC and u.typeMeta.kind == "WatchEvent"
+    ev = msg(f"{META}.WatchEvent")
+    ev.ParseFromString(u.raw)
+    assert ev.type == "ADDED"
+    inner = msg("k8s.io.apimachinery.pkg.runtime.Unknown")
+    inner.ParseFromString(ev.object.raw[4:])
+    got = msg(f"{CORE}.ConfigMap")
+    got.ParseFromString(inner.raw)
+    assert inner.typeMeta.kind == "ConfigMap" and got.metadata.name == "w"

@@ -361,3 +361,21 @@ def prefers_protobuf(accept: str | None) -> bool | None:
     if any(params.get("as") for _, params in accepted(accept)):
         return False
     return None
+
+
+WATCH_MEDIA_TYPE = MEDIA_TYPE + ";stream=watch"
+
+
+def watch_frame(event_type: str, obj: dict) -> bytes:
+    """One protobuf watch event as the server streams it: a 4-byte big-endian length, then
+    ``k8s\\0`` + runtime.Unknown{v1 WatchEvent} whose ``object`` is the object's own envelope."""
+    inner = encode_object(obj)
+    if inner is None:
+        inner = json.dumps(obj, separators=(",", ":")).encode()
+    ev = message_class(f"{META}.WatchEvent")(type=event_type)
+    ev.object.raw = inner
+    unknown = message_class(UNKNOWN)()
+    unknown.typeMeta.apiVersion, unknown.typeMeta.kind = "v1", "WatchEvent"
+    unknown.raw = ev.SerializeToString()
+    data = MAGIC + unknown.SerializeToString()
+    return len(data).to_bytes(4, "big") + data

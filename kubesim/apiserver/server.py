@@ -859,7 +859,8 @@ class APIServer:
         faults = None if exempt else self.faults
         h.kubesim_code = 200
         h.send_response(200)
-        h.send_header("Content-Type", "application/json")
+        as_proto = getattr(h, "kubesim_proto", False)      # length-delimited protobuf WatchEvents
+        h.send_header("Content-Type", protobuf.WATCH_MEDIA_TYPE if as_proto else "application/json")
         h.send_header("Transfer-Encoding", "chunked")
         h.end_headers()
 
@@ -873,6 +874,8 @@ class APIServer:
             if as_table and typ != "ERROR":
                 body = tables.table(rt, [body], {"resourceVersion": body["metadata"].get("resourceVersion", "")},
                                     req.query.get("includeObject", "Metadata"))
+            if as_proto:
+                return chunk(protobuf.watch_frame(typ, body))
             chunk(json.dumps({"type": typ, "object": body}, separators=(",", ":")).encode() + b"\n")
 
         try:
