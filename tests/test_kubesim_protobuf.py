@@ -244,3 +244,28 @@ def test_a_watch_that_prefers_protobuf_streams_length_delimited_watch_events(srv
     got = msg(f"{CORE}.ConfigMap")
     got.ParseFromString(inner.raw)
     assert inner.typeMeta.kind == "ConfigMap" and got.metadata.name == "w"
+
+
+def test_random_protobuf_bodies_never_cause_a_500(kubesim_server_factory):
+    import random
+    srv = kubesim_server_factory(k8s_version="1.13")
+    rng = random.Random(14)
+    good = envelope("v1", "Secret", secret_message().SerializeToString())
+    seen = set()
+    for i in range(300):
+        if i % 3 == 0:
+            body = protobuf.MAGIC + bytes(rng.randrange(256) for _ in range(rng.randrange(1, 60)))
+        elif i % 3 == 1:       # flip bytes of a valid body
+            b = bytearray(good)
+            for _ in range(rng.randrange(1, 4)):
+                b[rng.randrange(4, len(b))] = rng.randrange(256)
+            body = bytes(b)
+        else:
+            body = good[:rng.randrange(5, len(good))]
+        status, _, data = request(srv, "POST", "/api/v1/namespaces/default/secrets", body, PB)
+        assert status < 500, (body, data)
+        seen.add(status)
+        if status == 201:
+            name = json.loads(data)["metadata"]["name"]
+            request(srv, "DELETE", f"/api/v1/namespaces/default/secrets/{name}")
+    assert 400 in seen

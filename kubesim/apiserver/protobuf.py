@@ -131,9 +131,9 @@ def _special_to_json(msg):
     if name == f"{META}.Duration":
         return True, _go_duration(msg.duration)
     if name == "k8s.io.apimachinery.pkg.util.intstr.IntOrString":
-        return True, msg.strVal if msg.type == 1 else msg.intVal
+        return True, _key(msg.strVal) if msg.type == 1 else msg.intVal
     if name == "k8s.io.apimachinery.pkg.api.resource.Quantity":
-        return True, msg.string
+        return True, _key(msg.string)
     if name in ("k8s.io.apimachinery.pkg.runtime.RawExtension", f"{META}.FieldsV1"):
         raw = msg.raw if name.endswith("RawExtension") else msg.Raw
         if not raw:
@@ -152,7 +152,16 @@ def _repeated(fd) -> bool:
 def _scalar_to_json(fd, v):
     if fd.type == FD.TYPE_BYTES:
         return base64.b64encode(v).decode()
+    if isinstance(v, bytes):        # the runtime hands back a proto2 string that is not UTF-8 as bytes
+        raise ValueError(f"field {fd.name}: invalid UTF-8 in a string")
     return v
+
+
+def _key(k):
+    """A map key or a special type's string: the runtime returns bytes when it is not UTF-8."""
+    if isinstance(k, bytes):
+        raise ValueError("invalid UTF-8 in a string")
+    return k
 
 
 def to_json(msg) -> dict:
@@ -163,9 +172,9 @@ def to_json(msg) -> dict:
         if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
             vfd = fd.message_type.fields_by_name["value"]
             if vfd.message_type is not None:
-                out[name] = {k: _value_to_json(vfd, v) for k, v in value.items()}
+                out[name] = {_key(k): _value_to_json(vfd, v) for k, v in value.items()}
             else:
-                out[name] = {k: _scalar_to_json(vfd, v) for k, v in value.items()}
+                out[name] = {_key(k): _scalar_to_json(vfd, v) for k, v in value.items()}
             continue
         if _repeated(fd):
             out[name] = [_value_to_json(fd, v) for v in value]
@@ -292,6 +301,9 @@ def decode_object(data: bytes) -> tuple[str, str, dict]:
     except DecodeError as e:
         raise APIError(400, "BadRequest", f"the object provided is unrecognized: protobuf envelope: {e}") from None
     api_version, kind = unknown.typeMeta.apiVersion, unknown.typeMeta.kind
+    if isinstance(api_version, bytes) or isinstance(kind, bytes) or not isinstance(unknown.contentEncoding, str):
+        raise APIError(400, "BadRequest", "the object provided is unrecognized: invalid UTF-8 in the protobuf "
+                       "envelope's typeMeta")
     if not kind or not api_version:
         raise APIError(400, "BadRequest", "the object provided is unrecognized: Object 'Kind' is missing in "
                        "the protobuf envelope (runtime.Unknown.typeMeta)")
@@ -308,7 +320,11 @@ def decode_object(data: bytes) -> tuple[str, str, dict]:
         raise APIError(400, "BadRequest", f"the object provided is unrecognized: {kind} in version "
                        f"\"{api_version}\" cannot be decoded from protobuf: {e}") from None
     obj = {"kind": kind, "apiVersion": api_version}
-    obj.update(to_json(msg))
+    try:
+        obj.update(to_json(msg))
+    except (UnicodeDecodeError, ValueError, OverflowError, OSError) as e:   # not UTF-8, a time out of range...
+        raise APIError(400, "BadRequest", f"the object provided is unrecognized: {kind} in version "
+                       f"\"{api_version}\" cannot be decoded from protobuf: {e}") from None
     return api_version, kind, obj
 
 
