@@ -332,3 +332,13 @@ def test_kubectl_get_in_chunks_sees_every_object_once(clients):
     with pytest.raises(urllib.error.HTTPError) as e:
         get("limit=2&continue=garbage")
     assert e.value.code == 400
+
+
+def test_helm_install_wait_needs_apps_v1_which_1_7_does_not_serve(kubesim_server_factory, tmp_path):
+    """Helm 3 reads Deployments and DaemonSets through apps/v1 to wait for them; a 1.7 server has no
+    apps/v1, so `helm install --wait` fails there as against kubesim's 1.7 mode (nothing waits forever)."""
+    srv = kubesim_server_factory(k8s_version="1.7")
+    c = Clients(srv, srv.write_kubeconfig(str(tmp_path / "kc")), tmp_path)
+    proc = c.helm("install", "tproxy", "chart/", "--set", VALUES, "--disable-openapi-validation", "--wait",
+                  "--timeout", "20s", check=False)
+    assert proc.returncode != 0 and "the server could not find the requested resource" in proc.stderr
