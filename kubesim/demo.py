@@ -75,7 +75,8 @@ def no_openapi_flags(k8s_version: str) -> tuple[list[str], list[str]]:
 def render_chart(values: str, extra: list[str] | None = None) -> str:
     if not os.path.exists(os.path.join(CHART, "Chart.yaml")):
         raise DemoError(f"the chart is missing ({CHART}/Chart.yaml)")
-    argv = [helm_binary(), "template", "tproxy", CHART, "--set", values, *(extra or [])]
+    # The simulated cluster is 1.7 unless ``extra`` names another --kube-version (the last one wins).
+    argv = [helm_binary(), "template", "tproxy", CHART, "--kube-version", "1.7.16", "--set", values, *(extra or [])]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     if proc.returncode != 0:
         raise DemoError(f"helm template failed: {proc.stderr.strip()}")

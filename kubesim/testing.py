@@ -172,3 +172,41 @@ def watch_events(client, path: str, query=None, timeout: float = 10, max_events:
                         return
     finally:
         resp.release_conn() if max_events is None else resp.close()
+
+
+class RbacV1beta1:
+    """The few ``RbacAuthorizationV1Api`` calls the tests make, through ``rbac.authorization.k8s.io/
+    v1beta1``: a 1.7 server serves no rbac/v1 (GA in 1.8), and the official client has no v1beta1 API
+    any more. Failures raise the client's ApiException like the generated API would."""
+
+    BASE = "/apis/rbac.authorization.k8s.io/v1beta1"
+
+    def __init__(self, client):
+        self.client = client
+
+    def _call(self, method, path, body=None):
+        import kubernetes.client as k
+        status, out = raw(self.client, method, self.BASE + path, body=body)
+        if status >= 400:
+            raise k.ApiException(status=status, reason=str(out))
+        return out
+
+    def create_cluster_role(self, body):
+        return self._call("POST", "/clusterroles", body)
+
+    def create_cluster_role_binding(self, body):
+        return self._call("POST", "/clusterrolebindings", body)
+
+    def create_namespaced_role(self, ns, body):
+        return self._call("POST", f"/namespaces/{ns}/roles", body)
+
+    def create_namespaced_role_binding(self, ns, body):
+        return self._call("POST", f"/namespaces/{ns}/rolebindings", body)
+
+    def read_cluster_role(self, name):
+        from urllib.parse import quote
+        return self._call("GET", "/clusterroles/" + quote(name, safe=""))
+
+    def delete_cluster_role(self, name):
+        from urllib.parse import quote
+        return self._call("DELETE", "/clusterroles/" + quote(name, safe=""))

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Regenerate ``kubesim/apiserver/k8s_protos.py``: the protobuf message definitions kubesim speaks.
 
-The definitions are not written by hand: they are the ``generated.proto`` descriptors that the real
+Groups: core/v1, apps, extensions, batch/v1, policy/v1beta1, autoscaling/v1 (Scale), authorization,
+rbac and admissionregistration: what kubesim serves. The definitions are not written by hand: they are the ``generated.proto`` descriptors that the real
 clients are compiled with. Every Go program built from k8s.io/api registers each group's
 FileDescriptorProto (gzip-compressed) and gnostic's ``openapiv2/OpenAPIv2.proto`` (raw); this
 script reads them out of the kubectl binary that ``make setup`` installs (``.tools/bin/kubectl``,
@@ -40,6 +41,13 @@ WANTED = [
     "k8s.io/api/extensions/v1beta1/generated.proto",
     "k8s.io/api/rbac/v1beta1/generated.proto",
     "k8s.io/api/rbac/v1/generated.proto",
+    "k8s.io/api/batch/v1/generated.proto",
+    "k8s.io/api/policy/v1beta1/generated.proto",
+    "k8s.io/api/autoscaling/v1/generated.proto",
+    "k8s.io/api/authorization/v1/generated.proto",
+    "k8s.io/api/authorization/v1beta1/generated.proto",
+    "k8s.io/api/admissionregistration/v1/generated.proto",
+    "k8s.io/api/admissionregistration/v1beta1/generated.proto",
 ]
 GOGO = "github.com/gogo/protobuf/gogoproto/gogo.proto"
 META = "k8s.io.apimachinery.pkg.apis.meta.v1"

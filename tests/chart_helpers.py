@@ -24,6 +24,9 @@ INITIALIZER_API = "admissionregistration.k8s.io/v1alpha1"
 # The flags the tests render with: a 1.13 cluster (the newest with Initializers) that serves the
 # v1alpha1 admissionregistration API.
 BASE_ARGS = ["--kube-version", "1.13.0", "--api-versions", INITIALIZER_API]
+# Appended to render for a 1.7 cluster instead (the last --kube-version wins): extensions/v1beta1
+# workloads and rbac v1beta1, the versions 1.7 serves.
+K17 = ("--kube-version", "1.7.16")
 
 
 def require_helm() -> str:

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from chart_helpers import api_path, one, render
+from chart_helpers import K17, api_path, one, render
 from kubesim.apiserver import APIServer
 from kubesim.testing import api_client_for, raw
 
@@ -35,7 +35,7 @@ def _post(admin, obj, query=None):
 
 
 def test_helm_order_creates_the_initializer_before_its_configuration(cluster):
-    objs = render(ALL_ON, namespace="tproxy-system")
+    objs = render(ALL_ON, *K17, namespace="tproxy-system")
     deployment, config = one(objs, "Deployment"), one(objs, "InitializerConfiguration")
     assert objs.index(deployment) < objs.index(config)
     status, body = _post(cluster, deployment)
@@ -46,7 +46,7 @@ def test_helm_order_creates_the_initializer_before_its_configuration(cluster):
 def test_the_opposite_order_would_hold_the_initializer_pending(cluster):
     """Negative control: with the configuration already there, the initializer's create blocks
     until the server gives up (504), and the Deployment stays uninitialized, so it never runs."""
-    objs = render(ALL_ON, namespace="tproxy-system")
+    objs = render(ALL_ON, *K17, namespace="tproxy-system")
     assert _post(cluster, one(objs, "InitializerConfiguration"))[0] == 201
     status, body = _post(cluster, one(objs, "Deployment"), query={"timeout": "1s"})
     assert status == 504, body
@@ -99,14 +99,14 @@ def test_install_upgrade_uninstall_reinstall_never_hold_the_initializer():
     admin = api_client_for(srv)
     try:
         assert raw(admin, "POST", "/api/v1/namespaces", body={"metadata": {"name": "tproxy-system"}})[0] == 201
-        objs = render(ALL_ON, namespace="tproxy-system")
+        objs = render(ALL_ON, *K17, namespace="tproxy-system")
         dep = one(objs, "Deployment")
         _install(admin, objs)
         _wait_until_configuration_is_in_force(admin)
 
         # Upgrade: a changed value reaches the Deployment as a strategic-merge PATCH (Helm 3's
         # three-way merge, Helm 2's two-way) and as a PUT (helm upgrade --force): both 200, not held.
-        upgraded = one(render({**ALL_ON, "tproxy.initializer.replicas": 3}, namespace="tproxy-system"), "Deployment")
+        upgraded = one(render({**ALL_ON, "tproxy.initializer.replicas": 3}, *K17, namespace="tproxy-system"), "Deployment")
         status, body = raw(admin, "PATCH", api_path(dep, dep["metadata"]["name"]), body={"spec": {"replicas": 3}},
                            content_type="application/strategic-merge-patch+json", timeout=5)
         assert status == 200 and body["spec"]["replicas"] == 3, body

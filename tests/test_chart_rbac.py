@@ -7,7 +7,7 @@ import copy
 
 import pytest
 
-from chart_helpers import api_path, find, one, render
+from chart_helpers import K17, api_path, find, one, render
 from kubesim.apiserver import APIServer
 from kubesim.testing import api_client_for, raw, watch_events
 
@@ -34,7 +34,7 @@ def cluster():
     srv = APIServer(k8s_version="1.7").start()
     admin = api_client_for(srv)
     objs = render({"tproxy.useInitializer": True, "tproxy.useRBAC": True, "tproxy.addStandardModeProxy": True},
-                  namespace=RELEASE_NS)
+                  *K17, namespace=RELEASE_NS)
     for ns in (RELEASE_NS, APP_NS):
         status, body = raw(admin, "POST", "/api/v1/namespaces", body={"metadata": {"name": ns}})
         assert status == 201, body

@@ -9,7 +9,7 @@ import json
 import pytest
 import yaml
 
-from chart_helpers import (CHART, container, find, helm, one, render, render_notes, set_args,
+from chart_helpers import (CHART, K17, container, find, helm, one, render, render_notes, set_args,
                            validate_strict)
 
 # kubernetes-validate 1.13.0 uses distutils, pkg_resources and jsonschema's RefResolver (deprecated,
@@ -66,12 +66,16 @@ def given_ca_args(tmp_path_factory) -> list[str]:
 
 @pytest.mark.parametrize("values", COMBOS, ids=[combo_id(c) for c in COMBOS])
 def test_every_combination_is_valid_for_1_8_and_1_13(values, given_ca_args):
+    """Rendered for 1.13, valid for 1.13; rendered for 1.7, valid for 1.8 (the oldest schemas) and
+    1.13 (which still serves extensions/v1beta1 and rbac v1beta1)."""
     objs = render(values, *given_ca_args)
     kinds = {o["kind"] for o in objs}
     assert {"DaemonSet", "Secret", "ConfigMap"} <= kinds
     assert ("InitializerConfiguration" in kinds) == values["tproxy.useInitializer"]
     assert bool(kinds & RBAC_KINDS) == values["tproxy.useRBAC"]
     for obj in objs:
+        validate_strict(obj, "1.13.0")
+    for obj in render(values, *given_ca_args, *K17):
         validate_strict(obj, "1.8.0")
         validate_strict(obj, "1.13.0")
 
@@ -95,8 +99,9 @@ def test_strict_1_7_validation_refuses_the_1_8_field(all_on):
 def test_default_values_render_and_validate():
     objs = render()
     for obj in objs:
-        validate_strict(obj, "1.8.0")
         validate_strict(obj, "1.13.0")
+    for obj in render(None, *K17):
+        validate_strict(obj, "1.8.0")
     # The original chart's defaults: no initializer, no RBAC.
     assert not find(objs, "Deployment") and not find(objs, "InitializerConfiguration")
     assert not [o for o in objs if o["kind"] in RBAC_KINDS]
@@ -106,7 +111,7 @@ def test_default_values_render_and_validate():
 def test_strict_validation_refuses_unknown_fields_and_wrong_types(all_on):
     """validate_strict must really be strict (an unknown field would pass a non-strict schema) and
     say where the object is wrong."""
-    ds = one(all_on, "DaemonSet")
+    ds = one(render(ALL_ON, *K17), "DaemonSet")      # extensions/v1beta1: a kind 1.8 and 1.13 both have
     bad = copy.deepcopy(ds)
     bad["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
     wrong_type = copy.deepcopy(ds)
@@ -268,7 +273,7 @@ def test_sidecar_gets_no_node_name_without_the_standard_proxy(all_on):
 def test_daemonset_wires_podwatch_and_the_proxy_to_the_host_port():
     objs = render({**ALL_ON, "tproxy.hostPort": 9090})
     ds = one(objs, "DaemonSet", FULL, RELEASE_NS)
-    assert ds["apiVersion"] == "extensions/v1beta1"
+    assert ds["apiVersion"] == "apps/v1"
     assert ds["spec"]["selector"]["matchLabels"].items() <= ds["spec"]["template"]["metadata"]["labels"].items()
     pod = ds["spec"]["template"]["spec"]
     assert pod["hostNetwork"] is True
@@ -637,3 +642,18 @@ def test_a_forced_iptables_backend_reaches_podwatch_and_the_injected_init_contai
     assert podwatch_parser().parse_args(container(pod, "tproxy-podwatch")["args"]).iptables_backend == "legacy"
     env = {e["name"]: e.get("value") for e in parse_config(_injection(objs)[1]).containers[0]["env"]}
     assert iptables.parse_setting(env[iptables.ENV]) == "legacy"
+
+
+# ---- API versions per cluster version ----------------------------------------------------------
+
+def test_api_versions_follow_the_cluster_version():
+    """Rendered for 1.13 the chart uses what a 1.13 user expects (apps/v1, rbac v1); for 1.7 the
+    versions 1.7 serves. The InitializerConfiguration is v1alpha1 in both."""
+    def versions(objs):
+        return {o["kind"]: o["apiVersion"] for o in objs}
+    new, old = versions(render(ALL_ON)), versions(render(ALL_ON, *K17))
+    assert (new["Deployment"], new["DaemonSet"]) == ("apps/v1", "apps/v1")
+    assert {new[k] for k in RBAC_KINDS - {"ServiceAccount"}} == {"rbac.authorization.k8s.io/v1"}
+    assert (old["Deployment"], old["DaemonSet"]) == ("extensions/v1beta1", "extensions/v1beta1")
+    assert {old[k] for k in RBAC_KINDS - {"ServiceAccount"}} == {"rbac.authorization.k8s.io/v1beta1"}
+    assert new["InitializerConfiguration"] == old["InitializerConfiguration"] == "admissionregistration.k8s.io/v1alpha1"

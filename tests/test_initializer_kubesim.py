@@ -49,7 +49,7 @@ def render_chart() -> list[dict]:
         pytest.fail(f"Helm binary not found at {HELM}: run `make setup` or set TPROXY_HELM")
     out = subprocess.run(
         [HELM, "template", "tproxy", str(REPO / "chart"), "--namespace", "tproxy-system", "--kube-version",
-         "1.13.0", "--api-versions", "admissionregistration.k8s.io/v1alpha1",
+         "1.7.16", "--api-versions", "admissionregistration.k8s.io/v1alpha1",
          "--set", "tproxy.useRBAC=true,tproxy.useInitializer=true"],
         capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -564,8 +564,11 @@ def test_works_with_exactly_the_charts_rbac_and_args_across_namespaces(admin, se
             done = wait_for(lambda: (lambda o: o if pending_of(o) is None else None)(get(admin, "rbac", name)),
                             what=f"initialized with the chart's RBAC ({group})")
             assert_injected_once(done)
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-        assert 'tproxy_initializer_deployments_total{outcome="initialized"} 2.0' in text
+        # the counter is incremented after the write that a client may already have seen: wait for it
+        def metrics():
+            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            return body if 'tproxy_initializer_deployments_total{outcome="initialized"} 2.0' in body else None
+        text = wait_for(metrics, timeout=10, what="both initializations counted in /metrics")
         assert "tproxy_initializer_config_loaded 1.0" in text and 'workqueue_depth{name="initializer"}' in text
         assert "tproxy_initializer_root_certs_loaded 1.0" in text
         # The CA bundle was copied into the deployments' namespace with the chart's RBAC.

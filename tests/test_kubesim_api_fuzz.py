@@ -17,7 +17,7 @@ PATHS = ["/api/v1/namespaces/default/pods", "/api/v1/namespaces/default/configma
          "/apis/extensions/v1beta1/namespaces/default/deployments",
          "/apis/apps/v1beta1/namespaces/default/deployments",
          "/apis/admissionregistration.k8s.io/v1alpha1/initializerconfigurations",
-         "/apis/rbac.authorization.k8s.io/v1/namespaces/default/roles"]
+         "/apis/rbac.authorization.k8s.io/v1beta1/namespaces/default/roles"]
 
 
 @pytest.fixture(scope="module")
@@ -61,4 +61,44 @@ def test_arbitrary_update_bodies_never_500(fuzz_server, body):
     s, status = raw(c, "PUT", f"{path}/put-target", body=body, timeout=10)
     assert s != 500, status
     s, status = raw(c, "PUT", f"{path}/put-target/status", body=body, timeout=10)
+    assert s != 500, status
+
+
+PATHS_1_13 = ["/apis/apps/v1/namespaces/default/deployments", "/apis/apps/v1/namespaces/default/daemonsets",
+              "/apis/apps/v1/namespaces/default/statefulsets", "/apis/batch/v1/namespaces/default/jobs",
+              "/apis/admissionregistration.k8s.io/v1beta1/mutatingwebhookconfigurations",
+              "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"]
+
+
+@pytest.fixture(scope="module")
+def fuzz_server_1_13():
+    from kubesim.apiserver import APIServer
+    srv = APIServer(k8s_version="1.13").start()
+    yield srv
+    srv.stop()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(path=st.sampled_from(PATHS_1_13), body=json_values)
+def test_1_13_kinds_never_500(fuzz_server_1_13, path, body):
+    c = api_client_for(fuzz_server_1_13)
+    s, status = raw(c, "POST", path, body=body, timeout=10)
+    assert s != 500 and s < 600, status
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ctype=st.sampled_from(["application/strategic-merge-patch+json", "application/merge-patch+json",
+                              "application/json-patch+json"]), body=json_values,
+       sub=st.sampled_from(["", "/scale", "/status"]))
+def test_1_13_patches_and_scale_never_500(fuzz_server_1_13, ctype, body, sub):
+    c = api_client_for(fuzz_server_1_13)
+    path = "/apis/apps/v1/namespaces/default/daemonsets" if sub == "/status" else \
+        "/apis/apps/v1/namespaces/default/deployments"
+    if raw(c, "GET", f"{path}/target")[0] == 404:
+        assert raw(c, "POST", path, body={"metadata": {"name": "target"}, "spec": {
+            "selector": {"matchLabels": {"a": "b"}}, "template": {
+                "metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}})[0] == 201
+    s, status = raw(c, "PATCH", f"{path}/target{sub}", body=body, content_type=ctype, timeout=10)
+    assert s != 500, status
+    s, status = raw(c, "PUT", f"{path}/target{sub}", body=body, timeout=10)
     assert s != 500, status

@@ -10,7 +10,7 @@ import kubernetes.client as k
 import pytest
 
 from kubesim.apiserver import APIServer
-from kubesim.testing import api_client_for, raw
+from kubesim.testing import RbacV1beta1, api_client_for, raw
 
 EXT = "/apis/extensions/v1beta1/namespaces/default/deployments"
 APPS = "/apis/apps/v1beta1/namespaces/default/deployments"
@@ -79,7 +79,7 @@ def wait_stored(c, path, name, timeout=5):
 
 def grant(srv, c, ns, sa, rules, cluster=False):
     """Give ServiceAccount ns/sa a Role (or ClusterRole) with ``rules``; return its ApiClient."""
-    rbac = k.RbacAuthorizationV1Api(c)
+    rbac = RbacV1beta1(c)
     name = f"{sa}-role"
     if cluster:
         rbac.create_cluster_role({"metadata": {"name": name}, "rules": rules})

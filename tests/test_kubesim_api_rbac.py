@@ -6,7 +6,7 @@ import kubernetes.client as k
 import pytest
 
 from kubesim.apiserver import APIServer
-from kubesim.testing import api_client_for, raw
+from kubesim.testing import RbacV1beta1, api_client_for, raw
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def c(kube_api_client_module):
 
 
 def bind(c, ns, name, rules, subjects, cluster_role=False, cluster_binding=False):
-    rbac = k.RbacAuthorizationV1Api(c)
+    rbac = RbacV1beta1(c)
     if cluster_role:
         rbac.create_cluster_role({"metadata": {"name": name}, "rules": rules})
     else:
@@ -186,13 +186,24 @@ def test_token_invalid_after_its_secret_is_deleted(srv, c):
     assert raw(cl, "GET", "/api/v1/namespaces/default/pods")[0] == 401
 
 
-def test_rbac_v1beta1_and_v1_are_one_storage(c):
-    """rbac v1beta1 and v1 serve the same objects."""
-    s, role = raw(c, "POST", "/apis/rbac.authorization.k8s.io/v1beta1/namespaces/default/roles",
-                  body={"metadata": {"name": "shared"}, "rules": []})
-    assert s == 201
-    r = k.RbacAuthorizationV1Api(c).read_namespaced_role("shared", "default")
-    assert r.metadata.uid == role["metadata"]["uid"]
+def test_rbac_v1beta1_and_v1_are_one_storage():
+    """1.13 serves rbac v1beta1 and v1 over the same objects; 1.7 serves only v1beta1 (v1 is GA in 1.8)."""
+    srv = APIServer(k8s_version="1.13").start()
+    try:
+        c = api_client_for(srv)
+        s, role = raw(c, "POST", "/apis/rbac.authorization.k8s.io/v1beta1/namespaces/default/roles",
+                      body={"metadata": {"name": "shared"}, "rules": []})
+        assert s == 201
+        r = k.RbacAuthorizationV1Api(c).read_namespaced_role("shared", "default")
+        assert r.metadata.uid == role["metadata"]["uid"]
+    finally:
+        srv.stop()
+
+
+def test_1_7_serves_no_rbac_v1(c):
+    assert raw(c, "GET", "/apis/rbac.authorization.k8s.io/v1/clusterroles")[0] == 404
+    groups = {g["name"]: g for g in raw(c, "GET", "/apis")[1]["groups"]}
+    assert [v["version"] for v in groups["rbac.authorization.k8s.io"]["versions"]] == ["v1beta1"]
 
 
 def test_1_13_forbidden_wording():
@@ -210,9 +221,9 @@ def test_1_13_forbidden_wording():
 
 def test_names_with_colons_round_trip(c):
     """RBAC names like system:kube-scheduler are path-escaped by clients (%3A) and must resolve."""
-    rbac = k.RbacAuthorizationV1Api(c)
+    rbac = RbacV1beta1(c)
     rbac.create_cluster_role({"metadata": {"name": "system:tproxy-reader"}, "rules": []})
-    assert rbac.read_cluster_role("system:tproxy-reader").metadata.name == "system:tproxy-reader"
+    assert rbac.read_cluster_role("system:tproxy-reader")["metadata"]["name"] == "system:tproxy-reader"
     rbac.delete_cluster_role("system:tproxy-reader")
     with pytest.raises(k.ApiException) as e:
         rbac.read_cluster_role("system:tproxy-reader")

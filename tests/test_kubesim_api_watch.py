@@ -10,7 +10,7 @@ import kubernetes.watch
 import pytest
 
 from kubesim.apiserver import APIServer
-from kubesim.testing import api_client_for, raw, watch_events
+from kubesim.testing import RbacV1beta1, api_client_for, raw, watch_events
 
 EXT = "/apis/extensions/v1beta1/namespaces/default/deployments"
 ALL_EXT = "/apis/extensions/v1beta1/deployments"
@@ -266,7 +266,7 @@ def test_official_watch_helper_tracks_resource_version(c):
 def test_legacy_watch_path_by_name_is_authorized_with_the_name(srv, c):
     """1.7 legacy /watch/namespaces/{ns}/{resource}/{name}: RBAC sees verb watch WITH the name, so resourceNames
     allow it; a collection watch/list with fieldSelector=metadata.name is authorized without a name and denied."""
-    rbac = k.RbacAuthorizationV1Api(c)
+    rbac = RbacV1beta1(c)
     k.CoreV1Api(c).create_namespaced_config_map("default", {"metadata": {"name": "tproxy-config"}})
     rbac.create_namespaced_role("default", {"metadata": {"name": "cfg"}, "rules": [{
         "apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["tproxy-config"], "verbs": ["get", "watch"]}]})

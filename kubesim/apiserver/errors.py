@@ -10,11 +10,27 @@ class APIError(Exception):
         self.code, self.reason, self.message, self.details = code, reason, message, details
 
     def status(self) -> dict:
-        body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                "message": self.message, "reason": self.reason, "code": self.code}
+        """metav1.Status in its Go field order (kind, apiVersion, metadata, status, message, reason,
+        details, code); empty reason/message and nil details are omitted (``omitempty``)."""
+        body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure"}
+        if self.message:
+            body["message"] = self.message
+        if self.reason:
+            body["reason"] = self.reason
         if self.details is not None:
-            body["details"] = self.details
+            body["details"] = status_details(self.details)
+        body["code"] = self.code
         return body
+
+
+DETAILS_ORDER = ("name", "group", "kind", "uid", "causes", "retryAfterSeconds")
+
+
+def status_details(d: dict) -> dict:
+    """metav1.StatusDetails in Go field order, empty fields omitted (all are ``omitempty``)."""
+    out = {k: d[k] for k in DETAILS_ORDER if d.get(k) not in (None, "", [], 0)}
+    out.update((k, v) for k, v in d.items() if k not in DETAILS_ORDER)
+    return out
 
 
 class PlainError(Exception):
@@ -71,10 +87,18 @@ def internal(message: str) -> APIError:
 
 
 def _go_value(v) -> str:
+    """How field.Error prints a bad value: strings quoted, numbers and bools plain, a
+    map[string]string as ``%#v`` (sorted keys), anything else as its JSON."""
     if v is None:
         return '"null"'
+    if hasattr(v, "go_repr"):
+        return v.go_repr
+    if isinstance(v, bool):
+        return "true" if v else "false"
     if isinstance(v, str):
         return json.dumps(v)
+    if isinstance(v, dict) and all(isinstance(x, str) for x in v.values()):
+        return "map[string]string{" + ", ".join(f"{json.dumps(k)}:{json.dumps(v[k])}" for k in sorted(v)) + "}"
     return json.dumps(json.dumps(v)) if isinstance(v, (dict, list)) else str(v)
 
 

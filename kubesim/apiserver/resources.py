@@ -229,6 +229,24 @@ class ResourceType:
     short_names: tuple[str, ...] = ()
     verbs: tuple[str, ...] = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
     extra_subresources: tuple[str, ...] = ()
+    served: tuple[str, ...] = ("1.7", "1.13")   # the k8s versions whose API server serves this GVR
+    categories: tuple[str, ...] = ()
+    no_categories_in: tuple[str, ...] = ()       # k8s versions whose storage here says WithCategories(nil)
+    default_113: Callable[[dict], None] | None = None   # 1.13's defaults when they differ from 1.7's
+    scale: tuple[str, str, str] | None = None    # (group, version, kind) of the ``scale`` subresource's body
+    initial_status: dict | None = None           # what the create strategy resets ``status`` to
+    # discovery-only subresources the real server lists next to this resource: (name, kind, verbs, gv)
+    listed_subresources: tuple = ()
+    convert: object = None    # workloads.Conversion: per-version input/output differences, or None
+
+    def apply_defaults(self, obj: dict, k8s_version: str) -> None:
+        fn = self.default_113 if (k8s_version != "1.7" and self.default_113) else self.default
+        if fn:
+            fn(obj)
+
+    def subresources(self) -> tuple[str, ...]:
+        out = (("status",) if self.has_status else ()) + (("scale",) if self.scale else ())
+        return out + self.extra_subresources
 
     @property
     def api_version(self) -> str:
@@ -256,6 +274,8 @@ class ResourceType:
                 tmpl = (body.get("spec") or {}).get("template")
                 if isinstance(tmpl, dict):
                     pod_like_output(tmpl)
+        if self.convert is not None:
+            self.convert.output(body)
         meta = body.get("metadata") or {}
         if meta:
             ns = meta.get("namespace")
@@ -312,14 +332,28 @@ for _v in ("v1beta1", "v1"):
                      "clusterrolebindings", name_rule="path"),
     ]
 
+from . import workloads as _workloads  # noqa: E402  (its entries build on the ones above)
+
+RESOURCES += _workloads.resource_types()
+_workloads.assign_served(RESOURCES)
+_workloads.assign_categories(RESOURCES)
+
+# Every (group, version, resource) of either Kubernetes version; a server serves its own (served()).
 BY_GVR: dict[tuple[str, str, str], ResourceType] = {(r.group, r.version, r.name): r for r in RESOURCES}
+_SERVED: dict[str, dict] = {}
 
 
-def group_versions() -> dict[str, list[str]]:
-    """group -> versions, preferred version first (in 1.7 order)."""
+def served(k8s_version: str) -> dict[tuple[str, str, str], ResourceType]:
+    """(group, version, resource) -> entry, for what a ``k8s_version`` API server serves."""
+    if k8s_version not in _SERVED:
+        _SERVED[k8s_version] = {k: r for k, r in BY_GVR.items() if k8s_version in r.served}
+    return _SERVED[k8s_version]
+
+
+def group_versions(k8s_version: str = "1.13") -> dict[str, list[str]]:
+    """group -> versions served by ``k8s_version``, preferred version first."""
     out: dict[str, list[str]] = {}
     for r in RESOURCES:
-        if r.group and r.version not in out.setdefault(r.group, []):
+        if r.group and k8s_version in r.served and r.version not in out.setdefault(r.group, []):
             out[r.group].append(r.version)
-    out["rbac.authorization.k8s.io"] = ["v1", "v1beta1"] if "v1" in out["rbac.authorization.k8s.io"] else ["v1beta1"]
     return out

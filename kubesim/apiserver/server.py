@@ -27,8 +27,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import structlog
 
-from . import (admission, discovery, errors, logs_subresource, openapi, pagination, patch as patchlib, protobuf,
-               resources, selectors, status_defaults, tables, validation)
+from . import (admission, discovery, errors, impersonation, logs_subresource, openapi, pagination, patch as patchlib,
+               protobuf, resources, reviews, scale, selectors, tables, validation, workloads)
 from .certs import make_ca_and_serving_cert
 from .errors import APIError, FieldError
 from .faults import FaultSpec
@@ -165,6 +165,7 @@ class APIServer:
         if k8s_version not in GIT_VERSIONS:
             raise ValueError(f"k8s_version must be one of {sorted(GIT_VERSIONS)}, not {k8s_version!r}")
         self.k8s_version = k8s_version
+        self.by_gvr = resources.served(k8s_version)
         self.seed = seed
         self.log_requests = log_requests
         self.sans = list(sans or ())
@@ -430,8 +431,7 @@ class APIServer:
         obj = copy.deepcopy(obj)
         obj.setdefault("metadata", {})
         self._fill_new_meta(rt, obj)
-        if rt.default:
-            rt.default(obj)
+        rt.apply_defaults(obj, self.k8s_version)
         stored = self.store.create(rt.storage, obj)
         self._after_create(rt, stored)
         return stored
@@ -633,10 +633,14 @@ class APIServer:
         h.kubesim_user = user.name if user else None
         if user is None:
             raise errors.unauthorized()
+        user = impersonation.apply(self, h.headers, user)
         req = self._resolve(method, path, query)
         if req is None:
-            raise APIError(404, "NotFound", "the server could not find the requested resource",
-                           {"causes": [{"reason": "UnexpectedServerResponse", "message": "404 page not found"}]})
+            # No route: the apiserver's mux answers with net/http's NotFound (text, not a Status);
+            # Go clients turn it into "the server could not find the requested resource".
+            raise errors.PlainError(404, "404 page not found\n")
+        if req.verb not in req.rt.verbs and not req.subresource:
+            raise errors.PlainError(405, "405: Method Not Allowed")
         h.kubesim_req = req
         proto = protobuf.prefers_protobuf(h.headers.get("Accept"))
         if proto is None:
@@ -650,7 +654,10 @@ class APIServer:
                 time.sleep(faults.latency_ms / 1000.0)
             if faults.roll("error500"):
                 raise errors.internal("injected fault (kubesim --faults error500)")
-        self._authorize(user, req.verb, req.rt, req.subresource, req.name, req.namespace)
+        if not reviews.open_to_everyone(req.rt):
+            self._authorize(user, req.verb, req.rt, req.subresource, req.name, req.namespace)
+        if req.subresource == "scale":
+            return scale.handle(self, h, req, user, exempt)
         handler = getattr(self, "_verb_" + req.verb)
         handler(h, req, user, exempt)
 
@@ -667,11 +674,11 @@ class APIServer:
         legacy_watch = False
         if rest and rest[0] == "watch":
             legacy_watch, rest = True, rest[1:]
-        if len(rest) >= 3 and rest[0] == "namespaces" and (group, version, rest[2]) in BY_GVR:
+        if len(rest) >= 3 and rest[0] == "namespaces" and (group, version, rest[2]) in self.by_gvr:
             req.namespace, rest = rest[1], rest[2:]
         if not rest or len(rest) > 3:
             return None
-        rt = BY_GVR.get((group, version, rest[0]))
+        rt = self.by_gvr.get((group, version, rest[0]))
         if rt is None:
             return None
         if rt.namespaced is False and req.namespace:
@@ -681,7 +688,7 @@ class APIServer:
             req.name = rest[1]
         if len(rest) == 3:
             req.subresource = rest[2]
-            if req.subresource not in (("status",) if rt.has_status else ()) + rt.extra_subresources + (
+            if req.subresource not in rt.subresources() + (
                     ("log",) if rt.storage == "pods" and method == "GET" else ()):
                 return None
             if legacy_watch:
@@ -748,6 +755,8 @@ class APIServer:
         else:
             meta.pop("namespace", None)
         meta.pop("selfLink", None)
+        if rt.convert is not None and isinstance(obj.get("spec"), (dict, type(None))):
+            rt.convert.input(obj)
         def wrong(path, want="an object"):
             return errors.bad_request(f"{rt.kind} in version \"{rt.version}\" cannot be handled as a {rt.kind}: "
                                       f"{path} must be {want}")
@@ -776,7 +785,7 @@ class APIServer:
         if not rt.default:
             return
         try:
-            rt.default(obj)
+            rt.apply_defaults(obj, self.k8s_version)
         except (AttributeError, TypeError, KeyError) as e:
             raise errors.bad_request(f"{rt.kind} in version \"{rt.version}\" cannot be handled as a {rt.kind}: "
                                      f"unexpected structure ({e})") from None
@@ -953,6 +962,8 @@ class APIServer:
         rt = req.rt
         if req.subresource == "binding":
             return self._create_binding(h, req)
+        if rt.storage.startswith("review:"):
+            return reviews.create(self, h, req, user)
         body = self._read_body(h)
         obj = self._decode(rt, body, req)
         meta = obj["metadata"]
@@ -961,7 +972,6 @@ class APIServer:
         if rt.namespaced and self.store.get("namespaces", "", req.namespace) is None:
             raise errors.namespace_not_found(req.namespace)
         self._default(rt, obj)      # defaulting happens when the body is decoded, before admission
-        status_defaults.apply(rt, obj)
         # The Initializers admission plugin, create branch (§1a).
         inits = meta.get("initializers")
         if inits is not None:
@@ -976,6 +986,7 @@ class APIServer:
                 meta["initializers"] = {"pending": [{"name": n} for n in names]}
         self._validate_common(rt, obj)
         self._fill_new_meta(rt, obj)
+        workloads.prepare_create(rt, obj, self.k8s_version)
         name = meta["name"]
         uninitialized = meta.get("initializers") is not None
         if self.k8s_version == "1.7":
@@ -1187,6 +1198,9 @@ class APIServer:
                 self._admit_update(rt, req, user, new, cur)
                 self._validate_common(rt, new)
                 self._check_pod_update(rt, new, cur)
+                errs = workloads.validate_update(rt, new, cur, self.k8s_version)
+                if errs:
+                    raise errors.invalid(rt, req.name, errs)
             if rt.storage == "services" and isinstance(new.get("spec"), dict) and not new["spec"].get("clusterIP"):
                 ip = (cur.get("spec") or {}).get("clusterIP")
                 if ip:
@@ -1272,7 +1286,7 @@ class APIServer:
         if rt.group:
             details["group"] = rt.group
         self._send_json(h, 200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-                                 "details": details})
+                                 "details": errors.status_details(details)})
 
     def _verb_deletecollection(self, h, req: Request, user, exempt) -> None:
         rt = req.rt

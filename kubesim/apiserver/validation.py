@@ -34,14 +34,39 @@ def validate_object(rt, obj: dict, k8s_version: str) -> list[FieldError]:
         spec = obj.get("spec") or {}
         tmpl = spec.get("template") or {}
         errs += validate_pod_spec(tmpl.get("spec"), "spec.template.spec")
-        labels = (tmpl.get("metadata") or {}).get("labels") or {}
-        selector = (spec.get("selector") or {}).get("matchLabels") or {}
-        if not (spec.get("selector") or {}).get("matchExpressions") and not selector:
-            errs.append(FieldError("Required", "spec.selector", ""))
-        elif any(labels.get(k) != v for k, v in selector.items()):
-            errs.append(FieldError("Invalid", "spec.template.metadata.labels",
-                                   "`selector` does not match template `labels`", labels))
+        errs += _validate_selector(rt, spec, tmpl)
     return errs
+
+
+def _validate_selector(rt, spec: dict, tmpl: dict) -> list[FieldError]:
+    """ValidateDeploymentSpec & co.: a nil selector is Required *and* (as labels.Nothing() matches
+    no labels) a template-labels mismatch; an empty one is invalid; otherwise the template's labels
+    must match. Jobs get their selector generated after validation here; a ReplicationController's
+    selector is a plain map."""
+    if rt.storage == "jobs":
+        return []
+    raw_labels = (tmpl.get("metadata") or {}).get("labels")
+    labels = raw_labels or {}
+    sel = spec.get("selector")
+    from .workloads import GoRepr, go_string_map
+    mismatch = FieldError("Invalid", "spec.template.metadata.labels", "`selector` does not match template `labels`",
+                          GoRepr(go_string_map(raw_labels)) if isinstance(raw_labels, (dict, type(None))) else raw_labels)
+    if rt.storage == "replicationcontrollers":
+        if not isinstance(sel, dict) or not sel:
+            return [FieldError("Required", "spec.selector", "")]
+        return [mismatch] if any(labels.get(k) != v for k, v in sel.items()) else []
+    if sel is None:
+        return [FieldError("Required", "spec.selector", ""), mismatch]
+    match = sel.get("matchLabels") or {}
+    if not sel.get("matchExpressions") and not match:
+        if rt.storage == "deployments":
+            from .workloads import go_label_selector
+            return [FieldError("Invalid", "spec.selector", "empty selector is invalid for deployment",
+                               GoRepr(go_label_selector(sel)))]
+        return [FieldError("Required", "spec.selector", "")]
+    if any(labels.get(k) != v for k, v in match.items()):
+        return [mismatch]
+    return []
 
 
 def validate_initializer_configuration(obj: dict, k8s_version: str) -> list[FieldError]:
