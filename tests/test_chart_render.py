@@ -90,7 +90,8 @@ def test_every_combination_rendered_for_1_7_is_valid_for_1_7(values, given_ca_ar
 
 
 def test_strict_1_7_validation_refuses_the_1_8_field(all_on):
-    ds = one(all_on, "DaemonSet")       # rendered for 1.13: carries allowPrivilegeEscalation
+    ds = copy.deepcopy(one(all_on, "DaemonSet"))   # rendered for 1.13: carries allowPrivilegeEscalation
+    ds["apiVersion"] = "extensions/v1beta1"           # the version 1.7 serves, so only the field differs
     assert "allowPrivilegeEscalation" in json.dumps(ds)
     with pytest.raises(AssertionError, match="invalid for Kubernetes 1.7.0 .*allowPrivilegeEscalation"):
         validate_strict(ds, "1.7.0")
