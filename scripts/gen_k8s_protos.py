@@ -2,7 +2,8 @@
 """Regenerate ``kubesim/apiserver/k8s_protos.py``: the protobuf message definitions kubesim speaks.
 
 Groups: core/v1, apps, extensions, batch/v1, policy/v1beta1, autoscaling/v1 (Scale), authorization,
-rbac and admissionregistration: what kubesim serves. The definitions are not written by hand: they are the ``generated.proto`` descriptors that the real
+rbac and admissionregistration: what kubesim serves. The definitions are not written by hand: they are
+the ``generated.proto`` descriptors that the real
 clients are compiled with. Every Go program built from k8s.io/api registers each group's
 FileDescriptorProto (gzip-compressed) and gnostic's ``openapiv2/OpenAPIv2.proto`` (raw); this
 script reads them out of the kubectl binary that ``make setup`` installs (``.tools/bin/kubectl``,
@@ -159,7 +160,7 @@ def main(argv: list[str]) -> int:
                 "A zlib-compressed, base64 FileDescriptorSet: k8s.io/apimachinery and k8s.io/api generated.proto\n"
                 "files (core/v1, apps, extensions, rbac), the 1.13 Initializers messages, and gnostic's\n"
                 'openapiv2/OpenAPIv2.proto. Load it with kubesim.apiserver.protobuf.pool()."""\n\n')
-        f.write("FILES = " + repr([fd.name for fd in files]) + "\n\n")
+        f.write("FILES = [\n" + "".join(f"    {fd.name!r},\n" for fd in files) + "]\n\n")
         f.write("DESCRIPTOR_SET = (\n" + "".join(f'    "{l}"\n' for l in lines) + ")\n")
     print(f"wrote {OUT}: {len(files)} files, {len(blob)} bytes")
     return 0

@@ -4,7 +4,30 @@ A zlib-compressed, base64 FileDescriptorSet: k8s.io/apimachinery and k8s.io/api 
 files (core/v1, apps, extensions, rbac), the 1.13 Initializers messages, and gnostic's
 openapiv2/OpenAPIv2.proto. Load it with kubesim.apiserver.protobuf.pool()."""
 
-FILES = ['k8s.io/apimachinery/pkg/runtime/schema/generated.proto', 'k8s.io/apimachinery/pkg/runtime/generated.proto', 'k8s.io/apimachinery/pkg/util/intstr/generated.proto', 'k8s.io/apimachinery/pkg/api/resource/generated.proto', 'k8s.io/apimachinery/pkg/apis/meta/v1/generated.proto', 'k8s.io/api/core/v1/generated.proto', 'k8s.io/api/apps/v1beta1/generated.proto', 'k8s.io/api/apps/v1beta2/generated.proto', 'k8s.io/api/apps/v1/generated.proto', 'k8s.io/api/extensions/v1beta1/generated.proto', 'k8s.io/api/rbac/v1beta1/generated.proto', 'k8s.io/api/rbac/v1/generated.proto', 'k8s.io/api/batch/v1/generated.proto', 'k8s.io/api/policy/v1beta1/generated.proto', 'k8s.io/api/autoscaling/v1/generated.proto', 'k8s.io/api/authorization/v1/generated.proto', 'k8s.io/api/authorization/v1beta1/generated.proto', 'k8s.io/api/admissionregistration/v1/generated.proto', 'k8s.io/api/admissionregistration/v1beta1/generated.proto', 'k8s.io/api/admissionregistration/v1alpha1/generated.proto', 'google/protobuf/any.proto', 'openapiv2/OpenAPIv2.proto']
+FILES = [
+    'k8s.io/apimachinery/pkg/runtime/schema/generated.proto',
+    'k8s.io/apimachinery/pkg/runtime/generated.proto',
+    'k8s.io/apimachinery/pkg/util/intstr/generated.proto',
+    'k8s.io/apimachinery/pkg/api/resource/generated.proto',
+    'k8s.io/apimachinery/pkg/apis/meta/v1/generated.proto',
+    'k8s.io/api/core/v1/generated.proto',
+    'k8s.io/api/apps/v1beta1/generated.proto',
+    'k8s.io/api/apps/v1beta2/generated.proto',
+    'k8s.io/api/apps/v1/generated.proto',
+    'k8s.io/api/extensions/v1beta1/generated.proto',
+    'k8s.io/api/rbac/v1beta1/generated.proto',
+    'k8s.io/api/rbac/v1/generated.proto',
+    'k8s.io/api/batch/v1/generated.proto',
+    'k8s.io/api/policy/v1beta1/generated.proto',
+    'k8s.io/api/autoscaling/v1/generated.proto',
+    'k8s.io/api/authorization/v1/generated.proto',
+    'k8s.io/api/authorization/v1beta1/generated.proto',
+    'k8s.io/api/admissionregistration/v1/generated.proto',
+    'k8s.io/api/admissionregistration/v1beta1/generated.proto',
+    'k8s.io/api/admissionregistration/v1alpha1/generated.proto',
+    'google/protobuf/any.proto',
+    'openapiv2/OpenAPIv2.proto',
+]
 
 DESCRIPTOR_SET = (
     "eNrsvWuUXMd5GKjunmfN4DEXr8HwAfCSAkmRHIgQRVKUSGleAEbEAMPqAUCRkqxG952ZJnq6m327BxjaWduyZVu217Gd+BHbx0d+"

@@ -155,7 +155,7 @@ def wanted(accept: str | None, k8s_version: str) -> bool:
     """True when the client's first acceptable answer is a Table this server version knows."""
     if k8s_version == "1.7":
         return False
-    for media, params in protobuf.accepted(accept):
+    for _media, params in protobuf.accepted(accept):
         if params.get("as") == "Table":
             if params.get("g") == "meta.k8s.io" and params.get("v") == "v1beta1":
                 return True
