@@ -2,13 +2,17 @@
 
 1. start a simulated Kubernetes 1.7 cluster (API server with the Initializers admission plugin, one
    node, an "internet" with www.google.com, storage.googleapis.com and a metadata server);
-2. the README's install: namespace ``tproxy-system``, then ``helm template tproxy chart/ --namespace
-   tproxy-system --set tproxy.useInitializer=true,tproxy.useRBAC=true`` applied in order;
+2. the README's install with the real Helm binary: ``helm install tproxy chart/ --namespace tproxy-system
+   --create-namespace --set tproxy.useInitializer=true,tproxy.useRBAC=true`` (``--k8s-version 1.13``:
+   exactly that; 1.7 had no ``/openapi/v2``, so a 1.7 user creates the namespace with kubectl and adds
+   ``--disable-openapi-validation``, and the demo shows it doing so);
 3. wait for the initializer and the DaemonSet (podwatch + mitmproxy);
-4. create ``examples/debian-app.yaml`` and ``examples/debian-app-locked.yaml`` in ``default``, and the
-   locked example again in a namespace created afterwards (``team-b``: no per-namespace setup);
-5. print what the tutorial prints: both apps' logs and the proxy's log lines for the locked app's requests;
-6. clean up (also on Ctrl-C).
+4. ``kubectl apply -f examples/debian-app.yaml`` and ``examples/debian-app-locked.yaml`` in ``default``
+   with the real kubectl (1.7: plus ``--validate=false``), and the locked example again in a namespace
+   created afterwards (``team-b``: no per-namespace setup);
+5. print what the tutorial prints through ``kubectl logs``: the apps' logs and the proxy's log lines for
+   the locked app's requests;
+6. ``helm uninstall tproxy``, then clean up (also on Ctrl-C).
 
 It exits 0 only when the tutorial's results were observed: unlocked www.google.com 200, bucket 200,
 ping replies; locked www.google.com 418, bucket 200, ping "Operation not permitted"; and the proxy
@@ -29,6 +33,7 @@ import time
 from kubesim.kubelet.images import REPO_ROOT
 
 HELM_DEFAULT = os.path.join(REPO_ROOT, ".tools", "bin", "helm")
+KUBECTL_DEFAULT = os.path.join(REPO_ROOT, ".tools", "bin", "kubectl")
 CHART = os.path.join(REPO_ROOT, "chart")
 EXAMPLES = os.path.join(REPO_ROOT, "examples")
 GOOGLE = "https://www.google.com"
@@ -50,6 +55,21 @@ def helm_binary() -> str:
     if not (os.path.exists(helm) or shutil.which(helm)):
         raise DemoError(f"helm not found at {helm} (run `make setup`, or set TPROXY_HELM)")
     return helm
+
+
+def kubectl_binary() -> str:
+    kubectl = os.environ.get("TPROXY_KUBECTL") or KUBECTL_DEFAULT
+    if not (os.path.exists(kubectl) or shutil.which(kubectl)):
+        raise DemoError(f"kubectl not found at {kubectl} (run `make setup`, or set TPROXY_KUBECTL)")
+    return kubectl
+
+
+def no_openapi_flags(k8s_version: str) -> tuple[list[str], list[str]]:
+    """What a user of Helm 3 / kubectl 1.31 adds against a server without ``/openapi/v2`` (1.7):
+    (helm install/upgrade flags, kubectl apply/create flags)."""
+    if k8s_version == "1.7":
+        return ["--disable-openapi-validation"], ["--validate=false"]
+    return [], []
 
 
 def render_chart(values: str, extra: list[str] | None = None) -> str:
@@ -145,18 +165,25 @@ class Demo:
         for line in text.rstrip("\n").splitlines():
             print(f"         {line}", flush=True)
 
-    def apply_text(self, text: str, source: str, namespace: str = "default") -> None:
-        import io
-        from kubesim.apply import ApplyError, apply_documents, load_documents
-        try:
-            docs = load_documents(text, source)
-        except ApplyError as e:
-            raise DemoError(str(e)) from None
-        out, err = io.StringIO(), io.StringIO()
-        failures = apply_documents(self.cluster.client, docs, namespace=namespace, out=out, err=err)
-        self.detail(out.getvalue())
-        if failures:
-            raise DemoError(f"applying {source} failed:\n{err.getvalue()}")
+    def client(self, argv: list[str], *, check: bool = True, show: bool = True, timeout: float = 120) -> str:
+        """Run the real helm or kubectl as a user types it (KUBECONFIG = the cluster's admin config),
+        show the command and its output; a failure is a DemoError naming the command."""
+        binary = {"helm": helm_binary, "kubectl": kubectl_binary}[argv[0]]()
+        env = {**os.environ, "KUBECONFIG": self.cluster.kubeconfig}
+        proc = subprocess.run([binary, *argv[1:]], capture_output=True, text=True, timeout=timeout, env=env,
+                              cwd=REPO_ROOT)
+        if show:
+            self.detail("$ " + " ".join(argv))
+            self.detail(proc.stdout)
+            self.detail(proc.stderr)
+        if check and proc.returncode != 0:
+            raise DemoError(f"`{' '.join(argv)}` exited {proc.returncode}: {proc.stderr.strip()}")
+        return proc.stdout
+
+    def logs(self, pod: dict, container: str) -> str:
+        meta = pod["metadata"]
+        return self.client(["kubectl", "logs", "-n", meta["namespace"], meta["name"], "-c", container],
+                           check=False, show=False)
 
     def wait(self, what: str, selector: str, namespace: str, count: int, timeout: float) -> list[dict]:
         try:
@@ -174,6 +201,7 @@ class Demo:
     def run(self) -> int:
         from kubesim.kubelet.cluster import SimCluster
         from controllerkit.kube import resource_path
+        version = self.args.k8s_version
         runtime = getattr(self.args, "runtime", "emulate")
         if runtime == "podman":
             from kubesim.kubelet import engine
@@ -181,31 +209,38 @@ class Demo:
                 engine.require(images_needed())
             except engine.EngineError as e:
                 raise DemoError(str(e)) from None
-        self.cluster = SimCluster(self.args.run_dir, keep_run_dir=self.args.keep,
+        self.cluster = SimCluster(self.args.run_dir, keep_run_dir=self.args.keep, k8s_version=version,
                                   kubelet_options={"backoff_initial": 1.0, "backoff_cap": 4.0, "runtime": runtime})
-        self.step("Starting a simulated Kubernetes 1.7 cluster (Initializers admission plugin on)"
+        self.step(f"Starting a simulated Kubernetes {version} cluster (Initializers admission plugin on)"
                   + ("; pods run the real images on podman" if runtime == "podman" else ""))
         self.cluster.start(progress=lambda m: self.detail(m))
         self.step(f"cluster up; run dir {self.cluster.run_dir}")
 
         values = "tproxy.useInitializer=true,tproxy.useRBAC=true"
         ns = RELEASE_NAMESPACE
-        self.step(f"kubectl create namespace {ns}   (what helm install --create-namespace does)")
-        self.apply_text(f"apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n", "namespace")
-        self.step(f"helm template tproxy chart/ --namespace {ns} --set {values} | kubectl apply -f -")
-        self.apply_text(render_chart(values, ["--namespace", ns]), "chart")
+        self.detail(f"export KUBECONFIG={self.cluster.kubeconfig}")
+        helm_flags, kubectl_flags = no_openapi_flags(version)
+        self.step("Installing the chart with Helm")
+        if helm_flags:
+            self.detail("(Kubernetes 1.7 serves no /openapi/v2, so Helm 3 and kubectl cannot validate client-side: "
+                        "a 1.7 user passes " + " and ".join(helm_flags + kubectl_flags) + ", and creates the "
+                        "namespace with kubectl, since helm install --create-namespace always validates)")
+            self.client(["kubectl", "create", "namespace", ns])
+            self.client(["helm", "install", "tproxy", "chart/", "--namespace", ns, "--set", values, *helm_flags])
+        else:
+            self.client(["helm", "install", "tproxy", "chart/", "--namespace", ns, "--create-namespace",
+                         "--set", values])
 
         self.step("Waiting for the tproxy DaemonSet (podwatch + mitmproxy) and the initializer")
         ds = self.wait("the tproxy DaemonSet pod", "app=tproxy,component=tproxy", ns, 1, 60)
         self.wait("the initializer", "app=tproxy,component=initializer", "kube-system", 1, 60)
         proxy_pod = ds[0]
 
-        self.step("kubectl create -f examples/debian-app.yaml")
-        self.apply_text(open(os.path.join(EXAMPLES, "debian-app.yaml")).read(), "examples/debian-app.yaml")
-        self.step("kubectl create -f examples/debian-app-locked.yaml   (held by the Initializer until injected)")
+        self.step("Creating the example apps")
+        self.client(["kubectl", "apply", *kubectl_flags, "-f", "examples/debian-app.yaml"])
+        self.detail("(the next create is held by the Initializer until the init container is injected)")
         t = time.monotonic()
-        self.apply_text(open(os.path.join(EXAMPLES, "debian-app-locked.yaml")).read(),
-                        "examples/debian-app-locked.yaml")
+        self.client(["kubectl", "apply", *kubectl_flags, "-f", "examples/debian-app-locked.yaml"])
         dep = self.cluster.client.get(resource_path("extensions/v1beta1", "deployments", "default", "debian-app-locked"))
         inits = [c["name"] for c in dep["spec"]["template"]["spec"].get("initContainers") or []]
         if not inits:
@@ -213,11 +248,9 @@ class Demo:
                             "(is the initializer running and the InitializerConfiguration applied?)")
         self.detail(f"initialized in {time.monotonic() - t:.1f}s; injected init containers: {inits}")
 
-        self.step(f"kubectl create namespace {FRESH_NAMESPACE} && kubectl apply -n {FRESH_NAMESPACE} "
-                  "-f examples/debian-app-locked.yaml   (a namespace the chart knows nothing about)")
-        self.apply_text(f"apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {FRESH_NAMESPACE}\n", "namespace")
-        self.apply_text(open(os.path.join(EXAMPLES, "debian-app-locked.yaml")).read(),
-                        "examples/debian-app-locked.yaml", namespace=FRESH_NAMESPACE)
+        self.step(f"The locked example in {FRESH_NAMESPACE}, a namespace the chart knows nothing about")
+        self.client(["kubectl", "create", "namespace", FRESH_NAMESPACE])
+        self.client(["kubectl", "apply", *kubectl_flags, "-n", FRESH_NAMESPACE, "-f", "examples/debian-app-locked.yaml"])
 
         self.step("Waiting for the three apps")
         unlocked = self.wait("debian-app", "app=debian-app,variant=unlocked", "default", 1, 60)[0]
@@ -225,32 +258,29 @@ class Demo:
         fresh = self.wait(f"{FRESH_NAMESPACE}/debian-app-locked", "app=debian-app,variant=locked",
                           FRESH_NAMESPACE, 1, 90)[0]
 
+        self.client(["kubectl", "get", "pods", "--all-namespaces", "-o", "wide"])
         self.step("Waiting for a full round of the example loop in the three logs")
         deadline = time.monotonic() + self.args.timeout
         ru = rl = rf = None
         while time.monotonic() < deadline:
-            ru = last_round(self.cluster.read_log(unlocked, "app"))
-            rl = last_round(self.cluster.read_log(locked, "app"))
-            rf = last_round(self.cluster.read_log(fresh, "app"))
+            ru = last_round(self.logs(unlocked, "app"))
+            rl = last_round(self.logs(locked, "app"))
+            rf = last_round(self.logs(fresh, "app"))
             if ru and rl and rf:
                 break
-            time.sleep(0.5)
+            time.sleep(1.0)
 
         print()
-        print("$ kubectl logs --selector app=debian-app,variant=unlocked   (newest round)")
-        print(round_lines(self.cluster.read_log(unlocked, "app")) or "(no output)")
-        print()
-        print("$ kubectl logs --selector app=debian-app,variant=locked   (newest round)")
-        print(round_lines(self.cluster.read_log(locked, "app")) or "(no output)")
-        print()
-        print(f"$ kubectl logs -n {FRESH_NAMESPACE} --selector app=debian-app,variant=locked   (newest round)")
-        print(round_lines(self.cluster.read_log(fresh, "app")) or "(no output)")
-        print()
+        for pod in (unlocked, locked, fresh):
+            ns_flag = f"-n {pod['metadata']['namespace']} " if pod["metadata"]["namespace"] != "default" else ""
+            print(f"$ kubectl logs {ns_flag}{pod['metadata']['name']} -c app   (newest round)")
+            print(round_lines(self.logs(pod, "app")) or "(no output)")
+            print()
         ip = (locked.get("status") or {}).get("podIP", "")
         pc = proxy_container(proxy_pod)
-        proxy_log = self.cluster.read_log(proxy_pod, pc)
+        proxy_log = self.logs(proxy_pod, pc)
         lines = [l for l in proxy_log.splitlines() if ip and ip in l and ("google" in l)]
-        print(f"$ kubectl logs {proxy_pod['metadata']['name']} -c {pc}   "
+        print(f"$ kubectl logs -n {proxy_pod['metadata']['namespace']} {proxy_pod['metadata']['name']} -c {pc}   "
               f"(audit lines of the locked pod {ip}, condensed)")
         print("\n".join(audit_line(l) for l in lines[-4:]) or "(no proxy log lines for the locked pod)")
         print()
@@ -272,6 +302,8 @@ class Demo:
         self.step("OK: the unlocked app reaches everything; the locked app gets 418 for www.google.com, 200 "
                   f"for the allowed bucket, and no ping, in default and in {FRESH_NAMESPACE} (created after "
                   "the install)")
+        self.step("Removing the release")
+        self.client(["helm", "uninstall", "tproxy", "--namespace", ns])
         return 0
 
 
@@ -292,6 +324,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "podman: run the real images built by `make images`")
     p.add_argument("--run-dir", help="keep logs and volumes here (default: a temporary directory)")
     p.add_argument("--keep", action="store_true", help="keep the run directory after the demo")
+    p.add_argument("--k8s-version", choices=("1.7", "1.13"), default="1.7",
+                   help="the simulated cluster's version (default 1.7, the tutorial's)")
     p.add_argument("--timeout", type=float, default=40.0,
                    help="seconds to wait for the apps' first results once they run (default 40)")
 

@@ -98,8 +98,29 @@ def render_notes(values: dict[str, Any] | None, tmp_path: Path) -> str:
     return yaml.safe_load(text)["notes"]
 
 
+# kubernetes-validate's wheels start at 1.8.0; its 1.11.0.2 sdist's 1.7.0 schemas are fetched by setup.
+SCHEMAS_17 = REPO / ".tools" / "k8s-schemas" / "v1.7.0-local-strict"
+
+
+def _validate_17(obj: dict) -> None:
+    import jsonschema
+    if not (SCHEMAS_17 / "_definitions.json").exists():
+        pytest.fail(f"the Kubernetes 1.7.0 schemas are missing ({SCHEMAS_17}): run `make setup` "
+                    f"(scripts/fetch_k8s_schemas.py)")
+    group, _, version = obj["apiVersion"].rpartition("/")
+    name = f"{obj['kind'].lower()}-{group.split('.')[0] + '-' if group else ''}{version}.json"
+    path = SCHEMAS_17 / name
+    if not path.exists():
+        raise jsonschema.ValidationError(f"Kubernetes 1.7.0 has no schema for {obj['kind']} in {obj['apiVersion']}")
+    schema = json.loads(path.read_text())
+    resolver = jsonschema.RefResolver(base_uri=f"file://{SCHEMAS_17}/", referrer=schema)
+    jsonschema.validate(obj, schema, resolver=resolver)
+
+
 @functools.lru_cache(maxsize=None)
 def _validate_json(text: str, version: str) -> None:
+    if version == "1.7.0":
+        return _validate_17(json.loads(text))
     import kubernetes_validate
 
     kubernetes_validate.validate(json.loads(text), version, strict=True)

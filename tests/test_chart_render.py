@@ -80,6 +80,23 @@ def test_every_combination_is_valid_for_1_8_and_1_13(values, given_ca_args):
         validate_strict(obj, "1.13.0")
 
 
+@pytest.mark.parametrize("values", COMBOS, ids=[combo_id(c) for c in COMBOS])
+def test_every_combination_rendered_for_1_7_is_valid_for_1_7(values, given_ca_args):
+    """Rendered for a 1.7 server (what `helm install` does against one), strictly valid for 1.7.0:
+    no field a 1.7 server's validation refuses (allowPrivilegeEscalation came in 1.8)."""
+    objs = render(values, *given_ca_args, "--kube-version", "1.7.0")
+    for obj in objs:
+        validate_strict(obj, "1.7.0")
+
+
+def test_strict_1_7_validation_refuses_the_1_8_field(all_on):
+    ds = copy.deepcopy(one(all_on, "DaemonSet"))   # rendered for 1.13: carries allowPrivilegeEscalation
+    ds["apiVersion"] = "extensions/v1beta1"           # the version 1.7 serves, so only the field differs
+    assert "allowPrivilegeEscalation" in json.dumps(ds)
+    with pytest.raises(AssertionError, match="invalid for Kubernetes 1.7.0 .*allowPrivilegeEscalation"):
+        validate_strict(ds, "1.7.0")
+
+
 def test_default_values_render_and_validate():
     objs = render()
     for obj in objs:

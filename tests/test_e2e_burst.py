@@ -53,7 +53,7 @@ def burst():
     c = SimCluster(kubelet_options={"backoff_initial": 1.0, "backoff_cap": 4.0})
     c.start()
     try:
-        e2e.apply(c, e2e.chart_documents())
+        e2e.helm_install(c, namespace="default")
         c.wait_pods("app=tproxy,component=tproxy", "default", timeout=60)
         c.wait_pods("app=tproxy,component=initializer", "kube-system", count=2, timeout=60)
         leaks = e2e.LeakCounter(c.topology.internet).install()

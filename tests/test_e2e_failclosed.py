@@ -41,7 +41,7 @@ def delayed():
         t_chart = time.monotonic()
         e2e.apply(c, docs)
         c.wait_pods("app=tproxy,component=initializer", "kube-system", timeout=60)
-        e2e.apply(c, e2e.example("debian-app-locked.yaml"))
+        e2e.kubectl_apply(c, "debian-app-locked.yaml")
         pod = wait_for(lambda: next(iter(c.pods("default", "app=debian-app,variant=locked")), None), 30, 0.1, "locked pod")
         ip = wait_for(lambda: (c.pods("default", "app=debian-app,variant=locked")[0].get("status") or {}).get("podIP"),
                       30, 0.1, "pod IP")

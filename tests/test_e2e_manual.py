@@ -18,11 +18,12 @@ def manual():
     c = SimCluster(kubelet_options={"backoff_initial": 1.0, "backoff_cap": 4.0})
     c.start()
     try:
-        docs = e2e.chart_documents("tproxy.useInitializer=false,tproxy.useRBAC=true")
-        e2e.apply(c, docs)
+        values = "tproxy.useInitializer=false,tproxy.useRBAC=true"
+        docs = e2e.chart_documents(values)      # what helm installs, for the assertions
+        e2e.helm_install(c, values, namespace="default")
         c.wait_pods("app=tproxy,component=tproxy", "default", timeout=60)
         leaks = e2e.LeakCounter(c.topology.internet).install()
-        e2e.apply(c, e2e.example("debian-app-locked-manual.yaml"))
+        e2e.kubectl_apply(c, "debian-app-locked-manual.yaml")
         pod = c.wait_pods("app=debian-app,variant=locked-manual", timeout=60)[0]
         yield {"cluster": c, "docs": docs, "pod": pod, "leaks": leaks}
     finally:

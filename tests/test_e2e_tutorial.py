@@ -28,24 +28,25 @@ FRESH_NS = "team-b"
 ROOT_CERTS = "tproxy-tproxy-root-certs"
 
 
-@pytest.fixture(scope="module")
-def tutorial():
+@pytest.fixture(scope="module", params=["1.7", "1.13"])
+def tutorial(request):
+    """The tutorial on a simulated 1.7 cluster (the tutorial's) and on a 1.13 one (where helm and kubectl
+    also validate the chart and the examples against the server's OpenAPI)."""
     from kubesim.kubelet.cluster import SimCluster
-    c = SimCluster(kubelet_options={"backoff_initial": 1.0, "backoff_cap": 4.0})
+    c = SimCluster(k8s_version=request.param, kubelet_options={"backoff_initial": 1.0, "backoff_cap": 4.0})
     c.start()
     try:
-        e2e.create_namespace(c, RELEASE_NS)
-        e2e.apply(c, e2e.chart_documents(namespace=RELEASE_NS))
+        e2e.helm_install(c, namespace=RELEASE_NS)
         proxy = c.wait_pods("app=tproxy,component=tproxy", RELEASE_NS, timeout=60)[0]
         c.wait_pods("app=tproxy,component=initializer", "kube-system", timeout=60)
-        e2e.apply(c, e2e.example("debian-app.yaml"))
+        e2e.kubectl_apply(c, "debian-app.yaml")
         unlocked = c.wait_pods("app=debian-app,variant=unlocked", timeout=30)[0]
         rt = c.pod_runtime(unlocked)
         leaks = e2e.LeakCounter(c.topology.internet, [rt.net.ip, rt.net.ip6]).install()
-        e2e.apply(c, e2e.example("debian-app-locked.yaml"))
+        e2e.kubectl_apply(c, "debian-app-locked.yaml")
         locked = c.wait_pods("app=debian-app,variant=locked", timeout=60)[0]
-        e2e.create_namespace(c, FRESH_NS)
-        e2e.apply(c, e2e.example("debian-app-locked.yaml"), namespace=FRESH_NS)
+        e2e.run_client(c, ["kubectl", "create", "namespace", FRESH_NS])
+        e2e.kubectl_apply(c, "debian-app-locked.yaml", namespace=FRESH_NS)
         fresh = c.wait_pods("app=debian-app,variant=locked", FRESH_NS, timeout=60)[0]
         yield {"cluster": c, "proxy": proxy, "unlocked": unlocked, "locked": locked, "fresh": fresh,
                "leaks": leaks}
@@ -213,3 +214,48 @@ def test_nothing_left_the_locked_pod_except_through_the_proxy(tutorial):
     assert direct.stdout == "200"
     assert tutorial["leaks"].seen_from(unlocked_ip) > 0  # the counter does see direct pod traffic
     assert tutorial["leaks"].packets() == 0  # neither locked pod (default, team-b) sent anything directly
+
+
+def test_kubectl_logs_reads_the_locked_round_through_the_api_server(tutorial):
+    """``kubectl logs POD -c app --tail=N`` as a user types it: the pods/{name}/log subresource."""
+    c, locked = tutorial["cluster"], tutorial["locked"]
+    e2e.wait_round(c, locked)
+    out = e2e.run_client(c, ["kubectl", "logs", locked["metadata"]["name"], "-c", "app", "--tail=20"]).stdout
+    assert "https://www.google.com: 418" in out
+    assert len(out.splitlines()) <= 20
+    proxy = tutorial["proxy"]
+    audit = e2e.run_client(c, ["kubectl", "logs", "-n", RELEASE_NS, proxy["metadata"]["name"],
+                               "-c", proxy_container(proxy)]).stdout
+    assert locked["metadata"]["name"] in audit
+
+
+def test_kubectl_rollout_status_and_get_see_the_running_apps(tutorial):
+    c = tutorial["cluster"]
+    out = e2e.run_client(c, ["kubectl", "rollout", "status", "deployment.extensions/debian-app-locked",
+                             "--timeout=60s"]).stdout
+    assert "successfully rolled out" in out
+    pods = e2e.run_client(c, ["kubectl", "get", "pods", "-l", "app=debian-app", "-o", "json"]).stdout
+    import json
+    assert sorted(p["status"]["phase"] for p in json.loads(pods)["items"]) == ["Running", "Running"]
+    described = e2e.run_client(c, ["kubectl", "describe", "pod", tutorial["locked"]["metadata"]["name"]]).stdout
+    assert "Init Containers:" in described and "tproxy:" in described
+
+
+def test_helm_uninstall_leaves_nothing_of_the_release(tutorial):
+    """Runs after the leak check: the release goes the way users remove it, cluster-scoped objects too."""
+    c = tutorial["cluster"]
+    e2e.helm_uninstall(c, namespace=RELEASE_NS)
+    left = e2e.run_client(c, ["kubectl", "get", "clusterroles,clusterrolebindings,initializerconfigurations",
+                              "-o", "name"]).stdout.split()
+    assert [n for n in left if "tproxy" in n] == []
+    import json
+    release = {(d["metadata"].get("namespace") or RELEASE_NS, d["kind"], d["metadata"]["name"])
+               for d in e2e.chart_documents(namespace=RELEASE_NS) if d["kind"] not in ("ClusterRole",
+               "ClusterRoleBinding", "InitializerConfiguration")}
+    items = json.loads(e2e.run_client(c, ["kubectl", "get", "daemonsets,deployments,configmaps,secrets,"
+                                          "serviceaccounts,roles,rolebindings", "--all-namespaces", "-o",
+                                          "json"]).stdout)["items"]
+    left = {(i["metadata"]["namespace"], i["kind"], i["metadata"]["name"]) for i in items}
+    assert release and not release & left, release & left
+    # (the initializer's CA-bundle copies in the apps' namespaces are not release objects: they stay)
+    assert "tproxy" not in e2e.run_client(c, ["helm", "list", "-q", "--all-namespaces"]).stdout

@@ -516,7 +516,7 @@ def test_server_factory_fixture(kubesim_server_factory):
     """kubesim_server_factory starts servers with any options and stops them at teardown."""
     srv = kubesim_server_factory(k8s_version="1.13", history=3)
     assert k.VersionApi(api_client_for(srv)).get_code().minor == "13"
-    assert srv.store.history.maxlen == 3
+    assert srv.store.history_size == 3
 
 
 def test_start_on_a_busy_port_raises_and_cli_reports_it(tmp_path, capsys):

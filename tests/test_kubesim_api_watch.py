@@ -350,3 +350,24 @@ def test_concurrent_writers_watchers_see_every_event_in_order(srv):
         rvs = [int(e["object"]["metadata"]["resourceVersion"]) for e in evs]
         assert rvs == sorted(rvs) and len(set(rvs)) == total
         assert sum(e["type"] == "ADDED" for e in evs) == total // 2
+
+
+def test_the_watch_window_is_per_resource_type_like_the_watch_cache():
+    """Like kube-apiserver's watch cache (--default-watch-cache-size=100 per type): writes to one
+    type do not push another type's resourceVersions out of its window; 101 writes to a type do."""
+    srv = APIServer().start()
+    try:
+        assert srv.store.history_size == 100
+        c = api_client_for(srv)
+        v1 = k.CoreV1Api(c)
+        rv = v1.create_namespaced_secret("default", {"metadata": {"name": "s0"}}).metadata.resource_version
+        for i in range(150):        # another type only
+            v1.create_namespaced_config_map("default", {"metadata": {"name": f"n{i}"}})
+        evs = list(watch_events(c, "/api/v1/namespaces/default/secrets",
+                                {"resourceVersion": str(int(rv) - 1), "timeoutSeconds": "1"}))
+        assert [(e["type"], e["object"]["metadata"]["name"]) for e in evs] == [("ADDED", "s0")]
+        cm_rv = str(int(rv) + 1)    # the first ConfigMap's create: 149 more ConfigMap events since
+        evs = list(watch_events(c, "/api/v1/namespaces/default/configmaps", {"resourceVersion": cm_rv}, timeout=5))
+        assert len(evs) == 1 and evs[0]["type"] == "ERROR" and evs[0]["object"]["code"] == 410
+    finally:
+        srv.stop()

@@ -238,5 +238,8 @@ resources:
 runAsUser: {{ .Values.tproxy.runAsUser }}
 runAsNonRoot: true
 {{ end -}}
+{{- /* a 1.8 field: a 1.7 server's validation (kubectl --validate, Tiller) refuses it */ -}}
+{{- if semverCompare ">=1.8-0" .Capabilities.KubeVersion.Version }}
 allowPrivilegeEscalation: false
+{{- end -}}
 {{- end -}}

@@ -26,8 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for faults and generated names (default 0)")
     p.add_argument("--san", action="append", default=[], metavar="IP_OR_DNS",
                    help="extra subjectAltName on the serving certificate (repeatable)")
-    p.add_argument("--history", type=int, default=5000,
-                   help="watch events retained for resume; older resourceVersions get 410 (default %(default)s)")
+    p.add_argument("--history", "--default-watch-cache-size", dest="history", type=int, default=100,
+                   help="watch events retained per resource type, like the API server's watch cache; a "
+                        "watch from an older resourceVersion gets 410 (default %(default)s, as kube-apiserver)")
     p.add_argument("--initializer-config-refresh", type=float, default=0.0, metavar="SECONDS",
                    help="re-read InitializerConfigurations at most this often (1.7 polled every 1 s; "
                         "default 0 = on every create)")

@@ -288,6 +288,10 @@ class ResourceType:
 POD_FIELDS = ("metadata.name", "metadata.namespace", "spec.nodeName", "spec.restartPolicy",
               "status.phase", "status.podIP")
 
+EVENT_FIELDS = ("metadata.name", "metadata.namespace", "involvedObject.kind", "involvedObject.namespace",
+                "involvedObject.name", "involvedObject.uid", "involvedObject.apiVersion",
+                "involvedObject.resourceVersion", "involvedObject.fieldPath", "reason", "source", "type")
+
 RESOURCES: list[ResourceType] = [
     ResourceType("", "v1", "namespaces", "Namespace", False, "namespaces", name_rule="label",
                  default=default_namespace, has_status=True, short_names=("ns",),
@@ -303,7 +307,8 @@ RESOURCES: list[ResourceType] = [
                  default=default_service, has_status=True, short_names=("svc",)),
     ResourceType("", "v1", "endpoints", "Endpoints", True, "endpoints", short_names=("ep",)),
     ResourceType("", "v1", "nodes", "Node", False, "nodes", has_status=True, short_names=("no",)),
-    ResourceType("", "v1", "events", "Event", True, "events", short_names=("ev",)),
+    ResourceType("", "v1", "events", "Event", True, "events", short_names=("ev",),
+                 field_selectors=EVENT_FIELDS),   # kubectl describe lists events by involvedObject
     ResourceType("apps", "v1beta1", "deployments", "Deployment", True, "deployments",
                  default=default_deployment_apps, has_status=True, tracks_generation=True,
                  pod_like="template", short_names=("deploy",)),

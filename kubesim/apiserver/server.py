@@ -27,8 +27,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import structlog
 
-from . import (admission, discovery, errors, impersonation, patch as patchlib, resources, reviews, scale, selectors,
-               validation, workloads)
+from . import (admission, discovery, errors, impersonation, logs_subresource, openapi, pagination, patch as patchlib,
+               protobuf, resources, reviews, scale, selectors, tables, validation, workloads)
 from .certs import make_ca_and_serving_cert
 from .errors import APIError, FieldError
 from .faults import FaultSpec
@@ -160,7 +160,7 @@ class APIServer:
     """An in-process Kubernetes 1.7 (or 1.13) API server emulator. See kubesim/README.md."""
 
     def __init__(self, k8s_version: str = "1.7", faults=None, seed: int = 0, sans=(),
-                 history: int = 5000, initializer_config_refresh: float = 0.0,
+                 history: int = 100, initializer_config_refresh: float = 0.0,
                  service_cidr: str = "10.96.0.0/12", log_requests: bool = False):
         if k8s_version not in GIT_VERSIONS:
             raise ValueError(f"k8s_version must be one of {sorted(GIT_VERSIONS)}, not {k8s_version!r}")
@@ -195,6 +195,7 @@ class APIServer:
         self.request_count = 0
         self.write_count = 0
         self._waiting_creates = 0
+        self.log_source = None      # (pod, container) -> log file path: the kubelet's side of pods/log
         self._init_metrics()
         self._bootstrap()
 
@@ -499,6 +500,7 @@ class APIServer:
         self.request_count += 1
         h.kubesim_req = None
         h.kubesim_code = 0
+        h.kubesim_proto = False
         t0 = time.perf_counter()
         try:
             self._dispatch(h, method)
@@ -539,9 +541,12 @@ class APIServer:
 
     def _send_json(self, h: _Handler, code: int, body, extra_headers=None) -> None:
         h.kubesim_code = code
-        data = json.dumps(body, separators=(",", ":")).encode()
+        data = protobuf.encode_object(body) if getattr(h, "kubesim_proto", False) and isinstance(body, dict) else None
+        ctype = protobuf.MEDIA_TYPE if data is not None else "application/json"
+        if data is None:
+            data = json.dumps(body, separators=(",", ":")).encode()
         h.send_response(code)
-        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Type", ctype)
         h.send_header("Content-Length", str(len(data)))
         for k, v in (extra_headers or {}).items():
             h.send_header(k, v)
@@ -580,6 +585,8 @@ class APIServer:
         if not raw.strip():
             raise errors.bad_request("the body of the request was empty")
         ctype = (h.headers.get("Content-Type") or "").split(";")[0].strip()
+        if ctype == protobuf.MEDIA_TYPE:
+            return protobuf.decode_object(raw)[2]
         if ctype in ("application/yaml", "application/x-yaml", "text/yaml"):
             import yaml
             try:
@@ -614,6 +621,8 @@ class APIServer:
             h.end_headers()
             h.wfile.write(data)
             return
+        if path == "/openapi/v2" and method == "GET" and openapi.serve(h, self.k8s_version, GIT_VERSIONS[self.k8s_version]):
+            return
         discovery = self._discovery(path, h)
         if discovery is not None:
             if method != "GET":
@@ -633,6 +642,11 @@ class APIServer:
         if req.verb not in req.rt.verbs and not req.subresource:
             raise errors.PlainError(405, "405: Method Not Allowed")
         h.kubesim_req = req
+        proto = protobuf.prefers_protobuf(h.headers.get("Accept"))
+        if proto is None:
+            raise APIError(406, "NotAcceptable", "only the following media types are accepted: application/json, "
+                           "application/yaml, application/vnd.kubernetes.protobuf")
+        h.kubesim_proto = proto
         faults = self.faults
         exempt = h.headers.get("X-Kubesim-No-Faults") == "1"
         if not exempt and faults.active:
@@ -674,7 +688,8 @@ class APIServer:
             req.name = rest[1]
         if len(rest) == 3:
             req.subresource = rest[2]
-            if req.subresource not in rt.subresources():
+            if req.subresource not in rt.subresources() + (
+                    ("log",) if rt.storage == "pods" and method == "GET" else ()):
                 return None
             if legacy_watch:
                 return None
@@ -789,10 +804,15 @@ class APIServer:
 
     # ---- verbs --------------------------------------------------------------------------
     def _verb_get(self, h, req: Request, user, exempt) -> None:
+        if req.subresource == "log":
+            return logs_subresource.serve(self, h, req)
         obj = self.store.get(req.rt.storage, req.namespace, req.name)
         if obj is None:
             raise errors.not_found(req.rt, req.name)
         # §2: GET by name always returns the object, initialized or not.
+        if tables.wanted(h.headers.get("Accept"), self.k8s_version):
+            return self._send_json(h, 200, tables.table(req.rt, [req.rt.view(obj, self.k8s_version)], {
+                "resourceVersion": obj["metadata"].get("resourceVersion", "")}, req.query.get("includeObject", "Metadata")))
         self._send_json(h, 200, req.rt.view(obj, self.k8s_version))
 
     def _predicate(self, req: Request):
@@ -817,9 +837,13 @@ class APIServer:
                 continue
             out.append(req.rt.view(o, self.k8s_version, in_list=True))
         prefix = "/api/v1" if not req.rt.group else f"/apis/{req.rt.group}/{req.rt.version}"
+        out, more = pagination.page(out, req.query, rv, self.k8s_version)
+        list_meta = dict({"selfLink": prefix + "/" + req.rt.name, "resourceVersion": str(rv)}, **more)
+        if tables.wanted(h.headers.get("Accept"), self.k8s_version):
+            objs = [dict(o, kind=req.rt.kind, apiVersion=req.rt.api_version) for o in out]
+            return self._send_json(h, 200, tables.table(req.rt, objs, list_meta, req.query.get("includeObject", "Metadata")))
         self._send_json(h, 200, {"kind": f"{req.rt.kind}List", "apiVersion": req.rt.api_version,
-                                 "metadata": {"selfLink": prefix + "/" + req.rt.name, "resourceVersion": str(rv)},
-                                 "items": out})
+                                 "metadata": list_meta, "items": out})
 
     def _verb_watch(self, h, req: Request, user, exempt) -> None:
         rt = req.rt
@@ -844,15 +868,23 @@ class APIServer:
         faults = None if exempt else self.faults
         h.kubesim_code = 200
         h.send_response(200)
-        h.send_header("Content-Type", "application/json")
+        as_proto = getattr(h, "kubesim_proto", False)      # length-delimited protobuf WatchEvents
+        h.send_header("Content-Type", protobuf.WATCH_MEDIA_TYPE if as_proto else "application/json")
         h.send_header("Transfer-Encoding", "chunked")
         h.end_headers()
 
         def chunk(data: bytes) -> None:
             h.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
 
+        as_table = tables.wanted(h.headers.get("Accept"), self.k8s_version)
+
         def send_event(typ, obj):
             body = obj if typ == "ERROR" else rt.view(obj, self.k8s_version)
+            if as_table and typ != "ERROR":
+                body = tables.table(rt, [body], {"resourceVersion": body["metadata"].get("resourceVersion", "")},
+                                    req.query.get("includeObject", "Metadata"))
+            if as_proto:
+                return chunk(protobuf.watch_frame(typ, body))
             chunk(json.dumps({"type": typ, "object": body}, separators=(",", ":")).encode() + b"\n")
 
         try:
@@ -1238,7 +1270,10 @@ class APIServer:
             raise APIError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
         raw = getattr(h, "raw_body", b"")
         try:
-            opts = json.loads(raw) if raw.strip() else {}
+            if raw.strip() and (h.headers.get("Content-Type") or "").split(";")[0].strip() == protobuf.MEDIA_TYPE:
+                opts = protobuf.decode_object(raw)[2]      # DeleteOptions from a typed client
+            else:
+                opts = json.loads(raw) if raw.strip() else {}
         except ValueError as e:
             raise errors.bad_request(f"json parse error: {e}") from None
         with self.store.lock:

@@ -1,7 +1,8 @@
 """Versioned object storage with a bounded event history and per-watcher fan-out.
 
 One global lock serialises writes (a global ``resourceVersion`` counter, like etcd's revision);
-each write appends one :class:`Event` to the history and offers it to every watcher of that
+each write appends one :class:`Event` to its resource type's history (the watch cache: the
+last ``history`` events per type) and offers it to every watcher of that
 storage. Watchers get their own unbounded queue, so a slow watch stream never blocks a writer.
 Stored objects are never mutated in place: every write stores a fresh dict.
 
@@ -94,12 +95,21 @@ class Watcher:
         self.queue.put(STOP)
 
 
+DEFAULT_WATCH_CACHE_SIZE = 100     # kube-apiserver --default-watch-cache-size (1.7 and 1.13)
+
+
 class Store:
-    def __init__(self, history: int = 5000):
+    def __init__(self, history: int = DEFAULT_WATCH_CACHE_SIZE):
+        """``history``: events kept *per resource type* (storage), like the API server's watch cache
+        (``--default-watch-cache-size``, 100): a watch from a resourceVersion whose type has since
+        dropped older events gets 410 and must relist."""
         self.lock = threading.RLock()
         self.rv = 0
         self.objects: dict[str, dict[tuple[str, str], dict]] = collections.defaultdict(dict)
-        self.history: collections.deque[Event] = collections.deque(maxlen=max(1, history))
+        self.history_size = max(1, history)
+        self.history: dict[str, collections.deque[Event]] = collections.defaultdict(
+            lambda: collections.deque(maxlen=self.history_size))
+        self.evicted: dict[str, bool] = collections.defaultdict(bool)   # has the type's window moved on?
         self.watchers: dict[str, set[Watcher]] = collections.defaultdict(set)
         self.generation: dict[str, int] = collections.defaultdict(int)   # writes per storage
         self.write_hooks: list[Callable[[Event], None]] = []
@@ -120,7 +130,10 @@ class Store:
     # ---- writes -------------------------------------------------------------------------
     def _emit(self, storage, ns, name, obj, prev) -> Event:
         ev = Event(self.rv, storage, ns, name, obj, prev)
-        self.history.append(ev)
+        hist = self.history[storage]
+        if len(hist) == hist.maxlen:
+            self.evicted[storage] = True
+        hist.append(ev)
         self.generation[storage] += 1
         for w in list(self.watchers.get(storage, ())):
             w.offer(ev)
@@ -189,10 +202,13 @@ class Store:
                     if watcher.matches(obj):
                         backlog.append(("ADDED", obj))
             else:
-                if self.history and self.history[0].rv > since + 1 and since < self.rv:
-                    raise Gone(since, self.history[0].rv - 1)
-                for ev in self.history:
-                    if ev.rv > since and ev.storage == watcher.storage:
+                hist = self.history[watcher.storage]
+                # the watch cache's check: older than the oldest retained event of this type (once
+                # the window has moved) -> "too old resource version: R (oldest-1)"
+                if self.evicted[watcher.storage] and hist and hist[0].rv > since + 1 and since < self.rv:
+                    raise Gone(since, hist[0].rv - 1)
+                for ev in hist:
+                    if ev.rv > since:
                         mapped = watcher.map_event(ev)
                         if mapped:
                             backlog.append(mapped)

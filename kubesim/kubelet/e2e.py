@@ -11,7 +11,8 @@ import os
 import time
 
 from kubesim.apply import apply_documents, load_documents
-from kubesim.demo import EXAMPLES, RELEASE_NAMESPACE, last_round, render_chart  # noqa: F401 - RELEASE_NAMESPACE: re-exported for the e2e tests
+from kubesim.demo import (EXAMPLES, RELEASE_NAMESPACE, REPO_ROOT, helm_binary, kubectl_binary, last_round,
+                          no_openapi_flags, render_chart)
 from kubesim.topology import POD_CIDR, POD_CIDR6
 from controllerkit.probe import PROBE_ADDRESS
 
@@ -40,6 +41,44 @@ def apply(cluster, docs: list[dict], namespace: str = "default") -> None:
 def create_namespace(cluster, name: str) -> None:
     """``kubectl create namespace NAME`` (what ``helm install --create-namespace`` does first)."""
     apply(cluster, [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}])
+
+
+def run_client(cluster, argv: list[str], *, check: bool = True, timeout: float = 120):
+    """Run the real ``helm`` or ``kubectl`` (argv[0]) against the cluster, as a user types it."""
+    import subprocess
+    binary = {"helm": helm_binary, "kubectl": kubectl_binary}[argv[0]]()
+    proc = subprocess.run([binary, *argv[1:]], capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT,
+                          env={**os.environ, "KUBECONFIG": cluster.kubeconfig})
+    if check and proc.returncode != 0:
+        raise E2EError(f"`{' '.join(argv)}` exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def helm_install(cluster, values: str = TUTORIAL_VALUES, extra: list[str] | None = None, release: str = "tproxy",
+                 namespace: str = RELEASE_NAMESPACE):
+    """The README's ``helm install tproxy chart/ --namespace NS --create-namespace --set VALUES``; on 1.7
+    clusters what a 1.7 user types instead: ``kubectl create namespace NS`` first and
+    ``--disable-openapi-validation`` (1.7 served no /openapi/v2)."""
+    flags, _ = no_openapi_flags(cluster.k8s_version)
+    ns_args = ["--namespace", namespace]
+    if flags:
+        if run_client(cluster, ["kubectl", "get", "namespace", namespace], check=False).returncode != 0:
+            run_client(cluster, ["kubectl", "create", "namespace", namespace])
+    else:
+        ns_args.append("--create-namespace")
+    return run_client(cluster, ["helm", "install", release, "chart/", *ns_args, "--set", values, *(extra or []),
+                                *flags])
+
+
+def helm_uninstall(cluster, release: str = "tproxy", namespace: str = RELEASE_NAMESPACE):
+    return run_client(cluster, ["helm", "uninstall", release, "--namespace", namespace])
+
+
+def kubectl_apply(cluster, name: str, namespace: str | None = None):
+    """``kubectl apply [-n NS] -f examples/NAME`` (1.7 clusters: plus --validate=false)."""
+    _, flags = no_openapi_flags(cluster.k8s_version)
+    ns_args = ["-n", namespace] if namespace else []
+    return run_client(cluster, ["kubectl", "apply", *flags, *ns_args, "-f", os.path.join("examples", name)])
 
 
 def example(name: str) -> list[dict]:
