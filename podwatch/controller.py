@@ -153,10 +153,10 @@ class PodWatch:
         takes its address first. A pod that ended (Succeeded/Failed) has no processes left: its
         rules go at once."""
         now = self.clock()
-        present = {(pod.get("metadata") or {}).get("uid") for pod in pods}
+        metas = [pod.get("metadata") or {} for pod in pods]
+        present: set[str] = {m["uid"] for m in metas if m.get("uid")}
         # seen terminating: a graceful delete, whose object outlives the containers
-        terminating = {(pod.get("metadata") or {}).get("uid") for pod in pods
-                       if (pod.get("metadata") or {}).get("deletionTimestamp")}
+        terminating: set[str] = {m["uid"] for m in metas if m.get("uid") and m.get("deletionTimestamp")}
         with self._seen_lock:
             graceful = self._graceful | terminating
         current: dict[str, list[rules.LockedPod]] = {}

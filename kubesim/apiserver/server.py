@@ -14,7 +14,6 @@ import http.server
 import json
 import os
 import queue
-import re
 import secrets
 import select
 import socket
@@ -26,6 +25,8 @@ import uuid
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import structlog
+
+from controllerkit import durations as _durations
 
 from . import (admission, discovery, errors, impersonation, logs_subresource, openapi, pagination, patch as patchlib,
                protobuf, resources, reviews, scale, selectors, tables, validation, workloads)
@@ -43,32 +44,9 @@ DEFAULT_CREATE_TIMEOUT = 30.0
 DEFAULT_WATCH_TIMEOUT = 1800.0
 GIT_VERSIONS = discovery.GIT_VERSIONS
 _TOKEN_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"   # k8s utilrand alphanums
-_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
-_UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_go_duration(s: str) -> float | None:
-    """Parse a Go duration (``30s``, ``1m30s``, ``500ms``); None when it is not one."""
-    s = s.strip()
-    if not s:
-        return None
-    pos, total = 0, 0.0
-    for m in _DURATION_RE.finditer(s):
-        if m.start() != pos:
-            return None
-        total += float(m.group(1)) * _UNIT[m.group(2)]
-        pos = m.end()
-    return total if pos == len(s) else None
-
-
-def format_go_duration(sec: float) -> str:
-    if sec == int(sec):
-        sec = int(sec)
-        if sec >= 60:
-            m, s = divmod(sec, 60)
-            return f"{m}m{s}s"
-        return f"{sec}s"
-    return f"{sec}s"
+# one Go-duration parser for the components and the emulator (re-exported: kubesim callers import it here)
+parse_go_duration = _durations.parse_go_duration
+format_go_duration = _durations.format_go_duration
 
 
 def _now() -> str:
