@@ -201,7 +201,7 @@ class Demo:
     def run(self) -> int:
         from kubesim.kubelet.cluster import SimCluster
         from controllerkit.kube import resource_path
-        version = self.args.k8s_version
+        version = getattr(self.args, "k8s_version", "1.7")
         runtime = getattr(self.args, "runtime", "emulate")
         if runtime == "podman":
             from kubesim.kubelet import engine
