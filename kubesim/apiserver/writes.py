@@ -30,7 +30,8 @@ class WriteVerbsMixin:
             meta["name"] = meta["generateName"] + self._random_suffix()
         if rt.namespaced and self.store.get("namespaces", "", req.namespace) is None:
             raise errors.namespace_not_found(req.namespace)
-        self._admit_create(rt, req, user, obj)
+        obj = self._admit_create(rt, req, user, obj)
+        meta = obj["metadata"]
         self._fill_new_meta(rt, obj)
         workloads.prepare_create(rt, obj, self.k8s_version)
         name = meta["name"]
@@ -175,7 +176,8 @@ class WriteVerbsMixin:
                         new["status"] = copy.deepcopy(cur["status"])
                     else:
                         new.pop("status", None)
-                self._admit_update(rt, req, user, new, cur)
+                new = self._admit_update(rt, req, user, new, cur)
+                meta = new["metadata"]
             if rt.storage == "services" and isinstance(new.get("spec"), dict) and not new["spec"].get("clusterIP"):
                 ip = (cur.get("spec") or {}).get("clusterIP")
                 if ip:
