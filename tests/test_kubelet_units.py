@@ -7,7 +7,8 @@ from kubesim.apply import ApplyError, load_documents
 from kubesim.demo import last_round, locked_ok, round_lines, unlocked_ok
 from kubesim.kubelet.controller import template_hash
 from kubesim.kubelet.images import REPO_ROOT, ImageIndex, container_argv, image_name, parse_dockerfile
-from kubesim.kubelet.runtime import Backoff, expand
+from kubesim.kubelet.containerspec import expand
+from kubesim.kubelet.runtime import Backoff
 from kubesim.logs import LogsError, matches, parse_selector, pick_container
 
 
