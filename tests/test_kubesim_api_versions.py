@@ -333,6 +333,25 @@ def test_scale_subresource_in_each_version(c13):
     assert s == 404 and body["message"] == 'deployments.apps "missing" not found'
 
 
+@pytest.mark.parametrize("name,sub", [("sp-object", ""), ("sp-scale", "/scale")])
+def test_a_patch_of_an_unknown_media_type_is_415_naming_the_accepted_ones(c13, name, sub):
+    """The object and its scale subresource take the same three PATCH media types, and say which."""
+    path = f"/apis/apps/v1/namespaces/default/deployments/{name}{sub}"
+    body = {"metadata": {"name": name}, "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                                                  "template": TEMPLATE}}
+    raw(c13, "POST", "/apis/apps/v1/namespaces/default/deployments", body=body)
+    s, out = raw(c13, "PATCH", path, body={"spec": {"replicas": 4}}, content_type="application/apply-patch+yaml")
+    assert s == 415 and out["reason"] == "UnsupportedMediaType"
+    assert out["message"] == ("the server does not support the media type 'application/apply-patch+yaml' for PATCH; "
+                              "use application/json-patch+json, application/merge-patch+json or "
+                              "application/strategic-merge-patch+json")
+    s, d = raw(c13, "GET", f"/apis/apps/v1/namespaces/default/deployments/{name}")
+    assert s == 200 and d["spec"]["replicas"] == 2            # nothing applied
+    s, out = raw(c13, "PATCH", path, body=[{"op": "replace", "path": "/spec/replicas", "value": 3}],
+                 content_type="application/json-patch+json")
+    assert s == 200 and out["spec"]["replicas"] == 3
+
+
 def test_status_subresources_and_events_describe_reads(c13):
     body = {"metadata": {"name": "st"}, "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": TEMPLATE}}
     s, d = raw(c13, "POST", "/apis/apps/v1/namespaces/default/deployments", body=body)

@@ -234,3 +234,23 @@ def json_patch(doc, ops):
         else:
             raise PatchError(f"Unexpected kind: {kind}")
     return doc
+
+
+MEDIA_TYPES = ("application/json-patch+json", "application/merge-patch+json", "application/strategic-merge-patch+json")
+
+
+class UnsupportedPatchType(ValueError):
+    """A PATCH whose Content-Type is none of :data:`MEDIA_TYPES` (the server answers 415)."""
+
+
+def apply_patch(ctype: str, target, patch, merge_key: Callable[[tuple], str | None] = default_merge_key):
+    """Apply ``patch`` of media type ``ctype`` to ``target``: the one dispatch of every PATCH handler.
+    Raises :class:`UnsupportedPatchType` for another media type, :class:`PatchError` when it cannot apply."""
+    if ctype == "application/json-patch+json":
+        return json_patch(target, patch)
+    if ctype == "application/merge-patch+json":
+        return json_merge_patch(target, patch)
+    if ctype == "application/strategic-merge-patch+json":
+        return strategic_merge_patch(target, patch, merge_key)
+    raise UnsupportedPatchType(f"the server does not support the media type {ctype!r} for PATCH; use "
+                               f"{', '.join(MEDIA_TYPES[:-1])} or {MEDIA_TYPES[-1]}")

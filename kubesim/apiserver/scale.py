@@ -87,15 +87,9 @@ def handle(api, h, req, user, exempt) -> None:
         base = scale_of(rt, cur)
         if req.verb == "patch":
             try:
-                if ctype == "application/json-patch+json":
-                    new_scale = patchlib.json_patch(base, body)
-                elif ctype == "application/merge-patch+json":
-                    new_scale = patchlib.json_merge_patch(base, body)
-                elif ctype == "application/strategic-merge-patch+json":
-                    new_scale = patchlib.strategic_merge_patch(base, body, patchlib.default_merge_key)
-                else:
-                    raise APIError(415, "UnsupportedMediaType",
-                                   f"the server does not support the media type {ctype!r} for PATCH")
+                new_scale = patchlib.apply_patch(ctype, base, body)
+            except patchlib.UnsupportedPatchType as e:
+                raise APIError(415, "UnsupportedMediaType", str(e)) from None
             except patchlib.PatchError as e:
                 raise APIError(422, "Invalid", str(e)) from None
         else:

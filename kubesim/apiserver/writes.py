@@ -107,20 +107,12 @@ class WriteVerbsMixin:
 
         def apply(cur: dict) -> dict:
             base = rt.view(cur, self.k8s_version)
+            pmk = self.k8s_version != "1.7"
             try:
-                if ctype == "application/json-patch+json":
-                    patched = patchlib.json_patch(base, body)
-                elif ctype == "application/merge-patch+json":
-                    patched = patchlib.json_merge_patch(base, body)
-                elif ctype == "application/strategic-merge-patch+json":
-                    pmk = self.k8s_version != "1.7"
-                    patched = patchlib.strategic_merge_patch(
-                        base, body, lambda p: patchlib.default_merge_key(p, pending_merge_key=pmk))
-                else:
-                    raise APIError(415, "UnsupportedMediaType",
-                                   f"the server does not support the media type {ctype!r} for PATCH; use "
-                                   f"application/json-patch+json, application/merge-patch+json or "
-                                   f"application/strategic-merge-patch+json")
+                patched = patchlib.apply_patch(ctype, base, body,
+                                               lambda p: patchlib.default_merge_key(p, pending_merge_key=pmk))
+            except patchlib.UnsupportedPatchType as e:
+                raise APIError(415, "UnsupportedMediaType", str(e)) from None
             except patchlib.PatchError as e:
                 raise APIError(422, "Invalid", str(e)) from None
             if not isinstance(patched, dict):
