@@ -99,6 +99,16 @@ def _default_template(spec: dict) -> None:
         default_pod_spec(tmpl.setdefault("spec", {}))
 
 
+def _default_rolling_update(spec: dict, max_unavailable, max_surge) -> None:
+    """A Deployment's ``strategy``: RollingUpdate unless set, with these numbers unless set."""
+    strat = spec.setdefault("strategy", {})
+    strat.setdefault("type", "RollingUpdate")
+    if strat["type"] == "RollingUpdate":
+        ru = strat.setdefault("rollingUpdate", {})
+        ru.setdefault("maxUnavailable", max_unavailable)
+        ru.setdefault("maxSurge", max_surge)
+
+
 def _default_deployment(obj: dict, *, max_unavailable, max_surge, apps_only: dict) -> None:
     """The 1.7 Deployment defaults shared by both groups (docs/initializers-1.7.md §7); they differ only in the rolling-update
     numbers and in fields that only apps/v1beta1 defaults."""
@@ -109,12 +119,7 @@ def _default_deployment(obj: dict, *, max_unavailable, max_surge, apps_only: dic
         if labels:
             obj["metadata"]["labels"] = dict(labels)
     spec.setdefault("replicas", 1)
-    strat = spec.setdefault("strategy", {})
-    strat.setdefault("type", "RollingUpdate")
-    if strat["type"] == "RollingUpdate":
-        ru = strat.setdefault("rollingUpdate", {})
-        ru.setdefault("maxUnavailable", max_unavailable)
-        ru.setdefault("maxSurge", max_surge)
+    _default_rolling_update(spec, max_unavailable, max_surge)
     for key, value in apps_only.items():
         spec.setdefault(key, value)
     _default_template(spec)

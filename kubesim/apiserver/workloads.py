@@ -61,20 +61,11 @@ def _labels_from_template(obj: dict, spec: dict, selector: bool = True) -> None:
             obj["metadata"]["labels"] = dict(labels)
 
 
-def _rolling_deployment(spec: dict, max_unavailable, max_surge) -> None:
-    strat = spec.setdefault("strategy", {})
-    strat.setdefault("type", "RollingUpdate")
-    if strat["type"] == "RollingUpdate":
-        ru = strat.setdefault("rollingUpdate", {})
-        ru.setdefault("maxUnavailable", max_unavailable)
-        ru.setdefault("maxSurge", max_surge)
-
-
 def default_deployment_v1(obj: dict) -> None:
     """apps/v1 and apps/v1beta2 (1.13): no selector or label defaulting."""
     spec = obj.setdefault("spec", {})
     spec.setdefault("replicas", 1)
-    _rolling_deployment(spec, "25%", "25%")
+    R._default_rolling_update(spec, "25%", "25%")
     spec.setdefault("revisionHistoryLimit", 10)
     spec.setdefault("progressDeadlineSeconds", 600)
     R._default_template(spec)
