@@ -302,12 +302,22 @@ class Controller:
         except CopyRefused as exc:
             metrics.ROOT_CERTS_COPIES.labels("refused").inc()
             self.log.error("root_certs_copy_refused", namespace=namespace, error=str(exc))
+            self._copy_refused(namespace, exc)
             return None
-        except errors.ApiError:
+        except errors.ApiError as exc:
+            if self._copy_target_gone(exc):
+                return None
             metrics.ROOT_CERTS_COPIES.labels("error").inc()
             raise
         self._copy_done(namespace, certs, outcome)
         return outcome
+
+    def _copy_refused(self, namespace: str, exc: CopyRefused) -> None:
+        """Hook: a copy was refused (logged and counted already)."""
+
+    def _copy_target_gone(self, exc: errors.ApiError) -> bool:
+        """Hook: True when ``exc`` means there is nothing left to copy into (not counted, not retried)."""
+        return False
 
     def _copy_done(self, namespace: str, certs: RootCerts, outcome: str) -> None:
         metrics.ROOT_CERTS_COPIES.labels(outcome).inc()

@@ -34,7 +34,7 @@ from controllerkit.kube import resource_path
 
 from . import admission, metrics
 from .controller import Controller
-from .rootcerts import CopyRefused, ensure_copy
+from .rootcerts import CopyRefused, RootCerts
 
 DEFAULT_PORT = 8443
 DEFAULT_PATH = "/mutate"
@@ -104,25 +104,16 @@ class WebhookController(Controller):
         return {n for n in ((o.get("metadata") or {}).get("name", "") for o in self.informer.store.list(copy=False))
                 if self._wants_copy(n)}
 
-    def sync_copy(self, namespace: str) -> Optional[str]:
-        certs = self._root_certs
-        if certs is None:
-            return None
-        try:
-            outcome = ensure_copy(self.client, certs, namespace)
-        except CopyRefused as exc:
-            metrics.ROOT_CERTS_COPIES.labels("refused").inc()
-            self.log.error("root_certs_copy_refused", namespace=namespace, error=str(exc))
-            self._set_state(namespace, REFUSED, exc)
-            return None
-        except errors.NotFound:
-            return None  # the namespace went away
-        except errors.ApiError:
-            metrics.ROOT_CERTS_COPIES.labels("error").inc()
-            raise
-        self._copy_done(namespace, certs, outcome)
+    # sync_copy is the controller's; these hooks record each namespace's state for bundle_check
+    def _copy_refused(self, namespace: str, exc: CopyRefused) -> None:
+        self._set_state(namespace, REFUSED, exc)
+
+    def _copy_target_gone(self, exc: errors.ApiError) -> bool:
+        return isinstance(exc, errors.NotFound)  # the namespace went away
+
+    def _copy_done(self, namespace: str, certs: RootCerts, outcome: str) -> None:
+        super()._copy_done(namespace, certs, outcome)
         self._set_state(namespace, PRESENT, None)
-        return outcome
 
     def _set_state(self, namespace: str, state: str, exc: Optional[CopyRefused]) -> None:
         with self._states_lock:

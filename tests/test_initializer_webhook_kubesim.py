@@ -95,6 +95,31 @@ def test_a_name_taken_by_a_foreign_configmap_refuses_with_the_initializers_messa
     assert _copy(admin, "taken")["data"] == {"mine": "x"}, "never overwritten"
 
 
+def _copies(outcome):
+    from prometheus_client import REGISTRY
+    return REGISTRY.get_sample_value("tproxy_initializer_root_certs_copies_total", {"outcome": outcome}) or 0.0
+
+
+def test_a_namespace_gone_before_its_copy_is_neither_an_error_nor_retried(admin, controller):
+    errors_before = _copies("error")
+    assert controller.sync_copy("never-created") is None
+    assert _copies("error") == errors_before
+    assert _copy(admin, "never-created") is None
+
+
+def test_the_initializer_controller_retries_a_copy_it_could_not_make(admin, kubeconfig):
+    """The same copy loop in the Initializer controller: a missing namespace is an error, re-queued."""
+    from initializer.controller import Controller
+    ctl = Controller.from_kubeconfig(kubeconfig, configmap=CM, config_namespace=CM_NS, root_certs_configmap=SRC,
+                                     root_certs_namespace=SRC_NS, logger=Recorder())
+    assert ctl.load_root_certs(admin.get(resource_path("v1", "configmaps", SRC_NS, SRC)))
+    errors_before = _copies("error")
+    with pytest.raises(errors.NotFound):
+        ctl.sync_copy("never-created")
+    assert _copies("error") == errors_before + 1
+    assert ctl.sync_copy("team-a") in ("created", "updated", "unchanged")
+
+
 def test_a_new_bundle_reaches_every_copy(admin, controller):
     wait_for(lambda: controller.bundle_state("team-a")[0] == PRESENT)
     src = admin.get(resource_path("v1", "configmaps", SRC_NS, SRC))
