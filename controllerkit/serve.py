@@ -14,7 +14,22 @@ from typing import Callable
 import prometheus_client
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-__all__ = ["HealthServer"]
+__all__ = ["HealthServer", "serve_in_thread", "stop_serving"]
+
+
+def serve_in_thread(httpd: ThreadingHTTPServer, name: str) -> threading.Thread:
+    """Serve ``httpd`` from a daemon thread (the health server's, the webhook's); returns the thread."""
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2}, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+def stop_serving(httpd: ThreadingHTTPServer, thread: threading.Thread | None) -> None:
+    """Stop a server started with :func:`serve_in_thread` and close its socket."""
+    httpd.shutdown()
+    httpd.server_close()
+    if thread is not None:
+        thread.join(timeout=5)
 
 
 class _Server(ThreadingHTTPServer):
@@ -84,16 +99,11 @@ class HealthServer:
             return self
         self._httpd = _Server((self.host, self.port), self._handler())
         self.port = self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name=f"health-{self.port}", daemon=True)
-        self._thread.start()
+        self._thread = serve_in_thread(self._httpd, f"health-{self.port}")
         return self
 
     def stop(self) -> None:
         if self._httpd is None:
             return
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        stop_serving(self._httpd, self._thread)
         self._httpd = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)

@@ -31,6 +31,7 @@ import structlog
 
 from controllerkit import errors
 from controllerkit.kube import resource_path
+from controllerkit.serve import serve_in_thread, stop_serving
 
 from . import admission, metrics
 from .controller import Controller
@@ -451,17 +452,12 @@ class WebhookServer:
         self._httpd = _TLSServer((self.host, self.port), self._handler(), lambda: self.certs.context,
                                  self.io_timeout)
         self.port = self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name=f"webhook-{self.port}", daemon=True)
-        self._thread.start()
+        self._thread = serve_in_thread(self._httpd, f"webhook-{self.port}")
         self.log.info("serving_webhook", port=self.port, path=self.path, cert_file=self.certs.cert_file)
         return self
 
     def stop(self) -> None:
         if self._httpd is None:
             return
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        stop_serving(self._httpd, self._thread)
         self._httpd = None
-        if self._thread is not None:
-            self._thread.join(5)
