@@ -2,9 +2,8 @@
 
 Create: :meth:`AdmissionMixin._admit_create`; update (PUT, PATCH): :meth:`AdmissionMixin._admit_update`.
 Each runs, in this order: defaulting -> admission plugins (the Initializers plugin, §1a/§3) ->
-validation, and returns the admitted object (a step may replace it); the caller then sets
-server-owned metadata and stores it under the store lock. A further admission step (a plugin, a
-webhook call) belongs between the plugins and validation.
+validation. The caller then sets server-owned metadata and stores the object under the store lock.
+A further admission step (a plugin, a webhook call) belongs between the plugins and validation.
 """
 from __future__ import annotations
 
@@ -22,14 +21,13 @@ from .store import is_uninitialized
 class AdmissionMixin:
     """Defaulting, admission and validation of created and updated objects."""
 
-    def _admit_create(self, rt: ResourceType, req: Request, user: User, obj: dict) -> dict:
+    def _admit_create(self, rt: ResourceType, req: Request, user: User, obj: dict) -> None:
         """Admit a new object (decoded, named, its namespace existing): default, admit, validate."""
         self._default(rt, obj)      # defaulting happens when the body is decoded, before admission
         self._initializers_create(rt, req, user, obj)
         self._validate_common(rt, obj)
-        return obj
 
-    def _admit_update(self, rt: ResourceType, req: Request, user: User, new: dict, cur: dict) -> dict:
+    def _admit_update(self, rt: ResourceType, req: Request, user: User, new: dict, cur: dict) -> None:
         """Admit the new state ``new`` of the stored object ``cur`` (store locked): default, admit, validate."""
         self._default(rt, new)
         self._initializers_update(rt, req, user, new, cur)
@@ -38,7 +36,6 @@ class AdmissionMixin:
         errs = workloads.validate_update(rt, new, cur, self.k8s_version)
         if errs:
             raise errors.invalid(rt, req.name, errs)
-        return new
 
     # ---- the Initializers admission plugin ----------------------------------------------
     def _initializers_create(self, rt: ResourceType, req: Request, user: User, obj: dict) -> None:

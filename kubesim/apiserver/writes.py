@@ -30,8 +30,7 @@ class WriteVerbsMixin:
             meta["name"] = meta["generateName"] + self._random_suffix()
         if rt.namespaced and self.store.get("namespaces", "", req.namespace) is None:
             raise errors.namespace_not_found(req.namespace)
-        obj = self._admit_create(rt, req, user, obj)
-        meta = obj["metadata"]
+        self._admit_create(rt, req, user, obj)
         self._fill_new_meta(rt, obj)
         workloads.prepare_create(rt, obj, self.k8s_version)
         name = meta["name"]
@@ -168,8 +167,7 @@ class WriteVerbsMixin:
                         new["status"] = copy.deepcopy(cur["status"])
                     else:
                         new.pop("status", None)
-                new = self._admit_update(rt, req, user, new, cur)
-                meta = new["metadata"]
+                self._admit_update(rt, req, user, new, cur)
             if rt.storage == "services" and isinstance(new.get("spec"), dict) and not new["spec"].get("clusterIP"):
                 ip = (cur.get("spec") or {}).get("clusterIP")
                 if ip:
