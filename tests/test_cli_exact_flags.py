@@ -79,6 +79,7 @@ def _run(argv):
     (["-m", "kubesim", "kubelet", "--node-nam", "n"], "--node-nam"),
     (["-m", "kubesim", "demo", "--k8s-vers", "1.13"], "--k8s-vers"),
     (["-m", "kubesim.upstream", "--bind", "192.0.2.1", "--metadat"], "--metadat"),
+    (["-m", "kubesim.kubelet.launch", "--spec", "x.json"], "--spec"),
     (["-m", "bench", "--quic"], "--quic"),
     (["-m", "bench", "--only", "kubesim", "--no-plot"], "--no-plot"),
     (["-m", "bench.loadgen", "https://192.0.2.1/", "--cafil", "x"], "--cafil"),
@@ -96,6 +97,16 @@ def test_every_development_cli_refuses_prefixes_and_unknown_flags(argv, flag):
     assert proc.returncode == 2, proc.stderr
     assert f"unrecognized arguments: {flag} (flags must be spelled out" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_container_launcher_names_an_unreadable_spec_without_a_traceback(tmp_path):
+    bad = tmp_path / "launch.json"
+    bad.write_text("{not json")
+    for path in (str(bad), str(tmp_path / "missing.json")):
+        proc = _run(["-m", "kubesim.kubelet.launch", path])
+        assert proc.returncode == 127
+        assert f"kubesim: container start failed: launch spec {path}: " in proc.stderr
+        assert "Traceback" not in proc.stderr
 
 
 def test_a_misspelt_check_flag_writes_nothing():

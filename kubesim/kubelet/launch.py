@@ -214,12 +214,16 @@ def launch(spec: dict) -> None:
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return 0 if argv else 2
-    with open(argv[0]) as f:
-        spec = json.load(f)
+    from controllerkit.cli import ExactArgumentParser   # standard library only, like this module
+    p = ExactArgumentParser(prog="python -m kubesim.kubelet.launch", description=__doc__.split("\n\n")[0])
+    p.add_argument("spec", metavar="SPEC.json", help="the launch spec the kubelet wrote for this container")
+    args = p.parse_args(argv)
+    try:
+        with open(args.spec) as f:
+            spec = json.load(f)
+    except (OSError, ValueError) as e:
+        print(f"kubesim: container start failed: launch spec {args.spec}: {e}", file=sys.stderr, flush=True)
+        return 127
     try:
         launch(spec)
     except LaunchError as e:
