@@ -6,14 +6,21 @@ from __future__ import annotations
 
 import base64
 import datetime
+import http.client
 import json
 import os
 import re
+import signal
+import socket
+import ssl
 import subprocess
+import sys
+import urllib.request
 
 import pytest
 import yaml
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
 from chart_helpers import (CHART, HELM, NEWEST, REPO, container, find, helm, one, render_notes, set_args,
@@ -433,3 +440,98 @@ def test_helm_lint_passes_in_webhook_mode():
         proc = helm("lint", str(CHART), "--kube-version", "1.28.0", *set_args(values))
         assert "0 chart(s) failed" in proc.stdout and "[ERROR]" not in proc.stdout
 
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_installed_webhook_runs_with_the_charts_account_certificate_and_flags(kubesim_server_factory, tmp_path):
+    """What `helm install` put into kubesim 1.13, used as a cluster would: the Deployment's own args, the
+    Secret's certificate, the service account's token (so RBAC is the chart's). The webhook gets ready
+    (config, CA bundle, namespace list readable), copies the bundle into a new namespace, and answers a
+    review over TLS verified with the configuration's caBundle for the Service's host name."""
+    from test_initializer_webhook import patch_of, review_of, tutorial_deployment, verify_like_apiserver
+
+    from kubesim.polling import wait_for
+
+    srv = kubesim_server_factory(k8s_version="1.13")
+    admin_kc = srv.write_kubeconfig(str(tmp_path / "admin.kubeconfig"))
+    env = {**os.environ, "KUBECONFIG": admin_kc, "HOME": str(tmp_path), "HELM_CACHE_HOME": str(tmp_path / "cache"),
+           "HELM_CONFIG_HOME": str(tmp_path / "config"), "HELM_DATA_HOME": str(tmp_path / "data")}
+
+    def run(binary: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run([binary, *args], capture_output=True, text=True, timeout=90, env=env, cwd=REPO)
+        assert not check or proc.returncode == 0, f"{binary} {' '.join(args)}: {proc.stdout}\n{proc.stderr}"
+        return proc
+
+    run(HELM, "install", "tproxy", "chart/", "--namespace", "tproxy", "--create-namespace",
+        "--set", "tproxy.useWebhook=true,tproxy.useRBAC=true")
+    objs = [d for d in yaml.safe_load_all(run(HELM, "get", "manifest", "tproxy", "-n", "tproxy").stdout) if d]
+    secret = json.loads(run(KUBECTL, "get", "secret", "-n", "kube-system", TLS, "-o", "json").stdout)
+    for key in ("tls.crt", "tls.key", "ca.crt"):
+        (tmp_path / key).write_bytes(base64.b64decode(secret["data"][key]))
+    ca_bundle = base64.b64decode(hook(objs)["clientConfig"]["caBundle"])
+    assert ca_bundle == (tmp_path / "ca.crt").read_bytes()
+
+    dep = one(objs, "Deployment")
+    spec = dep["spec"]["template"]["spec"]
+    token = srv.service_account_token(dep["metadata"]["namespace"], spec["serviceAccountName"])
+    sa_kc = srv.write_kubeconfig(str(tmp_path / "sa.kubeconfig"), token=token)
+    # the token is held to the chart's RBAC: what the webhook needs, nothing else
+    sa_env = {**env, "KUBECONFIG": sa_kc}
+    denied = subprocess.run([KUBECTL, "get", "secrets", "-n", "kube-system"], capture_output=True, text=True,
+                            timeout=60, env=sa_env)
+    assert denied.returncode != 0 and "forbidden" in denied.stderr.lower(), denied.stderr
+    assert subprocess.run([KUBECTL, "get", "namespaces"], capture_output=True, text=True, timeout=60,
+                          env=sa_env).returncode == 0
+    replaced = ("--tls-cert-file=", "--tls-private-key-file=", "--port=", "--metrics-port=")
+    args = [a for a in container(spec, "tproxy-initializer")["args"] if not a.startswith(replaced)]
+    port, mport = _free_port(), _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "initializer", *args, "--kubeconfig", sa_kc,
+         f"--tls-cert-file={tmp_path / 'tls.crt'}", f"--tls-private-key-file={tmp_path / 'tls.key'}",
+         f"--port={port}", "--host=127.0.0.1", f"--metrics-port={mport}", "--metrics-host=127.0.0.1"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def ready() -> bool:
+            try:
+                return urllib.request.urlopen(f"http://127.0.0.1:{mport}/readyz", timeout=2).status == 200
+            except OSError:
+                return False
+        try:
+            wait_for(ready, timeout=30, interval=0.1, what="the webhook's /readyz")
+        except AssertionError:
+            proc.kill()
+            raise AssertionError(f"the webhook never got ready: {proc.communicate(timeout=10)[1][-3000:]}") from None
+
+        run(KUBECTL, "create", "namespace", "team-a")
+        wait_for(lambda: run(KUBECTL, "get", "configmap", "-n", "team-a", "tproxy-tproxy-root-certs",
+                             check=False).returncode == 0, timeout=30, interval=0.1, what="the CA bundle copy")
+
+        ctx = ssl.create_default_context(cadata=ca_bundle.decode())
+        host = f"{WEBHOOK}.kube-system.svc"
+        conn = http.client.HTTPSConnection(host, port, context=ctx, timeout=10)
+        conn.sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname=host)
+        deployment = tutorial_deployment()
+        deployment["metadata"]["namespace"] = "team-a"
+        rev = review_of(deployment, api_version="admission.k8s.io/v1beta1", namespace="team-a")
+        conn.request("POST", hook(objs)["clientConfig"]["service"]["path"], body=json.dumps(rev),
+                     headers={"Content-Type": "application/json"})
+        resp = verify_like_apiserver(rev, json.loads(conn.getresponse().read()))
+        conn.close()
+        assert resp["allowed"] is True
+        assert any(op["path"] == "/spec/template/spec/initContainers" for op in patch_of(resp))
+        # the same name, signed by another CA, is refused: the caBundle is what makes it trusted
+        with pytest.raises(ssl.SSLCertVerificationError):
+            other = ssl.create_default_context(cadata=_certs(render_for("1.13.0", {"tproxy.useWebhook": True}))[0]
+                                               .public_bytes(serialization.Encoding.PEM).decode())
+            other.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname=host)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err[-3000:]
+    assert "forbidden" not in err.lower(), err[-3000:]
+    run(HELM, "uninstall", "tproxy", "-n", "tproxy")
