@@ -30,6 +30,8 @@ import tarfile
 import tempfile
 import zipfile
 
+from controllerkit.cli import ExactArgumentParser
+
 # (pip requirement, file pip downloads, its sha256, path prefix of the schema tree inside, wanted versions)
 SOURCES = [
     ("kubernetes-validate==1.11.0.2", "kubernetes-validate-1.11.0.2.tar.gz",
@@ -103,7 +105,10 @@ def fetch(dest: str, requirement: str, filename: str, sha256: str, prefix: str, 
 
 
 def main(argv: list[str]) -> int:
-    dest = os.path.abspath(argv[1] if len(argv) > 1 else os.path.join(".tools", "k8s-schemas"))
+    ap = ExactArgumentParser(prog="python scripts/fetch_k8s_schemas.py", description=__doc__.split("\n\n")[0])
+    ap.add_argument("dest", nargs="?", default=os.path.join(".tools", "k8s-schemas"),
+                    help="directory for the schemas (default %(default)s)")
+    dest = os.path.abspath(ap.parse_args(argv).dest)
     for source in SOURCES:
         rc = fetch(dest, *source)
         if rc:
@@ -112,4 +117,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(main(sys.argv[1:]))
