@@ -29,7 +29,7 @@ import structlog
 from controllerkit import durations as _durations
 
 from . import (admission, discovery, errors, impersonation, logs_subresource, openapi, pagination, patch as patchlib,
-               protobuf, resources, reviews, scale, selectors, tables, validation, workloads)
+               protobuf, resources, reviews, scale, selectors, tables, validation, webhooks, workloads)
 from .certs import make_ca_and_serving_cert
 from .errors import APIError, FieldError
 from .faults import FaultSpec
@@ -174,6 +174,10 @@ class APIServer:
         self.write_count = 0
         self._waiting_creates = 0
         self.log_source = None      # (pod, container) -> log file path: the kubelet's side of pods/log
+        #: the MutatingAdmissionWebhook plugin (1.9+ servers); ``webhook_dialer(host, port, timeout)`` opens
+        #: its connections to a Service's pods (the netns cluster dials inside the node namespace)
+        self.webhooks = webhooks.Dispatcher(self) if k8s_version != "1.7" else None
+        self.webhook_dialer = None
         self._init_metrics()
         self._bootstrap()
 
@@ -962,6 +966,10 @@ class APIServer:
             names = [] if mirror else self._find_initializers(rt)
             if names:
                 meta["initializers"] = {"pending": [{"name": n} for n in names]}
+        dry_run = self._dry_run(req)
+        if self.webhooks is not None and not rt.group.startswith("admissionregistration."):
+            obj = self.webhooks.admit(rt, req, user, obj, None, "CREATE", dry_run)
+            meta = obj["metadata"]
         self._validate_common(rt, obj)
         self._fill_new_meta(rt, obj)
         workloads.prepare_create(rt, obj, self.k8s_version)
@@ -971,6 +979,11 @@ class APIServer:
             include = req.query.get("includeUninitialized") == "1"     # §1b: only the literal "1"
         else:
             include = _truthy(req.query.get("includeUninitialized"))
+        if dry_run:   # admitted and validated, not stored
+            if rt.namespaced and self.store.get(rt.storage, req.namespace, name) is not None:
+                raise errors.already_exists(rt, name)
+            self._send_json(h, 201, rt.view(obj, self.k8s_version))
+            return
         waiter = None
         if uninitialized and not include:
             waiter = Watcher(rt.storage, meta.get("namespace") or "", name, None, True)
@@ -1143,7 +1156,26 @@ class APIServer:
         self._send_json(h, code, rt.view(out, self.k8s_version))
 
     def _update(self, req: Request, user: User, build, precondition: bool) -> tuple[dict, int]:
-        """GuaranteedUpdate: read, build the new object, admit, validate, write (under the lock)."""
+        """GuaranteedUpdate with the mutating webhooks called outside the store lock (webhooks.py)."""
+        dry_run = self._dry_run(req)
+        if self.webhooks is None or req.rt.group.startswith("admissionregistration.") \
+                or not self.webhooks.configured():
+            return self._update_locked(req, user, build, precondition, dry_run)
+        return webhooks.guaranteed_update(self, req, user, build, precondition, dry_run)
+
+    def _dry_run(self, req: Request) -> bool:
+        """``?dryRun=All`` (1.13+): admitted and validated, nothing stored."""
+        value = req.query.get("dryRun")
+        if value is None or self.k8s_version == "1.7":
+            return False
+        if value != "All":
+            raise errors.bad_request(f'dryRun: Unsupported value: "{value}": supported values: "All"')
+        return True
+
+    def _update_locked(self, req: Request, user: User, build, precondition: bool, dry_run: bool = False,
+                       admitted=None) -> tuple[dict, int]:
+        """GuaranteedUpdate: read, build the new object, admit, validate, write (under the lock).
+        ``admitted(new, cur)``: called after the built-in admission, may replace ``new`` or raise."""
         rt = req.rt
         with self.store.lock:
             cur = self.store.get(rt.storage, req.namespace, req.name)
@@ -1179,6 +1211,9 @@ class APIServer:
                         new.pop("status", None)
                 self._default(rt, new)
                 self._admit_update(rt, req, user, new, cur)
+                if admitted is not None:
+                    new = admitted(new, cur)
+                    meta = new["metadata"]
                 self._validate_common(rt, new)
                 self._check_pod_update(rt, new, cur)
                 errs = workloads.validate_update(rt, new, cur, self.k8s_version)
@@ -1197,6 +1232,8 @@ class APIServer:
                 meta["generation"] = gen + 1 if new.get("spec") != cur.get("spec") else gen
             else:
                 meta.pop("generation", None)
+            if dry_run:
+                return new, 200
             stored, _ = self.store.update(rt.storage, new)
             self.write_count += 1
             inits = meta.get("initializers")
