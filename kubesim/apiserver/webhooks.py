@@ -265,9 +265,12 @@ class Dispatcher:
             svc = cc.get("service") or {}
             sni = f'{svc.get("name")}.{svc.get("namespace")}.svc'
             port_wanted = int(svc.get("port") or 443)
-            host, port = self._endpoint(svc, port_wanted)
             path = svc.get("path") or "/"
             shown = f"https://{sni}:{port_wanted}{path}"
+            try:
+                host, port = self._endpoint(svc, port_wanted)
+            except CallError as e:
+                raise CallError(f"Post {_quote(shown, self.api.k8s_version)}: {e}") from None
             dial = self.api.webhook_dialer
         if self.api.k8s_version != "1.13":
             sep = "&" if "?" in path else "?"
@@ -330,14 +333,14 @@ class Dispatcher:
             if any(c.get("type") == "Ready" and c.get("status") == "True" for c in st.get("conditions") or []):
                 ready.append(p)
         if not ready:
-            raise CallError(f'Post "https://{name}.{ns}.svc:{port_wanted}": no endpoints available for service "{name}"')
+            raise CallError(f'no endpoints available for service "{name}"')
         pod = random.choice(ready)
         target = sport.get("targetPort", port_wanted)
         if isinstance(target, str) and not target.isdigit():
             named = [cp.get("containerPort") for c in (pod.get("spec") or {}).get("containers") or []
                      for cp in c.get("ports") or [] if cp.get("name") == target]
             if not named:
-                raise CallError(f'Post "https://{name}.{ns}.svc:{port_wanted}": no endpoints available for service "{name}"')
+                raise CallError(f'no endpoints available for service "{name}"')
             target = named[0]
         return pod["status"]["podIP"], int(target)
 
