@@ -13,6 +13,8 @@ import os
 import sys
 import time
 
+from controllerkit.cli import ExactArgumentParser
+
 from bench import common, report
 
 #: name -> module path; order = run order (kubesim first: the others are read as ratios to it).
@@ -26,7 +28,7 @@ BENCHMARKS = {
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = ExactArgumentParser(
         prog="python -m bench",
         description="tproxy benchmarks: each component vs its baseline, measured side by side in one run. "
                     "Writes latest.json, report.md and PNG plots. Needs root (network namespaces).")

@@ -9,11 +9,12 @@ tproxy's default (2). ``python -m bench.bare_initializer --kubeconfig PATH [--na
 """
 from __future__ import annotations
 
-import argparse
 import queue
 import sys
 import threading
 import time
+
+from controllerkit.cli import ExactArgumentParser
 
 DEPLOYMENTS = "/apis/apps/v1beta1/deployments"
 
@@ -52,7 +53,7 @@ def release(client, key: str, name: str) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.bare_initializer", description=__doc__.split("\n\n")[0])
+    p = ExactArgumentParser(prog="python -m bench.bare_initializer", description=__doc__.split("\n\n")[0])
     p.add_argument("--kubeconfig", required=True)
     p.add_argument("--name", default="tproxy.initializer.kubernetes.io")
     p.add_argument("--workers", type=int, default=2)

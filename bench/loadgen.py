@@ -8,7 +8,6 @@ while bare-mitmdump/addon ratios (both far below that ceiling) are unaffected.
 """
 from __future__ import annotations
 
-import argparse
 import http.client
 import json
 import ssl
@@ -16,6 +15,8 @@ import sys
 import threading
 import time
 import urllib.parse
+
+from controllerkit.cli import ExactArgumentParser
 
 
 def _connect(u: urllib.parse.SplitResult, ctx: ssl.SSLContext | None, timeout: float):
@@ -103,7 +104,7 @@ def load(url: str, *, concurrency: int, duration: float, max_requests: int, warm
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__.split("\n\n")[0])
+    p = ExactArgumentParser(prog="python -m bench.loadgen", description=__doc__.split("\n\n")[0])
     p.add_argument("url")
     p.add_argument("-c", "--concurrency", type=int, default=8)
     p.add_argument("-d", "--duration", type=float, default=5.0, help="measured seconds")

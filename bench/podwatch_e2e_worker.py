@@ -10,13 +10,14 @@ interval (default 0.1 s) + its sync. Prints one JSON object.
 """
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import json
 import subprocess
 import sys
 import threading
 import time
+
+from controllerkit.cli import ExactArgumentParser
 
 NODE = "bench-node"
 ANNOTATION = "initializer.kubernetes.io/tproxy"
@@ -54,7 +55,7 @@ def chain_ips() -> set[str]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.podwatch_e2e_worker", description=__doc__.split("\n\n")[0])
+    p = ExactArgumentParser(prog="python -m bench.podwatch_e2e_worker", description=__doc__.split("\n\n")[0])
     p.add_argument("--pods", type=int, required=True)
     p.add_argument("--samples", type=int, default=20)
     p.add_argument("--timeout", type=float, default=120.0)

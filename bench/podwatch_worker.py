@@ -7,12 +7,13 @@ subprocess, exactly as the real controllers do, so neither pays ``ip netns exec`
 """
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import json
 import subprocess
 import sys
 import time
+
+from controllerkit.cli import ExactArgumentParser
 
 BASE = ipaddress.ip_address("198.18.0.0")
 
@@ -66,7 +67,7 @@ def count_redirects() -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.podwatch_worker", description=__doc__.split("\n\n")[0])
+    p = ExactArgumentParser(prog="python -m bench.podwatch_worker", description=__doc__.split("\n\n")[0])
     p.add_argument("--algo", choices=("ours", "original"), required=True)
     p.add_argument("--pods", type=int, required=True, help="pods to program in the sync")
     p.add_argument("--latency-samples", type=int, default=0, help="then add this many pods one by one")

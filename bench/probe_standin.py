@@ -6,11 +6,11 @@ real proxy (mitmdump + tproxy addon) against it.
 """
 from __future__ import annotations
 
-import argparse
 import http.server
 import sys
 
 from controllerkit import probe
+from controllerkit.cli import ExactArgumentParser
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -30,7 +30,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.probe_standin", description=__doc__.split("\n\n")[0])
+    p = ExactArgumentParser(prog="python -m bench.probe_standin", description=__doc__.split("\n\n")[0])
     p.add_argument("--port", type=int, required=True)
     a = p.parse_args(argv)
     http.server.ThreadingHTTPServer(("0.0.0.0", a.port), Handler).serve_forever()

@@ -3,9 +3,10 @@
 Each subcommand lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``;
 they are imported lazily so that ``serve`` does not pay for the kubelet and the other way round.
 """
-import argparse
 import importlib
 import sys
+
+from controllerkit.cli import ExactArgumentParser
 
 SUBCOMMANDS = {
     "serve": ("kubesim.apiserver.cli", "run the Kubernetes 1.7 API server emulator (HTTPS)"),
@@ -17,7 +18,7 @@ SUBCOMMANDS = {
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="kubesim", description=__doc__.splitlines()[0])
+    parser = ExactArgumentParser(prog="kubesim", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     modules = {}
     for name, (modname, help_) in SUBCOMMANDS.items():

@@ -43,6 +43,8 @@ import sys
 import threading
 from typing import Iterable, Sequence
 
+from controllerkit.cli import ExactArgumentParser
+
 from kubesim.testca import TestCA
 
 DEFAULT_HOSTS = ("www.google.com", "storage.googleapis.com")
@@ -381,7 +383,7 @@ def serve_forever(binds: Sequence[str], **kwargs) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m kubesim.upstream", description=__doc__.split("\n\n")[0],
+    p = ExactArgumentParser(prog="python -m kubesim.upstream", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bind", action="append", required=True, metavar="ADDR",
                    help="address to listen on (repeatable; IPv4 or IPv6)")

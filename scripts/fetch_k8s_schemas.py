@@ -18,6 +18,8 @@ import sys
 import tarfile
 import tempfile
 
+from controllerkit.cli import ExactArgumentParser
+
 PACKAGE = "kubernetes-validate==1.11.0.2"
 SDIST = "kubernetes-validate-1.11.0.2.tar.gz"
 SHA256 = "bfbf505f281ea67a1431cb4d1ea7a257d93047aa3f6c2425a025ffe034695d6a"
@@ -26,7 +28,10 @@ WANTED = ("v1.7.0-local-strict/", "v1.7.0-local/")
 
 
 def main(argv: list[str]) -> int:
-    dest = os.path.abspath(argv[1] if len(argv) > 1 else os.path.join(".tools", "k8s-schemas"))
+    ap = ExactArgumentParser(prog="python scripts/fetch_k8s_schemas.py", description=__doc__.split("\n\n")[0])
+    ap.add_argument("dest", nargs="?", default=os.path.join(".tools", "k8s-schemas"),
+                    help="directory for the schemas (default %(default)s)")
+    dest = os.path.abspath(ap.parse_args(argv).dest)
     if os.path.exists(os.path.join(dest, "v1.7.0-local-strict", "_definitions.json")):
         return 0
     with tempfile.TemporaryDirectory() as tmp:
@@ -51,4 +56,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(main(sys.argv[1:]))

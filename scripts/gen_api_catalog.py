@@ -18,6 +18,8 @@ import os
 import sys
 import warnings
 
+from controllerkit.cli import ExactArgumentParser
+
 KINDS = ("Pod", "Service", "ConfigMap", "Secret", "ServiceAccount", "Namespace", "Node", "Event", "Endpoints",
          "ReplicationController", "Deployment", "DaemonSet", "StatefulSet", "ReplicaSet", "Job",
          "InitializerConfiguration", "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration",
@@ -57,8 +59,11 @@ def render() -> str:
 
 
 def main(argv) -> int:
+    ap = ExactArgumentParser(prog="python scripts/gen_api_catalog.py", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--check", action="store_true", help="exit 1 if the committed file differs; write nothing")
+    args = ap.parse_args(argv)
     text = render()
-    if "--check" in argv:
+    if args.check:
         return 0 if open(OUT).read() == text else 1
     with open(OUT, "w") as f:
         f.write(text)

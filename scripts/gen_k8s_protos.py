@@ -27,6 +27,8 @@ import zlib
 
 from google.protobuf import any_pb2, descriptor_pb2
 
+from controllerkit.cli import ExactArgumentParser
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "kubesim", "apiserver", "k8s_protos.py")
 WANTED = [
@@ -135,7 +137,10 @@ def admissionregistration_v1alpha1() -> descriptor_pb2.FileDescriptorProto:
 
 
 def main(argv: list[str]) -> int:
-    binary = argv[1] if len(argv) > 1 else os.path.join(ROOT, ".tools", "bin", "kubectl")
+    ap = ExactArgumentParser(prog="python scripts/gen_k8s_protos.py", description=__doc__.split("\n\n")[0])
+    ap.add_argument("kubectl", nargs="?", default=os.path.join(ROOT, ".tools", "bin", "kubectl"),
+                    help="the kubectl binary to read the descriptors from (default %(default)s)")
+    binary = ap.parse_args(argv).kubectl
     data = open(binary, "rb").read()
     found = gzipped_descriptors(data)
     files = []
@@ -167,4 +172,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(main(sys.argv[1:]))

@@ -1,13 +1,14 @@
 """``python -m soak [--minutes 10] [--report DIR] [--seed N]``: the chaos soak; exit 0 only if every
 invariant held (see soak/README.md)."""
-import argparse
 import json
 import os
 import sys
 
+from controllerkit.cli import ExactArgumentParser
+
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m soak", description=__doc__)
+    ap = ExactArgumentParser(prog="python -m soak", description=__doc__)
     ap.add_argument("--minutes", type=float, default=10.0, help="how long the chaos runs (default 10)")
     ap.add_argument("--ci", action="store_true", help="the 2-minute CI variant (same as --minutes 2)")
     ap.add_argument("--report", default="soak-report", help="directory for report.md, results.json and PNGs")

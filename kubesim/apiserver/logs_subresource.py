@@ -16,6 +16,7 @@ import time
 
 from . import errors
 from .errors import APIError
+from .transport import peer_closed
 
 FOLLOW_POLL = 0.2
 
@@ -117,8 +118,7 @@ def serve(api, h, req) -> None:
                 sent += len(more)
                 chunk(more)
             else:
-                from .server import _peer_closed
-                if _peer_closed(h.request):
+                if peer_closed(h.request):
                     break
                 time.sleep(FOLLOW_POLL)
     except OSError:

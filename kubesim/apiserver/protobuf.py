@@ -231,7 +231,7 @@ def _fill_special(msg, value) -> bool:
         msg.Raw = json.dumps(value, separators=(",", ":")).encode()
         return True
     if name == f"{META}.Duration":
-        from .server import parse_go_duration
+        from controllerkit.durations import parse_go_duration
         msg.duration = int(round((parse_go_duration(str(value)) or 0) * 1e9))
         return True
     return False

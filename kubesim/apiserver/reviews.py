@@ -13,6 +13,7 @@ import copy
 
 from . import errors
 from .rbac import User, _subject_applies, rule_allows
+from .transport import read_body, send_json
 
 
 # The bootstrap policy every authenticated user has (1.13 system:basic-user and system:discovery,
@@ -95,7 +96,7 @@ def decide(api, user: User, attrs: dict | None, non_resource: dict | None) -> di
 
 def create(api, h, req, user: User) -> None:
     rt = req.rt
-    body = api._read_body(h)
+    body = read_body(h)
     if not isinstance(body, dict):
         raise errors.bad_request("the object provided is unrecognized: expected a JSON object")
     if body.get("apiVersion") not in (None, rt.api_version) or body.get("kind") not in (None, rt.kind):
@@ -111,7 +112,7 @@ def create(api, h, req, user: User) -> None:
     attrs, nonres = spec.get("resourceAttributes"), spec.get("nonResourceAttributes")
     if rt.name == "selfsubjectrulesreviews":
         out["status"] = _rules(api, user, spec.get("namespace", ""))
-        return api._send_json(h, 201, out)
+        return send_json(h, 201, out)
     if (attrs is None) == (nonres is None):
         gk = type("GK", (), {"kind": rt.kind, "group": rt.group})
         msg = "exactly one of nonResourceAttributes or resourceAttributes must be specified"
@@ -123,7 +124,7 @@ def create(api, h, req, user: User) -> None:
             if meta.get("namespace", req.namespace) != req.namespace or (attrs or {}).get("namespace") != req.namespace:
                 raise errors.bad_request("spec.resourceAttributes.namespace must match metadata.namespace")
     out["status"] = decide(api, subject, attrs, nonres)
-    api._send_json(h, 201, out)
+    send_json(h, 201, out)
 
 
 def _rules(api, user: User, namespace: str) -> dict:

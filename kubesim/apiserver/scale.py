@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 
 from . import errors, patch as patchlib
+from .transport import read_body, send_json
 from .errors import APIError, FieldError
 
 
@@ -74,10 +75,10 @@ def handle(api, h, req, user, exempt) -> None:
         obj = api.store.get(rt.storage, req.namespace, req.name)
         if obj is None:
             raise errors.not_found(rt, req.name)
-        return api._send_json(h, 200, scale_of(rt, obj))
+        return send_json(h, 200, scale_of(rt, obj))
     if req.verb not in ("update", "patch"):
         raise errors.PlainError(405, "405: Method Not Allowed")
-    body = api._read_body(h)
+    body = read_body(h)
     ctype = (h.headers.get("Content-Type") or "").split(";")[0].strip()
     with api.store.lock:
         cur = api.store.get(rt.storage, req.namespace, req.name)
@@ -121,4 +122,4 @@ def handle(api, h, req, user, exempt) -> None:
             new["metadata"]["generation"] = cur["metadata"].get("generation", 1) + 1
         stored, _ = api.store.update(rt.storage, new)
         api.write_count += 1
-    api._send_json(h, 200, scale_of(rt, stored))
+    send_json(h, 200, scale_of(rt, stored))
