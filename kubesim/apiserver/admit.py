@@ -44,6 +44,11 @@ class AdmissionMixin:
         if errs:
             raise errors.invalid(rt, req.name, errs)
 
+    def _has_initializers(self) -> bool:
+        """Initializers (alpha, 1.7-1.13) were removed in 1.14: a 1.28 server has neither the plugin nor
+        ``metadata.initializers``."""
+        return self.k8s_version in ("1.7", "1.13")
+
     def _dry_run(self, req: Request) -> bool:
         """``?dryRun=All`` (1.13+): admitted and validated, nothing stored."""
         value = req.query.get("dryRun")
@@ -57,6 +62,9 @@ class AdmissionMixin:
     def _initializers_create(self, rt: ResourceType, req: Request, user: User, obj: dict) -> None:
         """The Initializers admission plugin, create branch (§1a)."""
         meta = obj["metadata"]
+        if not self._has_initializers():
+            meta.pop("initializers", None)    # 1.14+: no such field; the decoder drops it
+            return
         inits = meta.get("initializers")
         if inits is not None:
             self._can_initialize(user, rt, meta.get("name", ""), req.namespace, "create with initializers denied")
@@ -72,6 +80,9 @@ class AdmissionMixin:
     def _initializers_update(self, rt: ResourceType, req: Request, user: User, new: dict, cur: dict) -> None:
         """The Initializers plugin, update branch (§3)."""
         meta = new["metadata"]
+        if not self._has_initializers():
+            meta.pop("initializers", None)
+            return
         updated = meta.get("initializers")
         existing = cur["metadata"].get("initializers")
         if self.k8s_version != "1.7" and isinstance(updated, dict) and not updated.get("pending") \
