@@ -1,16 +1,11 @@
 #!/usr/bin/env python3
-"""Fetch the Kubernetes 1.7.0 JSON schemas and the 1.28.0 definitions into ``.tools/k8s-schemas/``.
+"""Fetch the Kubernetes 1.7.0 JSON schemas into ``.tools/k8s-schemas/`` (for the chart tests).
 
 kubernetes-validate's wheels carry schemas from 1.8 on; the 1.11.0.2 *source distribution* still
 carries 1.7.0 (``v1.7.0-local-strict``: the release's definitions with unknown fields refused). The
 chart tests validate what the chart renders for ``--kube-version 1.7.0`` against them, as a 1.7
 server's ``kubectl --validate`` or Tiller did. The sdist is fetched with pip (the configured index),
 its digest checked, and only the 1.7.0 schema directories are extracted.
-
-kubesim's 1.28 mode serves discovery and ``/openapi/v2`` from the 1.28.0 release's definitions
-(``v1.28.0-local/_definitions.json``), which the kubernetes-validate 1.28.0 wheel carries; the
-project pins kubernetes-validate 1.13.0 for the 1.13 ones, so the 1.28 file is extracted from the
-wheel (digest checked) rather than installed.
 
 Usage: ``python scripts/fetch_k8s_schemas.py [.tools/k8s-schemas]`` (idempotent).
 """
@@ -30,32 +25,6 @@ SDIST = "kubernetes-validate-1.11.0.2.tar.gz"
 SHA256 = "bfbf505f281ea67a1431cb4d1ea7a257d93047aa3f6c2425a025ffe034695d6a"
 PREFIX = "kubernetes-validate-1.11.0.2/src/kubernetes_validate/kubernetes-json-schema/"
 WANTED = ("v1.7.0-local-strict/", "v1.7.0-local/")
-PACKAGE_128 = "kubernetes-validate==1.28.0"
-WHEEL_128 = "kubernetes_validate-1.28.0-py3-none-any.whl"
-SHA256_128 = "a248ff8e00f92c655b2b42aa259e663aee78d2061e2d7b96da51b678ee9b08d6"
-DEFINITIONS_128 = "kubernetes_validate/kubernetes-json-schema/v1.28.0-local/_definitions.json"
-
-
-def fetch_128(dest: str) -> int:
-    """``v1.28.0-local/_definitions.json`` from the kubernetes-validate 1.28.0 wheel."""
-    import zipfile
-    target = os.path.join(dest, "v1.28.0-local", "_definitions.json")
-    if os.path.exists(target):
-        return 0
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:",
-                        PACKAGE_128, "-d", tmp], check=True)
-        path = os.path.join(tmp, WHEEL_128)
-        digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
-        if digest != SHA256_128:
-            print(f"{WHEEL_128}: sha256 {digest}, expected {SHA256_128}", file=sys.stderr)
-            return 1
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        with zipfile.ZipFile(path) as z, open(target + ".tmp", "wb") as out:
-            out.write(z.read(DEFINITIONS_128))
-        os.replace(target + ".tmp", target)
-    print(f"Kubernetes 1.28.0 definitions in {os.path.dirname(target)}")
-    return 0
 
 
 def main(argv: list[str]) -> int:
@@ -64,7 +33,7 @@ def main(argv: list[str]) -> int:
                     help="directory for the schemas (default %(default)s)")
     dest = os.path.abspath(ap.parse_args(argv).dest)
     if os.path.exists(os.path.join(dest, "v1.7.0-local-strict", "_definitions.json")):
-        return fetch_128(dest)
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
                         PACKAGE, "-d", tmp], check=True)
@@ -83,7 +52,7 @@ def main(argv: list[str]) -> int:
         os.makedirs(os.path.dirname(dest), exist_ok=True)
         os.replace(staging, dest) if not os.path.exists(dest) else None
     print(f"Kubernetes 1.7.0 schemas in {dest}")
-    return fetch_128(dest)
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Write kubesim/apiserver/schema_catalog.py: which group/versions of Kubernetes 1.13 and 1.28 serve each
 kind kubesim implements, read from the OpenAPI definitions bundled by kubernetes-validate 1.13.0 (a test
-dependency) and from the 1.28.0 definitions scripts/fetch_k8s_schemas.py extracts into
+dependency) and from the 1.28.0 definitions scripts/fetch_k8s_definitions.py extracts into
 ``.tools/k8s-schemas`` (so the result is committed; tests/test_kubesim_api_versions.py checks it is current).
 1.28 enables no alpha version by default (and no beta version of the kinds here remains served).
 
@@ -48,7 +48,7 @@ def catalog(schema_version: str = "1.13.0") -> list[tuple[str, str, str]]:
     base = os.path.join(os.path.dirname(kubernetes_validate.__file__), "kubernetes-json-schema")
     if schema_version == "1.28.0":
         if not os.path.exists(SCHEMAS_128):
-            raise SystemExit(f"{SCHEMAS_128} is missing: run scripts/fetch_k8s_schemas.py (make setup does)")
+            raise SystemExit(f"{SCHEMAS_128} is missing: run scripts/fetch_k8s_definitions.py (make setup does)")
         path = SCHEMAS_128
     else:
         path = glob.glob(os.path.join(base, f"v{schema_version}-local-strict", "_definitions.json"))[0]

@@ -42,13 +42,16 @@ else
   log "virtualenv up to date"
 fi
 
+if [ ! -f .tools/k8s-schemas/v1.28.0-local/_definitions.json ]; then
+  log "fetching the Kubernetes 1.28.0 definitions (kubesim --k8s-version 1.28)"
+  "$VENV/bin/python" scripts/fetch_k8s_definitions.py .tools/k8s-schemas
+fi
 if [ ! -x .tools/bin/helm ]; then
   log "fetching the Helm binary"
   "$VENV/bin/python" scripts/fetch_helm.py .tools/bin
 fi
 log "helm: $(.tools/bin/helm version --short)"
-if [ ! -f .tools/k8s-schemas/v1.7.0-local-strict/_definitions.json ] \
-    || [ ! -f .tools/k8s-schemas/v1.28.0-local/_definitions.json ]; then
-  log "fetching the Kubernetes 1.7.0 schemas (chart tests) and 1.28.0 definitions (kubesim's 1.28 mode)"
+if [ ! -f .tools/k8s-schemas/v1.7.0-local-strict/_definitions.json ]; then
+  log "fetching the Kubernetes 1.7.0 schemas (chart tests)"
   "$VENV/bin/python" scripts/fetch_k8s_schemas.py .tools/k8s-schemas
 fi
