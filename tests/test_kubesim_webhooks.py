@@ -42,6 +42,7 @@ class ScriptedWebhook:
 
         class H(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
 
             def log_message(self, *a):
                 pass

@@ -106,6 +106,7 @@ class Dispatcher:
     def __init__(self, api):
         self.api = api
         self.versions = REVIEW_VERSIONS.get(api.k8s_version, ("v1", "v1beta1"))
+        self._contexts: dict[str, ssl.SSLContext] = {}
 
     def configured(self) -> bool:
         return bool(self.api.store.list("mutatingwebhookconfigurations")[0])
@@ -247,13 +248,7 @@ class Dispatcher:
     def _post(self, hook: dict, review: dict) -> dict:
         cc = hook.get("clientConfig") or {}
         timeout = self._timeout(hook)
-        ca = cc.get("caBundle")
-        ctx = ssl.create_default_context()
-        if ca:
-            try:
-                ctx = ssl.create_default_context(cadata=base64.b64decode(ca).decode())
-            except (ValueError, ssl.SSLError) as e:
-                raise CallError(f"could not get REST client: unable to load root certificates: {e}") from None
+        ctx = self._context(cc.get("caBundle") or "")
         if cc.get("url"):
             from urllib.parse import urlsplit
             u = urlsplit(cc["url"])
@@ -300,6 +295,20 @@ class Dispatcher:
             return json.loads(data)
         except ValueError as e:
             raise CallError(f"received invalid webhook response: {e}") from None
+
+    def _context(self, ca: str) -> ssl.SSLContext:
+        """The TLS client context trusting ``caBundle`` (the system roots without one), built once per bundle."""
+        ctx = self._contexts.get(ca)
+        if ctx is None:
+            try:
+                ctx = ssl.create_default_context(cadata=base64.b64decode(ca).decode()) if ca else \
+                    ssl.create_default_context()
+            except (ValueError, ssl.SSLError) as e:
+                raise CallError(f"could not get REST client: unable to load root certificates: {e}") from None
+            if len(self._contexts) > 64:
+                self._contexts.clear()
+            self._contexts[ca] = ctx
+        return ctx
 
     def _timeout(self, hook: dict) -> float:
         """1.13's webhook client: a fixed 30 s; 1.14+: ``timeoutSeconds`` (v1 default 10)."""
@@ -397,6 +406,7 @@ class _Conn(http.client.HTTPSConnection):
             sock = self._dial(self.host, self.port, self.timeout)
         else:
             sock = socket.create_connection((self.host, self.port), self.timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)    # as Go's net.Dial does
         self.sock = self._ctx.wrap_socket(sock, server_hostname=self._sni)
 
 
