@@ -1,9 +1,12 @@
 """kubesim's MutatingAdmissionWebhook (kubesim/apiserver/webhooks.py) in 1.13 mode: v1beta1 configurations
 called over HTTPS on create and update, as kube-apiserver calls them, against a small scripted HTTPS
-webhook (each path one behaviour) and against the real ``python3 -m initializer webhook``."""
+webhook (each path one behaviour) and against the real ``python3 -m initializer webhook``. The fields
+1.13 did not have (objectSelector, reinvocationPolicy, ...) are exercised in 1.28 mode with v1
+configurations; 1.28's own specifics are in test_kubesim_modern.py."""
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import signal
 import socket
@@ -106,17 +109,28 @@ def hook(ca):
     h.stop()
 
 
-@pytest.fixture
-def api(kubesim_server_factory):
-    srv = kubesim_server_factory(k8s_version="1.13")
+def _client(srv):
     c = Client.from_url(srv.url, token=srv.admin_token, ca_file=srv.ca_file)
     c.api_client.set_default_header("X-Kubesim-No-Faults", "1")
     c.srv = srv
     return c
 
 
-def config(name: str, *hooks: dict) -> dict:
-    return {"apiVersion": "admissionregistration.k8s.io/v1beta1", "kind": "MutatingWebhookConfiguration",
+@pytest.fixture
+def api(kubesim_server_factory):
+    return _client(kubesim_server_factory(k8s_version="1.13"))
+
+
+@pytest.fixture
+def api128(kubesim_server_factory):
+    return _client(kubesim_server_factory(k8s_version="1.28"))
+
+
+MWC_V1 = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
+
+
+def config(name: str, *hooks: dict, version: str = "v1beta1") -> dict:
+    return {"apiVersion": f"admissionregistration.k8s.io/{version}", "kind": "MutatingWebhookConfiguration",
             "metadata": {"name": name}, "webhooks": list(hooks)}
 
 
@@ -125,6 +139,10 @@ def webhook(ca, url: str, name: str = "h.example.com", *, resources=("configmaps
     return {"name": name, "clientConfig": {"url": url, "caBundle": base64.b64encode(ca.cert_pem.bytes()).decode()},
             "rules": [{"operations": list(ops), "apiGroups": list(groups), "apiVersions": list(versions),
                        "resources": list(resources)}], **extra}
+
+
+def webhook_v1(ca, url: str, name: str = "h.example.com", **kw) -> dict:
+    return webhook(ca, url, name, **{"sideEffects": "None", "admissionReviewVersions": ["v1"], **kw})
 
 
 def cm(name: str, **labels) -> dict:
@@ -229,32 +247,52 @@ def test_a_slow_webhook_times_out_instead_of_hanging(api, hook, ca, monkeypatch)
     hook.delay = 0.0
 
 
-def test_rules_namespace_and_object_selectors_choose_what_is_sent(api, hook, ca):
+def test_fields_1_13_did_not_have_are_dropped_as_its_decoder_did(api, ca):
+    out = api.create(MWC, config("later", webhook(
+        ca, "https://localhost:1/x", objectSelector={"matchLabels": {"a": "b"}}, matchPolicy="Equivalent",
+        reinvocationPolicy="IfNeeded", timeoutSeconds=5, admissionReviewVersions=["v1beta1"])))
+    w = out["webhooks"][0]
+    for key in ("objectSelector", "matchPolicy", "reinvocationPolicy", "timeoutSeconds", "admissionReviewVersions"):
+        assert key not in w, key
+    assert "scope" not in w["rules"][0]
+
+
+def test_rules_namespace_and_object_selectors_choose_what_is_sent(api128, hook, ca):
+    api = api128
     api.create(resource_path("v1", "namespaces"), {"metadata": {"name": "team", "labels": {"inject": "on"}}})
-    api.create(MWC, config("selective",
-                           webhook(ca, hook.url("patch-ns"), "ns.example.com",
-                                   namespaceSelector={"matchExpressions": [{"key": "inject", "operator": "In",
-                                                                            "values": ["on"]}]}),
-                           webhook(ca, hook.url("patch-obj"), "obj.example.com",
-                                   objectSelector={"matchLabels": {"pick": "me"}}),
-                           webhook(ca, hook.url("patch-secrets"), "sec.example.com", resources=("secrets",)),
-                           webhook(ca, hook.url("patch-deletes"), "del.example.com", ops=("DELETE",))))
+    api.create(MWC_V1, config("selective",
+                              webhook_v1(ca, hook.url("patch-ns"), "ns.example.com",
+                                         namespaceSelector={"matchExpressions": [{"key": "inject", "operator": "In",
+                                                                                  "values": ["on"]}]}),
+                              webhook_v1(ca, hook.url("patch-obj"), "obj.example.com",
+                                         objectSelector={"matchLabels": {"pick": "me"}}),
+                              webhook_v1(ca, hook.url("patch-secrets"), "sec.example.com", resources=("secrets",)),
+                              webhook_v1(ca, hook.url("patch-deletes"), "del.example.com", ops=("DELETE",)),
+                              version="v1"))
     plain = api.create(CM, cm("plain"))
     assert not plain["metadata"].get("labels")
     team = api.create(resource_path("v1", "configmaps", "team"), cm("t"))
     assert team["metadata"]["labels"] == {"patched-ns": "0"}
+    assert hook.reviews[-1]["review"]["apiVersion"] == "admission.k8s.io/v1"
     picked = api.create(CM, cm("picked", pick="me"))
     assert picked["metadata"]["labels"] == {"pick": "me", "patched-obj": "1"}
 
 
 def test_match_policy_equivalent_sends_the_version_the_rule_names(api, hook, ca):
+    """As a 1.15-1.21 server, which had matchPolicy and still served extensions/v1beta1 Deployments: the
+    1.13 server here, its stored configuration given the field (1.13's decoder drops it)."""
     dep = {"apiVersion": "extensions/v1beta1", "kind": "Deployment", "metadata": {"name": "d"},
            "spec": {"template": {"metadata": {"labels": {"app": "d"}},
                                  "spec": {"containers": [{"name": "c", "image": "debian:12"}]}}}}
     api.create(MWC, config("apps", webhook(ca, hook.url("patch-exact"), "exact.example.com", groups=("apps",),
                                            resources=("deployments",)),
                            webhook(ca, hook.url("patch-equiv"), "equiv.example.com", groups=("apps",),
-                                   resources=("deployments",), matchPolicy="Equivalent")))
+                                   resources=("deployments",))))
+    store = api.srv.store
+    with store.lock:
+        cfg = copy.deepcopy(store.get("mutatingwebhookconfigurations", "", "apps"))
+        cfg["webhooks"][1]["matchPolicy"] = "Equivalent"
+        store.update("mutatingwebhookconfigurations", cfg)
     out = api.create(DEPLOY_EXT, dep)
     assert out["metadata"]["labels"] == {"app": "d", "patched-equiv": "1"}
     req = hook.reviews[-1]["review"]["request"]
@@ -262,13 +300,16 @@ def test_match_policy_equivalent_sends_the_version_the_rule_names(api, hook, ca)
     assert req["object"]["apiVersion"] == "apps/v1"
 
 
-def test_reinvocation_if_needed_calls_an_earlier_webhook_again_once(api, hook, ca):
-    api.create(MWC, config("a-first", webhook(ca, hook.url("allow"), "first.example.com",
-                                              reinvocationPolicy="IfNeeded")))
-    api.create(MWC, config("b-second", webhook(ca, hook.url("patch-second"), "second.example.com")))
+def test_reinvocation_if_needed_calls_an_earlier_webhook_again_once(api128, hook, ca):
+    api = api128
+    api.create(MWC_V1, config("a-first", webhook_v1(ca, hook.url("allow"), "first.example.com",
+                                                    reinvocationPolicy="IfNeeded"), version="v1"))
+    api.create(MWC_V1, config("b-second", webhook_v1(ca, hook.url("patch-second"), "second.example.com"),
+                              version="v1"))
     n = len(hook.reviews)
     api.create(CM, cm("re"))
-    assert [r["path"] for r in hook.reviews[n:]] == ["/allow", "/patch-second", "/allow"]
+    assert [r["path"] for r in hook.reviews[n:]] == ["/allow?timeout=10s", "/patch-second?timeout=10s",
+                                                   "/allow?timeout=10s"]
     assert hook.reviews[-1]["review"]["request"]["object"]["metadata"]["labels"] == {"patched-second": "0"}
 
 

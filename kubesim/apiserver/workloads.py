@@ -170,9 +170,24 @@ def default_job(obj: dict) -> None:
     R._default_template(spec)
 
 
+#: webhook fields added after 1.13 (1.14: timeoutSeconds, admissionReviewVersions, rules[].scope; 1.15:
+#: objectSelector, matchPolicy, reinvocationPolicy, service.port): 1.13's decoder drops them
+WEBHOOK_FIELDS_AFTER_113 = ("timeoutSeconds", "admissionReviewVersions", "objectSelector", "matchPolicy",
+                            "reinvocationPolicy")
+
+
 def default_webhook_configuration(obj: dict) -> None:
+    """admissionregistration.k8s.io/v1beta1 as 1.13 decodes it (the only release kubesim serves it in)."""
     for w in obj.get("webhooks") or []:
         if isinstance(w, dict):
+            for key in WEBHOOK_FIELDS_AFTER_113:
+                w.pop(key, None)
+            for r in w.get("rules") or []:
+                if isinstance(r, dict):
+                    r.pop("scope", None)
+            svc = (w.get("clientConfig") or {}).get("service")
+            if isinstance(svc, dict):
+                svc.pop("port", None)
             w.setdefault("failurePolicy", "Ignore")
             w.setdefault("namespaceSelector", {})
             w.setdefault("sideEffects", "Unknown")
