@@ -51,7 +51,8 @@ if [ ! -x .tools/bin/helm ]; then
   "$VENV/bin/python" scripts/fetch_helm.py .tools/bin
 fi
 log "helm: $(.tools/bin/helm version --short)"
-if [ ! -f .tools/k8s-schemas/v1.7.0-local-strict/_definitions.json ]; then
-  log "fetching the Kubernetes 1.7.0 schemas (chart tests)"
+if [ ! -f .tools/k8s-schemas/v1.7.0-local-strict/_definitions.json ] \
+   || [ ! -f .tools/k8s-schemas/v1.37.0-local-strict/_definitions.json ]; then
+  log "fetching the Kubernetes 1.7.0, 1.14-1.16, 1.22, 1.28 and 1.37 schemas (chart tests)"
   "$VENV/bin/python" scripts/fetch_k8s_schemas.py .tools/k8s-schemas
 fi

@@ -98,29 +98,41 @@ def render_notes(values: dict[str, Any] | None, tmp_path: Path) -> str:
     return yaml.safe_load(text)["notes"]
 
 
-# kubernetes-validate's wheels start at 1.8.0; its 1.11.0.2 sdist's 1.7.0 schemas are fetched by setup.
-SCHEMAS_17 = REPO / ".tools" / "k8s-schemas" / "v1.7.0-local-strict"
+# The installed kubernetes-validate (1.13.0) has 1.8-1.13; the other versions the chart is checked
+# against are fetched by setup (scripts/fetch_k8s_schemas.py) into .tools/k8s-schemas.
+SCHEMAS = REPO / ".tools" / "k8s-schemas"
+SCHEMAS_17 = SCHEMAS / "v1.7.0-local-strict"
+LOCAL_VERSIONS = ("1.7.0", "1.14.0", "1.15.0", "1.16.0", "1.22.0", "1.28.0", "1.37.0")
+NEWEST = "1.37.0"  # the newest schemas the validator ships (kubernetes-validate 1.37.0)
 
 
-def _validate_17(obj: dict) -> None:
+def _validate_local(obj: dict, version: str) -> None:
     import jsonschema
-    if not (SCHEMAS_17 / "_definitions.json").exists():
-        pytest.fail(f"the Kubernetes 1.7.0 schemas are missing ({SCHEMAS_17}): run `make setup` "
+    root = SCHEMAS / f"v{version}-local-strict"
+    if not (root / "_definitions.json").exists():
+        pytest.fail(f"the Kubernetes {version} schemas are missing ({root}): run `make setup` "
                     f"(scripts/fetch_k8s_schemas.py)")
-    group, _, version = obj["apiVersion"].rpartition("/")
-    name = f"{obj['kind'].lower()}-{group.split('.')[0] + '-' if group else ''}{version}.json"
-    path = SCHEMAS_17 / name
+    group, _, api_version = obj["apiVersion"].rpartition("/")
+    name = f"{obj['kind'].lower()}-{group.split('.')[0] + '-' if group else ''}{api_version}.json"
+    path = root / name
     if not path.exists():
-        raise jsonschema.ValidationError(f"Kubernetes 1.7.0 has no schema for {obj['kind']} in {obj['apiVersion']}")
+        raise jsonschema.ValidationError(f"Kubernetes {version} has no schema for {obj['kind']} in {obj['apiVersion']}")
     schema = json.loads(path.read_text())
-    resolver = jsonschema.RefResolver(base_uri=f"file://{SCHEMAS_17}/", referrer=schema)
+    # From 1.25 the schemas name their definitions by an https $id; resolve it to the local file.
+    store = {"https://kubernetes.io/api/_definitions.json": _definitions(root)} if "$id" in schema else {}
+    resolver = jsonschema.RefResolver(base_uri=f"file://{root}/", referrer=schema, store=store)
     jsonschema.validate(obj, schema, resolver=resolver)
 
 
 @functools.lru_cache(maxsize=None)
+def _definitions(root: Path) -> dict:
+    return json.loads((root / "_definitions.json").read_text())
+
+
+@functools.lru_cache(maxsize=None)
 def _validate_json(text: str, version: str) -> None:
-    if version == "1.7.0":
-        return _validate_17(json.loads(text))
+    if version in LOCAL_VERSIONS:
+        return _validate_local(json.loads(text), version)
     import kubernetes_validate
 
     kubernetes_validate.validate(json.loads(text), version, strict=True)

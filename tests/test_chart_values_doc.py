@@ -75,14 +75,16 @@ def test_the_original_value_names_are_kept():
     assert values["tproxy"]["hostPort"] == 8080
 
 
-def _schema_leaves(schema, root, prefix=""):
-    """Dotted paths of the schema's declared properties (descending into nested objects)."""
+def _schema_leaves(schema, root, prefix="", values=None):
+    """Dotted paths of the schema's declared properties (descending into nested objects, except
+    where values.yaml's default is an empty mapping the user fills, such as a label selector)."""
     for key, sub in (schema.get("properties") or {}).items():
         if "$ref" in sub:
             sub = root["definitions"][sub["$ref"].rsplit("/", 1)[1]]
         path = f"{prefix}.{key}" if prefix else key
-        if sub.get("type") == "object" and "properties" in sub and "resources" not in key:
-            yield from _schema_leaves(sub, root, path)
+        default = values.get(key) if isinstance(values, dict) else None
+        if sub.get("type") == "object" and "properties" in sub and "resources" not in key and default != {}:
+            yield from _schema_leaves(sub, root, path, default)
         else:
             yield path
 
@@ -94,7 +96,7 @@ def test_values_schema_accepts_values_yaml_and_declares_exactly_its_keys():
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     jsonschema.Draft7Validator.check_schema(schema)
     jsonschema.Draft7Validator(schema).validate(values)  # additionalProperties: false -> no undeclared key
-    declared = set(_schema_leaves(schema, schema)) - {"global"}  # Helm's own key for subcharts
+    declared = set(_schema_leaves(schema, schema, values=values)) - {"global"}  # Helm's own key for subcharts
     leaves = [path for path, _ in _leaves(values)]
     for key in declared:  # nothing declared that values.yaml lacks
         assert any(p == key or p.startswith(key + ".") for p in leaves), f"schema declares {key}, values.yaml has none"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ import yaml
 
 from kubesim.apiserver import openapi, protobuf
 from kubesim.demo import no_openapi_flags
+from kubesim.polling import timeout_scale
 
 REPO = Path(__file__).resolve().parent.parent
 HELM = os.environ.get("TPROXY_HELM", str(REPO / ".tools" / "bin" / "helm"))
@@ -258,12 +260,16 @@ def test_kubectl_logs_reads_the_kubelets_files_with_tail_limit_and_previous(clie
     # -f streams appended lines until the client goes away
     follower = subprocess.Popen([KUBECTL, "logs", "-f", "p", "--tail=1"], stdout=subprocess.PIPE, text=True,
                                 env=c.env)
+    # readline has no deadline of its own: a stream that stops delivering must fail the test, not hang it
+    watchdog = threading.Timer(30 * timeout_scale(), follower.kill)
+    watchdog.start()
     try:
         assert follower.stdout.readline() == "line 10\n"
         with open(log, "a") as f:
             f.write("line 11\n")
         assert follower.stdout.readline() == "line 11\n"
     finally:
+        watchdog.cancel()
         follower.kill()
         follower.wait()
 

@@ -75,6 +75,7 @@ def serve(api, h, req) -> None:
         raise _bad(f'container "{container}" in pod "{req.name}" is waiting to start: {reason}')
     with open(path, "rb") as f:
         data = f.read()
+    offset = len(data)      # where following resumes: what was read, not the size later (appends in between)
     if tail is not None:
         lines = data.splitlines(keepends=True)
         data = b"".join(lines[-tail:]) if tail else b""
@@ -99,7 +100,6 @@ def serve(api, h, req) -> None:
     try:
         if data:
             chunk(data)
-        offset = os.path.getsize(path)
         uid = pod["metadata"].get("uid")
         while not api._stopping.is_set():
             if limit is not None and sent >= limit:
