@@ -5,10 +5,13 @@
 2. the README's install with the real Helm binary: ``helm install tproxy chart/ --namespace tproxy-system
    --create-namespace --set tproxy.useInitializer=true,tproxy.useRBAC=true`` (``--k8s-version 1.13``:
    exactly that; 1.7 had no ``/openapi/v2``, so a 1.7 user creates the namespace with kubectl and adds
-   ``--disable-openapi-validation``, and the demo shows it doing so);
+   ``--disable-openapi-validation``, and the demo shows it doing so; ``--k8s-version 1.28``: webhook
+   mode, ``--set tproxy.useWebhook=true,tproxy.useRBAC=true``, the initializer answering the API
+   server's admission reviews behind a Service);
 3. wait for the initializer and the DaemonSet (podwatch + mitmproxy);
 4. ``kubectl apply -f examples/debian-app.yaml`` and ``examples/debian-app-locked.yaml`` in ``default``
-   with the real kubectl (1.7: plus ``--validate=false``), and the locked example again in a namespace
+   with the real kubectl (1.7: plus ``--validate=false``; 1.28: the same manifests as ``apps/v1``, since
+   1.16 serves no ``extensions/v1beta1`` Deployments), and the locked example again in a namespace
    created afterwards (``team-b``: no per-namespace setup);
 5. print what the tutorial prints through ``kubectl logs``: the apps' logs and the proxy's log lines for
    the locked app's requests;
@@ -70,6 +73,26 @@ def no_openapi_flags(k8s_version: str) -> tuple[list[str], list[str]]:
     if k8s_version == "1.7":
         return ["--disable-openapi-validation"], ["--validate=false"]
     return [], []
+
+
+def tutorial_values(k8s_version: str) -> str:
+    """The README's ``--set`` for the cluster's version: Initializers up to 1.13, the webhook after."""
+    if k8s_version in ("1.7", "1.13"):
+        return "tproxy.useInitializer=true,tproxy.useRBAC=true"
+    return "tproxy.useWebhook=true,tproxy.useRBAC=true"
+
+
+def example_argv(name: str, k8s_version: str) -> tuple[list[str], str | None]:
+    """How a user of ``k8s_version`` creates ``examples/NAME`` with kubectl: (argv after ``kubectl``, stdin).
+
+    The examples are ``extensions/v1beta1`` Deployments, as the tutorial's 1.7 cluster served them; 1.16
+    removed that group's workloads, so on 1.28 they go in as ``apps/v1`` (they carry the selector that
+    version requires): ``sed 's#extensions/v1beta1#apps/v1#' examples/NAME | kubectl apply -f -``."""
+    _, kubectl_flags = no_openapi_flags(k8s_version)
+    if k8s_version in ("1.7", "1.13"):
+        return ["apply", *kubectl_flags, "-f", f"examples/{name}"], None
+    with open(os.path.join(EXAMPLES, name)) as f:
+        return ["apply", "-f", "-"], f.read().replace("apiVersion: extensions/v1beta1", "apiVersion: apps/v1")
 
 
 def render_chart(values: str, extra: list[str] | None = None) -> str:
@@ -165,15 +188,17 @@ class Demo:
         for line in text.rstrip("\n").splitlines():
             print(f"         {line}", flush=True)
 
-    def client(self, argv: list[str], *, check: bool = True, show: bool = True, timeout: float = 120) -> str:
+    def client(self, argv: list[str], *, check: bool = True, show: bool = True, timeout: float = 120,
+               stdin: str | None = None, shown: str | None = None) -> str:
         """Run the real helm or kubectl as a user types it (KUBECONFIG = the cluster's admin config),
-        show the command and its output; a failure is a DemoError naming the command."""
+        show the command (``shown``: as typed, e.g. a pipeline) and its output; a failure is a DemoError
+        naming the command."""
         binary = {"helm": helm_binary, "kubectl": kubectl_binary}[argv[0]]()
         env = {**os.environ, "KUBECONFIG": self.cluster.kubeconfig}
         proc = subprocess.run([binary, *argv[1:]], capture_output=True, text=True, timeout=timeout, env=env,
-                              cwd=REPO_ROOT)
+                              cwd=REPO_ROOT, input=stdin)
         if show:
-            self.detail("$ " + " ".join(argv))
+            self.detail("$ " + (shown or " ".join(argv)))
             self.detail(proc.stdout)
             self.detail(proc.stderr)
         if check and proc.returncode != 0:
@@ -211,12 +236,14 @@ class Demo:
                 raise DemoError(str(e)) from None
         self.cluster = SimCluster(self.args.run_dir, keep_run_dir=self.args.keep, k8s_version=version,
                                   kubelet_options={"backoff_initial": 1.0, "backoff_cap": 4.0, "runtime": runtime})
-        self.step(f"Starting a simulated Kubernetes {version} cluster (Initializers admission plugin on)"
+        webhook = version not in ("1.7", "1.13")
+        plugin = "MutatingAdmissionWebhook" if webhook else "Initializers"
+        self.step(f"Starting a simulated Kubernetes {version} cluster ({plugin} admission plugin on)"
                   + ("; pods run the real images on podman" if runtime == "podman" else ""))
         self.cluster.start(progress=lambda m: self.detail(m))
         self.step(f"cluster up; run dir {self.cluster.run_dir}")
 
-        values = "tproxy.useInitializer=true,tproxy.useRBAC=true"
+        values = tutorial_values(version)
         ns = RELEASE_NAMESPACE
         self.detail(f"export KUBECONFIG={self.cluster.kubeconfig}")
         helm_flags, kubectl_flags = no_openapi_flags(version)
@@ -237,20 +264,26 @@ class Demo:
         proxy_pod = ds[0]
 
         self.step("Creating the example apps")
-        self.client(["kubectl", "apply", *kubectl_flags, "-f", "examples/debian-app.yaml"])
-        self.detail("(the next create is held by the Initializer until the init container is injected)")
+        if webhook:
+            self.detail("(1.16+ serves Deployments as apps/v1 only: the examples go in with that apiVersion)")
+        self.example("debian-app.yaml", version)
+        self.detail("(the next create is mutated by the webhook: the init container is injected)" if webhook else
+                    "(the next create is held by the Initializer until the init container is injected)")
         t = time.monotonic()
-        self.client(["kubectl", "apply", *kubectl_flags, "-f", "examples/debian-app-locked.yaml"])
-        dep = self.cluster.client.get(resource_path("extensions/v1beta1", "deployments", "default", "debian-app-locked"))
+        self.example("debian-app-locked.yaml", version)
+        dep = self.cluster.client.get(resource_path("apps/v1" if webhook else "extensions/v1beta1", "deployments",
+                                                    "default", "debian-app-locked"))
         inits = [c["name"] for c in dep["spec"]["template"]["spec"].get("initContainers") or []]
         if not inits:
-            raise DemoError("the locked deployment was created without the injected init container "
-                            "(is the initializer running and the InitializerConfiguration applied?)")
-        self.detail(f"initialized in {time.monotonic() - t:.1f}s; injected init containers: {inits}")
+            raise DemoError("the locked deployment was created without the injected init container (is the "
+                            + ("webhook running and the MutatingWebhookConfiguration applied?)" if webhook else
+                               "initializer running and the InitializerConfiguration applied?)"))
+        self.detail(f"{'admitted' if webhook else 'initialized'} in {time.monotonic() - t:.1f}s; "
+                    f"injected init containers: {inits}")
 
         self.step(f"The locked example in {FRESH_NAMESPACE}, a namespace the chart knows nothing about")
         self.client(["kubectl", "create", "namespace", FRESH_NAMESPACE])
-        self.client(["kubectl", "apply", *kubectl_flags, "-n", FRESH_NAMESPACE, "-f", "examples/debian-app-locked.yaml"])
+        self.example("debian-app-locked.yaml", version, FRESH_NAMESPACE)
 
         self.step("Waiting for the three apps")
         unlocked = self.wait("debian-app", "app=debian-app,variant=unlocked", "default", 1, 60)[0]
@@ -307,6 +340,16 @@ class Demo:
         return 0
 
 
+    def example(self, name: str, version: str, namespace: str | None = None) -> None:
+        argv, stdin = example_argv(name, version)
+        ns_args = ["-n", namespace] if namespace else []
+        argv = [argv[0], *ns_args, *argv[1:]]
+        shown = None
+        if stdin is not None:
+            shown = f"sed 's#extensions/v1beta1#apps/v1#' examples/{name} | kubectl {' '.join(argv)}"
+        self.client(["kubectl", *argv], stdin=stdin, shown=shown)
+
+
 def images_needed() -> list[str]:
     """Every image the tutorial's pods run: the chart's (as rendered) and the examples'."""
     refs = set()
@@ -324,8 +367,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "podman: run the real images built by `make images`")
     p.add_argument("--run-dir", help="keep logs and volumes here (default: a temporary directory)")
     p.add_argument("--keep", action="store_true", help="keep the run directory after the demo")
-    p.add_argument("--k8s-version", choices=("1.7", "1.13"), default="1.7",
-                   help="the simulated cluster's version (default 1.7, the tutorial's)")
+    p.add_argument("--k8s-version", choices=("1.7", "1.13", "1.28"), default="1.7",
+                   help="the simulated cluster's version: 1.7 (default, the tutorial's) and 1.13 install the "
+                        "chart with Initializers, 1.28 in webhook mode")
     p.add_argument("--timeout", type=float, default=40.0,
                    help="seconds to wait for the apps' first results once they run (default 40)")
 

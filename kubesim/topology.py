@@ -355,6 +355,19 @@ class Topology:
             return self._pods.get(key)
 
     # -- the API server ----------------------------------------------------------------------
+    def dial(self, host: str, port: int, timeout: float | None = None) -> socket.socket:
+        """A TCP connection from the node namespace to ``host:port`` (a pod IP): what the API server
+        uses to reach a webhook Service's pod, as a control plane on the pod network does."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = run_in_netns(self.node.name, socket.socket, family, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect((host, port))
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
     def forward(self, target: tuple[str, int], listen_port: int = API_PORT, ns: Netns | None = None) -> Forwarder:
         """Make ``target`` (reachable from the root ns) answer at ``NODE_IP:listen_port`` in the node ns."""
         f = Forwarder((ns or self.node).name, (NODE_IP, listen_port), target)

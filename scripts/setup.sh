@@ -42,6 +42,10 @@ else
   log "virtualenv up to date"
 fi
 
+if [ ! -f .tools/k8s-schemas/v1.28.0-local/_definitions.json ]; then
+  log "fetching the Kubernetes 1.28.0 definitions (kubesim --k8s-version 1.28)"
+  "$VENV/bin/python" scripts/fetch_k8s_definitions.py .tools/k8s-schemas
+fi
 if [ ! -x .tools/bin/helm ]; then
   log "fetching the Helm binary"
   "$VENV/bin/python" scripts/fetch_helm.py .tools/bin

@@ -90,6 +90,7 @@ def _run(argv):
     (["-m", "soak", "--ci", "--minute", "1"], "--minute"),
     (["scripts/fetch_helm.py", "--dest", "x"], "--dest"),
     (["scripts/fetch_k8s_schemas.py", "--force"], "--force"),
+    (["scripts/fetch_k8s_definitions.py", "--force"], "--force"),
     (["scripts/gen_k8s_protos.py", "--kubect", "x"], "--kubect"),
 ])
 def test_every_development_cli_refuses_prefixes_and_unknown_flags(argv, flag):

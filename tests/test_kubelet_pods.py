@@ -67,10 +67,19 @@ def test_deployment_pods_are_created_owned_labelled_and_running(cluster):
     ips = set()
     for p in pods:
         meta, st = p["metadata"], p["status"]
-        owner = meta["ownerReferences"][0]
-        assert owner["kind"] == "Deployment" and owner["uid"] == dep["metadata"]["uid"] and owner["controller"]
-        assert meta["labels"]["pod-template-hash"].isdigit()
-        assert meta["name"].startswith(f"web-{meta['labels']['pod-template-hash']}-")
+        (owner,) = meta["ownerReferences"]
+        h = meta["labels"]["pod-template-hash"]
+        assert h.isdigit()   # 1.7's decimal hash
+        # Deployment -> ReplicaSet -> Pod, as 1.7's controllers own them (extensions/v1beta1)
+        assert (owner["kind"], owner["name"], owner["apiVersion"], owner["controller"]) == (
+            "ReplicaSet", f"web-{h}", "extensions/v1beta1", True)
+        rs = cluster.client.get(f"/apis/extensions/v1beta1/namespaces/default/replicasets/web-{h}")
+        assert owner["uid"] == rs["metadata"]["uid"]
+        (rs_owner,) = rs["metadata"]["ownerReferences"]
+        assert (rs_owner["kind"], rs_owner["uid"], rs_owner["controller"]) == ("Deployment", dep["metadata"]["uid"], True)
+        assert rs["spec"]["replicas"] == 2 and rs["spec"]["selector"]["matchLabels"]["pod-template-hash"] == h
+        assert rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "1"
+        assert meta["name"].startswith(f"web-{h}-")
         assert p["spec"]["nodeName"] == "node-1"
         assert st["phase"] == "Running" and st["hostIP"] == "198.18.0.1"
         assert st["podIP"].startswith("198.18.1.")

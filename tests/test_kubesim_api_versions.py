@@ -67,6 +67,7 @@ def test_1_13_groups_versions_and_preferred_versions(c13):
         ("policy", ["v1beta1"], "v1beta1"),
         ("rbac.authorization.k8s.io", ["v1", "v1beta1"], "v1"),
         ("admissionregistration.k8s.io", ["v1beta1", "v1alpha1"], "v1beta1"),
+        ("coordination.k8s.io", ["v1beta1"], "v1beta1"),     # leases (1.13: v1beta1)
     ]
 
 

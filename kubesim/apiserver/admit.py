@@ -1,9 +1,10 @@
 """Admission: the one place an object is admitted on its way to the store.
 
 Create: :meth:`AdmissionMixin._admit_create`; update (PUT, PATCH): :meth:`AdmissionMixin._admit_update`.
-Each runs, in this order: defaulting -> admission plugins (the Initializers plugin, §1a/§3) ->
-validation. The caller then sets server-owned metadata and stores the object under the store lock.
-A further admission step (a plugin, a webhook call) belongs between the plugins and validation.
+Each runs, in this order: defaulting -> admission plugins (the Initializers plugin, §1a/§3, then the
+mutating admission webhooks of :mod:`.webhooks`) -> validation. The caller then sets server-owned
+metadata and stores the object under the store lock (an update's webhooks are called before that
+lock is taken: webhooks.guaranteed_update).
 """
 from __future__ import annotations
 
@@ -25,22 +26,45 @@ class AdmissionMixin:
         """Admit a new object (decoded, named, its namespace existing): default, admit, validate."""
         self._default(rt, obj)      # defaulting happens when the body is decoded, before admission
         self._initializers_create(rt, req, user, obj)
+        if self.webhooks is not None and not rt.group.startswith("admissionregistration."):
+            _replace(obj, self.webhooks.admit(rt, req, user, obj, None, "CREATE", self._dry_run(req)))
         self._validate_common(rt, obj)
 
-    def _admit_update(self, rt: ResourceType, req: Request, user: User, new: dict, cur: dict) -> None:
-        """Admit the new state ``new`` of the stored object ``cur`` (store locked): default, admit, validate."""
+    def _admit_update(self, rt: ResourceType, req: Request, user: User, new: dict, cur: dict,
+                      mutate=None) -> None:
+        """Admit the new state ``new`` of the stored object ``cur`` (store locked): default, admit, validate.
+        ``mutate(new, cur)``: the webhooks' result for this update, computed outside the lock."""
         self._default(rt, new)
         self._initializers_update(rt, req, user, new, cur)
+        if mutate is not None:
+            _replace(new, mutate(new, cur))
         self._validate_common(rt, new)
         self._check_pod_update(rt, new, cur)
         errs = workloads.validate_update(rt, new, cur, self.k8s_version)
         if errs:
             raise errors.invalid(rt, req.name, errs)
 
+    def _has_initializers(self) -> bool:
+        """Initializers (alpha, 1.7-1.13) were removed in 1.14: a 1.28 server has neither the plugin nor
+        ``metadata.initializers``."""
+        return self.k8s_version in ("1.7", "1.13")
+
+    def _dry_run(self, req: Request) -> bool:
+        """``?dryRun=All`` (1.13+): admitted and validated, nothing stored."""
+        value = req.query.get("dryRun")
+        if value is None or self.k8s_version == "1.7":
+            return False
+        if value != "All":
+            raise errors.bad_request(f'dryRun: Unsupported value: "{value}": supported values: "All"')
+        return True
+
     # ---- the Initializers admission plugin ----------------------------------------------
     def _initializers_create(self, rt: ResourceType, req: Request, user: User, obj: dict) -> None:
         """The Initializers admission plugin, create branch (§1a)."""
         meta = obj["metadata"]
+        if not self._has_initializers():
+            meta.pop("initializers", None)    # 1.14+: no such field; the decoder drops it
+            return
         inits = meta.get("initializers")
         if inits is not None:
             self._can_initialize(user, rt, meta.get("name", ""), req.namespace, "create with initializers denied")
@@ -56,6 +80,9 @@ class AdmissionMixin:
     def _initializers_update(self, rt: ResourceType, req: Request, user: User, new: dict, cur: dict) -> None:
         """The Initializers plugin, update branch (§3)."""
         meta = new["metadata"]
+        if not self._has_initializers():
+            meta.pop("initializers", None)
+            return
         updated = meta.get("initializers")
         existing = cur["metadata"].get("initializers")
         if self.k8s_version != "1.7" and isinstance(updated, dict) and not updated.get("pending") \
@@ -124,3 +151,21 @@ class AdmissionMixin:
             raise errors.invalid(rt, new["metadata"]["name"], [FieldError(
                 "Forbidden", "spec", "pod updates may not change fields other than `containers[*].image` or "
                 "`spec.activeDeadlineSeconds`")])
+
+
+def _replace(obj: dict, new: dict) -> None:
+    """Make ``obj`` (and its ``metadata`` dict, which callers hold) the admitted ``new``, in place."""
+    if new is obj:
+        return
+    meta = obj.get("metadata")
+    new_meta = new.get("metadata") or {}
+    for k in list(obj):
+        if k not in new:
+            del obj[k]
+    obj.update((k, v) for k, v in new.items() if k != "metadata")
+    if isinstance(meta, dict):
+        meta.clear()
+        meta.update(new_meta)
+        obj["metadata"] = meta
+    else:
+        obj["metadata"] = new_meta

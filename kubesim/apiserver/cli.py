@@ -18,8 +18,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="address to serve HTTPS on (port 0 picks a free port; default %(default)s)")
     p.add_argument("--kubeconfig", required=True, metavar="PATH",
                    help="where to write the admin kubeconfig (server, CA data, bearer token) once serving")
-    p.add_argument("--k8s-version", choices=["1.7", "1.13"], default="1.7",
-                   help="which API behaviour to emulate where 1.7 and 1.13 differ (default %(default)s)")
+    p.add_argument("--k8s-version", choices=["1.7", "1.13", "1.28"], default="1.7",
+                   help="which API server to emulate: 1.7 (Initializers), 1.13 (Initializers and webhooks, "
+                        "v1beta1) or 1.28 (mutating webhooks, v1; no Initializers) (default %(default)s)")
     p.add_argument("--faults", default="", metavar="SPEC",
                    help="fault injection, e.g. 'conflict=0.2,watch_cut_after=50,watch_cut=0.05,gone=0.1,"
                         "latency_ms=5,error500=0.01' (see kubesim/README.md)")

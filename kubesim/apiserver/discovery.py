@@ -8,7 +8,9 @@ from __future__ import annotations
 from . import resources
 from .resources import RESOURCES
 
-GIT_VERSIONS = {"1.7": "v1.7.16", "1.13": "v1.13.12"}
+GIT_VERSIONS = {"1.7": "v1.7.16", "1.13": "v1.13.12", "1.28": "v1.28.15"}
+GO_VERSIONS = {"1.7": "go1.8.3", "1.13": "go1.11.13", "1.28": "go1.22.8"}
+BUILD_DATES = {"1.7": "2017-10-01T00:00:00Z", "1.13": "2019-10-15T12:02:12Z", "1.28": "2024-10-22T20:28:14Z"}
 
 
 # The aggregator's group priorities (kube-aggregator apiVersionPriorities, 1.7 and 1.13 alike):
@@ -74,8 +76,8 @@ def document(path: str, k8s_version: str, host: str) -> dict | None:
     """The discovery document for ``path``, or None when ``path`` is not a discovery path."""
     if path == "/version":
         return {"major": "1", "minor": k8s_version.split(".")[1], "gitVersion": GIT_VERSIONS[k8s_version],
-                "gitCommit": "kubesim", "gitTreeState": "clean", "buildDate": "2017-10-01T00:00:00Z",
-                "goVersion": "go1.8.3" if k8s_version == "1.7" else "go1.11.13",
+                "gitCommit": "kubesim", "gitTreeState": "clean", "buildDate": BUILD_DATES[k8s_version],
+                "goVersion": GO_VERSIONS[k8s_version],
                 "compiler": "gc", "platform": "linux/amd64"}
     if path == "/api":
         return {"kind": "APIVersions", "versions": ["v1"],

@@ -115,11 +115,14 @@ class FieldError:
             return f"{self.path}: Required value" + (f": {self.message}" if self.message else "")
         if self.kind == "Duplicate":
             return f"{self.path}: Duplicate value: {_go_value(self.value)}"
+        if self.kind == "Unsupported":
+            return f"{self.path}: Unsupported value: {_go_value(self.value)}: {self.message}"
         return f"{self.path}: Forbidden: {self.message}"
 
     def cause(self) -> dict:
         reason = {"Invalid": "FieldValueInvalid", "Required": "FieldValueRequired",
-                  "Forbidden": "FieldValueForbidden", "Duplicate": "FieldValueDuplicate"}[self.kind]
+                  "Forbidden": "FieldValueForbidden", "Duplicate": "FieldValueDuplicate",
+                  "Unsupported": "FieldValueNotSupported"}[self.kind]
         return {"reason": reason, "message": str(self).split(": ", 1)[1], "field": self.path}
 
 

@@ -29,10 +29,18 @@ PROTO_MEDIA_TYPE = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf"
 # What the server names the protobuf answer: '@' is not valid in a Content-Type (Go's mime parser
 # refuses it), so kube-openapi answers the deprecated '@' request with the dotted subtype.
 PROTO_CONTENT_TYPE = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf"
-SCHEMA_VERSIONS = {"1.13": "v1.13.0"}    # k8s version served -> kubernetes-validate schema directory
+SCHEMA_VERSIONS = {"1.13": "v1.13.0", "1.28": "v1.28.0"}   # k8s version served -> schema directory
+#: where scripts/fetch_k8s_definitions.py puts the 1.28.0 definitions (make setup runs it)
+TOOLS_SCHEMAS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".tools", "k8s-schemas")
 
 
 def schema_dir(version: str) -> str:
+    if version == "v1.28.0":
+        path = os.path.normpath(os.path.join(TOOLS_SCHEMAS, f"{version}-local"))
+        if not os.path.exists(os.path.join(path, "_definitions.json")):
+            raise RuntimeError(f"{path}/_definitions.json is missing: kubesim's 1.28 mode serves /openapi/v2 from "
+                               f"it; run `python scripts/fetch_k8s_definitions.py` (make setup does)")
+        return path
     import importlib.util      # locate the data without importing it (its import drags in pkg_resources)
     spec = importlib.util.find_spec("kubernetes_validate")
     if spec is None:

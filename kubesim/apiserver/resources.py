@@ -248,6 +248,11 @@ class ResourceType:
         fn = self.default_113 if (k8s_version != "1.7" and self.default_113) else self.default
         if fn:
             fn(obj)
+        if self.storage == "namespaces" and k8s_version not in ("1.7", "1.13"):
+            # 1.21+: every namespace carries its name as a label (namespaceSelectors can match it)
+            meta = obj.setdefault("metadata", {})
+            if meta.get("name"):
+                meta["labels"] = {**(meta.get("labels") or {}), "kubernetes.io/metadata.name": meta["name"]}
 
     def subresources(self) -> tuple[str, ...]:
         out = (("status",) if self.has_status else ()) + (("scale",) if self.scale else ())

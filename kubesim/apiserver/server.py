@@ -28,7 +28,7 @@ import threading
 
 import structlog
 
-from . import resources
+from . import resources, webhooks
 from .admit import AdmissionMixin
 from .authn import AuthnMixin
 from .certs import make_ca_and_serving_cert
@@ -91,6 +91,10 @@ class APIServer(RoutingMixin, AuthnMixin, ControllersMixin, DefaultingMixin, Adm
         self.write_count = 0
         self._waiting_creates = 0
         self.log_source = None      # (pod, container) -> log file path: the kubelet's side of pods/log
+        #: the MutatingAdmissionWebhook plugin (1.9+ servers); ``webhook_dialer(host, port, timeout)`` opens
+        #: its connections to a Service's pods (the netns cluster dials inside the node namespace)
+        self.webhooks = webhooks.Dispatcher(self) if k8s_version != "1.7" else None
+        self.webhook_dialer = None
         self._init_metrics()
         self._bootstrap()
 

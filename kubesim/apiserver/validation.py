@@ -28,6 +28,8 @@ def validate_object(rt, obj: dict, k8s_version: str) -> list[FieldError]:
     errs += admission.validate_initializers(meta.get("initializers"), k8s_version)
     if rt.storage == "initializerconfigurations":
         errs += validate_initializer_configuration(obj, k8s_version)
+    if rt.storage == "mutatingwebhookconfigurations" and rt.version == "v1":
+        errs += validate_webhooks_v1(obj)
     if rt.storage == "pods":
         errs += validate_pod_spec(obj.get("spec"), "spec")
     if rt.pod_like == "template":
@@ -135,4 +137,31 @@ def validate_pod_spec(spec, path: str) -> list[FieldError]:
         elif name in vols:
             errs.append(FieldError("Duplicate", f"{path}.volumes[{i}].name", "", name))
         vols.add(name)
+    return errs
+
+
+def validate_webhooks_v1(obj: dict) -> list[FieldError]:
+    """admissionregistration.k8s.io/v1 (ValidateMutatingWebhookConfiguration): ``sideEffects`` and
+    ``admissionReviewVersions`` are required, the former None or NoneOnDryRun, the latter known."""
+    errs: list[FieldError] = []
+    for i, w in enumerate(obj.get("webhooks") or []):
+        if not isinstance(w, dict):
+            continue
+        path = f"webhooks[{i}]"
+        se = w.get("sideEffects")
+        if not se:
+            errs.append(FieldError("Required", f"{path}.sideEffects", "must specify one of None, NoneOnDryRun"))
+        elif se not in ("None", "NoneOnDryRun"):
+            errs.append(FieldError("Unsupported", f"{path}.sideEffects", 'supported values: "None", "NoneOnDryRun"',
+                                   se))
+        versions = w.get("admissionReviewVersions")
+        if not versions:
+            errs.append(FieldError("Required", f"{path}.admissionReviewVersions", "must specify one of v1, v1beta1"))
+        elif not any(v in ("v1", "v1beta1") for v in versions):
+            errs.append(FieldError("Invalid", f"{path}.admissionReviewVersions", "must include at least one of "
+                                   "v1, v1beta1", versions))
+        timeout = w.get("timeoutSeconds")
+        if isinstance(timeout, int) and not 1 <= timeout <= 30:
+            errs.append(FieldError("Invalid", f"{path}.timeoutSeconds", "the timeout value must be between 1 and 30 "
+                                   "seconds", timeout))
     return errs

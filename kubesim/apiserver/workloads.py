@@ -161,12 +161,46 @@ def default_job(obj: dict) -> None:
     R._default_template(spec)
 
 
+#: webhook fields added after 1.13 (1.14: timeoutSeconds, admissionReviewVersions, rules[].scope; 1.15:
+#: objectSelector, matchPolicy, reinvocationPolicy, service.port): 1.13's decoder drops them
+WEBHOOK_FIELDS_AFTER_113 = ("timeoutSeconds", "admissionReviewVersions", "objectSelector", "matchPolicy",
+                            "reinvocationPolicy")
+
+
 def default_webhook_configuration(obj: dict) -> None:
+    """admissionregistration.k8s.io/v1beta1 as 1.13 decodes it (the only release kubesim serves it in)."""
     for w in obj.get("webhooks") or []:
         if isinstance(w, dict):
+            for key in WEBHOOK_FIELDS_AFTER_113:
+                w.pop(key, None)
+            for r in w.get("rules") or []:
+                if isinstance(r, dict):
+                    r.pop("scope", None)
+            svc = (w.get("clientConfig") or {}).get("service")
+            if isinstance(svc, dict):
+                svc.pop("port", None)
             w.setdefault("failurePolicy", "Ignore")
             w.setdefault("namespaceSelector", {})
             w.setdefault("sideEffects", "Unknown")
+
+
+def default_webhook_configuration_v1(obj: dict) -> None:
+    """admissionregistration.k8s.io/v1 (1.16+): fail closed, Equivalent matching, 10 s."""
+    for w in obj.get("webhooks") or []:
+        if isinstance(w, dict):
+            w.setdefault("failurePolicy", "Fail")
+            w.setdefault("matchPolicy", "Equivalent")
+            w.setdefault("namespaceSelector", {})
+            w.setdefault("objectSelector", {})
+            w.setdefault("timeoutSeconds", 10)
+            if "reinvocationPolicy" in w or obj.get("kind") != "ValidatingWebhookConfiguration":
+                w.setdefault("reinvocationPolicy", "Never")
+            svc = (w.get("clientConfig") or {}).get("service")
+            if isinstance(svc, dict):
+                svc.setdefault("port", 443)
+            for r in w.get("rules") or []:
+                if isinstance(r, dict):
+                    r.setdefault("scope", "*")
 
 
 def default_psp(obj: dict) -> None:
@@ -401,8 +435,13 @@ def resource_types() -> list:
                        ("validatingwebhookconfigurations", "ValidatingWebhookConfiguration")):
         out.append(_rt("admissionregistration.k8s.io", "v1beta1", name, kind, False, name,
                        default=default_webhook_configuration))
+        out.append(_rt("admissionregistration.k8s.io", "v1", name, kind, False, name,
+                       default=default_webhook_configuration_v1))
     out += [
         _rt("policy", "v1beta1", "poddisruptionbudgets", "PodDisruptionBudget", True, "poddisruptionbudgets",
+            has_status=True, tracks_generation=True, short_names=("pdb",),
+            initial_status=INITIAL_STATUS["poddisruptionbudgets"]),
+        _rt("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", True, "poddisruptionbudgets",
             has_status=True, tracks_generation=True, short_names=("pdb",),
             initial_status=INITIAL_STATUS["poddisruptionbudgets"]),
         _rt("policy", "v1beta1", "podsecuritypolicies", "PodSecurityPolicy", False, "podsecuritypolicies",
@@ -410,6 +449,8 @@ def resource_types() -> list:
         _rt("extensions", "v1beta1", "podsecuritypolicies", "PodSecurityPolicy", False, "podsecuritypolicies",
             default=default_psp, short_names=("psp",)),
     ]
+    for v in ("v1beta1", "v1"):     # leader election (1.13: v1beta1; 1.14+: v1)
+        out.append(_rt("coordination.k8s.io", v, "leases", "Lease", True, "leases"))
     # authorization.k8s.io: create-only reviews, answered from RBAC (reviews.py), never stored.
     for v in ("v1", "v1beta1"):
         for name, kind, namespaced in (
@@ -434,16 +475,17 @@ def assign_categories(registry: list) -> None:
 
 
 def assign_served(registry: list) -> None:
-    """Which version serves each entry: 1.13 from the OpenAPI-derived catalog (schema_catalog.py),
-    1.7 from GVKS_1_7. Every catalog kind must have an entry, and every entry a version."""
-    from .schema_catalog import GVKS_1_13
+    """Which version serves each entry: 1.13 and 1.28 from the OpenAPI-derived catalog
+    (schema_catalog.py), 1.7 from GVKS_1_7. Every catalog kind must have an entry, and every entry a version."""
+    from .schema_catalog import GVKS_1_13, GVKS_1_28
     have = set()
     for rt in registry:
         gvk = (rt.group, rt.version, rt.kind)
         have.add(gvk)
-        rt.served = tuple(v for v, gvks in (("1.7", GVKS_1_7), ("1.13", GVKS_1_13)) if gvk in gvks)
+        rt.served = tuple(v for v, gvks in (("1.7", GVKS_1_7), ("1.13", GVKS_1_13), ("1.28", GVKS_1_28))
+                          if gvk in gvks)
         if not rt.served:
             raise AssertionError(f"kubesim registry: {gvk} is served by no Kubernetes version")
-    missing = (GVKS_1_13 | GVKS_1_7) - have
+    missing = (GVKS_1_13 | GVKS_1_7 | GVKS_1_28) - have
     if missing:
         raise AssertionError(f"kubesim registry: no entry for {sorted(missing)}")

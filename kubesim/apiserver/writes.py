@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 
-from . import errors, patch as patchlib, reviews, workloads
+from . import errors, patch as patchlib, reviews, webhooks, workloads
 from .errors import APIError, FieldError
 from .rbac import User
 from .resources import BY_GVR
@@ -39,6 +39,11 @@ class WriteVerbsMixin:
             include = req.query.get("includeUninitialized") == "1"     # §1b: only the literal "1"
         else:
             include = truthy(req.query.get("includeUninitialized"))
+        if self._dry_run(req):   # admitted and validated, not stored
+            if self.store.get(rt.storage, req.namespace if rt.namespaced else "", name) is not None:
+                raise errors.already_exists(rt, name)
+            send_json(h, 201, rt.view(obj, self.k8s_version))
+            return
         waiter = None
         if uninitialized and not include:
             waiter = Watcher(rt.storage, meta.get("namespace") or "", name, None, True)
@@ -133,7 +138,17 @@ class WriteVerbsMixin:
         send_json(h, code, rt.view(out, self.k8s_version))
 
     def _update(self, req: Request, user: User, build, precondition: bool) -> tuple[dict, int]:
-        """GuaranteedUpdate: read, build the new object, admit, validate, write (under the lock)."""
+        """GuaranteedUpdate, with the mutating webhooks called outside the store lock (webhooks.py)."""
+        dry_run = self._dry_run(req)
+        if self.webhooks is None or req.rt.group.startswith("admissionregistration.") \
+                or not self.webhooks.configured():
+            return self._update_locked(req, user, build, precondition, dry_run)
+        return webhooks.guaranteed_update(self, req, user, build, precondition, dry_run)
+
+    def _update_locked(self, req: Request, user: User, build, precondition: bool, dry_run: bool = False,
+                       mutate=None) -> tuple[dict, int]:
+        """GuaranteedUpdate: read, build the new object, admit, validate, write (under the lock);
+        ``dry_run``: everything but the write."""
         rt = req.rt
         with self.store.lock:
             cur = self.store.get(rt.storage, req.namespace, req.name)
@@ -167,7 +182,7 @@ class WriteVerbsMixin:
                         new["status"] = copy.deepcopy(cur["status"])
                     else:
                         new.pop("status", None)
-                self._admit_update(rt, req, user, new, cur)
+                self._admit_update(rt, req, user, new, cur, mutate)
             if rt.storage == "services" and isinstance(new.get("spec"), dict) and not new["spec"].get("clusterIP"):
                 ip = (cur.get("spec") or {}).get("clusterIP")
                 if ip:
@@ -181,6 +196,8 @@ class WriteVerbsMixin:
                 meta["generation"] = gen + 1 if new.get("spec") != cur.get("spec") else gen
             else:
                 meta.pop("generation", None)
+            if dry_run:
+                return new, 200
             stored, _ = self.store.update(rt.storage, new)
             self.write_count += 1
             inits = meta.get("initializers")

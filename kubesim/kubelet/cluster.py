@@ -122,6 +122,7 @@ class SimCluster:
         self.server = APIServer(k8s_version=self.k8s_version, faults=self.faults,
                                 sans=[NODE_IP, self.node_name, "kubernetes.default.svc"])
         self.server.log_source = self.log_path       # pods/{name}/log reads the kubelet's files
+        self.server.webhook_dialer = self.topology.dial  # webhook Services' pods, on the pod network
         self.server.start(host="127.0.0.1", port=0)
         self.server.write_kubeconfig(self.kubeconfig)
         self.client = Client.from_config(self.kubeconfig)

@@ -2,13 +2,13 @@
 
 It plays three roles of a real cluster, as far as the tutorial needs them:
 
-- **deployment controller** — watches deployments *without* ``includeUninitialized`` (like every real
-  controller: a deployment that an Initializer holds is invisible until initialized, which is exactly
-  what makes the tutorial's injection work) and keeps ``replicas`` pods of the current template, labelled
-  ``pod-template-hash``, owned by the Deployment through ``ownerReferences``. Pods are owned directly by
-  the Deployment (no ReplicaSet objects: nothing in tproxy looks at them). A template change replaces the
-  pods (Recreate), a scale-down deletes the newest first, a deleted Deployment's pods are deleted.
-- **daemonset controller** — one pod per daemonset on this node.
+- **deployment and replicaset controllers** (:mod:`kubesim.kubelet.replicasets`) — watch deployments
+  *without* ``includeUninitialized`` (like every real controller: a deployment that an Initializer holds
+  is invisible until initialized, which is exactly what makes the tutorial's injection work); a
+  Deployment owns one ReplicaSet per template (``<name>-<pod-template-hash>``), the ReplicaSet owns
+  ``replicas`` pods, all created through the API. A template change replaces the pods (Recreate), a
+  scale-down deletes the newest first, a deleted Deployment's ReplicaSets and pods are deleted.
+- **daemonset controller** — one pod per daemonset on this node, owned by the DaemonSet.
 - **kubelet** — pods bound to this node (``spec.nodeName``; unscheduled pods are bound here) get a
   :class:`~kubesim.kubelet.runtime.PodRuntime`; a pod that disappears from the API is stopped and its
   network namespace deleted.
@@ -19,8 +19,6 @@ second, so bursts coalesce.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import os
 import random
 import threading
@@ -33,21 +31,15 @@ from controllerkit.log import get_logger
 
 from kubesim.kubelet import preflight
 from kubesim.kubelet.images import ImageIndex
+from kubesim.kubelet.replicasets import APIPaths, DeploymentControllers
+from kubesim.kubelet.replicasets import template_hash as template_hash  # re-exported for callers
 from kubesim.kubelet.runtime import PodRuntime
 from kubesim.topology import NODE_IP, Topology
 
-DEPLOYMENTS = "/apis/apps/v1beta1/deployments"
-DAEMONSETS = "/apis/extensions/v1beta1/daemonsets"
 PODS = "/api/v1/pods"
 
 #: where the simulated internet's CA must be trusted inside every container ("a public CA")
 SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
-
-
-def template_hash(template: dict) -> str:
-    """A stable decimal hash of a pod template (1.7's pod-template-hash was decimal)."""
-    digest = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()
-    return str(int(digest[:8], 16))
 
 
 def _suffix(n: int = 5) -> str:
@@ -56,7 +48,7 @@ def _suffix(n: int = 5) -> str:
 
 def _owner_uid(pod: dict) -> tuple[str, str] | None:
     for ref in pod["metadata"].get("ownerReferences") or []:
-        if ref.get("controller") and ref.get("kind") in ("Deployment", "DaemonSet"):
+        if ref.get("controller") and ref.get("kind") == "DaemonSet":
             return ref["kind"], ref["uid"]
     return None
 
@@ -111,16 +103,35 @@ class Kubelet:
         self.images = ImageIndex()
         self.ca_bundle, self.trust_paths = trust_bundle(self.run_dir, extra_ca_files or [])
         self.log = logger or get_logger(component="kubelet", node=self.node_name)
-        self.deployments = Informer(client, DEPLOYMENTS, resync_period=resync_period, name="kubelet-deployments")
-        self.daemonsets = Informer(client, DAEMONSETS, resync_period=resync_period, name="kubelet-daemonsets")
-        self.pods = Informer(client, PODS, resync_period=resync_period, name="kubelet-pods")
+        self.resync_period = resync_period
+        self.paths = APIPaths(apps_v1=False)    # chosen by start() from the server's discovery
+        self.informers: list[Informer] = []
         self.runtimes: dict[str, PodRuntime] = {}
         self._finishing: set[str] = set()  # uids whose graceful deletion is being finished
         self._kick = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._created: dict[str, dict[str, float]] = {}  # owner uid/hash -> {pod name: forget-after}
-        for inf in (self.deployments, self.daemonsets, self.pods):
+
+    def _make_informers(self) -> None:
+        """Informers on the workload API versions this server serves (apps/v1 from 1.9 on)."""
+        try:
+            self.client.get("/apis/apps/v1")
+            apps_v1 = True
+        except ApiError:
+            apps_v1 = False
+        self.paths = p = APIPaths(apps_v1)
+        self.controllers = DeploymentControllers(self.client, p, self._create_pod, self._delete_pod, self.log)
+        rp = self.resync_period
+        self.deployments = Informer(self.client, p.collection(p.deployments_gv, "deployments"), resync_period=rp,
+                                    name="kubelet-deployments")
+        self.replicasets = Informer(self.client, p.collection(p.replicasets_gv, "replicasets"), resync_period=rp,
+                                    name="kubelet-replicasets")
+        self.daemonsets = Informer(self.client, p.collection(p.daemonsets_gv, "daemonsets"), resync_period=rp,
+                                   name="kubelet-daemonsets")
+        self.pods = Informer(self.client, PODS, resync_period=rp, name="kubelet-pods")
+        self.informers = [self.deployments, self.replicasets, self.daemonsets, self.pods]
+        for inf in self.informers:
             inf.add_handler(lambda *_: self._kick.set(), lambda *_: self._kick.set(), lambda *_: self._kick.set())
 
     def image_id(self, image: str) -> str:
@@ -133,9 +144,10 @@ class Kubelet:
         # instead of as crash-looping pods (kubesim.kubelet.preflight)
         preflight.check(self.topology.node.name, self.run_dir)
         self._register_node()
-        for inf in (self.deployments, self.daemonsets, self.pods):
+        self._make_informers()
+        for inf in self.informers:
             inf.start()
-        for inf in (self.deployments, self.daemonsets, self.pods):
+        for inf in self.informers:
             if not inf.wait_for_sync(sync_timeout):
                 raise RuntimeError(f"kubelet: informer {inf.name} did not sync within {sync_timeout}s "
                                    f"(is the API server at {self.client.host} reachable?)")
@@ -150,7 +162,7 @@ class Kubelet:
         self._kick.set()
         if self._thread:
             self._thread.join(10)
-        for inf in (self.deployments, self.daemonsets, self.pods):
+        for inf in self.informers:
             inf.stop(2)
         rts = list(self.runtimes.values())
         self.runtimes.clear()
@@ -186,14 +198,12 @@ class Kubelet:
 
     def reconcile(self) -> None:
         pods = self.pods.store.list()
+        self.controllers.sync(self.deployments.store.list(), self.replicasets.store.list(), pods)
         owners: dict[str, dict] = {}
-        for d in self.deployments.store.list():
-            owners[d["metadata"]["uid"]] = d
-            self._sync_owner(d, "Deployment", pods, int((d.get("spec") or {}).get("replicas", 1) or 0))
         for ds in self.daemonsets.store.list():
             owners[ds["metadata"]["uid"]] = ds
             self._sync_owner(ds, "DaemonSet", pods, 1)
-        # garbage collection: pods whose controlling Deployment/DaemonSet is gone
+        # garbage collection: pods whose controlling DaemonSet is gone
         for p in pods:
             owner = _owner_uid(p)
             if owner and owner[1] not in owners:
@@ -201,10 +211,11 @@ class Kubelet:
         self._sync_runtimes(pods)
 
     def _sync_owner(self, obj: dict, kind: str, pods: list[dict], replicas: int) -> None:
+        """The daemonset controller (one pod of the current template on this node)."""
         meta = obj["metadata"]
         uid = meta["uid"]
         template = copy.deepcopy((obj.get("spec") or {}).get("template") or {})
-        h = template_hash(template)
+        h = template_hash(template, encoded=self.paths.apps_v1)
         mine = [p for p in pods if (_owner_uid(p) or ("", ""))[1] == uid]
         current = [p for p in mine if (p["metadata"].get("labels") or {}).get("pod-template-hash") == h]
         for p in mine:
@@ -222,24 +233,21 @@ class Kubelet:
                 del inflight[n]
         missing = replicas - len(current) - len(inflight)
         for _ in range(max(0, missing)):
-            self._create_pod(obj, kind, template, h)
-        self._update_owner_status(obj, kind, current[:replicas], replicas)
+            name = self._create_pod(obj, kind, template, h, self.paths.owner_gv)
+            if name:
+                inflight[name] = time.monotonic() + 10
+        self._update_owner_status(obj, current[:replicas])
 
-    def _update_owner_status(self, obj: dict, kind: str, pods: list[dict], replicas: int) -> None:
-        """Report replica counts on the Deployment/DaemonSet (``kubectl get`` and rollout waits read them)."""
+    def _update_owner_status(self, obj: dict, pods: list[dict]) -> None:
+        """Report the counts on the DaemonSet (``kubectl get``, rollout waits and Helm read them)."""
         ready = sum(1 for p in pods if any(c.get("type") == "Ready" and c.get("status") == "True"
                                            for c in (p.get("status") or {}).get("conditions") or []))
         meta = obj["metadata"]
-        if kind == "Deployment":
-            want = {"observedGeneration": meta.get("generation", 1), "replicas": len(pods),
-                    "updatedReplicas": len(pods), "readyReplicas": ready, "availableReplicas": ready,
-                    "unavailableReplicas": max(0, replicas - ready)}
-            path = f"/apis/apps/v1beta1/namespaces/{meta.get('namespace', 'default')}/deployments/{meta['name']}/status"
-        else:
-            want = {"currentNumberScheduled": len(pods), "desiredNumberScheduled": 1, "numberMisscheduled": 0,
-                    "numberReady": ready, "updatedNumberScheduled": len(pods), "numberAvailable": ready,
-                    "observedGeneration": meta.get("generation", 1)}
-            path = f"/apis/extensions/v1beta1/namespaces/{meta.get('namespace', 'default')}/daemonsets/{meta['name']}/status"
+        want = {"currentNumberScheduled": len(pods), "desiredNumberScheduled": 1, "numberMisscheduled": 0,
+                "numberReady": ready, "updatedNumberScheduled": len(pods), "numberAvailable": ready,
+                "observedGeneration": meta.get("generation", 1)}
+        p = self.paths
+        path = p.collection(p.daemonsets_gv, "daemonsets", meta.get("namespace", "default")) + f"/{meta['name']}/status"
         cur = obj.get("status") or {}
         if all(cur.get(k) == v for k, v in want.items()):
             return
@@ -250,19 +258,20 @@ class Kubelet:
         except ApiError:
             pass  # a newer version exists; the next reconcile (it triggers one) retries
 
-    def _create_pod(self, owner: dict, kind: str, template: dict, h: str) -> None:
+    def _create_pod(self, owner: dict, kind: str, template: dict, h: str, owner_gv: str) -> str | None:
+        """Create one pod of ``owner`` (a ReplicaSet or DaemonSet) through the API; its name, or None."""
         meta = owner["metadata"]
         ns = meta.get("namespace", "default")
         tmeta = template.get("metadata") or {}
         labels = dict(tmeta.get("labels") or {})
         labels["pod-template-hash"] = h
-        name = f"{meta['name']}-{h}-{_suffix()}" if kind == "Deployment" else f"{meta['name']}-{_suffix()}"
+        name = f"{meta['name']}-{_suffix()}"
         spec = copy.deepcopy(template.get("spec") or {})
         spec["nodeName"] = self.node_name
         pod = {"apiVersion": "v1", "kind": "Pod",
                "metadata": {"name": name, "namespace": ns, "labels": labels,
                             "annotations": dict(tmeta.get("annotations") or {}),
-                            "ownerReferences": [{"apiVersion": "extensions/v1beta1", "kind": kind,
+                            "ownerReferences": [{"apiVersion": owner_gv, "kind": kind,
                                                  "name": meta["name"], "uid": meta["uid"],
                                                  "controller": True, "blockOwnerDeletion": True}]},
                "spec": spec}
@@ -270,10 +279,11 @@ class Kubelet:
             del pod["metadata"]["annotations"]
         try:
             self.client.create(resource_path("v1", "pods", ns), pod)
-            self._created.setdefault(f"{meta['uid']}/{h}", {})[name] = time.monotonic() + 10
             self.log.info("pod created", pod=f"{ns}/{name}", owner=f"{kind}/{meta['name']}")
+            return name
         except ApiError as e:
             self.log.warning("creating a pod failed", owner=f"{ns}/{meta['name']}", error=str(e))
+            return None
 
     def _delete_pod(self, pod: dict, why: str) -> None:
         meta = pod["metadata"]
