@@ -33,6 +33,7 @@ from proxy.audit import AuditLog
 from proxy.clients import Clients
 from proxy.decision import (ALLOW, BLOCK, Reason, Verdict, decide, decide_connect, finalize, screen_addresses,
                             screen_tunnel)
+from proxy.delegation import ConfigMapWatch, NamespacePolicies
 from proxy.dns import DnsCache, Resolver, system_resolve
 from proxy.identity import IdentityMap
 from proxy.metrics import Metrics
@@ -58,6 +59,8 @@ class TproxyAddon:
         self.metrics = Metrics()
         self.policy: ScopedPolicy = ScopedPolicy.builtin()
         self.delegated: dict[str, Scope] = {}  # namespace -> its own policy (proxy/delegation.py)
+        self.namespace_policies = NamespacePolicies(self.policy, self._publish_delegated, self.metrics)
+        self.delegation_watch: ConfigMapWatch | None = None
         self.metrics.set_policy(self.policy)
         self.identity = IdentityMap("")
         self.audit = AuditLog("-")
@@ -68,6 +71,7 @@ class TproxyAddon:
         self.pinning = Pinning(self.metrics)
         self.policy_watch = PolicyWatch(lambda: self.policy, self._install_policy, self.metrics)
         self._bundle = ""  # trust bundle written for tproxy_extra_ca
+        self._kubeconfig = ""  # tproxy_kubeconfig: for the namespace policies' watch ("" = in-cluster)
         self._running = False
 
     # -- lifecycle and options -------------------------------------------------------------------
@@ -84,6 +88,8 @@ class TproxyAddon:
             options.check_required(o)
         if "tproxy_log_level" in updated:
             options.check_log_level(o.tproxy_log_level)
+        if "tproxy_kubeconfig" in updated:
+            self._kubeconfig = o.tproxy_kubeconfig
         if "tproxy_policy" in updated:
             try:
                 policy = ScopedPolicy.load(o.tproxy_policy) if o.tproxy_policy else ScopedPolicy.builtin()
@@ -145,6 +151,7 @@ class TproxyAddon:
 
     def done(self):
         self.policy_watch.stop()
+        self._watch_namespace_policies("")
         if self.health:
             self.health.stop()
             self.health = None
@@ -159,7 +166,32 @@ class TproxyAddon:
         log.info("policy_loaded", path=policy.source, mode=policy.mode, rules=len(policy.rules),
                  scopes=len(policy.scopes), scoped_rules=policy.rule_count - len(policy.rules),
                  delegation=policy.config_map or None)
+        self.namespace_policies.repolicy(policy)
+        self._watch_namespace_policies(policy.config_map)
 
+    def _publish_delegated(self, scopes: dict[str, Scope]) -> None:
+        self.delegated = scopes  # replaced, never mutated: the event loop reads it without a lock
+
+    def _watch_namespace_policies(self, name: str) -> None:
+        """Watch the namespaces' ConfigMaps called ``name`` ("" = stop; proxy/delegation.py)."""
+        current = self.delegation_watch
+        if current is not None and current.name == name:
+            return
+        if current is not None:
+            current.stop()
+            self.delegation_watch = None
+            for ns in list(self.delegated):
+                self.namespace_policies.on_delete({"metadata": {"namespace": ns}})
+        if not name:
+            return
+        try:
+            watch = ConfigMapWatch(name, self.namespace_policies, self._kubeconfig, self.node)
+        except Exception as e:  # noqa: BLE001 - no API access: namespaces get the file's scopes only
+            log.error("namespace_policies_unavailable", configmap=name, error=str(e),
+                      effect="namespace ConfigMap policies are not loaded; the file's scopes and default apply")
+            return
+        watch.start()
+        self.delegation_watch = watch
     def check_policy_file(self) -> bool:
         """Reload the policy file if it changed (proxy/policy_watch.py); True when a new one is in force."""
         return self.policy_watch.check()
