@@ -81,6 +81,6 @@ class Metrics:
         return namespace
 
     def set_policy(self, policy) -> None:
-        self.policy_rules.set(len(policy.rules))
+        self.policy_rules.set(getattr(policy, "rule_count", len(policy.rules)))
         for mode in ("enforce", "report", "open"):
             self.policy_info.labels(mode).set(1 if mode == policy.mode else 0)
