@@ -195,3 +195,16 @@ def test_without_api_access_namespaces_get_the_files_scopes(addon, tmp_path, mon
     addon.tctx.configure(addon, tproxy_policy=write_policy(tmp_path, POLICY))
     assert addon.delegation_watch is None and addon.delegated == {}
     assert addon.policy.config_map == "tproxy-egress"
+
+
+def test_a_bad_scoped_policy_file_keeps_the_last_good_and_its_namespace_policies(wired):
+    addon, client, _ = wired
+    put_configmap(client, "team-a", "rules: [{host: a.example}]\n")
+    wait_for(lambda: "team-a" in addon.delegated)
+    before, mine = addon.policy, addon.delegated
+    _bump(before.source, POLICY.replace("mode: report", "mode: loud"))
+    assert addon.check_policy_file() is False
+    assert addon.policy is before and addon.delegated is mine
+    assert addon.metrics.registry.get_sample_value("tproxy_policy_reloads_total", {"result": "error"}) == 1
+    assert decide(addon, "a.example", "10.0.0.7") == ("report", "payments")
+    assert decide(addon, "a.example", "10.0.0.5") == ("allow", "namespace:team-a")
