@@ -91,7 +91,7 @@ def test_policy_scopes_quick_variant_measures_both_sides_on_the_same_path():
     assert r["status"] == "ok" and r["namespaces"] == 100 and r["rules_per_namespace"] == 100
     assert 0.45 <= r["allowed_fraction"] <= 0.55
     assert len(r["scoped_ns"]) == len(r["single_ns"]) == r["rounds"]
-    assert r["ratio"] > 0 and r["summary"][0]["target"] == "≤ 1.05"
+    assert r["ratio"] > 0 and r["ratio_of_medians"] > 0 and r["summary"][0]["target"] == "≤ 1.05"
     assert r["tables"][0]["rows"][0][0] == "100 scopes x 100 rules"
 
 
