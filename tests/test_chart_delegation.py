@@ -102,3 +102,12 @@ def test_the_proxy_can_post_events_and_nothing_else_new(proxy_client):
     assert raw(proxy_client, "POST", "/api/v1/namespaces/team-a/events", body=ev)[0] == 201
     assert raw(proxy_client, "DELETE", "/api/v1/namespaces/team-a/events/tproxy-egress.1.node-1")[0] == 403
     assert raw(proxy_client, "GET", "/api/v1/namespaces/team-a/events")[0] == 403
+
+
+def test_the_delegation_objects_are_valid_1_13_objects():
+    from chart_helpers import validate_strict
+    objs = render(ON, namespace=RELEASE_NS)
+    checked = [one(objs, "ClusterRole", f"{FULL}-namespace-policies"),
+               one(objs, "ClusterRoleBinding", f"{FULL}-namespace-policies"), one(objs, "ConfigMap", f"{FULL}-policy")]
+    for obj in checked:
+        validate_strict(obj, "1.13.0")
