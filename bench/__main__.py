@@ -24,6 +24,7 @@ BENCHMARKS = {
     "podwatch": "bench.podwatch_bench",
     "sidecar": "bench.sidecar_bench",
     "proxy": "bench.proxy_bench",
+    "policy_scopes": "bench.policy_scopes_bench",
 }
 
 

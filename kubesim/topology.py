@@ -215,6 +215,9 @@ class Topology:
     node_name: str = "node-1"
     ipv6: bool = True
     extra_hosts: dict = field(default_factory=dict)
+    #: Hand a freed pod address to the next pod (an IPAM that reuses at once), instead of last: the
+    #: IP-reuse race tests (tests/test_e2e_policy_scopes.py) need the next pod to get the old address.
+    reuse_addresses: bool = False
 
     def __post_init__(self):
         self.node: Netns | None = None
@@ -348,7 +351,15 @@ class Topology:
             return
         pn.netns.delete()
         with self._lock:
-            self._free.append(pn.ip)
+            if self.reuse_addresses:
+                self._free.insert(0, pn.ip)
+            else:
+                self._free.append(pn.ip)
+
+    def address_free(self, ip: str) -> bool:
+        """Whether ``ip`` is back in the pool (its pod's namespace deleted)."""
+        with self._lock:
+            return ip in self._free
 
     def pod(self, key: str) -> PodNet | None:
         with self._lock:

@@ -74,6 +74,7 @@ class PodWatch:
         self._last_locked: dict[str, list[rules.LockedPod]] = {}
         self._departed: dict[str, tuple[list[rules.LockedPod], float]] = {}
         self._graceful: set[str] = set()  # uids seen with a deletionTimestamp (not force-deleted)
+        self._identity_pods: list[rules.LockedPod] = []  # desired() minus departed pods (identity file)
         self._remembered = False
         self.synced_once = threading.Event()
         self.last_error: str = ""
@@ -139,6 +140,10 @@ class PodWatch:
         self._kept_warned = set(kept)
         # forget pods that are gone or terminated (a uid is never reused)
         self._locked_uids = {p.uid for p in locked if p.uid}
+        # the identity file names only pods whose object exists: a departed pod keeps its rules (its
+        # containers may still run) but not its identity, so an address reused before the departed
+        # pod's rules expire is nobody's (the proxy's default scope), never the old pod's
+        self._identity_pods = locked
         return locked + self._retained_departed(pods, locked)
 
     def _retained_departed(self, pods: list[dict], locked: list[rules.LockedPod]) -> list[rules.LockedPod]:
@@ -192,7 +197,7 @@ class PodWatch:
                 self._first_seen.setdefault((p.ip, p.key), now)
             first_seen = dict(self._first_seen)
         try:
-            if self.identity.update(pods):
+            if self.identity.update(self._identity_pods):
                 IDENTITY_WRITES.inc()
                 self.log.info("identity_written", path=self.identity.path, pods=len(pods))
         except OSError as e:

@@ -9,7 +9,8 @@ Format (version 1)::
 
     {"version": 1, "node": "node-1",
      "pods": {"10.0.0.5": {"namespace": "default", "name": "web", "serviceAccount": "default",
-                           "labels": {"app": "web"}, "uid": "..."}}}
+                           "labels": {"app": "web"}, "uid": "..."},
+              "10.0.0.9": {"conflict": true, "claimants": ["a/old", "b/new"]}}}
 """
 from __future__ import annotations
 
@@ -24,10 +25,19 @@ VERSION = 1
 
 
 def document(node: str, pods: Iterable[LockedPod]) -> dict:
-    return {"version": VERSION, "node": node,
-            "pods": {p.ip: {"namespace": p.namespace, "name": p.name, "serviceAccount": p.service_account,
-                            "labels": dict(p.labels), "uid": p.uid}
-                     for p in sorted(pods, key=lambda p: p.ip)}}
+    """The identity document. An address two pods claim at once (an IP reused while the old pod's
+    rules are still kept) names neither: ``{"conflict": true, "claimants": [...]}``, which the proxy
+    reads as "no identity" (the default scope), never as one of the two."""
+    entries: dict[str, dict] = {}
+    claimants: dict[str, list[str]] = {}
+    for p in sorted(pods, key=lambda p: (p.ip, p.namespace, p.name)):
+        claimants.setdefault(p.ip, []).append(f"{p.namespace}/{p.name}")
+        entries[p.ip] = {"namespace": p.namespace, "name": p.name, "serviceAccount": p.service_account,
+                         "labels": dict(p.labels), "uid": p.uid}
+    for ip, who in claimants.items():
+        if len(who) > 1:
+            entries[ip] = {"conflict": True, "claimants": who}
+    return {"version": VERSION, "node": node, "pods": entries}
 
 
 def render(node: str, pods: Iterable[LockedPod]) -> str:

@@ -78,13 +78,14 @@ class AuditLog:
         self.close()
         return new
 
-    def decision(self, client_members: str, policy_mode: str, method, scheme, host, port, path, sni,
+    def decision(self, client_members: str, policy_mode: str, scope_members: str, method, scheme, host, port, path, sni,
                  decision, reason, rule, upstream, status, nbytes, error=None) -> None:
         """Write one decision line. ``client_members``: the client's fields, JSON-encoded without
-        braces (proxy/clients.py); ``rule``: a policy Rule (its ``audit_members``) or None."""
+        braces (proxy/clients.py); ``scope_members``: the deciding scope's (``"scope":...``,
+        proxy/scopes.py); ``rule``: a policy Rule (its ``audit_members``) or None."""
         self.write_line(
             f'{{"ts":"{self._timestamp(time.time())}","event":"decision",{client_members},'
-            f'"policy_mode":{_jstr(policy_mode)},"method":{_jstr(method)},"scheme":{_jstr(scheme)},'
+            f'"policy_mode":{_jstr(policy_mode)},{scope_members},"method":{_jstr(method)},"scheme":{_jstr(scheme)},'
             f'"host":{_jstr(host)},"port":{_jint(port)},"path":{_jstr(path)},'
             f'"sni":{_jstr(sni)},"decision":{_jstr(decision)},"reason":{_jstr(reason)},'
             f'{rule.audit_members if rule is not None else NO_RULE_MEMBERS},"upstream":{_jstr(upstream)},'

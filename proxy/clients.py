@@ -2,11 +2,18 @@
 
 Worked out once per connection and identity file: keep-alive requests reuse it until podwatch
 rewrites the file (checked at most once a second), so a pod's namespace (which namespace-scoped
-rules decide on) is never older than the file. Dropped on disconnect.
+rules decide on) is never older than the file. A *new* connection checks the file first (one stat):
+its identity is the file's as of the moment it connected, never a version up to a second old, so
+an address podwatch has reassigned to another pod is never judged as the old pod's (the IP-reuse
+race, docs/threat-model.md). Dropped on disconnect.
+
+The scope that decides for the connection (proxy/scopes.py) is chosen once per connection, policy
+and set of namespace policies (:meth:`Clients.scope`), not per request.
 """
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, Mapping
 
 from proxy import mitm
 from proxy.audit import encode
@@ -22,6 +29,8 @@ class ClientInfo:
     audit_members: str                  # its audit fields, JSON-encoded, without braces
     identity: object                    # the IdentityMap and its generation this was looked up in
     generation: int
+    scope: Any = None                   # the deciding Scope, chosen for ``scope_for``
+    scope_for: tuple = ()               # (ScopedPolicy, delegated dict) the scope was chosen in
 
 
 class Clients:
@@ -31,8 +40,9 @@ class Clients:
 
     def get(self, client, identity: IdentityMap) -> ClientInfo:
         """The client connection's info, looked up in ``identity`` (the map in force)."""
-        identity.refresh()  # a clock read; a stat at most once a second
         info = self.known.get(client.id)
+        # a known connection: a clock read, a stat at most once a second; a new one: a stat now
+        identity.refresh(force=info is None)
         if info is not None and info.identity is identity and info.generation == identity.generation:
             return info
         client_ip = canonical_ip(str(client.peername[0])) if client.peername else ""
@@ -46,6 +56,17 @@ class Clients:
         if client.id and not mitm.is_closed(client):  # closed: client_disconnected has run
             self.known[client.id] = info
         return info
+
+    @staticmethod
+    def scope(info: ClientInfo, policy, delegated: Mapping) -> Any:
+        """The scope of ``policy`` (a ScopedPolicy) deciding for this client (memoised per connection)."""
+        key = info.scope_for
+        if key and key[0] is policy and key[1] is delegated:
+            return info.scope
+        pod = info.pod
+        info.scope = policy.select(pod["namespace"], pod["serviceAccount"], pod.get("labels") or {}, delegated)
+        info.scope_for = (policy, delegated)
+        return info.scope
 
     def forget(self, client) -> None:
         self.known.pop(client.id, None)

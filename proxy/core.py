@@ -33,12 +33,14 @@ from proxy.audit import AuditLog
 from proxy.clients import Clients
 from proxy.decision import (ALLOW, BLOCK, Reason, Verdict, decide, decide_connect, finalize, screen_addresses,
                             screen_tunnel)
+from proxy.delegation import ConfigMapWatch, NamespacePolicies
 from proxy.dns import DnsCache, Resolver, system_resolve
 from proxy.identity import IdentityMap
 from proxy.metrics import Metrics
 from proxy.pinning import Pinning
-from proxy.policy import Policy, PolicyError
+from proxy.policy import PolicyError
 from proxy.policy_watch import PolicyWatch
+from proxy.scopes import Scope, ScopedPolicy
 
 BLOCK_STATUS = 418
 BLOCK_BODY = b"Access Denied by Administrator"
@@ -55,7 +57,10 @@ class TproxyAddon:
     def __init__(self, resolver: Resolver = system_resolve):
         self.dns = DnsCache(resolver)
         self.metrics = Metrics()
-        self.policy: Policy = Policy.builtin()
+        self.policy: ScopedPolicy = ScopedPolicy.builtin()
+        self.delegated: dict[str, Scope] = {}  # namespace -> its own policy (proxy/delegation.py)
+        self.namespace_policies = NamespacePolicies(self.policy, self._publish_delegated, self.metrics)
+        self.delegation_watch: ConfigMapWatch | None = None
         self.metrics.set_policy(self.policy)
         self.identity = IdentityMap("")
         self.audit = AuditLog("-")
@@ -66,6 +71,7 @@ class TproxyAddon:
         self.pinning = Pinning(self.metrics)
         self.policy_watch = PolicyWatch(lambda: self.policy, self._install_policy, self.metrics)
         self._bundle = ""  # trust bundle written for tproxy_extra_ca
+        self._kubeconfig = ""  # tproxy_kubeconfig: for the namespace policies' watch ("" = in-cluster)
         self._running = False
 
     # -- lifecycle and options -------------------------------------------------------------------
@@ -82,9 +88,11 @@ class TproxyAddon:
             options.check_required(o)
         if "tproxy_log_level" in updated:
             options.check_log_level(o.tproxy_log_level)
+        if "tproxy_kubeconfig" in updated:
+            self._kubeconfig = o.tproxy_kubeconfig
         if "tproxy_policy" in updated:
             try:
-                policy = Policy.load(o.tproxy_policy) if o.tproxy_policy else Policy.builtin()
+                policy = ScopedPolicy.load(o.tproxy_policy) if o.tproxy_policy else ScopedPolicy.builtin()
             except PolicyError as e:
                 self.metrics.policy_reloads.labels("error").inc()
                 log.error("policy_rejected", path=o.tproxy_policy, error=str(e), kept=self.policy.source)
@@ -115,7 +123,8 @@ class TproxyAddon:
         """/readyz: ready once mitmproxy runs (listening) with a policy in force."""
         if not self._running:
             return False, "mitmproxy is not running yet"
-        return True, f"policy {self.policy.source} ({self.policy.mode}, {len(self.policy.rules)} rules)"
+        return True, (f"policy {self.policy.source} ({self.policy.mode}, {self.policy.rule_count} rules, "
+                      f"{len(self.policy.scopes)} scopes)")
 
     def running(self):
         self._running = True
@@ -142,6 +151,7 @@ class TproxyAddon:
 
     def done(self):
         self.policy_watch.stop()
+        self._watch_namespace_policies("")
         if self.health:
             self.health.stop()
             self.health = None
@@ -149,12 +159,39 @@ class TproxyAddon:
         trust.remove_bundle(self._bundle)
         self._bundle = ""
 
-    def _install_policy(self, policy: Policy) -> None:
+    def _install_policy(self, policy: ScopedPolicy) -> None:
         self.policy = policy
         self.metrics.policy_reloads.labels("success").inc()
         self.metrics.set_policy(policy)
-        log.info("policy_loaded", path=policy.source, mode=policy.mode, rules=len(policy.rules))
+        log.info("policy_loaded", path=policy.source, mode=policy.mode, rules=len(policy.rules),
+                 scopes=len(policy.scopes), scoped_rules=policy.rule_count - len(policy.rules),
+                 delegation=policy.config_map or None)
+        self.namespace_policies.repolicy(policy)
+        self._watch_namespace_policies(policy.config_map)
 
+    def _publish_delegated(self, scopes: dict[str, Scope]) -> None:
+        self.delegated = scopes  # replaced, never mutated: the event loop reads it without a lock
+
+    def _watch_namespace_policies(self, name: str) -> None:
+        """Watch the namespaces' ConfigMaps called ``name`` ("" = stop; proxy/delegation.py)."""
+        current = self.delegation_watch
+        if current is not None and current.name == name:
+            return
+        if current is not None:
+            current.stop()
+            self.delegation_watch = None
+            for ns in list(self.delegated):
+                self.namespace_policies.on_delete({"metadata": {"namespace": ns}})
+        if not name:
+            return
+        try:
+            watch = ConfigMapWatch(name, self.namespace_policies, self._kubeconfig, self.node)
+        except Exception as e:  # noqa: BLE001 - no API access: namespaces get the file's scopes only
+            log.error("namespace_policies_unavailable", configmap=name, error=str(e),
+                      effect="namespace ConfigMap policies are not loaded; the file's scopes and default apply")
+            return
+        watch.start()
+        self.delegation_watch = watch
     def check_policy_file(self) -> bool:
         """Reload the policy file if it changed (proxy/policy_watch.py); True when a new one is in force."""
         return self.policy_watch.check()
@@ -174,21 +211,22 @@ class TproxyAddon:
             return
         t0 = time.perf_counter()
         client = self.clients.get(flow.client_conn, self.identity)
-        policy = self.policy
-        v = finalize(decide(mitm.request_facts(flow, client.regular, client.pod["namespace"] or None), policy),
-                     policy.mode)
+        scope = self.clients.scope(client, self.policy, self.delegated)
+        policy = scope.policy
+        v = finalize(decide(mitm.request_facts(flow, client.regular, client.pod["namespace"] or None), policy,
+                            self.policy.deny), policy.mode)
+        v.scope = scope
         self.metrics.decision_seconds.observe(time.perf_counter() - t0)
         if v.decision == BLOCK:
             return self._deny(flow, v)
         try:
             addresses = await self.dns.resolve(v.host, v.port)
         except (OSError, UnicodeError) as e:
-            self.metrics.count_request(v.decision, v.rule)
+            self.metrics.count_request(v.decision, v.rule, client.pod["namespace"])
             flow.response = http.Response.make(502, f"tproxy: cannot resolve {v.host}: {e}\n".encode(),
                                                {"Content-Type": "text/plain"})
             self._audit(flow, v, status=502, nbytes=None, error=f"dns: {e}")
             return
-        policy = self.policy
         v = screen_addresses(v, addresses, policy)
         if v.decision == BLOCK:
             return self._deny(flow, v)
@@ -198,11 +236,11 @@ class TproxyAddon:
         # server_connect pins the connection to the address checked above.
         mitm.set_host_port(flow.request, v.host, v.port, v.host_headers)
         self.pinning.approve(flow.client_conn, v.host, v.port, pinned)
-        self.metrics.count_request(v.decision, v.rule)
+        self.metrics.count_request(v.decision, v.rule, client.pod["namespace"])
         flow.metadata["tproxy"] = v
 
     def _deny(self, flow, v: Verdict) -> None:
-        self.metrics.count_request(BLOCK, None)
+        self.metrics.count_request(BLOCK, None, self.clients.get(flow.client_conn, self.identity).pod["namespace"])
         flow.response = http.Response.make(BLOCK_STATUS, BLOCK_BODY, {**BLOCK_HEADERS, "X-Tproxy-Reason": v.reason})
         self._audit(flow, v, status=BLOCK_STATUS, nbytes=len(BLOCK_BODY))
 
@@ -211,10 +249,13 @@ class TproxyAddon:
         mitmproxy refuses CONNECT itself."""
         if flow.response:
             return
-        namespace = self.clients.get(flow.client_conn, self.identity).pod["namespace"] or None
-        v = decide_connect(flow.request.host, flow.request.port, namespace, self.policy)
+        client = self.clients.get(flow.client_conn, self.identity)
+        scope = self.clients.scope(client, self.policy, self.delegated)
+        v = decide_connect(flow.request.host, flow.request.port, client.pod["namespace"] or None, scope.policy,
+                           self.policy.deny)
         if v is None:  # the tunnel opens; its requests are decided one by one
             return
+        v.scope = scope
         if v.decision == BLOCK:
             return self._deny(flow, v)
         try:
@@ -223,11 +264,11 @@ class TproxyAddon:
             flow.response = http.Response.make(502, f"tproxy: cannot resolve {v.host}: {e}\n".encode(),
                                                {"Content-Type": "text/plain"})
             return self._audit(flow, v, status=502, nbytes=None, error=f"dns: {e}")
-        v = screen_tunnel(v, addresses, self.policy)
+        v = screen_tunnel(v, addresses, scope.policy)
         if v.decision == BLOCK:
             return self._deny(flow, v)
         self.pinning.approve(flow.client_conn, v.host, v.port, v.upstream)
-        self.metrics.count_request(ALLOW, v.rule)
+        self.metrics.count_request(ALLOW, v.rule, client.pod["namespace"])
         return self._audit(flow, v, status=200, nbytes=None)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
@@ -273,7 +314,7 @@ class TproxyAddon:
         # Refused by mitmproxy before our request hook (CONNECT in transparent mode, smuggling
         # attempts, malformed requests): nothing was dialled; record it as a block.
         reason = Reason.CONNECT_NOT_ALLOWED if flow.request.method == "CONNECT" else Reason.INVALID_REQUEST
-        self.metrics.count_request(BLOCK, None)
+        self.metrics.count_request(BLOCK, None, self.clients.get(flow.client_conn, self.identity).pod["namespace"])
         self._audit(flow, Verdict(BLOCK, reason, host=flow.request.host, port=flow.request.port),
                     status=400, nbytes=None, error=msg)
 
@@ -291,9 +332,11 @@ class TproxyAddon:
         """Non-HTTP bytes on an intercepted port: audit and count; server_connect refuses the dial."""
         self.metrics.blocked_connections.labels("raw-tcp").inc()
         dest = flow.server_conn.address
-        self.audit.decision(self.clients.get(flow.client_conn, self.identity).audit_members, self.policy.mode,
-                            None, "tcp", str(dest[0]) if dest else None, dest[1] if dest else None, None,
-                            flow.client_conn.sni, BLOCK, Reason.RAW_TCP, None, None, None, 0)
+        client = self.clients.get(flow.client_conn, self.identity)
+        scope = self.clients.scope(client, self.policy, self.delegated)
+        self.audit.decision(client.audit_members, scope.mode, scope.audit_members, None, "tcp",
+                            str(dest[0]) if dest else None, dest[1] if dest else None, None, flow.client_conn.sni,
+                            BLOCK, Reason.RAW_TCP, None, None, None, 0)
 
     def client_disconnected(self, client) -> None:
         self.pinning.forget(client)
@@ -304,8 +347,9 @@ class TproxyAddon:
         """The audit line of a request's decision."""
         req = flow.request
         flow.metadata["tproxy_audited"] = True
-        self.audit.decision(self.clients.get(flow.client_conn, self.identity).audit_members, self.policy.mode,
-                            req.method, req.scheme, v.host or req.pretty_host, v.port or req.port, req.path,
-                            flow.client_conn.sni, v.decision, v.reason, v.rule, v.upstream or None, status,
-                            nbytes, error)
+        client = self.clients.get(flow.client_conn, self.identity)
+        scope: Scope = v.scope if isinstance(v.scope, Scope) else self.clients.scope(client, self.policy, self.delegated)
+        self.audit.decision(client.audit_members, scope.mode, scope.audit_members, req.method, req.scheme,
+                            v.host or req.pretty_host, v.port or req.port, req.path, flow.client_conn.sni,
+                            v.decision, v.reason, v.rule, v.upstream or None, status, nbytes, error)
 

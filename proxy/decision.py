@@ -30,6 +30,7 @@ class Reason(enum.StrEnum):
     TLS_WITHOUT_SNI = "tls-without-sni"
     IP_LITERAL = "ip-literal"                             # an IP-literal Host no rule names
     DENIED_RANGE = "denied-range"                         # a resolved address in deny_ranges (or no address)
+    DENIED_HOST = "denied-host"                           # in the cluster-wide deny_hosts (every scope, mode)
     MISSING_HOST = "missing-host"
     INVALID_HOST = "invalid-host"
     MULTIPLE_HOST_HEADERS = "multiple-host-headers"
@@ -48,12 +49,15 @@ RULE, OPEN_MODE, SNI_HOST_MISMATCH, TLS_WITHOUT_SNI = \
 IP_LITERAL, DENIED_RANGE, MISSING_HOST, INVALID_HOST = \
     Reason.IP_LITERAL, Reason.DENIED_RANGE, Reason.MISSING_HOST, Reason.INVALID_HOST
 MULTIPLE_HOST_HEADERS, INVALID_TARGET = Reason.MULTIPLE_HOST_HEADERS, Reason.INVALID_TARGET
+DENIED_HOST = Reason.DENIED_HOST
 
 ALLOW, BLOCK, REPORT = "allow", "block", "report"  # Verdict.decision
 
 # Blocks that report mode does not turn into "report": the request itself is malformed.
 MALFORMED_REASONS = frozenset({Reason.MISSING_HOST, Reason.INVALID_HOST, Reason.MULTIPLE_HOST_HEADERS,
                                Reason.INVALID_TARGET})
+# ... and the cluster-wide deny list, which wins over every scope and mode.
+UNSOFTENED_REASONS = MALFORMED_REASONS | {Reason.DENIED_HOST}
 
 
 @dataclasses.dataclass(slots=True)
@@ -66,6 +70,7 @@ class Verdict:
     rule: object = None
     upstream: str = ""                  # set by the caller: the pinned address (or the denied ones)
     host_headers: list | None = None    # the request's Host values as decide read them
+    scope: object = None                # set by the caller: the proxy.scopes.Scope that decided
 
 
 @dataclasses.dataclass(slots=True)
@@ -87,8 +92,9 @@ class RequestFacts:
     namespace: Optional[str]            # the client pod's namespace, None when unknown
 
 
-def decide(f: RequestFacts, policy: Policy) -> Verdict:
-    """The policy decision for a request, before DNS."""
+def decide(f: RequestFacts, policy: Policy, deny: Policy | None = None) -> Verdict:
+    """The policy decision for a request, before DNS. ``policy``: the deciding scope's; ``deny``: the
+    cluster-wide ``deny_hosts`` index (proxy/scopes.py), checked first in every mode."""
     path = f.path
     if path[:1] != "/" and not (path == "*" and f.method == "OPTIONS"):
         # Only an HTTP/2 or 3 :path can be anything else (HTTP/1 targets are parsed into a path,
@@ -124,6 +130,10 @@ def decide(f: RequestFacts, policy: Policy) -> Verdict:
         mismatch = target_mismatch(target, host, host_port if hosts else None, scheme, port)
         if mismatch:
             return Verdict(BLOCK, mismatch, host=host, port=port)
+    if deny is not None:
+        denied = next(iter(deny.candidates(host)), None)
+        if denied is not None:
+            return Verdict(BLOCK, DENIED_HOST, host=host, port=port, rule=denied)
     if policy.mode == "open":  # no filtering at all (still dials the Host by name, audited)
         return Verdict(ALLOW, OPEN_MODE, host=host, port=port)
     if scheme == "https" and f.client_tls:
@@ -165,7 +175,7 @@ def target_mismatch(target: tuple[str, str, int], host: str, host_port: int | No
 
 def finalize(v: Verdict, mode: str) -> Verdict:
     """Report mode turns a would-be block into 'report' (allowed, logged), except malformed requests."""
-    if v.decision == BLOCK and mode == "report" and v.reason not in MALFORMED_REASONS:
+    if v.decision == BLOCK and mode == "report" and v.reason not in UNSOFTENED_REASONS:
         return dataclasses.replace(v, decision=REPORT)
     return v
 
@@ -186,7 +196,8 @@ def screen_addresses(v: Verdict, addresses: list[str], policy: Policy) -> Verdic
     return dataclasses.replace(blocked, decision=ALLOW, reason=v.reason)
 
 
-def decide_connect(host: str, port: int, namespace: str | None, policy: Policy) -> Verdict | None:
+def decide_connect(host: str, port: int, namespace: str | None, policy: Policy,
+                   deny: Policy | None = None) -> Verdict | None:
     """A standard-mode ``CONNECT host:port``.
 
     An ``allow`` verdict (reason ``rule``) when a rule for the host lists the ``CONNECT`` method: a
@@ -197,6 +208,9 @@ def decide_connect(host: str, port: int, namespace: str | None, policy: Policy) 
         norm = normalize_host(host)
     except Exception:  # noqa: BLE001
         return Verdict(BLOCK, INVALID_HOST, host=host, port=port)
+    denied = next(iter(deny.candidates(norm)), None) if deny is not None else None
+    if denied is not None:
+        return Verdict(BLOCK, DENIED_HOST, host=norm, port=port, rule=denied)
     candidates = [r for r in policy.candidates(norm) if not r.namespaces or namespace in r.namespaces]
     tunnel_rule = min((r for r in candidates if "CONNECT" in r.methods), key=lambda r: r.index, default=None)
     if tunnel_rule is not None:

@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Callable
 
-EMPTY = {"namespace": "", "name": "", "serviceAccount": ""}
+EMPTY = {"namespace": "", "name": "", "serviceAccount": "", "labels": {}}
 
 
 @functools.lru_cache(maxsize=4096)
@@ -87,13 +87,18 @@ class IdentityMap:
         return True
 
     def lookup(self, client_ip: str) -> dict:
-        """``{"namespace", "name", "serviceAccount"}`` for a client address (empty strings if unknown)."""
+        """``{"namespace", "name", "serviceAccount", "labels"}`` for a client address (empty if unknown).
+
+        An address podwatch lists as claimed by more than one pod (``"conflict": true``, podwatch/identity.py)
+        has no identity: it gets the default scope until podwatch knows which pod owns it."""
         self.refresh()
         info = self._pods.get(canonical_ip(client_ip))
-        if not info:
+        if not info or info.get("conflict"):
             return dict(EMPTY)
+        labels = info.get("labels")
         return {"namespace": str(info.get("namespace", "")), "name": str(info.get("name", "")),
-                "serviceAccount": str(info.get("serviceAccount", ""))}
+                "serviceAccount": str(info.get("serviceAccount", "")),
+                "labels": {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}}
 
     def __len__(self) -> int:
         return len(self._pods)

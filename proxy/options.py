@@ -25,6 +25,9 @@ def declare(loader) -> None:
                       "(only https://storage.googleapis.com/solutions-public-assets/).")
     loader.add_option("tproxy_identity", str, "",
                       "Pod identity JSON written by podwatch (client IP -> namespace/name/serviceAccount).")
+    loader.add_option("tproxy_kubeconfig", str, "",
+                      "kubeconfig for watching the namespaces' policy ConfigMaps (the policy's delegation "
+                      "section); empty: $KUBECONFIG, else the pod's service account (in-cluster).")
     loader.add_option("tproxy_metrics_port", int, 0, "Port for /metrics, /healthz, /readyz (0 = off).")
     loader.add_option("tproxy_metrics_host", str, "0.0.0.0", "Address for the metrics server.")
     loader.add_option("tproxy_audit", str, "-", "Audit log: a file to append JSON lines to, or '-' for stdout.")

@@ -363,3 +363,10 @@ class Policy:
         if any(ip in n for n in self.allow_ranges):
             return False
         return any(ip in n for n in self.deny_ranges)
+
+
+if __name__ == "__main__":  # python -m proxy.policy explain ... (proxy/explain.py)
+    import sys as _sys
+
+    from proxy.explain import main as _main
+    _sys.exit(_main())

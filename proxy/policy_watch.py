@@ -20,7 +20,8 @@ from typing import Callable
 
 import structlog
 
-from proxy.policy import Policy, PolicyError
+from proxy.policy import PolicyError
+from proxy.scopes import ScopedPolicy
 
 POLL_SECONDS = 0.5
 
@@ -40,7 +41,7 @@ class PolicyWatch:
     """``current()`` is the policy in force, ``install(policy)`` puts a new one in force (metrics,
     ``policy_loaded`` line); both belong to the addon."""
 
-    def __init__(self, current: Callable[[], Policy], install: Callable[[Policy], None], metrics,
+    def __init__(self, current: Callable[[], ScopedPolicy], install: Callable[[ScopedPolicy], None], metrics,
                  poll_seconds: float = POLL_SECONDS):
         self.current = current
         self.install = install
@@ -90,13 +91,13 @@ class PolicyWatch:
         return path
 
     @staticmethod
-    def _load(path: str) -> tuple[Policy | None, PolicyError | None]:
+    def _load(path: str) -> tuple[ScopedPolicy | None, PolicyError | None]:
         try:
-            return Policy.load(path), None
+            return ScopedPolicy.load(path), None
         except PolicyError as e:
             return None, e
 
-    def _apply(self, path: str, policy: Policy | None, error: PolicyError | None) -> bool:
+    def _apply(self, path: str, policy: ScopedPolicy | None, error: PolicyError | None) -> bool:
         if error is not None:
             kept = self.current()
             self.metrics.policy_reloads.labels("error").inc()

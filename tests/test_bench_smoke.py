@@ -83,6 +83,18 @@ def test_only_rejects_unknown_benchmark_names(capsys):
     assert "unknown benchmark(s) nonsense" in capsys.readouterr().err
 
 
+def test_policy_scopes_quick_variant_measures_both_sides_on_the_same_path():
+    """bench/policy_scopes_bench.py, quick: scoped and single policies measured side by side, half
+    the requests allowed (the workload exercises the rules, not only misses); no thresholds."""
+    from bench import policy_scopes_bench
+    r = policy_scopes_bench.run(common.BenchConfig(quick=True))
+    assert r["status"] == "ok" and r["namespaces"] == 100 and r["rules_per_namespace"] == 100
+    assert 0.45 <= r["allowed_fraction"] <= 0.55
+    assert len(r["scoped_ns"]) == len(r["single_ns"]) == r["rounds"]
+    assert r["ratio"] > 0 and r["ratio_of_medians"] > 0 and r["summary"][0]["target"] == "≤ 1.05"
+    assert r["tables"][0]["rows"][0][0] == "100 scopes x 100 rules"
+
+
 # -- end to end: the quick suite -------------------------------------------------------------
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):

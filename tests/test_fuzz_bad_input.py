@@ -153,6 +153,42 @@ def test_policy_parser_raises_only_policy_errors_with_a_message(text):
         assert clear(str(e)), repr(e)
 
 
+SCOPED = """
+rules: [{host: a.example}]
+scopes:
+  - {name: s, match: {namespaces: [n], labels: {app: x}}, mode: report, rules: [{host: b.example}]}
+delegation: {configMap: tproxy-egress, ceiling: {hosts: ["*.corp.example"], ranges: [198.18.0.0/15]}}
+"""
+
+
+@SETTINGS
+@given(text=st.one_of(texts("policy"), mutated(SCOPED, "policy")))
+@example(text="rules: []\nscopes: [{name: s, match: {labels: {a: [1]}}}]")
+@example(text="rules: []\ndelegation: {ceiling: {hosts: [a..b]}}")
+def test_scoped_policy_parser_raises_only_policy_errors_with_a_message(text):
+    from proxy.scopes import ScopedPolicy
+    try:
+        ScopedPolicy.from_yaml(text)
+    except PolicyError as e:
+        assert clear(str(e)), repr(e)
+
+
+@SETTINGS
+@given(text=st.one_of(texts("policy"), st.none(), st.integers()))
+@example(text="rules: [{host: '*.example'}]")
+@example(text="mode: open")
+def test_namespace_policy_parser_raises_only_policy_errors_with_a_message(text):
+    from proxy import delegated
+    from proxy.scopes import ScopedPolicy
+    scoped = ScopedPolicy.from_yaml(SCOPED)
+    try:
+        scope = delegated.parse(text, "team", scoped, "team/tproxy-egress")
+    except PolicyError as e:
+        assert clear(str(e)) and str(e).startswith("team/tproxy-egress: "), repr(e)
+    else:  # accepted: within the ceiling
+        assert all(not r.host.endswith("corp.example") for r in scope.policy.rules)
+
+
 @pytest.fixture(scope="module")
 def addon_with_policy(tmp_path_factory):
     from mitmproxy.test import taddons
@@ -228,8 +264,9 @@ def test_identity_file_never_crashes_and_keeps_the_last_good(tmp_path_factory, c
     if not replaced:
         assert errors and clear(errors[-1]) and str(path) in errors[-1], errors
         assert m.lookup("198.18.1.2")["name"] == "web"  # last good kept
-    for v in m.lookup("198.18.1.2").values():
-        assert isinstance(v, str)
+    found = m.lookup("198.18.1.2")
+    for k, v in found.items():
+        assert isinstance(v, str) or (k == "labels" and all(isinstance(x, str) for x in (*v, *v.values())))
 
 
 # -- sidecar arguments and environment ------------------------------------------------------------------

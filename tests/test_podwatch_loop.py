@@ -283,3 +283,24 @@ def test_a_gracefully_deleted_pod_loses_its_rules_when_its_object_goes():
     assert [x.name for x in pw.desired()] == ["p1"]  # terminating: still locked
     del pw.informer.store.pods["p1"]
     assert pw.desired() == []
+
+
+def test_a_force_deleted_pod_keeps_its_rules_but_not_its_identity(tmp_path):
+    """Its containers may still run (rules kept), but its address may be reused at any moment: the
+    identity file drops it at once, so the proxy judges that address as nobody's (the default
+    policy), never as the old pod's, until the new pod's entry is written."""
+    import json
+    import subprocess
+    clock = Clock()
+    pw = controller.PodWatch(node="n1", annotation=ANN, host_port=8080, logger=RecordingLogger(), clock=clock,
+                             runner=lambda argv, *a, **k: subprocess.CompletedProcess(argv, 0, "", ""),
+                             departed_grace=35, identity_file=str(tmp_path / "identity.json"))
+    pw.informer = FakeInformer()
+    pw._remembered = True
+    pw.informer.store.pods["p1"] = pod(1, ip="10.9.0.1")
+    pw.sync_once()
+    assert "10.9.0.1" in json.loads((tmp_path / "identity.json").read_text())["pods"]
+    del pw.informer.store.pods["p1"]
+    pw.sync_once()
+    assert [p.name for p in pw.desired()] == ["p1"]  # still redirected and guarded
+    assert json.loads((tmp_path / "identity.json").read_text())["pods"] == {}

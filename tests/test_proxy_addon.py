@@ -543,8 +543,9 @@ def test_metrics_count_decisions_with_bounded_host_labels(addon):
     run(addon, make_flow("random-2.example", "/"))
     r = addon.metrics.registry
     assert r.get_sample_value("tproxy_requests_total",
-                              {"decision": "allow", "host": "storage.googleapis.com"}) == 1
-    assert r.get_sample_value("tproxy_requests_total", {"decision": "block", "host": "unmatched"}) == 2
+                              {"decision": "allow", "host": "storage.googleapis.com", "namespace": "unknown"}) == 1
+    assert r.get_sample_value("tproxy_requests_total",
+                              {"decision": "block", "host": "unmatched", "namespace": "unknown"}) == 2
     assert r.get_sample_value("tproxy_decision_seconds_count") == 3
 
 
@@ -745,14 +746,14 @@ def test_watch_task_parses_off_the_event_loop(addon, tmp_path, monkeypatch):
     from proxy import policy_watch
     path = write_policy(tmp_path, "rules: [{host: a.example}]\n")
     addon.tctx.configure(addon, tproxy_policy=path)
-    load, seen = policy_watch.Policy.load, {}
+    load, seen = policy_watch.ScopedPolicy.load, {}
 
     def slow_load(p):
         seen["thread"] = threading.get_ident()
         time.sleep(0.6)
         return load(p)
 
-    monkeypatch.setattr(policy_watch.Policy, "load", slow_load)
+    monkeypatch.setattr(policy_watch.ScopedPolicy, "load", slow_load)
     installed_on = []
     install = addon.policy_watch.install
     addon.policy_watch.install = lambda pol: (installed_on.append(threading.get_ident()), install(pol))
@@ -775,14 +776,14 @@ def test_a_parse_overtaken_by_configure_is_dropped(addon, tmp_path, monkeypatch)
     watched = write_policy(tmp_path, "rules: [{host: a.example}]\n")
     addon.tctx.configure(addon, tproxy_policy=watched)
     other = write_policy(tmp_path, "rules: [{host: b.a.example}]\n", "other.yaml")
-    load = policy_watch.Policy.load
+    load = policy_watch.ScopedPolicy.load
 
     def load_then_reconfigure(p):
         result = load(p)
         addon.policy_watch.watching(other)  # as configure does (the event loop is busy awaiting us)
         return result
 
-    monkeypatch.setattr(policy_watch.Policy, "load", load_then_reconfigure)
+    monkeypatch.setattr(policy_watch.ScopedPolicy, "load", load_then_reconfigure)
     _bump(watched, "rules: [{host: www.google.com}]\n")
     assert asyncio.run(addon.policy_watch.check_in_thread()) is False
     assert not addon.policy.has_host("www.google.com")
@@ -906,7 +907,7 @@ def test_script_hooks_run_through_mitmproxys_own_dispatch(tmp_path):
 
 # -- audit line assembly and batching ----------------------------------------------------------------
 AUDIT_KEYS = ["ts", "event", "client_ip", "pod_namespace", "pod_name", "pod_service_account", "node", "proxy_mode",
-              "policy_mode", "method", "scheme", "host", "port", "path", "sni", "decision", "reason", "rule",
+              "policy_mode", "scope", "method", "scheme", "host", "port", "path", "sni", "decision", "reason", "rule",
               "rule_index", "upstream", "status", "bytes"]
 
 
@@ -917,8 +918,8 @@ def test_audit_line_has_every_field_in_order(addon, audit_file):
     run(addon, make_flow("www.google.com", "/x"))
     allowed, blocked = audit_lines(audit_file)
     assert list(allowed) == AUDIT_KEYS and list(blocked) == AUDIT_KEYS
-    assert (allowed["event"], allowed["proxy_mode"], allowed["policy_mode"], allowed["port"], allowed["rule_index"]) == \
-        ("decision", "transparent", "enforce", 443, 0)
+    assert (allowed["event"], allowed["proxy_mode"], allowed["policy_mode"], allowed["scope"], allowed["port"],
+            allowed["rule_index"]) == ("decision", "transparent", "enforce", "default", 443, 0)
     assert (blocked["rule"], blocked["rule_index"], blocked["upstream"], blocked["bytes"]) == \
         (None, None, None, len(BLOCK_BODY))
     assert allowed["ts"].endswith("Z") and len(allowed["ts"]) == len("2026-11-27T06:05:28.123Z")

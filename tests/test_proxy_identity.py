@@ -24,9 +24,9 @@ def test_lookup_by_client_ip(tmp_path):
     p = tmp_path / "id.json"
     write(p, {"10.0.0.5": {"namespace": "default", "name": "web", "serviceAccount": "sa", "labels": {}}})
     m = IdentityMap(str(p))
-    assert m.lookup("10.0.0.5") == {"namespace": "default", "name": "web", "serviceAccount": "sa"}
+    assert m.lookup("10.0.0.5") == {"namespace": "default", "name": "web", "serviceAccount": "sa", "labels": {}}
     assert m.node == "node-1"
-    assert m.lookup("10.0.0.6") == {"namespace": "", "name": "", "serviceAccount": ""}
+    assert m.lookup("10.0.0.6") == {"namespace": "", "name": "", "serviceAccount": "", "labels": {}}
 
 
 def test_replaced_file_is_picked_up_after_the_interval_not_before(tmp_path):

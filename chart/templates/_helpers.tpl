@@ -47,10 +47,29 @@ component: {{ .component }}
 
 {{/* The policy file content: a mapping rendered as YAML, or a YAML string used verbatim. */}}
 {{- define "tproxy.policy" -}}
+{{- $d := .Values.tproxy.delegation | default dict -}}
+{{- if not $d.configMap -}}
 {{- if kindIs "string" .Values.tproxy.policy -}}
 {{ .Values.tproxy.policy }}
 {{- else -}}
 {{ toYaml .Values.tproxy.policy }}
+{{- end -}}
+{{- else -}}
+{{- /* tproxy.delegation is merged into the policy's own delegation section (the values win) */ -}}
+{{- $p := dict -}}
+{{- if kindIs "string" .Values.tproxy.policy -}}
+{{- $p = fromYaml .Values.tproxy.policy -}}
+{{- if hasKey $p "Error" -}}
+{{- fail (printf "tproxy.policy is not a YAML mapping: %s" (get $p "Error")) -}}
+{{- end -}}
+{{- else -}}
+{{- $p = deepCopy .Values.tproxy.policy -}}
+{{- end -}}
+{{- $ceiling := dict "modes" ($d.ceiling.modes | default (list "enforce" "report")) -}}
+{{- if $d.ceiling.hosts -}}{{- $_ := set $ceiling "hosts" $d.ceiling.hosts -}}{{- end -}}
+{{- if $d.ceiling.ranges -}}{{- $_ := set $ceiling "ranges" $d.ceiling.ranges -}}{{- end -}}
+{{- $_ := set $p "delegation" (dict "configMap" $d.configMap "ceiling" $ceiling) -}}
+{{ toYaml $p }}
 {{- end -}}
 {{- end -}}
 
