@@ -22,6 +22,7 @@ BENCHMARKS = {
     "podwatch": "bench.podwatch_bench",
     "sidecar": "bench.sidecar_bench",
     "proxy": "bench.proxy_bench",
+    "egress": "bench.egress_bench",
 }
 
 
