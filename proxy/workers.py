@@ -294,7 +294,13 @@ def main(argv: list[str] | None = None) -> int:
         server = HealthServer(args.metrics_port, host=args.metrics_host, ready=sup.readiness,
                               registry=sup.registry).start()
     if args.ports_file:
-        write_ports_file(args.ports_file, ports)
+        try:
+            write_ports_file(args.ports_file, ports)
+        except OSError as e:
+            if server:
+                server.stop()
+            print(f"proxy.workers: cannot write the ports file for podwatch: {e}", file=sys.stderr)
+            return 2
     log.info("workers_starting", workers=n, cpus=cpus, ports=f"{ports[0]}-{ports[-1]}", audit=args.audit)
     try:
         code = sup.run()

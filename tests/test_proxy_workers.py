@@ -314,3 +314,10 @@ def test_auto_workers_follow_the_cpu_quota_and_the_affinity(tmp_path, files, exp
         (tmp_path / name).write_text(text)
     affinity = len(os.sched_getaffinity(0))
     assert usable_cpus(str(tmp_path)) == (affinity if expected is None else min(affinity, expected))
+
+
+def test_an_unwritable_ports_file_is_a_clear_error(tmp_path):
+    p = _supervise(tmp_path, "--workers", "1", "--port", str(_free_port()), "--ports-file",
+                   str(tmp_path / "missing-dir" / "ports"))
+    assert p.returncode == 2 and "cannot write the ports file for podwatch" in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr
