@@ -321,3 +321,25 @@ def test_an_unwritable_ports_file_is_a_clear_error(tmp_path):
                    str(tmp_path / "missing-dir" / "ports"))
     assert p.returncode == 2 and "cannot write the ports file for podwatch" in p.stderr, p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_podwatch_follows_the_ports_file_and_logs_each_problem_once(tmp_path):
+    from podwatch.controller import PodWatch
+
+    class Log:
+        def __init__(self):
+            self.lines = []
+
+        def warning(self, event, **kw):
+            self.lines.append((event, kw))
+
+        info = warning
+
+    log = Log()
+    path = tmp_path / "ports"
+    pw = PodWatch(node="n1", annotation="a", host_port=8080, ports_file=str(path), logger=log)
+    assert pw._proxy_ports() == 8080 and pw._proxy_ports() == 8080
+    assert [e for e, _ in log.lines] == ["proxy_ports_unusable"]  # once, not per sync
+    path.write_text("8080-8081\n")
+    assert pw._proxy_ports() == "8080-8081"
+    assert log.lines[-1] == ("proxy_ports", {"ports": "8080-8081"})
