@@ -343,3 +343,37 @@ def test_podwatch_follows_the_ports_file_and_logs_each_problem_once(tmp_path):
     path.write_text("8080-8081\n")
     assert pw._proxy_ports() == "8080-8081"
     assert log.lines[-1] == ("proxy_ports", {"ports": "8080-8081"})
+
+
+def test_policy_reloads_under_load_drop_no_request(node):
+    """Issue 17 item 4: every request sent while both workers reload the policy again and again is
+    answered 200 and audited (counted on both sides)."""
+    n = node(workers=2)
+    n.wait_ready(2)
+    n.redirect()
+    policy = os.path.join(n.tmp, "policy.yaml")
+    out_path = os.path.join(n.tmp, "load.json")
+    with open(out_path, "w") as out:  # a file, not a pipe: the result (with latencies) outgrows a pipe buffer
+        load = n.topo.client.popen(
+            [sys.executable, "-m", "bench.loadgen", "http://storage.googleapis.com/solutions-public-assets/hello.txt",
+             "-c", "4", "-d", "6", "--warmup", "0", "--timeout", "10"],
+            stdout=out, stderr=subprocess.DEVNULL, cwd=REPO)
+    reloads = 0
+    while load.poll() is None:
+        seen = len(n.events("policy_loaded"))
+        tmp = policy + ".new"
+        with open(tmp, "w") as f:  # the same allow rule plus a changing one, swapped in atomically
+            yaml.safe_dump({"rules": [{"host": "storage.googleapis.com"}, {"host": f"r{reloads}.example.org"}]}, f)
+        os.replace(tmp, policy)
+        wait_for(lambda: len(n.events("policy_loaded")) >= seen + 2 or load.poll() is not None, timeout=20,
+                 what="both workers loaded the new policy")
+        if len(n.events("policy_loaded")) >= seen + 2:
+            reloads += 1
+    assert load.wait() == 0
+    with open(out_path) as f:
+        r = json.load(f)
+    assert reloads >= 3, reloads
+    assert r["total_requests"] > 0 and r["errors"] == {} and r["statuses"] == {"200": r["requests"]}, r
+    wait_for(lambda: sum(1 for _ in open(n.audit)) >= r["total_requests"], timeout=10, what="audit lines")
+    lines = [json.loads(ln) for ln in open(n.audit)]
+    assert len(lines) == r["total_requests"] and {ln["status"] for ln in lines} == {200}
