@@ -55,7 +55,7 @@ print(json.dumps(out))
 class Node:
     """The topology plus a supervisor with ``workers`` workers on 8080.. in the node netns."""
 
-    def __init__(self, tmp_path, workers: int = 2, extra: tuple[str, ...] = ()):
+    def __init__(self, tmp_path, workers: int = 2, extra: tuple[str, ...] = (), other_pods: int = 0):
         self.topo = Topology(prefix="pw").up()
         self.tmp = str(tmp_path)
         self.audit = os.path.join(self.tmp, "audit.log")
@@ -65,8 +65,10 @@ class Node:
             yaml.safe_dump({"rules": [{"host": "storage.googleapis.com"}]}, f)
         identity = os.path.join(self.tmp, "identity.json")
         with open(identity, "w") as f:
-            json.dump({"version": 1, "node": "n1", "pods": {CLIENT_IP: {
-                "namespace": "shop", "name": "web-1", "serviceAccount": "web"}}}, f)
+            pods = {f"10.{i // 250}.{i % 250}.7": {"namespace": f"ns-{i}", "name": f"pod-{i}", "serviceAccount": "sa"}
+                    for i in range(other_pods)}
+            pods[CLIENT_IP] = {"namespace": "shop", "name": "web-1", "serviceAccount": "web"}
+            json.dump({"version": 1, "node": "n1", "pods": pods}, f)
         self.stderr = open(os.path.join(self.tmp, "supervisor.err"), "wb")
         argv = [sys.executable, "-m", "proxy.workers", "--workers", str(workers), "--port", str(PORT),
                 "--metrics-port", "9182", "--audit", self.audit, "--ports-file", self.ports_file, *extra, "--",
@@ -377,3 +379,16 @@ def test_policy_reloads_under_load_drop_no_request(node):
     wait_for(lambda: sum(1 for _ in open(n.audit)) >= r["total_requests"], timeout=10, what="audit lines")
     lines = [json.loads(ln) for ln in open(n.audit)]
     assert len(lines) == r["total_requests"] and {ln["status"] for ln in lines} == {200}
+
+
+def test_a_thousand_pods_identity_entries_audit_the_right_pod(node):
+    """Issue 17 item 4: with 1,000 pods in the identity map, each worker audits the client's own."""
+    n = node(workers=2, other_pods=999)
+    n.wait_ready(2)
+    n.redirect()
+    assert n.requests("storage.googleapis.com", 20) == [200] * 20
+    wait_for(lambda: sum(1 for _ in open(n.audit)) >= 20, timeout=10, what="audit lines")
+    lines = [json.loads(ln) for ln in open(n.audit)]
+    assert len(lines) == 20
+    assert {(ln["pod_namespace"], ln["pod_name"], ln["pod_service_account"]) for ln in lines} == {
+        ("shop", "web-1", "web")}
