@@ -25,6 +25,7 @@ BENCHMARKS = {
     "sidecar": "bench.sidecar_bench",
     "proxy": "bench.proxy_bench",
     "policy_scopes": "bench.policy_scopes_bench",
+    "egress": "bench.egress_bench",
 }
 
 

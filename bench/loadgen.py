@@ -1,4 +1,5 @@
-"""A small keep-alive HTTP(S) load generator: N threads, each with one persistent connection.
+"""A small HTTP(S) load generator: N threads, each with one persistent connection (or, with
+``--new-connection``, a new connection per request).
 
 Run inside the client network namespace (``ip netns exec C python -m bench.loadgen ...``) so it
 reaches the upstream by its name and address exactly as a pod would; prints one JSON object.
@@ -26,7 +27,7 @@ def _connect(u: urllib.parse.SplitResult, ctx: ssl.SSLContext | None, timeout: f
 
 
 def load(url: str, *, concurrency: int, duration: float, max_requests: int, warmup: float,
-         cafile: str | None, timeout: float = 3.0) -> dict:
+         cafile: str | None, timeout: float = 3.0, new_connection: bool = False) -> dict:
     u = urllib.parse.urlsplit(url)
     ctx = None
     if u.scheme == "https":
@@ -45,6 +46,8 @@ def load(url: str, *, concurrency: int, duration: float, max_requests: int, warm
     measuring_from = [0.0]
     deadline = [0.0]
 
+    headers = {"Host": u.netloc, **({"Connection": "close"} if new_connection else {})}
+
     def worker():
         conn = None
         start.wait()
@@ -60,11 +63,11 @@ def load(url: str, *, concurrency: int, duration: float, max_requests: int, warm
                     conn = _connect(u, ctx, timeout)
                     reconnects[0] += 1
                 t0 = time.perf_counter()
-                conn.request("GET", path, headers={"Host": u.netloc})
+                conn.request("GET", path, headers=headers)
                 resp = conn.getresponse()
                 resp.read()
                 t1 = time.perf_counter()
-                if resp.will_close:
+                if resp.will_close or new_connection:
                     conn.close()
                     conn = None
                 with lock:
@@ -113,9 +116,12 @@ def main(argv=None) -> int:
     p.add_argument("--cafile", help="CA bundle for HTTPS")
     p.add_argument("--timeout", type=float, default=3.0,
                    help="per-request timeout: a request stuck longer counts as an error (default 3 s)")
+    p.add_argument("--new-connection", action="store_true",
+                   help="one request per connection (TCP and TLS handshake each), instead of keep-alive")
     a = p.parse_args(argv)
     print(json.dumps(load(a.url, concurrency=a.concurrency, duration=a.duration, max_requests=a.max_requests,
-                          warmup=a.warmup, cafile=a.cafile, timeout=a.timeout)))
+                          warmup=a.warmup, cafile=a.cafile, timeout=a.timeout,
+                          new_connection=a.new_connection)))
     return 0
 
 

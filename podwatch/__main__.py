@@ -30,6 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pod annotation that must be \"true\" (default: %(default)s)")
     p.add_argument("-hostPort", "--hostPort", "--host-port", dest="host_port", type=int, default=8080,
                    help="host port the proxy listens on; tcp 80/443 are redirected there (default: %(default)s)")
+    p.add_argument("--proxy-ports-file", default="",
+                   help="the proxy workers' port range file (written by python -m proxy.workers, 'A-B' "
+                        "starting at -hostPort); connections are spread over the range at random. "
+                        "Missing or unusable: -hostPort alone (default: off)")
     p.add_argument("--node-name", default=os.environ.get("NODE_NAME", ""),
                    help="this node's name (default: $NODE_NAME; else this host's name, with a warning: "
                         "the original chart set no NODE_NAME and podwatch runs with hostNetwork)")
@@ -138,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     pw = PodWatch(node=args.node_name, annotation=args.annotation, host_port=args.host_port,
                   namespace=args.namespace, identity_file=args.identity_file,
                   min_sync_interval=args.min_sync_interval, resync_period=args.resync_period, logger=log,
-                  departed_grace=args.departed_grace,
+                  departed_grace=args.departed_grace, ports_file=args.proxy_ports_file,
                   backend=choose_backend().backend)
     informer = Informer(client, resource_path("v1", "pods", args.namespace or None),
                         query={"fieldSelector": f"spec.nodeName={args.node_name}"}, resync_period=0,

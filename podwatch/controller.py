@@ -48,8 +48,11 @@ class PodWatch:
                  identity_file: str = "", runner: rules.Runner | None = None,
                  min_sync_interval: float = 0.1, resync_period: float = 30.0, logger=None,
                  clock: Callable[[], float] = time.monotonic, backend: str = rules.DEFAULT_BACKEND,
-                 departed_grace: float = DEPARTED_GRACE):
+                 departed_grace: float = DEPARTED_GRACE, ports_file: str = ""):
         self.node, self.annotation, self.host_port = node, annotation, host_port
+        # the proxy workers' port range (proxy/workers.py writes it; rules.read_ports_file)
+        self.ports_file = ports_file
+        self._ports_problem: str | None = None
         self.namespace = namespace
         self.identity = identity.IdentityFile(identity_file, node)
         self.runner, self.backend = runner, backend  # backend: chosen once at start (never mixed)
@@ -188,6 +191,18 @@ class PodWatch:
             kept.extend(lps)
         return kept
 
+    def _proxy_ports(self) -> int | str:
+        """The redirect's port range from the proxy's ports file; the host port alone (its first
+        worker) while the file is missing or unusable, logged once per distinct problem."""
+        ports, problem = rules.read_ports_file(self.ports_file, self.host_port)
+        if problem != self._ports_problem:
+            self._ports_problem = problem
+            if problem and self.log:
+                self.log.warning("proxy_ports_unusable", problem=problem, redirecting_to=self.host_port)
+            elif self.log:
+                self.log.info("proxy_ports", ports=str(ports))
+        return ports
+
     def sync_once(self, force: bool = True) -> bool:
         """One sync (``force``: rewrite every family even if unchanged). True when all needed applied."""
         pods = self.desired()
@@ -202,6 +217,8 @@ class PodWatch:
                 self.log.info("identity_written", path=self.identity.path, pods=len(pods))
         except OSError as e:
             self.log.error("identity_write_failed", path=self.identity.path, error=str(e))
+        if self.ports_file:
+            self.syncer.host_port = self._proxy_ports()
         start = time.perf_counter()
         result = self.syncer.sync(pods, force=force)
         duration = time.perf_counter() - start

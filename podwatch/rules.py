@@ -217,16 +217,66 @@ def _jump_lines(table: str, live: LiveJumps | None) -> list[str]:
     return iptables.jump_fixup(builtin, chain, comment, live.jumps.get(table, []), live.first.get(table, False))
 
 
-def render_table(family: str, table: str, pods: Sequence[LockedPod], host_port: int,
+MAX_PROXY_PORTS = 64
+
+
+def port_range(host_port: int | str) -> tuple[int, int]:
+    """``8080`` or ``"8080-8081"`` (the proxy workers' ports, proxy/workers.py) → ``(first, last)``;
+    ValueError naming the problem."""
+    text = str(host_port).strip()
+    first_s, _, last_s = text.partition("-")
+    try:
+        first, last = int(first_s), int(last_s or first_s)
+    except ValueError:
+        raise ValueError(f"proxy port {host_port!r} is not a port or a range A-B") from None
+    if not (1 <= first <= last <= 65535):
+        raise ValueError(f"proxy port {host_port!r} is not a TCP port or an ascending range (1-65535)")
+    if last - first + 1 > MAX_PROXY_PORTS:
+        raise ValueError(f"proxy port range {host_port!r} has more than {MAX_PROXY_PORTS} ports")
+    return first, last
+
+
+def redirect_target(host_port: int | str) -> str:
+    """The REDIRECT target: one port, or a range picked at random per connection.
+
+    ``--random`` is needed: without it the kernel keeps the first port of a destination range
+    whenever the tuple is unique, which it always is (the client's port differs), so every
+    connection would reach the first worker. A worker that is down leaves its port without a
+    listener: the connections picked for it are reset (refused), never forwarded past the proxy."""
+    first, last = port_range(host_port)
+    return f"REDIRECT --to-ports {first}" if first == last else f"REDIRECT --to-ports {first}-{last} --random"
+
+
+def read_ports_file(path: str, host_port: int) -> tuple[int | str, str | None]:
+    """The proxy's port range from its ports file (``A-B``, written by proxy/workers.py), checked to
+    start at ``host_port``; ``(host_port, reason)`` when the file is missing or unusable (the first
+    worker always listens on ``host_port``, so one port is always served)."""
+    try:
+        with open(path, encoding="ascii") as f:
+            text = f.read().strip()
+    except OSError as e:
+        return host_port, f"{path}: {e.strerror or e}"
+    try:
+        first, last = port_range(text)
+    except ValueError as e:
+        return host_port, f"{path}: {e}"
+    if first != int(host_port):
+        return host_port, f"{path}: range {text} does not start at the host port {host_port}"
+    return (f"{first}-{last}" if last > first else first), None
+
+
+def render_table(family: str, table: str, pods: Sequence[LockedPod], host_port: int | str,
                  live: LiveJumps | None = None) -> str:
-    """The restore input for one (family, table): chain header, jump fix-up, full chain body."""
+    """The restore input for one (family, table): chain header, jump fix-up, full chain body.
+    ``host_port``: the proxy's port or its workers' range ``"A-B"`` (:func:`redirect_target`)."""
     builtin, chain, _ = OWNED[table]
     mine = [p for p in pods if p.family == family]
     out = [f"*{table}", f":{chain} - [0:0]", *_jump_lines(table, live)]
     if table == "nat":
+        target = redirect_target(host_port)
         for p in mine:
             out.append(f"-A {chain} -s {_cidr(p.ip)} -p tcp -m multiport --dports {WEB_PORTS} "
-                       f"-m comment --comment {_q(p.key)} -j REDIRECT --to-ports {int(host_port)}")
+                       f"-m comment --comment {_q(p.key)} -j {target}")
     else:
         out.insert(2, f":{LOCKED_CHAIN} - [0:0]")
         if mine:
@@ -243,7 +293,7 @@ def render_table(family: str, table: str, pods: Sequence[LockedPod], host_port: 
     return "\n".join(out) + "\n"
 
 
-def render(pods: Iterable[LockedPod], host_port: int,
+def render(pods: Iterable[LockedPod], host_port: int | str,
            live: Mapping[str, LiveJumps] | None = None) -> dict[str, dict[str, str]]:
     """Desired state -> ``{family: {table: restore_text}}`` for both families and both tables.
 
@@ -252,8 +302,7 @@ def render(pods: Iterable[LockedPod], host_port: int,
     without it the jump is inserted as on a fresh node.
     """
     pods = list(pods)
-    if not 1 <= int(host_port) <= 65535:
-        raise ValueError(f"host port {host_port!r} is not a TCP port (1-65535)")
+    port_range(host_port)  # ValueError for a bad port or range
     return {fam: {t: render_table(fam, t, pods, host_port, (live or {}).get(fam)) for t in TABLES}
             for fam in FAMILIES}
 
@@ -380,7 +429,7 @@ class Syncer:
     any sync: the controller's forced retry rewrites it whole.
     """
 
-    def __init__(self, host_port: int, runner: Runner | None = None, backend: str = DEFAULT_BACKEND):
+    def __init__(self, host_port: int | str, runner: Runner | None = None, backend: str = DEFAULT_BACKEND):
         self.host_port, self.runner, self.backend = host_port, runner, backend
         self._applied: dict[str, dict[str, str]] = {}
 

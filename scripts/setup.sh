@@ -12,7 +12,7 @@ PYTHON=${PYTHON:-python3}
 log() { printf '[setup] %s\n' "$*"; }
 
 need_apt=()
-for pair in iptables:iptables ip6tables-restore:iptables ip:iproute2 ping:iputils-ping curl:curl conntrack:conntrack shellcheck:shellcheck; do
+for pair in iptables:iptables ip6tables-restore:iptables ip:iproute2 ping:iputils-ping curl:curl conntrack:conntrack shellcheck:shellcheck squid:squid-openssl; do
   cmd=${pair%%:*}; pkg=${pair##*:}
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done

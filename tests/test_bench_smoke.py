@@ -137,6 +137,20 @@ def test_quick_suite_computes_ratios_from_side_by_side_measurements(quick_run):
         assert {"direct", "bare"} <= set(small)
         assert small["bare"]["http"]["rps"]["median"] and small["direct"]["http"]["rps"]["median"]
         assert measured["proxy"]["download"]["direct"]["bytes"] == measured["proxy"]["download_bytes"]
+    if "egress" in BENCHMARKS:  # tproxy 1 and N workers next to bare mitmdump and squid, one run
+        eg = b["egress"]
+        assert eg["status"].startswith("ok"), eg["status"]
+        res = eg["results"]
+        assert set(res) == {"direct", "bare", "tproxy-1", "tproxy-N", "squid-bump", "squid-splice"}
+        for mode, kinds in res.items():
+            assert set(kinds) == ({"https", "https-new"} if mode == "squid-splice"
+                                  else {"http", "https", "http-new", "https-new"}), mode
+            for kind, r in kinds.items():
+                assert r["rps"]["median"] and set(r["statuses"]) == {"200"}, (mode, kind, r)
+                if mode != "direct":
+                    assert r["cpu_ms_per_req"]["median"] > 0, (mode, kind)
+        ratios = {s["metric"]: s["value"] for s in eg["summary"]}
+        assert ratios["https proxy CPU per request: tproxy / squid bump"] > 0
     if "podwatch" in measured:
         pw = measured["podwatch"]
         for n in pw["sizes"]:

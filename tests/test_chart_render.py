@@ -285,7 +285,7 @@ def test_daemonset_wires_podwatch_and_the_proxy_to_the_host_port():
     assert pw["image"] == "tproxy-podwatch:0.1.0" and "command" not in pw
     assert pw["args"] == ["-annotation=initializer.kubernetes.io/tproxy", "-hostPort=9090",
                           "--metrics-port=9181", "--identity-file=/var/run/tproxy/identity.json",
-                          "--iptables-backend=auto"]
+                          "--iptables-backend=auto", "--proxy-ports-file=/var/run/tproxy-ports/ports"]
     assert pw["env"] == [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}]
     assert pw["securityContext"]["privileged"] is True
     assert pw["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 9181}
@@ -296,16 +296,19 @@ def test_daemonset_wires_podwatch_and_the_proxy_to_the_host_port():
     px = container(pod, "tproxy-tproxy-mode")
     assert px["image"] == "tproxy-proxy:0.1.0"
     cmd = px["command"]
-    assert cmd[:5] == ["mitmdump", "--mode", "transparent", "--listen-port", "9090"]
+    # the worker supervisor (proxy/workers.py), then each worker's mitmdump options
+    assert cmd[:9] == ["python3", "-m", "proxy.workers", "--workers=auto", "--port=9090", "--metrics-port=9182",
+                       "--ports-file=/var/run/tproxy-ports/ports", "--", "--mode"]
     sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
     assert sets == ["confdir=/etc/tproxy/mitmproxy", "tproxy_policy=/etc/tproxy/policy/policy.yaml",
                     "tproxy_identity=/var/run/tproxy/identity.json", "connection_strategy=lazy",
-                    "stream_large_bodies=1m", "flow_detail=0", "termlog_verbosity=error", "tproxy_metrics_port=9182"]
+                    "stream_large_bodies=1m", "flow_detail=0", "termlog_verbosity=error"]
     assert cmd[cmd.index("-s") + 1] == "/opt/tproxy/proxy/addon.py"
+    assert "--proxy-ports-file=/var/run/tproxy-ports/ports" in pw["args"]
     assert {"containerPort": 9090, "hostPort": 9090} in [
         {k: p[k] for k in ("containerPort", "hostPort")} for p in px["ports"]]
-    assert px["readinessProbe"]["tcpSocket"]["port"] == 9090
-    assert px["livenessProbe"]["tcpSocket"]["port"] == 9090
+    assert px["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 9182}
+    assert px["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 9182}
     assert {"containerPort": 9182, "hostPort": 9182} in [
         {k: p[k] for k in ("containerPort", "hostPort")} for p in px["ports"]]
 
@@ -316,8 +319,13 @@ def test_daemonset_wires_podwatch_and_the_proxy_to_the_host_port():
     assert "emptyDir" in vols["identity"]
     px_mounts = {m["mountPath"]: m["name"] for m in px["volumeMounts"]}
     assert px_mounts == {"/etc/tproxy/mitmproxy": "mitmproxy-certs", "/etc/tproxy/policy": "policy",
-                         "/var/run/tproxy": "identity"}
-    assert {m["mountPath"]: m["name"] for m in pw["volumeMounts"]} == {"/var/run/tproxy": "identity"}
+                         "/var/run/tproxy": "identity", "/var/run/tproxy-ports": "proxy-ports"}
+    assert {m["mountPath"]: m["name"] for m in pw["volumeMounts"]} == {
+        "/var/run/tproxy": "identity", "/var/run/tproxy-ports": "proxy-ports"}
+    # the proxy writes its workers' port range, podwatch only reads it
+    assert "emptyDir" in vols["proxy-ports"]
+    assert [m.get("readOnly", False) for m in px["volumeMounts"] if m["name"] == "proxy-ports"] == [False]
+    assert [m.get("readOnly", False) for m in pw["volumeMounts"] if m["name"] == "proxy-ports"] == [True]
     # The names the volumes refer to are rendered in the release namespace.
     one(objs, "Secret", f"{FULL}-certs", RELEASE_NS)
     one(objs, "ConfigMap", f"{FULL}-policy", RELEASE_NS)
@@ -545,8 +553,16 @@ def _mitmdump_args(command: list[str]):
         termlog = TermLog()
         master.addons.add(termlog, TproxyAddon())
         termlog.uninstall()  # (its log handler: not for this process)
-        assert command[0] == "mitmdump"
-        args = cmdline.mitmdump(opts).parse_args(command[1:])
+        if command[:3] == ["python3", "-m", "proxy.workers"]:
+            # the supervisor: worker 0's command (its port; the node's summed metrics port)
+            from proxy.workers import check_worker_args, parse
+            sup, worker = parse(command[3:])
+            check_worker_args(worker)
+            cmd = ["mitmdump", *worker, "--listen-port", str(sup.port), "--set", f"tproxy_metrics_port={sup.metrics_port}"]
+        else:
+            cmd = command
+        assert cmd[0] == "mitmdump"
+        args = cmdline.mitmdump(opts).parse_args(cmd[1:])
         values = {}
         for spec in args.setoptions:
             key, _, value = spec.partition("=")

@@ -30,7 +30,7 @@ IMAGES = {
     "tproxy-proxy": ["proxy.core", "proxy.policy", "proxy.identity", "proxy.metrics", "proxy.request_target",
                      "proxy.mitm", "proxy.decision", "proxy.audit", "proxy.pinning", "proxy.dns", "proxy.authority",
                      "proxy.clients", "proxy.probe_answer", "proxy.options", "proxy.trust", "proxy.health",
-                     "proxy.policy_watch"],
+                     "proxy.policy_watch", "proxy.workers", "proxy.cpus", "proxy.audit_relay", "proxy.worker_metrics"],
     "tproxy-sidecar": ["sidecar.__main__", "sidecar.lock", "sidecar.verify"],
 }
 

@@ -4,7 +4,7 @@
   atomically (write + rename inside the volume directory) when the object changes, so a bind-mounted
   volume sees updates like a real one does (the chart's policy hot reload relies on it). Volumes used
   through ``subPath`` are, as on a real kubelet, not updated.
-- ``emptyDir``: an empty directory per pod.
+- ``emptyDir``: an empty directory per pod, mode 0777 like the kubelet's (any container user writes it).
 - ``hostPath``: a path on the *simulated node's* filesystem (``<run dir>/hostfs/<path>``), so two
   hostNetwork pods that share ``/var/run/tproxy`` see each other's files while the real host is untouched.
 - the service-account token: ``token``, ``ca.crt`` and ``namespace`` from the SA's token Secret
@@ -115,6 +115,8 @@ class PodVolumes:
                     _write_atomic(os.path.join(path, rel), data)
             elif "emptyDir" in vol:
                 os.makedirs(path, exist_ok=True)
+                # like the kubelet's (pkg/volume/emptydir: perm 0777): any container user may write
+                os.chmod(path, 0o777)
             elif "hostPath" in vol:
                 hp = vol["hostPath"]
                 path = os.path.join(self.hostfs, hp["path"].lstrip("/"))
