@@ -3,8 +3,10 @@
 Each worker serves its own registry on a private loopback port; the supervisor's collector reads
 them all when Prometheus scrapes the node port and reports one family per metric: counters,
 histograms (buckets, sums, counts) and the request/connection counters are summed over the
-workers; gauges that describe the shared configuration (rules in force, the policy mode) are the
-maximum, since every worker holds the same policy (summing would multiply them). A worker that
+workers; the families that describe the shared configuration are the maximum, since every worker
+loads the same policy file and watches the same namespace policies (summing would multiply them by
+N): the gauges of what is in force (rules, mode, namespace policies) and the counters of events each
+worker sees once per change (policy loads, namespace policies rejected). A worker that
 does not answer is left out of that scrape and counted in ``tproxy_worker_scrape_errors_total``.
 """
 from __future__ import annotations
@@ -16,7 +18,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-MAX_GAUGES = {"tproxy_policy_rules", "tproxy_policy_mode"}
+SHARED_CONFIG = {"tproxy_policy_rules", "tproxy_policy_mode", "tproxy_namespace_policies",
+                 "tproxy_policy_reloads", "tproxy_namespace_policy_rejections"}
 SCRAPE_TIMEOUT = 2.0
 
 
@@ -35,15 +38,17 @@ def merge(texts: Iterable[str]) -> list[Metric]:
                 continue  # per process, meaningless summed
             families.setdefault(fam.name, Metric(fam.name, fam.documentation, fam.type, fam.unit))
             acc = values.setdefault(fam.name, {})
-            take_max = fam.type == "gauge" and fam.name in MAX_GAUGES
+            take_max = fam.name in SHARED_CONFIG
             for s in fam.samples:
                 key = (s.name, tuple(sorted(s.labels.items())))
-                if key in acc and take_max:
-                    acc[key] = max(acc[key], s.value)
-                elif key in acc and not s.name.endswith("_created"):
-                    acc[key] += s.value
-                elif key not in acc:
+                if key not in acc:
                     acc[key] = s.value
+                elif s.name.endswith("_created"):
+                    acc[key] = min(acc[key], s.value)  # the family exists since its first worker made it
+                elif take_max:
+                    acc[key] = max(acc[key], s.value)
+                else:
+                    acc[key] += s.value
     for name, fam in families.items():
         fam.samples = [Sample(sname, dict(labels), value) for (sname, labels), value in values[name].items()]
     return list(families.values())

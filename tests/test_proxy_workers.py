@@ -392,3 +392,29 @@ def test_a_thousand_pods_identity_entries_audit_the_right_pod(node):
     assert len(lines) == 20
     assert {(ln["pod_namespace"], ln["pod_name"], ln["pod_service_account"]) for ln in lines} == {
         ("shop", "web-1", "web")}
+
+
+def test_node_metrics_sum_traffic_but_not_the_shared_configuration():
+    """Every worker loads the same policy and watches the same namespace policies: the node's
+    figures for those are one worker's (the maximum), while traffic is summed over the workers."""
+    from proxy.metrics import Metrics
+    from proxy.worker_metrics import merge
+    from prometheus_client.exposition import generate_latest
+
+    texts = []
+    for served in (3, 5):
+        m = Metrics()
+        for _ in range(served):
+            m.count_request("allowed", None, "payments")
+        m.policy_reloads.labels("success").inc()
+        m.policy_rules.set(10)
+        m.namespace_policies.set(2)
+        m.namespace_rejections.labels("builds", "ceiling").inc()
+        texts.append(generate_latest(m.registry).decode())
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for fam in merge(texts) for s in fam.samples}
+    allowed = [v for (n, labels), v in samples.items() if n == "tproxy_requests_total" and ("namespace", "payments") in labels]
+    assert allowed == [8.0]
+    assert samples[("tproxy_policy_reloads_total", (("result", "success"),))] == 1.0
+    assert samples[("tproxy_policy_rules", ())] == 10.0
+    assert samples[("tproxy_namespace_policies", ())] == 2.0
+    assert samples[("tproxy_namespace_policy_rejections_total", (("cause", "ceiling"), ("namespace", "builds")))] == 1.0
