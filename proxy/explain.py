@@ -11,10 +11,10 @@ against the ceiling first, as the proxy would. Exit status: 0 when it explained 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import urllib.parse
 
+from controllerkit.cli import ExactArgumentParser
 from proxy import delegated
 from proxy.decision import RequestFacts, decide, finalize
 from proxy.policy import PolicyError, Rule, is_ip_literal
@@ -71,7 +71,7 @@ def explain(scoped: ScopedPolicy, url: str, *, namespace: str = "", service_acco
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m proxy.policy",
+    ap = ExactArgumentParser(prog="python -m proxy.policy",
                                  description="Check tproxy policy files and explain decisions.")
     sub = ap.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("explain", help="which scope and rule would decide a request from a pod")

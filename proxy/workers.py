@@ -48,6 +48,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from controllerkit.backoff import Backoff
+from controllerkit.cli import ExactArgumentParser
 from controllerkit.log import setup_logging
 from proxy.audit_relay import AuditSink, relay
 from proxy.cpus import usable_cpus
@@ -239,7 +240,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         own, worker_args = argv[:cut], argv[cut + 1:]
     else:
         own, worker_args = argv, []
-    p = argparse.ArgumentParser(prog="python -m proxy.workers", description=__doc__.split("\n\n")[0])
+    p = ExactArgumentParser(prog="python -m proxy.workers", description=__doc__.split("\n\n")[0])
     p.add_argument("--workers", default=os.environ.get("TPROXY_WORKERS", "auto"),
                    help="worker processes: 'auto' (one per usable CPU) or a number up to that")
     p.add_argument("--port", type=int, default=8080, help="worker i listens on port+i")

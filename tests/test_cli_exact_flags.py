@@ -54,7 +54,8 @@ def test_values_are_not_taken_for_flags():
     assert p.parse_args(["--name", "-5"]).name == "-5"  # a negative number is a value
 
 
-@pytest.mark.parametrize("module,flag", [("podwatch", "-namespac"), ("sidecar", "--dry")])
+@pytest.mark.parametrize("module,flag", [("podwatch", "-namespac"), ("sidecar", "--dry"),
+                                         ("proxy.workers", "--worker"), ("proxy.policy", "--polic")])
 def test_the_entry_points_exit_2_with_the_reason(module, flag):
     proc = subprocess.run([sys.executable, "-m", module, flag, "x"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
