@@ -6,6 +6,7 @@ A missing component is recorded as ``"skipped: <reason>"``; the exit status is n
 when the harness itself broke (a benchmark ended in ``error:``), so CI catches a broken harness
 without enforcing performance thresholds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,15 +34,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = ExactArgumentParser(
         prog="python -m bench",
         description="tproxy benchmarks: each component vs its baseline, measured side by side in one run. "
-                    "Writes latest.json, report.md and PNG plots. Needs root (network namespaces).")
-    p.add_argument("--quick", action="store_true",
-                   help="small workloads (< 2 min in total): the CI smoke test")
-    p.add_argument("--only", metavar="NAME[,NAME]", default="",
-                   help=f"run a subset of: {', '.join(BENCHMARKS)}")
-    p.add_argument("--out", metavar="DIR", default=os.path.join(common.REPO, "bench", "results"),
-                   help="output directory (default: bench/results)")
-    p.add_argument("--repeats", type=int, default=None,
-                   help="repeats per measurement where cheap (default 3; 1 with --quick)")
+        "Writes latest.json, report.md and PNG plots. Needs root (network namespaces).",
+    )
+    p.add_argument("--quick", action="store_true", help="small workloads (< 2 min in total): the CI smoke test")
+    p.add_argument("--only", metavar="NAME[,NAME]", default="", help=f"run a subset of: {', '.join(BENCHMARKS)}")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        default=os.path.join(common.REPO, "bench", "results"),
+        help="output directory (default: bench/results)",
+    )
+    p.add_argument("--repeats", type=int, default=None, help="repeats per measurement where cheap (default 3; 1 with --quick)")
     p.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     args = p.parse_args(argv)
@@ -76,12 +79,22 @@ def cross_ratios(b: dict) -> dict | None:
         rows.append([key, cps, r])
         if key == "tproxy/clean":
             summary.append({"metric": "initializer burst: API writes/s (2 per create) ÷ kubesim writes/s", "value": r})
-    return {"status": "ok", "elapsed_s": 0.0, "summary": summary,
-            "tables": [{"title": "Initializer bursts as a share of the API server's write rate (same run)",
-                        "columns": ["controller/scenario", "creates/s", "2 × creates/s ÷ kubesim writes/s"],
-                        "rows": rows}],
-            "notes": [f"kubesim writes/s (median, 8 threads): {wps:.0f}; the burst uses {ini.get('concurrency')} concurrent clients, "
-                      "so the share also reflects the server's behaviour under that many blocked requests."]}
+    return {
+        "status": "ok",
+        "elapsed_s": 0.0,
+        "summary": summary,
+        "tables": [
+            {
+                "title": "Initializer bursts as a share of the API server's write rate (same run)",
+                "columns": ["controller/scenario", "creates/s", "2 × creates/s ÷ kubesim writes/s"],
+                "rows": rows,
+            }
+        ],
+        "notes": [
+            f"kubesim writes/s (median, 8 threads): {wps:.0f}; the burst uses {ini.get('concurrency')} concurrent clients, "
+            "so the share also reflects the server's behaviour under that many blocked requests."
+        ],
+    }
 
 
 def main(argv=None) -> int:
@@ -93,8 +106,7 @@ def main(argv=None) -> int:
     import importlib
 
     os.makedirs(args.out, exist_ok=True)
-    cfg = common.BenchConfig(quick=args.quick, out_dir=args.out,
-                             repeats=args.repeats or (1 if args.quick else 3))
+    cfg = common.BenchConfig(quick=args.quick, out_dir=args.out, repeats=args.repeats or (1 if args.quick else 3))
     t0 = time.monotonic()
     results = {
         "schema": 1,

@@ -7,6 +7,7 @@ no metrics — so tproxy's initializer is read as a ratio to the bare cost of th
 Relists on 410 and re-watches from the last resourceVersion when a stream is cut. Worker count as
 tproxy's default (2). ``python -m bench.bare_initializer --kubeconfig PATH [--name NAME]``.
 """
+
 from __future__ import annotations
 
 import queue
@@ -26,6 +27,7 @@ def ours_first(obj: dict, name: str) -> bool:
 
 def release(client, key: str, name: str) -> str:
     from controllerkit.errors import ApiError
+
     ns, n = key.split("/", 1)
     path = f"/apis/apps/v1beta1/namespaces/{ns}/deployments/{n}"
     for _ in range(20):
@@ -60,6 +62,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     from controllerkit.kube import Client
     from controllerkit.errors import ApiError, StreamError
+
     client = Client.from_config(a.kubeconfig)
     q: "queue.Queue[str]" = queue.Queue()
     queued: set[str] = set()
@@ -99,8 +102,7 @@ def main(argv=None) -> int:
                 rv = lst["metadata"]["resourceVersion"]
                 for obj in lst.get("items", []):
                     enqueue(obj)
-            for etype, obj in client.watch(DEPLOYMENTS, resource_version=rv, timeout_seconds=300,
-                                           includeUninitialized="true"):
+            for etype, obj in client.watch(DEPLOYMENTS, resource_version=rv, timeout_seconds=300, includeUninitialized="true"):
                 rv = obj.get("metadata", {}).get("resourceVersion", rv)
                 if etype in ("ADDED", "MODIFIED"):
                     enqueue(obj)

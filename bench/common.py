@@ -6,6 +6,7 @@ cannot run here) or ``"error: <reason>"`` (the harness or the component broke). 
 on the shared 2-core machines are noise; what the report quotes are *ratios* of figures measured
 side by side in the same run, so each module measures its baseline next to the component.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -65,6 +66,7 @@ def need_module(name: str, *attrs: str):
 
 def need_root() -> None:
     from kubesim import netns
+
     if not netns.available():
         raise Skip("needs root and iproute2 (network namespaces)")
 
@@ -136,6 +138,7 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 # -- machine facts ---------------------------------------------------------------------------
 def machine_info() -> dict:
     """Machine, kernel, Python and package versions: the report's header."""
+
     def meminfo_total() -> int | None:
         try:
             with open("/proc/meminfo") as f:
@@ -158,6 +161,7 @@ def machine_info() -> dict:
 
     def version(dist: str) -> str | None:
         from importlib import metadata
+
         try:
             return metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -175,13 +179,21 @@ def machine_info() -> dict:
     except OSError:
         load = None
     try:
-        commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True, timeout=5).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+            or None
+        )
     except Exception:
         commit = None
     try:  # others commit to the same checkout: say when the measured tree was not exactly the commit
-        dirty = [ln[3:] for ln in subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--untracked-files=no"],
-                                                 capture_output=True, text=True, timeout=5).stdout.splitlines()]
+        dirty = [
+            ln[3:]
+            for ln in subprocess.run(
+                ["git", "-C", REPO, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5
+            ).stdout.splitlines()
+        ]
     except Exception:
         dirty = []
     return {
@@ -196,8 +208,9 @@ def machine_info() -> dict:
         "loadavg_at_start": [round(x, 2) for x in load] if load else None,
         "git_commit": commit,
         "git_uncommitted_files": dirty,
-        "packages": {d: version(d) for d in ("mitmproxy", "kubernetes", "matplotlib", "PyYAML",
-                                              "prometheus-client", "structlog")},
+        "packages": {
+            d: version(d) for d in ("mitmproxy", "kubernetes", "matplotlib", "PyYAML", "prometheus-client", "structlog")
+        },
         "tools": {"iptables": cmd_version(["iptables", "--version"])},
     }
 

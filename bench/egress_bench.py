@@ -16,6 +16,7 @@ and its certificate helpers).
 - ``squid-splice``: HTTPS peeked by SNI and spliced (no decryption): the no-decryption reference
   (its HTTP path is squid-bump's, so only HTTPS is measured).
 """
+
 from __future__ import annotations
 
 import json
@@ -85,12 +86,28 @@ def tree_cpu_seconds(pid: int) -> float:
 
 def redirect(topo: Topology, mode: str, n_workers: int) -> None:
     from podwatch.rules import redirect_target
+
     node = topo.node
     node.run("iptables", "-t", "nat", "-F", "PREROUTING")
 
     def add(dports: str, target: str) -> None:
-        node.run("iptables", "-t", "nat", "-A", "PREROUTING", "-s", CLIENT_IP, "-p", "tcp", "-m", "multiport",
-                 "--dports", dports, "-j", *target.split())
+        node.run(
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-s",
+            CLIENT_IP,
+            "-p",
+            "tcp",
+            "-m",
+            "multiport",
+            "--dports",
+            dports,
+            "-j",
+            *target.split(),
+        )
 
     if mode == "direct":
         return
@@ -108,12 +125,16 @@ def start_squid(topo: Topology, ca_pem: str) -> subprocess.Popen:
         raise common.Skip("squid not installed (apt-get install squid-openssl)")
     d = os.path.join(topo.tmp, "squid")
     os.makedirs(d, exist_ok=True)
-    subprocess.run(["/usr/lib/squid/security_file_certgen", "-c", "-s", f"{d}/ssl_db", "-M", "8MB"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["/usr/lib/squid/security_file_certgen", "-c", "-s", f"{d}/ssl_db", "-M", "8MB"], check=True, capture_output=True
+    )
     conf = os.path.join(d, "squid.conf")
     with open(conf, "w") as f:
-        f.write(SQUID_CONF.format(http=SQUID_HTTP, bump=SQUID_BUMP, splice=SQUID_SPLICE, ca=ca_pem, dir=d,
-                                  hosts=HOSTS, upstream_ca=topo.ca_file))
+        f.write(
+            SQUID_CONF.format(
+                http=SQUID_HTTP, bump=SQUID_BUMP, splice=SQUID_SPLICE, ca=ca_pem, dir=d, hosts=HOSTS, upstream_ca=topo.ca_file
+            )
+        )
     subprocess.run(["chown", "-R", "proxy:proxy", d], check=True)
     os.chmod(topo.tmp, 0o755)
     p = topo.spawn(topo.node, [squid, "-N", "-f", conf], log="squid.log")
@@ -125,6 +146,7 @@ def start_squid(topo: Topology, ca_pem: str) -> subprocess.Popen:
 def run(cfg: common.BenchConfig) -> dict:
     common.need_root()
     from proxy.cpus import usable_cpus
+
     n_workers = usable_cpus()
     duration = cfg.pick(0.5, 3.0)
     warmup = cfg.pick(0.3, 0.5)
@@ -154,17 +176,60 @@ def run(cfg: common.BenchConfig) -> dict:
         policy = os.path.join(topo.tmp, "policy.yaml")
         with open(policy, "w") as f:
             yaml.safe_dump({"rules": [{"host": h} for h in HOSTS.split()]}, f)
-        mitm = ["--mode", "transparent", "-q", "--set", f"confdir={confdir}", "--set", "connection_strategy=lazy",
-                "--set", f"ssl_verify_upstream_trusted_ca={topo.ca_file}", "--set", "stream_large_bodies=1m"]
-        procs["bare"] = topo.spawn(topo.node, [sys.executable, "-c", "from mitmproxy.tools.main import mitmdump; "
-                                               "mitmdump()", *mitm, "--listen-port", str(PORTS["bare"])],
-                                   log="bare.log")
-        addon = ["-s", os.path.join(common.REPO, "proxy", "addon.py"), "--set", f"tproxy_policy={policy}",
-                 "--set", "flow_detail=0", "--set", "termlog_verbosity=error"]
+        mitm = [
+            "--mode",
+            "transparent",
+            "-q",
+            "--set",
+            f"confdir={confdir}",
+            "--set",
+            "connection_strategy=lazy",
+            "--set",
+            f"ssl_verify_upstream_trusted_ca={topo.ca_file}",
+            "--set",
+            "stream_large_bodies=1m",
+        ]
+        procs["bare"] = topo.spawn(
+            topo.node,
+            [
+                sys.executable,
+                "-c",
+                "from mitmproxy.tools.main import mitmdump; mitmdump()",
+                *mitm,
+                "--listen-port",
+                str(PORTS["bare"]),
+            ],
+            log="bare.log",
+        )
+        addon = [
+            "-s",
+            os.path.join(common.REPO, "proxy", "addon.py"),
+            "--set",
+            f"tproxy_policy={policy}",
+            "--set",
+            "flow_detail=0",
+            "--set",
+            "termlog_verbosity=error",
+        ]
         for mode, n in (("tproxy-1", 1), ("tproxy-N", n_workers)):
-            procs[mode] = topo.spawn(topo.node, [
-                sys.executable, "-m", "proxy.workers", "--workers", str(n), "--port", str(PORTS[mode]),
-                "--audit", os.path.join(topo.tmp, f"audit-{mode}.log"), "--", *mitm, *addon], log=f"{mode}.log")
+            procs[mode] = topo.spawn(
+                topo.node,
+                [
+                    sys.executable,
+                    "-m",
+                    "proxy.workers",
+                    "--workers",
+                    str(n),
+                    "--port",
+                    str(PORTS[mode]),
+                    "--audit",
+                    os.path.join(topo.tmp, f"audit-{mode}.log"),
+                    "--",
+                    *mitm,
+                    *addon,
+                ],
+                log=f"{mode}.log",
+            )
         procs["squid"] = start_squid(topo, os.path.join(confdir, "mitmproxy-ca.pem"))
         for mode in ("bare", "tproxy-1", "tproxy-N"):
             for i in range(n_workers if mode == "tproxy-N" else 1):
@@ -175,10 +240,23 @@ def run(cfg: common.BenchConfig) -> dict:
         modes = ["direct", "bare", "tproxy-1", "tproxy-N", "squid-bump", "squid-splice"]
 
         def loadgen(scheme: str, new: bool, dur: float, warmup: float) -> dict:
-            argv = [sys.executable, "-m", "bench.loadgen", f"{scheme}://www.google.com/", "-c", str(concurrency),
-                    "-d", str(dur), "--warmup", str(warmup), "--cafile", bundle] + (["--new-connection"] if new else [])
-            p = subprocess.run(topo.client.exec_argv(argv), capture_output=True, text=True, cwd=common.REPO,
-                               timeout=dur + warmup + 60)
+            argv = [
+                sys.executable,
+                "-m",
+                "bench.loadgen",
+                f"{scheme}://www.google.com/",
+                "-c",
+                str(concurrency),
+                "-d",
+                str(dur),
+                "--warmup",
+                str(warmup),
+                "--cafile",
+                bundle,
+            ] + (["--new-connection"] if new else [])
+            p = subprocess.run(
+                topo.client.exec_argv(argv), capture_output=True, text=True, cwd=common.REPO, timeout=dur + warmup + 60
+            )
             if p.returncode != 0:
                 raise RuntimeError(f"loadgen failed: {p.stderr[-800:]}")
             r = json.loads(p.stdout)
@@ -203,8 +281,10 @@ def run(cfg: common.BenchConfig) -> dict:
                     if owner and r["total_requests"]:
                         r["cpu_ms_per_req"] = (tree_cpu_seconds(owner.pid) - c0) * 1000 / r["total_requests"]
                     raw[mode][f"{scheme}{'-new' if new else ''}"].append(r)
-                    common.log(f"egress round {rnd + 1} {mode} {scheme}{' new-conn' if new else ''}: "
-                               f"{r['rps']:.0f} req/s statuses={r['statuses']} errors={r['errors']}")
+                    common.log(
+                        f"egress round {rnd + 1} {mode} {scheme}{' new-conn' if new else ''}: "
+                        f"{r['rps']:.0f} req/s statuses={r['statuses']} errors={r['errors']}"
+                    )
     finally:
         topo.down()
     return summarize(res, raw, notes, n_workers)
@@ -223,12 +303,24 @@ def summarize(res: dict, raw: dict, notes: list, n_workers: int) -> dict:
                     statuses[k] = statuses.get(k, 0) + v
                 for k, v in r["errors"].items():
                     errors[k] = errors.get(k, 0) + v
-            table[mode][kind] = {"rps": common.spread(r["rps"] for r in runs),
-                                 "cpu_ms_per_req": common.spread(r.get("cpu_ms_per_req") for r in runs),
-                                 "statuses": statuses, "errors": errors}
+            table[mode][kind] = {
+                "rps": common.spread(r["rps"] for r in runs),
+                "cpu_ms_per_req": common.spread(r.get("cpu_ms_per_req") for r in runs),
+                "statuses": statuses,
+                "errors": errors,
+            }
             t = table[mode][kind]
-            rows.append([kind, mode, t["rps"]["median"], t["rps"]["rel_spread"], t["cpu_ms_per_req"]["median"],
-                         json.dumps(statuses), json.dumps(errors) if errors else ""])
+            rows.append(
+                [
+                    kind,
+                    mode,
+                    t["rps"]["median"],
+                    t["rps"]["rel_spread"],
+                    t["cpu_ms_per_req"]["median"],
+                    json.dumps(statuses),
+                    json.dumps(errors) if errors else "",
+                ]
+            )
     res["results"] = table
 
     def rps(mode, kind):
@@ -239,31 +331,67 @@ def summarize(res: dict, raw: dict, notes: list, n_workers: int) -> dict:
 
     summary = []
     for kind in ("http", "https", "http-new", "https-new"):
-        summary.append({"metric": f"{kind} req/s: tproxy {n_workers} workers / 1 worker",
-                        "value": common.ratio(rps("tproxy-N", kind), rps("tproxy-1", kind)),
-                        "target": "≥ 1.7 (N=2)" if kind == "http" else None})
+        summary.append(
+            {
+                "metric": f"{kind} req/s: tproxy {n_workers} workers / 1 worker",
+                "value": common.ratio(rps("tproxy-N", kind), rps("tproxy-1", kind)),
+                "target": "≥ 1.7 (N=2)" if kind == "http" else None,
+            }
+        )
     for kind in ("https", "https-new"):
-        summary.append({"metric": f"{kind} proxy CPU per request: tproxy / squid bump",
-                        "value": common.ratio(cpu("tproxy-1", kind), cpu("squid-bump", kind)), "target": "≤ 3"})
-        summary.append({"metric": f"{kind} proxy CPU per request: tproxy / squid splice (no decryption)",
-                        "value": common.ratio(cpu("tproxy-1", kind), cpu("squid-splice", kind))})
-        summary.append({"metric": f"{kind} proxy CPU per request: tproxy / bare mitmdump",
-                        "value": common.ratio(cpu("tproxy-1", kind), cpu("bare", kind))})
-    summary.append({"metric": "http req/s: squid / tproxy 1 worker",
-                    "value": common.ratio(rps("squid-bump", "http"), rps("tproxy-1", "http"))})
+        summary.append(
+            {
+                "metric": f"{kind} proxy CPU per request: tproxy / squid bump",
+                "value": common.ratio(cpu("tproxy-1", kind), cpu("squid-bump", kind)),
+                "target": "≤ 3",
+            }
+        )
+        summary.append(
+            {
+                "metric": f"{kind} proxy CPU per request: tproxy / squid splice (no decryption)",
+                "value": common.ratio(cpu("tproxy-1", kind), cpu("squid-splice", kind)),
+            }
+        )
+        summary.append(
+            {
+                "metric": f"{kind} proxy CPU per request: tproxy / bare mitmdump",
+                "value": common.ratio(cpu("tproxy-1", kind), cpu("bare", kind)),
+            }
+        )
+    summary.append(
+        {
+            "metric": "http req/s: squid / tproxy 1 worker",
+            "value": common.ratio(rps("squid-bump", "http"), rps("tproxy-1", "http")),
+        }
+    )
     bad = {f"{m}/{k}": v["errors"] for m, d in table.items() for k, v in d.items() if v["errors"]}
-    non200 = {f"{m}/{k}": v["statuses"] for m, d in table.items() for k, v in d.items()
-              if set(v["statuses"]) - {"200"}}
+    non200 = {f"{m}/{k}": v["statuses"] for m, d in table.items() for k, v in d.items() if set(v["statuses"]) - {"200"}}
     if bad or non200:
         notes.append(f"request errors: {bad}; non-200: {non200}")
-    tables = [{"title": "Egress proxies side by side (median over rounds)",
-               "columns": ["kind", "mode", "req/s", "spread ±rel", "proxy CPU ms/req", "statuses", "errors"],
-               "rows": rows}]
+    tables = [
+        {
+            "title": "Egress proxies side by side (median over rounds)",
+            "columns": ["kind", "mode", "req/s", "spread ±rel", "proxy CPU ms/req", "statuses", "errors"],
+            "rows": rows,
+        }
+    ]
     kinds = ("http", "https", "http-new", "https-new")
-    plots = [{"file": "egress_rps.png", "kind": "bar", "title": "egress: req/s (median)", "ylabel": "req/s",
-              "series": {f"{m} {k}": rps(m, k) for k in kinds for m in table if rps(m, k)}},
-             {"file": "egress_cpu.png", "kind": "bar", "title": "egress: proxy CPU ms per request (median)",
-              "ylabel": "ms", "series": {f"{m} {k}": cpu(m, k) for k in kinds for m in table if cpu(m, k)}}]
+    plots = [
+        {
+            "file": "egress_rps.png",
+            "kind": "bar",
+            "title": "egress: req/s (median)",
+            "ylabel": "req/s",
+            "series": {f"{m} {k}": rps(m, k) for k in kinds for m in table if rps(m, k)},
+        },
+        {
+            "file": "egress_cpu.png",
+            "kind": "bar",
+            "title": "egress: proxy CPU ms per request (median)",
+            "ylabel": "ms",
+            "series": {f"{m} {k}": cpu(m, k) for k in kinds for m in table if cpu(m, k)},
+        },
+    ]
     res.update(summary=summary, tables=tables, plots=plots, notes=notes)
     if bad or non200:
         res["status"] = f"ok (with request errors in {', '.join(sorted(set(bad) | set(non200)))})"

@@ -7,6 +7,7 @@
   the first create until every watcher has seen all M ADDED events (delivered events/s), and the
   per-event delay from "create sent" to "last watcher got it".
 """
+
 from __future__ import annotations
 
 import threading
@@ -17,8 +18,12 @@ from bench.kubeutil import KubeSim, ensure_namespace
 
 
 def _cm(name: str, i: int) -> dict:
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "labels": {"bench": "w"}},
-            "data": {"i": str(i), "payload": "x" * 200}}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "labels": {"bench": "w"}},
+        "data": {"i": str(i), "payload": "x" * 200},
+    }
 
 
 def writes(ks: KubeSim, threads: int, per_thread: int, ns: str) -> dict:
@@ -69,12 +74,19 @@ def writes(ks: KubeSim, threads: int, per_thread: int, ns: str) -> dict:
     t2 = time.perf_counter()
     for th in ths:
         th.join()
-    return {"threads": threads, "creates": len(create_lat), "updates": len(update_lat),
-            "create_per_s": len(create_lat) / (t1 - t0), "update_per_s": len(update_lat) / (t2 - t1),
-            "writes_per_s": (len(create_lat) + len(update_lat)) / (t2 - t0),
-            "create_latency": common.latency_summary(create_lat),
-            "update_latency": common.latency_summary(update_lat),
-            "errors": len(errors), "error_sample": errors[:3], "server_rss_mb": ks.rss_mb()}
+    return {
+        "threads": threads,
+        "creates": len(create_lat),
+        "updates": len(update_lat),
+        "create_per_s": len(create_lat) / (t1 - t0),
+        "update_per_s": len(update_lat) / (t2 - t1),
+        "writes_per_s": (len(create_lat) + len(update_lat)) / (t2 - t0),
+        "create_latency": common.latency_summary(create_lat),
+        "update_latency": common.latency_summary(update_lat),
+        "errors": len(errors),
+        "error_sample": errors[:3],
+        "server_rss_mb": ks.rss_mb(),
+    }
 
 
 def fanout(ks: KubeSim, watchers: int, events: int, ns: str) -> dict:
@@ -133,10 +145,17 @@ def fanout(ks: KubeSim, watchers: int, events: int, ns: str) -> dict:
         except Exception:
             pass
     delays = [last_at[n] - created_at[n] for n in created_at if n in last_at]
-    return {"watchers": watchers, "events": events, "complete": ok,
-            "delivered": sum(seen), "delivered_per_s": sum(seen) / (t1 - t0),
-            "all_seen_s": t1 - t0, "delay_to_last_watcher": common.latency_summary(delays),
-            "errors": len(errors), "error_sample": errors[:3]}
+    return {
+        "watchers": watchers,
+        "events": events,
+        "complete": ok,
+        "delivered": sum(seen),
+        "delivered_per_s": sum(seen) / (t1 - t0),
+        "all_seen_s": t1 - t0,
+        "delay_to_last_watcher": common.latency_summary(delays),
+        "errors": len(errors),
+        "error_sample": errors[:3],
+    }
 
 
 def run(cfg: common.BenchConfig) -> dict:
@@ -159,33 +178,73 @@ def run(cfg: common.BenchConfig) -> dict:
     ups = common.spread(r["update_per_s"] for r in res["writes"])
     res["writes_per_s"] = wps
     res["summary"] = [
-        {"metric": f"writes/s (create+update, {threads} threads, official client over HTTPS)",
-         "value": wps["median"], "target": "≥ 300"},
+        {
+            "metric": f"writes/s (create+update, {threads} threads, official client over HTTPS)",
+            "value": wps["median"],
+            "target": "≥ 300",
+        },
     ]
     if len(res["fanout"]) > 1:
         f1, fn = res["fanout"][0], res["fanout"][-1]
-        res["summary"].append({"metric": f"watch fan-out: delivered events/s with {fn['watchers']} watchers "
-                                         f"÷ with {f1['watchers']}",
-                               "value": common.ratio(fn["delivered_per_s"], f1["delivered_per_s"])})
+        res["summary"].append(
+            {
+                "metric": f"watch fan-out: delivered events/s with {fn['watchers']} watchers ÷ with {f1['watchers']}",
+                "value": common.ratio(fn["delivered_per_s"], f1["delivered_per_s"]),
+            }
+        )
     res["tables"] = [
-        {"title": f"Writes ({threads} threads × {per_thread} ConfigMaps, then one update each; {cfg.repeats} run(s))",
-         "columns": ["", "median /s", "spread ±rel", "p50 ms (last run)", "p99 ms (last run)"],
-         "rows": [["create", cps["median"], cps["rel_spread"], res["writes"][-1]["create_latency"]["p50_ms"],
-                   res["writes"][-1]["create_latency"]["p99_ms"]],
-                  ["update (PUT)", ups["median"], ups["rel_spread"], res["writes"][-1]["update_latency"]["p50_ms"],
-                   res["writes"][-1]["update_latency"]["p99_ms"]],
-                  ["all writes", wps["median"], wps["rel_spread"], None, None]]},
-        {"title": f"Watch fan-out ({events} creates by one writer)",
-         "columns": ["watchers", "all seen", "delivered events/s", "create sent → last watcher p50 ms", "p99 ms",
-                     "errors"],
-         "rows": [[r["watchers"], r["complete"], r["delivered_per_s"], r["delay_to_last_watcher"]["p50_ms"],
-                   r["delay_to_last_watcher"]["p99_ms"], r["errors"]] for r in res["fanout"]]},
+        {
+            "title": f"Writes ({threads} threads × {per_thread} ConfigMaps, then one update each; {cfg.repeats} run(s))",
+            "columns": ["", "median /s", "spread ±rel", "p50 ms (last run)", "p99 ms (last run)"],
+            "rows": [
+                [
+                    "create",
+                    cps["median"],
+                    cps["rel_spread"],
+                    res["writes"][-1]["create_latency"]["p50_ms"],
+                    res["writes"][-1]["create_latency"]["p99_ms"],
+                ],
+                [
+                    "update (PUT)",
+                    ups["median"],
+                    ups["rel_spread"],
+                    res["writes"][-1]["update_latency"]["p50_ms"],
+                    res["writes"][-1]["update_latency"]["p99_ms"],
+                ],
+                ["all writes", wps["median"], wps["rel_spread"], None, None],
+            ],
+        },
+        {
+            "title": f"Watch fan-out ({events} creates by one writer)",
+            "columns": ["watchers", "all seen", "delivered events/s", "create sent → last watcher p50 ms", "p99 ms", "errors"],
+            "rows": [
+                [
+                    r["watchers"],
+                    r["complete"],
+                    r["delivered_per_s"],
+                    r["delay_to_last_watcher"]["p50_ms"],
+                    r["delay_to_last_watcher"]["p99_ms"],
+                    r["errors"],
+                ]
+                for r in res["fanout"]
+            ],
+        },
     ]
-    res["plots"] = [{"file": "kubesim_fanout.png", "kind": "line", "logx": True,
-                     "title": "kubesim: watch fan-out", "xlabel": "watchers", "ylabel": "delivered events/s",
-                     "series": {"events/s": [[r["watchers"], r["delivered_per_s"]] for r in res["fanout"]]}}]
-    res["notes"] = ["kubesim serve runs as its own process on 127.0.0.1; the clients are controllerkit.kube.Client "
-                    "(raw REST over the official kubernetes 36.0.3 ApiClient), HTTPS, bearer token."]
+    res["plots"] = [
+        {
+            "file": "kubesim_fanout.png",
+            "kind": "line",
+            "logx": True,
+            "title": "kubesim: watch fan-out",
+            "xlabel": "watchers",
+            "ylabel": "delivered events/s",
+            "series": {"events/s": [[r["watchers"], r["delivered_per_s"]] for r in res["fanout"]]},
+        }
+    ]
+    res["notes"] = [
+        "kubesim serve runs as its own process on 127.0.0.1; the clients are controllerkit.kube.Client "
+        "(raw REST over the official kubernetes 36.0.3 ApiClient), HTTPS, bearer token."
+    ]
     if any(r["errors"] for r in res["writes"] + res["fanout"]):
         res["status"] = "ok (with client errors: see tables)"
     return res

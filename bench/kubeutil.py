@@ -4,6 +4,7 @@ The server runs as its own process (``python -m kubesim serve``) on loopback so 
 share the benchmark's GIL; clients use ``controllerkit.kube.Client`` (raw REST over the official
 ``kubernetes`` ApiClient, HTTPS with the server's CA and a bearer token from its kubeconfig).
 """
+
 from __future__ import annotations
 
 import os
@@ -32,8 +33,19 @@ class KubeSim:
         self.tmp = tempfile.mkdtemp(prefix="tproxy-bench-kubesim-")
         self.kubeconfig = os.path.join(self.tmp, "kubeconfig")
         self.port = free_port()
-        argv = [sys.executable, "-m", "kubesim", "serve", "--listen", f"127.0.0.1:{self.port}",
-                "--kubeconfig", self.kubeconfig, "--log-level", "warning", *(extra_args or [])]
+        argv = [
+            sys.executable,
+            "-m",
+            "kubesim",
+            "serve",
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--kubeconfig",
+            self.kubeconfig,
+            "--log-level",
+            "warning",
+            *(extra_args or []),
+        ]
         if faults:
             argv += ["--faults", faults]
         self.log_path = os.path.join(self.tmp, "kubesim.log")
@@ -59,6 +71,7 @@ class KubeSim:
         from kubernetes import client as k8s_client
         from kubernetes import config as k8s_config
         from controllerkit.kube import Client
+
         cfg = k8s_client.Configuration()
         k8s_config.load_kube_config(config_file=self.kubeconfig, client_configuration=cfg, persist_config=False)
         cfg.connection_pool_maxsize = pool
@@ -92,6 +105,7 @@ class KubeSim:
 
 def ensure_namespace(client, name: str) -> None:
     from controllerkit.errors import ApiError
+
     try:
         client.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
     except ApiError as e:

@@ -7,6 +7,7 @@ Pure Python (``http.client``) on purpose: no extra Debian package; its own ceili
 ~2-4k req/s here) bounds the *direct* figure, so proxy/direct ratios understate the true gap,
 while bare-mitmdump/addon ratios (both far below that ceiling) are unaffected.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -26,8 +27,17 @@ def _connect(u: urllib.parse.SplitResult, ctx: ssl.SSLContext | None, timeout: f
     return http.client.HTTPConnection(u.hostname, u.port or 80, timeout=timeout)
 
 
-def load(url: str, *, concurrency: int, duration: float, max_requests: int, warmup: float,
-         cafile: str | None, timeout: float = 3.0, new_connection: bool = False) -> dict:
+def load(
+    url: str,
+    *,
+    concurrency: int,
+    duration: float,
+    max_requests: int,
+    warmup: float,
+    cafile: str | None,
+    timeout: float = 3.0,
+    new_connection: bool = False,
+) -> dict:
     u = urllib.parse.urlsplit(url)
     ctx = None
     if u.scheme == "https":
@@ -100,10 +110,18 @@ def load(url: str, *, concurrency: int, duration: float, max_requests: int, warm
     elapsed = min(time.perf_counter(), deadline[0]) - measuring_from[0]
     with lock:
         n = len(lat)
-        return {"url": url, "concurrency": concurrency, "requests": n,
-                "elapsed_s": elapsed, "rps": n / elapsed if elapsed > 0 else None,
-                "statuses": statuses, "errors": errors, "connections": reconnects[0], "total_requests": total[0],
-                "latencies_s": lat}
+        return {
+            "url": url,
+            "concurrency": concurrency,
+            "requests": n,
+            "elapsed_s": elapsed,
+            "rps": n / elapsed if elapsed > 0 else None,
+            "statuses": statuses,
+            "errors": errors,
+            "connections": reconnects[0],
+            "total_requests": total[0],
+            "latencies_s": lat,
+        }
 
 
 def main(argv=None) -> int:
@@ -114,14 +132,29 @@ def main(argv=None) -> int:
     p.add_argument("-n", "--max-requests", type=int, default=1_000_000, help="stop after this many")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds not measured (TLS, cert generation)")
     p.add_argument("--cafile", help="CA bundle for HTTPS")
-    p.add_argument("--timeout", type=float, default=3.0,
-                   help="per-request timeout: a request stuck longer counts as an error (default 3 s)")
-    p.add_argument("--new-connection", action="store_true",
-                   help="one request per connection (TCP and TLS handshake each), instead of keep-alive")
+    p.add_argument(
+        "--timeout", type=float, default=3.0, help="per-request timeout: a request stuck longer counts as an error (default 3 s)"
+    )
+    p.add_argument(
+        "--new-connection",
+        action="store_true",
+        help="one request per connection (TCP and TLS handshake each), instead of keep-alive",
+    )
     a = p.parse_args(argv)
-    print(json.dumps(load(a.url, concurrency=a.concurrency, duration=a.duration, max_requests=a.max_requests,
-                          warmup=a.warmup, cafile=a.cafile, timeout=a.timeout,
-                          new_connection=a.new_connection)))
+    print(
+        json.dumps(
+            load(
+                a.url,
+                concurrency=a.concurrency,
+                duration=a.duration,
+                max_requests=a.max_requests,
+                warmup=a.warmup,
+                cafile=a.cafile,
+                timeout=a.timeout,
+                new_connection=a.new_connection,
+            )
+        )
+    )
     return 0
 
 

@@ -4,12 +4,14 @@
 families and both tables (nat redirect + filter guard), one ``iptables-restore --noflush`` per
 (family, table). Raises ImportError (recorded as "skipped") when podwatch is missing.
 """
+
 from __future__ import annotations
 
 
 class _Adapter:
     def __init__(self, host_port: int):
         from podwatch import rules
+
         self.rules = rules
         self.host_port = host_port
 

@@ -8,6 +8,7 @@ poll the nat table (every 20 ms: each poll costs CPU that podwatch competes for)
 accepted by the API server" → "rule visible in iptables": watch delivery + podwatch's coalescing
 interval (default 0.1 s) + its sync. Prints one JSON object.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -25,9 +26,12 @@ BASE = ipaddress.ip_address("198.18.0.0")
 
 
 def pod_obj(i: int) -> dict:
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": f"web-{i}", "annotations": {ANNOTATION: "true"}, "labels": {"app": "web"}},
-            "spec": {"nodeName": NODE, "containers": [{"name": "app", "image": "debian:9"}]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"web-{i}", "annotations": {ANNOTATION: "true"}, "labels": {"app": "web"}},
+        "spec": {"nodeName": NODE, "containers": [{"name": "app", "image": "debian:9"}]},
+    }
 
 
 def set_ip(client, ns: str, i: int) -> None:
@@ -62,15 +66,31 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     from bench.kubeutil import KubeSim, ensure_namespace
+
     ks = KubeSim()
     pw = None
     try:
         client = ks.client(pool=12)
         ns = "bench"
         ensure_namespace(client, ns)
-        pw = subprocess.Popen([sys.executable, "-m", "podwatch", "--kubeconfig", ks.kubeconfig, "--node-name", NODE,
-                               "--metrics-port", "0", "--log-level", "warning"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        pw = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "podwatch",
+                "--kubeconfig",
+                ks.kubeconfig,
+                "--node-name",
+                NODE,
+                "--metrics-port",
+                "0",
+                "--log-level",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         # N pods in parallel (8 threads), then wait for the chain to hold them all.
         nxt = [0]
         lock = threading.Lock()

@@ -14,6 +14,7 @@ original's flaws on purpose:
 
 ``runner(argv) -> CompletedProcess`` can wrap ``ip netns exec`` (see :func:`podwatch.rules.netns_runner`).
 """
+
 from __future__ import annotations
 
 import re
@@ -40,9 +41,31 @@ def check_firewall(pattern: str, runner: Runner | None = None) -> list[int]:
 def add_firewall(ip: str, comment: str, host_port: int, runner: Runner | None = None) -> None:
     """``addFirewall``: one ``iptables -A PREROUTING`` per port (443, then 80)."""
     for port in ("443", "80"):
-        out = _run(runner, ["iptables", "-w", "-t", "nat", "-A", "PREROUTING", "-s", ip, "-p", "tcp",
-                            "--dport", port, "-j", "REDIRECT", "-m", "comment", "--comment", comment,
-                            "--to-ports", str(host_port)])
+        out = _run(
+            runner,
+            [
+                "iptables",
+                "-w",
+                "-t",
+                "nat",
+                "-A",
+                "PREROUTING",
+                "-s",
+                ip,
+                "-p",
+                "tcp",
+                "--dport",
+                port,
+                "-j",
+                "REDIRECT",
+                "-m",
+                "comment",
+                "--comment",
+                comment,
+                "--to-ports",
+                str(host_port),
+            ],
+        )
         if out.returncode != 0:
             raise RuntimeError(f"iptables -A failed: {out.stderr.strip()}")
 
@@ -53,8 +76,7 @@ def remove_firewall(index: int, runner: Runner | None = None) -> None:
         raise RuntimeError(f"iptables -D {index} failed: {out.stderr.strip()}")
 
 
-def sync_pod(name: str, ip: str | None, host_port: int = 8080, *, exists: bool = True,
-             runner: Runner | None = None) -> None:
+def sync_pod(name: str, ip: str | None, host_port: int = 8080, *, exists: bool = True, runner: Runner | None = None) -> None:
     """``syncFirewall`` for one pod key: add its rules if missing, or remove them when it is gone."""
     indices = check_firewall(name, runner)
     if not exists:

@@ -5,6 +5,7 @@ time (programming latency). Prints one JSON object on stdout.
 Both algorithms run from a process inside the namespace calling the iptables binaries through
 subprocess, exactly as the real controllers do, so neither pays ``ip netns exec`` per call.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -27,6 +28,7 @@ class Original:
 
     def __init__(self, host_port: int = 8080):
         from bench import podwatch_original as original  # the original Go syncFirewall, flaws kept (BASELINE ONLY)
+
         self.original = original
         self.host_port = host_port
 
@@ -51,6 +53,7 @@ class Ours:
 
     def __init__(self, host_port: int = 8080):
         from bench import podwatch_adapter
+
         self.adapter = podwatch_adapter.load(host_port)
 
     def add(self, pods_so_far: list[dict], new: dict) -> None:
@@ -83,8 +86,14 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     done = algo.sync(pods, time.monotonic() + a.time_cap)
     sync_s = time.perf_counter() - t0
-    out = {"algo": a.algo, "pods": a.pods, "pods_done": done, "capped": done < a.pods,
-           "sync_s": sync_s, "redirect_rules": count_redirects()}
+    out = {
+        "algo": a.algo,
+        "pods": a.pods,
+        "pods_done": done,
+        "capped": done < a.pods,
+        "sync_s": sync_s,
+        "redirect_rules": count_redirects(),
+    }
     if a.resyncs and a.algo == "ours" and done == a.pods:
         rs = []
         for _ in range(a.resyncs):

@@ -8,6 +8,7 @@ process so that machine noise hits both alike; the figure is the median of the p
 what is paid once per *new connection*: choosing the scope (``ScopedPolicy.select``), and also the
 plain pre-scopes ``decide(facts, Policy)`` as a reference.
 """
+
 from __future__ import annotations
 
 import random
@@ -31,8 +32,7 @@ def _policy_doc(namespaces: int, rules: int) -> dict:
             else:
                 rs.append({"host": f"svc{j}.ns{i}.example"})
         scopes.append({"name": f"ns{i}", "match": {"namespaces": [f"ns{i}"]}, "rules": rs})
-    return {"mode": "enforce", "rules": [{"host": "storage.googleapis.com"}], "deny_hosts": ["*.evil.example"],
-            "scopes": scopes}
+    return {"mode": "enforce", "rules": [{"host": "storage.googleapis.com"}], "deny_hosts": ["*.evil.example"], "scopes": scopes}
 
 
 def _single_doc(rules: int) -> dict:
@@ -49,9 +49,23 @@ def _single_doc(rules: int) -> dict:
 
 def _facts(host: str, namespace: str, path: str = "/v1/x"):
     from proxy.decision import RequestFacts
-    return RequestFacts(method="GET", path=path, scheme="https", host_headers=[host], authority="", http2=False,
-                        absolute_target=None, regular=False, request_host=host, request_port=443,
-                        destination_port=443, client_tls=True, sni=host, namespace=namespace)
+
+    return RequestFacts(
+        method="GET",
+        path=path,
+        scheme="https",
+        host_headers=[host],
+        authority="",
+        http2=False,
+        absolute_target=None,
+        regular=False,
+        request_host=host,
+        request_port=443,
+        destination_port=443,
+        client_tls=True,
+        sni=host,
+        namespace=namespace,
+    )
 
 
 def _workload(n: int, namespaces: int, rules: int, rng: random.Random, scoped: bool, pool: int) -> list:
@@ -60,6 +74,7 @@ def _workload(n: int, namespaces: int, rules: int, rng: random.Random, scoped: b
     size, so the host-name caches (normalisation, candidates) are as warm on both: the figure is
     the cost of the policy's size, not of the traffic's variety."""
     from proxy.clients import ClientInfo
+
     infos = {}
     out = []
     for k in range(pool):
@@ -67,9 +82,14 @@ def _workload(n: int, namespaces: int, rules: int, rng: random.Random, scoped: b
         ns = f"ns{i}"
         info = infos.get(ns)
         if info is None:
-            info = infos[ns] = ClientInfo(f"198.18.{i // 250}.{i % 250 + 1}",
-                                          {"namespace": ns, "name": "p", "serviceAccount": "default", "labels": {}},
-                                          False, "", None, 0)
+            info = infos[ns] = ClientInfo(
+                f"198.18.{i // 250}.{i % 250 + 1}",
+                {"namespace": ns, "name": "p", "serviceAccount": "default", "labels": {}},
+                False,
+                "",
+                None,
+                0,
+            )
         j = rng.randrange(rules if scoped else 10)  # pods of every namespace on both sides
         suffix = f".ns{i}.example" if scoped else ".nsx.example"  # names as long on both sides
         if k % 2:
@@ -88,6 +108,7 @@ def _round(policy, delegated, work) -> float:
     """Seconds per request of the proxy's per-request decision path over ``work``."""
     from proxy.clients import Clients
     from proxy.decision import decide, finalize
+
     scope_of = Clients.scope
     deny = policy.deny
     t0 = time.perf_counter()
@@ -99,6 +120,7 @@ def _round(policy, delegated, work) -> float:
 
 def _plain_round(policy, work) -> float:
     from proxy.decision import decide, finalize
+
     t0 = time.perf_counter()
     for _, f in work:
         finalize(decide(f, policy), policy.mode)
@@ -108,6 +130,7 @@ def _plain_round(policy, work) -> float:
 def measure(namespaces: int, rules: int, requests: int, rounds: int, seed: int = 7, pool: int = 2000) -> dict:
     from proxy.policy import Policy
     from proxy.scopes import ScopedPolicy
+
     t0 = time.perf_counter()
     many = ScopedPolicy.from_dict(_policy_doc(namespaces, rules), source="bench-scoped")
     parse_s = time.perf_counter() - t0
@@ -130,21 +153,34 @@ def measure(namespaces: int, rules: int, requests: int, rounds: int, seed: int =
     allowed = sum(1 for info, f in w_many if decide_ok(many, info, f)) / len(w_many)
     sel = _selection(many, namespaces)
     sel1 = _selection(single, 1)
-    return {"namespaces": namespaces, "rules_per_namespace": rules, "requests": requests, "rounds": rounds,
-            "pool": pool, "distinct_hosts": {"scoped": len({f.request_host for _, f in w_many}),
-                                             "single": len({f.request_host for _, f in w_single})},
-            "parse_s": parse_s, "allowed_fraction": allowed,
-            "scoped_ns": [x * 1e9 for x in a], "single_ns": [x * 1e9 for x in b], "plain_ns": [x * 1e9 for x in c],
-            # paired per round (the two sides ran back to back): drift hits both
-            "ratio": statistics.median(x / y for x, y in zip(a, b)),
-            "ratio_vs_plain": statistics.median(x / y for x, y in zip(a, c)),
-            "ratio_of_medians": statistics.median(a) / statistics.median(b),
-            "select_ns": sel * 1e9, "select_single_ns": sel1 * 1e9}
+    return {
+        "namespaces": namespaces,
+        "rules_per_namespace": rules,
+        "requests": requests,
+        "rounds": rounds,
+        "pool": pool,
+        "distinct_hosts": {
+            "scoped": len({f.request_host for _, f in w_many}),
+            "single": len({f.request_host for _, f in w_single}),
+        },
+        "parse_s": parse_s,
+        "allowed_fraction": allowed,
+        "scoped_ns": [x * 1e9 for x in a],
+        "single_ns": [x * 1e9 for x in b],
+        "plain_ns": [x * 1e9 for x in c],
+        # paired per round (the two sides ran back to back): drift hits both
+        "ratio": statistics.median(x / y for x, y in zip(a, b)),
+        "ratio_vs_plain": statistics.median(x / y for x, y in zip(a, c)),
+        "ratio_of_medians": statistics.median(a) / statistics.median(b),
+        "select_ns": sel * 1e9,
+        "select_single_ns": sel1 * 1e9,
+    }
 
 
 def decide_ok(policy, info, f) -> bool:
     from proxy.clients import Clients
     from proxy.decision import decide
+
     scope = Clients.scope(info, policy, {})
     return decide(f, scope.policy, policy.deny).decision == "allow"
 
@@ -161,28 +197,34 @@ def run(cfg: common.BenchConfig) -> dict:
     namespaces = cfg.pick(100, 1000)
     requests = cfg.pick(10000, 20000)
     rounds = cfg.pick(9, 61)
-    common.log(f"policy scopes: {namespaces} namespaces x 100 rules vs one 10-rule policy, "
-               f"{requests} requests x {rounds} rounds")
+    common.log(f"policy scopes: {namespaces} namespaces x 100 rules vs one 10-rule policy, {requests} requests x {rounds} rounds")
     m = measure(namespaces, 100, requests, rounds)
     med = {k: statistics.median(m[k]) for k in ("scoped_ns", "single_ns", "plain_ns")}
     res = dict(m, status="ok")
     res["summary"] = [
-        {"metric": f"decide: {namespaces} namespaces x 100 rules ÷ one 10-rule policy (median of per-round ratios)",
-         "value": round(m["ratio"], 3), "target": f"≤ {TARGET}"},
-        {"metric": "decide: scoped ÷ the pre-scopes path (plain Policy, no scope lookup)",
-         "value": round(m["ratio_vs_plain"], 3), "target": "reference"},
+        {
+            "metric": f"decide: {namespaces} namespaces x 100 rules ÷ one 10-rule policy (median of per-round ratios)",
+            "value": round(m["ratio"], 3),
+            "target": f"≤ {TARGET}",
+        },
+        {
+            "metric": "decide: scoped ÷ the pre-scopes path (plain Policy, no scope lookup)",
+            "value": round(m["ratio_vs_plain"], 3),
+            "target": "reference",
+        },
     ]
-    res["tables"] = [{
-        "title": "Policy per workload: per-request decision (ns, medians of alternating rounds; the ratio is the median of per-round ratios)",
-        "columns": ["case", "ns/request", "spread"],
-        "rows": [[f"{namespaces} scopes x 100 rules", round(med["scoped_ns"], 1),
-                  common.spread(m["scoped_ns"])["rel_spread"]],
-                 ["one 10-rule policy (default scope)", round(med["single_ns"], 1),
-                  common.spread(m["single_ns"])["rel_spread"]],
-                 ["one 10-rule Policy, pre-scopes path", round(med["plain_ns"], 1),
-                  common.spread(m["plain_ns"])["rel_spread"]],
-                 [f"choose the scope (new connection), {namespaces} scopes", round(m["select_ns"], 1), None],
-                 ["choose the scope (new connection), no scopes", round(m["select_single_ns"], 1), None],
-                 [f"parse {namespaces * 100} scoped rules (s)", round(m["parse_s"], 2), None]],
-    }]
+    res["tables"] = [
+        {
+            "title": "Policy per workload: per-request decision (ns, medians of alternating rounds; the ratio is the median of per-round ratios)",
+            "columns": ["case", "ns/request", "spread"],
+            "rows": [
+                [f"{namespaces} scopes x 100 rules", round(med["scoped_ns"], 1), common.spread(m["scoped_ns"])["rel_spread"]],
+                ["one 10-rule policy (default scope)", round(med["single_ns"], 1), common.spread(m["single_ns"])["rel_spread"]],
+                ["one 10-rule Policy, pre-scopes path", round(med["plain_ns"], 1), common.spread(m["plain_ns"])["rel_spread"]],
+                [f"choose the scope (new connection), {namespaces} scopes", round(m["select_ns"], 1), None],
+                ["choose the scope (new connection), no scopes", round(m["select_single_ns"], 1), None],
+                [f"parse {namespaces * 100} scoped rules (s)", round(m["parse_s"], 2), None],
+            ],
+        }
+    ]
     return res

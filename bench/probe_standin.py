@@ -4,6 +4,7 @@
 echoed in the answer header (controllerkit/probe.py's contract). The sidecar benchmark compares the
 real proxy (mitmdump + tproxy addon) against it.
 """
+
 from __future__ import annotations
 
 import http.server

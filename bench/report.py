@@ -9,6 +9,7 @@ The report is generic: every benchmark result may carry
 - ``notes``: ``[str]`` — how it was measured.
 so a benchmark module decides what to show and this module only draws it.
 """
+
 from __future__ import annotations
 
 import os
@@ -70,18 +71,31 @@ def render_markdown(results: dict, *, made_plots=frozenset(), plot_error=None) -
     m = results.get("machine", {})
     pk = m.get("packages", {})
     lines = [f"# {TITLE}", ""]
-    lines.append(f"Mode **{results.get('mode')}**, run {m.get('date_utc')} in {results.get('elapsed_s', '?')} s "
-                 f"(commit `{m.get('git_commit')}`"
-                 + (f", plus uncommitted changes in {', '.join(m['git_uncommitted_files'][:8])}"
-                    + (" …" if len(m["git_uncommitted_files"]) > 8 else "") if m.get("git_uncommitted_files") else "")
-                 + ").")
+    lines.append(
+        f"Mode **{results.get('mode')}**, run {m.get('date_utc')} in {results.get('elapsed_s', '?')} s "
+        f"(commit `{m.get('git_commit')}`"
+        + (
+            f", plus uncommitted changes in {', '.join(m['git_uncommitted_files'][:8])}"
+            + (" …" if len(m["git_uncommitted_files"]) > 8 else "")
+            if m.get("git_uncommitted_files")
+            else ""
+        )
+        + ")."
+    )
     lines.append("")
-    lines.append(f"- Machine: {m.get('nproc')} CPUs ({m.get('cpu')}), {m.get('mem_mb')} MB RAM, "
-                 f"kernel {m.get('kernel')}, {m.get('os')}; load average at start {m.get('loadavg_at_start')}")
-    lines.append(f"- Python {m.get('python')}; " + ", ".join(f"{k} {v}" for k, v in pk.items() if v)
-                 + (f"; {m['tools']['iptables']}" if m.get("tools", {}).get("iptables") else ""))
-    lines.append("- Absolute figures on this shared, noisy machine are not comparable across runs; "
-                 "every ratio below compares two figures measured side by side in this run.")
+    lines.append(
+        f"- Machine: {m.get('nproc')} CPUs ({m.get('cpu')}), {m.get('mem_mb')} MB RAM, "
+        f"kernel {m.get('kernel')}, {m.get('os')}; load average at start {m.get('loadavg_at_start')}"
+    )
+    lines.append(
+        f"- Python {m.get('python')}; "
+        + ", ".join(f"{k} {v}" for k, v in pk.items() if v)
+        + (f"; {m['tools']['iptables']}" if m.get("tools", {}).get("iptables") else "")
+    )
+    lines.append(
+        "- Absolute figures on this shared, noisy machine are not comparable across runs; "
+        "every ratio below compares two figures measured side by side in this run."
+    )
     lines.append("")
     try:
         para = performance_paragraph(results)
@@ -94,8 +108,10 @@ def render_markdown(results: dict, *, made_plots=frozenset(), plot_error=None) -
     lines.append("|---|---|---|---|")
     for name, s in summary_rows(results):
         unit = s.get("unit", "")
-        lines.append(f"| {name} | {_fmt(s.get('metric'))} | {_fmt(s.get('value'))}{(' ' + unit) if unit else ''} "
-                     f"| {_fmt(s.get('target', ''))} |")
+        lines.append(
+            f"| {name} | {_fmt(s.get('metric'))} | {_fmt(s.get('value'))}{(' ' + unit) if unit else ''} "
+            f"| {_fmt(s.get('target', ''))} |"
+        )
     lines.append("")
     lines.append("| benchmark | status | time (s) |")
     lines.append("|---|---|---|")
@@ -154,7 +170,8 @@ def performance_paragraph(results: dict) -> str:
             f"{_pct(val('proxy', 'http proxy CPU per request: addon-10k / addon-10'))} / "
             f"{_pct(val('proxy', 'https proxy CPU per request: addon-10k / addon-10'))} than a 10-rule one; "
             f"a {_size(px.get('download_bytes', 0))} download streams through it with the proxy's memory flat "
-            f"(+{_fmt(dl.get('rss_growth_mb'))} MB RSS).")
+            f"(+{_fmt(dl.get('rss_growth_mb'))} MB RSS)."
+        )
     pw = b.get("podwatch", {})
     if str(pw.get("status", "")).startswith("ok") and pw.get("ours"):
         at = pw.get("latency_at_pods")
@@ -162,10 +179,20 @@ def performance_paragraph(results: dict) -> str:
         parts.append(
             f"podwatch programs {at:,} pods {_fmt(val('podwatch', f'sync speed-up vs original at {at:,}'))}× faster "
             f"than the original per-pod iptables loop"
-            + (f" (5,000 pods: ≥ {_fmt(val('podwatch', 'sync speed-up vs original at 5,000'))}×, the original "
-               f"was stopped at its time cap)" if val('podwatch', 'sync speed-up vs original at 5,000') else "")
-            + (f"; a new pod's rules are in place {_fmt(e2e.get('p50_ms'))} ms (p50) / {_fmt(e2e.get('p99_ms'))} ms "
-               f"(p99) after its IP reaches the API server, with {at:,} pods on the node" if e2e else "") + ".")
+            + (
+                f" (5,000 pods: ≥ {_fmt(val('podwatch', 'sync speed-up vs original at 5,000'))}×, the original "
+                f"was stopped at its time cap)"
+                if val("podwatch", "sync speed-up vs original at 5,000")
+                else ""
+            )
+            + (
+                f"; a new pod's rules are in place {_fmt(e2e.get('p50_ms'))} ms (p50) / {_fmt(e2e.get('p99_ms'))} ms "
+                f"(p99) after its IP reaches the API server, with {at:,} pods on the node"
+                if e2e
+                else ""
+            )
+            + "."
+        )
     ini = b.get("initializer", {})
     if str(ini.get("status", "")).startswith("ok") and val("initializer", "clean: create latency p50"):
         parts.append(
@@ -175,19 +202,26 @@ def performance_paragraph(results: dict) -> str:
             f"({_fmt(val('initializer', 'faults: create latency p50'))}× / {_fmt(val('initializer', 'faults: create latency p99'))}× "
             f"with 20 % injected conflicts and watch cuts), with "
             f"{val('initializer', 'clean: tproxy failed creates')} + {val('initializer', 'faults: tproxy failed creates')} "
-            f"failed creates" + (" and every deployment injected exactly once." if _injected_once(ini) else "."))
+            f"failed creates" + (" and every deployment injected exactly once." if _injected_once(ini) else ".")
+        )
     sc = b.get("sidecar", {})
     if str(sc.get("status", "")).startswith("ok") and val("sidecar", "init container start→exit with the real proxy"):
-        parts.append(f"The egress-lock init container starts, locks and proves interception in "
-                     f"{_fmt(val('sidecar', 'init container start→exit with the real proxy'))} ms "
-                     f"({_fmt(val('sidecar', 'start→exit (stand-in) ÷ lock only'))}× the lock alone).")
+        parts.append(
+            f"The egress-lock init container starts, locks and proves interception in "
+            f"{_fmt(val('sidecar', 'init container start→exit with the real proxy'))} ms "
+            f"({_fmt(val('sidecar', 'start→exit (stand-in) ÷ lock only'))}× the lock alone)."
+        )
     ks = b.get("kubesim", {})
     if str(ks.get("status", "")).startswith("ok"):
-        parts.append(f"(kubesim, the API server emulator these run against, sustains "
-                     f"{_fmt(val('kubesim', 'writes/s'))} writes/s on the same machine.)")
+        parts.append(
+            f"(kubesim, the API server emulator these run against, sustains "
+            f"{_fmt(val('kubesim', 'writes/s'))} writes/s on the same machine.)"
+        )
     m = results.get("machine", {})
-    head = (f"Measured side by side in one run of `make bench` on a shared {m.get('nproc')}-core VM "
-            f"({results.get('machine', {}).get('date_utc', '')[:10]}); ratios, not absolute figures, are what carry over. ")
+    head = (
+        f"Measured side by side in one run of `make bench` on a shared {m.get('nproc')}-core VM "
+        f"({results.get('machine', {}).get('date_utc', '')[:10]}); ratios, not absolute figures, are what carry over. "
+    )
     return head + " ".join(parts) + " Full report: [bench/results/report.md](bench/results/report.md)."
 
 
@@ -205,8 +239,12 @@ def _size(n: int) -> str:
 
 def _injected_once(ini: dict) -> bool:
     scs = [v for k, v in (ini.get("scenarios") or {}).items() if k.startswith("tproxy/")]
-    return bool(scs) and all(v["verify"].get("injected_twice_or_more") == 0 and v["verify"].get("not_injected") == 0
-                             and v["verify"].get("still_uninitialized") == 0 for v in scs)
+    return bool(scs) and all(
+        v["verify"].get("injected_twice_or_more") == 0
+        and v["verify"].get("not_injected") == 0
+        and v["verify"].get("still_uninitialized") == 0
+        for v in scs
+    )
 
 
 def summary_text(results: dict) -> str:
@@ -220,6 +258,7 @@ def summary_text(results: dict) -> str:
 
 def _draw_all(results: dict, out_dir: str) -> list[str]:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

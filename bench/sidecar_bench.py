@@ -9,6 +9,7 @@ Modes, interleaved run by run:
 - ``stand-in``: full run, probe answered by bench/probe_standin.py (the least any proxy does);
 - ``proxy``: full run, probe answered by the real ``mitmdump --mode transparent`` + tproxy addon.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,6 +31,7 @@ def run(cfg: common.BenchConfig) -> dict:
     if not os.path.exists(START_SH):
         raise common.Skip("sidecar/start.sh not found")
     from kubesim.netns import Netns, veth
+
     have_proxy = os.path.exists(ADDON)
     runs = cfg.pick(3, 10)
     modes = ["python", "lock-only", "stand-in"] + (["proxy"] if have_proxy else [])
@@ -37,21 +39,40 @@ def run(cfg: common.BenchConfig) -> dict:
     times: dict[str, list[float]] = {m: [] for m in modes}
     failures: dict[str, list[str]] = {m: [] for m in modes}
     try:
-        procs = {"stand-in": topo.spawn(topo.node, [sys.executable, "-m", "bench.probe_standin", "--port",
-                                                    str(STANDIN_PORT)], log="standin.log")}
+        procs = {
+            "stand-in": topo.spawn(
+                topo.node, [sys.executable, "-m", "bench.probe_standin", "--port", str(STANDIN_PORT)], log="standin.log"
+            )
+        }
         if have_proxy:
             from bench.proxy_bench import make_ca
+
             confdir = os.path.join(topo.tmp, "mitm")
             make_ca(confdir)
-            procs["proxy"] = topo.spawn(topo.node, [
-                sys.executable, "-c", "from mitmproxy.tools.main import mitmdump; mitmdump()",
-                "--mode", "transparent", "--listen-port", str(PROXY_PORT), "-q", "--set", f"confdir={confdir}",
-                "--set", "connection_strategy=lazy", "-s", ADDON], log="proxy.log")
+            procs["proxy"] = topo.spawn(
+                topo.node,
+                [
+                    sys.executable,
+                    "-c",
+                    "from mitmproxy.tools.main import mitmdump; mitmdump()",
+                    "--mode",
+                    "transparent",
+                    "--listen-port",
+                    str(PROXY_PORT),
+                    "-q",
+                    "--set",
+                    f"confdir={confdir}",
+                    "--set",
+                    "connection_strategy=lazy",
+                    "-s",
+                    ADDON,
+                ],
+                log="proxy.log",
+            )
         wait_listening(topo.node, STANDIN_PORT, proc=procs["stand-in"])
         if have_proxy:
             wait_listening(topo.node, PROXY_PORT, timeout=60, proc=procs["proxy"])
-        env = {**os.environ, "ALLOW_DNS": "198.18.0.53", "TPROXY_VERIFY_TIMEOUT": "15",
-               "TPROXY_PYTHON": sys.executable}
+        env = {**os.environ, "ALLOW_DNS": "198.18.0.53", "TPROXY_VERIFY_TIMEOUT": "15", "TPROXY_PYTHON": sys.executable}
         k = 0
         for _i in range(runs):
             for mode in modes:
@@ -66,8 +87,25 @@ def run(cfg: common.BenchConfig) -> dict:
                     pod.route("default", "via", f"{net}.1")
                     port = PROXY_PORT if mode == "proxy" else STANDIN_PORT
                     topo.node.run("iptables", "-t", "nat", "-F", "PREROUTING")
-                    topo.node.run("iptables", "-t", "nat", "-A", "PREROUTING", "-s", f"{net}.2", "-p", "tcp",
-                                  "-m", "multiport", "--dports", "80,443", "-j", "REDIRECT", "--to-ports", str(port))
+                    topo.node.run(
+                        "iptables",
+                        "-t",
+                        "nat",
+                        "-A",
+                        "PREROUTING",
+                        "-s",
+                        f"{net}.2",
+                        "-p",
+                        "tcp",
+                        "-m",
+                        "multiport",
+                        "--dports",
+                        "80,443",
+                        "-j",
+                        "REDIRECT",
+                        "--to-ports",
+                        str(port),
+                    )
                     if mode == "python":
                         argv = [sys.executable, "-c", "pass"]
                     elif mode == "lock-only":
@@ -75,8 +113,7 @@ def run(cfg: common.BenchConfig) -> dict:
                     else:
                         argv = ["sh", START_SH]
                     t0 = time.perf_counter()
-                    p = subprocess.run(pod.exec_argv(argv), capture_output=True, text=True, env=env,
-                                       cwd=common.REPO, timeout=60)
+                    p = subprocess.run(pod.exec_argv(argv), capture_output=True, text=True, env=env, cwd=common.REPO, timeout=60)
                     dt = time.perf_counter() - t0
                     if p.returncode == 0:
                         times[mode].append(dt)
@@ -87,27 +124,61 @@ def run(cfg: common.BenchConfig) -> dict:
                     topo.node.run("ip", "link", "del", node_if, check=False)
     finally:
         topo.down()
-    res: dict = {"runs": runs, "modes": modes,
-                 "seconds": {m: common.spread(times[m]) for m in modes},
-                 "failures": {m: f for m, f in failures.items() if f}}
+    res: dict = {
+        "runs": runs,
+        "modes": modes,
+        "seconds": {m: common.spread(times[m]) for m in modes},
+        "failures": {m: f for m, f in failures.items() if f},
+    }
     med = {m: res["seconds"][m]["median"] for m in modes}
     summary = []
     if med.get("proxy") is not None:
-        summary.append({"metric": "init container start→exit with the real proxy ready (median)",
-                        "value": round(med["proxy"] * 1000, 1), "unit": "ms"})
-        summary.append({"metric": "start→exit: real proxy ÷ stand-in responder",
-                        "value": common.ratio(med["proxy"], med.get("stand-in"))})
-    summary.append({"metric": "start→exit (stand-in) ÷ lock only (cost of the proof)",
-                    "value": common.ratio(med.get("stand-in"), med.get("lock-only"))})
+        summary.append(
+            {
+                "metric": "init container start→exit with the real proxy ready (median)",
+                "value": round(med["proxy"] * 1000, 1),
+                "unit": "ms",
+            }
+        )
+        summary.append(
+            {"metric": "start→exit: real proxy ÷ stand-in responder", "value": common.ratio(med["proxy"], med.get("stand-in"))}
+        )
+    summary.append(
+        {
+            "metric": "start→exit (stand-in) ÷ lock only (cost of the proof)",
+            "value": common.ratio(med.get("stand-in"), med.get("lock-only")),
+        }
+    )
     res["summary"] = summary
-    res["tables"] = [{"title": f"Init container start → exit ({runs} runs each, fresh pod netns per run)",
-                      "columns": ["mode", "median ms", "min ms", "max ms", "failures"],
-                      "rows": [[m, _ms(res["seconds"][m]["median"]), _ms(res["seconds"][m]["min"]),
-                                _ms(res["seconds"][m]["max"]), len(failures[m])] for m in modes]}]
-    res["plots"] = [{"file": "sidecar.png", "kind": "bar", "title": "sidecar: start → exit (median)",
-                     "ylabel": "ms", "series": {m: _ms(med[m]) for m in modes}}]
-    res["notes"] = ["sidecar/start.sh runs under `ip netns exec` in a fresh pod namespace, ALLOW_DNS set; "
-                    "the node REDIRECT is in place before the sidecar starts (proxy ready)."]
+    res["tables"] = [
+        {
+            "title": f"Init container start → exit ({runs} runs each, fresh pod netns per run)",
+            "columns": ["mode", "median ms", "min ms", "max ms", "failures"],
+            "rows": [
+                [
+                    m,
+                    _ms(res["seconds"][m]["median"]),
+                    _ms(res["seconds"][m]["min"]),
+                    _ms(res["seconds"][m]["max"]),
+                    len(failures[m]),
+                ]
+                for m in modes
+            ],
+        }
+    ]
+    res["plots"] = [
+        {
+            "file": "sidecar.png",
+            "kind": "bar",
+            "title": "sidecar: start → exit (median)",
+            "ylabel": "ms",
+            "series": {m: _ms(med[m]) for m in modes},
+        }
+    ]
+    res["notes"] = [
+        "sidecar/start.sh runs under `ip netns exec` in a fresh pod namespace, ALLOW_DNS set; "
+        "the node REDIRECT is in place before the sidecar starts (proxy ready)."
+    ]
     if not have_proxy:
         res["status"] = "ok (real proxy skipped: proxy/addon.py not found)"
     if any(failures.values()):

@@ -5,6 +5,7 @@ node; the node's nat PREROUTING REDIRECTs the client's tcp 80/443 to a local por
 ``mitmdump --mode transparent`` listens; the internet namespace runs ``kubesim.upstream``.
 Only namespaces created here are touched.
 """
+
 from __future__ import annotations
 
 import os
@@ -62,20 +63,36 @@ class Topology:
         self.node.write_hosts(hosts)
         self.ca_dir = os.path.join(self.tmp, "ca")
         if upstream:
-            self.upstream = self.spawn(self.internet, [
-                sys.executable, "-m", "kubesim.upstream", "--bind", UPSTREAM_IP, "--http-port", "80",
-                "--https-port", "443", "--cert-dir", self.ca_dir, "--hosts", ",".join(UPSTREAM_HOSTS)],
-                log="upstream.log")
+            self.upstream = self.spawn(
+                self.internet,
+                [
+                    sys.executable,
+                    "-m",
+                    "kubesim.upstream",
+                    "--bind",
+                    UPSTREAM_IP,
+                    "--http-port",
+                    "80",
+                    "--https-port",
+                    "443",
+                    "--cert-dir",
+                    self.ca_dir,
+                    "--hosts",
+                    ",".join(UPSTREAM_HOSTS),
+                ],
+                log="upstream.log",
+            )
             wait_listening(self.internet, 443, proc=self.upstream)
             from kubesim.testca import TestCA
+
             self.ca_file = TestCA(self.ca_dir).ca_file
         return self
 
     def spawn(self, ns: Netns, argv: list[str], *, log: str, env: dict | None = None) -> subprocess.Popen:
         from bench.common import REPO
+
         f = open(os.path.join(self.tmp, log), "ab")
-        p = ns.popen(argv, stdout=f, stderr=subprocess.STDOUT, cwd=REPO,
-                     env={**os.environ, **(env or {})})
+        p = ns.popen(argv, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **(env or {})})
         f.close()
         self.procs.append(p)
         return p
@@ -91,8 +108,25 @@ class Topology:
         """Node nat PREROUTING: the client's tcp 80/443 → ``port`` (None: no redirect, direct)."""
         self.node.run("iptables", "-t", "nat", "-F", "PREROUTING")
         if port:
-            self.node.run("iptables", "-t", "nat", "-A", "PREROUTING", "-s", CLIENT_IP, "-p", "tcp",
-                          "-m", "multiport", "--dports", "80,443", "-j", "REDIRECT", "--to-ports", str(port))
+            self.node.run(
+                "iptables",
+                "-t",
+                "nat",
+                "-A",
+                "PREROUTING",
+                "-s",
+                CLIENT_IP,
+                "-p",
+                "tcp",
+                "-m",
+                "multiport",
+                "--dports",
+                "80,443",
+                "-j",
+                "REDIRECT",
+                "--to-ports",
+                str(port),
+            )
 
     def down(self) -> None:
         stop(self.procs, (self.client, self.node, self.internet))

@@ -6,6 +6,7 @@ Python 3.11 still prefix-matches single-dash long options (``-annotatio x`` sile
 ``-annotation x``, ``-namespac x`` ``-namespace x``). :class:`ExactArgumentParser` refuses every flag
 that is not spelled out, with a clear error and exit code 2, before argparse gets to guess.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,13 @@ class ExactArgumentParser(argparse.ArgumentParser):
 
 
 def _takes_one_value(action: argparse.Action) -> bool:
-    return action.nargs is None and bool(action.option_strings) and not isinstance(
-        action, (argparse._StoreConstAction, argparse._HelpAction, argparse._VersionAction, argparse._CountAction))
+    return (
+        action.nargs is None
+        and bool(action.option_strings)
+        and not isinstance(
+            action, (argparse._StoreConstAction, argparse._HelpAction, argparse._VersionAction, argparse._CountAction)
+        )
+    )
 
 
 def _attached_short_value(known: dict, arg: str) -> bool:

@@ -5,6 +5,7 @@ The initializer and podwatch each wrote the same block (a stop event set by SIGT
 they now use :class:`Lifecycle`, and :func:`fail` for every start-up error (a JSON log line *and*
 one plain line on stderr, so ``kubectl logs`` and a shell user both see why, then the exit code).
 """
+
 from __future__ import annotations
 
 import signal
@@ -37,8 +38,9 @@ class Lifecycle:
     :meth:`shutdown` runs the remaining ones and stops the health server.
     """
 
-    def __init__(self, log, *, signal_event: str = "shutdown_signal", signal_fields: dict | None = None,
-                 install_signals: bool = True):
+    def __init__(
+        self, log, *, signal_event: str = "shutdown_signal", signal_fields: dict | None = None, install_signals: bool = True
+    ):
         self.log = log
         self.stop = threading.Event()
         self.health: Optional["HealthServer"] = None
@@ -65,6 +67,7 @@ class Lifecycle:
         if not port:
             return None
         from controllerkit.serve import HealthServer
+
         try:
             health = HealthServer(port, host=host, ready=ready).start()
         except OSError as exc:

@@ -1,5 +1,6 @@
 """Go durations (``30s``, ``1m30s``, ``500ms``), as flags, timeouts and the API server's
 ``?timeout=`` use them. Standard library only; one parser for the components and kubesim."""
+
 from __future__ import annotations
 
 import re

@@ -6,6 +6,7 @@ that decision a class check (``is_retryable``) instead of string matching scatte
 every caller, and keep the server's own message readable in logs:
 ``str(e) == "409 Conflict: the object has been modified ..."``.
 """
+
 from __future__ import annotations
 
 import http
@@ -14,9 +15,21 @@ import socket
 from typing import Any
 
 __all__ = [
-    "ApiError", "BadRequest", "NotFound", "AlreadyExists", "Conflict", "Gone", "Forbidden",
-    "Unauthorized", "Invalid", "Timeout", "TooManyRequests", "ServerError", "StreamError",
-    "from_response", "is_retryable",
+    "ApiError",
+    "BadRequest",
+    "NotFound",
+    "AlreadyExists",
+    "Conflict",
+    "Gone",
+    "Forbidden",
+    "Unauthorized",
+    "Invalid",
+    "Timeout",
+    "TooManyRequests",
+    "ServerError",
+    "StreamError",
+    "from_response",
+    "is_retryable",
 ]
 
 _MAX_MESSAGE = 500
@@ -137,8 +150,15 @@ def _phrase(code: int) -> str:
 
 
 def _synth_status(code: int, reason: str, message: str) -> dict:
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": message, "reason": reason, "code": code}
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
 
 
 def _class_for(code: int, reason: str) -> type[ApiError]:
@@ -221,6 +241,7 @@ def is_retryable(exc: BaseException) -> bool:
         return True
     try:
         import urllib3.exceptions as u3
+
         if isinstance(exc, (u3.HTTPError,)):
             return True
     except ImportError:  # pragma: no cover - urllib3 comes with kubernetes

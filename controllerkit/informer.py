@@ -19,6 +19,7 @@ get without corrupting the cache (the original tutorial's informer mutated its c
 handler that raises is logged and the informer carries on. Handlers should be quick: enqueue a key
 (see :mod:`controllerkit.workqueue`), do the work in ``sync(key)``.
 """
+
 from __future__ import annotations
 
 import builtins
@@ -112,9 +113,19 @@ class Store:
 class Informer:
     """See module docstring. ``name`` labels logs and metrics (default: the path)."""
 
-    def __init__(self, client: Client, path: str, *, query: dict | None = None, resync_period: float = 30.0,
-                 name: str = "", logger=None, backoff_initial: float = 0.2, backoff_max: float = 30.0,
-                 watch_timeout: tuple[float, float] = (300.0, 600.0)):
+    def __init__(
+        self,
+        client: Client,
+        path: str,
+        *,
+        query: dict | None = None,
+        resync_period: float = 30.0,
+        name: str = "",
+        logger=None,
+        backoff_initial: float = 0.2,
+        backoff_max: float = 30.0,
+        watch_timeout: tuple[float, float] = (300.0, 600.0),
+    ):
         self.client = client
         self.path = path
         self.query = dict(query or {})
@@ -192,8 +203,7 @@ class Informer:
                     self._stop.wait(min(self.backoff_initial, 1.0))
             except Gone as exc:
                 _ERRORS.labels(self.name, "Gone").inc()
-                self.log.info("watch_gone_relisting", path=self.path, resource_version=self.last_resource_version,
-                              error=str(exc))
+                self.log.info("watch_gone_relisting", path=self.path, resource_version=self.last_resource_version, error=str(exc))
                 need_list = True
                 gone_streak += 1
                 if gone_streak > 1:  # a relist that is immediately too old again: slow down
@@ -215,8 +225,15 @@ class Informer:
                 if asked is not None and asked > delay:
                     delay = asked
                 level = self.log.warning if is_retryable(exc) else self.log.error
-                level("watch_failed", path=self.path, phase="list" if need_list else "watch", error=str(exc),
-                      error_type=type(exc).__name__, retry_in=round(delay, 3), attempt=failures)
+                level(
+                    "watch_failed",
+                    path=self.path,
+                    phase="list" if need_list else "watch",
+                    error=str(exc),
+                    error_type=type(exc).__name__,
+                    retry_in=round(delay, 3),
+                    attempt=failures,
+                )
                 self._stop.wait(delay)
         self._stream = None
 
@@ -262,8 +279,9 @@ class Informer:
     def _watch(self) -> bool:
         lo, hi = self.watch_timeout
         timeout = int(random.uniform(lo, hi)) or 1
-        stream = self.client.open_watch(self.path, resource_version=self.last_resource_version,
-                                        timeout_seconds=timeout, **self.query)
+        stream = self.client.open_watch(
+            self.path, resource_version=self.last_resource_version, timeout_seconds=timeout, **self.query
+        )
         self._stream = stream
         got = False
         self._watch_progressed = False
@@ -320,8 +338,13 @@ class Informer:
                 key = key_of(objs[-1])
             except (ValueError, AttributeError, IndexError):
                 pass
-            self.log.error("handler_failed", handler=getattr(fn, "__qualname__", repr(fn)), key=key,
-                           error=str(exc), error_type=type(exc).__name__)
+            self.log.error(
+                "handler_failed",
+                handler=getattr(fn, "__qualname__", repr(fn)),
+                key=key,
+                error=str(exc),
+                error_type=type(exc).__name__,
+            )
 
     def _resync_loop(self) -> None:
         while not self._stop.wait(self.resync_period):
@@ -336,9 +359,22 @@ class Informer:
             self.log.debug("resynced", path=self.path, items=len(objs))
 
 
-def watch_named(client: Client, resource: str, namespace: str, name: str, on_object, *, on_error,
-                stop, forbidden_hint: str = "", retry_initial: float = 1.0, retry_cap: float = 10.0,
-                watch_timeout: int = 300, streams: dict | None = None, log=None) -> None:
+def watch_named(
+    client: Client,
+    resource: str,
+    namespace: str,
+    name: str,
+    on_object,
+    *,
+    on_error,
+    stop,
+    forbidden_hint: str = "",
+    retry_initial: float = 1.0,
+    retry_cap: float = 10.0,
+    watch_timeout: int = 300,
+    streams: dict | None = None,
+    log=None,
+) -> None:
     """Follow ONE object by name until ``stop`` is set: GET it, then watch it by name from that
     resourceVersion; GET again after ``410 Gone``, a stream end or an error.
 

@@ -37,6 +37,7 @@ and ``TPROXY_IPTABLES_BACKEND=legacy`` forces it.
 ``--iptables-backend``): anything but ``auto`` skips detection. Anything else is a
 :class:`BackendConfigError` naming the value.
 """
+
 from __future__ import annotations
 
 import re
@@ -63,8 +64,7 @@ class BackendConfigError(ValueError):
 class IptablesError(RuntimeError):
     """An iptables(-restore) call failed. ``lines`` are the offending input lines (if known)."""
 
-    def __init__(self, message: str, *, family: str = "", table: str = "",
-                 stderr: str = "", lines: Sequence[str] = ()):
+    def __init__(self, message: str, *, family: str = "", table: str = "", stderr: str = "", lines: Sequence[str] = ()):
         super().__init__(message)
         self.family, self.table, self.stderr, self.lines = family, table, stderr, list(lines)
 
@@ -75,8 +75,10 @@ def default_runner(argv: Sequence[str], input: str | None = None) -> subprocess.
 
 def netns_runner(netns_name: str) -> Runner:
     """A runner that executes every iptables call inside ``ip netns exec NAME``."""
+
     def run(argv: Sequence[str], input: str | None = None) -> subprocess.CompletedProcess:
         return default_runner(["ip", "netns", "exec", netns_name, *argv], input)
+
     return run
 
 
@@ -111,16 +113,21 @@ def run(argv: Sequence[str], runner: Runner | None = None, input: str | None = N
 @dataclass
 class Detection:
     """The backend to use and why (logged by both components)."""
+
     backend: str
     reason: str
-    rules: dict[str, int] = field(default_factory=dict)       # backend -> rule lines (v4 + v6)
-    unusable: dict[str, str] = field(default_factory=dict)    # backend -> why its save failed
-    ours_elsewhere: list[str] = field(default_factory=list)   # other backends holding TPROXY-* chains
+    rules: dict[str, int] = field(default_factory=dict)  # backend -> rule lines (v4 + v6)
+    unusable: dict[str, str] = field(default_factory=dict)  # backend -> why its save failed
+    ours_elsewhere: list[str] = field(default_factory=list)  # other backends holding TPROXY-* chains
 
     def describe(self) -> dict:
-        return {"backend": self.backend, "reason": self.reason, "rules": self.rules,
-                **({"unusable": self.unusable} if self.unusable else {}),
-                **({"stale_tproxy_chains_in": self.ours_elsewhere} if self.ours_elsewhere else {})}
+        return {
+            "backend": self.backend,
+            "reason": self.reason,
+            "rules": self.rules,
+            **({"unusable": self.unusable} if self.unusable else {}),
+            **({"stale_tproxy_chains_in": self.ours_elsewhere} if self.ours_elsewhere else {}),
+        }
 
 
 def _save_all(backend: str, runner: Runner | None) -> tuple[str, str | None]:
@@ -162,8 +169,10 @@ def detect(runner: Runner | None = None) -> Detection:
         return done(more, f"{more} holds more rules ({counts['legacy']} legacy, {counts['nft']} nft)")
     if "nft" in errors and "legacy" not in errors:
         return done("legacy", f"no rules in either backend and nft is not usable here ({errors['nft']})")
-    return done(DEFAULT_BACKEND, f"no rules decide ({counts['nft']} in each backend): {DEFAULT_BACKEND}, "
-                                 "Debian's default and iptables-wrapper's")
+    return done(
+        DEFAULT_BACKEND,
+        f"no rules decide ({counts['nft']} in each backend): {DEFAULT_BACKEND}, Debian's default and iptables-wrapper's",
+    )
 
 
 def choose(setting: str, runner: Runner | None = None) -> Detection:
@@ -194,13 +203,14 @@ def jump_fixup(builtin: str, chain: str, comment: str, existing: Sequence[str], 
     """
     if len(existing) == 1 and first:
         return []
-    lines = ["-D " + ln[len("-A "):] for ln in existing]
+    lines = ["-D " + ln[len("-A ") :] for ln in existing]
     lines.append(f"-I {builtin} 1 -m comment --comment {quote(comment)} -j {chain}")
     return lines
 
 
-def list_chain(family: str, table: str, chain: str, *, backend: str = DEFAULT_BACKEND,
-               runner: Runner | None = None) -> subprocess.CompletedProcess:
+def list_chain(
+    family: str, table: str, chain: str, *, backend: str = DEFAULT_BACKEND, runner: Runner | None = None
+) -> subprocess.CompletedProcess:
     """``iptables-<backend> -w 5 -t TABLE -S CHAIN`` (the caller judges the return code)."""
     return run([binary(family, backend), "-w", "5", "-t", table, "-S", chain], runner)
 
@@ -220,15 +230,19 @@ def offending_lines(text: str, stderr: str) -> list[str]:
         # nf_tables reports errors found at commit time at the COMMIT line: find the rules that
         # mention what the message quotes (e.g. "Chain 'X' does not exist"), else show the rules.
         quoted = [q for q in re.findall(r"[`'\"]([^`'\"]+)'", stderr) if q.strip()]
-        bad = [f"{i + 1}: {ln}" for i, ln in enumerate(lines)
-               if ln.startswith(("-A ", "-I ", "-D ")) and any(q in ln for q in quoted)]
+        bad = [
+            f"{i + 1}: {ln}"
+            for i, ln in enumerate(lines)
+            if ln.startswith(("-A ", "-I ", "-D ")) and any(q in ln for q in quoted)
+        ]
     if not bad:
         bad = [f"{i + 1}: {ln}" for i, ln in enumerate(lines) if ln.startswith(("-A ", "-I ", "-D "))][:20]
     return bad
 
 
-def restore(family: str, text: str, *, backend: str = DEFAULT_BACKEND, noflush: bool = True,
-            table: str = "", runner: Runner | None = None) -> None:
+def restore(
+    family: str, text: str, *, backend: str = DEFAULT_BACKEND, noflush: bool = True, table: str = "", runner: Runner | None = None
+) -> None:
     """Apply ``text`` with ONE ``<family>-<backend>-restore [--noflush]`` call (atomic), or raise
     :class:`IptablesError` carrying the offending input lines. ``table`` only labels the error."""
     tool = binary(family, backend, "restore")
@@ -237,5 +251,10 @@ def restore(family: str, text: str, *, backend: str = DEFAULT_BACKEND, noflush: 
     if proc.returncode == 0:
         return
     what = f"{tool}{' --noflush' if noflush else ''}{f' ({table})' if table else ''}"
-    raise IptablesError(f"{what} failed: {proc.stderr.strip()}", family=family, table=table,
-                        stderr=proc.stderr, lines=offending_lines(text, proc.stderr))
+    raise IptablesError(
+        f"{what} failed: {proc.stderr.strip()}",
+        family=family,
+        table=table,
+        stderr=proc.stderr,
+        lines=offending_lines(text, proc.stderr),
+    )

@@ -11,6 +11,7 @@ loading all come from the official client) and speaks plain JSON dicts.
     dep = client.get(path, includeUninitialized="true")
     for etype, obj in client.watch(resource_path("v1", "pods"), resource_version=rv): ...
 """
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,9 @@ class ConfigError(Exception):
     """No usable cluster configuration; the message says everything that was tried."""
 
 
-def resource_path(group_version: str, resource: str, namespace: str | None = None,
-                  name: str | None = None, subresource: str | None = None) -> str:
+def resource_path(
+    group_version: str, resource: str, namespace: str | None = None, name: str | None = None, subresource: str | None = None
+) -> str:
     """URL path of a collection or object.
 
     ``("v1", "pods", "ns", "p") -> "/api/v1/namespaces/ns/pods/p"``;
@@ -215,8 +217,9 @@ class Client:
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
-    def from_config(cls, kubeconfig: str | None = None, *, context: str | None = None,
-                    service_account_dir: str = SERVICE_ACCOUNT_DIR) -> "Client":
+    def from_config(
+        cls, kubeconfig: str | None = None, *, context: str | None = None, service_account_dir: str = SERVICE_ACCOUNT_DIR
+    ) -> "Client":
         """kubeconfig path given -> load it; else ``$KUBECONFIG`` if set; else in-cluster config.
 
         In-cluster means ``KUBERNETES_SERVICE_HOST``/``KUBERNETES_SERVICE_PORT`` plus the service
@@ -233,15 +236,14 @@ class Client:
                 raise ConfigError(f"kubeconfig {first!r} (from {source}) does not exist")
             cfg = k8s_client.Configuration()
             try:
-                k8s_config.load_kube_config(config_file=first, context=context, client_configuration=cfg,
-                                            persist_config=False)
+                k8s_config.load_kube_config(config_file=first, context=context, client_configuration=cfg, persist_config=False)
             except (ConfigException, OSError, ValueError, TypeError, KeyError) as exc:
                 raise ConfigError(f"kubeconfig {first!r} (from {source}) is not usable: {exc}") from exc
             return cls._from_configuration(cfg)
         tried.append("no kubeconfig argument and $KUBECONFIG is not set")
         loader = InClusterConfigLoader(
-            token_filename=os.path.join(service_account_dir, "token"),
-            cert_filename=os.path.join(service_account_dir, "ca.crt"))
+            token_filename=os.path.join(service_account_dir, "token"), cert_filename=os.path.join(service_account_dir, "ca.crt")
+        )
         cfg = k8s_client.Configuration()
         try:
             loader.load_and_set(cfg)
@@ -251,8 +253,7 @@ class Client:
         return cls._from_configuration(cfg)
 
     @classmethod
-    def from_url(cls, host: str, *, token: str | None = None, ca_file: str | None = None,
-                 verify_ssl: bool = True) -> "Client":
+    def from_url(cls, host: str, *, token: str | None = None, ca_file: str | None = None, verify_ssl: bool = True) -> "Client":
         """Direct construction (tests, tools): ``host`` like ``https://127.0.0.1:6443``."""
         cfg = k8s_client.Configuration()
         cfg.host = host.rstrip("/")
@@ -291,9 +292,16 @@ class Client:
         headers = {"Accept": "application/json", "Content-Type": content_type}
         try:
             resp = self.api_client.call_api(
-                path, method.upper(), query_params=_query_list(query), header_params=headers,
-                body=body, auth_settings=["BearerToken"], _return_http_data_only=True,
-                _preload_content=False, _request_timeout=timeout)
+                path,
+                method.upper(),
+                query_params=_query_list(query),
+                header_params=headers,
+                body=body,
+                auth_settings=["BearerToken"],
+                _return_http_data_only=True,
+                _preload_content=False,
+                _request_timeout=timeout,
+            )
         except ApiException as exc:
             if exc.status:
                 raise from_response(exc.status, exc.body or exc.reason or "", getattr(exc, "headers", None)) from None
@@ -302,11 +310,18 @@ class Client:
             raise StreamError(f"{method.upper()} {path}: {exc}") from exc
         return resp
 
-    def request(self, method: str, path: str, *, query=None, body=None,
-                content_type: str = "application/json", timeout: float | None = None) -> dict:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query=None,
+        body=None,
+        content_type: str = "application/json",
+        timeout: float | None = None,
+    ) -> dict:
         """One REST call; returns the decoded JSON body (``{}`` when empty)."""
-        resp = self._open(method, path, query, body, content_type,
-                          timeout if timeout is not None else self.default_timeout)
+        resp = self._open(method, path, query, body, content_type, timeout if timeout is not None else self.default_timeout)
         try:
             data = resp.data
         except (urllib3.exceptions.HTTPError, OSError) as exc:
@@ -349,8 +364,9 @@ class Client:
         return self.request("DELETE", path, query=query, body=body)
 
     # -- watch ----------------------------------------------------------------------------------
-    def open_watch(self, path: str, *, resource_version: str | None = None,
-                   timeout_seconds: int | None = None, **query) -> WatchStream:
+    def open_watch(
+        self, path: str, *, resource_version: str | None = None, timeout_seconds: int | None = None, **query
+    ) -> WatchStream:
         """Start ``GET path?watch=true``; the returned :class:`WatchStream` yields events and can be
         closed from another thread. HTTP errors (e.g. 410) raise the typed error here."""
         q = _query_list(query)
@@ -363,8 +379,9 @@ class Client:
         resp = self._open("GET", path, q, None, "application/json", (self.watch_connect_timeout, read))
         return WatchStream(resp, path, self._log)
 
-    def watch(self, path: str, *, resource_version: str | None = None, timeout_seconds: int | None = None,
-              **query) -> Iterator[tuple[str, dict]]:
+    def watch(
+        self, path: str, *, resource_version: str | None = None, timeout_seconds: int | None = None, **query
+    ) -> Iterator[tuple[str, dict]]:
         """Yield ``(type, object)`` for ADDED/MODIFIED/DELETED/BOOKMARK until the server ends the stream.
 
         An ``ERROR`` event raises its typed error (410 -> :class:`~controllerkit.errors.Gone`); a

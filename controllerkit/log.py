@@ -10,6 +10,7 @@ rendered the same way, at WARNING and above unless the level asks for more.
     log.info("rules_applied", pods=3, duration_ms=12.5)
     # {"ts": "2026-11-27T05:00:00.123456Z", "level": "info", "component": "podwatch", "event": "rules_applied", "pods": 3, ...}
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,8 +20,14 @@ import structlog
 
 __all__ = ["setup_logging", "get_logger", "LEVELS"]
 
-LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-          "warn": logging.WARNING, "error": logging.ERROR, "critical": logging.CRITICAL}
+LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
 
 _LEADING = ("ts", "level", "component", "event")
 _HANDLER_MARK = "_controllerkit_handler"
@@ -48,6 +55,7 @@ def _add_component(component: str):
     def add(_logger, _name, event_dict):
         event_dict.setdefault("component", component)
         return event_dict
+
     return add
 
 
@@ -83,11 +91,16 @@ def setup_logging(component: str, level: str = "info", *, stream=None) -> struct
             root.removeHandler(h)
     handler = logging.StreamHandler(stream)
     setattr(handler, _HANDLER_MARK, True)
-    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared[:1] + [structlog.stdlib.add_logger_name] + shared[1:],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, _order_keys,
-                    structlog.processors.JSONRenderer(default=str)],
-    ))
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared[:1] + [structlog.stdlib.add_logger_name] + shared[1:],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                _order_keys,
+                structlog.processors.JSONRenderer(default=str),
+            ],
+        )
+    )
     root.addHandler(handler)
     root.setLevel(max(level_no, logging.WARNING) if level_no > logging.DEBUG else logging.DEBUG)
     return structlog.get_logger().bind()

@@ -1,4 +1,5 @@
 """The opt-in annotation, read one way everywhere (the initializer and podwatch must agree on it)."""
+
 from __future__ import annotations
 
 from typing import Any, Mapping, Optional

@@ -9,6 +9,7 @@ nonce in ``NONCE_HEADER``. Only the tproxy proxy answers it (status 200, the non
 ``ANSWER_HEADER``); it never forwards the probe anywhere. ``PROBE_ADDRESS`` is in TEST-NET-1
 (RFC 5737), which is never routed, so without interception the probe goes nowhere.
 """
+
 PROBE_ADDRESS = "192.0.2.1"
 PROBE_PORT = 80
 PROBE_HOST = "probe.tproxy.invalid"

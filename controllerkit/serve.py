@@ -5,6 +5,7 @@ is *ready* only after its informers have synced (``ready`` callback), while it i
 as the process serves HTTP. ``ready`` may return ``True``/``False`` or ``(False, "why")``; the reason is
 the 503 body, so ``kubectl describe`` shows why a pod is not ready.
 """
+
 from __future__ import annotations
 
 import threading
@@ -43,8 +44,9 @@ class HealthServer:
     ``port=0`` picks a free port; read the actual one from ``.port`` after ``start()``.
     """
 
-    def __init__(self, port: int, *, host: str = "0.0.0.0", ready: Callable[[], object] = lambda: True,
-                 registry=prometheus_client.REGISTRY):
+    def __init__(
+        self, port: int, *, host: str = "0.0.0.0", ready: Callable[[], object] = lambda: True, registry=prometheus_client.REGISTRY
+    ):
         self.host = host
         self.port = port
         self.ready = ready

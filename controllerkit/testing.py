@@ -11,6 +11,7 @@ into the next watch requests. End-to-end tests use kubesim instead.
     srv.fault("/api/v1/pods", "error410")      # next watch gets {"type": "ERROR", ... code 410}
     client = Client.from_url(srv.url)
 """
+
 from __future__ import annotations
 
 import copy
@@ -30,8 +31,15 @@ FAULTS = ("http410", "error410", "cut", "end_mid_line", "close", "http500")
 
 
 def status_body(code: int, reason: str, message: str, **details) -> dict:
-    body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": message, "reason": reason, "code": code}
+    body = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
     if details:
         body["details"] = details
     return body
@@ -195,8 +203,7 @@ class FakeApiServer:
                     coll = fake._coll(u.path)
                     items = [copy.deepcopy(o) for o in coll.objects.values()]
                     rv = str(fake._rv)
-                return self._reply(200, {"kind": "List", "apiVersion": "v1",
-                                         "metadata": {"resourceVersion": rv}, "items": items})
+                return self._reply(200, {"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": rv}, "items": items})
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 
@@ -239,8 +246,12 @@ class FakeApiServer:
                             fake._lock.wait(min(remaining, 0.5))
                             continue
                     if fault == "error410":
-                        line = json.dumps({"type": "ERROR", "object": status_body(
-                            410, "Expired", f"too old resource version: {since}")}).encode() + b"\n"
+                        line = (
+                            json.dumps(
+                                {"type": "ERROR", "object": status_body(410, "Expired", f"too old resource version: {since}")}
+                            ).encode()
+                            + b"\n"
+                        )
                         self._chunk(line)
                         return self._end()
                     if fault in ("cut", "end_mid_line"):

@@ -11,6 +11,7 @@ silently dropped. This is client-go's ``workqueue.RateLimitingInterface`` in ~15
 * ``add_rate_limited(k)``: re-add after ``base_delay * 2**failures`` (capped at ``max_delay``);
   ``forget(k)`` resets the failure count after a successful sync.
 """
+
 from __future__ import annotations
 
 from .backoff import exponential, retry_after_of
@@ -43,7 +44,7 @@ class WorkQueue:
         self.base_delay = base_delay
         self.max_delay = max_delay
         lock = threading.Lock()
-        self._cond = threading.Condition(lock)        # workers waiting in get()
+        self._cond = threading.Condition(lock)  # workers waiting in get()
         self._delay_cond = threading.Condition(lock)  # the delayed-add thread (separate: no lost wakeups)
         self._queue: collections.deque = collections.deque()
         self._dirty: set = set()
@@ -131,8 +132,7 @@ class WorkQueue:
             self._waiting[key] = ready_at
             heapq.heappush(self._heap, (ready_at, next(self._seq), key))
             if self._delay_thread is None:
-                self._delay_thread = threading.Thread(
-                    target=self._delay_loop, name=f"workqueue-delay-{self.name}", daemon=True)
+                self._delay_thread = threading.Thread(target=self._delay_loop, name=f"workqueue-delay-{self.name}", daemon=True)
                 self._delay_thread.start()
             self._delay_cond.notify()
 
@@ -174,8 +174,9 @@ class WorkQueue:
             return self._failures.get(key, 0)
 
 
-def run_workers(queue: WorkQueue, sync: Callable[[str], object], *, workers: int = 1,
-                stop: threading.Event, logger=None, on_error=None) -> list[threading.Thread]:
+def run_workers(
+    queue: WorkQueue, sync: Callable[[str], object], *, workers: int = 1, stop: threading.Event, logger=None, on_error=None
+) -> list[threading.Thread]:
     """Start ``workers`` daemon threads that run ``sync(key)`` for each queued key until ``stop`` is set
     (or the queue is shut down).
 
@@ -207,9 +208,15 @@ def run_workers(queue: WorkQueue, sync: Callable[[str], object], *, workers: int
                         if logger is not None:
                             logger.error("on_error_failed", key=key, error=str(cb_exc))
                 if logger is not None:
-                    logger.warning("sync_failed", queue=queue.name, key=key, error=str(exc),
-                                   error_type=type(exc).__name__, retries=queue.num_requeues(key),
-                                   requeue=retry)
+                    logger.warning(
+                        "sync_failed",
+                        queue=queue.name,
+                        key=key,
+                        error=str(exc),
+                        error_type=type(exc).__name__,
+                        retries=queue.num_requeues(key),
+                        requeue=retry,
+                    )
                 if retry:
                     queue.add_rate_limited(key, retry_after_of(exc))
                 else:

@@ -23,6 +23,7 @@ What is mutated (initializer/README.md, "Webhook mode", says why):
   A Deployment CREATE in that state is refused, as the Initializer refuses it.
 - Everything else (other kinds, subresources, DELETE, CONNECT): allowed untouched.
 """
+
 from __future__ import annotations
 
 import base64
@@ -36,20 +37,19 @@ import jsonpatch
 from controllerkit import optin
 
 from .config import InjectionConfig
-from .mutate import (FAILURE_PREFIX, InjectionConflict, _effective_init_containers, apply_injection,
-                     failure_status, inject_pod)
+from .mutate import FAILURE_PREFIX, InjectionConflict, _effective_init_containers, apply_injection, failure_status, inject_pod
 
 API_GROUP = "admission.k8s.io"
 VERSIONS = ("v1", "v1beta1")
 DEPLOYMENT_GROUPS = ("apps", "extensions")
 
 # Outcomes (metrics label, audit line).
-INJECTED = "injected"      # allowed, with a patch
-UNCHANGED = "unchanged"    # opted in and already injected: allowed, no patch
-SKIPPED = "skipped"        # not opted in / excluded namespace: allowed, no patch
-IGNORED = "ignored"        # not a kind/operation we mutate: allowed, no patch
-KEPT = "kept"              # already carries our init containers, defined otherwise: allowed, no patch
-DENIED = "denied"          # allowed: false, with a Status
+INJECTED = "injected"  # allowed, with a patch
+UNCHANGED = "unchanged"  # opted in and already injected: allowed, no patch
+SKIPPED = "skipped"  # not opted in / excluded namespace: allowed, no patch
+IGNORED = "ignored"  # not a kind/operation we mutate: allowed, no patch
+KEPT = "kept"  # already carries our init containers, defined otherwise: allowed, no patch
+DENIED = "denied"  # allowed: false, with a Status
 
 
 class BadReview(ValueError):
@@ -59,7 +59,8 @@ class BadReview(ValueError):
 @dataclass(frozen=True)
 class Review:
     """The parts of an ``AdmissionReview.request`` the decision uses."""
-    api_version: str          # admission.k8s.io/v1 or admission.k8s.io/v1beta1: the answer uses the same
+
+    api_version: str  # admission.k8s.io/v1 or admission.k8s.io/v1beta1: the answer uses the same
     uid: str
     group: str
     version: str
@@ -77,8 +78,8 @@ class Answer:
     allowed: bool
     outcome: str
     reason: str
-    patch: list = field(default_factory=list)   # RFC 6902 operations (empty: no patch)
-    status: Optional[dict] = None                # metav1.Status when denied
+    patch: list = field(default_factory=list)  # RFC 6902 operations (empty: no patch)
+    status: Optional[dict] = None  # metav1.Status when denied
 
     @property
     def patch_bytes(self) -> bytes:
@@ -101,23 +102,30 @@ def parse_review(body: bytes) -> Review:
     _require(isinstance(doc, dict), f"expected an AdmissionReview object, got a JSON {type(doc).__name__}")
     api_version = doc.get("apiVersion")
     supported = ", ".join(f"{API_GROUP}/{v}" for v in VERSIONS)
-    _require(api_version in {f"{API_GROUP}/{v}" for v in VERSIONS},
-             f"unsupported apiVersion {api_version!r}: expected {supported}")
+    _require(
+        api_version in {f"{API_GROUP}/{v}" for v in VERSIONS}, f"unsupported apiVersion {api_version!r}: expected {supported}"
+    )
     _require(doc.get("kind") == "AdmissionReview", f"expected kind AdmissionReview, got {doc.get('kind')!r}")
     req = doc.get("request")
     _require(isinstance(req, dict), "the AdmissionReview has no request object")
     uid = req.get("uid")
     _require(isinstance(uid, str) and uid != "", "request.uid is missing or not a non-empty string")
     kind = req.get("kind")
-    _require(isinstance(kind, dict) and isinstance(kind.get("kind"), str) and bool(kind.get("kind")),
-             "request.kind must be an object with group, version and kind")
+    _require(
+        isinstance(kind, dict) and isinstance(kind.get("kind"), str) and bool(kind.get("kind")),
+        "request.kind must be an object with group, version and kind",
+    )
     op = req.get("operation")
-    _require(op in ("CREATE", "UPDATE", "DELETE", "CONNECT"),
-             f"request.operation must be CREATE, UPDATE, DELETE or CONNECT, got {op!r}")
+    _require(
+        op in ("CREATE", "UPDATE", "DELETE", "CONNECT"),
+        f"request.operation must be CREATE, UPDATE, DELETE or CONNECT, got {op!r}",
+    )
     obj = req.get("object")
     if op in ("CREATE", "UPDATE"):
-        _require(isinstance(obj, dict), f"request.object must be an object for {op}, got "
-                                        f"{'nothing' if obj is None else type(obj).__name__}")
+        _require(
+            isinstance(obj, dict),
+            f"request.object must be an object for {op}, got {'nothing' if obj is None else type(obj).__name__}",
+        )
     for key in ("namespace", "name", "subResource"):
         _require(isinstance(req.get(key, ""), str), f"request.{key} must be a string")
     dry_run = req.get("dryRun", False)
@@ -125,11 +133,19 @@ def parse_review(body: bytes) -> Review:
     meta = (obj or {}).get("metadata") if isinstance(obj, dict) else None
     _require(meta is None or isinstance(meta, dict), "request.object.metadata must be an object")
     name = req.get("name") or (meta or {}).get("name") or (meta or {}).get("generateName") or ""
-    return Review(api_version=api_version, uid=uid, group=str(kind.get("group") or ""),
-                  version=str(kind.get("version") or ""), kind=kind["kind"], operation=op,
-                  namespace=req.get("namespace") or (meta or {}).get("namespace") or "", name=str(name),
-                  sub_resource=req.get("subResource") or "", dry_run=bool(dry_run),
-                  obj=obj if isinstance(obj, dict) else None)
+    return Review(
+        api_version=api_version,
+        uid=uid,
+        group=str(kind.get("group") or ""),
+        version=str(kind.get("version") or ""),
+        kind=kind["kind"],
+        operation=op,
+        namespace=req.get("namespace") or (meta or {}).get("namespace") or "",
+        name=str(name),
+        sub_resource=req.get("subResource") or "",
+        dry_run=bool(dry_run),
+        obj=obj if isinstance(obj, dict) else None,
+    )
 
 
 def _deny(message: str, *, code: int = 422, reason: str = "Invalid") -> Answer:
@@ -137,9 +153,16 @@ def _deny(message: str, *, code: int = 422, reason: str = "Invalid") -> Answer:
     return Answer(False, DENIED, status["message"], status=status)
 
 
-def review(rv: Review, cfg: Optional[InjectionConfig], *, annotation: str, require_annotation: bool,
-           exclude_namespaces: frozenset = frozenset(), config_reason: str = "",
-           bundle_check: Optional[Callable[[str, str], Optional[tuple[int, str, str]]]] = None) -> Answer:
+def review(
+    rv: Review,
+    cfg: Optional[InjectionConfig],
+    *,
+    annotation: str,
+    require_annotation: bool,
+    exclude_namespaces: frozenset = frozenset(),
+    config_reason: str = "",
+    bundle_check: Optional[Callable[[str, str], Optional[tuple[int, str, str]]]] = None,
+) -> Answer:
     """Decide one review. ``bundle_check(namespace, kind)`` (no I/O: the webhook's copy loop's last
     result) returns ``None`` when an injected object of ``kind`` may be admitted in ``namespace`` as far
     as the proxy's CA bundle goes, else ``(code, reason, message)`` to refuse it with.
@@ -156,16 +179,19 @@ def review(rv: Review, cfg: Optional[InjectionConfig], *, annotation: str, requi
         return Answer(True, SKIPPED, f"namespace {rv.namespace!r} is excluded")
     obj = rv.obj
     if obj is None:  # a CREATE or UPDATE always carries its object; refuse rather than guess
-        return _deny(f"the {rv.operation} review of a {rv.kind} carries no request.object", code=400,
-                     reason="BadRequest")
+        return _deny(f"the {rv.operation} review of a {rv.kind} carries no request.object", code=400, reason="BadRequest")
     value = optin.value_of(obj.get("metadata"), annotation)
     if require_annotation and not optin.is_true(value):
-        why = "missing" if value is None else f"{value!r}, not \"true\""
+        why = "missing" if value is None else f'{value!r}, not "true"'
         return Answer(True, SKIPPED, f"annotation {annotation} is {why}")
     if cfg is None:
         # Never let an opted-in object through without its protection (the Initializer keeps it pending).
-        return _deny(f"no valid injection config is loaded yet ({config_reason or 'not read yet'}); "
-                     f"retry when the tproxy webhook is ready", code=503, reason="ServiceUnavailable")
+        return _deny(
+            f"no valid injection config is loaded yet ({config_reason or 'not read yet'}); "
+            f"retry when the tproxy webhook is ready",
+            code=503,
+            reason="ServiceUnavailable",
+        )
     new = copy.deepcopy(obj)
     try:
         if is_deploy:
@@ -177,9 +203,13 @@ def review(rv: Review, cfg: Optional[InjectionConfig], *, annotation: str, requi
             # Injected under another config version (or locked by hand, manual mode): a Pod of an old
             # template, or an update of a Deployment injected before the config changed. Refusing would
             # stop every locked workload from making pods after a sidecar upgrade; it keeps its lock.
-            return Answer(True, KEPT, f"already carries tproxy's init container(s) "
-                                      f"{', '.join(c['name'] for c in cfg.containers)} defined otherwise "
-                                      f"(another config version, or added by hand): left as is ({exc})")
+            return Answer(
+                True,
+                KEPT,
+                f"already carries tproxy's init container(s) "
+                f"{', '.join(c['name'] for c in cfg.containers)} defined otherwise "
+                f"(another config version, or added by hand): left as is ({exc})",
+            )
         return _deny(str(exc))
     if bundle_check is not None:
         refusal = bundle_check(rv.namespace, rv.kind)
@@ -213,5 +243,20 @@ def response(rv_or_version, uid: str, answer: Answer) -> dict:
     return {"apiVersion": api_version, "kind": "AdmissionReview", "response": resp}
 
 
-__all__ = ["API_GROUP", "VERSIONS", "BadReview", "Review", "Answer", "parse_review", "review", "response",
-           "INJECTED", "UNCHANGED", "SKIPPED", "IGNORED", "KEPT", "DENIED", "FAILURE_PREFIX"]
+__all__ = [
+    "API_GROUP",
+    "VERSIONS",
+    "BadReview",
+    "Review",
+    "Answer",
+    "parse_review",
+    "review",
+    "response",
+    "INJECTED",
+    "UNCHANGED",
+    "SKIPPED",
+    "IGNORED",
+    "KEPT",
+    "DENIED",
+    "FAILURE_PREFIX",
+]

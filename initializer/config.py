@@ -13,6 +13,7 @@ accepted. We keep that, but unlike the original we *validate*: an unknown top-le
 such as ``volumeMount``), a wrong type, a missing name or a duplicate is a ``ConfigError`` whose
 message names the offending path, because a silently ignored key means pods start unprotected.
 """
+
 from __future__ import annotations
 
 import copy
@@ -33,23 +34,66 @@ _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 
 # The volume sources a pod volume may carry (core/v1 VolumeSource, 1.7 set).
-_VOLUME_SOURCES = frozenset({
-    "hostPath", "emptyDir", "gcePersistentDisk", "awsElasticBlockStore", "gitRepo", "secret", "nfs",
-    "iscsi", "glusterfs", "persistentVolumeClaim", "rbd", "flexVolume", "cinder", "cephfs", "flocker",
-    "downwardAPI", "fc", "azureFile", "configMap", "vsphereVolume", "quobyte", "azureDisk",
-    "photonPersistentDisk", "projected", "portworxVolume", "scaleIO", "storageos",
-})
-_CONTAINER_FIELDS = frozenset({
-    "name", "image", "command", "args", "workingDir", "ports", "envFrom", "env", "resources",
-    "volumeMounts", "livenessProbe", "readinessProbe", "lifecycle", "terminationMessagePath",
-    "terminationMessagePolicy", "imagePullPolicy", "securityContext", "stdin", "stdinOnce", "tty",
-})
+_VOLUME_SOURCES = frozenset(
+    {
+        "hostPath",
+        "emptyDir",
+        "gcePersistentDisk",
+        "awsElasticBlockStore",
+        "gitRepo",
+        "secret",
+        "nfs",
+        "iscsi",
+        "glusterfs",
+        "persistentVolumeClaim",
+        "rbd",
+        "flexVolume",
+        "cinder",
+        "cephfs",
+        "flocker",
+        "downwardAPI",
+        "fc",
+        "azureFile",
+        "configMap",
+        "vsphereVolume",
+        "quobyte",
+        "azureDisk",
+        "photonPersistentDisk",
+        "projected",
+        "portworxVolume",
+        "scaleIO",
+        "storageos",
+    }
+)
+_CONTAINER_FIELDS = frozenset(
+    {
+        "name",
+        "image",
+        "command",
+        "args",
+        "workingDir",
+        "ports",
+        "envFrom",
+        "env",
+        "resources",
+        "volumeMounts",
+        "livenessProbe",
+        "readinessProbe",
+        "lifecycle",
+        "terminationMessagePath",
+        "terminationMessagePolicy",
+        "imagePullPolicy",
+        "securityContext",
+        "stdin",
+        "stdinOnce",
+        "tty",
+    }
+)
 _MOUNT_FIELDS = frozenset({"name", "readOnly", "mountPath", "subPath"})
 _ENV_FIELDS = frozenset({"name", "value", "valueFrom"})
 
 # Top-level keys, lower-cased -> canonical (ghodss/yaml + encoding/json match case-insensitively).
-_TOP_KEYS = {"containers": "containers", "volumes": "volumes", "volumemounts": "volumeMounts",
-             "envvars": "envVars"}
+_TOP_KEYS = {"containers": "containers", "volumes": "volumes", "volumemounts": "volumeMounts", "envvars": "envVars"}
 
 
 class ConfigError(ValueError):
@@ -76,8 +120,11 @@ def _construct_unique_mapping(loader: _StrictLoader, node: yaml.MappingNode, dee
             continue  # an unhashable key: construct_mapping reports it
         if first is not key_node:
             raise yaml.constructor.ConstructorError(
-                "while constructing a mapping", node.start_mark,
-                f"found duplicate key {key!r} (first at line {first.start_mark.line + 1})", key_node.start_mark)
+                "while constructing a mapping",
+                node.start_mark,
+                f"found duplicate key {key!r} (first at line {first.start_mark.line + 1})",
+                key_node.start_mark,
+            )
     return loader.construct_mapping(node, deep)
 
 
@@ -104,8 +151,12 @@ class InjectionConfig:
         return hashlib.sha256(blob).hexdigest()[:12]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"containers": copy.deepcopy(self.containers), "volumes": copy.deepcopy(self.volumes),
-                "volumeMounts": copy.deepcopy(self.volume_mounts), "envVars": copy.deepcopy(self.env_vars)}
+        return {
+            "containers": copy.deepcopy(self.containers),
+            "volumes": copy.deepcopy(self.volumes),
+            "volumeMounts": copy.deepcopy(self.volume_mounts),
+            "envVars": copy.deepcopy(self.env_vars),
+        }
 
 
 def _require_list(value: Any, path: str) -> list:
@@ -195,8 +246,7 @@ def _validate_container(c: Any, path: str) -> None:
     for key in ("workingDir", "imagePullPolicy", "terminationMessagePath", "terminationMessagePolicy"):
         _check_str(c, key, path)
     if c.get("imagePullPolicy") not in (None, "Always", "IfNotPresent", "Never"):
-        raise ConfigError(f"{path}.imagePullPolicy: must be Always, IfNotPresent or Never, "
-                          f"got {c['imagePullPolicy']!r}")
+        raise ConfigError(f"{path}.imagePullPolicy: must be Always, IfNotPresent or Never, got {c['imagePullPolicy']!r}")
     _check_str_list(c, "command", path)
     _check_str_list(c, "args", path)
     for key in ("stdin", "stdinOnce", "tty"):
@@ -224,8 +274,7 @@ def _validate_volume(v: Any, path: str) -> None:
     _check_unknown(v, _VOLUME_SOURCES | {"name"}, path)
     sources = [k for k in v if k != "name" and v[k] is not None]
     if len(sources) != 1:
-        raise ConfigError(f"{path}: must have exactly one volume source "
-                          f"(e.g. configMap, secret, emptyDir), got {len(sources)}")
+        raise ConfigError(f"{path}: must have exactly one volume source (e.g. configMap, secret, emptyDir), got {len(sources)}")
     _require_mapping(v[sources[0]], f"{path}.{sources[0]}")
 
 
@@ -252,8 +301,12 @@ def validate_config(data: Any) -> InjectionConfig:
     mounts = _validate_items(parts, "volumeMounts", _validate_mount, "mountPath", "duplicate mount path")
     env_vars = _validate_items(parts, "envVars", _validate_env, "name", "duplicate environment variable")
 
-    return InjectionConfig(containers=copy.deepcopy(containers), volumes=copy.deepcopy(volumes),
-                           volume_mounts=copy.deepcopy(mounts), env_vars=copy.deepcopy(env_vars))
+    return InjectionConfig(
+        containers=copy.deepcopy(containers),
+        volumes=copy.deepcopy(volumes),
+        volume_mounts=copy.deepcopy(mounts),
+        env_vars=copy.deepcopy(env_vars),
+    )
 
 
 def _validate_items(parts: dict, section: str, validate, key: str, duplicate: str) -> list:

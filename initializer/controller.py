@@ -22,6 +22,7 @@ Why this shape (and not the original's "AddFunc does everything"):
   the cause. A change of the bundle updates the copy in every namespace that has injected deployments
   (found in the deployment informer's cache: no list of ConfigMaps or namespaces is needed).
 """
+
 from __future__ import annotations
 
 import calendar
@@ -104,12 +105,24 @@ class Controller:
         c.start(); c.wait_ready(10); ...; c.stop()
     """
 
-    def __init__(self, client: Client, *, initializer_name: str = DEFAULT_INITIALIZER_NAME,
-                 annotation: str = DEFAULT_ANNOTATION, configmap: str = DEFAULT_CONFIGMAP,
-                 config_namespace: str = DEFAULT_NAMESPACE, require_annotation: bool = False,
-                 exclude_namespaces: Iterable[str] = (), workers: int = 2, resync_period: float = 30.0,
-                 config_retry: float = 1.0, watch_timeout: int = 300, root_certs_configmap: str = "",
-                 root_certs_namespace: Optional[str] = None, logger=None):
+    def __init__(
+        self,
+        client: Client,
+        *,
+        initializer_name: str = DEFAULT_INITIALIZER_NAME,
+        annotation: str = DEFAULT_ANNOTATION,
+        configmap: str = DEFAULT_CONFIGMAP,
+        config_namespace: str = DEFAULT_NAMESPACE,
+        require_annotation: bool = False,
+        exclude_namespaces: Iterable[str] = (),
+        workers: int = 2,
+        resync_period: float = 30.0,
+        config_retry: float = 1.0,
+        watch_timeout: int = 300,
+        root_certs_configmap: str = "",
+        root_certs_namespace: Optional[str] = None,
+        logger=None,
+    ):
         if workers < 1:
             raise ValueError("workers must be >= 1")
         self.client = client
@@ -166,11 +179,21 @@ class Controller:
             if kept is None:
                 self._config_reason = message
         if kept is not None:
-            self.log.error("config_error_keeping_last_good", reason=reason, error=message,
-                           configmap=self._cm_ref(), fingerprint=kept.fingerprint)
+            self.log.error(
+                "config_error_keeping_last_good",
+                reason=reason,
+                error=message,
+                configmap=self._cm_ref(),
+                fingerprint=kept.fingerprint,
+            )
         else:
-            self.log.error("config_unavailable", reason=reason, error=message, configmap=self._cm_ref(),
-                           hint="deployments stay pending until a valid config is loaded")
+            self.log.error(
+                "config_unavailable",
+                reason=reason,
+                error=message,
+                configmap=self._cm_ref(),
+                hint="deployments stay pending until a valid config is loaded",
+            )
 
     def load_configmap(self, cm: dict) -> bool:
         """Parse and install a ConfigMap object; on error keep the last good config. True if installed."""
@@ -187,29 +210,47 @@ class Controller:
         metrics.CONFIG_LOADED.set(1)
         if old is None or old.fingerprint != cfg.fingerprint:
             metrics.CONFIG_RELOADS.inc()
-            self.log.info("config_loaded", configmap=self._cm_ref(), fingerprint=cfg.fingerprint,
-                          resource_version=(cm.get("metadata") or {}).get("resourceVersion"),
-                          previous=old.fingerprint if old else None,
-                          init_containers=[c["name"] for c in cfg.containers],
-                          volumes=[v["name"] for v in cfg.volumes])
+            self.log.info(
+                "config_loaded",
+                configmap=self._cm_ref(),
+                fingerprint=cfg.fingerprint,
+                resource_version=(cm.get("metadata") or {}).get("resourceVersion"),
+                previous=old.fingerprint if old else None,
+                init_containers=[c["name"] for c in cfg.containers],
+                volumes=[v["name"] for v in cfg.volumes],
+            )
         for key in deferred:
             self.queue.add(key)
         return True
 
     def _config_loop(self) -> None:
         self._watch_configmap(
-            self.config_namespace, self.configmap, self.load_configmap,
+            self.config_namespace,
+            self.configmap,
+            self.load_configmap,
             on_error=self._set_config_error,
             forbidden_hint=f"the initializer needs get and watch on this ConfigMap, e.g. a Role in "
-                           f"{self.config_namespace} with resourceNames [{self.configmap}]")
+            f"{self.config_namespace} with resourceNames [{self.configmap}]",
+        )
 
     def _watch_configmap(self, namespace: str, name: str, on_object, *, on_error, forbidden_hint: str) -> None:
         """Follow one ConfigMap by name (controllerkit.informer.watch_named: GET, then watch by name;
         again after 410, a stream end or an error). By name, because the chart grants ``get`` and
         ``watch`` on exactly this ConfigMap (``resourceNames``), which cannot grant a list."""
-        watch_named(self.client, "configmaps", namespace, name, on_object, on_error=on_error,
-                    forbidden_hint=forbidden_hint, stop=self._stop, retry_initial=self.config_retry,
-                    watch_timeout=self.watch_timeout, streams=self._watches, log=self.log)
+        watch_named(
+            self.client,
+            "configmaps",
+            namespace,
+            name,
+            on_object,
+            on_error=on_error,
+            forbidden_hint=forbidden_hint,
+            stop=self._stop,
+            retry_initial=self.config_retry,
+            watch_timeout=self.watch_timeout,
+            streams=self._watches,
+            log=self.log,
+        )
 
     # -- the proxy's CA bundle -------------------------------------------------------------------
     def _root_certs_ref(self) -> str:
@@ -233,9 +274,13 @@ class Controller:
             deferred, self._deferred = self._deferred, set()
         metrics.ROOT_CERTS_LOADED.set(1)
         if old is None or old.fingerprint != certs.fingerprint:
-            self.log.info("root_certs_loaded", configmap=self._root_certs_ref(), fingerprint=certs.fingerprint,
-                          previous=old.fingerprint if old else None,
-                          resource_version=(cm.get("metadata") or {}).get("resourceVersion"))
+            self.log.info(
+                "root_certs_loaded",
+                configmap=self._root_certs_ref(),
+                fingerprint=certs.fingerprint,
+                previous=old.fingerprint if old else None,
+                resource_version=(cm.get("metadata") or {}).get("resourceVersion"),
+            )
             self._copies_wanted.set()
         for key in deferred:
             self.queue.add(key)
@@ -248,18 +293,31 @@ class Controller:
             if kept_certs is None:
                 self._root_certs_reason = message
         if kept_certs is not None:
-            self.log.error("root_certs_error_keeping_last", reason=reason, error=message,
-                           configmap=self._root_certs_ref(), fingerprint=kept_certs.fingerprint)
+            self.log.error(
+                "root_certs_error_keeping_last",
+                reason=reason,
+                error=message,
+                configmap=self._root_certs_ref(),
+                fingerprint=kept_certs.fingerprint,
+            )
         else:
-            self.log.error("root_certs_unavailable", reason=reason, error=message, configmap=self._root_certs_ref(),
-                           hint="deployments to inject stay pending until the CA bundle is read")
+            self.log.error(
+                "root_certs_unavailable",
+                reason=reason,
+                error=message,
+                configmap=self._root_certs_ref(),
+                hint="deployments to inject stay pending until the CA bundle is read",
+            )
 
     def _root_certs_loop(self) -> None:
         self._watch_configmap(
-            self.root_certs_namespace, self.root_certs_configmap, self.load_root_certs,
+            self.root_certs_namespace,
+            self.root_certs_configmap,
+            self.load_root_certs,
             on_error=self._set_root_certs_error,
             forbidden_hint=f"the initializer needs get and watch on this ConfigMap, e.g. a Role in "
-                           f"{self.root_certs_namespace} with resourceNames [{self.root_certs_configmap}]")
+            f"{self.root_certs_namespace} with resourceNames [{self.root_certs_configmap}]",
+        )
 
     def copy_namespaces(self) -> set[str]:
         """Namespaces that need a copy: those of deployments in the informer's cache whose pod template
@@ -269,8 +327,12 @@ class Controller:
         out = set()
         for obj in self.informer.store.list(copy=False):
             ns = (obj.get("metadata") or {}).get("namespace", "")
-            if ns and ns not in self.exclude_namespaces and ns != self.root_certs_namespace and \
-                    is_annotated((obj.get("spec") or {}).get("template") or {}, self.annotation):
+            if (
+                ns
+                and ns not in self.exclude_namespaces
+                and ns != self.root_certs_namespace
+                and is_annotated((obj.get("spec") or {}).get("template") or {}, self.annotation)
+            ):
                 out.add(ns)
         return out
 
@@ -322,8 +384,13 @@ class Controller:
     def _copy_done(self, namespace: str, certs: RootCerts, outcome: str) -> None:
         metrics.ROOT_CERTS_COPIES.labels(outcome).inc()
         if outcome != "unchanged":
-            self.log.info("root_certs_copy_" + outcome, namespace=namespace, configmap=certs.name,
-                          source=certs.source, fingerprint=certs.fingerprint)
+            self.log.info(
+                "root_certs_copy_" + outcome,
+                namespace=namespace,
+                configmap=certs.name,
+                source=certs.source,
+                fingerprint=certs.fingerprint,
+            )
 
     # -- readiness -------------------------------------------------------------------------------
     def ready(self) -> tuple[bool, str]:
@@ -382,9 +449,14 @@ class Controller:
                 current = self.client.get(path)
             except errors.NotFound:
                 return None
-            decision = decide(current, cfg, initializer_name=self.initializer_name, annotation=self.annotation,
-                              require_annotation=self.require_annotation,
-                              exclude_namespaces=self.exclude_namespaces)
+            decision = decide(
+                current,
+                cfg,
+                initializer_name=self.initializer_name,
+                annotation=self.annotation,
+                require_annotation=self.require_annotation,
+                exclude_namespaces=self.exclude_namespaces,
+            )
             if decision.action == IGNORE:
                 return None
             if decision.action == INJECT and certs is not None and not copied and ns != self.root_certs_namespace:
@@ -421,14 +493,20 @@ class Controller:
                 decision = failed
             except errors.Forbidden as exc:
                 metrics.WRITE_ERRORS.labels("forbidden").inc()
-                self.log.error("write_forbidden", namespace=ns, name=name, error=str(exc),
-                               hint="the initializer needs update and initialize on deployments "
-                                    "(apps and extensions) in every namespace it initializes")
+                self.log.error(
+                    "write_forbidden",
+                    namespace=ns,
+                    name=name,
+                    error=str(exc),
+                    hint="the initializer needs update and initialize on deployments "
+                    "(apps and extensions) in every namespace it initializes",
+                )
                 raise
             self._record(decision, current)
             return decision
-        raise errors.Conflict(409, "Conflict", f"deployment {key}: still conflicting after "
-                                               f"{MAX_CONFLICT_RETRIES} attempts; will retry")
+        raise errors.Conflict(
+            409, "Conflict", f"deployment {key}: still conflicting after {MAX_CONFLICT_RETRIES} attempts; will retry"
+        )
 
     def _fail_after_invalid(self, path: str, current: dict, exc: errors.ApiError) -> Optional[Decision]:
         return self._fail(path, current, f"the API server rejected the injected deployment: {exc.message}")
@@ -455,40 +533,57 @@ class Controller:
         if created is not None:
             metrics.INIT_LATENCY.observe(max(0.0, time.time() - created))
         log = self.log.warning if decision.action == FAIL else self.log.info
-        log("deployment_" + outcome, namespace=meta.get("namespace"), name=meta.get("name"),
-            uid=meta.get("uid"), outcome=outcome, reason=decision.reason,
-            pending_after=list(decision.pending_after))
+        log(
+            "deployment_" + outcome,
+            namespace=meta.get("namespace"),
+            name=meta.get("name"),
+            uid=meta.get("uid"),
+            outcome=outcome,
+            reason=decision.reason,
+            pending_after=list(decision.pending_after),
+        )
 
     # -- lifecycle -------------------------------------------------------------------------------
     def _make_informer(self):
         from controllerkit.informer import Informer
+
         self._informer_log = _InformerLog(self.log)
-        inf = Informer(self.client, resource_path(DEPLOYMENTS_GV, "deployments"),
-                       query={"includeUninitialized": "true"}, resync_period=self.resync_period,
-                       logger=self._informer_log)
+        inf = Informer(
+            self.client,
+            resource_path(DEPLOYMENTS_GV, "deployments"),
+            query={"includeUninitialized": "true"},
+            resync_period=self.resync_period,
+            logger=self._informer_log,
+        )
         inf.add_handler(self._on_add, self._on_update, self._on_delete)
         return inf
 
     def start(self) -> "Controller":
-        self.log.info("starting", initializer_name=self.initializer_name, annotation=self.annotation,
-                      configmap=self._cm_ref(), require_annotation=self.require_annotation,
-                      exclude_namespaces=sorted(self.exclude_namespaces), workers=self.workers,
-                      root_certs=self._root_certs_ref() if self.root_certs_configmap else None)
+        self.log.info(
+            "starting",
+            initializer_name=self.initializer_name,
+            annotation=self.annotation,
+            configmap=self._cm_ref(),
+            require_annotation=self.require_annotation,
+            exclude_namespaces=sorted(self.exclude_namespaces),
+            workers=self.workers,
+            root_certs=self._root_certs_ref() if self.root_certs_configmap else None,
+        )
         t = threading.Thread(target=self._config_loop, name="initializer-config", daemon=True)
         t.start()
         self._threads.append(t)
         self.informer = informer = self._make_informer()
         informer.start()
-        self._threads += run_workers(self.queue, self.sync, workers=self.workers, stop=self._stop,
-                                     logger=self.log)
+        self._threads += run_workers(self.queue, self.sync, workers=self.workers, stop=self._stop, logger=self.log)
         if self.root_certs_configmap:
-            for target, name in ((self._root_certs_loop, "initializer-root-certs"),
-                                 (self._copies_loop, "initializer-root-certs-copies")):
+            for target, name in (
+                (self._root_certs_loop, "initializer-root-certs"),
+                (self._copies_loop, "initializer-root-certs-copies"),
+            ):
                 t = threading.Thread(target=target, name=name, daemon=True)
                 t.start()
                 self._threads.append(t)
-            self._threads += run_workers(self.copy_queue, self.sync_copy, workers=1, stop=self._stop,
-                                         logger=self.log)
+            self._threads += run_workers(self.copy_queue, self.sync_copy, workers=1, stop=self._stop, logger=self.log)
         return self
 
     def stop(self, timeout: float = 5.0) -> None:

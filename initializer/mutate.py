@@ -22,6 +22,7 @@ Choices (see initializer/README.md for the reasons):
   either annotation is on the template we read the effective list from it and rewrite every such
   annotation to match the new field; if neither is present we leave them absent.
 """
+
 from __future__ import annotations
 
 import copy
@@ -45,10 +46,10 @@ INIT_ANNOTATIONS = (BETA_INIT_ANNOTATION, ALPHA_INIT_ANNOTATION)
 FAILURE_PREFIX = "tproxy initializer: "
 
 # Decision actions.
-IGNORE = "ignore"      # not pending, or someone else is pending[0]: no write
-INJECT = "inject"      # write the injected object and remove our entry
-SKIP = "skip"          # write only the removal of our entry (not annotated / excluded namespace)
-FAIL = "fail"          # write initializers.result (the server deletes the object, the create fails)
+IGNORE = "ignore"  # not pending, or someone else is pending[0]: no write
+INJECT = "inject"  # write the injected object and remove our entry
+SKIP = "skip"  # write only the removal of our entry (not annotated / excluded namespace)
+FAIL = "fail"  # write initializers.result (the server deletes the object, the create fails)
 
 
 class InjectionConflict(ValueError):
@@ -59,8 +60,8 @@ class InjectionConflict(ValueError):
 class Decision:
     action: str
     reason: str
-    obj: Optional[dict] = None        # the full object to PUT (None for IGNORE)
-    pending_after: tuple = ()         # names still pending after our write (for logs and tests)
+    obj: Optional[dict] = None  # the full object to PUT (None for IGNORE)
+    pending_after: tuple = ()  # names still pending after our write (for logs and tests)
 
 
 def pending_names(obj: dict) -> list[str]:
@@ -93,8 +94,10 @@ def _same_quantity(ours: Any, theirs: Any) -> bool:
 def _is_quantity_field(path: tuple) -> bool:
     """``resources.limits.X`` / ``resources.requests.X`` and ``emptyDir.sizeLimit``: the fields the API
     server stores in canonical form, so a value that went through it may be spelt differently."""
-    return (len(path) >= 3 and path[-3] == "resources" and path[-2] in ("limits", "requests")) or \
-        path[-2:] == ("emptyDir", "sizeLimit")
+    return (len(path) >= 3 and path[-3] == "resources" and path[-2] in ("limits", "requests")) or path[-2:] == (
+        "emptyDir",
+        "sizeLimit",
+    )
 
 
 def _subset(ours: Any, theirs: Any, path: tuple = ()) -> bool:
@@ -103,10 +106,11 @@ def _subset(ours: Any, theirs: Any, path: tuple = ()) -> bool:
     if isinstance(ours, dict):
         return isinstance(theirs, dict) and all(
             _subset(v, theirs[k], path + (k,)) if k in theirs else _omitted_when_empty(v)
-            for k, v in ours.items() if v is not None)
+            for k, v in ours.items()
+            if v is not None
+        )
     if isinstance(ours, list):
-        return isinstance(theirs, list) and len(ours) == len(theirs) and all(
-            _subset(a, b, path) for a, b in zip(ours, theirs))
+        return isinstance(theirs, list) and len(ours) == len(theirs) and all(_subset(a, b, path) for a, b in zip(ours, theirs))
     if ours != theirs and path and _is_quantity_field(path):
         return _same_quantity(ours, theirs)
     return ours == theirs
@@ -123,7 +127,8 @@ def _merge_named(existing: list, wanted: list, *, key: str, what: str, where: st
         elif not _subset(item, have):
             raise InjectionConflict(
                 f"{where} already has {what} {item[key]!r} with a different definition "
-                f"(existing {json.dumps(have, sort_keys=True)}, tproxy wants {json.dumps(item, sort_keys=True)})")
+                f"(existing {json.dumps(have, sort_keys=True)}, tproxy wants {json.dumps(item, sort_keys=True)})"
+            )
     return existing, to_add
 
 
@@ -142,8 +147,7 @@ def _effective_init_containers(template: dict, what: str = "pod template") -> li
     return list((template.get("spec") or {}).get("initContainers") or [])
 
 
-def inject_pod(pod_like: dict, cfg: InjectionConfig, *, annotation: str, prefix: str = "",
-               what: str = "pod") -> dict:
+def inject_pod(pod_like: dict, cfg: InjectionConfig, *, annotation: str, prefix: str = "", what: str = "pod") -> dict:
     """Inject ``cfg`` into a pod or a pod template: any ``{"metadata": ..., "spec": PodSpec}`` (modified in
     place and returned; pass a deep copy). The one mutation both front ends share: the Initializer calls
     it on a Deployment's ``spec.template`` (``prefix="spec.template."``, ``what="pod template"``), the
@@ -162,31 +166,34 @@ def inject_pod(pod_like: dict, cfg: InjectionConfig, *, annotation: str, prefix:
 
     # Init containers: ours first (the lock must precede every user init container).
     user_inits = _effective_init_containers(pod_like, what)
-    _, new_inits = _merge_named(user_inits, cfg.containers, key="name", what="init container",
-                                where=f"{prefix}spec.initContainers")
+    _, new_inits = _merge_named(
+        user_inits, cfg.containers, key="name", what="init container", where=f"{prefix}spec.initContainers"
+    )
     ours = {c["name"] for c in cfg.containers}
     containers = pod.get("containers") or []
     for c in containers:
         if c.get("name") in ours:
-            raise InjectionConflict(f"{prefix}spec.containers already has a container named "
-                                    f"{c['name']!r}, which is the name of tproxy's init container")
+            raise InjectionConflict(
+                f"{prefix}spec.containers already has a container named "
+                f"{c['name']!r}, which is the name of tproxy's init container"
+            )
 
     # Volumes.
     volumes = list(pod.get("volumes") or [])
-    _, new_vols = _merge_named(volumes, cfg.volumes, key="name", what="volume",
-                               where=f"{prefix}spec.volumes")
+    _, new_vols = _merge_named(volumes, cfg.volumes, key="name", what="volume", where=f"{prefix}spec.volumes")
     volumes += new_vols
     vol_names = {v.get("name") for v in volumes if isinstance(v, dict)}
     for m in cfg.volume_mounts:
         if m["name"] not in vol_names:
-            raise InjectionConflict(f"volumeMount {m['mountPath']!r} refers to volume {m['name']!r}, "
-                                    f"which is neither in the config's volumes nor in the {what}")
+            raise InjectionConflict(
+                f"volumeMount {m['mountPath']!r} refers to volume {m['name']!r}, "
+                f"which is neither in the config's volumes nor in the {what}"
+            )
 
     # Mounts and env into every user container and user init container (not into ours).
     def inject_into(c: dict, where: str) -> None:
         mounts = list(c.get("volumeMounts") or [])
-        _, add_m = _merge_named(mounts, cfg.volume_mounts, key="mountPath", what="a volume mount at",
-                                where=where)
+        _, add_m = _merge_named(mounts, cfg.volume_mounts, key="mountPath", what="a volume mount at", where=where)
         env = list(c.get("env") or [])
         _, add_e = _merge_named(env, cfg.env_vars, key="name", what="environment variable", where=where)
         if add_m:
@@ -246,16 +253,30 @@ def remove_pending(obj: dict, initializer_name: str) -> list[str]:
 
 
 def failure_status(message: str, *, code: int = 422, reason: str = "Invalid") -> dict:
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "code": code,
-            "reason": reason, "message": FAILURE_PREFIX + message}
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "code": code,
+        "reason": reason,
+        "message": FAILURE_PREFIX + message,
+    }
 
 
 def is_annotated(obj: dict, annotation: str) -> bool:
     return optin.is_true(annotation_value(obj, annotation))
 
 
-def decide(deployment: dict, cfg: InjectionConfig, *, initializer_name: str, annotation: str,
-           require_annotation: bool, exclude_namespaces: frozenset = frozenset()) -> Decision:
+def decide(
+    deployment: dict,
+    cfg: InjectionConfig,
+    *,
+    initializer_name: str,
+    annotation: str,
+    require_annotation: bool,
+    exclude_namespaces: frozenset = frozenset(),
+) -> Decision:
     """Decide the one write that completes our part of ``deployment``'s initialization.
 
     ``deployment`` is never modified; ``Decision.obj`` is a new object based on a deep copy, with the
@@ -277,7 +298,7 @@ def decide(deployment: dict, cfg: InjectionConfig, *, initializer_name: str, ann
         return Decision(SKIP, f"namespace {ns!r} is excluded", new, tuple(after))
     if require_annotation and not is_annotated(deployment, annotation):
         value = annotation_value(deployment, annotation)
-        why = "missing" if value is None else f"{value!r}, not \"true\""
+        why = "missing" if value is None else f'{value!r}, not "true"'
         after = remove_pending(new, initializer_name)
         return Decision(SKIP, f"annotation {annotation} is {why}", new, tuple(after))
     try:

@@ -14,6 +14,7 @@ overwritten: ``CopyRefused`` says so, and the deployment fails with that message
 Only the bundle (public certificates) is copied; the proxy's private key stays in its Secret, which
 the initializer cannot read.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -91,7 +92,10 @@ def _forbidden(certs: RootCerts, namespace: str, verb: str, exc: errors.ApiError
         f"cannot provide the proxy CA bundle in namespace {namespace}: {verb} of ConfigMap "
         f"{namespace}/{certs.name} is forbidden ({exc.message}); the initializer's service account needs "
         f"get, create and update on configmaps named {certs.name} in {namespace} (the chart's ClusterRole "
-        f"grants them in every namespace)", 403, "Forbidden")
+        f"grants them in every namespace)",
+        403,
+        "Forbidden",
+    )
 
 
 def ensure_copy(client: Client, certs: RootCerts, namespace: str) -> str:
@@ -118,7 +122,10 @@ def ensure_copy(client: Client, certs: RootCerts, namespace: str) -> str:
                 raise CopyRefused(
                     f"cannot provide the proxy CA bundle in namespace {namespace}: ConfigMap "
                     f"{namespace}/{certs.name} exists and is not a copy of {certs.source} ({why}); the "
-                    f"initializer does not overwrite it: delete or rename it", 409, "AlreadyExists")
+                    f"initializer does not overwrite it: delete or rename it",
+                    409,
+                    "AlreadyExists",
+                )
             if certs.up_to_date(current):
                 return UNCHANGED
             verb = "update"
@@ -128,5 +135,6 @@ def ensure_copy(client: Client, certs: RootCerts, namespace: str) -> str:
             raise _forbidden(certs, namespace, verb, exc) from None
         except (errors.AlreadyExists, errors.Conflict):
             continue  # another replica wrote it first: look again
-    raise errors.Conflict(409, "Conflict", f"ConfigMap {namespace}/{certs.name}: still conflicting after "
-                                           f"{MAX_ATTEMPTS} attempts; will retry")
+    raise errors.Conflict(
+        409, "Conflict", f"ConfigMap {namespace}/{certs.name}: still conflicting after {MAX_ATTEMPTS} attempts; will retry"
+    )

@@ -16,6 +16,7 @@ Three parts:
   milliseconds, far inside kube-apiserver's 10 s default timeout. Bodies over ``max_body`` get 413
   without being read; a body that is not an AdmissionReview gets 400 with the reason.
 """
+
 from __future__ import annotations
 
 import json
@@ -76,11 +77,12 @@ class WebhookController(Controller):
         from controllerkit.informer import Informer
 
         from .controller import _InformerLog
+
         self._informer_log = _InformerLog(self.log)
-        inf = Informer(self.client, resource_path("v1", "namespaces"), resync_period=self.resync_period,
-                       logger=self._informer_log)
-        inf.add_handler(self._ns_added, lambda old, new=None: self._ns_added(new if new is not None else old),
-                        self._ns_deleted)
+        inf = Informer(
+            self.client, resource_path("v1", "namespaces"), resync_period=self.resync_period, logger=self._informer_log
+        )
+        inf.add_handler(self._ns_added, lambda old, new=None: self._ns_added(new if new is not None else old), self._ns_deleted)
         return inf
 
     def _wants_copy(self, ns: str) -> bool:
@@ -102,8 +104,11 @@ class WebhookController(Controller):
     def copy_namespaces(self) -> set[str]:
         if self.informer is None:
             return set()
-        return {n for n in ((o.get("metadata") or {}).get("name", "") for o in self.informer.store.list(copy=False))
-                if self._wants_copy(n)}
+        return {
+            n
+            for n in ((o.get("metadata") or {}).get("name", "") for o in self.informer.store.list(copy=False))
+            if self._wants_copy(n)
+        }
 
     # sync_copy is the controller's; these hooks record each namespace's state for bundle_check
     def _copy_refused(self, namespace: str, exc: CopyRefused) -> None:
@@ -135,10 +140,15 @@ class WebhookController(Controller):
         if state == REFUSED and exc is not None:
             return exc.code, exc.reason, str(exc)
         if state == PENDING and kind == "Pod":
-            return 503, "ServiceUnavailable", (
-                f"the proxy CA bundle (ConfigMap {namespace}/{self.root_certs_configmap}, a copy of "
-                f"{self._root_certs_ref().split(' ', 1)[1]}) is not confirmed in namespace {namespace} yet: "
-                f"the tproxy webhook copies it when a namespace appears; retry in a few seconds")
+            return (
+                503,
+                "ServiceUnavailable",
+                (
+                    f"the proxy CA bundle (ConfigMap {namespace}/{self.root_certs_configmap}, a copy of "
+                    f"{self._root_certs_ref().split(' ', 1)[1]}) is not confirmed in namespace {namespace} yet: "
+                    f"the tproxy webhook copies it when a namespace appears; retry in a few seconds"
+                ),
+            )
         return None
 
     # -- readiness and lifecycle ----------------------------------------------------------------
@@ -155,14 +165,19 @@ class WebhookController(Controller):
 
     def start(self) -> "WebhookController":
         from controllerkit.workqueue import run_workers
-        self.log.info("starting", mode="webhook", annotation=self.annotation, configmap=self._cm_ref(),
-                      require_annotation=self.require_annotation,
-                      exclude_namespaces=sorted(self.exclude_namespaces),
-                      root_certs=self._root_certs_ref() if self.root_certs_configmap else None)
+
+        self.log.info(
+            "starting",
+            mode="webhook",
+            annotation=self.annotation,
+            configmap=self._cm_ref(),
+            require_annotation=self.require_annotation,
+            exclude_namespaces=sorted(self.exclude_namespaces),
+            root_certs=self._root_certs_ref() if self.root_certs_configmap else None,
+        )
         targets = [(self._config_loop, "webhook-config")]
         if self.root_certs_configmap:
-            targets += [(self._root_certs_loop, "webhook-root-certs"),
-                        (self._copies_loop, "webhook-root-certs-copies")]
+            targets += [(self._root_certs_loop, "webhook-root-certs"), (self._copies_loop, "webhook-root-certs-copies")]
         for target, name in targets:
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
@@ -170,8 +185,7 @@ class WebhookController(Controller):
         if self.root_certs_configmap:
             self.informer = informer = self._make_informer()
             informer.start()
-            self._threads += run_workers(self.copy_queue, self.sync_copy, workers=self.workers, stop=self._stop,
-                                         logger=self.log)
+            self._threads += run_workers(self.copy_queue, self.sync_copy, workers=self.workers, stop=self._stop, logger=self.log)
         return self
 
 
@@ -227,8 +241,13 @@ class CertReloader:
             if self._failed_sig != ("missing", str(exc)):
                 self._failed_sig = ("missing", str(exc))
                 metrics.WEBHOOK_CERT_ERRORS.inc()
-                self.log.error("serving_certificate_unreadable", error=str(exc), cert_file=self.cert_file,
-                               key_file=self.key_file, hint="the last good certificate stays in use")
+                self.log.error(
+                    "serving_certificate_unreadable",
+                    error=str(exc),
+                    cert_file=self.cert_file,
+                    key_file=self.key_file,
+                    hint="the last good certificate stays in use",
+                )
             return False
         if sig == self._sig or sig == self._failed_sig:
             return False
@@ -238,8 +257,13 @@ class CertReloader:
             # e.g. the certificate written before its key: keep serving the old pair, try the next change
             self._failed_sig = sig
             metrics.WEBHOOK_CERT_ERRORS.inc()
-            self.log.error("serving_certificate_reload_failed", error=str(exc), cert_file=self.cert_file,
-                           key_file=self.key_file, hint="the last good certificate stays in use")
+            self.log.error(
+                "serving_certificate_reload_failed",
+                error=str(exc),
+                cert_file=self.cert_file,
+                key_file=self.key_file,
+                hint="the last good certificate stays in use",
+            )
             return False
         with self._lock:
             self._context = ctx
@@ -254,6 +278,7 @@ class CertReloader:
         def loop():
             while not self._stop.wait(interval):
                 self.check()
+
         self._thread = threading.Thread(target=loop, name="webhook-cert-reload", daemon=True)
         self._thread.start()
         return self
@@ -290,9 +315,17 @@ class Webhook:
     """The admission logic between the HTTP layer and ``admission.review``: config, opt-in flags, the
     CA-bundle check, metrics and the audit line."""
 
-    def __init__(self, *, config: Callable, annotation: str, require_annotation: bool,
-                 exclude_namespaces=(), bundle_check=None, config_reason: Callable[[], str] = lambda: "",
-                 logger=None):
+    def __init__(
+        self,
+        *,
+        config: Callable,
+        annotation: str,
+        require_annotation: bool,
+        exclude_namespaces=(),
+        bundle_check=None,
+        config_reason: Callable[[], str] = lambda: "",
+        logger=None,
+    ):
         self.config = config
         self.annotation = annotation
         self.require_annotation = require_annotation
@@ -303,43 +336,75 @@ class Webhook:
 
     @classmethod
     def for_controller(cls, c: WebhookController) -> "Webhook":
-        return cls(config=lambda: c.config, annotation=c.annotation, require_annotation=c.require_annotation,
-                   exclude_namespaces=c.exclude_namespaces,
-                   bundle_check=c.bundle_check if c.root_certs_configmap else None,
-                   config_reason=lambda: c._config_reason, logger=c.log)
+        return cls(
+            config=lambda: c.config,
+            annotation=c.annotation,
+            require_annotation=c.require_annotation,
+            exclude_namespaces=c.exclude_namespaces,
+            bundle_check=c.bundle_check if c.root_certs_configmap else None,
+            config_reason=lambda: c._config_reason,
+            logger=c.log,
+        )
 
     def handle(self, body: bytes) -> dict:
         """One review body -> the AdmissionReview to answer (``admission.BadReview`` for a 400)."""
         start = time.monotonic()
         rv = admission.parse_review(body)
         try:
-            answer = admission.review(rv, self.config(), annotation=self.annotation,
-                                      require_annotation=self.require_annotation,
-                                      exclude_namespaces=self.exclude_namespaces,
-                                      config_reason=self.config_reason(), bundle_check=self.bundle_check)
+            answer = admission.review(
+                rv,
+                self.config(),
+                annotation=self.annotation,
+                require_annotation=self.require_annotation,
+                exclude_namespaces=self.exclude_namespaces,
+                config_reason=self.config_reason(),
+                bundle_check=self.bundle_check,
+            )
         except Exception as exc:  # noqa: BLE001 - a bug must refuse the object, not let it through unlocked
             self.log.exception("review_failed", uid=rv.uid, kind=rv.kind, namespace=rv.namespace, name=rv.name)
-            answer = admission._deny(f"internal error in the tproxy webhook: {type(exc).__name__}: {exc}",
-                                     code=500, reason="InternalError")
+            answer = admission._deny(
+                f"internal error in the tproxy webhook: {type(exc).__name__}: {exc}", code=500, reason="InternalError"
+            )
         out = admission.response(rv, rv.uid, answer)
         elapsed = time.monotonic() - start
         metrics.WEBHOOK_REVIEWS.labels(rv.kind, rv.operation, answer.outcome).inc()
         metrics.WEBHOOK_LATENCY.observe(elapsed)
         log = self.log.warning if not answer.allowed else self.log.info
-        log("admission_review", uid=rv.uid, kind=f"{rv.group + '/' if rv.group else ''}{rv.version}/{rv.kind}",
-            namespace=rv.namespace, name=rv.name, operation=rv.operation, dry_run=rv.dry_run,
-            allowed=answer.allowed, outcome=answer.outcome, reason=answer.reason,
-            patch_ops=len(answer.patch), patch_bytes=len(answer.patch_bytes), review_version=rv.api_version,
-            duration_ms=round(elapsed * 1000, 3))
+        log(
+            "admission_review",
+            uid=rv.uid,
+            kind=f"{rv.group + '/' if rv.group else ''}{rv.version}/{rv.kind}",
+            namespace=rv.namespace,
+            name=rv.name,
+            operation=rv.operation,
+            dry_run=rv.dry_run,
+            allowed=answer.allowed,
+            outcome=answer.outcome,
+            reason=answer.reason,
+            patch_ops=len(answer.patch),
+            patch_bytes=len(answer.patch_bytes),
+            review_version=rv.api_version,
+            duration_ms=round(elapsed * 1000, 3),
+        )
         return out
 
 
 class WebhookServer:
     """``WebhookServer(webhook, certs, port=8443).start()``; ``.port`` after start (``port=0`` picks one)."""
 
-    def __init__(self, webhook: Webhook, certs: CertReloader, *, port: int = DEFAULT_PORT, host: str = "0.0.0.0",
-                 path: str = DEFAULT_PATH, max_body: int = DEFAULT_MAX_BODY, io_timeout: float = DEFAULT_IO_TIMEOUT,
-                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT, logger=None):
+    def __init__(
+        self,
+        webhook: Webhook,
+        certs: CertReloader,
+        *,
+        port: int = DEFAULT_PORT,
+        host: str = "0.0.0.0",
+        path: str = DEFAULT_PATH,
+        max_body: int = DEFAULT_MAX_BODY,
+        io_timeout: float = DEFAULT_IO_TIMEOUT,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        logger=None,
+    ):
         self.webhook = webhook
         self.certs = certs
         self.host = host
@@ -356,7 +421,7 @@ class WebhookServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"   # keep-alive: kube-apiserver reuses its connections
+            protocol_version = "HTTP/1.1"  # keep-alive: kube-apiserver reuses its connections
 
             def _send(self, code: int, body: bytes, ctype: str = "application/json", close: bool = False) -> None:
                 self.send_response(code)
@@ -370,15 +435,22 @@ class WebhookServer:
 
             def _error(self, code: int, reason: str, message: str, close: bool = False) -> None:
                 metrics.WEBHOOK_BAD_REQUESTS.labels(reason).inc()
-                server.log.warning("admission_request_rejected", code=code, reason=reason, error=message,
-                                   path=self.path, client=self.client_address[0])
+                server.log.warning(
+                    "admission_request_rejected",
+                    code=code,
+                    reason=reason,
+                    error=message,
+                    path=self.path,
+                    client=self.client_address[0],
+                )
                 self._send(code, (f"tproxy webhook: {message}\n").encode(), "text/plain; charset=utf-8", close)
 
             def do_POST(self):  # noqa: N802 - http.server naming
                 if self.path.split("?", 1)[0] != server.path:
                     self._drain_or_close()
-                    return self._error(404, "not_found", f"no webhook at {self.path.split('?', 1)[0]!r}; "
-                                                         f"POST AdmissionReviews to {server.path}")
+                    return self._error(
+                        404, "not_found", f"no webhook at {self.path.split('?', 1)[0]!r}; POST AdmissionReviews to {server.path}"
+                    )
                 if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
                     return self._error(411, "length_required", "send the review with a Content-Length", True)
                 try:
@@ -389,16 +461,15 @@ class WebhookServer:
                     return self._error(411, "length_required", "a Content-Length header is required", True)
                 if length > server.max_body:
                     # not read: the connection is closed instead
-                    return self._error(413, "too_large", f"the body is {length} bytes, more than the "
-                                                         f"{server.max_body} accepted", True)
+                    return self._error(
+                        413, "too_large", f"the body is {length} bytes, more than the {server.max_body} accepted", True
+                    )
                 body = self.rfile.read(length)
                 if len(body) != length:
-                    return self._error(400, "truncated", f"the body ended after {len(body)} of {length} bytes",
-                                       True)
+                    return self._error(400, "truncated", f"the body ended after {len(body)} of {length} bytes", True)
                 ctype = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
                 if ctype != "application/json":
-                    return self._error(415, "content_type", f"Content-Type must be application/json, "
-                                                            f"got {ctype or 'none'!r}")
+                    return self._error(415, "content_type", f"Content-Type must be application/json, got {ctype or 'none'!r}")
                 try:
                     out = server.webhook.handle(body)
                 except admission.BadReview as exc:
@@ -421,9 +492,11 @@ class WebhookServer:
             def do_GET(self):  # noqa: N802
                 if self.path.split("?", 1)[0] in ("/healthz", "/livez"):
                     return self._send(200, b"ok\n", "text/plain; charset=utf-8")
-                return self._error(405 if self.path.split("?", 1)[0] == server.path else 404, "method",
-                                   f"{self.command} {self.path.split('?', 1)[0]}: POST AdmissionReviews "
-                                   f"to {server.path}")
+                return self._error(
+                    405 if self.path.split("?", 1)[0] == server.path else 404,
+                    "method",
+                    f"{self.command} {self.path.split('?', 1)[0]}: POST AdmissionReviews to {server.path}",
+                )
 
             served = False
 
@@ -449,8 +522,7 @@ class WebhookServer:
         return Handler
 
     def start(self) -> "WebhookServer":
-        self._httpd = _TLSServer((self.host, self.port), self._handler(), lambda: self.certs.context,
-                                 self.io_timeout)
+        self._httpd = _TLSServer((self.host, self.port), self._handler(), lambda: self.certs.context, self.io_timeout)
         self.port = self._httpd.server_address[1]
         self._thread = serve_in_thread(self._httpd, f"webhook-{self.port}")
         self.log.info("serving_webhook", port=self.port, path=self.path, cert_file=self.certs.cert_file)

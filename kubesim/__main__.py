@@ -3,6 +3,7 @@
 Each subcommand lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``;
 they are imported lazily so that ``serve`` does not pay for the kubelet and the other way round.
 """
+
 import importlib
 import sys
 

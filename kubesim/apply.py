@@ -12,6 +12,7 @@ Enough of ``kubectl apply`` for ``helm template … | python -m kubesim apply -f
 Every object gets one line (``deployment.extensions "x" created``). An object that fails prints why
 and the others are still applied; the exit status is 1 when any failed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,8 +67,11 @@ class Discovery:
                 doc = self.client.get(path)
             except NotFound:
                 raise ApplyError(f'the server does not serve apiVersion "{api_version}"') from None
-            self._cache[api_version] = {r["kind"]: (r["name"], bool(r.get("namespaced")))
-                                        for r in doc.get("resources", []) if "/" not in r.get("name", "")}
+            self._cache[api_version] = {
+                r["kind"]: (r["name"], bool(r.get("namespaced")))
+                for r in doc.get("resources", [])
+                if "/" not in r.get("name", "")
+            }
         try:
             return self._cache[api_version][kind]
         except KeyError:
@@ -119,8 +123,7 @@ def apply_object(client: Client, disc: Discovery, obj: dict, default_ns: str = "
     raise ApplyError(f"{describe(obj)}: kept conflicting with concurrent writers")
 
 
-def apply_documents(client: Client, docs: Iterable[dict], *, namespace: str = "default", out=sys.stdout,
-                    err=sys.stderr) -> int:
+def apply_documents(client: Client, docs: Iterable[dict], *, namespace: str = "default", out=sys.stdout, err=sys.stderr) -> int:
     """Apply in order; one line per object; returns the number of failures."""
     disc = Discovery(client)
     failures = 0
@@ -135,18 +138,28 @@ def apply_documents(client: Client, docs: Iterable[dict], *, namespace: str = "d
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-f", "--filename", action="append", required=True, metavar="FILE",
-                   help="YAML file with one or more documents; '-' reads stdin (repeatable)")
-    p.add_argument("-n", "--namespace", default="default",
-                   help="namespace for namespaced objects that name none (default: default)")
-    p.add_argument("--kubeconfig", help="kubeconfig of the API server (default: $KUBECONFIG, then "
-                   "the current kubesim cluster's admin kubeconfig)")
+    p.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        required=True,
+        metavar="FILE",
+        help="YAML file with one or more documents; '-' reads stdin (repeatable)",
+    )
+    p.add_argument(
+        "-n", "--namespace", default="default", help="namespace for namespaced objects that name none (default: default)"
+    )
+    p.add_argument(
+        "--kubeconfig",
+        help="kubeconfig of the API server (default: $KUBECONFIG, then the current kubesim cluster's admin kubeconfig)",
+    )
     p.add_argument("--dry-run", action="store_true", help="parse and print what would be applied")
 
 
 def default_kubeconfig() -> str | None:
     import os
     from kubesim.kubelet.cluster import CURRENT_LINK
+
     if os.environ.get("KUBECONFIG"):
         return None
     candidate = os.path.join(CURRENT_LINK, "admin.kubeconfig")

@@ -21,6 +21,7 @@ It exits 0 only when the tutorial's results were observed: unlocked www.google.c
 ping replies; locked www.google.com 418, bucket 200, ping "Operation not permitted"; and the proxy
 logged the locked app's requests. Otherwise it says which stage or result is missing and exits 1.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -122,7 +123,7 @@ def last_round(log: str) -> dict | None:
             bucket = m.group(1)
             continue
         if google and bucket and ("PING" in line or "ping:" in line):
-            ping = [line] + [l for l in lines[i + 1:i + 3] if l.strip() and "https://" not in l]
+            ping = [line] + [l for l in lines[i + 1 : i + 3] if l.strip() and "https://" not in l]
             result = {"google": google, "bucket": bucket, "ping": "\n".join(ping)}
             google = bucket = None
     return result
@@ -141,7 +142,7 @@ def round_lines(log: str) -> str:
     lines = log.rstrip("\n").splitlines()
     starts = [i for i, l in enumerate(lines) if "https://www.google.com:" in l]
     for i in reversed(starts):
-        chunk = lines[i:i + 6]
+        chunk = lines[i : i + 6]
         if last_round("\n".join(chunk)):
             keep = [l for l in chunk[:2]]
             keep += [l for l in chunk[2:] if l.strip() and ("PING" in l or "bytes from" in l or "ping:" in l)][:2]
@@ -152,10 +153,13 @@ def round_lines(log: str) -> str:
 def audit_line(line: str) -> str:
     """One proxy audit JSON line as a short mitmproxy-like line; other lines unchanged."""
     import json
+
     try:
         a = json.loads(line)
-        return (f"{a['client_ip']}: {a['method']} {a['scheme']}://{a['host']}{a['path']}  << {a['status']}  "
-                f"[{a['decision']}: {a.get('rule') or a.get('reason')}; pod {a.get('pod_namespace')}/{a.get('pod_name')}]")
+        return (
+            f"{a['client_ip']}: {a['method']} {a['scheme']}://{a['host']}{a['path']}  << {a['status']}  "
+            f"[{a['decision']}: {a.get('rule') or a.get('reason')}; pod {a.get('pod_namespace')}/{a.get('pod_name')}]"
+        )
     except (ValueError, KeyError, TypeError):
         return line
 
@@ -163,6 +167,7 @@ def audit_line(line: str) -> str:
 def proxy_container(pod: dict) -> str:
     """The DaemonSet pod's transparent-proxy container: the one running the tproxy-proxy image."""
     from kubesim.kubelet.images import image_name
+
     for c in pod["spec"]["containers"]:
         if image_name(c.get("image", "")) in ("tproxy-proxy", "mitmproxy") or "mitmdump" in (c.get("command") or [""])[0]:
             if "1080" not in " ".join(c.get("command") or []):  # not the standard-mode proxy
@@ -188,15 +193,24 @@ class Demo:
         for line in text.rstrip("\n").splitlines():
             print(f"         {line}", flush=True)
 
-    def client(self, argv: list[str], *, check: bool = True, show: bool = True, timeout: float = 120,
-               stdin: str | None = None, shown: str | None = None) -> str:
+    def client(
+        self,
+        argv: list[str],
+        *,
+        check: bool = True,
+        show: bool = True,
+        timeout: float = 120,
+        stdin: str | None = None,
+        shown: str | None = None,
+    ) -> str:
         """Run the real helm or kubectl as a user types it (KUBECONFIG = the cluster's admin config),
         show the command (``shown``: as typed, e.g. a pipeline) and its output; a failure is a DemoError
         naming the command."""
         binary = {"helm": helm_binary, "kubectl": kubectl_binary}[argv[0]]()
         env = {**os.environ, "KUBECONFIG": self.cluster.kubeconfig}
-        proc = subprocess.run([binary, *argv[1:]], capture_output=True, text=True, timeout=timeout, env=env,
-                              cwd=REPO_ROOT, input=stdin)
+        proc = subprocess.run(
+            [binary, *argv[1:]], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO_ROOT, input=stdin
+        )
         if show:
             self.detail("$ " + (shown or " ".join(argv)))
             self.detail(proc.stdout)
@@ -207,8 +221,7 @@ class Demo:
 
     def logs(self, pod: dict, container: str) -> str:
         meta = pod["metadata"]
-        return self.client(["kubectl", "logs", "-n", meta["namespace"], meta["name"], "-c", container],
-                           check=False, show=False)
+        return self.client(["kubectl", "logs", "-n", meta["namespace"], meta["name"], "-c", container], check=False, show=False)
 
     def wait(self, what: str, selector: str, namespace: str, count: int, timeout: float) -> list[dict]:
         try:
@@ -219,27 +232,36 @@ class Demo:
             for p in pods:
                 st = p.get("status") or {}
                 for c in (st.get("initContainerStatuses") or []) + (st.get("containerStatuses") or []):
-                    logs.append(f"--- {p['metadata']['name']}/{c['name']} (last lines)\n"
-                                f"{tail(self.cluster.read_log(p, c['name']), 5)}")
+                    logs.append(
+                        f"--- {p['metadata']['name']}/{c['name']} (last lines)\n{tail(self.cluster.read_log(p, c['name']), 5)}"
+                    )
             raise DemoError(f"{what} did not become ready in {timeout:.0f}s: {e}\n" + "\n".join(logs)) from None
 
     def run(self) -> int:
         from kubesim.kubelet.cluster import SimCluster
         from controllerkit.kube import resource_path
+
         version = getattr(self.args, "k8s_version", "1.7")
         runtime = getattr(self.args, "runtime", "emulate")
         if runtime == "podman":
             from kubesim.kubelet import engine
+
             try:
                 engine.require(images_needed())
             except engine.EngineError as e:
                 raise DemoError(str(e)) from None
-        self.cluster = SimCluster(self.args.run_dir, keep_run_dir=self.args.keep, k8s_version=version,
-                                  kubelet_options={"backoff_initial": 1.0, "backoff_cap": 4.0, "runtime": runtime})
+        self.cluster = SimCluster(
+            self.args.run_dir,
+            keep_run_dir=self.args.keep,
+            k8s_version=version,
+            kubelet_options={"backoff_initial": 1.0, "backoff_cap": 4.0, "runtime": runtime},
+        )
         webhook = version not in ("1.7", "1.13")
         plugin = "MutatingAdmissionWebhook" if webhook else "Initializers"
-        self.step(f"Starting a simulated Kubernetes {version} cluster ({plugin} admission plugin on)"
-                  + ("; pods run the real images on podman" if runtime == "podman" else ""))
+        self.step(
+            f"Starting a simulated Kubernetes {version} cluster ({plugin} admission plugin on)"
+            + ("; pods run the real images on podman" if runtime == "podman" else "")
+        )
         self.cluster.start(progress=lambda m: self.detail(m))
         self.step(f"cluster up; run dir {self.cluster.run_dir}")
 
@@ -249,14 +271,15 @@ class Demo:
         helm_flags, kubectl_flags = no_openapi_flags(version)
         self.step("Installing the chart with Helm")
         if helm_flags:
-            self.detail("(Kubernetes 1.7 serves no /openapi/v2, so Helm 3 and kubectl cannot validate client-side: "
-                        "a 1.7 user passes " + " and ".join(helm_flags + kubectl_flags) + ", and creates the "
-                        "namespace with kubectl, since helm install --create-namespace always validates)")
+            self.detail(
+                "(Kubernetes 1.7 serves no /openapi/v2, so Helm 3 and kubectl cannot validate client-side: "
+                "a 1.7 user passes " + " and ".join(helm_flags + kubectl_flags) + ", and creates the "
+                "namespace with kubectl, since helm install --create-namespace always validates)"
+            )
             self.client(["kubectl", "create", "namespace", ns])
             self.client(["helm", "install", "tproxy", "chart/", "--namespace", ns, "--set", values, *helm_flags])
         else:
-            self.client(["helm", "install", "tproxy", "chart/", "--namespace", ns, "--create-namespace",
-                         "--set", values])
+            self.client(["helm", "install", "tproxy", "chart/", "--namespace", ns, "--create-namespace", "--set", values])
 
         self.step("Waiting for the tproxy DaemonSet (podwatch + mitmproxy) and the initializer")
         ds = self.wait("the tproxy DaemonSet pod", "app=tproxy,component=tproxy", ns, 1, 60)
@@ -267,19 +290,29 @@ class Demo:
         if webhook:
             self.detail("(1.16+ serves Deployments as apps/v1 only: the examples go in with that apiVersion)")
         self.example("debian-app.yaml", version)
-        self.detail("(the next create is mutated by the webhook: the init container is injected)" if webhook else
-                    "(the next create is held by the Initializer until the init container is injected)")
+        self.detail(
+            "(the next create is mutated by the webhook: the init container is injected)"
+            if webhook
+            else "(the next create is held by the Initializer until the init container is injected)"
+        )
         t = time.monotonic()
         self.example("debian-app-locked.yaml", version)
-        dep = self.cluster.client.get(resource_path("apps/v1" if webhook else "extensions/v1beta1", "deployments",
-                                                    "default", "debian-app-locked"))
+        dep = self.cluster.client.get(
+            resource_path("apps/v1" if webhook else "extensions/v1beta1", "deployments", "default", "debian-app-locked")
+        )
         inits = [c["name"] for c in dep["spec"]["template"]["spec"].get("initContainers") or []]
         if not inits:
-            raise DemoError("the locked deployment was created without the injected init container (is the "
-                            + ("webhook running and the MutatingWebhookConfiguration applied?)" if webhook else
-                               "initializer running and the InitializerConfiguration applied?)"))
-        self.detail(f"{'admitted' if webhook else 'initialized'} in {time.monotonic() - t:.1f}s; "
-                    f"injected init containers: {inits}")
+            raise DemoError(
+                "the locked deployment was created without the injected init container (is the "
+                + (
+                    "webhook running and the MutatingWebhookConfiguration applied?)"
+                    if webhook
+                    else "initializer running and the InitializerConfiguration applied?)"
+                )
+            )
+        self.detail(
+            f"{'admitted' if webhook else 'initialized'} in {time.monotonic() - t:.1f}s; injected init containers: {inits}"
+        )
 
         self.step(f"The locked example in {FRESH_NAMESPACE}, a namespace the chart knows nothing about")
         self.client(["kubectl", "create", "namespace", FRESH_NAMESPACE])
@@ -288,8 +321,7 @@ class Demo:
         self.step("Waiting for the three apps")
         unlocked = self.wait("debian-app", "app=debian-app,variant=unlocked", "default", 1, 60)[0]
         locked = self.wait("debian-app-locked", "app=debian-app,variant=locked", "default", 1, 90)[0]
-        fresh = self.wait(f"{FRESH_NAMESPACE}/debian-app-locked", "app=debian-app,variant=locked",
-                          FRESH_NAMESPACE, 1, 90)[0]
+        fresh = self.wait(f"{FRESH_NAMESPACE}/debian-app-locked", "app=debian-app,variant=locked", FRESH_NAMESPACE, 1, 90)[0]
 
         self.client(["kubectl", "get", "pods", "--all-namespaces", "-o", "wide"])
         self.step("Waiting for a full round of the example loop in the three logs")
@@ -313,8 +345,10 @@ class Demo:
         pc = proxy_container(proxy_pod)
         proxy_log = self.logs(proxy_pod, pc)
         lines = [l for l in proxy_log.splitlines() if ip and ip in l and ("google" in l)]
-        print(f"$ kubectl logs -n {proxy_pod['metadata']['namespace']} {proxy_pod['metadata']['name']} -c {pc}   "
-              f"(audit lines of the locked pod {ip}, condensed)")
+        print(
+            f"$ kubectl logs -n {proxy_pod['metadata']['namespace']} {proxy_pod['metadata']['name']} -c {pc}   "
+            f"(audit lines of the locked pod {ip}, condensed)"
+        )
         print("\n".join(audit_line(l) for l in lines[-4:]) or "(no proxy log lines for the locked pod)")
         print()
 
@@ -322,23 +356,24 @@ class Demo:
         if not unlocked_ok(ru):
             problems.append(f"unlocked app: expected www.google.com 200, bucket 200, ping replies; got {ru}")
         if not locked_ok(rl):
-            problems.append(f"locked app: expected www.google.com 418, bucket 200, ping 'Operation not "
-                            f"permitted'; got {rl}")
+            problems.append(f"locked app: expected www.google.com 418, bucket 200, ping 'Operation not permitted'; got {rl}")
         if not locked_ok(rf):
-            problems.append(f"locked app in {FRESH_NAMESPACE}: expected www.google.com 418, bucket 200, ping "
-                            f"'Operation not permitted'; got {rf}")
+            problems.append(
+                f"locked app in {FRESH_NAMESPACE}: expected www.google.com 418, bucket 200, ping "
+                f"'Operation not permitted'; got {rf}"
+            )
         if not any("www.google.com" in l for l in lines) or not any("storage.googleapis.com" in l for l in lines):
-            problems.append("proxy: no log lines for the locked app's requests to www.google.com and "
-                            "storage.googleapis.com")
+            problems.append("proxy: no log lines for the locked app's requests to www.google.com and storage.googleapis.com")
         if problems:
             raise DemoError("the tutorial's results were not observed:\n  - " + "\n  - ".join(problems))
-        self.step("OK: the unlocked app reaches everything; the locked app gets 418 for www.google.com, 200 "
-                  f"for the allowed bucket, and no ping, in default and in {FRESH_NAMESPACE} (created after "
-                  "the install)")
+        self.step(
+            "OK: the unlocked app reaches everything; the locked app gets 418 for www.google.com, 200 "
+            f"for the allowed bucket, and no ping, in default and in {FRESH_NAMESPACE} (created after "
+            "the install)"
+        )
         self.step("Removing the release")
         self.client(["helm", "uninstall", "tproxy", "--namespace", ns])
         return 0
-
 
     def example(self, name: str, version: str, namespace: str | None = None) -> None:
         argv, stdin = example_argv(name, version)
@@ -362,24 +397,33 @@ def images_needed() -> list[str]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = __doc__.split("\n\n")[0]
-    p.add_argument("--runtime", choices=("emulate", "podman"), default="emulate",
-                   help="emulate (default, fast): run each image's Dockerfile entrypoint on the host's Python; "
-                        "podman: run the real images built by `make images`")
+    p.add_argument(
+        "--runtime",
+        choices=("emulate", "podman"),
+        default="emulate",
+        help="emulate (default, fast): run each image's Dockerfile entrypoint on the host's Python; "
+        "podman: run the real images built by `make images`",
+    )
     p.add_argument("--run-dir", help="keep logs and volumes here (default: a temporary directory)")
     p.add_argument("--keep", action="store_true", help="keep the run directory after the demo")
-    p.add_argument("--k8s-version", choices=("1.7", "1.13", "1.28"), default="1.7",
-                   help="the simulated cluster's version: 1.7 (default, the tutorial's) and 1.13 install the "
-                        "chart with Initializers, 1.28 in webhook mode")
-    p.add_argument("--timeout", type=float, default=40.0,
-                   help="seconds to wait for the apps' first results once they run (default 40)")
+    p.add_argument(
+        "--k8s-version",
+        choices=("1.7", "1.13", "1.28"),
+        default="1.7",
+        help="the simulated cluster's version: 1.7 (default, the tutorial's) and 1.13 install the "
+        "chart with Initializers, 1.28 in webhook mode",
+    )
+    p.add_argument(
+        "--timeout", type=float, default=40.0, help="seconds to wait for the apps' first results once they run (default 40)"
+    )
 
 
 def run(args) -> int:
     if os.geteuid() != 0:
-        print("kubesim demo: needs root (network namespaces, iptables, mounts); try: sudo make demo",
-              file=sys.stderr)
+        print("kubesim demo: needs root (network namespaces, iptables, mounts); try: sudo make demo", file=sys.stderr)
         return 2
     from controllerkit.log import setup_logging
+
     log_path = os.path.join(args.run_dir or tempfile.gettempdir(), f"kubesim-demo-{os.getpid()}.log")
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     logf = open(log_path, "a")

@@ -8,6 +8,7 @@ The kubelet keeps each container's stdout+stderr in ``<run dir>/pods/<ns>_<pod>_
 API server (also after a pod was deleted, until the cluster's run directory is removed). The run
 directory defaults to the most recently started kubesim cluster (``/run/kubesim/current``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,13 +85,14 @@ def pick_container(meta: dict, container: str | None) -> str:
     inits = list(meta.get("initContainers") or [])
     if container:
         if container not in names + inits:
-            raise LogsError(f'container {container} is not valid for pod {meta["name"]}: '
-                            f'choose one of: {names + inits}')
+            raise LogsError(f"container {container} is not valid for pod {meta['name']}: choose one of: {names + inits}")
         return container
     if len(names) == 1:
         return names[0]
-    raise LogsError(f'a container name must be specified for pod {meta["name"]}, choose one of: {names} '
-                    f'or one of the init containers: {inits}')
+    raise LogsError(
+        f"a container name must be specified for pod {meta['name']}, choose one of: {names} "
+        f"or one of the init containers: {inits}"
+    )
 
 
 def tail_lines(path: str, n: int | None) -> list[str]:
@@ -106,8 +108,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", "--namespace", default="default", help="namespace (default: default)")
     p.add_argument("-l", "--selector", help="label selector, e.g. app=debian-app,variant=locked")
     p.add_argument("-c", "--container", help="container name (needed when the pod has several)")
-    p.add_argument("--tail", type=int, default=None,
-                   help="lines of recent log to show (default: all; with --selector: 10, like kubectl)")
+    p.add_argument(
+        "--tail", type=int, default=None, help="lines of recent log to show (default: all; with --selector: 10, like kubectl)"
+    )
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines (Ctrl-C to stop)")
     p.add_argument("--run-dir", default=None, help=f"the cluster's run directory (default: {CURRENT_LINK})")
 

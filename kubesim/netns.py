@@ -10,6 +10,7 @@ Per-namespace name resolution uses iproute2's convention: files in ``/etc/netns/
 bind-mounted over ``/etc/`` by ``ip netns exec`` (``hosts``, ``resolv.conf``), so a process
 started through :meth:`Netns.exec_argv` sees the namespace's own hosts file.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -31,8 +32,7 @@ class NetnsError(RuntimeError):
     """A command that manipulates namespaces failed; the message carries its stderr."""
 
 
-def sh(argv: Sequence[str], *, check: bool = True, input: str | None = None,
-       timeout: float = 30) -> subprocess.CompletedProcess:
+def sh(argv: Sequence[str], *, check: bool = True, input: str | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
     """Run a command, capturing text output; raise NetnsError with stderr on failure."""
     proc = subprocess.run(list(argv), input=input, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
@@ -102,8 +102,7 @@ class Netns:
     def exec_argv(self, argv: Sequence[str]) -> list[str]:
         return ["ip", "netns", "exec", self.name, *argv]
 
-    def run(self, *argv: str, check: bool = True, input: str | None = None,
-            timeout: float = 30) -> subprocess.CompletedProcess:
+    def run(self, *argv: str, check: bool = True, input: str | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
         return sh(self.exec_argv(argv), check=check, input=input, timeout=timeout)
 
     def popen(self, argv: Sequence[str], **kwargs) -> subprocess.Popen:
@@ -159,8 +158,7 @@ def veth(a: Netns, a_if: str, b: Netns, b_if: str, *, mtu: int | None = None) ->
         ns.link_up(ifname)
 
 
-def stop(procs: Iterable[subprocess.Popen], namespaces: Iterable["Netns | None"] = (),
-         timeout: float = 5.0) -> None:
+def stop(procs: Iterable[subprocess.Popen], namespaces: Iterable["Netns | None"] = (), timeout: float = 5.0) -> None:
     """Tear down what a test or benchmark started: terminate every process still running, wait
     up to ``timeout`` s for each (then kill it), and delete ``namespaces`` (None entries skipped)."""
     procs = list(procs)

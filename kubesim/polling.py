@@ -9,6 +9,7 @@ sets e.g. 3 and every wait in the helpers, the e2e fixtures and ``SimCluster.wai
 times as long. A deadline is only ever a "give up and say why" bound, never a timing assertion: a
 condition that holds returns at once, whatever the scale.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,8 +38,7 @@ def scaled(seconds: float) -> float:
     return seconds * timeout_scale()
 
 
-def wait_for(cond, timeout: float = 20.0, interval: float = 0.05, what: str = "condition",
-             retry_on: tuple = ()):
+def wait_for(cond, timeout: float = 20.0, interval: float = 0.05, what: str = "condition", retry_on: tuple = ()):
     """Poll ``cond()`` every ``interval`` s until it returns something truthy, and return that.
 
     ``timeout`` is multiplied by the deadline scale. After it, raise AssertionError naming ``what``

@@ -8,6 +8,7 @@ The CA is created once per directory and reused (its key is kept next to it), so
 (the demo driver, the upstream server, a test) that point at the same directory agree on one CA.
 Creation and issuing hold an exclusive ``flock`` on the directory so concurrent first use is safe.
 """
+
 from __future__ import annotations
 
 import contextlib

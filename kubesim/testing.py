@@ -17,6 +17,7 @@ Helpers: :func:`api_client_for` builds an ``ApiClient`` for any server and token
 ServiceAccount's, from ``srv.service_account_token(ns, name)``); :func:`wait_for` (from :mod:`kubesim.polling`)
 polls a condition until it is truthy.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -28,6 +29,7 @@ from kubesim.polling import wait_for  # noqa: F401 - re-exported for the tests
 def api_client_for(srv: APIServer, token: str | None = None):
     """An official kubernetes ``ApiClient`` talking HTTPS to ``srv`` with ``token`` (admin if None)."""
     import kubernetes.client
+
     cfg = kubernetes.client.Configuration()
     cfg.host = srv.url
     cfg.ssl_ca_cert = srv.ca_file
@@ -110,13 +112,13 @@ def kube_api_client_module(kubesim_server_module):
 def fake_api_server():
     """A started :class:`controllerkit.testing.FakeApiServer` (plain-HTTP list/watch fake), per test."""
     from controllerkit.testing import FakeApiServer
+
     srv = FakeApiServer().start()
     yield srv
     srv.stop()
 
 
-def raw(client, method: str, path: str, query=None, body=None, content_type: str | None = None,
-        timeout: float | None = 30):
+def raw(client, method: str, path: str, query=None, body=None, content_type: str | None = None, timeout: float | None = 30):
     """Call any path through the official client's ``call_api``; return ``(status, json_body)``.
 
     Errors are returned, not raised, so tests can assert on the Status body. ``query`` is a dict
@@ -124,6 +126,7 @@ def raw(client, method: str, path: str, query=None, body=None, content_type: str
     import json as _json
 
     from kubernetes.client.exceptions import ApiException
+
     headers = {"Accept": "application/json"}
     if content_type:
         headers["Content-Type"] = content_type
@@ -131,9 +134,17 @@ def raw(client, method: str, path: str, query=None, body=None, content_type: str
         headers["Content-Type"] = "application/json"
     q = list(query.items()) if isinstance(query, dict) else list(query or [])
     try:
-        resp = client.call_api(path, method, query_params=q, header_params=headers, body=body,
-                               auth_settings=["BearerToken"], _preload_content=False,
-                               _return_http_data_only=True, _request_timeout=timeout)
+        resp = client.call_api(
+            path,
+            method,
+            query_params=q,
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+            _preload_content=False,
+            _return_http_data_only=True,
+            _request_timeout=timeout,
+        )
         data = resp.data
         if not data:
             return resp.status, None
@@ -152,12 +163,20 @@ def watch_events(client, path: str, query=None, timeout: float = 10, max_events:
     """Open a watch (``?watch=true`` unless the path is a legacy ``/watch/`` path) and yield the
     decoded events until the server closes the stream, ``max_events`` or ``timeout``."""
     import json as _json
+
     q = dict(query or {})
     if "/watch/" not in path:
         q.setdefault("watch", "true")
-    resp = client.call_api(path, "GET", query_params=list(q.items()), header_params={"Accept": "application/json"},
-                           auth_settings=["BearerToken"], _preload_content=False,
-                           _return_http_data_only=True, _request_timeout=timeout)
+    resp = client.call_api(
+        path,
+        "GET",
+        query_params=list(q.items()),
+        header_params={"Accept": "application/json"},
+        auth_settings=["BearerToken"],
+        _preload_content=False,
+        _return_http_data_only=True,
+        _request_timeout=timeout,
+    )
     n = 0
     buf = b""
     try:
@@ -186,6 +205,7 @@ class RbacV1beta1:
 
     def _call(self, method, path, body=None):
         import kubernetes.client as k
+
         status, out = raw(self.client, method, self.BASE + path, body=body)
         if status >= 400:
             raise k.ApiException(status=status, reason=str(out))
@@ -205,8 +225,10 @@ class RbacV1beta1:
 
     def read_cluster_role(self, name):
         from urllib.parse import quote
+
         return self._call("GET", "/clusterroles/" + quote(name, safe=""))
 
     def delete_cluster_role(self, name):
         from urllib.parse import quote
+
         return self._call("DELETE", "/clusterroles/" + quote(name, safe=""))

@@ -22,6 +22,7 @@ Why this shape:
 - Name resolution is per namespace through ``/etc/netns/NAME/hosts`` (``ip netns exec`` bind-mounts
   it over ``/etc/hosts``); the node's name resolves to the node IP, which the sidecar needs.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -198,6 +199,7 @@ def cleanup_stale(prefixes=STALE_PREFIXES) -> list[str]:
 @dataclass
 class PodNet:
     """A pod's network: its namespace, addresses and the node-side interface."""
+
     netns: Netns
     ip: str
     ip6: str | None
@@ -212,6 +214,7 @@ class PodNet:
 @dataclass
 class Topology:
     """Node + internet namespaces and the per-pod plumbing. ``up()`` once, ``down()`` at the end."""
+
     node_name: str = "node-1"
     ipv6: bool = True
     extra_hosts: dict = field(default_factory=dict)
@@ -326,7 +329,7 @@ class Topology:
             self.node.route(f"{ip}/32", "dev", host_if)
             ip6 = None
             if self.ipv6:
-                ip6 = str(ipaddress.ip_network(POD_CIDR6)[int(ipaddress.ip_address(ip)) & 0xff])
+                ip6 = str(ipaddress.ip_network(POD_CIDR6)[int(ipaddress.ip_address(ip)) & 0xFF])
                 self.node.add_addr(host_if, f"{NODE_IP6_LINKLOCAL}/64")
                 ns.add_addr("eth0", f"{ip6}/128")
                 ns.route("default", "via", NODE_IP6_LINKLOCAL, "dev", "eth0")

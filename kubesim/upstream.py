@@ -29,6 +29,7 @@ Like nginx and other virtual-hosting front ends (RFC 9112 §3.2.2), an absolute-
 
 HTTP/1.1 keep-alive with Nagle disabled (a Python server without it collapses to ~200 req/s).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,7 @@ DEFAULT_HOSTS = ("www.google.com", "storage.googleapis.com")
 ASSETS_PREFIX = "/solutions-public-assets/"
 HELLO_PATH = ASSETS_PREFIX + "hello.txt"
 HELLO_BODY = b"Hello from the simulated storage.googleapis.com (tproxy test asset).\n"
-GOOGLE_BODY = (b"<!doctype html><html><head><title>Google</title></head>"
-               b"<body>simulated www.google.com</body></html>\n")
+GOOGLE_BODY = b"<!doctype html><html><head><title>Google</title></head><body>simulated www.google.com</body></html>\n"
 METADATA_HOSTS = ("metadata.google.internal", "metadata", "169.254.169.254")
 METADATA_VALUES = {
     "project/project-id": "tproxy-sim",
@@ -61,7 +61,8 @@ METADATA_VALUES = {
     "instance/zone": "projects/123456789012/zones/us-central1-b",
     "instance/service-accounts/default/email": "123456789012-compute@developer.gserviceaccount.com",
     "instance/service-accounts/default/token": json.dumps(
-        {"access_token": "ya29.SIMULATED-SECRET-TOKEN", "expires_in": 3599, "token_type": "Bearer"}),
+        {"access_token": "ya29.SIMULATED-SECRET-TOKEN", "expires_in": 3599, "token_type": "Bearer"}
+    ),
 }
 CHUNK = 64 * 1024
 RECORD_MAX = 1000
@@ -99,8 +100,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.server.verbose:
             sys.stderr.write("%s %s\n" % (self.address_string(), fmt % args))
 
-    def _send(self, status: int, body: bytes, ctype: str = "text/plain; charset=utf-8",
-              headers: Iterable[tuple[str, str]] = ()) -> None:
+    def _send(
+        self, status: int, body: bytes, ctype: str = "text/plain; charset=utf-8", headers: Iterable[tuple[str, str]] = ()
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
@@ -113,9 +115,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def parse_request(self) -> bool:
         ok = super().parse_request()
         if ok and self.server.recorded is not None:
-            self.server.recorded.append({
-                "listener": self.server.listener, "request_line": self.requestline, "host": self.headers.get("Host"),
-                "sni": self.sni, "test_id": self.headers.get("X-Test-Id")})
+            self.server.recorded.append(
+                {
+                    "listener": self.server.listener,
+                    "request_line": self.requestline,
+                    "host": self.headers.get("Host"),
+                    "sni": self.sni,
+                    "test_id": self.headers.get("X-Test-Id"),
+                }
+            )
         return ok
 
     def _target(self) -> tuple[str | None, str]:
@@ -124,7 +132,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return None, self.path
         rest = self.path.split("://", 1)[1]
         cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
-        return rest[:cut], (rest[cut:] if rest[cut:cut + 1] == "/" else "/" + rest[cut:])
+        return rest[:cut], (rest[cut:] if rest[cut : cut + 1] == "/" else "/" + rest[cut:])
 
     def _vhost(self) -> str:
         # RFC 9112 3.2.2: an absolute-form target's authority wins over the Host header
@@ -143,9 +151,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if path == "/echo":
             return self._echo()
         if path.startswith("/bytes/"):
-            return self._bytes(path[len("/bytes/"):])
+            return self._bytes(path[len("/bytes/") :])
         if path.startswith("/chunked/"):
-            return self._bytes(path[len("/chunked/"):], chunked=True)
+            return self._bytes(path[len("/chunked/") :], chunked=True)
         if path == "/.upstream/stats":
             return self._send(200, json.dumps(self.server.stats.snapshot()).encode(), "application/json")
         if path == "/.upstream/requests" and self.server.recorded is not None:
@@ -155,15 +163,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if host not in self.server.hosts:
             return self._send(404, f"no virtual host {host!r} here\n".encode())
         if host == "www.google.com":
-            return self._send(200, GOOGLE_BODY, "text/html; charset=utf-8") if path == "/" else \
-                self._send(404, b"not found\n")
+            return self._send(200, GOOGLE_BODY, "text/html; charset=utf-8") if path == "/" else self._send(404, b"not found\n")
         if host == "storage.googleapis.com":
             if path == HELLO_PATH:
                 return self._send(200, HELLO_BODY)
             if path == ASSETS_PREFIX:
-                listing = ("<?xml version='1.0' encoding='UTF-8'?><ListBucketResult>"
-                           "<Name>solutions-public-assets</Name><Contents><Key>hello.txt</Key>"
-                           f"<Size>{len(HELLO_BODY)}</Size></Contents></ListBucketResult>\n")
+                listing = (
+                    "<?xml version='1.0' encoding='UTF-8'?><ListBucketResult>"
+                    "<Name>solutions-public-assets</Name><Contents><Key>hello.txt</Key>"
+                    f"<Size>{len(HELLO_BODY)}</Size></Contents></ListBucketResult>\n"
+                )
                 return self._send(200, listing.encode(), "application/xml; charset=UTF-8")
             return self._send(404, b"NoSuchKey\n")
         return self._send(200, f"hello from {host}\n".encode())
@@ -234,7 +243,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.headers.get("Metadata-Flavor") != "Google":
             return self._send(403, b"Missing Metadata-Flavor:Google header.\n", headers=hdr)
         prefix = "/computeMetadata/v1/"
-        key = path[len(prefix):].strip("/") if path.startswith(prefix) else None
+        key = path[len(prefix) :].strip("/") if path.startswith(prefix) else None
         if key in METADATA_VALUES:
             value = METADATA_VALUES[key]
             ctype = "application/json" if value.startswith("{") else "application/text"
@@ -247,8 +256,18 @@ class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, addr: str, port: int, *, tls: ssl.SSLContext | None, hosts: Sequence[str],
-                 metadata: bool, stats: Stats, verbose: bool, recorded: collections.deque | None = None):
+    def __init__(
+        self,
+        addr: str,
+        port: int,
+        *,
+        tls: ssl.SSLContext | None,
+        hosts: Sequence[str],
+        metadata: bool,
+        stats: Stats,
+        verbose: bool,
+        recorded: collections.deque | None = None,
+    ):
         self.address_family = socket.AF_INET6 if ":" in addr else socket.AF_INET
         self.tls = tls
         self.hosts = set(hosts)
@@ -327,9 +346,18 @@ def _is_ip(s: str) -> bool:
 class Upstream:
     """All listeners of one simulated-internet server; ``start()`` then ``stop()``."""
 
-    def __init__(self, binds: Sequence[str], *, http_port: int = 80, https_port: int = 443,
-                 cert_dir: str | None = None, hosts: Sequence[str] = DEFAULT_HOSTS,
-                 metadata: bool = False, verbose: bool = False, record: bool = False):
+    def __init__(
+        self,
+        binds: Sequence[str],
+        *,
+        http_port: int = 80,
+        https_port: int = 443,
+        cert_dir: str | None = None,
+        hosts: Sequence[str] = DEFAULT_HOSTS,
+        metadata: bool = False,
+        verbose: bool = False,
+        record: bool = False,
+    ):
         if not binds:
             raise ValueError("at least one --bind address is needed")
         if https_port and not cert_dir:
@@ -343,8 +371,18 @@ class Upstream:
         for addr in binds:
             for port, ctx in ((http_port, None), (https_port, tls)):
                 if port:
-                    self.servers.append(_Server(addr, port, tls=ctx, hosts=hosts, metadata=metadata,
-                                                stats=self.stats, verbose=verbose, recorded=self.recorded))
+                    self.servers.append(
+                        _Server(
+                            addr,
+                            port,
+                            tls=ctx,
+                            hosts=hosts,
+                            metadata=metadata,
+                            stats=self.stats,
+                            verbose=verbose,
+                            recorded=self.recorded,
+                        )
+                    )
         self._threads: list[threading.Thread] = []
 
     @property
@@ -383,25 +421,36 @@ def serve_forever(binds: Sequence[str], **kwargs) -> None:
 
 
 def main(argv=None) -> int:
-    p = ExactArgumentParser(prog="python -m kubesim.upstream", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bind", action="append", required=True, metavar="ADDR",
-                   help="address to listen on (repeatable; IPv4 or IPv6)")
+    p = ExactArgumentParser(
+        prog="python -m kubesim.upstream",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--bind", action="append", required=True, metavar="ADDR", help="address to listen on (repeatable; IPv4 or IPv6)"
+    )
     p.add_argument("--http-port", type=int, default=80, help="plain HTTP port (0 = off; default 80)")
     p.add_argument("--https-port", type=int, default=443, help="HTTPS port (0 = off; default 443)")
     p.add_argument("--cert-dir", help="test CA directory (kubesim.testca); required for HTTPS")
-    p.add_argument("--hosts", default=",".join(DEFAULT_HOSTS),
-                   help="comma-separated virtual hosts (default: %(default)s)")
+    p.add_argument("--hosts", default=",".join(DEFAULT_HOSTS), help="comma-separated virtual hosts (default: %(default)s)")
     p.add_argument("--metadata", action="store_true", help="also answer as the GCE metadata server")
-    p.add_argument("--record", action="store_true",
-                   help="keep every request's raw request line, Host and SNI; served at /.upstream/requests")
+    p.add_argument(
+        "--record", action="store_true", help="keep every request's raw request line, Host and SNI; served at /.upstream/requests"
+    )
     p.add_argument("--verbose", action="store_true", help="log every request to stderr")
     args = p.parse_args(argv)
     hosts = [h.strip().lower() for h in args.hosts.split(",") if h.strip()]
     try:
-        serve_forever(args.bind, http_port=args.http_port, https_port=args.https_port,
-                      cert_dir=args.cert_dir, hosts=hosts, metadata=args.metadata, verbose=args.verbose,
-                      record=args.record)
+        serve_forever(
+            args.bind,
+            http_port=args.http_port,
+            https_port=args.https_port,
+            cert_dir=args.cert_dir,
+            hosts=hosts,
+            metadata=args.metadata,
+            verbose=args.verbose,
+            record=args.record,
+        )
     except (ValueError, OSError) as e:
         p.exit(2, f"kubesim.upstream: error: {e}\n")
     return 0

@@ -14,6 +14,7 @@ No window on restart: nothing is applied before the informer's first list comple
 sync already contains every live locked pod; it replaces the chains' contents in one transaction,
 dropping rules of pods deleted while podwatch was down. Shutdown leaves the rules in place.
 """
+
 from __future__ import annotations
 
 import threading
@@ -26,15 +27,19 @@ from controllerkit.backoff import Backoff
 
 from . import identity, rules
 
-RULES = Gauge("tproxy_podwatch_rules_programmed", "Rules in podwatch's chains after the last successful sync",
-              ["family"])
+RULES = Gauge("tproxy_podwatch_rules_programmed", "Rules in podwatch's chains after the last successful sync", ["family"])
 PODS = Gauge("tproxy_podwatch_locked_pods", "Locked pod IPs on this node in the desired state", ["family"])
-SYNC_SECONDS = Histogram("tproxy_podwatch_sync_duration_seconds", "Duration of one full rule sync",
-                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+SYNC_SECONDS = Histogram(
+    "tproxy_podwatch_sync_duration_seconds",
+    "Duration of one full rule sync",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
 SYNC_FAILURES = Counter("tproxy_podwatch_sync_failures_total", "Rule syncs that failed", ["family"])
-LATENCY = Histogram("tproxy_podwatch_programming_latency_seconds",
-                    "From a locked pod IP first seen to its rules applied",
-                    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+LATENCY = Histogram(
+    "tproxy_podwatch_programming_latency_seconds",
+    "From a locked pod IP first seen to its rules applied",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 IDENTITY_WRITES = Counter("tproxy_podwatch_identity_writes_total", "Identity file rewrites")
 
 
@@ -44,11 +49,23 @@ DEPARTED_GRACE = 35.0
 
 
 class PodWatch:
-    def __init__(self, *, node: str, annotation: str, host_port: int, namespace: str = "",
-                 identity_file: str = "", runner: rules.Runner | None = None,
-                 min_sync_interval: float = 0.1, resync_period: float = 30.0, logger=None,
-                 clock: Callable[[], float] = time.monotonic, backend: str = rules.DEFAULT_BACKEND,
-                 departed_grace: float = DEPARTED_GRACE, ports_file: str = ""):
+    def __init__(
+        self,
+        *,
+        node: str,
+        annotation: str,
+        host_port: int,
+        namespace: str = "",
+        identity_file: str = "",
+        runner: rules.Runner | None = None,
+        min_sync_interval: float = 0.1,
+        resync_period: float = 30.0,
+        logger=None,
+        clock: Callable[[], float] = time.monotonic,
+        backend: str = rules.DEFAULT_BACKEND,
+        departed_grace: float = DEPARTED_GRACE,
+        ports_file: str = "",
+    ):
         self.node, self.annotation, self.host_port = node, annotation, host_port
         # the proxy workers' port range (proxy/workers.py writes it; rules.read_ports_file)
         self.ports_file = ports_file
@@ -63,7 +80,7 @@ class PodWatch:
         self.informer = None
         self._dirty = threading.Event()
         self._stop = threading.Event()
-        self._first_seen: dict[tuple[str, str], float] = {}   # (ip, ns/name) -> first seen
+        self._first_seen: dict[tuple[str, str], float] = {}  # (ip, ns/name) -> first seen
         self._seen_lock = threading.Lock()  # informer thread notes, sync thread reads and prunes
         self._programmed: set[tuple[str, str]] = set()
         # uids of pods seen locked: they stay locked until the pod object is gone or terminated,
@@ -138,8 +155,13 @@ class PodWatch:
         by_annotation = {(pod.get("metadata") or {}).get("uid") for pod in pods if rules.annotated(pod, self.annotation)}
         kept = {p.uid: p for p in locked if p.uid and p.uid not in by_annotation}
         for uid in kept.keys() - self._kept_warned:
-            self.log.warning("annotation_removed_kept_locked", pod=kept[uid].key, uid=uid, annotation=self.annotation,
-                             message="a locked pod lost its annotation; its rules stay until the pod is gone")
+            self.log.warning(
+                "annotation_removed_kept_locked",
+                pod=kept[uid].key,
+                uid=uid,
+                annotation=self.annotation,
+                message="a locked pod lost its annotation; its rules stay until the pod is gone",
+            )
         self._kept_warned = set(kept)
         # forget pods that are gone or terminated (a uid is never reused)
         self._locked_uids = {p.uid for p in locked if p.uid}
@@ -172,13 +194,16 @@ class PodWatch:
             if p.uid:
                 current.setdefault(p.uid, []).append(p)
         for uid, lps in self._last_locked.items():
-            if (uid not in present and uid not in self._departed and uid not in graceful
-                    and self.departed_grace > 0):
+            if uid not in present and uid not in self._departed and uid not in graceful and self.departed_grace > 0:
                 self._departed[uid] = (lps, now + self.departed_grace)
-                self.log.warning("locked_pod_vanished_keeping_rules", pod=lps[0].key, uid=uid,
-                                 seconds=self.departed_grace,
-                                 message="the pod object is gone without a graceful deletion; its rules stay "
-                                         "while its containers may still run")
+                self.log.warning(
+                    "locked_pod_vanished_keeping_rules",
+                    pod=lps[0].key,
+                    uid=uid,
+                    seconds=self.departed_grace,
+                    message="the pod object is gone without a graceful deletion; its rules stay "
+                    "while its containers may still run",
+                )
         self._last_locked = current
         with self._seen_lock:  # forget the uids of objects that are gone (a uid is never reused)
             self._graceful = (self._graceful | terminating) & present
@@ -239,8 +264,9 @@ class PodWatch:
                 continue
             needed = fam in families_needed
             level = "error" if needed else "warning"
-            getattr(self.log, level)("sync_failed", family=fam, table=err.table, error=str(err),
-                                     offending_lines=err.lines, pods_in_family=needed)
+            getattr(self.log, level)(
+                "sync_failed", family=fam, table=err.table, error=str(err), offending_lines=err.lines, pods_in_family=needed
+            )
             if needed or fam == "ipv4":
                 SYNC_FAILURES.labels(fam).inc()
                 ok = False
@@ -249,9 +275,16 @@ class PodWatch:
         self._programmed &= live
         with self._seen_lock:  # keep what events noted during this sync (pods not in this round yet)
             self._first_seen = {k: v for k, v in self._first_seen.items() if k in live or v > now}
-        self.log.info("synced", ok=ok, forced=force, pods=len(pods), rules=result.rules,
-                      skipped=result.skipped or None, incremental=result.incremental or None,
-                      duration_ms=round(duration * 1000, 2))
+        self.log.info(
+            "synced",
+            ok=ok,
+            forced=force,
+            pods=len(pods),
+            rules=result.rules,
+            skipped=result.skipped or None,
+            incremental=result.incremental or None,
+            duration_ms=round(duration * 1000, 2),
+        )
         if ok:
             self.last_error = ""
             self.synced_once.set()

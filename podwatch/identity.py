@@ -12,6 +12,7 @@ Format (version 1)::
                            "labels": {"app": "web"}, "uid": "..."},
               "10.0.0.9": {"conflict": true, "claimants": ["a/old", "b/new"]}}}
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,13 @@ def document(node: str, pods: Iterable[LockedPod]) -> dict:
     claimants: dict[str, list[str]] = {}
     for p in sorted(pods, key=lambda p: (p.ip, p.namespace, p.name)):
         claimants.setdefault(p.ip, []).append(f"{p.namespace}/{p.name}")
-        entries[p.ip] = {"namespace": p.namespace, "name": p.name, "serviceAccount": p.service_account,
-                         "labels": dict(p.labels), "uid": p.uid}
+        entries[p.ip] = {
+            "namespace": p.namespace,
+            "name": p.name,
+            "serviceAccount": p.service_account,
+            "labels": dict(p.labels),
+            "uid": p.uid,
+        }
     for ip, who in claimants.items():
         if len(who) > 1:
             entries[ip] = {"conflict": True, "claimants": who}

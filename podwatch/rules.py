@@ -36,6 +36,7 @@ Public API (used by the controller, the tests and bench/):
 all binaries are named for it (``iptables-legacy-restore``, ...). The restore call, the jump
 fix-up and the error type are shared with the sidecar (:mod:`controllerkit.iptables`).
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -44,8 +45,13 @@ from dataclasses import dataclass, field
 from typing import Collection, Iterable, Mapping, Sequence
 
 from controllerkit import iptables, optin
-from controllerkit.iptables import (DEFAULT_BACKEND, IptablesError, Runner, default_runner,  # noqa: F401
-                                    netns_runner)
+from controllerkit.iptables import (
+    DEFAULT_BACKEND,
+    IptablesError,
+    Runner,
+    default_runner,  # noqa: F401
+    netns_runner,  # noqa: F401  (re-exported: tests and bench import it from here)
+)
 
 FAMILIES = ("ipv4", "ipv6")
 TABLES = ("filter", "nat")  # application order: guard first, then redirect
@@ -67,6 +73,7 @@ REJECT_OTHER = {"ipv4": "icmp-admin-prohibited", "ipv6": "icmp6-adm-prohibited"}
 @dataclass(frozen=True, order=True)
 class LockedPod:
     """One annotated pod IP on this node. A dual-stack pod yields one LockedPod per IP."""
+
     ip: str
     namespace: str
     name: str
@@ -111,8 +118,13 @@ def pod_ips(pod: Mapping) -> list[str]:
     return out
 
 
-def locked_pods(pods: Iterable[Mapping], annotation: str = optin.DEFAULT_ANNOTATION,
-                *, namespace: str | None = None, also_uids: Collection[str] = ()) -> list[LockedPod]:
+def locked_pods(
+    pods: Iterable[Mapping],
+    annotation: str = optin.DEFAULT_ANNOTATION,
+    *,
+    namespace: str | None = None,
+    also_uids: Collection[str] = (),
+) -> list[LockedPod]:
     """The desired state: pods whose ``annotation`` is "true", with an IP, not terminated.
 
     ``also_uids``: pods (by uid) that stay locked whatever their annotation says now. The
@@ -138,11 +150,16 @@ def locked_pods(pods: Iterable[Mapping], annotation: str = optin.DEFAULT_ANNOTAT
         if spec.get("hostNetwork"):
             continue
         for ip in pod_ips(pod):
-            out.add(LockedPod(
-                ip=ip, namespace=meta.get("namespace", ""), name=meta.get("name", ""),
-                uid=meta.get("uid", ""),
-                service_account=spec.get("serviceAccountName") or spec.get("serviceAccount") or "default",
-                labels=dict(meta.get("labels") or {})))
+            out.add(
+                LockedPod(
+                    ip=ip,
+                    namespace=meta.get("namespace", ""),
+                    name=meta.get("name", ""),
+                    uid=meta.get("uid", ""),
+                    service_account=spec.get("serviceAccountName") or spec.get("serviceAccount") or "default",
+                    labels=dict(meta.get("labels") or {}),
+                )
+            )
     return sorted(out, key=lambda p: (p.family, ipaddress.ip_address(p.ip), p.namespace, p.name))
 
 
@@ -155,13 +172,13 @@ class LiveJumps:
     ``iptables -S`` prints them) that jump to our chain; ``first[table]`` says whether the
     built-in chain's first rule is our jump; ``chains`` are the owned chains that exist.
     """
+
     jumps: dict[str, list[str]] = field(default_factory=dict)
     first: dict[str, bool] = field(default_factory=dict)
     chains: set[str] = field(default_factory=set)
 
 
-def read_live(family: str, runner: Runner | None = None, *, chains: bool = False,
-              backend: str = DEFAULT_BACKEND) -> LiveJumps:
+def read_live(family: str, runner: Runner | None = None, *, chains: bool = False, backend: str = DEFAULT_BACKEND) -> LiveJumps:
     """Read the built-in chains we hook into (cheap: ``-S CHAIN`` lists one chain).
 
     ``chains=True`` also checks which owned chains exist (only :func:`cleanup` needs that: a sync
@@ -171,18 +188,21 @@ def read_live(family: str, runner: Runner | None = None, *, chains: bool = False
     for table, (builtin, chain, _) in OWNED.items():
         proc = iptables.list_chain(family, table, builtin, backend=backend, runner=runner)
         if proc.returncode != 0:
-            raise IptablesError(f"{iptables.binary(family, backend)} -t {table} -S {builtin} failed: "
-                                f"{proc.stderr.strip()}", family=family, table=table, stderr=proc.stderr)
+            raise IptablesError(
+                f"{iptables.binary(family, backend)} -t {table} -S {builtin} failed: {proc.stderr.strip()}",
+                family=family,
+                table=table,
+                stderr=proc.stderr,
+            )
         live.jumps[table], live.first[table] = iptables.find_jumps(proc.stdout, builtin, chain)
-        for owned in (([chain, LOCKED_CHAIN] if table == "filter" else [chain]) if chains else ()):
+        for owned in ([chain, LOCKED_CHAIN] if table == "filter" else [chain]) if chains else ():
             chk = iptables.list_chain(family, table, owned, backend=backend, runner=runner)
             if chk.returncode == 0:
                 live.chains.add(owned)
     return live
 
 
-def read_programmed(family: str, runner: Runner | None = None, *,
-                    backend: str = DEFAULT_BACKEND) -> set[tuple[str, str]]:
+def read_programmed(family: str, runner: Runner | None = None, *, backend: str = DEFAULT_BACKEND) -> set[tuple[str, str]]:
     """``(ip, "ns/name")`` of the redirect rules now in our nat chain (empty if it does not exist).
 
     The rules survive a podwatch restart, so they are its memory of which pods were locked.
@@ -265,8 +285,7 @@ def read_ports_file(path: str, host_port: int) -> tuple[int | str, str | None]:
     return (f"{first}-{last}" if last > first else first), None
 
 
-def render_table(family: str, table: str, pods: Sequence[LockedPod], host_port: int | str,
-                 live: LiveJumps | None = None) -> str:
+def render_table(family: str, table: str, pods: Sequence[LockedPod], host_port: int | str, live: LiveJumps | None = None) -> str:
     """The restore input for one (family, table): chain header, jump fix-up, full chain body.
     ``host_port``: the proxy's port or its workers' range ``"A-B"`` (:func:`redirect_target`)."""
     builtin, chain, _ = OWNED[table]
@@ -275,8 +294,10 @@ def render_table(family: str, table: str, pods: Sequence[LockedPod], host_port: 
     if table == "nat":
         target = redirect_target(host_port)
         for p in mine:
-            out.append(f"-A {chain} -s {_cidr(p.ip)} -p tcp -m multiport --dports {WEB_PORTS} "
-                       f"-m comment --comment {_q(p.key)} -j {target}")
+            out.append(
+                f"-A {chain} -s {_cidr(p.ip)} -p tcp -m multiport --dports {WEB_PORTS} "
+                f"-m comment --comment {_q(p.key)} -j {target}"
+            )
     else:
         out.insert(2, f":{LOCKED_CHAIN} - [0:0]")
         if mine:
@@ -293,8 +314,9 @@ def render_table(family: str, table: str, pods: Sequence[LockedPod], host_port: 
     return "\n".join(out) + "\n"
 
 
-def render(pods: Iterable[LockedPod], host_port: int | str,
-           live: Mapping[str, LiveJumps] | None = None) -> dict[str, dict[str, str]]:
+def render(
+    pods: Iterable[LockedPod], host_port: int | str, live: Mapping[str, LiveJumps] | None = None
+) -> dict[str, dict[str, str]]:
     """Desired state -> ``{family: {table: restore_text}}`` for both families and both tables.
 
     Both families are always rendered (an empty chain is how stale rules of the other family
@@ -303,8 +325,7 @@ def render(pods: Iterable[LockedPod], host_port: int | str,
     """
     pods = list(pods)
     port_range(host_port)  # ValueError for a bad port or range
-    return {fam: {t: render_table(fam, t, pods, host_port, (live or {}).get(fam)) for t in TABLES}
-            for fam in FAMILIES}
+    return {fam: {t: render_table(fam, t, pods, host_port, (live or {}).get(fam)) for t in TABLES} for fam in FAMILIES}
 
 
 def render_cleanup(live: LiveJumps) -> dict[str, str]:
@@ -314,7 +335,7 @@ def render_cleanup(live: LiveJumps) -> dict[str, str]:
         builtin, chain, _ = OWNED[table]
         chains = [c for c in ([chain, LOCKED_CHAIN] if table == "filter" else [chain]) if c in live.chains]
         lines = [f"*{table}", *(f":{c} - [0:0]" for c in chains)]
-        lines += ["-D " + ln[len("-A "):] for ln in live.jumps.get(table, [])]
+        lines += ["-D " + ln[len("-A ") :] for ln in live.jumps.get(table, [])]
         lines += [f"-X {c}" for c in chains]  # the referencing chain first
         lines.append("COMMIT")
         out[table] = "\n".join(lines) + "\n"
@@ -322,16 +343,20 @@ def render_cleanup(live: LiveJumps) -> dict[str, str]:
 
 
 # -- applying --------------------------------------------------------------------------------
-def restore(family: str, table: str, text: str, runner: Runner | None = None, *,
-            backend: str = DEFAULT_BACKEND) -> None:
+def restore(family: str, table: str, text: str, runner: Runner | None = None, *, backend: str = DEFAULT_BACKEND) -> None:
     """Apply one table with one ``iptables-restore --noflush`` (atomic), or raise IptablesError."""
     iptables.restore(family, text, backend=backend, table=table, runner=runner)
 
 
-def apply(rendered: Mapping[str, Mapping[str, str]], runner: Runner | None = None,
-          families: Iterable[str] | None = None, *, backend: str = DEFAULT_BACKEND) -> None:
+def apply(
+    rendered: Mapping[str, Mapping[str, str]],
+    runner: Runner | None = None,
+    families: Iterable[str] | None = None,
+    *,
+    backend: str = DEFAULT_BACKEND,
+) -> None:
     """Apply rendered restore input: per family, filter (guard) then nat (redirect)."""
-    for fam in (families or rendered.keys()):
+    for fam in families or rendered.keys():
         for table in TABLES:
             if table in rendered[fam]:
                 restore(fam, table, rendered[fam][table], runner, backend=backend)
@@ -339,8 +364,8 @@ def apply(rendered: Mapping[str, Mapping[str, str]], runner: Runner | None = Non
 
 @dataclass
 class SyncResult:
-    rules: dict[str, int]                   # family -> number of rules in owned chains
-    failed: dict[str, IptablesError]        # family -> error (families that did not apply)
+    rules: dict[str, int]  # family -> number of rules in owned chains
+    failed: dict[str, IptablesError]  # family -> error (families that did not apply)
     skipped: list[str] = field(default_factory=list)  # families left alone (unchanged, not forced)
     incremental: list[str] = field(default_factory=list)  # families changed by per-pod lines only
 
@@ -349,8 +374,9 @@ def count_rules(rendered_table: str) -> int:
     return sum(1 for ln in rendered_table.splitlines() if ln.startswith("-A "))
 
 
-def sync(pods: Iterable[LockedPod], host_port: int, runner: Runner | None = None, *,
-         backend: str = DEFAULT_BACKEND) -> SyncResult:
+def sync(
+    pods: Iterable[LockedPod], host_port: int, runner: Runner | None = None, *, backend: str = DEFAULT_BACKEND
+) -> SyncResult:
     """Make the node's owned chains equal to ``pods``: read the jumps, render, apply (stateless,
     every family rewritten; the controller uses :class:`Syncer`).
 
@@ -413,7 +439,7 @@ def render_delta(applied: Mapping[str, str], desired: Mapping[str, str]) -> dict
         added = [ln for ln in new_pods if ln not in old_set]
         if len(gone) + len(added) > DELTA_MAX_LINES:
             return None
-        out[table] = "\n".join([f"*{table}", *("-D " + ln[len("-A "):] for ln in gone), *added, "COMMIT"]) + "\n"
+        out[table] = "\n".join([f"*{table}", *("-D " + ln[len("-A ") :] for ln in gone), *added, "COMMIT"]) + "\n"
     return out
 
 
@@ -451,8 +477,7 @@ class Syncer:
                     result.incremental.append(fam)
                 else:
                     live = read_live(fam, self.runner, backend=self.backend)
-                    apply({fam: render(pods, self.host_port, {fam: live})[fam]}, self.runner,
-                          backend=self.backend)
+                    apply({fam: render(pods, self.host_port, {fam: live})[fam]}, self.runner, backend=self.backend)
             except IptablesError as e:
                 result.failed[fam] = e
                 continue

@@ -12,6 +12,7 @@ attribute miss), and an addon object nested under the module (``addons = [Tproxy
 a generator level to each look-up: together about a third of the addon's per-request cost
 (bench/, proxy section). Behaviour is identical: the same hooks of the same object are called.
 """
+
 import os
 import sys
 

@@ -4,6 +4,7 @@ The line is assembled from pre-encoded parts (the client's fields, the rule's) a
 always the same fields in the same order (proxy/README.md, "Audit lines"): one line per request is
 the proxy's hottest path after mitmproxy itself.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -78,8 +79,25 @@ class AuditLog:
         self.close()
         return new
 
-    def decision(self, client_members: str, policy_mode: str, scope_members: str, method, scheme, host, port, path, sni,
-                 decision, reason, rule, upstream, status, nbytes, error=None) -> None:
+    def decision(
+        self,
+        client_members: str,
+        policy_mode: str,
+        scope_members: str,
+        method,
+        scheme,
+        host,
+        port,
+        path,
+        sni,
+        decision,
+        reason,
+        rule,
+        upstream,
+        status,
+        nbytes,
+        error=None,
+    ) -> None:
         """Write one decision line. ``client_members``: the client's fields, JSON-encoded without
         braces (proxy/clients.py); ``scope_members``: the deciding scope's (``"scope":...``,
         proxy/scopes.py); ``rule``: a policy Rule (its ``audit_members``) or None."""
@@ -89,7 +107,8 @@ class AuditLog:
             f'"host":{_jstr(host)},"port":{_jint(port)},"path":{_jstr(path)},'
             f'"sni":{_jstr(sni)},"decision":{_jstr(decision)},"reason":{_jstr(reason)},'
             f'{rule.audit_members if rule is not None else NO_RULE_MEMBERS},"upstream":{_jstr(upstream)},'
-            f'"status":{_jint(status)},"bytes":{_jint(nbytes)}' + (f',"error":{_jstr(error)}}}' if error else "}"))
+            f'"status":{_jint(status)},"bytes":{_jint(nbytes)}' + (f',"error":{_jstr(error)}}}' if error else "}")
+        )
 
     def _timestamp(self, now: float) -> str:
         """``2026-11-27T06:05:28.123Z`` (UTC, milliseconds); the date-time part formatted once a second."""
@@ -105,8 +124,12 @@ class AuditLog:
         """Write one already-encoded JSON object (no newline)."""
         with self._lock:
             self._pending.append(line + "\n")
-            if self._loop is not None and self.flush_seconds > 0 and threading.get_ident() == self._loop_thread \
-                    and len(self._pending) < self.MAX_PENDING:
+            if (
+                self._loop is not None
+                and self.flush_seconds > 0
+                and threading.get_ident() == self._loop_thread
+                and len(self._pending) < self.MAX_PENDING
+            ):
                 if self._timer is None:
                     self._timer = self._loop.call_later(self.flush_seconds, self.flush)
                 return

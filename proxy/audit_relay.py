@@ -7,6 +7,7 @@ write the target themselves: an audit batch is one ``write`` of many lines, and 
 writer's mid-line. Here each copy writes only complete lines, under one lock, so every line stays
 one JSON object; a worker's last partial line (it died mid-write) is completed with a newline.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,8 +24,7 @@ class AuditSink:
     def __init__(self, target: str):
         self.target = target
         self._lock = threading.Lock()
-        self._fd = sys.stdout.fileno() if target == "-" else os.open(
-            target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fd = sys.stdout.fileno() if target == "-" else os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self.lines = 0
 
     def write(self, data: bytes) -> None:
@@ -56,8 +56,8 @@ def relay(pipe: BinaryIO, sink: AuditSink) -> None:
         if cut < 0:
             tail += chunk
             continue
-        sink.write(tail + chunk[:cut + 1])
-        tail = chunk[cut + 1:]
+        sink.write(tail + chunk[: cut + 1])
+        tail = chunk[cut + 1 :]
     if tail:
         sink.write(tail + b"\n")
     pipe.close()

@@ -3,6 +3,7 @@
 Pure functions on strings (no mitmproxy, no I/O), used by the decision (proxy/decision.py) and the
 probe (proxy/probe_answer.py).
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -28,4 +29,3 @@ def split_host_port(authority: str) -> tuple[str, Optional[int]]:
     if port and not port.isdigit():
         raise ValueError(f"bad port in {authority!r}")
     return host, (int(port) if port else None)
-

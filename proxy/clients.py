@@ -10,6 +10,7 @@ race, docs/threat-model.md). Dropped on disconnect.
 The scope that decides for the connection (proxy/scopes.py) is chosen once per connection, policy
 and set of namespace policies (:meth:`Clients.scope`), not per request.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,14 +24,15 @@ from proxy.identity import EMPTY, IdentityMap, canonical_ip
 @dataclasses.dataclass(slots=True)
 class ClientInfo:
     """What the audit and the decision need from a client connection."""
+
     client_ip: str
-    pod: dict                           # namespace, name, serviceAccount ("" when unknown)
-    regular: bool                       # standard (regular) mode rather than transparent
-    audit_members: str                  # its audit fields, JSON-encoded, without braces
-    identity: object                    # the IdentityMap and its generation this was looked up in
+    pod: dict  # namespace, name, serviceAccount ("" when unknown)
+    regular: bool  # standard (regular) mode rather than transparent
+    audit_members: str  # its audit fields, JSON-encoded, without braces
+    identity: object  # the IdentityMap and its generation this was looked up in
     generation: int
-    scope: Any = None                   # the deciding Scope, chosen for ``scope_for``
-    scope_for: tuple = ()               # (ScopedPolicy, delegated dict) the scope was chosen in
+    scope: Any = None  # the deciding Scope, chosen for ``scope_for``
+    scope_for: tuple = ()  # (ScopedPolicy, delegated dict) the scope was chosen in
 
 
 class Clients:
@@ -48,10 +50,16 @@ class Clients:
         client_ip = canonical_ip(str(client.peername[0])) if client.peername else ""
         pod = identity.lookup(client_ip) if client_ip else dict(EMPTY)
         regular = mitm.is_regular_mode(client)
-        members = encode({
-            "client_ip": client_ip, "pod_namespace": pod["namespace"], "pod_name": pod["name"],
-            "pod_service_account": pod["serviceAccount"], "node": identity.node or self.node,
-            "proxy_mode": "regular" if regular else "transparent"})[1:-1]
+        members = encode(
+            {
+                "client_ip": client_ip,
+                "pod_namespace": pod["namespace"],
+                "pod_name": pod["name"],
+                "pod_service_account": pod["serviceAccount"],
+                "node": identity.node or self.node,
+                "proxy_mode": "regular" if regular else "transparent",
+            }
+        )[1:-1]
         info = ClientInfo(client_ip, pod, regular, members, identity, identity.generation)
         if client.id and not mitm.is_closed(client):  # closed: client_disconnected has run
             self.known[client.id] = info

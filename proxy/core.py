@@ -18,6 +18,7 @@ therefore fails closed by construction; the hooks for them only add audit lines 
 Audit lines: proxy/audit.py; the policy file's hot reload: proxy/policy_watch.py; mitmproxy
 internals: proxy/mitm.py only.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -31,8 +32,7 @@ from mitmproxy import ctx, exceptions, http
 from proxy import health, mitm, options, probe_answer, trust
 from proxy.audit import AuditLog
 from proxy.clients import Clients
-from proxy.decision import (ALLOW, BLOCK, Reason, Verdict, decide, decide_connect, finalize, screen_addresses,
-                            screen_tunnel)
+from proxy.decision import ALLOW, BLOCK, Reason, Verdict, decide, decide_connect, finalize, screen_addresses, screen_tunnel
 from proxy.delegation import ConfigMapWatch, NamespacePolicies
 from proxy.dns import DnsCache, Resolver, system_resolve
 from proxy.identity import IdentityMap
@@ -116,20 +116,21 @@ class TproxyAddon:
         if "tproxy_metrics_port" in updated or "tproxy_metrics_host" in updated:
             options.check_metrics_port(o.tproxy_metrics_port)
             old, self.health = self.health, None
-            self.health = health.restart(old, o.tproxy_metrics_host, o.tproxy_metrics_port, self.readiness,
-                                         self.metrics.registry)
+            self.health = health.restart(old, o.tproxy_metrics_host, o.tproxy_metrics_port, self.readiness, self.metrics.registry)
 
     def readiness(self) -> tuple[bool, str]:
         """/readyz: ready once mitmproxy runs (listening) with a policy in force."""
         if not self._running:
             return False, "mitmproxy is not running yet"
-        return True, (f"policy {self.policy.source} ({self.policy.mode}, {self.policy.rule_count} rules, "
-                      f"{len(self.policy.scopes)} scopes)")
+        return True, (
+            f"policy {self.policy.source} ({self.policy.mode}, {self.policy.rule_count} rules, {len(self.policy.scopes)} scopes)"
+        )
 
     def running(self):
         self._running = True
         try:
             from controllerkit.log import setup_logging
+
             setup_logging("proxy", ctx.options.tproxy_log_level)
         except ImportError:  # pragma: no cover - controllerkit is part of the image
             pass
@@ -141,13 +142,22 @@ class TproxyAddon:
             self.audit.attach(loop)
             self.policy_watch.start()
         o = ctx.options
-        log.info("proxy_ready", policy=self.policy.source, mode=self.policy.mode, rules=len(self.policy.rules),
-                 identity=o.tproxy_identity or None, metrics_port=o.tproxy_metrics_port,
-                 connection_strategy=options.value(o, "connection_strategy"),
-                 stream_large_bodies=options.value(o, "stream_large_bodies"))
+        log.info(
+            "proxy_ready",
+            policy=self.policy.source,
+            mode=self.policy.mode,
+            rules=len(self.policy.rules),
+            identity=o.tproxy_identity or None,
+            metrics_port=o.tproxy_metrics_port,
+            connection_strategy=options.value(o, "connection_strategy"),
+            stream_large_bodies=options.value(o, "stream_large_bodies"),
+        )
         if "stream_large_bodies" in o.keys() and not o.stream_large_bodies:
-            log.warning("stream_large_bodies_unset", effect="responses with a Content-Length are buffered whole; "
-                        "the chart and the image pass --set stream_large_bodies=1m")
+            log.warning(
+                "stream_large_bodies_unset",
+                effect="responses with a Content-Length are buffered whole; "
+                "the chart and the image pass --set stream_large_bodies=1m",
+            )
 
     def done(self):
         self.policy_watch.stop()
@@ -163,9 +173,15 @@ class TproxyAddon:
         self.policy = policy
         self.metrics.policy_reloads.labels("success").inc()
         self.metrics.set_policy(policy)
-        log.info("policy_loaded", path=policy.source, mode=policy.mode, rules=len(policy.rules),
-                 scopes=len(policy.scopes), scoped_rules=policy.rule_count - len(policy.rules),
-                 delegation=policy.config_map or None)
+        log.info(
+            "policy_loaded",
+            path=policy.source,
+            mode=policy.mode,
+            rules=len(policy.rules),
+            scopes=len(policy.scopes),
+            scoped_rules=policy.rule_count - len(policy.rules),
+            delegation=policy.config_map or None,
+        )
         self.namespace_policies.repolicy(policy)
         self._watch_namespace_policies(policy.config_map)
 
@@ -187,11 +203,16 @@ class TproxyAddon:
         try:
             watch = ConfigMapWatch(name, self.namespace_policies, self._kubeconfig, self.node)
         except Exception as e:  # noqa: BLE001 - no API access: namespaces get the file's scopes only
-            log.error("namespace_policies_unavailable", configmap=name, error=str(e),
-                      effect="namespace ConfigMap policies are not loaded; the file's scopes and default apply")
+            log.error(
+                "namespace_policies_unavailable",
+                configmap=name,
+                error=str(e),
+                effect="namespace ConfigMap policies are not loaded; the file's scopes and default apply",
+            )
             return
         watch.start()
         self.delegation_watch = watch
+
     def check_policy_file(self) -> bool:
         """Reload the policy file if it changed (proxy/policy_watch.py); True when a new one is in force."""
         return self.policy_watch.check()
@@ -213,8 +234,10 @@ class TproxyAddon:
         client = self.clients.get(flow.client_conn, self.identity)
         scope = self.clients.scope(client, self.policy, self.delegated)
         policy = scope.policy
-        v = finalize(decide(mitm.request_facts(flow, client.regular, client.pod["namespace"] or None), policy,
-                            self.policy.deny), policy.mode)
+        v = finalize(
+            decide(mitm.request_facts(flow, client.regular, client.pod["namespace"] or None), policy, self.policy.deny),
+            policy.mode,
+        )
         v.scope = scope
         self.metrics.decision_seconds.observe(time.perf_counter() - t0)
         if v.decision == BLOCK:
@@ -223,8 +246,9 @@ class TproxyAddon:
             addresses = await self.dns.resolve(v.host, v.port)
         except (OSError, UnicodeError) as e:
             self.metrics.count_request(v.decision, v.rule, client.pod["namespace"])
-            flow.response = http.Response.make(502, f"tproxy: cannot resolve {v.host}: {e}\n".encode(),
-                                               {"Content-Type": "text/plain"})
+            flow.response = http.Response.make(
+                502, f"tproxy: cannot resolve {v.host}: {e}\n".encode(), {"Content-Type": "text/plain"}
+            )
             self._audit(flow, v, status=502, nbytes=None, error=f"dns: {e}")
             return
         v = screen_addresses(v, addresses, policy)
@@ -251,8 +275,7 @@ class TproxyAddon:
             return
         client = self.clients.get(flow.client_conn, self.identity)
         scope = self.clients.scope(client, self.policy, self.delegated)
-        v = decide_connect(flow.request.host, flow.request.port, client.pod["namespace"] or None, scope.policy,
-                           self.policy.deny)
+        v = decide_connect(flow.request.host, flow.request.port, client.pod["namespace"] or None, scope.policy, self.policy.deny)
         if v is None:  # the tunnel opens; its requests are decided one by one
             return
         v.scope = scope
@@ -261,8 +284,9 @@ class TproxyAddon:
         try:
             addresses = await self.dns.resolve(v.host, v.port)
         except (OSError, UnicodeError) as e:
-            flow.response = http.Response.make(502, f"tproxy: cannot resolve {v.host}: {e}\n".encode(),
-                                               {"Content-Type": "text/plain"})
+            flow.response = http.Response.make(
+                502, f"tproxy: cannot resolve {v.host}: {e}\n".encode(), {"Content-Type": "text/plain"}
+            )
             return self._audit(flow, v, status=502, nbytes=None, error=f"dns: {e}")
         v = screen_tunnel(v, addresses, scope.policy)
         if v.decision == BLOCK:
@@ -315,8 +339,9 @@ class TproxyAddon:
         # attempts, malformed requests): nothing was dialled; record it as a block.
         reason = Reason.CONNECT_NOT_ALLOWED if flow.request.method == "CONNECT" else Reason.INVALID_REQUEST
         self.metrics.count_request(BLOCK, None, self.clients.get(flow.client_conn, self.identity).pod["namespace"])
-        self._audit(flow, Verdict(BLOCK, reason, host=flow.request.host, port=flow.request.port),
-                    status=400, nbytes=None, error=msg)
+        self._audit(
+            flow, Verdict(BLOCK, reason, host=flow.request.host, port=flow.request.port), status=400, nbytes=None, error=msg
+        )
 
     def server_connect(self, data) -> None:
         """The choke point: only approved (client, host, port) may be dialled, at the checked address."""
@@ -334,9 +359,23 @@ class TproxyAddon:
         dest = flow.server_conn.address
         client = self.clients.get(flow.client_conn, self.identity)
         scope = self.clients.scope(client, self.policy, self.delegated)
-        self.audit.decision(client.audit_members, scope.mode, scope.audit_members, None, "tcp",
-                            str(dest[0]) if dest else None, dest[1] if dest else None, None, flow.client_conn.sni,
-                            BLOCK, Reason.RAW_TCP, None, None, None, 0)
+        self.audit.decision(
+            client.audit_members,
+            scope.mode,
+            scope.audit_members,
+            None,
+            "tcp",
+            str(dest[0]) if dest else None,
+            dest[1] if dest else None,
+            None,
+            flow.client_conn.sni,
+            BLOCK,
+            Reason.RAW_TCP,
+            None,
+            None,
+            None,
+            0,
+        )
 
     def client_disconnected(self, client) -> None:
         self.pinning.forget(client)
@@ -349,7 +388,21 @@ class TproxyAddon:
         flow.metadata["tproxy_audited"] = True
         client = self.clients.get(flow.client_conn, self.identity)
         scope: Scope = v.scope if isinstance(v.scope, Scope) else self.clients.scope(client, self.policy, self.delegated)
-        self.audit.decision(client.audit_members, scope.mode, scope.audit_members, req.method, req.scheme,
-                            v.host or req.pretty_host, v.port or req.port, req.path, flow.client_conn.sni,
-                            v.decision, v.reason, v.rule, v.upstream or None, status, nbytes, error)
-
+        self.audit.decision(
+            client.audit_members,
+            scope.mode,
+            scope.audit_members,
+            req.method,
+            req.scheme,
+            v.host or req.pretty_host,
+            v.port or req.port,
+            req.path,
+            flow.client_conn.sni,
+            v.decision,
+            v.reason,
+            v.rule,
+            v.upstream or None,
+            status,
+            nbytes,
+            error,
+        )

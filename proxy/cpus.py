@@ -3,6 +3,7 @@
 ``os.cpu_count()`` is the node's count; a container limited to 2 CPUs (``resources.limits.cpu``,
 i.e. a CFS quota) or pinned to 2 cores (cpuset) must not start one proxy worker per node core.
 """
+
 from __future__ import annotations
 
 import math

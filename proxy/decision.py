@@ -11,6 +11,7 @@ header); proxy/README.md lists the same set, and a test holds the two together.
 The caller (proxy/core.py) gathers the facts from the flow through proxy/mitm.py, applies the verdict
 (response, approval, audit) and records the address it pins in ``Verdict.upstream``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,39 +24,47 @@ from proxy.policy import Policy, is_ip_literal, normalize_host
 
 class Reason(enum.StrEnum):
     """Why a request was allowed, blocked or reported (the audit line's ``reason``)."""
-    RULE = "rule"                                         # allowed by a rule (audit: rule, rule_index)
-    OPEN_MODE = "open-mode"                               # mode: open, nothing filtered
+
+    RULE = "rule"  # allowed by a rule (audit: rule, rule_index)
+    OPEN_MODE = "open-mode"  # mode: open, nothing filtered
     NO_MATCHING_RULE = "no-matching-rule"
     SNI_HOST_MISMATCH = "sni-host-mismatch"
     TLS_WITHOUT_SNI = "tls-without-sni"
-    IP_LITERAL = "ip-literal"                             # an IP-literal Host no rule names
-    DENIED_RANGE = "denied-range"                         # a resolved address in deny_ranges (or no address)
-    DENIED_HOST = "denied-host"                           # in the cluster-wide deny_hosts (every scope, mode)
+    IP_LITERAL = "ip-literal"  # an IP-literal Host no rule names
+    DENIED_RANGE = "denied-range"  # a resolved address in deny_ranges (or no address)
+    DENIED_HOST = "denied-host"  # in the cluster-wide deny_hosts (every scope, mode)
     MISSING_HOST = "missing-host"
     INVALID_HOST = "invalid-host"
     MULTIPLE_HOST_HEADERS = "multiple-host-headers"
-    INVALID_TARGET = "invalid-target"                     # an HTTP/2, 3 :path that is not a path
-    AUTHORITY_HOST_MISMATCH = "authority-host-mismatch"   # HTTP/1 absolute-form target vs Host
+    INVALID_TARGET = "invalid-target"  # an HTTP/2, 3 :path that is not a path
+    AUTHORITY_HOST_MISMATCH = "authority-host-mismatch"  # HTTP/1 absolute-form target vs Host
     AUTHORITY_SCHEME_MISMATCH = "authority-scheme-mismatch"
     AUTHORITY_PORT_MISMATCH = "authority-port-mismatch"
-    CONNECT_NOT_ALLOWED = "connect-not-allowed"           # CONNECT refused (standard mode, or by mitmproxy)
-    INVALID_REQUEST = "invalid-request"                   # refused by mitmproxy before any hook
-    RAW_TCP = "raw-tcp"                                   # non-HTTP bytes on an intercepted port
+    CONNECT_NOT_ALLOWED = "connect-not-allowed"  # CONNECT refused (standard mode, or by mitmproxy)
+    INVALID_REQUEST = "invalid-request"  # refused by mitmproxy before any hook
+    RAW_TCP = "raw-tcp"  # non-HTTP bytes on an intercepted port
 
 
 # Module-level names for the hot path (a global is cheaper than an enum class attribute).
-RULE, OPEN_MODE, SNI_HOST_MISMATCH, TLS_WITHOUT_SNI = \
-    Reason.RULE, Reason.OPEN_MODE, Reason.SNI_HOST_MISMATCH, Reason.TLS_WITHOUT_SNI
-IP_LITERAL, DENIED_RANGE, MISSING_HOST, INVALID_HOST = \
-    Reason.IP_LITERAL, Reason.DENIED_RANGE, Reason.MISSING_HOST, Reason.INVALID_HOST
+RULE, OPEN_MODE, SNI_HOST_MISMATCH, TLS_WITHOUT_SNI = (
+    Reason.RULE,
+    Reason.OPEN_MODE,
+    Reason.SNI_HOST_MISMATCH,
+    Reason.TLS_WITHOUT_SNI,
+)
+IP_LITERAL, DENIED_RANGE, MISSING_HOST, INVALID_HOST = (
+    Reason.IP_LITERAL,
+    Reason.DENIED_RANGE,
+    Reason.MISSING_HOST,
+    Reason.INVALID_HOST,
+)
 MULTIPLE_HOST_HEADERS, INVALID_TARGET = Reason.MULTIPLE_HOST_HEADERS, Reason.INVALID_TARGET
 DENIED_HOST = Reason.DENIED_HOST
 
 ALLOW, BLOCK, REPORT = "allow", "block", "report"  # Verdict.decision
 
 # Blocks that report mode does not turn into "report": the request itself is malformed.
-MALFORMED_REASONS = frozenset({Reason.MISSING_HOST, Reason.INVALID_HOST, Reason.MULTIPLE_HOST_HEADERS,
-                               Reason.INVALID_TARGET})
+MALFORMED_REASONS = frozenset({Reason.MISSING_HOST, Reason.INVALID_HOST, Reason.MULTIPLE_HOST_HEADERS, Reason.INVALID_TARGET})
 # ... and the cluster-wide deny list, which wins over every scope and mode.
 UNSOFTENED_REASONS = MALFORMED_REASONS | {Reason.DENIED_HOST}
 
@@ -63,33 +72,35 @@ UNSOFTENED_REASONS = MALFORMED_REASONS | {Reason.DENIED_HOST}
 @dataclasses.dataclass(slots=True)
 class Verdict:
     """What was decided about one request (becomes one audit line)."""
-    decision: str                       # allow | block | report
-    reason: str                         # a Reason
+
+    decision: str  # allow | block | report
+    reason: str  # a Reason
     host: str = ""
     port: int = 0
     rule: object = None
-    upstream: str = ""                  # set by the caller: the pinned address (or the denied ones)
-    host_headers: list | None = None    # the request's Host values as decide read them
-    scope: object = None                # set by the caller: the proxy.scopes.Scope that decided
+    upstream: str = ""  # set by the caller: the pinned address (or the denied ones)
+    host_headers: list | None = None  # the request's Host values as decide read them
+    scope: object = None  # set by the caller: the proxy.scopes.Scope that decided
 
 
 @dataclasses.dataclass(slots=True)
 class RequestFacts:
     """What the decision needs to know about a request, read from the flow by proxy/mitm.py."""
+
     method: str
-    path: str                           # as the client sent it (HTTP/2: :path)
-    scheme: str                         # the connection's (mitmproxy sets it before any hook)
-    host_headers: list                  # every Host header value
-    authority: str                      # HTTP/1: absolute-form target's authority; HTTP/2, 3: :authority; else ""
-    http2: bool                         # HTTP/2 or HTTP/3
-    absolute_target: Optional[tuple]    # HTTP/1 absolute-form (scheme, host, port) as written, if known
-    regular: bool                       # standard (regular) proxy mode rather than transparent
-    request_host: str                   # mitmproxy's request host (standard mode: the target's)
+    path: str  # as the client sent it (HTTP/2: :path)
+    scheme: str  # the connection's (mitmproxy sets it before any hook)
+    host_headers: list  # every Host header value
+    authority: str  # HTTP/1: absolute-form target's authority; HTTP/2, 3: :authority; else ""
+    http2: bool  # HTTP/2 or HTTP/3
+    absolute_target: Optional[tuple]  # HTTP/1 absolute-form (scheme, host, port) as written, if known
+    regular: bool  # standard (regular) proxy mode rather than transparent
+    request_host: str  # mitmproxy's request host (standard mode: the target's)
     request_port: int
-    destination_port: Optional[int]     # transparent: the port the client connected to
+    destination_port: Optional[int]  # transparent: the port the client connected to
     client_tls: bool
     sni: Optional[str]
-    namespace: Optional[str]            # the client pod's namespace, None when unknown
+    namespace: Optional[str]  # the client pod's namespace, None when unknown
 
 
 def decide(f: RequestFacts, policy: Policy, deny: Policy | None = None) -> Verdict:
@@ -155,8 +166,7 @@ def decide(f: RequestFacts, policy: Policy, deny: Policy | None = None) -> Verdi
     return Verdict(BLOCK, reason, host=host, port=port)
 
 
-def target_mismatch(target: tuple[str, str, int], host: str, host_port: int | None, scheme: str,
-                    port: int) -> Reason | None:
+def target_mismatch(target: tuple[str, str, int], host: str, host_port: int | None, scheme: str, port: int) -> Reason | None:
     """Why an absolute-form target ``(scheme, host, port)`` disagrees with the Host header (``host``,
     normalised, and its explicit port ``host_port`` or None) or the connection (``scheme``,
     ``port``), or None if it agrees."""
@@ -196,8 +206,7 @@ def screen_addresses(v: Verdict, addresses: list[str], policy: Policy) -> Verdic
     return dataclasses.replace(blocked, decision=ALLOW, reason=v.reason)
 
 
-def decide_connect(host: str, port: int, namespace: str | None, policy: Policy,
-                   deny: Policy | None = None) -> Verdict | None:
+def decide_connect(host: str, port: int, namespace: str | None, policy: Policy, deny: Policy | None = None) -> Verdict | None:
     """A standard-mode ``CONNECT host:port``.
 
     An ``allow`` verdict (reason ``rule``) when a rule for the host lists the ``CONNECT`` method: a

@@ -14,6 +14,7 @@ than ``mode`` and ``rules``, a mode the ceiling does not grant, a rule whose hos
 ceiling's ``ranges`` or in the cluster's ``deny_ranges``. Accepted ones decide with the cluster's
 ranges plus the ceiling's ranges denied on top (:class:`proxy.scopes.BoundedPolicy`).
 """
+
 from __future__ import annotations
 
 import ipaddress

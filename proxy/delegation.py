@@ -23,6 +23,7 @@ When the policy file changes (its ceiling, its scopes), every ConfigMap is judge
 one that the new ceiling forbids loses its scope (a last good policy that breaks today's ceiling is
 not kept). The published dict is replaced, never mutated, so the event loop reads it without a lock.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -54,16 +55,21 @@ class NamespacePolicies:
     cluster offers none. Thread-safe: the informer's thread calls :meth:`on_add` and the others,
     the event loop calls :meth:`repolicy`."""
 
-    def __init__(self, policy: ScopedPolicy, publish: Callable[[dict[str, Scope]], None], metrics,
-                 events: Callable[[dict, str], None] | None = None):
+    def __init__(
+        self,
+        policy: ScopedPolicy,
+        publish: Callable[[dict[str, Scope]], None],
+        metrics,
+        events: Callable[[dict, str], None] | None = None,
+    ):
         self.policy = policy
         self.publish = publish
         self.metrics = metrics
         self.events = events
         self._lock = threading.Lock()
-        self._objects: dict[str, dict] = {}        # namespace -> the ConfigMap as last seen
-        self._judged: dict[str, str] = {}          # namespace -> resourceVersion last judged
-        self._scopes: dict[str, Scope] = {}        # namespace -> last good scope
+        self._objects: dict[str, dict] = {}  # namespace -> the ConfigMap as last seen
+        self._judged: dict[str, str] = {}  # namespace -> resourceVersion last judged
+        self._scopes: dict[str, Scope] = {}  # namespace -> last good scope
 
     # -- informer handlers ----------------------------------------------------------------------
     def on_add(self, cm: dict) -> None:
@@ -106,8 +112,7 @@ class NamespacePolicies:
         origin = f"configmap {ns}/{name}"
         try:
             data = cm.get("data") or {}
-            scope = delegated.parse(data.get(delegated.DATA_KEY) if isinstance(data, dict) else None,
-                                    ns, policy, origin)
+            scope = delegated.parse(data.get(delegated.DATA_KEY) if isinstance(data, dict) else None, ns, policy, origin)
         except PolicyError as e:
             self._reject(cm, ns, str(e), keep_last_good)
             return
@@ -116,8 +121,14 @@ class NamespacePolicies:
                 return
             self._scopes[ns] = scope
             self._publish()
-        log.info("namespace_policy_loaded", namespace=ns, configmap=name, resource_version=rv, mode=scope.mode,
-                 rules=len(scope.policy.rules))
+        log.info(
+            "namespace_policy_loaded",
+            namespace=ns,
+            configmap=name,
+            resource_version=rv,
+            mode=scope.mode,
+            rules=len(scope.policy.rules),
+        )
 
     def _reject(self, cm: dict, ns: str, error: str, keep_last_good: bool) -> None:
         with self._lock:
@@ -127,14 +138,22 @@ class NamespacePolicies:
             kept = self._scopes.get(ns)
         cause = _cause(error)
         self.metrics.namespace_rejections.labels(self.metrics.namespace_label(ns), cause).inc()
-        log.error("namespace_policy_rejected", namespace=ns, configmap=(cm.get("metadata") or {}).get("name"),
-                  resource_version=(cm.get("metadata") or {}).get("resourceVersion"), cause=cause, error=error,
-                  kept="last good" if kept is not None else "none (the file's scopes and default apply)")
+        log.error(
+            "namespace_policy_rejected",
+            namespace=ns,
+            configmap=(cm.get("metadata") or {}).get("name"),
+            resource_version=(cm.get("metadata") or {}).get("resourceVersion"),
+            cause=cause,
+            error=error,
+            kept="last good" if kept is not None else "none (the file's scopes and default apply)",
+        )
         if self.events is not None:
             try:
-                self.events(cm, f"rejected by tproxy ({cause}): {error}; "
-                            + ("the last good policy stays in force" if kept is not None
-                               else "the namespace has no policy of its own"))
+                self.events(
+                    cm,
+                    f"rejected by tproxy ({cause}): {error}; "
+                    + ("the last good policy stays in force" if kept is not None else "the namespace has no policy of its own"),
+                )
             except Exception as e:  # noqa: BLE001 - an event is a courtesy; never fail the judging
                 log.warning("namespace_policy_event_failed", namespace=ns, error=str(e))
 
@@ -155,14 +174,24 @@ def event_poster(client, node: str = "") -> Callable[[dict, str], None]:
         ns, name = meta.get("namespace", ""), meta.get("name", "")
         now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         event = {
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"name": f"{name}.{meta.get('resourceVersion', '0')}.{host}".lower()[:253],
-                         "namespace": ns},
-            "involvedObject": {"apiVersion": "v1", "kind": "ConfigMap", "namespace": ns, "name": name,
-                               "uid": meta.get("uid", ""), "resourceVersion": meta.get("resourceVersion", "")},
-            "reason": EVENT_REASON, "message": message[:1024], "type": "Warning", "count": 1,
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{name}.{meta.get('resourceVersion', '0')}.{host}".lower()[:253], "namespace": ns},
+            "involvedObject": {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "namespace": ns,
+                "name": name,
+                "uid": meta.get("uid", ""),
+                "resourceVersion": meta.get("resourceVersion", ""),
+            },
+            "reason": EVENT_REASON,
+            "message": message[:1024],
+            "type": "Warning",
+            "count": 1,
             "source": {"component": COMPONENT, "host": host},
-            "firstTimestamp": now, "lastTimestamp": now,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
         }
         try:
             client.create(f"/api/v1/namespaces/{ns}/events", event)
@@ -175,14 +204,19 @@ def event_poster(client, node: str = "") -> Callable[[dict, str], None]:
 class ConfigMapWatch:
     """The informer feeding :class:`NamespacePolicies` for one ConfigMap name (own thread)."""
 
-    def __init__(self, name: str, judge: NamespacePolicies, kubeconfig: str = "", node: str = "",
-                 client=None):
+    def __init__(self, name: str, judge: NamespacePolicies, kubeconfig: str = "", node: str = "", client=None):
         from controllerkit.kube import Client
+
         self.name = name
         self.client = client if client is not None else Client.from_config(kubeconfig or None)
         from controllerkit.informer import Informer
-        self.informer = Informer(self.client, "/api/v1/configmaps", query={"fieldSelector": f"metadata.name={name}"},
-                                 name=f"tproxy-namespace-policies-{name}")
+
+        self.informer = Informer(
+            self.client,
+            "/api/v1/configmaps",
+            query={"fieldSelector": f"metadata.name={name}"},
+            name=f"tproxy-namespace-policies-{name}",
+        )
         self.informer.add_handler(judge.on_add, judge.on_update, judge.on_delete)
         if judge.events is None:
             judge.events = event_poster(self.client, node)

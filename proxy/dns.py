@@ -4,6 +4,7 @@ The cache only saves the thread hop of ``getaddrinfo`` (the largest cost of a de
 request's addresses are still checked against ``deny_ranges``, and its connection is pinned to
 the address that was checked (proxy/pinning.py).
 """
+
 from __future__ import annotations
 
 import asyncio

@@ -9,6 +9,7 @@ against the ceiling first, as the proxy would. Exit status: 0 when it explained 
 2 with a one-line error on a bad policy file, namespace policy or argument. Names are not resolved:
 ``deny_ranges`` are judged on resolved addresses at request time (here only for IP-literal hosts).
 """
+
 from __future__ import annotations
 
 import sys
@@ -34,9 +35,16 @@ def _labels(values: list[str]) -> dict[str, str]:
     return out
 
 
-def explain(scoped: ScopedPolicy, url: str, *, namespace: str = "", service_account: str = "",
-            labels: dict[str, str] | None = None, method: str = "GET",
-            delegated_scopes: dict[str, Scope] | None = None) -> list[str]:
+def explain(
+    scoped: ScopedPolicy,
+    url: str,
+    *,
+    namespace: str = "",
+    service_account: str = "",
+    labels: dict[str, str] | None = None,
+    method: str = "GET",
+    delegated_scopes: dict[str, Scope] | None = None,
+) -> list[str]:
     """The explanation's lines (raises PolicyError for a URL that cannot be a request)."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -47,16 +55,29 @@ def explain(scoped: ScopedPolicy, url: str, *, namespace: str = "", service_acco
     if parts.query:
         path += "?" + parts.query
     scope = scoped.select(namespace, service_account, labels or {}, delegated_scopes)
-    lines = [f"pod: namespace={namespace or '(unknown)'} serviceAccount={service_account or '-'} "
-             f"labels={','.join(f'{k}={v}' for k, v in sorted((labels or {}).items())) or '-'}",
-             f"scope: {scope.name} ({scope.selector.describe()}; mode {scope.mode}; from {scope.origin})"]
+    lines = [
+        f"pod: namespace={namespace or '(unknown)'} serviceAccount={service_account or '-'} "
+        f"labels={','.join(f'{k}={v}' for k, v in sorted((labels or {}).items())) or '-'}",
+        f"scope: {scope.name} ({scope.selector.describe()}; mode {scope.mode}; from {scope.origin})",
+    ]
     if not namespace:
         lines.append("  an unknown source always gets the default scope")
-    facts = RequestFacts(method=method.upper(), path=path, scheme=scheme, host_headers=[parts.netloc.rsplit("@", 1)[-1]],
-                         authority="", http2=False, absolute_target=None, regular=False,
-                         request_host=parts.hostname, request_port=port, destination_port=port,
-                         client_tls=scheme == "https", sni=parts.hostname if scheme == "https" else None,
-                         namespace=namespace or None)
+    facts = RequestFacts(
+        method=method.upper(),
+        path=path,
+        scheme=scheme,
+        host_headers=[parts.netloc.rsplit("@", 1)[-1]],
+        authority="",
+        http2=False,
+        absolute_target=None,
+        regular=False,
+        request_host=parts.hostname,
+        request_port=port,
+        destination_port=port,
+        client_tls=scheme == "https",
+        sni=parts.hostname if scheme == "https" else None,
+        namespace=namespace or None,
+    )
     v = finalize(decide(facts, scope.policy, scoped.deny), scope.mode)
     lines.append(f"decision: {v.decision} (reason {v.reason})")
     if isinstance(v.rule, Rule):
@@ -65,22 +86,25 @@ def explain(scoped: ScopedPolicy, url: str, *, namespace: str = "", service_acco
         lines.append(f"rule: none of the scope's {len(scope.policy.rules)} rules matches {method.upper()} {url}")
     host = v.host
     if host and is_ip_literal(host) and v.decision != "block" and scope.policy.address_denied(host):
-        lines.append("but: the address is in deny_ranges (or the ceiling's ranges): blocked at request time"
-                     if scope.mode == "enforce" else "note: the address is in deny_ranges (reported, not blocked)")
+        lines.append(
+            "but: the address is in deny_ranges (or the ceiling's ranges): blocked at request time"
+            if scope.mode == "enforce"
+            else "note: the address is in deny_ranges (reported, not blocked)"
+        )
     return lines
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = ExactArgumentParser(prog="python -m proxy.policy",
-                                 description="Check tproxy policy files and explain decisions.")
+    ap = ExactArgumentParser(prog="python -m proxy.policy", description="Check tproxy policy files and explain decisions.")
     sub = ap.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("explain", help="which scope and rule would decide a request from a pod")
     ex.add_argument("--policy", default=DEFAULT_POLICY, help=f"the policy file (default {DEFAULT_POLICY})")
     ex.add_argument("--namespace", default="", help="the pod's namespace (empty: an unknown source)")
     ex.add_argument("--service-account", default="", help="the pod's service account")
     ex.add_argument("--labels", action="append", default=[], help="the pod's labels, k=v[,k=v] (repeatable)")
-    ex.add_argument("--namespace-policy", default="",
-                    help="the namespace's own policy.yaml (its ConfigMap's), checked against the ceiling")
+    ex.add_argument(
+        "--namespace-policy", default="", help="the namespace's own policy.yaml (its ConfigMap's), checked against the ceiling"
+    )
     ex.add_argument("--method", default="GET")
     ex.add_argument("url")
     args = ap.parse_args(argv)
@@ -97,8 +121,15 @@ def main(argv: list[str] | None = None) -> int:
             except (OSError, UnicodeDecodeError) as e:
                 raise PolicyError(f"cannot read {args.namespace_policy}: {e}") from None
             mine[args.namespace] = delegated.parse(text, args.namespace, scoped, args.namespace_policy)
-        lines = explain(scoped, args.url, namespace=args.namespace, service_account=args.service_account,
-                        labels=labels, method=args.method, delegated_scopes=mine)
+        lines = explain(
+            scoped,
+            args.url,
+            namespace=args.namespace,
+            service_account=args.service_account,
+            labels=labels,
+            method=args.method,
+            delegated_scopes=mine,
+        )
     except PolicyError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,4 +1,5 @@
 """The proxy's ``/metrics``, ``/healthz`` and ``/readyz`` server (``controllerkit.serve.HealthServer``)."""
+
 from __future__ import annotations
 
 from typing import Callable
@@ -14,6 +15,7 @@ def restart(old, host: str, port: int, ready: Callable[[], tuple[bool, str]], re
     if not port:
         return None
     from controllerkit.serve import HealthServer
+
     try:
         server = HealthServer(port, host=host, ready=ready, registry=registry)
         server.start()

@@ -6,6 +6,7 @@ per ``min_interval`` seconds (never per request). A missing or unreadable file m
 (empty fields), not an error: the proxy must keep filtering even when podwatch is down. A file that
 does not parse keeps the last good map (it is replaced atomically, so this is a bug, logged once).
 """
+
 from __future__ import annotations
 
 import functools
@@ -32,8 +33,9 @@ def canonical_ip(address: str) -> str:
 
 
 class IdentityMap:
-    def __init__(self, path: str = "", *, min_interval: float = 1.0,
-                 on_error: Callable[[str], None] | None = None, clock=time.monotonic):
+    def __init__(
+        self, path: str = "", *, min_interval: float = 1.0, on_error: Callable[[str], None] | None = None, clock=time.monotonic
+    ):
         self.path = path
         self.min_interval = min_interval
         self.on_error = on_error or (lambda msg: None)
@@ -96,9 +98,12 @@ class IdentityMap:
         if not info or info.get("conflict"):
             return dict(EMPTY)
         labels = info.get("labels")
-        return {"namespace": str(info.get("namespace", "")), "name": str(info.get("name", "")),
-                "serviceAccount": str(info.get("serviceAccount", "")),
-                "labels": {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}}
+        return {
+            "namespace": str(info.get("namespace", "")),
+            "name": str(info.get("name", "")),
+            "serviceAccount": str(info.get("serviceAccount", "")),
+            "labels": {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {},
+        }
 
     def __len__(self) -> int:
         return len(self._pods)

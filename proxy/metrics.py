@@ -13,6 +13,7 @@ Namespace labels are bounded too: the first ``NAMESPACE_LABEL_LIMIT`` namespaces
 label, later ones share ``other``; a client whose pod is unknown is ``unknown``. So
 ``tproxy_requests`` has at most 3 decisions x 51 hosts x 101 namespaces series.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -27,25 +28,33 @@ class Metrics:
     def __init__(self):
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("tproxy_requests", "Policy decisions on requests, by decision, host and namespace.",
-                                ["decision", "host", "namespace"], registry=r)
+        self.requests = Counter(
+            "tproxy_requests",
+            "Policy decisions on requests, by decision, host and namespace.",
+            ["decision", "host", "namespace"],
+            registry=r,
+        )
         self.blocked_connections = Counter(
-            "tproxy_blocked_connections", "Connections refused before any upstream contact, by reason.",
-            ["reason"], registry=r)
-        self.policy_reloads = Counter("tproxy_policy_reloads", "Policy loads, by result (success|error).",
-                                      ["result"], registry=r)
+            "tproxy_blocked_connections", "Connections refused before any upstream contact, by reason.", ["reason"], registry=r
+        )
+        self.policy_reloads = Counter("tproxy_policy_reloads", "Policy loads, by result (success|error).", ["result"], registry=r)
         self.policy_rules = Gauge("tproxy_policy_rules", "Rules in the policy in force.", registry=r)
         self.policy_info = Gauge("tproxy_policy_mode", "1 for the mode in force.", ["mode"], registry=r)
         self.decision_seconds = Histogram(
-            "tproxy_decision_seconds", "Time to decide a request (policy match, without DNS).",
-            buckets=(0.00001, 0.00003, 0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1), registry=r)
+            "tproxy_decision_seconds",
+            "Time to decide a request (policy match, without DNS).",
+            buckets=(0.00001, 0.00003, 0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1),
+            registry=r,
+        )
         self.probes = Counter("tproxy_probe_requests", "Interception probes answered.", registry=r)
         self.identity_errors = Counter("tproxy_identity_errors", "Unreadable pod identity files.", registry=r)
         self.namespace_rejections = Counter(
-            "tproxy_namespace_policy_rejections", "Namespace (delegated) policies rejected, by namespace and cause "
-            "(parse|ceiling).", ["namespace", "cause"], registry=r)
-        self.namespace_policies = Gauge("tproxy_namespace_policies", "Namespace (delegated) policies in force.",
-                                        registry=r)
+            "tproxy_namespace_policy_rejections",
+            "Namespace (delegated) policies rejected, by namespace and cause (parse|ceiling).",
+            ["namespace", "cause"],
+            registry=r,
+        )
+        self.namespace_policies = Gauge("tproxy_namespace_policies", "Namespace (delegated) policies in force.", registry=r)
         self._request_children: dict[tuple[str, str, str], Any] = {}
         self._namespaces: set[str] = set()
         self._hosts: set[str] = set()

@@ -17,6 +17,7 @@ beyond that is here:
 - :func:`hook_table`: every hook name mitmproxy dispatches (``mitmproxy.hooks.all_hooks``), for
   the hooks-as-module-attributes entry point (proxy/addon.py).
 """
+
 from __future__ import annotations
 
 from mitmproxy import http
@@ -52,10 +53,21 @@ def request_facts(flow: http.HTTPFlow, regular: bool, namespace: str | None) -> 
     dest = flow.server_conn.address
     client = flow.client_conn
     return RequestFacts(
-        req.method, req.path, req.scheme, data.headers.get_all("Host"),
-        req.authority if data.authority else "", h2,
-        None if h2 else absolute_target(req), regular, req.host, req.port,
-        dest[1] if dest else None, bool(client.tls), client.sni, namespace)
+        req.method,
+        req.path,
+        req.scheme,
+        data.headers.get_all("Host"),
+        req.authority if data.authority else "",
+        h2,
+        None if h2 else absolute_target(req),
+        regular,
+        req.host,
+        req.port,
+        dest[1] if dest else None,
+        bool(client.tls),
+        client.sni,
+        namespace,
+    )
 
 
 def set_host_port(req: http.Request, host: str, port: int, host_headers: list[str] | None = None) -> None:
@@ -105,6 +117,7 @@ def hook_table(addon) -> dict:
     import mitmproxy.proxy.layers  # noqa: F401
     import mitmproxy.proxy.server_hooks  # noqa: F401
     from mitmproxy import hooks
+
     # add_log is mitmproxy's deprecated log event: merely having the attribute (even None) makes
     # AddonManager.register warn "The add_log event has been deprecated" on every (re)load.
     return {name: getattr(addon, name, None) for name in hooks.all_hooks if name != "add_log"}

@@ -7,6 +7,7 @@ proxy/Dockerfile do. (Were a connection ever opened eagerly, proxy/pinning.py wo
 it: fail closed either way.) ``stream_large_bodies``, ``flow_detail`` and ``termlog_verbosity`` are
 the operator's; the chart and the image set them (1m, 0, error) and ``proxy_ready`` logs them.
 """
+
 from __future__ import annotations
 
 from mitmproxy import exceptions
@@ -15,29 +16,50 @@ from proxy.audit import AuditLog
 
 LOG_LEVELS = ("debug", "info", "warning", "warn", "error", "critical")
 REQUIRED = {"connection_strategy": "lazy"}  # mitmproxy option -> the only value the addon runs with
-RECOMMENDED = {"connection_strategy": "lazy", "stream_large_bodies": "1m", "flow_detail": 0,
-               "termlog_verbosity": "error"}  # what the chart and proxy/Dockerfile pass
+RECOMMENDED = {
+    "connection_strategy": "lazy",
+    "stream_large_bodies": "1m",
+    "flow_detail": 0,
+    "termlog_verbosity": "error",
+}  # what the chart and proxy/Dockerfile pass
 
 
 def declare(loader) -> None:
-    loader.add_option("tproxy_policy", str, "",
-                      "Policy YAML file (watched, hot-reloaded). Empty: the tutorial's built-in policy "
-                      "(only https://storage.googleapis.com/solutions-public-assets/).")
-    loader.add_option("tproxy_identity", str, "",
-                      "Pod identity JSON written by podwatch (client IP -> namespace/name/serviceAccount).")
-    loader.add_option("tproxy_kubeconfig", str, "",
-                      "kubeconfig for watching the namespaces' policy ConfigMaps (the policy's delegation "
-                      "section); empty: $KUBECONFIG, else the pod's service account (in-cluster).")
+    loader.add_option(
+        "tproxy_policy",
+        str,
+        "",
+        "Policy YAML file (watched, hot-reloaded). Empty: the tutorial's built-in policy "
+        "(only https://storage.googleapis.com/solutions-public-assets/).",
+    )
+    loader.add_option(
+        "tproxy_identity", str, "", "Pod identity JSON written by podwatch (client IP -> namespace/name/serviceAccount)."
+    )
+    loader.add_option(
+        "tproxy_kubeconfig",
+        str,
+        "",
+        "kubeconfig for watching the namespaces' policy ConfigMaps (the policy's delegation "
+        "section); empty: $KUBECONFIG, else the pod's service account (in-cluster).",
+    )
     loader.add_option("tproxy_metrics_port", int, 0, "Port for /metrics, /healthz, /readyz (0 = off).")
     loader.add_option("tproxy_metrics_host", str, "0.0.0.0", "Address for the metrics server.")
     loader.add_option("tproxy_audit", str, "-", "Audit log: a file to append JSON lines to, or '-' for stdout.")
-    loader.add_option("tproxy_audit_flush_ms", int, round(AuditLog.FLUSH_SECONDS * 1000),
-                      "Audit lines are written in batches at most this many ms apart (0: one write per "
-                      "line; a kill -9 can lose at most this much).")
+    loader.add_option(
+        "tproxy_audit_flush_ms",
+        int,
+        round(AuditLog.FLUSH_SECONDS * 1000),
+        "Audit lines are written in batches at most this many ms apart (0: one write per "
+        "line; a kill -9 can lose at most this much).",
+    )
     loader.add_option("tproxy_log_level", str, "info", "Log level of tproxy's own JSON log lines (stderr).")
-    loader.add_option("tproxy_extra_ca", str, "",
-                      "PEM file of extra CA certificates trusted for upstream TLS *in addition to* the "
-                      "public roots (mitmproxy's ssl_verify_upstream_trusted_ca alone replaces them).")
+    loader.add_option(
+        "tproxy_extra_ca",
+        str,
+        "",
+        "PEM file of extra CA certificates trusted for upstream TLS *in addition to* the "
+        "public roots (mitmproxy's ssl_verify_upstream_trusted_ca alone replaces them).",
+    )
 
 
 def check_required(options) -> None:
@@ -47,7 +69,8 @@ def check_required(options) -> None:
         if name in options.keys() and getattr(options, name) != value:
             raise exceptions.OptionsError(
                 f"{name}: tproxy needs {name}={value} (nothing may be dialled before a request is decided), "
-                f"not {getattr(options, name)!r}; add --set {name}={value}")
+                f"not {getattr(options, name)!r}; add --set {name}={value}"
+            )
 
 
 def check_log_level(level: str) -> None:

@@ -7,6 +7,7 @@ hook is the choke point for every upstream connection it tries to open (HTTP, ra
 pins an approved one to its checked address, so no DNS answer between the check and the connect
 can move it. Once open, the connection gets its approved name back (:meth:`server_connected`).
 """
+
 from __future__ import annotations
 
 import structlog
@@ -46,8 +47,12 @@ class Pinning:
         pinned = self.approved.get(data.client.id, {}).get((host, address[1]))
         if pinned is None:
             self.metrics.blocked_connections.labels("not-approved").inc()
-            log.warning("upstream_connection_refused", client=str(data.client.peername),
-                        destination=f"{address[0]}:{address[1]}", reason="not allowed by a request decision")
+            log.warning(
+                "upstream_connection_refused",
+                client=str(data.client.peername),
+                destination=f"{address[0]}:{address[1]}",
+                reason="not allowed by a request decision",
+            )
             data.server.error = "tproxy: connection not allowed by policy"
             return
         # Dial the checked address. The name is put back once connected (server_connected), because

@@ -21,6 +21,7 @@ Hosts are compared case-insensitively, without a trailing dot, IDNA-normalised (
 ``xn--bcher-kva.example``). Path prefixes are compared against the percent-decoded path with dot
 segments resolved, so ``/solutions-public-assets/../x`` does not match ``/solutions-public-assets/``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,18 +38,18 @@ import yaml
 MODES = ("enforce", "report", "open")
 SCHEMES = ("http", "https")
 DEFAULT_DENY_RANGES = (
-    "0.0.0.0/8",        # "this network"
-    "10.0.0.0/8",       # RFC 1918
-    "172.16.0.0/12",    # RFC 1918
-    "192.168.0.0/16",   # RFC 1918
-    "127.0.0.0/8",      # loopback
-    "169.254.0.0/16",   # link-local, incl. the 169.254.169.254 metadata server
-    "100.64.0.0/10",    # carrier-grade NAT (often node/pod networks)
-    "::1/128",          # loopback
-    "::/128",           # unspecified
-    "::ffff:0:0/96",    # IPv4-mapped: would smuggle the IPv4 ranges above
-    "fc00::/7",         # unique local
-    "fe80::/10",        # link-local
+    "0.0.0.0/8",  # "this network"
+    "10.0.0.0/8",  # RFC 1918
+    "172.16.0.0/12",  # RFC 1918
+    "192.168.0.0/16",  # RFC 1918
+    "127.0.0.0/8",  # loopback
+    "169.254.0.0/16",  # link-local, incl. the 169.254.169.254 metadata server
+    "100.64.0.0/10",  # carrier-grade NAT (often node/pod networks)
+    "::1/128",  # loopback
+    "::/128",  # unspecified
+    "::ffff:0:0/96",  # IPv4-mapped: would smuggle the IPv4 ranges above
+    "fc00::/7",  # unique local
+    "fe80::/10",  # link-local
 )
 _RULE_KEYS = {"host", "paths", "methods", "schemes", "namespaces"}
 _TOP_KEYS = {"mode", "rules", "deny_ranges", "allow_ranges"}
@@ -125,7 +126,7 @@ def normalize_path(path: str) -> str:
 @dataclasses.dataclass(frozen=True)
 class Rule:
     index: int
-    host: str                           # normalised; "*.suffix" for wildcards
+    host: str  # normalised; "*.suffix" for wildcards
     paths: tuple[str, ...] = ()
     methods: frozenset[str] = frozenset()
     schemes: frozenset[str] = frozenset()
@@ -163,7 +164,7 @@ class Rule:
 class Decision:
     allowed: bool
     rule: Rule | None
-    reason: str                         # "rule", "no-matching-rule", ...
+    reason: str  # "rule", "no-matching-rule", ...
 
 
 NO_MATCH = Decision(False, None, "no-matching-rule")
@@ -190,8 +191,7 @@ def _networks(value: Any, where: str) -> tuple:
 class Policy:
     """A validated, indexed policy. Build with :meth:`from_dict`, :meth:`from_yaml` or :meth:`load`."""
 
-    def __init__(self, mode: str, rules: Iterable[Rule], deny_ranges: tuple, allow_ranges: tuple,
-                 source: str = "<builtin>"):
+    def __init__(self, mode: str, rules: Iterable[Rule], deny_ranges: tuple, allow_ranges: tuple, source: str = "<builtin>"):
         self.mode = mode
         self.rules = tuple(rules)
         self.deny_ranges = deny_ranges
@@ -259,8 +259,11 @@ class Policy:
         if not isinstance(raw_rules, list):
             raise PolicyError("rules: must be a list")
         rules = [cls._rule(i, r) for i, r in enumerate(raw_rules)]
-        deny = _networks(doc["deny_ranges"], "deny_ranges") if "deny_ranges" in doc else \
-            tuple(ipaddress.ip_network(n) for n in DEFAULT_DENY_RANGES)
+        deny = (
+            _networks(doc["deny_ranges"], "deny_ranges")
+            if "deny_ranges" in doc
+            else tuple(ipaddress.ip_network(n) for n in DEFAULT_DENY_RANGES)
+        )
         allow = _networks(doc.get("allow_ranges", []), "allow_ranges")
         return cls(mode, rules, deny, allow, source)
 
@@ -289,21 +292,23 @@ class Policy:
         for p in paths:
             if not p.startswith("/"):
                 raise PolicyError(f"{where}.paths: {p!r} must start with '/'")
-        methods = frozenset(m.upper() for m in _strings(r["methods"], f"{where}.methods")) if "methods" in r \
-            else frozenset()
+        methods = frozenset(m.upper() for m in _strings(r["methods"], f"{where}.methods")) if "methods" in r else frozenset()
         for m in methods:
             if not m.isalpha():
                 raise PolicyError(f"{where}.methods: {m!r} is not an HTTP method")
-        schemes = frozenset(s.lower() for s in _strings(r["schemes"], f"{where}.schemes")) if "schemes" in r \
-            else frozenset()
+        schemes = frozenset(s.lower() for s in _strings(r["schemes"], f"{where}.schemes")) if "schemes" in r else frozenset()
         bad = schemes - set(SCHEMES)
         if bad:
             raise PolicyError(f"{where}.schemes: {sorted(bad)} not in {list(SCHEMES)}")
-        namespaces = frozenset(_strings(r["namespaces"], f"{where}.namespaces")) if "namespaces" in r \
-            else frozenset()
-        return Rule(i, ("*." + norm) if wildcard else norm, tuple(normalize_path(p) if p != "/" else p
-                                                                 for p in paths),
-                    methods, schemes, namespaces)
+        namespaces = frozenset(_strings(r["namespaces"], f"{where}.namespaces")) if "namespaces" in r else frozenset()
+        return Rule(
+            i,
+            ("*." + norm) if wildcard else norm,
+            tuple(normalize_path(p) if p != "/" else p for p in paths),
+            methods,
+            schemes,
+            namespaces,
+        )
 
     # -- decisions -----------------------------------------------------------------------------
     def candidates(self, host: str) -> tuple[Rule, ...]:
@@ -327,8 +332,7 @@ class Policy:
     def has_host(self, host: str) -> bool:
         return next(iter(self.candidates(host)), None) is not None
 
-    def decide(self, host: str, *, method: str, scheme: str, path: str,
-               namespace: str | None = None) -> Decision:
+    def decide(self, host: str, *, method: str, scheme: str, path: str, namespace: str | None = None) -> Decision:
         """Match a request against the allow rules. ``host`` must be normalised."""
         npath = None  # normalised only when a candidate rule has paths to compare
         best: Rule | None = None
@@ -369,4 +373,5 @@ if __name__ == "__main__":  # python -m proxy.policy explain ... (proxy/explain.
     import sys as _sys
 
     from proxy.explain import main as _main
+
     _sys.exit(_main())

@@ -12,6 +12,7 @@ A changed file is parsed in a worker thread (a 10,000-rule policy takes a second
 force on the event loop, so requests keep being served meanwhile and the policy is only ever
 swapped by the loop's own thread; a result that ``configure`` overtook while it was parsed is dropped.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -41,15 +42,20 @@ class PolicyWatch:
     """``current()`` is the policy in force, ``install(policy)`` puts a new one in force (metrics,
     ``policy_loaded`` line); both belong to the addon."""
 
-    def __init__(self, current: Callable[[], ScopedPolicy], install: Callable[[ScopedPolicy], None], metrics,
-                 poll_seconds: float = POLL_SECONDS):
+    def __init__(
+        self,
+        current: Callable[[], ScopedPolicy],
+        install: Callable[[ScopedPolicy], None],
+        metrics,
+        poll_seconds: float = POLL_SECONDS,
+    ):
         self.current = current
         self.install = install
         self.metrics = metrics
         self.poll_seconds = poll_seconds
-        self.path = ""          # the file in force ("" = the built-in policy: nothing to watch)
-        self._sig = None        # the version of it last judged
-        self._generation = 0    # bumped by watching(): a parse started before is stale
+        self.path = ""  # the file in force ("" = the built-in policy: nothing to watch)
+        self._sig = None  # the version of it last judged
+        self._generation = 0  # bumped by watching(): a parse started before is stale
         self._task: asyncio.Task | None = None
 
     def watching(self, path: str) -> None:

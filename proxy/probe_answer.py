@@ -4,6 +4,7 @@ The sidecar proves that its pod's web traffic reaches this proxy with ``GET http
 (or ``Host: probe.tproxy.invalid``) and a nonce; the proxy answers it itself, without contacting
 anything, without a policy decision and without an audit line.
 """
+
 from __future__ import annotations
 
 from mitmproxy import http
@@ -30,8 +31,7 @@ def answer(flow: http.HTTPFlow, node: str) -> None:
     """200 with the nonce echoed (``X-Tproxy-Probe``) and ``tproxy proxy on <node>``; 400 without a nonce."""
     nonce = flow.request.headers.get(NONCE_HEADER, "")
     if not nonce:
-        flow.response = http.Response.make(400, f"missing {NONCE_HEADER}\n".encode(),
-                                           {"Content-Type": "text/plain"})
+        flow.response = http.Response.make(400, f"missing {NONCE_HEADER}\n".encode(), {"Content-Type": "text/plain"})
         return
     body = f"tproxy proxy on {node}\n".encode()
     flow.response = http.Response.make(200, body, {"Content-Type": "text/plain", ANSWER_HEADER: nonce})

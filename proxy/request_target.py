@@ -14,6 +14,7 @@ defaulted from the scheme), ``None`` for origin-form, asterisk-form, CONNECT and
 The wrapper adds one attribute check per request head. ``tests/test_proxy_request_target.py``
 fails if a mitmproxy upgrade moves the parser or the call.
 """
+
 from __future__ import annotations
 
 from typing import Optional

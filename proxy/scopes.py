@@ -34,6 +34,7 @@ Precedence, for a request from a pod (namespace N, service account S, labels L):
 ``deny_ranges`` / ``allow_ranges`` are cluster-wide and apply in every scope; a namespace policy is
 further bounded by ``ceiling.ranges``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -105,7 +106,8 @@ def _json_str(s: str) -> str:
 @dataclasses.dataclass(frozen=True)
 class Ceiling:
     """What a namespace's own policy may never do."""
-    hosts: Policy | None = None                 # host patterns indexed like rules (only hosts used)
+
+    hosts: Policy | None = None  # host patterns indexed like rules (only hosts used)
     ranges: tuple = ()
     modes: tuple[str, ...] = DEFAULT_DELEGATED_MODES
 
@@ -131,6 +133,7 @@ class BoundedPolicy(Policy):
 @dataclasses.dataclass(frozen=True)
 class ListedHost(Rule):
     """An entry of a host list (``deny_hosts``, the ceiling's ``hosts``), indexed like a rule."""
+
     where: str = "deny_hosts"
 
     @functools.cached_property
@@ -146,7 +149,7 @@ def _host_index(hosts: Any, where: str) -> Policy:
         try:
             r = Policy._rule(i, {"host": h})
         except PolicyError as e:
-            raise PolicyError(f"{where}{str(e)[len('rules'):]}") from None
+            raise PolicyError(f"{where}{str(e)[len('rules') :]}") from None
         entries.append(ListedHost(i, r.host, where=where))
     return Policy("enforce", entries, (), (), where)
 
@@ -154,8 +157,9 @@ def _host_index(hosts: Any, where: str) -> Policy:
 class ScopedPolicy:
     """The whole policy file: default scope, file scopes, deny list, delegation settings."""
 
-    def __init__(self, default: Scope, scopes: Iterable[Scope], deny: Policy | None, ceiling: Ceiling,
-                 config_map: str, source: str):
+    def __init__(
+        self, default: Scope, scopes: Iterable[Scope], deny: Policy | None, ceiling: Ceiling, config_map: str, source: str
+    ):
         self.default = default
         self.scopes = tuple(scopes)
         self.deny = deny
@@ -195,8 +199,13 @@ class ScopedPolicy:
         return self.default.policy.decide(host, **kwargs)
 
     # -- selection ---------------------------------------------------------------------------------
-    def select(self, namespace: str, service_account: str = "", labels: Mapping[str, str] | None = None,
-               delegated: Mapping[str, Scope] | None = None) -> Scope:
+    def select(
+        self,
+        namespace: str,
+        service_account: str = "",
+        labels: Mapping[str, str] | None = None,
+        delegated: Mapping[str, Scope] | None = None,
+    ) -> Scope:
         """The scope that decides for a pod; the default for an unknown one (``namespace`` "")."""
         if not namespace:
             return self.default
@@ -228,8 +237,7 @@ class ScopedPolicy:
 
     @classmethod
     def wrap(cls, policy: Policy) -> "ScopedPolicy":
-        return cls(Scope(DEFAULT_SCOPE, Selector(), policy, policy.source, 1 << 30), (), None, Ceiling(), "",
-                   policy.source)
+        return cls(Scope(DEFAULT_SCOPE, Selector(), policy, policy.source, 1 << 30), (), None, Ceiling(), "", policy.source)
 
     @classmethod
     def load(cls, path: str) -> "ScopedPolicy":
@@ -299,8 +307,7 @@ def _scope(i: int, entry: Any, base: Policy, source: str) -> Scope:
     if mode not in MODES:
         raise PolicyError(f"{where}.mode: {mode!r} is not one of {list(MODES)}")
     rules = _rules(entry.get("rules"), where)
-    return Scope(name, selector, Policy(mode, rules, base.deny_ranges, base.allow_ranges, f"{source}#{name}"),
-                 source, i)
+    return Scope(name, selector, Policy(mode, rules, base.deny_ranges, base.allow_ranges, f"{source}#{name}"), source, i)
 
 
 def _rules(raw: Any, where: str) -> list[Rule]:
@@ -324,13 +331,11 @@ def _selector(raw: Any, where: str) -> Selector:
     if unknown:
         raise PolicyError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_MATCH_KEYS)}")
     ns = frozenset(_strings(raw["namespaces"], f"{where}.namespaces")) if "namespaces" in raw else frozenset()
-    sa = frozenset(_strings(raw["serviceAccounts"], f"{where}.serviceAccounts")) if "serviceAccounts" in raw \
-        else frozenset()
+    sa = frozenset(_strings(raw["serviceAccounts"], f"{where}.serviceAccounts")) if "serviceAccounts" in raw else frozenset()
     labels: tuple[tuple[str, str], ...] = ()
     if "labels" in raw:
         lab = raw["labels"]
-        if not isinstance(lab, dict) or not lab or not all(isinstance(k, str) and isinstance(v, str)
-                                                          for k, v in lab.items()):
+        if not isinstance(lab, dict) or not lab or not all(isinstance(k, str) and isinstance(v, str) for k, v in lab.items()):
             raise PolicyError(f"{where}.labels: must be a non-empty mapping of strings to strings")
         labels = tuple(sorted(lab.items()))
     return Selector(ns, sa, labels)
@@ -355,8 +360,7 @@ def _delegation(raw: Any) -> tuple[str, Ceiling]:
         raise PolicyError(f"delegation.ceiling: unknown key(s) {sorted(unknown)}; allowed: {sorted(_CEILING_KEYS)}")
     hosts = _host_index(ceil["hosts"], "delegation.ceiling.hosts") if ceil.get("hosts") else None
     ranges = _networks(ceil.get("ranges") or [], "delegation.ceiling.ranges")
-    modes = tuple(_strings(ceil["modes"], "delegation.ceiling.modes")) if "modes" in ceil \
-        else DEFAULT_DELEGATED_MODES
+    modes = tuple(_strings(ceil["modes"], "delegation.ceiling.modes")) if "modes" in ceil else DEFAULT_DELEGATED_MODES
     bad = set(modes) - set(MODES)
     if bad:
         raise PolicyError(f"delegation.ceiling.modes: {sorted(bad)} not in {list(MODES)}")

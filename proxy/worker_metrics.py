@@ -9,6 +9,7 @@ N): the gauges of what is in force (rules, mode, namespace policies) and the cou
 worker sees once per change (policy loads, namespace policies rejected). A worker that
 does not answer is left out of that scrape and counted in ``tproxy_worker_scrape_errors_total``.
 """
+
 from __future__ import annotations
 
 import urllib.request
@@ -18,8 +19,13 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-SHARED_CONFIG = {"tproxy_policy_rules", "tproxy_policy_mode", "tproxy_namespace_policies",
-                 "tproxy_policy_reloads", "tproxy_namespace_policy_rejections"}
+SHARED_CONFIG = {
+    "tproxy_policy_rules",
+    "tproxy_policy_mode",
+    "tproxy_namespace_policies",
+    "tproxy_policy_reloads",
+    "tproxy_namespace_policy_rejections",
+}
 SCRAPE_TIMEOUT = 2.0
 
 

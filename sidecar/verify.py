@@ -4,6 +4,7 @@ The probe contract is in :mod:`controllerkit.probe`. One attempt sends ``GET /.t
 192.0.2.1:80 with a fresh nonce; only the tproxy proxy answers with that nonce echoed. Each
 failed attempt is classified so that the final error names the missing piece.
 """
+
 from __future__ import annotations
 
 import errno
@@ -33,9 +34,11 @@ def probe_once(timeout: float, *, address: str = probe.PROBE_ADDRESS, port: int 
     nonce = secrets.token_hex(16)
     conn = http.client.HTTPConnection(address, port, timeout=timeout)
     try:
-        conn.request("GET", probe.PROBE_PATH, headers={
-            "Host": probe.PROBE_HOST, probe.NONCE_HEADER: nonce, "Connection": "close",
-            "User-Agent": "tproxy-sidecar"})
+        conn.request(
+            "GET",
+            probe.PROBE_PATH,
+            headers={"Host": probe.PROBE_HOST, probe.NONCE_HEADER: nonce, "Connection": "close", "User-Agent": "tproxy-sidecar"},
+        )
         resp = conn.getresponse()
         resp.read(4096)
         answer = resp.getheader(probe.ANSWER_HEADER)
@@ -66,18 +69,27 @@ def probe_once(timeout: float, *, address: str = probe.PROBE_ADDRESS, port: int 
 def explain(attempt: Attempt, node: str) -> str:
     where = f"node {node}" if node else "this pod's node"
     if attempt.outcome == NO_ANSWER:
-        return (f"interception not proven: node redirect missing (is podwatch running on {where}?): "
-                f"the probe to {probe.PROBE_ADDRESS}:{probe.PROBE_PORT} got {attempt.detail}")
+        return (
+            f"interception not proven: node redirect missing (is podwatch running on {where}?): "
+            f"the probe to {probe.PROBE_ADDRESS}:{probe.PROBE_PORT} got {attempt.detail}"
+        )
     if attempt.outcome == REFUSED:
-        return (f"interception not proven: something other than the tproxy proxy answered "
-                f"({attempt.detail}; is the tproxy proxy listening on the host port of {where}, "
-                f"and is podwatch's redirect in place?)")
-    return (f"interception not proven: something other than the tproxy proxy answered the probe "
-            f"({attempt.detail})")
+        return (
+            f"interception not proven: something other than the tproxy proxy answered "
+            f"({attempt.detail}; is the tproxy proxy listening on the host port of {where}, "
+            f"and is podwatch's redirect in place?)"
+        )
+    return f"interception not proven: something other than the tproxy proxy answered the probe ({attempt.detail})"
 
 
-def verify(timeout: float, *, node: str = "", log: Callable[..., None] = lambda *a, **k: None,
-           attempt_timeout: float = 3.0, prober: Callable[[float], Attempt] = probe_once) -> tuple[bool, str]:
+def verify(
+    timeout: float,
+    *,
+    node: str = "",
+    log: Callable[..., None] = lambda *a, **k: None,
+    attempt_timeout: float = 3.0,
+    prober: Callable[[float], Attempt] = probe_once,
+) -> tuple[bool, str]:
     """Retry with short backoff until the proxy answers or ``timeout`` seconds pass."""
     deadline = time.monotonic() + max(timeout, 0.0)
     backoff, n = Backoff(0.2, 2.0, jitter=0), 0

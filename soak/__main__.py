@@ -1,5 +1,6 @@
 """``python -m soak [--minutes 10] [--report DIR] [--seed N]``: the chaos soak; exit 0 only if every
 invariant held (see soak/README.md)."""
+
 import json
 import os
 import sys
@@ -25,12 +26,22 @@ def main(argv=None) -> int:
 
     def interrupted(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
+
     signal.signal(signal.SIGTERM, interrupted)  # stop the cluster (pods, namespaces) on `timeout` / kill
     from soak.run import Soak
-    results = Soak(minutes, a.report, seed=a.seed, max_live=a.max_live,
-                   log=lambda m: print(m, flush=True)).run()
-    print(json.dumps({"ok": results["ok"], "invariants": results["invariants"],
-                      "creates": results["creates"]["total"], "report": os.path.abspath(a.report)}, indent=1))
+
+    results = Soak(minutes, a.report, seed=a.seed, max_live=a.max_live, log=lambda m: print(m, flush=True)).run()
+    print(
+        json.dumps(
+            {
+                "ok": results["ok"],
+                "invariants": results["invariants"],
+                "creates": results["creates"]["total"],
+                "report": os.path.abspath(a.report),
+            },
+            indent=1,
+        )
+    )
     return 0 if results["ok"] else 1
 
 

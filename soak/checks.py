@@ -3,6 +3,7 @@
 Everything here works on data (API objects, ``iptables-save`` text, samples); soak/run.py collects
 the data from the running cluster.
 """
+
 from __future__ import annotations
 
 import re
@@ -116,8 +117,9 @@ def slope(points: list[tuple[float, float]]) -> float | None:
     return sum((t - mt) * (v - mv) for t, v in points) / var
 
 
-def growth_verdict(points: list[tuple[float, float]], per_minute_limit: float, warmup_s: float = 20.0,
-                   min_span_s: float = 30.0) -> dict:
+def growth_verdict(
+    points: list[tuple[float, float]], per_minute_limit: float, warmup_s: float = 20.0, min_span_s: float = 30.0
+) -> dict:
     """Slope of ``points`` after ``warmup_s`` from their start, per minute. ``grows`` when the slope
     exceeds ``per_minute_limit`` *and* the value really rose by more than that limit over the window
     (a noisy flat series is not growth). ``judged`` is False when the window is shorter than
@@ -133,5 +135,4 @@ def growth_verdict(points: list[tuple[float, float]], per_minute_limit: float, w
     last = sum(v for _, v in window[-3:]) / min(3, len(window))
     judged = span >= min_span_s and per_min is not None
     grows = judged and per_min > per_minute_limit and (last - first) > per_minute_limit
-    return {"slope_per_min": per_min, "grows": grows, "judged": judged, "span_s": span,
-            "first": first, "last": last}
+    return {"slope_per_min": per_min, "grows": grows, "judged": judged, "span_s": span, "first": first, "last": last}

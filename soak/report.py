@@ -1,4 +1,5 @@
 """The soak's verdict (results.json), its report (report.md) and plots (PNG) in the report directory."""
+
 from __future__ import annotations
 
 import json
@@ -39,7 +40,9 @@ def growth(samples: list[dict]) -> dict:
     # per locked pod: one redirect and one guard line; the rest (conntrack return, the locked chain's
     # rejects) is constant
     pts = [(s["t"], s["rule_lines"] - 2 * s["locked_pods"]) for s in samples if "rule_lines" in s]
-    res["node iptables rules (beyond 2 per locked pod, IPv4)"] = {"excess_rules": checks.growth_verdict(pts, RULE_GROWTH_LIMIT, warmup_s=0)}
+    res["node iptables rules (beyond 2 per locked pod, IPv4)"] = {
+        "excess_rules": checks.growth_verdict(pts, RULE_GROWTH_LIMIT, warmup_s=0)
+    }
     return res
 
 
@@ -56,22 +59,33 @@ def summarize(soak, final: dict, started: float) -> dict:
     for p in soak.perturbations:
         key = p["kind"] + (f": {p['flush']}" if p.get("flush") else "")
         conv.setdefault(key, []).append(p)
-    conv_summary = {k: {"n": len(v), "converged": sum(1 for p in v if p.get("converged")),
-                        "errors": [p["error"] for p in v if p.get("error")],
-                        "p50_s": pct([p["converge_s"] for p in v if p.get("converge_s") is not None], 50),
-                        "max_s": max([p["converge_s"] for p in v if p.get("converge_s") is not None], default=None),
-                        "bound_s": _bound(k)} for k, v in sorted(conv.items())}
+    conv_summary = {
+        k: {
+            "n": len(v),
+            "converged": sum(1 for p in v if p.get("converged")),
+            "errors": [p["error"] for p in v if p.get("error")],
+            "p50_s": pct([p["converge_s"] for p in v if p.get("converge_s") is not None], 50),
+            "max_s": max([p["converge_s"] for p in v if p.get("converge_s") is not None], default=None),
+            "bound_s": _bound(k),
+        }
+        for k, v in sorted(conv.items())
+    }
     not_converged = [p for p in soak.perturbations if not p.get("converged") and not p.get("error")]
     perturb_errors = [p for p in soak.perturbations if p.get("error")]
-    bypass = [p for p in soak.perturbations if p.get("bypass")] + \
-             [c for c in soak.canary_checks if c["blocked"] == "200"]
-    policy_kept = [p for p in soak.perturbations if p["kind"].startswith("policy") and
-                   tuple(p.get("canary") or ()) != ("418", "200")]
+    bypass = [p for p in soak.perturbations if p.get("bypass")] + [c for c in soak.canary_checks if c["blocked"] == "200"]
+    policy_kept = [
+        p for p in soak.perturbations if p["kind"].startswith("policy") and tuple(p.get("canary") or ()) != ("418", "200")
+    ]
     gr = growth(soak.samples)
     # the soak's own process (API server emulator, kubelet, the harness's records) is reported, not judged:
     # it is test infrastructure, and it keeps every create's record in memory by design
-    growing = [f"{comp} {m}" for comp, r in gr.items() if not comp.startswith("kubesim")
-               for m, v in r.items() if isinstance(v, dict) and v.get("grows")]
+    growing = [
+        f"{comp} {m}"
+        for comp, r in gr.items()
+        if not comp.startswith("kubesim")
+        for m, v in r.items()
+        if isinstance(v, dict) and v.get("grows")
+    ]
     leaks = final.get("leaks_during_soak")
     events = getattr(soak, "leak_events", [])
     by_kind = {}
@@ -80,44 +94,56 @@ def summarize(soak, final: dict, started: float) -> dict:
     cl, cc = final.get("control_leak") or {}, final.get("control_convergence") or {}
     minutes = soak.duration / 60
     invariants = {
-        "no leak: 0 packets from pod addresses reached the internet namespace (proxy connections come from the node)":
-            leaks == 0,
+        "no leak: 0 packets from pod addresses reached the internet namespace (proxy connections come from the node)": leaks == 0,
         "leak counter works: a pod without the lock was counted (control)": bool(cl.get("detected")),
         "a locked pod that lost its own lock is still stopped by the node's guard, and counted once the guard "
         "is gone too (control)": bool((final.get("control_lock_removed") or {}).get("detected")),
         "no create left hanging (each 201 or a failure with a reason within the server's 30 s timeout)": not hangs,
         "every locked deployment injected exactly once, every plain one untouched": not bad_inj,
-        "podwatch (and the proxy, the initializers) converged within the stated bound after every perturbation":
-            not not_converged,
+        "podwatch (and the proxy, the initializers) converged within the stated bound after every perturbation": not not_converged,
         "convergence check works: a frozen podwatch's flushed chain was reported (control)": bool(cc.get("detected"))
-            and bool(cc.get("converged_after_resume")),
-        "final state: only the canary's rules left, every soak pod gone": bool((final.get("final_convergence") or {}).get("converged")),
+        and bool(cc.get("converged_after_resume")),
+        "final state: only the canary's rules left, every soak pod gone": bool(
+            (final.get("final_convergence") or {}).get("converged")
+        ),
         "a bad policy kept the last good one, a good one loaded (canary 418/200 after each reload)": not policy_kept,
         "never a bypass: the canary's blocked request never answered 200": not bypass,
-        "no unbounded growth of RSS, fds, threads (initializers, podwatch, proxy) or node rules (slopes under the limits)":
-            not growing,
+        "no unbounded growth of RSS, fds, threads (initializers, podwatch, proxy) or node rules (slopes under the limits)": not growing,
         "every perturbation could be applied": not perturb_errors,
         "the harness itself ran cleanly": not soak.errors,
     }
     if minutes >= 10:
         invariants["at least 1,000 creates in the full run"] = len(creates) >= 1000
     return {
-        "ok": all(invariants.values()), "invariants": invariants,
-        "minutes": minutes, "seed": soak.seed, "started_unix": started,
-        "creates": {"total": len(creates), "by_outcome": by,
-                    "locked": sum(1 for c in creates if c["locked"]),
-                    "latency_s": {"p50": pct(lat, 50), "p99": pct(lat, 99), "max": max(lat, default=None)},
-                    "failed": [f"{c['ns']}/{c['name']}: {c.get('error')}" for c in failed][:20],
-                    "hangs": [f"{c['ns']}/{c['name']}: {c.get('error')} after {c['latency']:.1f}s" for c in hangs][:20],
-                    "bad_injections": [f"{c['ns']}/{c['name']}: {c['injection']}" for c in bad_inj][:20]},
-        "perturbations": {"total": len(soak.perturbations), "by_kind": conv_summary,
-                          "not_converged": not_converged[:10], "errors": perturb_errors[:10]},
+        "ok": all(invariants.values()),
+        "invariants": invariants,
+        "minutes": minutes,
+        "seed": soak.seed,
+        "started_unix": started,
+        "creates": {
+            "total": len(creates),
+            "by_outcome": by,
+            "locked": sum(1 for c in creates if c["locked"]),
+            "latency_s": {"p50": pct(lat, 50), "p99": pct(lat, 99), "max": max(lat, default=None)},
+            "failed": [f"{c['ns']}/{c['name']}: {c.get('error')}" for c in failed][:20],
+            "hangs": [f"{c['ns']}/{c['name']}: {c.get('error')} after {c['latency']:.1f}s" for c in hangs][:20],
+            "bad_injections": [f"{c['ns']}/{c['name']}: {c['injection']}" for c in bad_inj][:20],
+        },
+        "perturbations": {
+            "total": len(soak.perturbations),
+            "by_kind": conv_summary,
+            "not_converged": not_converged[:10],
+            "errors": perturb_errors[:10],
+        },
         "faults": soak.faults_log,
         "leaks": {"during_soak": leaks, "control": cl, "attributed_ipv4": by_kind, "events": events[:200]},
-        "control_convergence": cc, "final": final, "growth": gr,
-        "canary_checks": {"n": len(soak.canary_checks),
-                          "codes": _count(c["blocked"] for c in soak.canary_checks)},
-        "policy_not_kept": policy_kept, "bypass": bypass, "errors": soak.errors[:20],
+        "control_convergence": cc,
+        "final": final,
+        "growth": gr,
+        "canary_checks": {"n": len(soak.canary_checks), "codes": _count(c["blocked"] for c in soak.canary_checks)},
+        "policy_not_kept": policy_kept,
+        "bypass": bypass,
+        "errors": soak.errors[:20],
         "_perturbations_raw": soak.perturbations,
         "plots": {"create_latency": soak_series_create(creates)},
     }
@@ -125,6 +151,7 @@ def summarize(soak, final: dict, started: float) -> dict:
 
 def _bound(key: str):
     from soak.run import CONVERGE_BOUND
+
     return CONVERGE_BOUND.get(key.split(":")[0])
 
 
@@ -153,6 +180,7 @@ def write(results: dict, samples: list[dict], out: str) -> None:
 def plots(results: dict, samples: list[dict], out: str) -> list[tuple[str, str]]:
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -169,8 +197,12 @@ def plots(results: dict, samples: list[dict], out: str) -> list[tuple[str, str]]
     for comp, by_pid in sorted(incarnations(samples).items()):
         first = True
         for _pid, pts in by_pid.items():
-            ax.plot([t for t, _ in pts], [st["rss_mb"] for _, st in pts], label=comp if first else None,
-                    color=f"C{sorted(incarnations(samples)).index(comp)}")
+            ax.plot(
+                [t for t, _ in pts],
+                [st["rss_mb"] for _, st in pts],
+                label=comp if first else None,
+                color=f"C{sorted(incarnations(samples)).index(comp)}",
+            )
             first = False
     for t, _spec in results["faults"]:
         ax.axvline(t, color="0.85", lw=0.8)
@@ -184,8 +216,12 @@ def plots(results: dict, samples: list[dict], out: str) -> list[tuple[str, str]]
     for ax, metric in zip(axes, ("fds", "threads")):
         for comp, by_pid in sorted(incarnations(samples).items()):
             for i, (_pid, pts) in enumerate(by_pid.items()):
-                ax.plot([t for t, _ in pts], [st[metric] for _, st in pts], label=comp if i == 0 else None,
-                        color=f"C{sorted(incarnations(samples)).index(comp)}")
+                ax.plot(
+                    [t for t, _ in pts],
+                    [st[metric] for _, st in pts],
+                    label=comp if i == 0 else None,
+                    color=f"C{sorted(incarnations(samples)).index(comp)}",
+                )
         ax.set_title(metric)
         ax.set_xlabel("s")
     axes[0].legend(fontsize=6)
@@ -218,10 +254,14 @@ def plots(results: dict, samples: list[dict], out: str) -> list[tuple[str, str]]
     fig, ax = plt.subplots(figsize=(10, 4.5))
     kinds = list(by)
     from soak.run import CONVERGE_BOUND  # noqa: F401
+
     rawp = results.get("_perturbations_raw") or []
     for i, k in enumerate(kinds):
-        vals = [p["converge_s"] for p in rawp if (p["kind"] + (f": {p['flush']}" if p.get("flush") else "")) == k
-                and p.get("converge_s") is not None]
+        vals = [
+            p["converge_s"]
+            for p in rawp
+            if (p["kind"] + (f": {p['flush']}" if p.get("flush") else "")) == k and p.get("converge_s") is not None
+        ]
         ax.scatter([i] * len(vals), vals, s=12)
         if by[k]["bound_s"]:
             ax.hlines(by[k]["bound_s"], i - 0.3, i + 0.3, color="r")
@@ -234,42 +274,75 @@ def plots(results: dict, samples: list[dict], out: str) -> list[tuple[str, str]]
 
 
 def markdown(r: dict, pngs) -> str:
-    L = [f"# tproxy chaos soak: {'PASS' if r['ok'] else 'FAIL'}", "",
-         f"{r['minutes']:g} minutes, seed {r['seed']}. Creates: {r['creates']['total']} "
-         f"({r['creates']['locked']} annotated), outcomes {r['creates']['by_outcome']}; "
-         f"perturbations: {r['perturbations']['total']}.", "", "## Invariants", "", "| invariant | holds |", "|---|---|"]
+    L = [
+        f"# tproxy chaos soak: {'PASS' if r['ok'] else 'FAIL'}",
+        "",
+        f"{r['minutes']:g} minutes, seed {r['seed']}. Creates: {r['creates']['total']} "
+        f"({r['creates']['locked']} annotated), outcomes {r['creates']['by_outcome']}; "
+        f"perturbations: {r['perturbations']['total']}.",
+        "",
+        "## Invariants",
+        "",
+        "| invariant | holds |",
+        "|---|---|",
+    ]
     for k, v in r["invariants"].items():
         L.append(f"| {k} | {'yes' if v else '**NO**'} |")
     lat = r["creates"]["latency_s"]
-    L += ["", "## Creates", "", f"Latency of successful creates: p50 {_f(lat['p50'])} s, p99 {_f(lat['p99'])} s, "
-          f"max {_f(lat['max'])} s.", ""]
+    L += [
+        "",
+        "## Creates",
+        "",
+        f"Latency of successful creates: p50 {_f(lat['p50'])} s, p99 {_f(lat['p99'])} s, max {_f(lat['max'])} s.",
+        "",
+    ]
     for k in ("failed", "hangs", "bad_injections"):
         if r["creates"][k]:
             L += [f"{k}:", ""] + [f"- {x}" for x in r["creates"][k]] + [""]
-    L += ["## Convergence after perturbations", "", "| perturbation | n | converged | p50 s | max s | bound s |",
-          "|---|---|---|---|---|---|"]
+    L += [
+        "## Convergence after perturbations",
+        "",
+        "| perturbation | n | converged | p50 s | max s | bound s |",
+        "|---|---|---|---|---|---|",
+    ]
     for k, v in r["perturbations"]["by_kind"].items():
         L.append(f"| {k} | {v['n']} | {v['converged']} | {_f(v['p50_s'])} | {_f(v['max_s'])} | {_f(v['bound_s'])} |")
-    L += ["", "## Leaks", "", f"Packets from pod addresses counted in the internet namespace during the soak: "
-          f"**{r['leaks']['during_soak']}**. Control (a pod without the lock, after the soak): "
-          f"{r['leaks']['control']}. Lock removed in a throwaway locked pod, then its node guard: "
-          f"{(r.get('final') or {}).get('control_lock_removed')}.", "",
-          f"IPv4 packets by what their source address was (sampled every 0.5 s): {r['leaks'].get('attributed_ipv4')} "
-          "(`live`: a locked pod present in the API before and after; `deleted`: a locked pod whose API object "
-          "was deleted in the interval or before, while the kubelet may still run it; `plain`: an unlocked pod).", ""]
+    L += [
+        "",
+        "## Leaks",
+        "",
+        f"Packets from pod addresses counted in the internet namespace during the soak: "
+        f"**{r['leaks']['during_soak']}**. Control (a pod without the lock, after the soak): "
+        f"{r['leaks']['control']}. Lock removed in a throwaway locked pod, then its node guard: "
+        f"{(r.get('final') or {}).get('control_lock_removed')}.",
+        "",
+        f"IPv4 packets by what their source address was (sampled every 0.5 s): {r['leaks'].get('attributed_ipv4')} "
+        "(`live`: a locked pod present in the API before and after; `deleted`: a locked pod whose API object "
+        "was deleted in the interval or before, while the kubelet may still run it; `plain`: an unlocked pod).",
+        "",
+    ]
     for e in r["leaks"].get("events", [])[:30]:
-        L.append(f"- t={e['t']:.1f}s {e['ip']} {e['packets']} packets, {e['kind']}, {e['pod']}, "
-                 f"kubelet still runs it: {e['kubelet_still_runs_it']}, during {e.get('during')}")
-    L += ["",
-          f"Convergence control (podwatch SIGSTOPped, redirect chain flushed): {r['control_convergence']}.", "",
-          "## Growth (longest-lived process of each component, after a 20 s warm-up)", "",
-          "| component | incarnations | metric | slope /min | first → last | judged | grows |", "|---|---|---|---|---|---|---|"]
+        L.append(
+            f"- t={e['t']:.1f}s {e['ip']} {e['packets']} packets, {e['kind']}, {e['pod']}, "
+            f"kubelet still runs it: {e['kubelet_still_runs_it']}, during {e.get('during')}"
+        )
+    L += [
+        "",
+        f"Convergence control (podwatch SIGSTOPped, redirect chain flushed): {r['control_convergence']}.",
+        "",
+        "## Growth (longest-lived process of each component, after a 20 s warm-up)",
+        "",
+        "| component | incarnations | metric | slope /min | first → last | judged | grows |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for comp, g in r["growth"].items():
         for m, v in g.items():
             if isinstance(v, dict):
-                L.append(f"| {comp} | {g.get('incarnations', '')} | {m} | {_f(v['slope_per_min'])} | "
-                         f"{_f(v.get('first'))} → {_f(v.get('last'))} | {v['judged']} | {v['grows']} |")
-    L += ["", f"API fault phases: {', '.join(s for _, s in r['faults'][:len(set(s for _, s in r['faults']))])}", ""]
+                L.append(
+                    f"| {comp} | {g.get('incarnations', '')} | {m} | {_f(v['slope_per_min'])} | "
+                    f"{_f(v.get('first'))} → {_f(v.get('last'))} | {v['judged']} | {v['grows']} |"
+                )
+    L += ["", f"API fault phases: {', '.join(s for _, s in r['faults'][: len(set(s for _, s in r['faults']))])}", ""]
     if r["errors"]:
         L += ["## Harness errors", ""] + [f"```\n{e}\n```" for e in r["errors"]]
     for f, title in pngs:

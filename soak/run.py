@@ -10,6 +10,7 @@ Threads (all stop at the deadline; every loop and wait is bounded):
   components (the simulated kubelet and the soak's own requests are exempt);
 - sampler: RSS, fds and threads of every component process, the node's rule count, the leak counter.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,20 +37,45 @@ DS_SELECTOR = "app=tproxy,component=tproxy"
 INI_SELECTOR = "app=tproxy,component=initializer"
 #: podwatch's --resync-period (chart default) + margin: the stated convergence bound after a flush
 RESYNC_PERIOD = 30.0
-CONVERGE_BOUND = {"flush": RESYNC_PERIOD + 15, "kill-podwatch": 30.0, "kill-proxy": 30.0,
-                  "policy-good": 20.0, "policy-bad": 20.0, "kill-initializer": 30.0}
-FAULT_PHASES = ["", "conflict=0.3", "watch_cut=0.05", "gone=0.5,watch_cut=0.02", "latency_ms=40",
-                "error500=0.05", "conflict=0.2,error500=0.03,watch_cut=0.02,gone=0.2,latency_ms=10"]
+CONVERGE_BOUND = {
+    "flush": RESYNC_PERIOD + 15,
+    "kill-podwatch": 30.0,
+    "kill-proxy": 30.0,
+    "policy-good": 20.0,
+    "policy-bad": 20.0,
+    "kill-initializer": 30.0,
+}
+FAULT_PHASES = [
+    "",
+    "conflict=0.3",
+    "watch_cut=0.05",
+    "gone=0.5,watch_cut=0.02",
+    "latency_ms=40",
+    "error500=0.05",
+    "conflict=0.2,error500=0.03,watch_cut=0.02,gone=0.2,latency_ms=10",
+]
 #: what a locked soak pod does all the time: web requests (through the proxy) and bypass attempts
 #: (another port, ping) that its lock must refuse; the leak counter sees any that get out
-LOCKED_LOOP = ("while true; do curl -s -m 3 -o /dev/null https://www.google.com/; "
-               "curl -s -m 3 -o /dev/null https://storage.googleapis.com/solutions-public-assets/hello.txt; "
-               "curl -s -m 2 -o /dev/null http://203.0.113.10:8443/; "
-               "ping -c 1 -W 1 203.0.113.10 >/dev/null 2>&1; sleep 2; done")
+LOCKED_LOOP = (
+    "while true; do curl -s -m 3 -o /dev/null https://www.google.com/; "
+    "curl -s -m 3 -o /dev/null https://storage.googleapis.com/solutions-public-assets/hello.txt; "
+    "curl -s -m 2 -o /dev/null http://203.0.113.10:8443/; "
+    "ping -c 1 -W 1 203.0.113.10 >/dev/null 2>&1; sleep 2; done"
+)
 FLUSHES = {  # one layer at a time: (table, argv after the binary); the other layer stays in place
     "flush nat TPROXY-REDIRECT": ["-t", "nat", "-F", "TPROXY-REDIRECT"],
-    "delete nat PREROUTING jump": ["-t", "nat", "-D", "PREROUTING", "-j", "TPROXY-REDIRECT", "-m", "comment",
-                                   "--comment", "__jump__"],
+    "delete nat PREROUTING jump": [
+        "-t",
+        "nat",
+        "-D",
+        "PREROUTING",
+        "-j",
+        "TPROXY-REDIRECT",
+        "-m",
+        "comment",
+        "--comment",
+        "__jump__",
+    ],
     "flush the whole nat table": ["-t", "nat", "-F"],
     "flush filter TPROXY-GUARD": ["-t", "filter", "-F", "TPROXY-GUARD"],
     "flush filter FORWARD": ["-t", "filter", "-F", "FORWARD"],
@@ -62,15 +88,25 @@ def deployment(name: str, locked: bool) -> dict:
     meta = {"name": name, "labels": {"app": "soak"}}
     if locked:
         meta["annotations"] = {checks.ANNOTATION: "true"}
-    return {"apiVersion": "extensions/v1beta1", "kind": "Deployment", "metadata": meta,
-            "spec": {"replicas": 1, "selector": {"matchLabels": labels},
-                     "template": {"metadata": {"labels": labels},
-                                  "spec": {"containers": [{"name": "app", "image": "debian:12", "command": cmd}]}}}}
+    return {
+        "apiVersion": "extensions/v1beta1",
+        "kind": "Deployment",
+        "metadata": meta,
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "app", "image": "debian:12", "command": cmd}]},
+            },
+        },
+    }
 
 
 class Soak:
-    def __init__(self, minutes: float, report_dir: str, seed: int = 1, max_live: int = 12,
-                 create_rate: float | None = None, log=print):
+    def __init__(
+        self, minutes: float, report_dir: str, seed: int = 1, max_live: int = 12, create_rate: float | None = None, log=print
+    ):
         self.duration = minutes * 60
         self.report_dir = os.path.abspath(report_dir)
         self.rng = random.Random(seed)
@@ -123,16 +159,24 @@ class Soak:
             for ct in rt.containers:
                 if ct.proc is None or ct.proc.poll() is not None:
                     continue
-                name = ("podwatch" if "podwatch" in ct.name else "initializer" if "initializer" in ct.name
-                        else "proxy" if ct.name == self.proxy_name else None)
+                name = (
+                    "podwatch"
+                    if "podwatch" in ct.name
+                    else "initializer"
+                    if "initializer" in ct.name
+                    else "proxy"
+                    if ct.name == self.proxy_name
+                    else None
+                )
                 if name:
                     out[name].append(ct.proc.pid)
         return out
 
     def curl(self, pod: dict, url: str) -> str:
         try:
-            return self.c.exec_in_pod(pod, ["curl", "-s", "-m", str(int(scaled(8))), "-o", "/dev/null",
-                                            "-w", "%{http_code}", url], timeout=scaled(30)).stdout
+            return self.c.exec_in_pod(
+                pod, ["curl", "-s", "-m", str(int(scaled(8))), "-o", "/dev/null", "-w", "%{http_code}", url], timeout=scaled(30)
+            ).stdout
         except Exception as e:  # noqa: BLE001 - a pod that went away is an answer too
             return f"error: {e}"
 
@@ -143,6 +187,7 @@ class Soak:
     # -- setup --------------------------------------------------------------------------------------
     def setup(self) -> None:
         from kubesim.kubelet.cluster import SimCluster
+
         self.c = SimCluster(kubelet_options={"backoff_initial": 0.5, "backoff_cap": 4.0})
         self.c.start()
         # the simulated kubelet and the soak's own requests are exempt from the faults; the components
@@ -154,6 +199,7 @@ class Soak:
         ds = self.c.wait_pods(DS_SELECTOR, "default", timeout=90)[0]
         self.c.wait_pods(INI_SELECTOR, "kube-system", count=2, timeout=90)
         from kubesim.demo import proxy_container
+
         self.proxy_name = proxy_container(ds)
         self.backend = None
         for b in ("nft", "legacy"):
@@ -174,9 +220,9 @@ class Soak:
         as the LeakCounter: the probe address), so a counted packet can be traced to a pod."""
         from kubesim.topology import POD_CIDR
         from controllerkit.probe import PROBE_ADDRESS
+
         net = POD_CIDR.rsplit(".", 1)[0]
-        rules = [f"-A {self.BY_IP} -d {PROBE_ADDRESS}/32 -j RETURN"] + \
-                [f"-A {self.BY_IP} -s {net}.{i}/32" for i in range(1, 255)]
+        rules = [f"-A {self.BY_IP} -d {PROBE_ADDRESS}/32 -j RETURN"] + [f"-A {self.BY_IP} -s {net}.{i}/32" for i in range(1, 255)]
         text = f"*filter\n:{self.BY_IP} - [0:0]\n-I INPUT 1 -s {POD_CIDR} -j {self.BY_IP}\n" + "\n".join(rules) + "\nCOMMIT\n"
         self.c.topology.internet.run("iptables-restore", "--noflush", input=text)
         self._by_ip_last: dict[str, int] = {}
@@ -207,8 +253,11 @@ class Soak:
                     ip = (p.get("status") or {}).get("podIP")
                     if ip:
                         now_by_ip.setdefault(ip, []).append(p)
-                runtimes = {rt.net.ip: uid for uid, rt in list(self.c.kubelet.runtimes.items())
-                            if rt.net is not None and not rt.host_network}
+                runtimes = {
+                    rt.net.ip: uid
+                    for uid, rt in list(self.c.kubelet.runtimes.items())
+                    if rt.net is not None and not rt.host_network
+                }
                 counts = self.leak_by_ip()
             except Exception:  # noqa: BLE001 - try again next tick
                 continue
@@ -229,10 +278,17 @@ class Soak:
                 else:
                     kind = "unknown"
                 who = (locked_before or before or after or [{"metadata": {"name": "?", "namespace": "?"}}])[0]["metadata"]
-                self.leak_events.append({"t": self.now(), "ip": ip, "packets": delta, "kind": kind,
-                                         "pod": f"{who.get('namespace')}/{who.get('name')}",
-                                         "kubelet_still_runs_it": ip in runtimes,
-                                         "during": f"{self.current[0]} (since t={self.current[1]:.1f}s)"})
+                self.leak_events.append(
+                    {
+                        "t": self.now(),
+                        "ip": ip,
+                        "packets": delta,
+                        "kind": kind,
+                        "pod": f"{who.get('namespace')}/{who.get('name')}",
+                        "kubelet_still_runs_it": ip in runtimes,
+                        "during": f"{self.current[0]} (since t={self.current[1]:.1f}s)",
+                    }
+                )
             self._by_ip_last = counts
             self._pods_prev = now_by_ip
 
@@ -349,9 +405,14 @@ class Soak:
             # the pods locked at the kill that still exist (deleted ones need no rules)
             last = self.gaps(must & checks.locked_pod_ips(self.all_pods()))
             return self.replaced("podwatch", rec) and self.podwatch_ready() and last == []
+
         ok = self._wait(converged, CONVERGE_BOUND["kill-podwatch"])
-        rec.update(converged=ok, converge_s=time.monotonic() - t if ok else None,
-                   what="a new podwatch ready and every locked pod's rules in place", gaps=None if ok else last)
+        rec.update(
+            converged=ok,
+            converge_s=time.monotonic() - t if ok else None,
+            what="a new podwatch ready and every locked pod's rules in place",
+            gaps=None if ok else last,
+        )
         return rec
 
     def do_kill_proxy(self) -> dict:
@@ -365,18 +426,25 @@ class Soak:
             code = self.curl(self.canary, BLOCKED)
             seen.append(code)
             return code == "418"
+
         ok = self._wait(back, CONVERGE_BOUND["kill-proxy"], interval=0.5)
-        rec.update(converged=ok, converge_s=time.monotonic() - t if ok else None,
-                   what="the canary's blocked request answered 418 again",
-                   bypass=[c for c in seen if c == "200"])
+        rec.update(
+            converged=ok,
+            converge_s=time.monotonic() - t if ok else None,
+            what="the canary's blocked request answered 418 again",
+            bypass=[c for c in seen if c == "200"],
+        )
         return rec
 
     def do_flush(self) -> dict:
         name = self.rng.choice(sorted(FLUSHES))
         argv = FLUSHES[name]
         if "__jump__" in argv:  # delete the jump rule as it is written (its comment varies)
-            pre = [l for l in self.node(f"{self.ipt()}-save", "-t", "nat").stdout.splitlines()
-                   if l.startswith("-A PREROUTING") and "TPROXY-REDIRECT" in l]
+            pre = [
+                l
+                for l in self.node(f"{self.ipt()}-save", "-t", "nat").stdout.splitlines()
+                if l.startswith("-A PREROUTING") and "TPROXY-REDIRECT" in l
+            ]
             if not pre:
                 return {"flush": name, "error": "no jump to delete"}
             argv = ["-t", "nat", "-D"] + shlex.split(pre[0])[1:]
@@ -393,9 +461,16 @@ class Soak:
             still = must & checks.locked_pod_ips(self.all_pods())
             last = self.gaps(still)
             return last == []
+
         ok = self._wait(converged, CONVERGE_BOUND["flush"], interval=0.25)
-        return {"t": t_flush, "flush": name, "converged": ok, "converge_s": time.monotonic() - t if ok else None,
-                "what": "jumps first, every locked pod's redirect and guard back", "gaps": None if ok else last}
+        return {
+            "t": t_flush,
+            "flush": name,
+            "converged": ok,
+            "converge_s": time.monotonic() - t if ok else None,
+            "what": "jumps first, every locked pod's redirect and guard back",
+            "gaps": None if ok else last,
+        }
 
     def do_policy_good(self) -> dict:
         pol = yaml.safe_load(self.good_policy)
@@ -404,8 +479,12 @@ class Soak:
         t = time.monotonic()
         loaded_before = self.proxy_log().count('"policy_loaded"')
         ok = self._wait(lambda: self.proxy_log().count('"policy_loaded"') > loaded_before, CONVERGE_BOUND["policy-good"])
-        rec = {"t": self.now(), "converged": ok, "converge_s": time.monotonic() - t if ok else None,
-               "what": "the proxy logged policy_loaded"}
+        rec = {
+            "t": self.now(),
+            "converged": ok,
+            "converge_s": time.monotonic() - t if ok else None,
+            "what": "the proxy logged policy_loaded",
+        }
         rec["canary"] = (self.curl(self.canary, BLOCKED), self.curl(self.canary, ALLOWED))
         self.set_policy(self.good_policy)
         return rec
@@ -415,8 +494,12 @@ class Soak:
         self.set_policy("mode: [this is not a policy\n")
         t = time.monotonic()
         ok = self._wait(lambda: self.proxy_log().count('"policy_rejected"') > before, CONVERGE_BOUND["policy-bad"])
-        rec = {"t": self.now(), "converged": ok, "converge_s": time.monotonic() - t if ok else None,
-               "what": "the proxy logged policy_rejected (last good kept)"}
+        rec = {
+            "t": self.now(),
+            "converged": ok,
+            "converge_s": time.monotonic() - t if ok else None,
+            "what": "the proxy logged policy_rejected (last good kept)",
+        }
         rec["canary"] = (self.curl(self.canary, BLOCKED), self.curl(self.canary, ALLOWED))
         self.set_policy(self.good_policy)
         return rec
@@ -451,8 +534,11 @@ class Soak:
         try:
             with open(f"/proc/{pid}/status") as f:
                 st = dict(l.split(":", 1) for l in f if ":" in l)
-            return {"rss_mb": int(st["VmRSS"].split()[0]) / 1024, "threads": int(st["Threads"]),
-                    "fds": len(os.listdir(f"/proc/{pid}/fd"))}
+            return {
+                "rss_mb": int(st["VmRSS"].split()[0]) / 1024,
+                "threads": int(st["Threads"]),
+                "fds": len(os.listdir(f"/proc/{pid}/fd")),
+            }
         except (OSError, KeyError, ValueError):
             return None
 
@@ -489,15 +575,17 @@ class Soak:
         os.makedirs(self.report_dir, exist_ok=True)
         started = time.time()
         from controllerkit.log import setup_logging
+
         self.logf = open(os.path.join(self.report_dir, "kubesim.log"), "a")
         setup_logging("kubesim", "info", stream=self.logf)
         try:
             self.setup()
             self.t0 = time.monotonic()
             threads = [threading.Thread(target=self.creator, args=(i,), name=f"creator-{i}") for i in range(3)]
-            threads += [threading.Thread(target=f, name=f.__name__) for f in
-                        (self.deleter, self.chaos, self.faults, self.sampler, self.canary_prober,
-                         self.attribute_leaks)]
+            threads += [
+                threading.Thread(target=f, name=f.__name__)
+                for f in (self.deleter, self.chaos, self.faults, self.sampler, self.canary_prober, self.attribute_leaks)
+            ]
             for t in threads:
                 t.daemon = True
                 t.start()
@@ -521,6 +609,7 @@ class Soak:
                 self.c.stop()
             self.logf.flush()
         from soak import report
+
         results = report.summarize(self, final, started)
         report.write(results, self.samples, self.report_dir)
         return results
@@ -528,8 +617,10 @@ class Soak:
     def progress(self) -> None:
         with self.lock:
             n = len(self.creates)
-        self.say(f"soak: t={self.now():.0f}s creates={n} perturbations={len(self.perturbations)} "
-                 f"leaks={self.leak_samples[-1][1] if self.leak_samples else '?'}")
+        self.say(
+            f"soak: t={self.now():.0f}s creates={n} perturbations={len(self.perturbations)} "
+            f"leaks={self.leak_samples[-1][1] if self.leak_samples else '?'}"
+        )
 
     def finish(self) -> dict:
         """After the chaos: delete every soak deployment, check the node converges to the canary's rules
@@ -546,10 +637,13 @@ class Soak:
         def only_canary():
             nonlocal last
             r = self.rules()
-            last = checks.convergence_gaps(r, {canary_ip}) + \
-                [f"rules for gone pods: {sorted(r['redirect'] - {canary_ip})}"] * bool(r["redirect"] - {canary_ip})
-            return not last and not [p for p in self.all_pods() if p["metadata"]["name"].startswith("soak-")
-                                     and "canary" not in p["metadata"]["name"]]
+            last = checks.convergence_gaps(r, {canary_ip}) + [
+                f"rules for gone pods: {sorted(r['redirect'] - {canary_ip})}"
+            ] * bool(r["redirect"] - {canary_ip})
+            return not last and not [
+                p for p in self.all_pods() if p["metadata"]["name"].startswith("soak-") and "canary" not in p["metadata"]["name"]
+            ]
+
         ok = self._wait(only_canary, 90, 0.5)
         out["final_convergence"] = {"converged": ok, "s": time.monotonic() - t, "gaps": last}
         out["leaks_during_soak"] = self.leaks.packets()
@@ -572,8 +666,12 @@ class Soak:
             os.kill(pid, signal.SIGCONT)
         t = time.monotonic()
         ok = self._wait(lambda: self.gaps({canary_ip}) == [], CONVERGE_BOUND["flush"])
-        return {"gaps_while_frozen": frozen_gaps, "detected": bool(frozen_gaps),
-                "converged_after_resume": ok, "s": time.monotonic() - t}
+        return {
+            "gaps_while_frozen": frozen_gaps,
+            "detected": bool(frozen_gaps),
+            "converged_after_resume": ok,
+            "s": time.monotonic() - t,
+        }
 
     def control_lock_removed(self) -> dict:
         """A throwaway locked pod loses its own lock (the OUTPUT jump deleted in its namespace, what a
@@ -594,21 +692,31 @@ class Soak:
                         removed.append(b)
 
             def send():
-                return ns.run("curl", "-s", "-m", "2", "-o", "/dev/null", "-w", "%{http_code}",
-                              "http://203.0.113.10:8443/", check=False)
+                return ns.run(
+                    "curl", "-s", "-m", "2", "-o", "/dev/null", "-w", "%{http_code}", "http://203.0.113.10:8443/", check=False
+                )
+
             before = self.leaks.packets()
             first = send()
             guard_only = self.leaks.packets() - before
-            guard = [l for l in self.node(f"{self.ipt()}-save", "-t", "filter").stdout.splitlines()
-                     if l.startswith(f"-A TPROXY-GUARD -s {ip}/32")]
+            guard = [
+                l
+                for l in self.node(f"{self.ipt()}-save", "-t", "filter").stdout.splitlines()
+                if l.startswith(f"-A TPROXY-GUARD -s {ip}/32")
+            ]
             for line in guard:
                 self.node(self.ipt(), "-w", "-D", *shlex.split(line)[1:])
             before = self.leaks.packets()
             send()
             both = self.leaks.packets() - before
-            return {"pod_lock_removed": removed, "counted_with_guard": guard_only, "curl_with_guard": first.stdout,
-                    "guard_rules_deleted": len(guard), "counted_without_guard": both,
-                    "detected": bool(removed) and guard_only == 0 and both > 0}
+            return {
+                "pod_lock_removed": removed,
+                "counted_with_guard": guard_only,
+                "curl_with_guard": first.stdout,
+                "guard_rules_deleted": len(guard),
+                "counted_without_guard": both,
+                "detected": bool(removed) and guard_only == 0 and both > 0,
+            }
         finally:
             self.delete("default", name)
 
@@ -618,7 +726,10 @@ class Soak:
         before = self.leaks.packets()
         dep = deployment("soak-control-leak", False)
         dep["spec"]["template"]["spec"]["containers"][0]["command"] = [
-            "sh", "-c", "while true; do curl -s -m 2 -o /dev/null http://203.0.113.10:8443/; sleep 0.5; done"]
+            "sh",
+            "-c",
+            "while true; do curl -s -m 2 -o /dev/null http://203.0.113.10:8443/; sleep 0.5; done",
+        ]
         self.c.client.create(DEPLOY.format(ns="default"), dep)
         try:
             ok = self._wait(lambda: self.leaks.packets() > before, 60, 0.5)

@@ -13,6 +13,7 @@ Also a tiny server/client used inside the namespaces (``python capture_topology.
 servers answer every TCP connection with ``HTTP/1.0 200`` and a body ``<tag> <port>`` (or answer
 the sidecar probe, with or without the nonce), and echo UDP datagrams.
 """
+
 from __future__ import annotations
 
 import functools
@@ -45,6 +46,7 @@ class CaptureNet:
 
     def __init__(self):
         from kubesim.netns import Netns
+
         self.node = Netns.create("cap-node")
         self.internet = Netns.create("cap-inet")
         self.pods: dict[str, object] = {}
@@ -55,6 +57,7 @@ class CaptureNet:
     @classmethod
     def create(cls) -> "CaptureNet":
         from kubesim.netns import veth
+
         net = cls()
         try:
             veth(net.node, "up0", net.internet, "eth0")
@@ -74,6 +77,7 @@ class CaptureNet:
 
     def add_pod(self, name: str):
         from kubesim.netns import Netns, veth
+
         i = len(self.pods) + 1
         pod = Netns.create(f"cap-{name}"[:12])
         self.pods[name] = pod
@@ -91,8 +95,12 @@ class CaptureNet:
 
     def serve(self, ns, tag: str, *specs: str, mode: str = "tag") -> subprocess.Popen:
         """Start a server in ``ns``; specs like ``tcp:0.0.0.0:80``, ``udp:[::]:53``. Waits until bound."""
-        proc = ns.popen([sys.executable, os.path.abspath(__file__), "serve", mode, tag, *specs],
-                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = ns.popen(
+            [sys.executable, os.path.abspath(__file__), "serve", mode, tag, *specs],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         line = proc.stdout.readline()
         if line.strip() != "ready":
             proc.kill()
@@ -102,9 +110,18 @@ class CaptureNet:
 
     def connect(self, ns, proto: str, host: str, port: int, timeout: float = 2.0) -> str:
         """From ``ns``: 'OK <answer>' or 'ERR <ERRNO>' (see :func:`_client`)."""
-        out = ns.run(sys.executable, os.path.abspath(__file__), "connect", proto, host, str(port), str(timeout),
-                     check=False, timeout=timeout + 10)
-        return (out.stdout.strip() or out.stderr.strip())
+        out = ns.run(
+            sys.executable,
+            os.path.abspath(__file__),
+            "connect",
+            proto,
+            host,
+            str(port),
+            str(timeout),
+            check=False,
+            timeout=timeout + 10,
+        )
+        return out.stdout.strip() or out.stderr.strip()
 
     def delete(self) -> None:
         for p in self.procs:
@@ -162,9 +179,11 @@ def _server(mode: str, tag: str, specs: list[str]) -> None:
         base = socketserver.ThreadingTCPServer if proto == "tcp" else socketserver.ThreadingUDPServer
         cls = type("S", (base,), {"address_family": fam, "allow_reuse_address": True, "daemon_threads": True})
         if fam == socket.AF_INET6:
+
             def bind(self, _orig=base.server_bind):
                 self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 _orig(self)
+
             cls.server_bind = bind
         servers.append(cls((host, port), TCP if proto == "tcp" else UDP))
     for s in servers:
@@ -177,6 +196,7 @@ def _server(mode: str, tag: str, specs: list[str]) -> None:
 def _client(proto: str, host: str, port: int, timeout: float) -> str:
     import errno
     import socket
+
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         if proto == "tcp":

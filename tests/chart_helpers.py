@@ -3,6 +3,7 @@
 Not a test module (no ``test_`` prefix). The Helm binary is ``$TPROXY_HELM`` or the one the setup
 script fetched into ``.tools/bin/helm``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -55,10 +56,14 @@ def set_args(values: dict[str, Any] | None) -> list[str]:
     return out
 
 
-def render_text(values: dict[str, Any] | None = None, *extra: str, release: str = "tproxy",
-                namespace: str = "tproxy-system", chart: Path = CHART) -> str:
-    return helm("template", release, str(chart), "--namespace", namespace, *BASE_ARGS,
-                *set_args(values), *extra).stdout
+def render_text(
+    values: dict[str, Any] | None = None,
+    *extra: str,
+    release: str = "tproxy",
+    namespace: str = "tproxy-system",
+    chart: Path = CHART,
+) -> str:
+    return helm("template", release, str(chart), "--namespace", namespace, *BASE_ARGS, *set_args(values), *extra).stdout
 
 
 def render(values: dict[str, Any] | None = None, *extra: str, **kw) -> list[dict]:
@@ -67,9 +72,13 @@ def render(values: dict[str, Any] | None = None, *extra: str, **kw) -> list[dict
 
 
 def find(objs: list[dict], kind: str, name: str | None = None, namespace: str | None = None) -> list[dict]:
-    return [o for o in objs if o["kind"] == kind
-            and (name is None or o["metadata"]["name"] == name)
-            and (namespace is None or o["metadata"].get("namespace") == namespace)]
+    return [
+        o
+        for o in objs
+        if o["kind"] == kind
+        and (name is None or o["metadata"]["name"] == name)
+        and (namespace is None or o["metadata"].get("namespace") == namespace)
+    ]
 
 
 def one(objs: list[dict], kind: str, name: str | None = None, namespace: str | None = None) -> dict:
@@ -90,7 +99,7 @@ def render_notes(values: dict[str, Any] | None, tmp_path: Path) -> str:
     wrapped into a YAML template (a ``define`` holding NOTES.txt verbatim, emitted as a JSON string)."""
     copy = tmp_path / "chart"
     shutil.copytree(CHART, copy)
-    notes = (copy / "templates" / "NOTES.txt")
+    notes = copy / "templates" / "NOTES.txt"
     wrapper = '{{ define "zz.notes" }}' + notes.read_text() + '{{ end }}\nnotes: {{ include "zz.notes" . | toJson }}\n'
     (copy / "templates" / "zz-notes.yaml").write_text(wrapper)
     notes.unlink()
@@ -108,10 +117,10 @@ NEWEST = "1.37.0"  # the newest schemas the validator ships (kubernetes-validate
 
 def _validate_local(obj: dict, version: str) -> None:
     import jsonschema
+
     root = SCHEMAS / f"v{version}-local-strict"
     if not (root / "_definitions.json").exists():
-        pytest.fail(f"the Kubernetes {version} schemas are missing ({root}): run `make setup` "
-                    f"(scripts/fetch_k8s_schemas.py)")
+        pytest.fail(f"the Kubernetes {version} schemas are missing ({root}): run `make setup` (scripts/fetch_k8s_schemas.py)")
     group, _, api_version = obj["apiVersion"].rpartition("/")
     name = f"{obj['kind'].lower()}-{group.split('.')[0] + '-' if group else ''}{api_version}.json"
     path = root / name
@@ -148,8 +157,10 @@ def validate_strict(obj: dict, version: str) -> None:
         _validate_json(json.dumps(obj, sort_keys=True), version)
     except jsonschema.ValidationError as exc:
         where = "/".join(str(p) for p in exc.absolute_path)
-        raise AssertionError(f"{obj['kind']} {obj['metadata'].get('name')} is invalid for Kubernetes "
-                             f"{version} at {where or '<root>'}: {exc.message}") from None
+        raise AssertionError(
+            f"{obj['kind']} {obj['metadata'].get('name')} is invalid for Kubernetes "
+            f"{version} at {where or '<root>'}: {exc.message}"
+        ) from None
 
 
 def api_path(obj: dict, name: str | None = None) -> str:

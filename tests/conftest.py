@@ -4,6 +4,7 @@
   root; on CI (``CI=true``) a root test that cannot run *fails*: a skip in CI is a hidden failure.
 - On CI, any skipped test fails the session for the same reason.
 """
+
 import os
 
 import pytest
@@ -14,9 +15,12 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 def pytest_addoption(parser):
-    parser.addoption("--kubeconfig", default=os.environ.get("TPROXY_E2E_KUBECONFIG") or None,
-                     help="run the tests marked `cluster` against this real cluster (default: "
-                          "$TPROXY_E2E_KUBECONFIG); without it they are deselected, not skipped")
+    parser.addoption(
+        "--kubeconfig",
+        default=os.environ.get("TPROXY_E2E_KUBECONFIG") or None,
+        help="run the tests marked `cluster` against this real cluster (default: "
+        "$TPROXY_E2E_KUBECONFIG); without it they are deselected, not skipped",
+    )
 
 
 def pytest_collection_modifyitems(config, items):
@@ -40,7 +44,9 @@ def pytest_sessionfinish(session, exitstatus):
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     skipped = len(reporter.stats.get("skipped", [])) if reporter else 0
-    xfailed = [r for r in (reporter.stats.get("xfailed", []) if reporter else []) if "needs root" in str(getattr(r, "wasxfail", ""))]
+    xfailed = [
+        r for r in (reporter.stats.get("xfailed", []) if reporter else []) if "needs root" in str(getattr(r, "wasxfail", ""))
+    ]
     if skipped or xfailed:
         print(f"\nCI: {skipped} skipped and {len(xfailed)} root-only tests did not run; failing the run")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

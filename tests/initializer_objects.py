@@ -1,4 +1,5 @@
 """The Deployment objects the initializer tests feed in (unit tests and tests against kubesim)."""
+
 from __future__ import annotations
 
 NAME = "tproxy.initializer.kubernetes.io"
@@ -6,8 +7,7 @@ ANN = "initializer.kubernetes.io/tproxy"
 DEPLOY = "apps/v1beta1"
 
 
-def deployment(name: str, annotated=True, group: str = DEPLOY, pending=None, meta: dict | None = None,
-               **podspec) -> dict:
+def deployment(name: str, annotated=True, group: str = DEPLOY, pending=None, meta: dict | None = None, **podspec) -> dict:
     """A Deployment of one ``debian`` container (``podspec`` adds or overrides pod spec keys).
 
     ``annotated``: True → the tproxy annotation "true", a string → that value, None → no annotation.

@@ -15,6 +15,7 @@ curl and http.client normalise what they send (absolute-form targets, ``:path``,
 Prints one JSON object: ``{"status": int|null, "headers": {lower-case name: value}, "body": str}``
 (``status`` null when the connection ended without a response; ``error`` then says why).
 """
+
 import json
 import socket
 import ssl
@@ -73,9 +74,16 @@ def _http2(sock, header_pairs) -> dict:
     import h2.config
     import h2.connection
     import h2.events
-    conn = h2.connection.H2Connection(h2.config.H2Configuration(
-        client_side=True, header_encoding=None, validate_outbound_headers=False,
-        normalize_outbound_headers=False, validate_inbound_headers=False))
+
+    conn = h2.connection.H2Connection(
+        h2.config.H2Configuration(
+            client_side=True,
+            header_encoding=None,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+            validate_inbound_headers=False,
+        )
+    )
     conn.initiate_connection()
     conn.send_headers(1, [(k.encode(), v.encode()) for k, v in header_pairs], end_stream=True)
     sock.sendall(conn.data_to_send())

@@ -5,6 +5,7 @@ benchmark either measures (with its baseline, in the same run) or says why it wa
 that the JSON and the Markdown report are well formed. Plus fast unit tests of the statistics
 and the report writer that need no root.
 """
+
 import json
 import os
 import subprocess
@@ -54,14 +55,21 @@ def test_skip_and_error_become_statuses_not_crashes():
 
 def test_report_renders_header_summary_tables_and_plots(tmp_path):
     results = {
-        "mode": "quick", "elapsed_s": 1.0, "machine": common.machine_info(),
+        "mode": "quick",
+        "elapsed_s": 1.0,
+        "machine": common.machine_info(),
         "benchmarks": {
-            "x": {"status": "ok", "elapsed_s": 0.5,
-                  "summary": [{"metric": "speed-up", "value": 42.0, "target": "≥ 20"}],
-                  "tables": [{"title": "T", "columns": ["a", "b"], "rows": [[1, 2.5]]}],
-                  "plots": [{"file": "x.png", "kind": "line", "title": "t", "series": {"s": [[1, 1], [10, 3]]}},
-                            {"file": "y.png", "kind": "cdf", "series": {"s": [1, 2, 3]}},
-                            {"file": "z.png", "kind": "bar", "series": {"a": 1, "b": 2}}]},
+            "x": {
+                "status": "ok",
+                "elapsed_s": 0.5,
+                "summary": [{"metric": "speed-up", "value": 42.0, "target": "≥ 20"}],
+                "tables": [{"title": "T", "columns": ["a", "b"], "rows": [[1, 2.5]]}],
+                "plots": [
+                    {"file": "x.png", "kind": "line", "title": "t", "series": {"s": [[1, 1], [10, 3]]}},
+                    {"file": "y.png", "kind": "cdf", "series": {"s": [1, 2, 3]}},
+                    {"file": "z.png", "kind": "bar", "series": {"a": 1, "b": 2}},
+                ],
+            },
             "y": {"status": "skipped: not there", "elapsed_s": 0.0},
         },
     }
@@ -87,6 +95,7 @@ def test_policy_scopes_quick_variant_measures_both_sides_on_the_same_path():
     """bench/policy_scopes_bench.py, quick: scoped and single policies measured side by side, half
     the requests allowed (the workload exercises the rules, not only misses); no thresholds."""
     from bench import policy_scopes_bench
+
     r = policy_scopes_bench.run(common.BenchConfig(quick=True))
     assert r["status"] == "ok" and r["namespaces"] == 100 and r["rules_per_namespace"] == 100
     assert 0.45 <= r["allowed_fraction"] <= 0.55
@@ -99,8 +108,9 @@ def test_policy_scopes_quick_variant_measures_both_sides_on_the_same_path():
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    p = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)], cwd=REPO,
-                       capture_output=True, text=True, timeout=240)
+    p = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=240
+    )
     return p, out
 
 
@@ -143,8 +153,9 @@ def test_quick_suite_computes_ratios_from_side_by_side_measurements(quick_run):
         res = eg["results"]
         assert set(res) == {"direct", "bare", "tproxy-1", "tproxy-N", "squid-bump", "squid-splice"}
         for mode, kinds in res.items():
-            assert set(kinds) == ({"https", "https-new"} if mode == "squid-splice"
-                                  else {"http", "https", "http-new", "https-new"}), mode
+            assert set(kinds) == (
+                {"https", "https-new"} if mode == "squid-splice" else {"http", "https", "http-new", "https-new"}
+            ), mode
             for kind, r in kinds.items():
                 assert r["rps"]["median"] and set(r["statuses"]) == {"200"}, (mode, kind, r)
                 if mode != "direct":

@@ -6,6 +6,7 @@ condition with a deadline that scales with that one knob, so the tests must pass
 standing in for a condition, or a deadline that ignores the knob, is what makes this test fail.
 The burners are bounded (they stop by themselves after ``BURN_LIMIT`` s) and killed at the end.
 """
+
 import os
 import subprocess
 import sys
@@ -19,10 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUBSET = ["tests/test_e2e_tutorial.py"]
 SCALE = "3"
 BURN_LIMIT = 900  # s; the burners end by themselves even if this test is killed
-BURNER = ("import time\n"
-          f"end = time.monotonic() + {BURN_LIMIT}\n"
-          "while time.monotonic() < end:\n"
-          "    pass\n")
+BURNER = f"import time\nend = time.monotonic() + {BURN_LIMIT}\nwhile time.monotonic() < end:\n    pass\n"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -37,9 +35,23 @@ def test_tutorial_e2e_passes_while_both_cores_are_busy(tmp_path):
     t0 = time.monotonic()
     try:
         env = dict(os.environ, TPROXY_TEST_TIMEOUT_SCALE=SCALE)
-        p = subprocess.run([sys.executable, "scripts/run_tests.py", *SUBSET, "-q", "-p", "no:cacheprovider",
-                            "--basetemp", str(tmp_path / "inner")],
-                           cwd=REPO, env=env, capture_output=True, text=True, timeout=BURN_LIMIT)
+        p = subprocess.run(
+            [
+                sys.executable,
+                "scripts/run_tests.py",
+                *SUBSET,
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "--basetemp",
+                str(tmp_path / "inner"),
+            ],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=BURN_LIMIT,
+        )
         wall = time.monotonic() - t0
         burned = [cpu_seconds(b.pid) for b in burners]
     finally:

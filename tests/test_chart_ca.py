@@ -1,5 +1,6 @@
 """The chart's mitmproxy CA: given with --set-file or generated, one CA across the Secret, the
 root-certs bundle and the DaemonSet checksum, and usable by a real mitmdump from a read-only confdir."""
+
 from __future__ import annotations
 
 import base64
@@ -75,8 +76,10 @@ def test_generated_ca_is_one_ca_across_secret_and_bundle():
     assert x509.load_pem_x509_certificates(sec["mitmproxy-ca.pem"])[0] == cert
     for cm in [o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-root-certs")]:
         assert x509.load_pem_x509_certificate(cm["data"]["root-certs.crt"].encode()) == cert
-    assert one(objs, "DaemonSet")["spec"]["template"]["metadata"]["annotations"]["checksum/ca"] == \
-        hashlib.sha256(sec["mitmproxy-ca.pem"]).hexdigest()
+    assert (
+        one(objs, "DaemonSet")["spec"]["template"]["metadata"]["annotations"]["checksum/ca"]
+        == hashlib.sha256(sec["mitmproxy-ca.pem"]).hexdigest()
+    )
 
 
 def test_extra_trusted_certs_are_appended_to_the_bundle(given_ca, tmp_path):
@@ -87,7 +90,8 @@ def test_extra_trusted_certs_are_appended_to_the_bundle(given_ca, tmp_path):
     certs = x509.load_pem_x509_certificates(_root_bundle(objs).encode())
     assert [c.subject for c in certs] == [
         x509.load_pem_x509_certificate(ca.cert_pem.bytes()).subject,
-        x509.load_pem_x509_certificate(other.cert_pem.bytes()).subject]
+        x509.load_pem_x509_certificate(other.cert_pem.bytes()).subject,
+    ]
 
 
 def test_half_a_ca_is_refused_with_a_clear_error(given_ca):
@@ -129,12 +133,15 @@ def test_mitmdump_uses_the_rendered_secret_from_a_read_only_confdir(tmp_path):
     bundle.write_text(_root_bundle(objs))
     port = _free_port()
     mitmdump = str(Path(sys.executable).parent / "mitmdump")  # the test environment's mitmproxy 11.0.2
-    script = (f"mount --bind {conf} {conf} && mount -o remount,ro,bind {conf} && "
-              f"exec {mitmdump} --listen-host 127.0.0.1 -p {port} --set confdir={conf} "
-              f"--set connection_strategy=lazy")
+    script = (
+        f"mount --bind {conf} {conf} && mount -o remount,ro,bind {conf} && "
+        f"exec {mitmdump} --listen-host 127.0.0.1 -p {port} --set confdir={conf} "
+        f"--set connection_strategy=lazy"
+    )
     log = open(tmp_path / "mitmdump.log", "w+")
-    proc = subprocess.Popen(["unshare", "-m", "sh", "-c", script], stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "HOME": str(tmp_path)})
+    proc = subprocess.Popen(
+        ["unshare", "-m", "sh", "-c", script], stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HOME": str(tmp_path)}
+    )
     try:
         deadline = time.monotonic() + 20
         while True:

@@ -1,6 +1,7 @@
 """Why the chart's install order matters, shown in the 1.7 API emulator: Helm's order lets the
 initializer's own Deployment in before the InitializerConfiguration exists; the opposite order
 (e.g. a configuration left behind by a failed uninstall) holds that Deployment forever."""
+
 from __future__ import annotations
 
 import time
@@ -58,14 +59,27 @@ def test_the_opposite_order_would_hold_the_initializer_pending(cluster):
 
 # Helm's releaseutil.UninstallOrder for the kinds this chart has; kinds Helm does not know
 # (InitializerConfiguration) come last, as on install.
-UNINSTALL_ORDER = ["Deployment", "DaemonSet", "RoleBinding", "Role", "ClusterRoleBinding", "ClusterRole",
-                   "ConfigMap", "Secret", "ServiceAccount"]
-APP = {"apiVersion": "extensions/v1beta1", "kind": "Deployment",
-       "metadata": {"name": "app", "namespace": "tproxy-system",
-                    "annotations": {"initializer.kubernetes.io/tproxy": "true"}},
-       "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "app"}},
-                "template": {"metadata": {"labels": {"app": "app"}},
-                             "spec": {"containers": [{"name": "app", "image": "debian"}]}}}}
+UNINSTALL_ORDER = [
+    "Deployment",
+    "DaemonSet",
+    "RoleBinding",
+    "Role",
+    "ClusterRoleBinding",
+    "ClusterRole",
+    "ConfigMap",
+    "Secret",
+    "ServiceAccount",
+]
+APP = {
+    "apiVersion": "extensions/v1beta1",
+    "kind": "Deployment",
+    "metadata": {"name": "app", "namespace": "tproxy-system", "annotations": {"initializer.kubernetes.io/tproxy": "true"}},
+    "spec": {
+        "replicas": 1,
+        "selector": {"matchLabels": {"app": "app"}},
+        "template": {"metadata": {"labels": {"app": "app"}}, "spec": {"containers": [{"name": "app", "image": "debian"}]}},
+    },
+}
 
 
 def _install(admin, objs):
@@ -84,8 +98,7 @@ def _wait_until_configuration_is_in_force(admin):
         assert status in (201, 202), body
         raw(admin, "DELETE", api_path(APP, "app"))
         if status == 202:
-            assert [p["name"] for p in body["metadata"]["initializers"]["pending"]] == \
-                ["tproxy.initializer.kubernetes.io"]
+            assert [p["name"] for p in body["metadata"]["initializers"]["pending"]] == ["tproxy.initializer.kubernetes.io"]
             return
         assert time.monotonic() < deadline, "the InitializerConfiguration never took effect"
         time.sleep(0.2)
@@ -107,8 +120,14 @@ def test_install_upgrade_uninstall_reinstall_never_hold_the_initializer():
         # Upgrade: a changed value reaches the Deployment as a strategic-merge PATCH (Helm 3's
         # three-way merge, Helm 2's two-way) and as a PUT (helm upgrade --force): both 200, not held.
         upgraded = one(render({**ALL_ON, "tproxy.initializer.replicas": 3}, *K17, namespace="tproxy-system"), "Deployment")
-        status, body = raw(admin, "PATCH", api_path(dep, dep["metadata"]["name"]), body={"spec": {"replicas": 3}},
-                           content_type="application/strategic-merge-patch+json", timeout=5)
+        status, body = raw(
+            admin,
+            "PATCH",
+            api_path(dep, dep["metadata"]["name"]),
+            body={"spec": {"replicas": 3}},
+            content_type="application/strategic-merge-patch+json",
+            timeout=5,
+        )
         assert status == 200 and body["spec"]["replicas"] == 3, body
         assert not body["metadata"].get("initializers")
         upgraded["metadata"]["resourceVersion"] = body["metadata"]["resourceVersion"]

@@ -1,5 +1,6 @@
 """The Helm chart as rendered by the real Helm binary: lint, every flag combination valid against the
 Kubernetes 1.8.0 and 1.13.0 schemas (strict), and the wiring between the components."""
+
 from __future__ import annotations
 
 import copy
@@ -9,13 +10,14 @@ import json
 import pytest
 import yaml
 
-from chart_helpers import (CHART, K17, container, find, helm, one, render, render_notes, set_args,
-                           validate_strict)
+from chart_helpers import CHART, K17, container, find, helm, one, render, render_notes, set_args, validate_strict
 
 # kubernetes-validate 1.13.0 uses distutils, pkg_resources and jsonschema's RefResolver (deprecated,
 # still working; setup.cfg pins setuptools < 81, which still ships pkg_resources).
-pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"),
-              pytest.mark.filterwarnings("ignore:pkg_resources is deprecated:UserWarning")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:pkg_resources is deprecated:UserWarning"),
+]
 
 RELEASE_NS = "tproxy-system"
 FULL = "tproxy-tproxy"  # "<release>-<chart>" for release "tproxy"
@@ -23,15 +25,23 @@ ALL_ON = {"tproxy.useInitializer": True, "tproxy.useRBAC": True}
 RBAC_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
 
 COMBOS = [
-    {"tproxy.useInitializer": ui, "tproxy.useRBAC": rb, "tproxy.addStandardModeProxy": sm,
-     **({"tproxy.blockSvcCIDR": "10.11.240.0/20", "tproxy.allowDNS": "10.11.240.10"} if net else {})}
+    {
+        "tproxy.useInitializer": ui,
+        "tproxy.useRBAC": rb,
+        "tproxy.addStandardModeProxy": sm,
+        **({"tproxy.blockSvcCIDR": "10.11.240.0/20", "tproxy.allowDNS": "10.11.240.10"} if net else {}),
+    }
     for ui, rb, sm, net in itertools.product([False, True], repeat=4)
 ]
 
 
 def combo_id(values: dict) -> str:
-    short = {"tproxy.useInitializer": "init", "tproxy.useRBAC": "rbac",
-             "tproxy.addStandardModeProxy": "std", "tproxy.blockSvcCIDR": "net"}
+    short = {
+        "tproxy.useInitializer": "init",
+        "tproxy.useRBAC": "rbac",
+        "tproxy.addStandardModeProxy": "std",
+        "tproxy.blockSvcCIDR": "net",
+    }
     return "-".join(s for k, s in short.items() if values.get(k)) or "defaults-off"
 
 
@@ -42,8 +52,10 @@ def all_on() -> list[dict]:
 
 # ---- lint and schema ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("values", [{}, ALL_ON, {**ALL_ON, "tproxy.addStandardModeProxy": True}],
-                         ids=["defaults", "init-rbac", "init-rbac-std"])
+
+@pytest.mark.parametrize(
+    "values", [{}, ALL_ON, {**ALL_ON, "tproxy.addStandardModeProxy": True}], ids=["defaults", "init-rbac", "init-rbac-std"]
+)
 def test_helm_lint_passes(values):
     proc = helm("lint", str(CHART), *set_args(values))
     assert "0 chart(s) failed" in proc.stdout
@@ -90,8 +102,8 @@ def test_every_combination_rendered_for_1_7_is_valid_for_1_7(values, given_ca_ar
 
 
 def test_strict_1_7_validation_refuses_the_1_8_field(all_on):
-    ds = copy.deepcopy(one(all_on, "DaemonSet"))   # rendered for 1.13: carries allowPrivilegeEscalation
-    ds["apiVersion"] = "extensions/v1beta1"           # the version 1.7 serves, so only the field differs
+    ds = copy.deepcopy(one(all_on, "DaemonSet"))  # rendered for 1.13: carries allowPrivilegeEscalation
+    ds["apiVersion"] = "extensions/v1beta1"  # the version 1.7 serves, so only the field differs
     assert "allowPrivilegeEscalation" in json.dumps(ds)
     with pytest.raises(AssertionError, match="invalid for Kubernetes 1.7.0 .*allowPrivilegeEscalation"):
         validate_strict(ds, "1.7.0")
@@ -112,21 +124,24 @@ def test_default_values_render_and_validate():
 def test_strict_validation_refuses_unknown_fields_and_wrong_types(all_on):
     """validate_strict must really be strict (an unknown field would pass a non-strict schema) and
     say where the object is wrong."""
-    ds = one(render(ALL_ON, *K17), "DaemonSet")      # extensions/v1beta1: a kind 1.8 and 1.13 both have
+    ds = one(render(ALL_ON, *K17), "DaemonSet")  # extensions/v1beta1: a kind 1.8 and 1.13 both have
     bad = copy.deepcopy(ds)
     bad["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
     wrong_type = copy.deepcopy(ds)
     wrong_type["spec"]["template"]["spec"]["hostNetwork"] = "yes"
     for version in ("1.8.0", "1.13.0"):
         validate_strict(ds, version)
-        with pytest.raises(AssertionError, match=f"DaemonSet {FULL} is invalid for Kubernetes {version} "
-                                                 f"at spec/template/spec/containers/0: .*imagePullPolicyy"):
+        with pytest.raises(
+            AssertionError,
+            match=f"DaemonSet {FULL} is invalid for Kubernetes {version} at spec/template/spec/containers/0: .*imagePullPolicyy",
+        ):
             validate_strict(bad, version)
         with pytest.raises(AssertionError, match=f"invalid for Kubernetes {version} at spec/template/spec/hostNetwork"):
             validate_strict(wrong_type, version)
 
 
 # ---- install order and the initializer's own Deployment -------------------------------------
+
 
 def test_initializer_configuration_is_installed_last(all_on):
     # `helm template` prints in Helm's install order (releaseutil.InstallOrder; unknown kinds such
@@ -161,6 +176,7 @@ def test_initializer_configuration_matches_deployments_with_one_rule(all_on):
 
 # ---- the initializer ------------------------------------------------------------------------
 
+
 def test_initializer_deployment_args_probes_and_namespace(all_on):
     dep = one(all_on, "Deployment", f"{FULL}-initializer", "kube-system")
     assert dep["spec"]["replicas"] == 2
@@ -189,9 +205,15 @@ def test_initializer_deployment_args_probes_and_namespace(all_on):
 
 
 def test_initializer_values_are_honoured():
-    objs = render({**ALL_ON, "tproxy.initializer.namespace": "tproxy-ctl", "tproxy.initializer.replicas": 3,
-                   "tproxy.initializer.excludeNamespaces": ["kube-system", "kube-public"],
-                   "tproxy.initializer.workers": 4})
+    objs = render(
+        {
+            **ALL_ON,
+            "tproxy.initializer.namespace": "tproxy-ctl",
+            "tproxy.initializer.replicas": 3,
+            "tproxy.initializer.excludeNamespaces": ["kube-system", "kube-public"],
+            "tproxy.initializer.workers": 4,
+        }
+    )
     dep = one(objs, "Deployment", namespace="tproxy-ctl")
     args = container(dep["spec"]["template"]["spec"], "tproxy-initializer")["args"]
     assert dep["spec"]["replicas"] == 3
@@ -249,8 +271,15 @@ def test_allow_dns_takes_what_the_sidecar_takes():
 def test_injection_config_carries_the_network_and_standard_proxy_settings():
     from initializer.config import parse_config
 
-    objs = render({**ALL_ON, "tproxy.addStandardModeProxy": True, "tproxy.blockSvcCIDR": "10.11.240.0/20",
-                   "tproxy.allowDNS": "10.11.240.10", "tproxy.verifyTimeout": 15})
+    objs = render(
+        {
+            **ALL_ON,
+            "tproxy.addStandardModeProxy": True,
+            "tproxy.blockSvcCIDR": "10.11.240.0/20",
+            "tproxy.allowDNS": "10.11.240.10",
+            "tproxy.verifyTimeout": 15,
+        }
+    )
     cfg = parse_config(_injection(objs)[1])
     env = {e["name"]: e for e in cfg.containers[0]["env"]}
     assert env["BLOCK_SVC_CIDR"]["value"] == "10.11.240.0/20"
@@ -271,6 +300,7 @@ def test_sidecar_gets_no_node_name_without_the_standard_proxy(all_on):
 
 # ---- the DaemonSet --------------------------------------------------------------------------
 
+
 def test_daemonset_wires_podwatch_and_the_proxy_to_the_host_port():
     objs = render({**ALL_ON, "tproxy.hostPort": 9090})
     ds = one(objs, "DaemonSet", FULL, RELEASE_NS)
@@ -283,34 +313,51 @@ def test_daemonset_wires_podwatch_and_the_proxy_to_the_host_port():
 
     pw = container(pod, "tproxy-podwatch")
     assert pw["image"] == "tproxy-podwatch:0.1.0" and "command" not in pw
-    assert pw["args"] == ["-annotation=initializer.kubernetes.io/tproxy", "-hostPort=9090",
-                          "--metrics-port=9181", "--identity-file=/var/run/tproxy/identity.json",
-                          "--iptables-backend=auto", "--proxy-ports-file=/var/run/tproxy-ports/ports"]
+    assert pw["args"] == [
+        "-annotation=initializer.kubernetes.io/tproxy",
+        "-hostPort=9090",
+        "--metrics-port=9181",
+        "--identity-file=/var/run/tproxy/identity.json",
+        "--iptables-backend=auto",
+        "--proxy-ports-file=/var/run/tproxy-ports/ports",
+    ]
     assert pw["env"] == [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}]
     assert pw["securityContext"]["privileged"] is True
     assert pw["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 9181}
     assert pw["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 9181}
-    assert {"containerPort": 9181, "hostPort": 9181} in [
-        {k: p[k] for k in ("containerPort", "hostPort")} for p in pw["ports"]]
+    assert {"containerPort": 9181, "hostPort": 9181} in [{k: p[k] for k in ("containerPort", "hostPort")} for p in pw["ports"]]
 
     px = container(pod, "tproxy-tproxy-mode")
     assert px["image"] == "tproxy-proxy:0.1.0"
     cmd = px["command"]
     # the worker supervisor (proxy/workers.py), then each worker's mitmdump options
-    assert cmd[:9] == ["python3", "-m", "proxy.workers", "--workers=auto", "--port=9090", "--metrics-port=9182",
-                       "--ports-file=/var/run/tproxy-ports/ports", "--", "--mode"]
+    assert cmd[:9] == [
+        "python3",
+        "-m",
+        "proxy.workers",
+        "--workers=auto",
+        "--port=9090",
+        "--metrics-port=9182",
+        "--ports-file=/var/run/tproxy-ports/ports",
+        "--",
+        "--mode",
+    ]
     sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
-    assert sets == ["confdir=/etc/tproxy/mitmproxy", "tproxy_policy=/etc/tproxy/policy/policy.yaml",
-                    "tproxy_identity=/var/run/tproxy/identity.json", "connection_strategy=lazy",
-                    "stream_large_bodies=1m", "flow_detail=0", "termlog_verbosity=error"]
+    assert sets == [
+        "confdir=/etc/tproxy/mitmproxy",
+        "tproxy_policy=/etc/tproxy/policy/policy.yaml",
+        "tproxy_identity=/var/run/tproxy/identity.json",
+        "connection_strategy=lazy",
+        "stream_large_bodies=1m",
+        "flow_detail=0",
+        "termlog_verbosity=error",
+    ]
     assert cmd[cmd.index("-s") + 1] == "/opt/tproxy/proxy/addon.py"
     assert "--proxy-ports-file=/var/run/tproxy-ports/ports" in pw["args"]
-    assert {"containerPort": 9090, "hostPort": 9090} in [
-        {k: p[k] for k in ("containerPort", "hostPort")} for p in px["ports"]]
+    assert {"containerPort": 9090, "hostPort": 9090} in [{k: p[k] for k in ("containerPort", "hostPort")} for p in px["ports"]]
     assert px["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 9182}
     assert px["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 9182}
-    assert {"containerPort": 9182, "hostPort": 9182} in [
-        {k: p[k] for k in ("containerPort", "hostPort")} for p in px["ports"]]
+    assert {"containerPort": 9182, "hostPort": 9182} in [{k: p[k] for k in ("containerPort", "hostPort")} for p in px["ports"]]
 
     # Volumes: the CA Secret as the read-only confdir, the policy, the identity map shared with podwatch.
     vols = {v["name"]: v for v in pod["volumes"]}
@@ -318,10 +365,16 @@ def test_daemonset_wires_podwatch_and_the_proxy_to_the_host_port():
     assert vols["policy"]["configMap"]["name"] == f"{FULL}-policy"
     assert "emptyDir" in vols["identity"]
     px_mounts = {m["mountPath"]: m["name"] for m in px["volumeMounts"]}
-    assert px_mounts == {"/etc/tproxy/mitmproxy": "mitmproxy-certs", "/etc/tproxy/policy": "policy",
-                         "/var/run/tproxy": "identity", "/var/run/tproxy-ports": "proxy-ports"}
+    assert px_mounts == {
+        "/etc/tproxy/mitmproxy": "mitmproxy-certs",
+        "/etc/tproxy/policy": "policy",
+        "/var/run/tproxy": "identity",
+        "/var/run/tproxy-ports": "proxy-ports",
+    }
     assert {m["mountPath"]: m["name"] for m in pw["volumeMounts"]} == {
-        "/var/run/tproxy": "identity", "/var/run/tproxy-ports": "proxy-ports"}
+        "/var/run/tproxy": "identity",
+        "/var/run/tproxy-ports": "proxy-ports",
+    }
     # the proxy writes its workers' port range, podwatch only reads it
     assert "emptyDir" in vols["proxy-ports"]
     assert [m.get("readOnly", False) for m in px["volumeMounts"] if m["name"] == "proxy-ports"] == [False]
@@ -360,15 +413,23 @@ def test_images_use_the_registry_prefix_and_the_mitmproxy_fallback():
 
 # ---- policy ---------------------------------------------------------------------------------
 
+
 def test_default_policy_is_the_tutorials_and_the_proxy_accepts_it():
     from proxy.policy import BUILTIN_POLICY, Policy
 
     text = one(render(), "ConfigMap", f"{FULL}-policy")["data"]["policy.yaml"]
-    assert yaml.safe_load(text) == BUILTIN_POLICY == {"mode": "enforce", "rules": [
-        {"host": "storage.googleapis.com", "paths": ["/solutions-public-assets/"], "schemes": ["https"]}]}
+    assert (
+        yaml.safe_load(text)
+        == BUILTIN_POLICY
+        == {
+            "mode": "enforce",
+            "rules": [{"host": "storage.googleapis.com", "paths": ["/solutions-public-assets/"], "schemes": ["https"]}],
+        }
+    )
     policy = Policy.from_yaml(text, source="policy.yaml")
-    allow = policy.decide("storage.googleapis.com", method="GET", scheme="https",
-                          path="/solutions-public-assets/tproxy.png", namespace="default")
+    allow = policy.decide(
+        "storage.googleapis.com", method="GET", scheme="https", path="/solutions-public-assets/tproxy.png", namespace="default"
+    )
     deny = policy.decide("www.google.com", method="GET", scheme="https", path="/", namespace="default")
     assert allow.allowed and not deny.allowed
 
@@ -382,29 +443,34 @@ def test_policy_from_a_file_is_used_verbatim(tmp_path):
 
 # ---- RBAC: least privilege ------------------------------------------------------------------
 
+
 def _rules(objs, kind, name):
     return one(objs, kind, name)["rules"]
 
 
 def test_rbac_grants_exactly_what_each_component_needs(all_on):
     assert _rules(all_on, "ClusterRole", f"{FULL}-initializer") == [
-        {"apiGroups": ["apps", "extensions"], "resources": ["deployments"],
-         "verbs": ["get", "list", "watch", "update", "patch", "initialize"]},
+        {
+            "apiGroups": ["apps", "extensions"],
+            "resources": ["deployments"],
+            "verbs": ["get", "list", "watch", "update", "patch", "initialize"],
+        },
         # The CA bundle's copy, by name in every namespace; create cannot be restricted by name.
-        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [f"{FULL}-root-certs"],
-         "verbs": ["get", "update"]},
-        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]}]
+        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [f"{FULL}-root-certs"], "verbs": ["get", "update"]},
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
+    ]
     assert _rules(all_on, "Role", f"{FULL}-initializer-config") == [
-        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [f"{FULL}-initializer"],
-         "verbs": ["get", "watch"]}]
+        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [f"{FULL}-initializer"], "verbs": ["get", "watch"]}
+    ]
     assert one(all_on, "Role", f"{FULL}-initializer-config")["metadata"]["namespace"] == "kube-system"
     # The source of the copies, read and watched by name where the chart creates it.
     assert _rules(all_on, "Role", f"{FULL}-initializer-root-certs") == [
-        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [f"{FULL}-root-certs"],
-         "verbs": ["get", "watch"]}]
+        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [f"{FULL}-root-certs"], "verbs": ["get", "watch"]}
+    ]
     assert one(all_on, "Role", f"{FULL}-initializer-root-certs")["metadata"]["namespace"] == RELEASE_NS
     assert _rules(all_on, "ClusterRole", f"{FULL}-podwatch") == [
-        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}
+    ]
     # Nothing else is granted: no Secrets, no wildcards, no other roles.
     roles = find(all_on, "ClusterRole") + find(all_on, "Role")
     assert len(roles) == 4
@@ -432,10 +498,14 @@ def test_bindings_point_at_the_service_accounts_the_pods_use(all_on):
 def test_rbac_without_initializer_has_only_podwatch():
     objs = render({"tproxy.useRBAC": True})
     assert {(o["kind"], o["metadata"]["name"]) for o in objs if o["kind"] in RBAC_KINDS} == {
-        ("ServiceAccount", FULL), ("ClusterRole", f"{FULL}-podwatch"), ("ClusterRoleBinding", f"{FULL}-podwatch")}
+        ("ServiceAccount", FULL),
+        ("ClusterRole", f"{FULL}-podwatch"),
+        ("ClusterRoleBinding", f"{FULL}-podwatch"),
+    }
 
 
 # ---- root-certs ConfigMaps ------------------------------------------------------------------
+
 
 def test_root_certs_are_copied_into_listed_namespaces():
     objs = render({"tproxy.rootCertsNamespaces": ["team-a", "team-b", RELEASE_NS, "team-a"]})
@@ -446,6 +516,7 @@ def test_root_certs_are_copied_into_listed_namespaces():
     # The listed copies are marked as copies of the release namespace's source, so an initializer
     # keeps them current instead of refusing them as someone else's ConfigMap; the source is not.
     from initializer.rootcerts import COPY_OF_ANNOTATION
+
     for cm in cms:
         ann = cm["metadata"].get("annotations") or {}
         if cm["metadata"]["namespace"] == RELEASE_NS:
@@ -461,6 +532,7 @@ def test_by_default_the_bundle_is_rendered_in_the_release_namespace_only(all_on)
 
 # ---- NOTES.txt ------------------------------------------------------------------------------
 
+
 def test_notes_with_initializer_name_the_annotation(tmp_path):
     notes = render_notes(ALL_ON, tmp_path)
     assert '"initializer.kubernetes.io/tproxy": "true"' in notes
@@ -470,28 +542,35 @@ def test_notes_with_initializer_name_the_annotation(tmp_path):
 
 
 def test_notes_in_manual_mode_print_the_init_container(tmp_path):
-    notes = render_notes({"tproxy.allowDNS": "10.11.240.10", "tproxy.addStandardModeProxy": True,
-                          "tproxy.rootCertsNamespaces": ["team-b", "team-a"]}, tmp_path)
+    notes = render_notes(
+        {
+            "tproxy.allowDNS": "10.11.240.10",
+            "tproxy.addStandardModeProxy": True,
+            "tproxy.rootCertsNamespaces": ["team-b", "team-a"],
+        },
+        tmp_path,
+    )
     assert '"initializer.kubernetes.io/tproxy": "true"' in notes  # podwatch still needs it
     assert f"{FULL}-root-certs exists in these namespaces only: {RELEASE_NS}, team-a, team-b" in notes
-    block = notes[notes.index("initContainers:"):notes.index("Add the volumes")]
+    block = notes[notes.index("initContainers:") : notes.index("Add the volumes")]
     [init] = yaml.safe_load(block)["initContainers"]
     assert init["name"] == "tproxy" and init["securityContext"] == {"privileged": True}
     assert {e["name"] for e in init["env"]} == {"ALLOW_DNS", "NODE_NAME", "TPROXY_VERIFY_TIMEOUT"}
-    vols = yaml.safe_load(notes[notes.index("volumes:"):notes.index("and mount them")])["volumes"]
+    vols = yaml.safe_load(notes[notes.index("volumes:") : notes.index("and mount them")])["volumes"]
     assert vols[1]["configMap"]["name"] == f"{FULL}-root-certs"
-    env = yaml.safe_load(notes[notes.index("env:\n- name: NODE_NAME"):notes.index("The proxy's CA")])["env"]
+    env = yaml.safe_load(notes[notes.index("env:\n- name: NODE_NAME") : notes.index("The proxy's CA")])["env"]
     assert [e["name"] for e in env] == ["NODE_NAME", "http_proxy", "https_proxy"]
-
 
 
 def test_unprivileged_containers_run_as_non_root_unless_told_otherwise():
     def contexts(objs):
         ds = one(objs, "DaemonSet")["spec"]["template"]["spec"]
         dep = one(objs, "Deployment")["spec"]["template"]["spec"]
-        return [container(ds, "tproxy-tproxy-mode")["securityContext"],
-                container(ds, "tproxy-standard-mode")["securityContext"],
-                container(dep, "tproxy-initializer")["securityContext"]]
+        return [
+            container(ds, "tproxy-tproxy-mode")["securityContext"],
+            container(ds, "tproxy-standard-mode")["securityContext"],
+            container(dep, "tproxy-initializer")["securityContext"],
+        ]
 
     values = {**ALL_ON, "tproxy.addStandardModeProxy": True}
     for sc in contexts(render(values)):
@@ -504,12 +583,11 @@ def test_unprivileged_containers_run_as_non_root_unless_told_otherwise():
 
 
 def test_manual_notes_print_exactly_what_the_initializer_would_inject(tmp_path):
-    values = {"tproxy.blockSvcCIDR": "10.11.240.0/20", "tproxy.allowDNS": "10.11.240.10",
-              "tproxy.addStandardModeProxy": True}
+    values = {"tproxy.blockSvcCIDR": "10.11.240.0/20", "tproxy.allowDNS": "10.11.240.10", "tproxy.addStandardModeProxy": True}
     notes = render_notes(values, tmp_path)
-    manual = yaml.safe_load(notes[notes.index("initContainers:"):notes.index("Add the volumes")])["initContainers"]
-    volumes = yaml.safe_load(notes[notes.index("volumes:"):notes.index("and mount them")])["volumes"]
-    mounts = yaml.safe_load(notes[notes.index("volumeMounts:"):notes.index("Add the env vars")])["volumeMounts"]
+    manual = yaml.safe_load(notes[notes.index("initContainers:") : notes.index("Add the volumes")])["initContainers"]
+    volumes = yaml.safe_load(notes[notes.index("volumes:") : notes.index("and mount them")])["volumes"]
+    mounts = yaml.safe_load(notes[notes.index("volumeMounts:") : notes.index("Add the env vars")])["volumeMounts"]
     injected, _ = _injection(render({**values, **ALL_ON}))
     assert manual == injected["containers"]
     assert volumes == injected["volumes"]
@@ -521,8 +599,12 @@ def test_long_release_names_keep_names_and_labels_within_limits():
     objs = render(ALL_ON, release=release)
     for obj in objs:
         name = obj["metadata"]["name"]
-        limit = 253 if obj["kind"] in ("InitializerConfiguration", "ClusterRole", "ClusterRoleBinding",
-                                       "Role", "RoleBinding", "ServiceAccount") else 63
+        limit = (
+            253
+            if obj["kind"]
+            in ("InitializerConfiguration", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "ServiceAccount")
+            else 63
+        )
         assert len(name) <= limit, f"{obj['kind']} name {name} is {len(name)} characters"
         for value in (obj["metadata"].get("labels") or {}).values():
             assert len(value) <= 63
@@ -533,6 +615,7 @@ def test_long_release_names_keep_names_and_labels_within_limits():
 
 
 # ---- the rendered commands are what the components accept -----------------------------------
+
 
 def _mitmdump_args(command: list[str]):
     """Parse a rendered mitmdump command with mitmdump's own parser, the tproxy addon's options
@@ -556,6 +639,7 @@ def _mitmdump_args(command: list[str]):
         if command[:3] == ["python3", "-m", "proxy.workers"]:
             # the supervisor: worker 0's command (its port; the node's summed metrics port)
             from proxy.workers import check_worker_args, parse
+
             sup, worker = parse(command[3:])
             check_worker_args(worker)
             cmd = ["mitmdump", *worker, "--listen-port", str(sup.port), "--set", f"tproxy_metrics_port={sup.metrics_port}"]
@@ -577,10 +661,18 @@ def test_rendered_args_parse_with_each_components_own_cli():
     from initializer.__main__ import build_parser as initializer_parser
     from podwatch.__main__ import build_parser as podwatch_parser
 
-    objs = render({**ALL_ON, "tproxy.addStandardModeProxy": True, "tproxy.hostPort": 9090,
-                   "tproxy.initializer.excludeNamespaces": ["kube-system", "kube-public"],
-                   "tproxy.metrics.podwatchPort": 9281, "tproxy.metrics.proxyPort": 9282,
-                   "tproxy.metrics.standardProxyPort": 9283, "tproxy.metrics.initializerPort": 9280})
+    objs = render(
+        {
+            **ALL_ON,
+            "tproxy.addStandardModeProxy": True,
+            "tproxy.hostPort": 9090,
+            "tproxy.initializer.excludeNamespaces": ["kube-system", "kube-public"],
+            "tproxy.metrics.podwatchPort": 9281,
+            "tproxy.metrics.proxyPort": 9282,
+            "tproxy.metrics.standardProxyPort": 9283,
+            "tproxy.metrics.initializerPort": 9280,
+        }
+    )
     dep = one(objs, "Deployment")
     init = initializer_parser().parse_args(container(dep["spec"]["template"]["spec"], "tproxy-initializer")["args"])
     cm = one(objs, "ConfigMap", f"{FULL}-initializer")
@@ -613,8 +705,14 @@ def test_resources_values_reach_their_containers():
     assert container(pod, "tproxy-tproxy-mode")["resources"] == default
     assert container(pod, "tproxy-standard-mode")["resources"] == default
     small = {"limits": {"cpu": "1", "memory": "1Gi"}, "requests": {"cpu": "50m", "memory": "64Mi"}}
-    objs = render({**ALL_ON, "tproxy.addStandardModeProxy": True, "tproxy.resources": small,
-                   "tproxy.initializer.resources": {"requests": {"cpu": "10m"}}})
+    objs = render(
+        {
+            **ALL_ON,
+            "tproxy.addStandardModeProxy": True,
+            "tproxy.resources": small,
+            "tproxy.initializer.resources": {"requests": {"cpu": "10m"}},
+        }
+    )
     pod = one(objs, "DaemonSet")["spec"]["template"]["spec"]
     assert container(pod, "tproxy-tproxy-mode")["resources"] == small
     assert container(pod, "tproxy-standard-mode")["resources"] == small
@@ -631,17 +729,21 @@ def test_chart_is_apiversion_v1_for_helm_2_and_3():
     assert not {"type", "dependencies"} & set(chart)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--set", "tproxy.useRbac=true"], "tproxy: Additional property useRbac is not allowed"),
-    (["--set", "tproxy.hostPort=http"], "tproxy.hostPort: Invalid type. Expected: integer"),
-    (["--set", "tproxy.hostPort=70000"], "tproxy.hostPort: Must be less than or equal to 65535"),
-    (["--set", "tproxy.useInitializer=yes"], "tproxy.useInitializer: Invalid type. Expected: boolean"),
-    (["--set", "tproxy.rootCertsNamespaces={Team_A}"], "tproxy.rootCertsNamespaces.0: Does not match pattern"),
-    (["--set", "tproxy.blockSvcCIDR=everything"], "tproxy.blockSvcCIDR: Does not match pattern"),
-    (["--set", "tproxy.allowDNS=kube-dns"], "tproxy.allowDNS: Does not match pattern"),
-    (["--set", "images.pullPolicy=Sometimes"], "images.pullPolicy: images.pullPolicy must be one of"),
-    (["--set", "tproxy.iptablesBackend=iptables"], "tproxy.iptablesBackend: tproxy.iptablesBackend must be one of"),
-], ids=["typo", "port-type", "port-range", "bool", "namespace", "cidr", "dns", "pull-policy", "iptables-backend"])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--set", "tproxy.useRbac=true"], "tproxy: Additional property useRbac is not allowed"),
+        (["--set", "tproxy.hostPort=http"], "tproxy.hostPort: Invalid type. Expected: integer"),
+        (["--set", "tproxy.hostPort=70000"], "tproxy.hostPort: Must be less than or equal to 65535"),
+        (["--set", "tproxy.useInitializer=yes"], "tproxy.useInitializer: Invalid type. Expected: boolean"),
+        (["--set", "tproxy.rootCertsNamespaces={Team_A}"], "tproxy.rootCertsNamespaces.0: Does not match pattern"),
+        (["--set", "tproxy.blockSvcCIDR=everything"], "tproxy.blockSvcCIDR: Does not match pattern"),
+        (["--set", "tproxy.allowDNS=kube-dns"], "tproxy.allowDNS: Does not match pattern"),
+        (["--set", "images.pullPolicy=Sometimes"], "images.pullPolicy: images.pullPolicy must be one of"),
+        (["--set", "tproxy.iptablesBackend=iptables"], "tproxy.iptablesBackend: tproxy.iptablesBackend must be one of"),
+    ],
+    ids=["typo", "port-type", "port-range", "bool", "namespace", "cidr", "dns", "pull-policy", "iptables-backend"],
+)
 def test_bad_values_stop_the_install_naming_the_value(args, message):
     """values.schema.json: Helm 3 refuses a misspelt key or a wrong type before rendering anything,
     instead of silently ignoring it or failing later at the API server (or in the pods)."""
@@ -667,11 +769,14 @@ def test_a_forced_iptables_backend_reaches_podwatch_and_the_injected_init_contai
 
 # ---- API versions per cluster version ----------------------------------------------------------
 
+
 def test_api_versions_follow_the_cluster_version():
     """Rendered for 1.13 the chart uses what a 1.13 user expects (apps/v1, rbac v1); for 1.7 the
     versions 1.7 serves. The InitializerConfiguration is v1alpha1 in both."""
+
     def versions(objs):
         return {o["kind"]: o["apiVersion"] for o in objs}
+
     new, old = versions(render(ALL_ON)), versions(render(ALL_ON, *K17))
     assert (new["Deployment"], new["DaemonSet"]) == ("apps/v1", "apps/v1")
     assert {new[k] for k in RBAC_KINDS - {"ServiceAccount"}} == {"rbac.authorization.k8s.io/v1"}

@@ -1,4 +1,5 @@
 """chart/README.md's values table and chart/values.yaml say the same thing: every key, every default."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,8 @@ ROW = re.compile(r"^\|\s*`(?P<key>[^`]+)`\s*\|(?P<desc>.*)\|\s*(?P<default>.*?)\
 
 def _table() -> dict[str, str]:
     text = (CHART / "README.md").read_text()
-    section = text[text.index("## Values"):]
-    section = section[:section.index("\n## ", 1)] if "\n## " in section[1:] else section
+    section = text[text.index("## Values") :]
+    section = section[: section.index("\n## ", 1)] if "\n## " in section[1:] else section
     rows = {}
     for line in section.splitlines():
         m = ROW.match(line)
@@ -61,16 +62,26 @@ def test_every_documented_key_exists_with_its_default():
         actual = _lookup(values, key)
         m = re.fullmatch(r"`(.*)`", default)
         assert m, f"README default for {key} must be one `code span`, got {default!r}"
-        assert yaml.safe_load(m.group(1)) == actual, \
-            f"README says {key} defaults to {m.group(1)}, values.yaml says {actual!r}"
+        assert yaml.safe_load(m.group(1)) == actual, f"README says {key} defaults to {m.group(1)}, values.yaml says {actual!r}"
 
 
 def test_the_original_value_names_are_kept():
     values = yaml.safe_load((CHART / "values.yaml").read_text())
-    for key in ("images.tproxy_registry", "images.pullPolicy", "images.mitmproxy", "images.tproxy_initializer",
-                "images.tproxy_podwatch", "images.tproxy_sidecar", "tproxy.useRBAC", "tproxy.useInitializer",
-                "tproxy.hostPort", "tproxy.addStandardModeProxy", "tproxy.blockSvcCIDR", "tproxy.allowDNS",
-                "tproxy.resources"):
+    for key in (
+        "images.tproxy_registry",
+        "images.pullPolicy",
+        "images.mitmproxy",
+        "images.tproxy_initializer",
+        "images.tproxy_podwatch",
+        "images.tproxy_sidecar",
+        "tproxy.useRBAC",
+        "tproxy.useInitializer",
+        "tproxy.hostPort",
+        "tproxy.addStandardModeProxy",
+        "tproxy.blockSvcCIDR",
+        "tproxy.allowDNS",
+        "tproxy.resources",
+    ):
         _lookup(values, key)
     assert values["tproxy"]["hostPort"] == 8080
 

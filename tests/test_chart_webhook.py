@@ -2,6 +2,7 @@
 choose, the MutatingWebhookConfiguration per Kubernetes version, strict schema validation against
 1.13-1.16, 1.22, 1.28 and the newest schemas the validator ships, the serving certificate (and that
 `helm upgrade` against kubesim keeps it), cert-manager, monitoring, and bad values refused clearly."""
+
 from __future__ import annotations
 
 import base64
@@ -23,11 +24,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
-from chart_helpers import (CHART, HELM, NEWEST, REPO, container, find, helm, one, render_notes, set_args,
-                           validate_strict)
+from chart_helpers import CHART, HELM, NEWEST, REPO, container, find, helm, one, render_notes, set_args, validate_strict
 
-pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"),
-              pytest.mark.filterwarnings("ignore:pkg_resources is deprecated:UserWarning")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:pkg_resources is deprecated:UserWarning"),
+]
 
 NS = "tproxy-system"
 KUBECTL = os.environ.get("TPROXY_KUBECTL", str(REPO / ".tools" / "bin" / "kubectl"))
@@ -40,14 +42,16 @@ CRD_KINDS = {"Certificate", "Issuer", "ServiceMonitor"}  # no schema in the vali
 def render_for(kube: str, values: dict | None = None, *extra: str, namespace: str = NS) -> list[dict]:
     """``helm template`` as for a cluster of version ``kube`` (Helm's built-in API list, which has no
     Initializers from 1.14 on), with ``values`` and extra flags."""
-    text = helm("template", "tproxy", str(CHART), "--namespace", namespace, "--kube-version", kube,
-                *set_args(values), *extra).stdout
+    text = helm(
+        "template", "tproxy", str(CHART), "--namespace", namespace, "--kube-version", kube, *set_args(values), *extra
+    ).stdout
     return [d for d in yaml.safe_load_all(text) if d]
 
 
 def render_fails(kube: str, values: dict | None = None, *extra: str) -> str:
-    proc = helm("template", "tproxy", str(CHART), "--namespace", NS, "--kube-version", kube,
-                *set_args(values), *extra, check=False)
+    proc = helm(
+        "template", "tproxy", str(CHART), "--namespace", NS, "--kube-version", kube, *set_args(values), *extra, check=False
+    )
     assert proc.returncode != 0, f"expected the render to fail, got:\n{proc.stdout[:2000]}"
     return proc.stderr
 
@@ -82,32 +86,36 @@ def mode(objs: list[dict]) -> str:
 
 # ---- which mode ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kube,extra,values,expected", [
-    ("1.16.0", [], {}, "webhook"),
-    ("1.22.0", [], {}, "webhook"),
-    ("1.28.0", [], {}, "webhook"),
-    (NEWEST, [], {}, "webhook"),
-    # 1.26+ serves admissionregistration.k8s.io/v1alpha1 for ValidatingAdmissionPolicy when enabled:
-    # that is not Initializers
-    ("1.28.0", ["--api-versions", INITIALIZER_API], {}, "webhook"),
-    # a live server's discovery names the kind
-    ("1.28.0", ["--api-versions", f"{INITIALIZER_API}/InitializerConfiguration"], {}, "manual"),
-    # 1.7-1.13 with the alpha API: the original's default (manual), or the Initializer when asked
-    ("1.13.0", ["--api-versions", INITIALIZER_API], {}, "manual"),
-    ("1.7.16", ["--api-versions", INITIALIZER_API], {"tproxy.useInitializer": True}, "initializer"),
-    ("1.13.0", ["--api-versions", INITIALIZER_API], {"tproxy.useInitializer": True}, "initializer"),
-    # explicit values win
-    ("1.13.0", ["--api-versions", INITIALIZER_API], {"tproxy.useWebhook": True}, "webhook"),
-    ("1.28.0", [], {"tproxy.useWebhook": False}, "manual"),
-    ("1.28.0", ["--set", "tproxy.useWebhook=null"], {}, "webhook"),  # back to automatic
-], ids=lambda v: v if isinstance(v, str) else None)
+
+@pytest.mark.parametrize(
+    "kube,extra,values,expected",
+    [
+        ("1.16.0", [], {}, "webhook"),
+        ("1.22.0", [], {}, "webhook"),
+        ("1.28.0", [], {}, "webhook"),
+        (NEWEST, [], {}, "webhook"),
+        # 1.26+ serves admissionregistration.k8s.io/v1alpha1 for ValidatingAdmissionPolicy when enabled:
+        # that is not Initializers
+        ("1.28.0", ["--api-versions", INITIALIZER_API], {}, "webhook"),
+        # a live server's discovery names the kind
+        ("1.28.0", ["--api-versions", f"{INITIALIZER_API}/InitializerConfiguration"], {}, "manual"),
+        # 1.7-1.13 with the alpha API: the original's default (manual), or the Initializer when asked
+        ("1.13.0", ["--api-versions", INITIALIZER_API], {}, "manual"),
+        ("1.7.16", ["--api-versions", INITIALIZER_API], {"tproxy.useInitializer": True}, "initializer"),
+        ("1.13.0", ["--api-versions", INITIALIZER_API], {"tproxy.useInitializer": True}, "initializer"),
+        # explicit values win
+        ("1.13.0", ["--api-versions", INITIALIZER_API], {"tproxy.useWebhook": True}, "webhook"),
+        ("1.28.0", [], {"tproxy.useWebhook": False}, "manual"),
+        ("1.28.0", ["--set", "tproxy.useWebhook=null"], {}, "webhook"),  # back to automatic
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
 def test_the_mode_follows_the_clusters_apis_unless_set(kube, extra, values, expected):
     assert mode(render_for(kube, values, *extra)) == expected
 
 
 def test_both_modes_at_once_are_refused_with_the_reason():
-    err = render_fails("1.13.0", {"tproxy.useWebhook": True, "tproxy.useInitializer": True},
-                       "--api-versions", INITIALIZER_API)
+    err = render_fails("1.13.0", {"tproxy.useWebhook": True, "tproxy.useInitializer": True}, "--api-versions", INITIALIZER_API)
     assert "tproxy.useWebhook=true and tproxy.useInitializer=true exclude each other" in err
 
 
@@ -131,10 +139,17 @@ VERSIONS = [  # (render for, validate against, MutatingWebhookConfiguration apiV
 COMBOS = [
     {},
     {"tproxy.useRBAC": True},
-    {"tproxy.useRBAC": True, "tproxy.addStandardModeProxy": True,
-     "tproxy.monitoring.serviceMonitor.enabled": True, "tproxy.monitoring.grafanaDashboard.enabled": True},
-    {"tproxy.useRBAC": True, "tproxy.webhook.certManager.enabled": True,
-     "tproxy.webhook.namespaceLabels": {"tproxy-injection": "enabled"}},
+    {
+        "tproxy.useRBAC": True,
+        "tproxy.addStandardModeProxy": True,
+        "tproxy.monitoring.serviceMonitor.enabled": True,
+        "tproxy.monitoring.grafanaDashboard.enabled": True,
+    },
+    {
+        "tproxy.useRBAC": True,
+        "tproxy.webhook.certManager.enabled": True,
+        "tproxy.webhook.namespaceLabels": {"tproxy-injection": "enabled"},
+    },
 ]
 CRD_APIS = ["--api-versions", "cert-manager.io/v1", "--api-versions", "monitoring.coreos.com/v1"]
 
@@ -184,19 +199,30 @@ def test_the_webhook_fails_closed_and_matches_what_the_webhook_mutates():
     # The path and the kinds are the webhook's own (initializer/webhook.py, admission.py).
     from initializer.admission import DEPLOYMENT_GROUPS
     from initializer.webhook import DEFAULT_PATH
+
     assert h["clientConfig"]["service"]["path"] == DEFAULT_PATH
     assert tuple(h["rules"][0]["apiGroups"]) == DEPLOYMENT_GROUPS
 
 
 def test_the_namespace_selector_keeps_out_the_release_the_webhooks_own_namespace_and_kube_system():
-    objs = render_for("1.28.0", {"tproxy.initializer.namespace": "tproxy-hooks",
-                                 "tproxy.initializer.excludeNamespaces": ["kube-system", "infra", ""],
-                                 "tproxy.webhook.namespaceLabels": {"tproxy-injection": "enabled"}},
-                      namespace="tproxy-data")
+    objs = render_for(
+        "1.28.0",
+        {
+            "tproxy.initializer.namespace": "tproxy-hooks",
+            "tproxy.initializer.excludeNamespaces": ["kube-system", "infra", ""],
+            "tproxy.webhook.namespaceLabels": {"tproxy-injection": "enabled"},
+        },
+        namespace="tproxy-data",
+    )
     sel = hook(objs)["namespaceSelector"]
     assert sel["matchLabels"] == {"tproxy-injection": "enabled"}
-    assert sel["matchExpressions"] == [{"key": "kubernetes.io/metadata.name", "operator": "NotIn",
-                                        "values": ["infra", "kube-system", "tproxy-data", "tproxy-hooks"]}]
+    assert sel["matchExpressions"] == [
+        {
+            "key": "kubernetes.io/metadata.name",
+            "operator": "NotIn",
+            "values": ["infra", "kube-system", "tproxy-data", "tproxy-hooks"],
+        }
+    ]
     assert one(objs, "Service", WEBHOOK)["metadata"]["namespace"] == "tproxy-hooks"
     # the webhook skips the same namespaces itself (a second line when the label is missing)
     assert "--exclude-namespaces=kube-system,infra" in initializer_args(objs)
@@ -204,8 +230,7 @@ def test_the_namespace_selector_keeps_out_the_release_the_webhooks_own_namespace
 
 def test_an_object_selector_is_passed_on_from_1_15_and_refused_before():
     sel = {"matchExpressions": [{"key": "tproxy.io/skip", "operator": "DoesNotExist"}]}
-    assert hook(render_for("1.15.0", {"tproxy.useWebhook": True, "tproxy.webhook.objectSelector": sel}))[
-        "objectSelector"] == sel
+    assert hook(render_for("1.15.0", {"tproxy.useWebhook": True, "tproxy.webhook.objectSelector": sel}))["objectSelector"] == sel
     err = render_fails("1.14.0", {"tproxy.useWebhook": True, "tproxy.webhook.objectSelector": sel})
     assert "tproxy.webhook.objectSelector needs Kubernetes 1.15 or later" in err
 
@@ -230,6 +255,7 @@ def test_notes_in_webhook_mode_say_what_is_excluded_and_how_to_label_before_1_21
 
 # ---- the Deployment, Service and RBAC ---------------------------------------------------------------
 
+
 def test_the_deployment_runs_the_webhook_subcommand_with_flags_it_accepts():
     from initializer.__main__ import build_webhook_parser
 
@@ -239,8 +265,10 @@ def test_the_deployment_runs_the_webhook_subcommand_with_flags_it_accepts():
     c = container(spec, "tproxy-initializer")
     assert c["args"][0] == "webhook"
     args = build_webhook_parser().parse_args(c["args"][1:])  # the real parser: every flag exists
-    assert (args.tls_cert_file, args.tls_private_key_file) == ("/etc/tproxy/webhook-tls/tls.crt",
-                                                               "/etc/tproxy/webhook-tls/tls.key")
+    assert (args.tls_cert_file, args.tls_private_key_file) == (
+        "/etc/tproxy/webhook-tls/tls.crt",
+        "/etc/tproxy/webhook-tls/tls.key",
+    )
     assert args.port == 8443 and args.require_annotation is True
     assert args.root_certs_configmap == "tproxy-tproxy-root-certs" and args.root_certs_namespace == NS
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
@@ -270,6 +298,7 @@ def test_rbac_grants_what_the_webhook_reads_and_no_deployment_access():
 
 # ---- the serving certificate ---------------------------------------------------------------------
 
+
 def _certs(objs: list[dict]) -> tuple[x509.Certificate, x509.Certificate, bytes]:
     secret = one(objs, "Secret", TLS, "kube-system")
     assert secret["type"] == "kubernetes.io/tls"
@@ -282,8 +311,7 @@ def test_the_generated_certificate_is_signed_by_the_ca_bundle_for_the_service_ho
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
     ca, cert, key = _certs(render_for("1.28.0", {"tproxy.webhook.certValidityDays": 30}))
-    ca.public_key().verify(cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(),
-                           cert.signature_hash_algorithm)
+    ca.public_key().verify(cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(), cert.signature_hash_algorithm)
     names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
     assert "tproxy-tproxy-webhook.kube-system.svc" in names
     assert load_pem_private_key(key, None).public_key().public_numbers() == cert.public_key().public_numbers()
@@ -307,15 +335,23 @@ def test_cert_manager_issues_the_certificate_and_injects_the_ca():
     cert = one(objs, "Certificate", TLS, "kube-system")
     assert cert["spec"]["secretName"] == TLS
     assert "tproxy-tproxy-webhook.kube-system.svc" in cert["spec"]["dnsNames"]
-    assert cert["spec"]["issuerRef"] == {"name": "tproxy-tproxy-webhook-selfsigned", "kind": "Issuer",
-                                         "group": "cert-manager.io"}
+    assert cert["spec"]["issuerRef"] == {"name": "tproxy-tproxy-webhook-selfsigned", "kind": "Issuer", "group": "cert-manager.io"}
     assert cert["spec"]["duration"] == "87600h"
-    objs = render_for("1.28.0", {"tproxy.webhook.certManager.enabled": True,
-                                 "tproxy.webhook.certManager.issuerRef": {"name": "corp-ca", "kind": "ClusterIssuer"}},
-                      "--api-versions", "cert-manager.io/v1")
+    objs = render_for(
+        "1.28.0",
+        {
+            "tproxy.webhook.certManager.enabled": True,
+            "tproxy.webhook.certManager.issuerRef": {"name": "corp-ca", "kind": "ClusterIssuer"},
+        },
+        "--api-versions",
+        "cert-manager.io/v1",
+    )
     assert not find(objs, "Issuer")
-    assert one(objs, "Certificate")["spec"]["issuerRef"] == {"name": "corp-ca", "kind": "ClusterIssuer",
-                                                             "group": "cert-manager.io"}
+    assert one(objs, "Certificate")["spec"]["issuerRef"] == {
+        "name": "corp-ca",
+        "kind": "ClusterIssuer",
+        "group": "cert-manager.io",
+    }
 
 
 def test_cert_manager_without_its_api_is_refused_with_the_reason():
@@ -325,21 +361,28 @@ def test_cert_manager_without_its_api_is_refused_with_the_reason():
 
 # ---- monitoring --------------------------------------------------------------------------------------
 
+
 def test_monitoring_is_off_by_default_and_the_service_monitor_needs_its_api():
     objs = render_for("1.28.0")
     assert not find(objs, "ServiceMonitor") and not find(objs, "ConfigMap", "tproxy-tproxy-dashboard")
     on = {"tproxy.monitoring.serviceMonitor.enabled": True}
     assert not find(render_for("1.28.0", on), "ServiceMonitor")
-    objs = render_for("1.28.0", {**on, "tproxy.monitoring.serviceMonitor.labels": {"release": "prom"}},
-                      "--api-versions", "monitoring.coreos.com/v1")
+    objs = render_for(
+        "1.28.0",
+        {**on, "tproxy.monitoring.serviceMonitor.labels": {"release": "prom"}},
+        "--api-versions",
+        "monitoring.coreos.com/v1",
+    )
     sm = one(objs, "ServiceMonitor", "tproxy-tproxy", NS)
     assert sm["metadata"]["labels"]["release"] == "prom"
     assert sorted(sm["spec"]["namespaceSelector"]["matchNames"]) == ["kube-system", NS]
     # every endpoint port is one a metrics Service has, and each Service's port is a container port
     services = [o for o in objs if o["kind"] == "Service" and o["metadata"]["labels"].get("tproxy-metrics") == "true"]
     for svc in services:
-        assert all(sm["spec"]["selector"]["matchLabels"][k] == svc["metadata"]["labels"][k]
-                   for k in sm["spec"]["selector"]["matchLabels"])
+        assert all(
+            sm["spec"]["selector"]["matchLabels"][k] == svc["metadata"]["labels"][k]
+            for k in sm["spec"]["selector"]["matchLabels"]
+        )
     svc_ports = {p["name"]: p for s in services for p in s["spec"]["ports"]}
     assert set(svc_ports) == {"initializer-metrics", "podwatch-metrics", "tproxy-metrics"}
     assert {e["port"] for e in sm["spec"]["endpoints"]} >= set(svc_ports)
@@ -376,19 +419,24 @@ def test_the_grafana_dashboard_queries_only_metrics_the_components_export():
 
 # ---- bad values ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("values,message", [
-    ({"tproxy.useWebhook": "yes"}, "useWebhook"),
-    ({"tproxy.webhook.timeoutSeconds": 31}, "timeoutSeconds"),
-    ({"tproxy.webhook.timeoutSeconds": 0}, "timeoutSeconds"),
-    ({"tproxy.webhook.reinvocationPolicy": "Always"}, "reinvocationPolicy"),
-    ({"tproxy.webhook.port": 70000}, "port"),
-    ({"tproxy.webhook.namespaceLabels": {"tproxy-injection": "not a label value"}}, "namespaceLabels"),
-    ({"tproxy.webhook.objectSelector": {"matchLabel": {"a": "b"}}}, "objectSelector"),
-    ({"tproxy.webhook.objectSelector": {"matchExpressions": [{"key": "a", "operator": "Is"}]}}, "operator"),
-    ({"tproxy.webhook.certManager.issuerRef": {"kind": "ClusterIssuer"}}, "name is required"),
-    ({"tproxy.webhook.certManager.enable": True}, "enable"),
-    ({"tproxy.monitoring.serviceMonitor.interval": "often"}, "interval"),
-], ids=lambda v: None if isinstance(v, dict) else v)
+
+@pytest.mark.parametrize(
+    "values,message",
+    [
+        ({"tproxy.useWebhook": "yes"}, "useWebhook"),
+        ({"tproxy.webhook.timeoutSeconds": 31}, "timeoutSeconds"),
+        ({"tproxy.webhook.timeoutSeconds": 0}, "timeoutSeconds"),
+        ({"tproxy.webhook.reinvocationPolicy": "Always"}, "reinvocationPolicy"),
+        ({"tproxy.webhook.port": 70000}, "port"),
+        ({"tproxy.webhook.namespaceLabels": {"tproxy-injection": "not a label value"}}, "namespaceLabels"),
+        ({"tproxy.webhook.objectSelector": {"matchLabel": {"a": "b"}}}, "objectSelector"),
+        ({"tproxy.webhook.objectSelector": {"matchExpressions": [{"key": "a", "operator": "Is"}]}}, "operator"),
+        ({"tproxy.webhook.certManager.issuerRef": {"kind": "ClusterIssuer"}}, "name is required"),
+        ({"tproxy.webhook.certManager.enable": True}, "enable"),
+        ({"tproxy.monitoring.serviceMonitor.interval": "often"}, "interval"),
+    ],
+    ids=lambda v: None if isinstance(v, dict) else v,
+)
 def test_bad_values_are_refused_naming_the_value(values, message):
     err = render_fails("1.28.0", values)
     assert "values don't meet the specifications of the schema" in err and message in err
@@ -396,11 +444,17 @@ def test_bad_values_are_refused_naming_the_value(values, message):
 
 # ---- helm install / upgrade against kubesim (1.13 serves admissionregistration v1beta1) ----------------------
 
+
 def test_helm_upgrade_keeps_the_serving_certificate(kubesim_server_factory, tmp_path):
     srv = kubesim_server_factory(k8s_version="1.13")
-    env = {**os.environ, "KUBECONFIG": srv.write_kubeconfig(str(tmp_path / "kubeconfig")), "HOME": str(tmp_path),
-           "HELM_CACHE_HOME": str(tmp_path / "cache"), "HELM_CONFIG_HOME": str(tmp_path / "config"),
-           "HELM_DATA_HOME": str(tmp_path / "data")}
+    env = {
+        **os.environ,
+        "KUBECONFIG": srv.write_kubeconfig(str(tmp_path / "kubeconfig")),
+        "HOME": str(tmp_path),
+        "HELM_CACHE_HOME": str(tmp_path / "cache"),
+        "HELM_CONFIG_HOME": str(tmp_path / "config"),
+        "HELM_DATA_HOME": str(tmp_path / "data"),
+    }
 
     def run(*args: str) -> subprocess.CompletedProcess:
         proc = subprocess.run([HELM, *args], capture_output=True, text=True, timeout=90, env=env, cwd=REPO)
@@ -411,13 +465,20 @@ def test_helm_upgrade_keeps_the_serving_certificate(kubesim_server_factory, tmp_
         return [d for d in yaml.safe_load_all(run("get", "manifest", "tproxy", "-n", "tproxy").stdout) if d]
 
     def live(*what: str) -> dict:
-        proc = subprocess.run([KUBECTL, "get", *what, "-o", "json"], capture_output=True, text=True, timeout=60,
-                              env=env)
+        proc = subprocess.run([KUBECTL, "get", *what, "-o", "json"], capture_output=True, text=True, timeout=60, env=env)
         assert proc.returncode == 0, proc.stderr
         return json.loads(proc.stdout)
 
-    run("install", "tproxy", "chart/", "--namespace", "tproxy", "--create-namespace",
-        "--set", "tproxy.useWebhook=true,tproxy.useRBAC=true")
+    run(
+        "install",
+        "tproxy",
+        "chart/",
+        "--namespace",
+        "tproxy",
+        "--create-namespace",
+        "--set",
+        "tproxy.useWebhook=true,tproxy.useRBAC=true",
+    )
     secret_path = ("secret", "-n", "kube-system", TLS)
     mwc_path = ("mutatingwebhookconfigurations.v1beta1.admissionregistration.k8s.io", WEBHOOK)
     first = live(*secret_path)
@@ -441,7 +502,6 @@ def test_helm_lint_passes_in_webhook_mode():
         assert "0 chart(s) failed" in proc.stdout and "[ERROR]" not in proc.stdout
 
 
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -459,16 +519,31 @@ def test_the_installed_webhook_runs_with_the_charts_account_certificate_and_flag
 
     srv = kubesim_server_factory(k8s_version="1.13")
     admin_kc = srv.write_kubeconfig(str(tmp_path / "admin.kubeconfig"))
-    env = {**os.environ, "KUBECONFIG": admin_kc, "HOME": str(tmp_path), "HELM_CACHE_HOME": str(tmp_path / "cache"),
-           "HELM_CONFIG_HOME": str(tmp_path / "config"), "HELM_DATA_HOME": str(tmp_path / "data")}
+    env = {
+        **os.environ,
+        "KUBECONFIG": admin_kc,
+        "HOME": str(tmp_path),
+        "HELM_CACHE_HOME": str(tmp_path / "cache"),
+        "HELM_CONFIG_HOME": str(tmp_path / "config"),
+        "HELM_DATA_HOME": str(tmp_path / "data"),
+    }
 
     def run(binary: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         proc = subprocess.run([binary, *args], capture_output=True, text=True, timeout=90, env=env, cwd=REPO)
         assert not check or proc.returncode == 0, f"{binary} {' '.join(args)}: {proc.stdout}\n{proc.stderr}"
         return proc
 
-    run(HELM, "install", "tproxy", "chart/", "--namespace", "tproxy", "--create-namespace",
-        "--set", "tproxy.useWebhook=true,tproxy.useRBAC=true")
+    run(
+        HELM,
+        "install",
+        "tproxy",
+        "chart/",
+        "--namespace",
+        "tproxy",
+        "--create-namespace",
+        "--set",
+        "tproxy.useWebhook=true,tproxy.useRBAC=true",
+    )
     objs = [d for d in yaml.safe_load_all(run(HELM, "get", "manifest", "tproxy", "-n", "tproxy").stdout) if d]
     secret = json.loads(run(KUBECTL, "get", "secret", "-n", "kube-system", TLS, "-o", "json").stdout)
     for key in ("tls.crt", "tls.key", "ca.crt"):
@@ -482,25 +557,42 @@ def test_the_installed_webhook_runs_with_the_charts_account_certificate_and_flag
     sa_kc = srv.write_kubeconfig(str(tmp_path / "sa.kubeconfig"), token=token)
     # the token is held to the chart's RBAC: what the webhook needs, nothing else
     sa_env = {**env, "KUBECONFIG": sa_kc}
-    denied = subprocess.run([KUBECTL, "get", "secrets", "-n", "kube-system"], capture_output=True, text=True,
-                            timeout=60, env=sa_env)
+    denied = subprocess.run(
+        [KUBECTL, "get", "secrets", "-n", "kube-system"], capture_output=True, text=True, timeout=60, env=sa_env
+    )
     assert denied.returncode != 0 and "forbidden" in denied.stderr.lower(), denied.stderr
-    assert subprocess.run([KUBECTL, "get", "namespaces"], capture_output=True, text=True, timeout=60,
-                          env=sa_env).returncode == 0
+    assert subprocess.run([KUBECTL, "get", "namespaces"], capture_output=True, text=True, timeout=60, env=sa_env).returncode == 0
     replaced = ("--tls-cert-file=", "--tls-private-key-file=", "--port=", "--metrics-port=")
     args = [a for a in container(spec, "tproxy-initializer")["args"] if not a.startswith(replaced)]
     port, mport = _free_port(), _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "initializer", *args, "--kubeconfig", sa_kc,
-         f"--tls-cert-file={tmp_path / 'tls.crt'}", f"--tls-private-key-file={tmp_path / 'tls.key'}",
-         f"--port={port}", "--host=127.0.0.1", f"--metrics-port={mport}", "--metrics-host=127.0.0.1"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "initializer",
+            *args,
+            "--kubeconfig",
+            sa_kc,
+            f"--tls-cert-file={tmp_path / 'tls.crt'}",
+            f"--tls-private-key-file={tmp_path / 'tls.key'}",
+            f"--port={port}",
+            "--host=127.0.0.1",
+            f"--metrics-port={mport}",
+            "--metrics-host=127.0.0.1",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
+
         def ready() -> bool:
             try:
                 return urllib.request.urlopen(f"http://127.0.0.1:{mport}/readyz", timeout=2).status == 200
             except OSError:
                 return False
+
         try:
             wait_for(ready, timeout=30, interval=0.1, what="the webhook's /readyz")
         except AssertionError:
@@ -508,8 +600,12 @@ def test_the_installed_webhook_runs_with_the_charts_account_certificate_and_flag
             raise AssertionError(f"the webhook never got ready: {proc.communicate(timeout=10)[1][-3000:]}") from None
 
         run(KUBECTL, "create", "namespace", "team-a")
-        wait_for(lambda: run(KUBECTL, "get", "configmap", "-n", "team-a", "tproxy-tproxy-root-certs",
-                             check=False).returncode == 0, timeout=30, interval=0.1, what="the CA bundle copy")
+        wait_for(
+            lambda: run(KUBECTL, "get", "configmap", "-n", "team-a", "tproxy-tproxy-root-certs", check=False).returncode == 0,
+            timeout=30,
+            interval=0.1,
+            what="the CA bundle copy",
+        )
 
         ctx = ssl.create_default_context(cadata=ca_bundle.decode())
         host = f"{WEBHOOK}.kube-system.svc"
@@ -518,16 +614,23 @@ def test_the_installed_webhook_runs_with_the_charts_account_certificate_and_flag
         deployment = tutorial_deployment()
         deployment["metadata"]["namespace"] = "team-a"
         rev = review_of(deployment, api_version="admission.k8s.io/v1beta1", namespace="team-a")
-        conn.request("POST", hook(objs)["clientConfig"]["service"]["path"], body=json.dumps(rev),
-                     headers={"Content-Type": "application/json"})
+        conn.request(
+            "POST",
+            hook(objs)["clientConfig"]["service"]["path"],
+            body=json.dumps(rev),
+            headers={"Content-Type": "application/json"},
+        )
         resp = verify_like_apiserver(rev, json.loads(conn.getresponse().read()))
         conn.close()
         assert resp["allowed"] is True
         assert any(op["path"] == "/spec/template/spec/initContainers" for op in patch_of(resp))
         # the same name, signed by another CA, is refused: the caBundle is what makes it trusted
         with pytest.raises(ssl.SSLCertVerificationError):
-            other = ssl.create_default_context(cadata=_certs(render_for("1.13.0", {"tproxy.useWebhook": True}))[0]
-                                               .public_bytes(serialization.Encoding.PEM).decode())
+            other = ssl.create_default_context(
+                cadata=_certs(render_for("1.13.0", {"tproxy.useWebhook": True}))[0]
+                .public_bytes(serialization.Encoding.PEM)
+                .decode()
+            )
             other.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname=host)
     finally:
         proc.send_signal(signal.SIGTERM)

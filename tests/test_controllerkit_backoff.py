@@ -1,4 +1,5 @@
 """controllerkit.backoff: the one retry policy (capped exponential, jittered, Retry-After honoured)."""
+
 import threading
 
 import pytest
@@ -39,8 +40,13 @@ def test_a_servers_retry_after_is_a_floor():
 
 
 def test_retry_after_comes_from_the_status_or_the_header():
-    status = {"kind": "Status", "code": 429, "reason": "TooManyRequests", "message": "slow down",
-              "details": {"retryAfterSeconds": 3}}
+    status = {
+        "kind": "Status",
+        "code": 429,
+        "reason": "TooManyRequests",
+        "message": "slow down",
+        "details": {"retryAfterSeconds": 3},
+    }
     assert retry_after_of(errors.from_response(429, status)) == 3
     plain = {"kind": "Status", "code": 429, "reason": "TooManyRequests", "message": "slow down"}
     assert retry_after_of(errors.from_response(429, plain, {"Retry-After": "5"})) == 5
@@ -58,12 +64,15 @@ def test_a_failed_sync_with_retry_after_is_requeued_no_sooner(monkeypatch):
 
     def sync(key):
         done.set()
-        raise errors.from_response(429, {"kind": "Status", "code": 429, "reason": "TooManyRequests",
-                                         "message": "m", "details": {"retryAfterSeconds": 2}})
+        raise errors.from_response(
+            429, {"kind": "Status", "code": 429, "reason": "TooManyRequests", "message": "m", "details": {"retryAfterSeconds": 2}}
+        )
+
     q.add("k")
     run_workers(q, sync, workers=1, stop=stop)
     assert done.wait(10)
     from kubesim.polling import wait_for
+
     wait_for(lambda: delays, timeout=10, what="the failed key to be re-queued")
     stop.set()
     q.shutdown()

@@ -1,4 +1,5 @@
 """controllerkit.component: the start/stop block both controllers' mains share."""
+
 import signal
 import socket
 import subprocess
@@ -53,9 +54,25 @@ def test_podwatch_says_why_when_its_metrics_port_is_taken(tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        proc = subprocess.run([sys.executable, "-m", "podwatch", "--kubeconfig", str(kc), "--node-name", "n",
-                               "--metrics-host", "127.0.0.1", "--metrics-port", str(port),
-                               "--iptables-backend", "nft"],
-                              capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "podwatch",
+                "--kubeconfig",
+                str(kc),
+                "--node-name",
+                "n",
+                "--metrics-host",
+                "127.0.0.1",
+                "--metrics-port",
+                str(port),
+                "--iptables-backend",
+                "nft",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert proc.returncode == 2
     assert f"cannot serve metrics on port {port}" in proc.stderr

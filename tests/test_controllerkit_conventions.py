@@ -1,4 +1,5 @@
 """controllerkit.durations and controllerkit.optin: one Go-duration parser, one opt-in check."""
+
 import pytest
 
 from controllerkit.durations import format_go_duration, parse_go_duration, parse_seconds
@@ -7,8 +8,10 @@ from initializer.mutate import is_annotated
 from podwatch.rules import annotated
 
 
-@pytest.mark.parametrize("text,seconds", [("30s", 30), ("1m30s", 90), ("500ms", 0.5), ("1.5h", 5400),
-                                          ("2m", 120), ("0", 0), ("100us", 1e-4), ("10ns", 1e-8)])
+@pytest.mark.parametrize(
+    "text,seconds",
+    [("30s", 30), ("1m30s", 90), ("500ms", 0.5), ("1.5h", 5400), ("2m", 120), ("0", 0), ("100us", 1e-4), ("10ns", 1e-8)],
+)
 def test_go_durations(text, seconds):
     assert parse_go_duration(text) == pytest.approx(seconds)
 
@@ -26,8 +29,10 @@ def test_format_is_what_the_server_prints():
     assert [format_go_duration(s) for s in (30, 90, 0.5)] == ["30s", "1m30s", "0.5s"]
 
 
-@pytest.mark.parametrize("value,expected", [("true", True), (" TRUE ", True), ("True", True), ("1", False),
-                                            ("yes", False), (True, False), (None, False), ("", False)])
+@pytest.mark.parametrize(
+    "value,expected",
+    [("true", True), (" TRUE ", True), ("True", True), ("1", False), ("yes", False), (True, False), (None, False), ("", False)],
+)
 def test_the_initializer_and_podwatch_read_the_annotation_the_same_way(value, expected):
     obj = {"metadata": {"annotations": {DEFAULT_ANNOTATION: value}}}
     assert is_true(value) is expected

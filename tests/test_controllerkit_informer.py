@@ -1,6 +1,7 @@
 """controllerkit.informer against a local server speaking the Kubernetes list/watch protocol:
 resourceVersion tracking, relist on 410 (ERROR event and HTTP status), reconnect after a stream cut
 mid-line, re-watch after a normal end, resync, handler isolation and cache protection."""
+
 import functools
 import threading
 import time

@@ -1,4 +1,5 @@
 """controllerkit.kube + controllerkit.errors against a local HTTP server speaking the Kubernetes protocol."""
+
 import json
 import socket
 
@@ -26,7 +27,9 @@ def client(srv):
 def write_kubeconfig(path, contexts, current):
     """contexts: {name: server_url}; each with its own cluster and user (token "tok-<name>")."""
     cfg = {
-        "apiVersion": "v1", "kind": "Config", "current-context": current,
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": current,
         "clusters": [{"name": n, "cluster": {"server": url}} for n, url in contexts.items()],
         "users": [{"name": n, "user": {"token": f"tok-{n}"}} for n in contexts],
         "contexts": [{"name": n, "context": {"cluster": n, "user": n}} for n in contexts],
@@ -44,16 +47,21 @@ def closed_port_url():
 
 
 # -- resource_path --------------------------------------------------------------------------------
-@pytest.mark.parametrize("args,expected", [
-    (("v1", "pods", "ns", "p"), "/api/v1/namespaces/ns/pods/p"),
-    (("v1", "pods"), "/api/v1/pods"),
-    (("apps/v1beta1", "deployments"), "/apis/apps/v1beta1/deployments"),
-    (("apps/v1beta1", "deployments", "default", "web"), "/apis/apps/v1beta1/namespaces/default/deployments/web"),
-    (("v1", "namespaces", None, "kube-system"), "/api/v1/namespaces/kube-system"),
-    (("admissionregistration.k8s.io/v1alpha1", "initializerconfigurations", None, "tproxy"),
-     "/apis/admissionregistration.k8s.io/v1alpha1/initializerconfigurations/tproxy"),
-    (("v1", "pods", "ns", "p", "status"), "/api/v1/namespaces/ns/pods/p/status"),
-])
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (("v1", "pods", "ns", "p"), "/api/v1/namespaces/ns/pods/p"),
+        (("v1", "pods"), "/api/v1/pods"),
+        (("apps/v1beta1", "deployments"), "/apis/apps/v1beta1/deployments"),
+        (("apps/v1beta1", "deployments", "default", "web"), "/apis/apps/v1beta1/namespaces/default/deployments/web"),
+        (("v1", "namespaces", None, "kube-system"), "/api/v1/namespaces/kube-system"),
+        (
+            ("admissionregistration.k8s.io/v1alpha1", "initializerconfigurations", None, "tproxy"),
+            "/apis/admissionregistration.k8s.io/v1alpha1/initializerconfigurations/tproxy",
+        ),
+        (("v1", "pods", "ns", "p", "status"), "/api/v1/namespaces/ns/pods/p/status"),
+    ],
+)
 def test_resource_path(args, expected):
     assert resource_path(*args) == expected
 
@@ -133,11 +141,14 @@ def test_request_accepts_query_pairs(srv, client):
     assert srv.requests[-1][2] == {"a": "2"}  # both sent; the fake's dict keeps the last
 
 
-@pytest.mark.parametrize("patch_type,ctype,body", [
-    ("strategic", "application/strategic-merge-patch+json", {"metadata": {"labels": {"a": "b"}}}),
-    ("merge", "application/merge-patch+json", {"metadata": {"labels": {"a": None}}}),
-    ("json", "application/json-patch+json", [{"op": "remove", "path": "/metadata/initializers/pending/0"}]),
-])
+@pytest.mark.parametrize(
+    "patch_type,ctype,body",
+    [
+        ("strategic", "application/strategic-merge-patch+json", {"metadata": {"labels": {"a": "b"}}}),
+        ("merge", "application/merge-patch+json", {"metadata": {"labels": {"a": None}}}),
+        ("json", "application/json-patch+json", [{"op": "remove", "path": "/metadata/initializers/pending/0"}]),
+    ],
+)
 def test_patch_content_types_and_body(srv, client, patch_type, ctype, body):
     srv.route("PATCH", "/api/v1/namespaces/ns/pods/a", 200, {"kind": "Pod"})
     assert client.patch("/api/v1/namespaces/ns/pods/a", body, patch_type=patch_type) == {"kind": "Pod"}
@@ -175,23 +186,26 @@ def test_non_json_success_body_is_stream_error(srv, client):
 
 
 # -- typed errors ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("code,reason,cls", [
-    (400, "BadRequest", errors.BadRequest),
-    (401, "Unauthorized", errors.Unauthorized),
-    (403, "Forbidden", errors.Forbidden),
-    (404, "NotFound", errors.NotFound),
-    (409, "AlreadyExists", errors.AlreadyExists),
-    (409, "Conflict", errors.Conflict),
-    (410, "Gone", errors.Gone),
-    (410, "Expired", errors.Gone),
-    (422, "Invalid", errors.Invalid),
-    (429, "TooManyRequests", errors.TooManyRequests),
-    (504, "Timeout", errors.Timeout),
-    (500, "ServerTimeout", errors.Timeout),
-    (500, "InternalError", errors.ServerError),
-    (503, "ServiceUnavailable", errors.ServerError),
-    (405, "MethodNotAllowed", errors.ApiError),
-])
+@pytest.mark.parametrize(
+    "code,reason,cls",
+    [
+        (400, "BadRequest", errors.BadRequest),
+        (401, "Unauthorized", errors.Unauthorized),
+        (403, "Forbidden", errors.Forbidden),
+        (404, "NotFound", errors.NotFound),
+        (409, "AlreadyExists", errors.AlreadyExists),
+        (409, "Conflict", errors.Conflict),
+        (410, "Gone", errors.Gone),
+        (410, "Expired", errors.Gone),
+        (422, "Invalid", errors.Invalid),
+        (429, "TooManyRequests", errors.TooManyRequests),
+        (504, "Timeout", errors.Timeout),
+        (500, "ServerTimeout", errors.Timeout),
+        (500, "InternalError", errors.ServerError),
+        (503, "ServiceUnavailable", errors.ServerError),
+        (405, "MethodNotAllowed", errors.ApiError),
+    ],
+)
 def test_status_bodies_become_typed_errors(srv, client, code, reason, cls):
     srv.route("PUT", "/api/v1/namespaces/ns/pods/a", code, status_body(code, reason, f"msg for {reason}"))
     with pytest.raises(cls) as ei:
@@ -203,8 +217,17 @@ def test_status_bodies_become_typed_errors(srv, client, code, reason, cls):
     assert str(e) == f"{code} {reason}: msg for {reason}"
 
 
-@pytest.mark.parametrize("code,cls", [(404, errors.NotFound), (409, errors.Conflict), (502, errors.ServerError),
-                                      (504, errors.Timeout), (401, errors.Unauthorized), (418, errors.ApiError)])
+@pytest.mark.parametrize(
+    "code,cls",
+    [
+        (404, errors.NotFound),
+        (409, errors.Conflict),
+        (502, errors.ServerError),
+        (504, errors.Timeout),
+        (401, errors.Unauthorized),
+        (418, errors.ApiError),
+    ],
+)
 def test_non_json_bodies_still_typed_by_code(srv, client, code, cls):
     srv.route("GET", "/html", code, "<html><body>upstream says no</body></html>")
     with pytest.raises(cls) as ei:
@@ -226,20 +249,23 @@ def test_from_response_tolerates_odd_bodies():
     assert isinstance(errors.from_response(0, {"kind": "Status", "code": 410, "reason": "Expired"}), errors.Gone)
 
 
-@pytest.mark.parametrize("exc,retryable", [
-    (errors.Conflict(409, "Conflict", "m"), True),
-    (errors.Timeout(504, "Timeout", "m"), True),
-    (errors.TooManyRequests(429, "TooManyRequests", "m"), True),
-    (errors.ServerError(500, "InternalError", "m"), True),
-    (errors.StreamError("cut"), True),
-    (ConnectionResetError(), True),
-    (errors.NotFound(404, "NotFound", "m"), False),
-    (errors.Forbidden(403, "Forbidden", "m"), False),
-    (errors.Invalid(422, "Invalid", "m"), False),
-    (errors.AlreadyExists(409, "AlreadyExists", "m"), False),
-    (errors.Gone(410, "Gone", "m"), False),
-    (ValueError("bug"), False),
-])
+@pytest.mark.parametrize(
+    "exc,retryable",
+    [
+        (errors.Conflict(409, "Conflict", "m"), True),
+        (errors.Timeout(504, "Timeout", "m"), True),
+        (errors.TooManyRequests(429, "TooManyRequests", "m"), True),
+        (errors.ServerError(500, "InternalError", "m"), True),
+        (errors.StreamError("cut"), True),
+        (ConnectionResetError(), True),
+        (errors.NotFound(404, "NotFound", "m"), False),
+        (errors.Forbidden(403, "Forbidden", "m"), False),
+        (errors.Invalid(422, "Invalid", "m"), False),
+        (errors.AlreadyExists(409, "AlreadyExists", "m"), False),
+        (errors.Gone(410, "Gone", "m"), False),
+        (ValueError("bug"), False),
+    ],
+)
 def test_is_retryable(exc, retryable):
     assert errors.is_retryable(exc) is retryable
 
@@ -261,8 +287,9 @@ def test_watch_yields_events_after_resource_version(srv, client):
     srv.remove(PODS, "ns", "a")
     got = []
     srv.max_watch_seconds = 0.3  # the server ends the quiet stream; the iterator then just ends
-    for etype, obj in client.watch(PODS, resource_version=a["metadata"]["resourceVersion"], timeout_seconds=5,
-                                   fieldSelector="spec.nodeName=n1"):
+    for etype, obj in client.watch(
+        PODS, resource_version=a["metadata"]["resourceVersion"], timeout_seconds=5, fieldSelector="spec.nodeName=n1"
+    ):
         got.append((etype, obj["metadata"]["resourceVersion"]))
     assert [t for t, _ in got] == ["MODIFIED", "BOOKMARK", "DELETED"]
     assert [int(rv) for _, rv in got] == sorted(int(rv) for _, rv in got)
@@ -302,6 +329,7 @@ def test_watch_skips_unknown_event_types(srv, client):
 
 def test_watch_stream_close_from_other_thread_ends_quietly(srv, client):
     import threading
+
     srv.upsert(PODS, {"metadata": {"name": "a", "namespace": "ns"}})
     stream = client.open_watch(PODS, resource_version=str(srv.resource_version), timeout_seconds=3600)
     got = {}

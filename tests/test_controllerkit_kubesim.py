@@ -1,5 +1,6 @@
 """controllerkit over HTTPS against the kubesim API server (real TLS, bearer tokens, Status bodies),
 through the official kubernetes client."""
+
 import time
 
 import pytest
@@ -46,11 +47,11 @@ def test_bad_token_is_unauthorized(api):
 
 def test_informer_over_tls_sees_events_and_stops_promptly(api):
     _, c = api
-    inf = Informer(c, resource_path("v1", "configmaps"), resync_period=0, name="cm-tls",
-                   watch_timeout=(30, 30))
+    inf = Informer(c, resource_path("v1", "configmaps"), resync_period=0, name="cm-tls", watch_timeout=(30, 30))
     seen = []
-    inf.add_handler(on_add=lambda o: seen.append(o["metadata"]["name"]),
-                    on_delete=lambda o: seen.append("-" + o["metadata"]["name"]))
+    inf.add_handler(
+        on_add=lambda o: seen.append(o["metadata"]["name"]), on_delete=lambda o: seen.append("-" + o["metadata"]["name"])
+    )
     inf.start()
     try:
         assert inf.wait_for_sync(5)

@@ -1,4 +1,5 @@
 """controllerkit.serve (HealthServer endpoints) and controllerkit.log (JSON lines)."""
+
 import io
 import json
 import logging
@@ -82,6 +83,7 @@ def test_stop_frees_the_port(health):
 def restore_logging():
     """setup_logging configures process-wide state; leave the session as it was found."""
     import structlog
+
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     yield

@@ -1,5 +1,6 @@
 """controllerkit.workqueue: client-go semantics (de-duplication, no concurrent processing of a key,
 re-add during processing, rate-limited retries, forget) and run_workers."""
+
 import collections
 import threading
 import time

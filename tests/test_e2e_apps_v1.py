@@ -3,6 +3,7 @@
 apps created as ``apps/v1`` Deployments. The initializer still watches ``apps/v1beta1`` and the
 netns kubelet ``apps/v1beta1``/``extensions/v1beta1``: one stored object, seen through every version,
 is initialized, run and locked like an ``extensions/v1beta1`` one."""
+
 import pytest
 
 from controllerkit.kube import resource_path
@@ -26,6 +27,7 @@ def as_apps_v1(docs):
 @pytest.fixture(scope="module")
 def tutorial13():
     from kubesim.kubelet.cluster import SimCluster
+
     c = SimCluster(k8s_version="1.13", kubelet_options={"backoff_initial": 1.0, "backoff_cap": 4.0})
     c.start()
     try:
@@ -50,14 +52,23 @@ def test_apps_v1_deployments_are_initialized_and_run(tutorial13):
     spec = locked["spec"]["template"]["spec"]
     assert [ic["name"] for ic in spec["initContainers"]] == ["tproxy"]
     assert not locked["metadata"].get("initializers")
-    wait_for(lambda: c.client.get(resource_path("apps/v1", "deployments", "default", "debian-app-locked"))
-             ["status"].get("readyReplicas") == 1, timeout=30)
+    wait_for(
+        lambda: (
+            c.client.get(resource_path("apps/v1", "deployments", "default", "debian-app-locked"))["status"].get("readyReplicas")
+            == 1
+        ),
+        timeout=30,
+    )
     unlocked = c.client.get(resource_path("apps/v1", "deployments", "default", "debian-app"))
     assert not unlocked["spec"]["template"]["spec"].get("initContainers")
     ds = c.client.get(resource_path("apps/v1", "daemonsets", "default", "tproxy-tproxy"))
     assert ds["metadata"]["annotations"]["deprecated.daemonset.template.generation"] == "1"
-    wait_for(lambda: c.client.get(resource_path("apps/v1", "daemonsets", "default", "tproxy-tproxy"))
-             ["status"].get("numberReady") == 1, timeout=30)
+    wait_for(
+        lambda: (
+            c.client.get(resource_path("apps/v1", "daemonsets", "default", "tproxy-tproxy"))["status"].get("numberReady") == 1
+        ),
+        timeout=30,
+    )
 
 
 def test_apps_v1_apps_behave_as_in_the_tutorial(tutorial13):

@@ -1,6 +1,7 @@
 """A burst of locked deployments while the initializer, podwatch and the proxy restart and a bad policy
 is loaded: nothing hangs, everything is injected exactly once, every pod is intercepted, nothing leaks.
 """
+
 import threading
 import time
 
@@ -23,8 +24,9 @@ ALLOWED = "https://storage.googleapis.com/solutions-public-assets/hello.txt"
 
 
 def curl_code(c, pod, url):
-    return c.exec_in_pod(pod, ["curl", "-s", "-m", str(int(scaled(8))), "-o", "/dev/null", "-w", "%{http_code}", url],
-                         timeout=scaled(30)).stdout
+    return c.exec_in_pod(
+        pod, ["curl", "-s", "-m", str(int(scaled(8))), "-o", "/dev/null", "-w", "%{http_code}", url], timeout=scaled(30)
+    ).stdout
 
 
 def proxy_log(c):
@@ -39,17 +41,25 @@ def rejections(log: str) -> int:
 
 
 def locked_deployment(i):
-    return {"apiVersion": "extensions/v1beta1", "kind": "Deployment",
-            "metadata": {"name": f"burst-{i}", "annotations": {"initializer.kubernetes.io/tproxy": "true"}},
-            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "burst", "i": str(i)}},
-                     "template": {"metadata": {"labels": {"app": "burst", "i": str(i)}},
-                                  "spec": {"containers": [{"name": "app", "image": "debian:12",
-                                                           "command": ["sleep", "100000"]}]}}}}
+    return {
+        "apiVersion": "extensions/v1beta1",
+        "kind": "Deployment",
+        "metadata": {"name": f"burst-{i}", "annotations": {"initializer.kubernetes.io/tproxy": "true"}},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "burst", "i": str(i)}},
+            "template": {
+                "metadata": {"labels": {"app": "burst", "i": str(i)}},
+                "spec": {"containers": [{"name": "app", "image": "debian:12", "command": ["sleep", "100000"]}]},
+            },
+        },
+    }
 
 
 @pytest.fixture(scope="module")
 def burst():
     from kubesim.kubelet.cluster import SimCluster
+
     c = SimCluster(kubelet_options={"backoff_initial": 1.0, "backoff_cap": 4.0})
     c.start()
     try:
@@ -89,7 +99,10 @@ def burst():
                 # the proxy read the bad file and said so (volume refresh, then its reload poll)
                 rejected_line = wait_for(
                     lambda: [l for l in proxy_log(c).splitlines() if '"policy_rejected"' in l][rejected_before:],
-                    30, 0.1, "the proxy's policy_rejected log line for the bad policy")[0]
+                    30,
+                    0.1,
+                    "the proxy's policy_rejected log line for the bad policy",
+                )[0]
                 during_bad_policy = {u: curl_code(c, canary, u) for u in (BLOCKED, ALLOWED)}
                 during_bad_policy["rejected"] = rejected_line
                 set_policy(good_policy)
@@ -98,8 +111,7 @@ def burst():
                 c.client.delete(f"/api/v1/namespaces/default/pods/{ds_pod['metadata']['name']}")
         for t in threads:
             t.join(scaled(60))
-        yield {"cluster": c, "results": results, "durations": durations, "leaks": leaks,
-               "during_bad_policy": during_bad_policy}
+        yield {"cluster": c, "results": results, "durations": durations, "leaks": leaks, "during_bad_policy": during_bad_policy}
     finally:
         c.stop()
 
@@ -160,6 +172,7 @@ def test_proxy_restarted_with_a_bad_policy_fails_closed_then_recovers(burst):
                 if st["name"] == name and (st.get("lastState") or {}).get("terminated"):
                     return st
         return None
+
     exited = wait_for(new_proxy_exited, 60, 0.1, "the new proxy container to exit on the malformed policy")
     assert exited["lastState"]["terminated"].get("exitCode") != 0, exited
     codes = {curl_code(c, pod, u) for u in (BLOCKED, ALLOWED) for _ in range(2)}
@@ -168,8 +181,12 @@ def test_proxy_restarted_with_a_bad_policy_fails_closed_then_recovers(burst):
     cm["data"]["policy.yaml"] = good
     c.client.replace(path, cm)
     c.wait_pods("app=tproxy,component=tproxy", "default", timeout=60)
-    wait_for(lambda: (curl_code(c, pod, BLOCKED), curl_code(c, pod, ALLOWED)) == ("418", "200"), 30, 0.5,
-             "blocked 418 and allowed 200 through the recovered proxy")
+    wait_for(
+        lambda: (curl_code(c, pod, BLOCKED), curl_code(c, pod, ALLOWED)) == ("418", "200"),
+        30,
+        0.5,
+        "blocked 418 and allowed 200 through the recovered proxy",
+    )
 
 
 def test_nothing_leaked_during_the_restarts(burst):

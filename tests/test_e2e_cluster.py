@@ -4,6 +4,7 @@ Run with ``pytest --kubeconfig=PATH -m cluster`` (or ``TPROXY_E2E_KUBECONFIG=PAT
 ``helm install`` and ``kubectl apply`` of both examples; without a kubeconfig these tests are
 deselected (conftest.py), never skipped. Not run on the project's machines: no kind, no node image.
 """
+
 import time
 
 import pytest
@@ -22,6 +23,7 @@ def api(request):
 @pytest.fixture(scope="module")
 def core(request):
     from kubernetes import client, config
+
     return client.CoreV1Api(config.new_client_from_config(request.config.getoption("--kubeconfig")))
 
 

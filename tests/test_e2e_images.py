@@ -6,6 +6,7 @@ podwatch in its image programs the locked pod's redirect in the node's namespace
 locks the pod, the proxy image answers 418 / 200, ping is not permitted, and nothing from the locked
 pod reaches the internet namespace directly.
 """
+
 import pytest
 
 from controllerkit.kube import resource_path
@@ -21,6 +22,7 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def tutorial(images):  # noqa: F811
     from kubesim.kubelet.cluster import SimCluster
+
     c = SimCluster(kubelet_options={"backoff_initial": 1.0, "backoff_cap": 4.0, "runtime": "podman"})
     c.start()
     try:
@@ -41,6 +43,7 @@ def tutorial(images):  # noqa: F811
 
 def rounds(t, pod, timeout=90):
     import time
+
     deadline = time.monotonic() + timeout
     r = None
     while time.monotonic() < deadline:
@@ -53,6 +56,7 @@ def rounds(t, pod, timeout=90):
 
 def test_containers_are_the_images_on_podman(tutorial):
     from kubesim.kubelet import engine
+
     names = engine.podman("ps", "--format", "{{.Image}}").stdout.split()
     for want in ("tproxy-proxy:0.1.0", "tproxy-podwatch:0.1.0", "tproxy-initializer:0.1.0", "example-app:debian"):
         assert f"localhost/{want}" in names, names
@@ -77,8 +81,10 @@ def test_the_unlocked_app_reaches_everything(tutorial):
 def test_podwatch_image_programmed_the_locked_pods_redirect_in_the_node(tutorial):
     c = tutorial["cluster"]
     ip = c.pod_runtime(tutorial["locked"]).net.ip
-    out = c.topology.node.run("iptables-save", "-t", "nat", check=False).stdout \
+    out = (
+        c.topology.node.run("iptables-save", "-t", "nat", check=False).stdout
         + c.topology.node.run("iptables-nft-save", "-t", "nat", check=False).stdout
+    )
     assert any(ip in line and "REDIRECT" in line for line in out.splitlines()), out
 
 
@@ -86,6 +92,10 @@ def test_nothing_from_the_locked_pod_reached_the_internet_directly(tutorial):
     rounds(tutorial, tutorial["locked"])
     unlocked_ip = tutorial["cluster"].pod_runtime(tutorial["unlocked"]).net.ip
     # the counter does see direct pod traffic: the unlocked app's next round after it was installed
-    wait_for(lambda: tutorial["leaks"].seen_from(unlocked_ip) > 0, scaled(60), 0.5,
-             "the unlocked app's direct packets counted (the control)")
+    wait_for(
+        lambda: tutorial["leaks"].seen_from(unlocked_ip) > 0,
+        scaled(60),
+        0.5,
+        "the unlocked app's direct packets counted (the control)",
+    )
     assert tutorial["leaks"].packets() == 0

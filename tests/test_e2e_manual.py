@@ -3,6 +3,7 @@
 On clusters without the alpha API (the tutorial's "Deploying without initializers"), the init
 container and CA bundle are written into the deployment by hand; podwatch and the proxy work the same.
 """
+
 import pytest
 
 from controllerkit.errors import NotFound
@@ -15,11 +16,12 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def manual():
     from kubesim.kubelet.cluster import SimCluster
+
     c = SimCluster(kubelet_options={"backoff_initial": 1.0, "backoff_cap": 4.0})
     c.start()
     try:
         values = "tproxy.useInitializer=false,tproxy.useRBAC=true"
-        docs = e2e.chart_documents(values)      # what helm installs, for the assertions
+        docs = e2e.chart_documents(values)  # what helm installs, for the assertions
         e2e.helm_install(c, values, namespace="default")
         c.wait_pods("app=tproxy,component=tproxy", "default", timeout=60)
         leaks = e2e.LeakCounter(c.topology.internet).install()
@@ -34,8 +36,7 @@ def test_no_initializer_is_installed(manual):
     kinds = {d["kind"] for d in manual["docs"]}
     assert "InitializerConfiguration" not in kinds
     with pytest.raises(NotFound):
-        manual["cluster"].client.get("/apis/extensions/v1beta1/namespaces/kube-system/deployments/"
-                                     "tproxy-tproxy-initializer")
+        manual["cluster"].client.get("/apis/extensions/v1beta1/namespaces/kube-system/deployments/tproxy-tproxy-initializer")
 
 
 def test_manual_locked_app_behaves_as_in_the_tutorial(manual):
@@ -44,7 +45,8 @@ def test_manual_locked_app_behaves_as_in_the_tutorial(manual):
 
 
 def test_manual_locked_app_leaks_nothing(manual):
-    out = manual["cluster"].exec_in_pod(manual["pod"], ["curl", "-s", "-m", "8", "-o", "/dev/null", "-w",
-                                                         "%{http_code}", "https://www.google.com/"])
+    out = manual["cluster"].exec_in_pod(
+        manual["pod"], ["curl", "-s", "-m", "8", "-o", "/dev/null", "-w", "%{http_code}", "https://www.google.com/"]
+    )
     assert out.stdout == "418"
     assert manual["leaks"].packets() == 0

@@ -33,6 +33,7 @@ def tutorial(request):
     """The tutorial on a simulated 1.7 cluster (the tutorial's) and on a 1.13 one (where helm and kubectl
     also validate the chart and the examples against the server's OpenAPI)."""
     from kubesim.kubelet.cluster import SimCluster
+
     c = SimCluster(k8s_version=request.param, kubelet_options={"backoff_initial": 1.0, "backoff_cap": 4.0})
     c.start()
     try:
@@ -48,8 +49,7 @@ def tutorial(request):
         e2e.run_client(c, ["kubectl", "create", "namespace", FRESH_NS])
         e2e.kubectl_apply(c, "debian-app-locked.yaml", namespace=FRESH_NS)
         fresh = c.wait_pods("app=debian-app,variant=locked", FRESH_NS, timeout=60)[0]
-        yield {"cluster": c, "proxy": proxy, "unlocked": unlocked, "locked": locked, "fresh": fresh,
-               "leaks": leaks}
+        yield {"cluster": c, "proxy": proxy, "unlocked": unlocked, "locked": locked, "fresh": fresh, "leaks": leaks}
     finally:
         c.stop()
 
@@ -87,6 +87,7 @@ def test_the_release_namespace_holds_the_proxy_and_the_bundle_is_copied_where_ap
     # Only the public bundle travels: the proxy's key stays in its Secret in the release namespace.
     assert "PRIVATE KEY" not in source["data"]["root-certs.crt"]
     from controllerkit import errors
+
     for ns in ("default", FRESH_NS):
         with pytest.raises(errors.NotFound):
             c.client.get(resource_path("v1", "secrets", ns, "tproxy-tproxy-certs"))
@@ -114,10 +115,25 @@ def test_the_tutorials_logs_command_shows_the_locked_round(tutorial):
     import os
     import subprocess
     import sys
+
     e2e.wait_round(tutorial["cluster"], tutorial["locked"])
-    out = subprocess.run([sys.executable, "-m", "kubesim", "logs", "--run-dir", tutorial["cluster"].run_dir,
-                          "--selector", "app=debian-app,variant=locked", "--tail", "20"],
-                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kubesim",
+            "logs",
+            "--run-dir",
+            tutorial["cluster"].run_dir,
+            "--selector",
+            "app=debian-app,variant=locked",
+            "--tail",
+            "20",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
     assert out.returncode == 0, out.stderr
     assert "https://www.google.com: 418" in out.stdout
     assert "https://storage.googleapis.com/solutions-public-assets/: 200" in out.stdout
@@ -127,19 +143,28 @@ def test_the_tutorials_logs_command_shows_the_locked_round(tutorial):
 def test_proxy_logged_the_locked_apps_requests_with_its_identity(tutorial):
     c, locked = tutorial["cluster"], tutorial["locked"]
     name = locked["metadata"]["name"]
+
     def audit_lines():
         return [l for l in c.read_log(tutorial["proxy"], proxy_container(tutorial["proxy"])).splitlines() if name in l]
+
     try:
-        wait_for(lambda: (lambda ls: any('"status":418' in l for l in ls) and any('"status":200' in l for l in ls))(
-            audit_lines()), 20, 0.3, "the proxy's 418 and 200 audit lines for the locked pod")
+        wait_for(
+            lambda: (lambda ls: any('"status":418' in l for l in ls) and any('"status":200' in l for l in ls))(audit_lines()),
+            20,
+            0.3,
+            "the proxy's 418 and 200 audit lines for the locked pod",
+        )
     except AssertionError:
         pass  # the assertions below say which line is missing
     lines = audit_lines()
     assert any('"host":"www.google.com"' in l and '"decision":"block"' in l for l in lines), lines[-5:]
     assert any('"host":"storage.googleapis.com"' in l and '"decision":"allow"' in l for l in lines), lines[-5:]
     unlocked_ip = tutorial["unlocked"]["status"]["podIP"]
-    assert not [l for l in c.read_log(tutorial["proxy"], proxy_container(tutorial["proxy"])).splitlines()
-                if f'"client_ip":"{unlocked_ip}"' in l], "the unlocked app must not be intercepted"
+    assert not [
+        l
+        for l in c.read_log(tutorial["proxy"], proxy_container(tutorial["proxy"])).splitlines()
+        if f'"client_ip":"{unlocked_ip}"' in l
+    ], "the unlocked app must not be intercepted"
 
 
 def test_locked_pod_allowed_https_is_200_with_the_real_file(tutorial):
@@ -157,9 +182,17 @@ def test_locked_pod_blocked_https_is_418(tutorial):
 
 
 def test_locked_pod_metadata_server_is_418(tutorial):
-    out = curl(tutorial, tutorial["locked"], "-o", "/dev/null", "-w", "%{http_code}",
-               "-H", "Metadata-Flavor: Google",
-               "http://metadata.google.internal/computeMetadata/v1/instance/service-accounts/default/token")
+    out = curl(
+        tutorial,
+        tutorial["locked"],
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        "Metadata-Flavor: Google",
+        "http://metadata.google.internal/computeMetadata/v1/instance/service-accounts/default/token",
+    )
     assert out.stdout == "418", out
 
 
@@ -173,8 +206,9 @@ def test_locked_pod_other_ports_and_ipv6_do_not_get_out(tutorial):
     pod = tutorial["locked"]
     tcp = curl(tutorial, pod, "--connect-timeout", "3", "-o", "/dev/null", "http://203.0.113.10:8443/")
     assert tcp.returncode != 0
-    v6 = curl(tutorial, pod, "-6", "--connect-timeout", "3", "-o", "/dev/null", "-w", "%{http_code}",
-              "http://[2001:db8:100::10]/")
+    v6 = curl(
+        tutorial, pod, "-6", "--connect-timeout", "3", "-o", "/dev/null", "-w", "%{http_code}", "http://[2001:db8:100::10]/"
+    )
     assert v6.stdout != "200", v6
 
 
@@ -198,11 +232,18 @@ def test_a_changed_bundle_reaches_the_copies_and_the_running_pods_volumes(tutori
     source["data"]["root-certs.crt"] = bundle + bundle
     c.client.replace(path, source)
     from kubesim.polling import wait_for
+
     for ns, pod in (("default", tutorial["locked"]), (FRESH_NS, tutorial["fresh"])):
-        wait_for(lambda: c.client.get(resource_path("v1", "configmaps", ns, ROOT_CERTS))["data"]
-                 == source["data"], timeout=30, what=f"copy in {ns} updated")
-        wait_for(lambda: c.exec_in_pod(pod, ["cat", "/etc/ssl/certs/ca-certificates.crt"]).stdout
-                 == bundle + bundle, timeout=30, what=f"the running pod in {ns} sees the new bundle")
+        wait_for(
+            lambda: c.client.get(resource_path("v1", "configmaps", ns, ROOT_CERTS))["data"] == source["data"],
+            timeout=30,
+            what=f"copy in {ns} updated",
+        )
+        wait_for(
+            lambda: c.exec_in_pod(pod, ["cat", "/etc/ssl/certs/ca-certificates.crt"]).stdout == bundle + bundle,
+            timeout=30,
+            what=f"the running pod in {ns} sees the new bundle",
+        )
     out = curl(tutorial, tutorial["fresh"], "-o", "/dev/null", "-w", "%{http_code}", ALLOWED)
     assert out.stdout == "200", out
 
@@ -224,18 +265,19 @@ def test_kubectl_logs_reads_the_locked_round_through_the_api_server(tutorial):
     assert "https://www.google.com: 418" in out
     assert len(out.splitlines()) <= 20
     proxy = tutorial["proxy"]
-    audit = e2e.run_client(c, ["kubectl", "logs", "-n", RELEASE_NS, proxy["metadata"]["name"],
-                               "-c", proxy_container(proxy)]).stdout
+    audit = e2e.run_client(
+        c, ["kubectl", "logs", "-n", RELEASE_NS, proxy["metadata"]["name"], "-c", proxy_container(proxy)]
+    ).stdout
     assert locked["metadata"]["name"] in audit
 
 
 def test_kubectl_rollout_status_and_get_see_the_running_apps(tutorial):
     c = tutorial["cluster"]
-    out = e2e.run_client(c, ["kubectl", "rollout", "status", "deployment.extensions/debian-app-locked",
-                             "--timeout=60s"]).stdout
+    out = e2e.run_client(c, ["kubectl", "rollout", "status", "deployment.extensions/debian-app-locked", "--timeout=60s"]).stdout
     assert "successfully rolled out" in out
     pods = e2e.run_client(c, ["kubectl", "get", "pods", "-l", "app=debian-app", "-o", "json"]).stdout
     import json
+
     assert sorted(p["status"]["phase"] for p in json.loads(pods)["items"]) == ["Running", "Running"]
     described = e2e.run_client(c, ["kubectl", "describe", "pod", tutorial["locked"]["metadata"]["name"]]).stdout
     assert "Init Containers:" in described and "tproxy:" in described
@@ -245,16 +287,30 @@ def test_helm_uninstall_leaves_nothing_of_the_release(tutorial):
     """Runs after the leak check: the release goes the way users remove it, cluster-scoped objects too."""
     c = tutorial["cluster"]
     e2e.helm_uninstall(c, namespace=RELEASE_NS)
-    left = e2e.run_client(c, ["kubectl", "get", "clusterroles,clusterrolebindings,initializerconfigurations",
-                              "-o", "name"]).stdout.split()
+    left = e2e.run_client(
+        c, ["kubectl", "get", "clusterroles,clusterrolebindings,initializerconfigurations", "-o", "name"]
+    ).stdout.split()
     assert [n for n in left if "tproxy" in n] == []
     import json
-    release = {(d["metadata"].get("namespace") or RELEASE_NS, d["kind"], d["metadata"]["name"])
-               for d in e2e.chart_documents(namespace=RELEASE_NS) if d["kind"] not in ("ClusterRole",
-               "ClusterRoleBinding", "InitializerConfiguration")}
-    items = json.loads(e2e.run_client(c, ["kubectl", "get", "daemonsets,deployments,configmaps,secrets,"
-                                          "serviceaccounts,roles,rolebindings", "--all-namespaces", "-o",
-                                          "json"]).stdout)["items"]
+
+    release = {
+        (d["metadata"].get("namespace") or RELEASE_NS, d["kind"], d["metadata"]["name"])
+        for d in e2e.chart_documents(namespace=RELEASE_NS)
+        if d["kind"] not in ("ClusterRole", "ClusterRoleBinding", "InitializerConfiguration")
+    }
+    items = json.loads(
+        e2e.run_client(
+            c,
+            [
+                "kubectl",
+                "get",
+                "daemonsets,deployments,configmaps,secrets,serviceaccounts,roles,rolebindings",
+                "--all-namespaces",
+                "-o",
+                "json",
+            ],
+        ).stdout
+    )["items"]
     left = {(i["metadata"]["namespace"], i["kind"], i["metadata"]["name"]) for i in items}
     assert release and not release & left, release & left
     # (the initializer's CA-bundle copies in the apps' namespaces are not release objects: they stay)

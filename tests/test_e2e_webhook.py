@@ -10,6 +10,7 @@ message and nothing runs; a webhook that does not answer gives the timeout error
 ``timeoutSeconds``, not a hang; webhook pods restarted during a burst of creates leave every
 Deployment and Pod either injected (locked) or refused — never running unlocked.
 """
+
 import concurrent.futures
 import functools
 import subprocess
@@ -34,8 +35,16 @@ wait_for = functools.partial(wait_for, interval=0.1)
 
 def kubectl(c, *args, check=True, stdin=None):
     import os
-    proc = subprocess.run([e2e.kubectl_binary(), *args], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "KUBECONFIG": c.kubeconfig}, cwd=e2e.REPO_ROOT, input=stdin)
+
+    proc = subprocess.run(
+        [e2e.kubectl_binary(), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "KUBECONFIG": c.kubeconfig},
+        cwd=e2e.REPO_ROOT,
+        input=stdin,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"kubectl {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
     return proc
@@ -61,11 +70,15 @@ def init_names(obj: dict) -> list[str]:
 @pytest.fixture(scope="module")
 def tutorial():
     from kubesim.kubelet.cluster import SimCluster
+
     c = SimCluster(k8s_version=VERSION, kubelet_options={"backoff_initial": 0.5, "backoff_cap": 2.0})
     c.start()
     try:
-        e2e.helm_install(c, values=tutorial_values(VERSION) + f",tproxy.webhook.timeoutSeconds={TIMEOUT_SECONDS}",
-                         extra=["--wait", "--timeout", "180s"])
+        e2e.helm_install(
+            c,
+            values=tutorial_values(VERSION) + f",tproxy.webhook.timeoutSeconds={TIMEOUT_SECONDS}",
+            extra=["--wait", "--timeout", "180s"],
+        )
         c.wait_pods("app=tproxy,component=tproxy", e2e.RELEASE_NAMESPACE, timeout=60)
         c.wait_pods(INITIALIZER, "kube-system", timeout=60)
         apply_example(c, "debian-app.yaml")
@@ -81,7 +94,7 @@ def test_the_tutorial_in_webhook_mode(tutorial):
     c = tutorial["cluster"]
     dep = c.client.get(resource_path("apps/v1", "deployments", "default", "debian-app-locked"))
     assert init_names(dep) == ["tproxy"]
-    assert init_names(tutorial["locked"]) == ["tproxy"]      # the pod passed the webhook too, once
+    assert init_names(tutorial["locked"]) == ["tproxy"]  # the pod passed the webhook too, once
     assert not init_names(c.client.get(resource_path("apps/v1", "deployments", "default", "debian-app")))
     assert tutorial["locked"]["metadata"]["ownerReferences"][0]["kind"] == "ReplicaSet"
     assert unlocked_ok(e2e.wait_round(c, tutorial["unlocked"]))
@@ -105,15 +118,20 @@ def test_webhook_down_refuses_the_create_clearly_and_nothing_runs(tutorial):
         assert proc.returncode != 0
         assert 'Internal error occurred: failed calling webhook "' in proc.stderr
         assert 'no endpoints available for service "' in proc.stderr
-        with pytest.raises(errors.ApiError) as e:     # fail closed: unannotated objects too
-            c.client.create(resource_path("v1", "pods", "down"), {"metadata": {"name": "bare"}, "spec": {
-                "containers": [{"name": "c", "image": "debian:12", "command": ["sleep", "100"]}]}})
+        with pytest.raises(errors.ApiError) as e:  # fail closed: unannotated objects too
+            c.client.create(
+                resource_path("v1", "pods", "down"),
+                {
+                    "metadata": {"name": "bare"},
+                    "spec": {"containers": [{"name": "c", "image": "debian:12", "command": ["sleep", "100"]}]},
+                },
+            )
         assert e.value.code == 500 and "failed calling webhook" in e.value.message
         assert not c.client.list(resource_path("apps/v1", "deployments", "down"))["items"]
         assert not c.pods("down")
     finally:
         _scale_webhook(c, 2)
-    apply_example(c, "debian-app-locked.yaml", "down")      # back: the same create passes, injected
+    apply_example(c, "debian-app-locked.yaml", "down")  # back: the same create passes, injected
     (pod,) = c.wait_pods("app=debian-app,variant=locked", "down", timeout=60)
     assert init_names(pod) == ["tproxy"]
 
@@ -158,13 +176,16 @@ def test_webhook_restarted_during_a_burst_every_pod_locked_or_refused(tutorial):
         futures += [pool.submit(create, i) for i in range(16, 24)]
         results = [f.result() for f in futures]
     created = [r for r in results if r is not None]
-    assert all(init_names(d) == ["tproxy"] for d in created)   # admitted => injected
+    assert all(init_names(d) == ["tproxy"] for d in created)  # admitted => injected
     c.wait_pods(INITIALIZER, "kube-system", count=2, timeout=60)
     stored = c.client.list(path)["items"]
     assert {d["metadata"]["name"] for d in stored} == {d["metadata"]["name"] for d in created}
     for d in stored:
         assert init_names(d) == ["tproxy"]
     # every pod the ReplicaSets got admitted carries the lock; the rest are retried until admitted
-    wait_for(lambda: len([p for p in c.pods("burst") if (p.get("status") or {}).get("phase") == "Running"])
-             == len(created), timeout=scaled(120), what="every admitted app running")
+    wait_for(
+        lambda: len([p for p in c.pods("burst") if (p.get("status") or {}).get("phase") == "Running"]) == len(created),
+        timeout=scaled(120),
+        what="every admitted app running",
+    )
     assert all(init_names(p) == ["tproxy"] for p in c.pods("burst"))

@@ -5,6 +5,7 @@ For each: whatever the input, no exception escapes (no crash), a rejected input 
 error (the component's own error type and a non-empty message that names the problem, never a
 traceback), and a component that had a good configuration keeps it.
 """
+
 import io
 import json
 import os
@@ -21,22 +22,58 @@ from initializer.controller import Controller
 from proxy.identity import IdentityMap
 from proxy.policy import Policy, PolicyError
 
-SETTINGS = settings(max_examples=200, deadline=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 
-GOOD_CONFIG = ("containers: [{name: tproxy, image: sidecar}]\nvolumes: [{name: ca, emptyDir: {}}]\n"
-               "volumeMounts: [{name: ca, mountPath: /etc/ca}]\nenvVars: [{name: A, value: b}]\n")
+GOOD_CONFIG = (
+    "containers: [{name: tproxy, image: sidecar}]\nvolumes: [{name: ca, emptyDir: {}}]\n"
+    "volumeMounts: [{name: ca, mountPath: /etc/ca}]\nenvVars: [{name: A, value: b}]\n"
+)
 GOOD_POLICY = "mode: enforce\nrules:\n  - host: storage.googleapis.com\n    paths: [/solutions-public-assets/]\n"
 
 # JSON-like values, the shapes YAML documents have
 scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=20))
-json_values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                            st.dictionaries(st.text(max_size=12), inner, max_size=4)),
-                           max_leaves=20)
-KEYS = {"config": ["containers", "volumes", "volumeMounts", "envVars", "name", "image", "mountPath", "value",
-                   "emptyDir", "configMap", "command", "args", "securityContext", "readOnly", "valueFrom"],
-        "policy": ["mode", "rules", "host", "paths", "methods", "schemes", "namespaces", "deny_ranges",
-                   "allow_ranges", "enforce", "report", "open", "*.example.org", "203.0.113.9"]}
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=12), inner, max_size=4)),
+    max_leaves=20,
+)
+KEYS = {
+    "config": [
+        "containers",
+        "volumes",
+        "volumeMounts",
+        "envVars",
+        "name",
+        "image",
+        "mountPath",
+        "value",
+        "emptyDir",
+        "configMap",
+        "command",
+        "args",
+        "securityContext",
+        "readOnly",
+        "valueFrom",
+    ],
+    "policy": [
+        "mode",
+        "rules",
+        "host",
+        "paths",
+        "methods",
+        "schemes",
+        "namespaces",
+        "deny_ranges",
+        "allow_ranges",
+        "enforce",
+        "report",
+        "open",
+        "*.example.org",
+        "203.0.113.9",
+    ],
+}
 
 
 def mutated(good: str, kind: str):
@@ -44,8 +81,12 @@ def mutated(good: str, kind: str):
     where validation bugs hide)."""
     doc = yaml.safe_load(good)
     keyish = st.one_of(st.sampled_from(KEYS[kind]), st.text(max_size=8))
-    values = st.one_of(json_values, st.sampled_from(KEYS[kind]),
-                       st.dictionaries(keyish, json_values, max_size=3), st.lists(st.dictionaries(keyish, json_values, max_size=3), max_size=3))
+    values = st.one_of(
+        json_values,
+        st.sampled_from(KEYS[kind]),
+        st.dictionaries(keyish, json_values, max_size=3),
+        st.lists(st.dictionaries(keyish, json_values, max_size=3), max_size=3),
+    )
 
     @st.composite
     def strat(draw):
@@ -67,13 +108,19 @@ def mutated(good: str, kind: str):
         elif isinstance(node, list):
             node.append(draw(values))
         return yaml.safe_dump(d)
+
     return strat()
 
 
 def texts(kind: str):
     good = GOOD_CONFIG if kind == "config" else GOOD_POLICY
-    return st.one_of(st.text(max_size=200), st.binary(max_size=200).map(lambda b: b.decode("latin-1")),
-                     json_values.map(yaml.safe_dump), json_values.map(json.dumps), mutated(good, kind))
+    return st.one_of(
+        st.text(max_size=200),
+        st.binary(max_size=200).map(lambda b: b.decode("latin-1")),
+        json_values.map(yaml.safe_dump),
+        json_values.map(json.dumps),
+        mutated(good, kind),
+    )
 
 
 def clear(message: str) -> bool:
@@ -121,7 +168,7 @@ def test_initializer_configmap_never_crashes_and_keeps_the_last_good(controller,
     assert installed is valid
     if not valid:
         assert c.config.fingerprint == good
-        (level, event, kw), = log.records
+        ((level, event, kw),) = log.records
         assert (level, event) == ("error", "config_error_keeping_last_good") and clear(kw["error"])
     else:  # put the good one back for the next example
         assert c.load_configmap({"metadata": {"name": "cm", "namespace": "default"}, "data": {"config": GOOD_CONFIG}})
@@ -167,6 +214,7 @@ delegation: {configMap: tproxy-egress, ceiling: {hosts: ["*.corp.example"], rang
 @example(text="rules: []\ndelegation: {ceiling: {hosts: [a..b]}}")
 def test_scoped_policy_parser_raises_only_policy_errors_with_a_message(text):
     from proxy.scopes import ScopedPolicy
+
     try:
         ScopedPolicy.from_yaml(text)
     except PolicyError as e:
@@ -180,6 +228,7 @@ def test_scoped_policy_parser_raises_only_policy_errors_with_a_message(text):
 def test_namespace_policy_parser_raises_only_policy_errors_with_a_message(text):
     from proxy import delegated
     from proxy.scopes import ScopedPolicy
+
     scoped = ScopedPolicy.from_yaml(SCOPED)
     try:
         scope = delegated.parse(text, "team", scoped, "team/tproxy-egress")
@@ -194,6 +243,7 @@ def addon_with_policy(tmp_path_factory):
     from mitmproxy.test import taddons
 
     from proxy.core import TproxyAddon
+
     d = tmp_path_factory.mktemp("policy")
     path = d / "policy.yaml"
     path.write_text(GOOD_POLICY)
@@ -234,16 +284,27 @@ def test_proxy_reload_of_any_policy_file_keeps_the_last_good(addon_with_policy, 
 
 
 # -- identity file ------------------------------------------------------------------------------------
-GOOD_IDENTITY = {"version": 1, "node": "node-1",
-                 "pods": {"198.18.1.2": {"namespace": "default", "name": "web", "serviceAccount": "default"}}}
+GOOD_IDENTITY = {
+    "version": 1,
+    "node": "node-1",
+    "pods": {"198.18.1.2": {"namespace": "default", "name": "web", "serviceAccount": "default"}},
+}
 identity_docs = st.one_of(
     json_values,
-    st.fixed_dictionaries({"pods": st.dictionaries(st.text(max_size=40), json_values, max_size=4)},
-                          optional={"version": json_values, "node": json_values}),
-    st.fixed_dictionaries({"pods": st.dictionaries(
-        st.sampled_from(["198.18.1.3", "::ffff:198.18.1.4", "2001:db8::1", "not-an-ip", "", "198.18.1.300"]),
-        st.dictionaries(st.sampled_from(["namespace", "name", "serviceAccount"]), json_values, max_size=3),
-        max_size=3)}))
+    st.fixed_dictionaries(
+        {"pods": st.dictionaries(st.text(max_size=40), json_values, max_size=4)},
+        optional={"version": json_values, "node": json_values},
+    ),
+    st.fixed_dictionaries(
+        {
+            "pods": st.dictionaries(
+                st.sampled_from(["198.18.1.3", "::ffff:198.18.1.4", "2001:db8::1", "not-an-ip", "", "198.18.1.300"]),
+                st.dictionaries(st.sampled_from(["namespace", "name", "serviceAccount"]), json_values, max_size=3),
+                max_size=3,
+            )
+        }
+    ),
+)
 
 
 @SETTINGS
@@ -271,20 +332,44 @@ def test_identity_file_never_crashes_and_keeps_the_last_good(tmp_path_factory, c
 
 # -- sidecar arguments and environment ------------------------------------------------------------------
 SIDECAR_ENV = ["ALLOW_DNS", "BLOCK_SVC_CIDR", "TPROXY_VERIFY", "TPROXY_VERIFY_TIMEOUT", "TPROXY_IPTABLES_BACKEND"]
-env_values = st.one_of(st.text(max_size=30), st.sampled_from(
-    ["any", "10.0.0.10", "10.0.0.0/8,fd00::/8", "nan", "inf", "-1", "60", "legacy", "nft", "auto", "true", "no",
-     "10.0.0.1/33", " , ", "2001:db8::1%eth0"]))
-argvs = st.lists(st.one_of(st.sampled_from(["--dry-run", "--no-verify", "-h", "--help", "--dry", "-dry-run", "--",
-                                            "--dry-run=1", "x"]), st.text(max_size=10)), max_size=4)
+env_values = st.one_of(
+    st.text(max_size=30),
+    st.sampled_from(
+        [
+            "any",
+            "10.0.0.10",
+            "10.0.0.0/8,fd00::/8",
+            "nan",
+            "inf",
+            "-1",
+            "60",
+            "legacy",
+            "nft",
+            "auto",
+            "true",
+            "no",
+            "10.0.0.1/33",
+            " , ",
+            "2001:db8::1%eth0",
+        ]
+    ),
+)
+argvs = st.lists(
+    st.one_of(
+        st.sampled_from(["--dry-run", "--no-verify", "-h", "--help", "--dry", "-dry-run", "--", "--dry-run=1", "x"]),
+        st.text(max_size=10),
+    ),
+    max_size=4,
+)
 
 
 @SETTINGS
-@given(argv=argvs, env=st.dictionaries(st.sampled_from(SIDECAR_ENV), env_values, max_size=5),
-       resolv=st.text(max_size=120))
+@given(argv=argvs, env=st.dictionaries(st.sampled_from(SIDECAR_ENV), env_values, max_size=5), resolv=st.text(max_size=120))
 @example(argv=["--dry-run"], env={"TPROXY_VERIFY_TIMEOUT": "nan"}, resolv="")
 @example(argv=["--dry-run"], env={"BLOCK_SVC_CIDR": "10.0.0.1/33"}, resolv="nameserver 10.0.0.10\n")
 def test_sidecar_arguments_and_environment_fail_with_a_message(tmp_path_factory, monkeypatch, argv, env, resolv):
     from sidecar import __main__ as sidecar_main
+
     conf = tmp_path_factory.mktemp("resolv") / "resolv.conf"
     conf.write_text(resolv)
     for k in SIDECAR_ENV:

@@ -12,6 +12,7 @@ non-root user that cannot do its job would pass every other test. These run the 
 
 The images are built once per run (``scripts/images.sh``, which reuses its layers) when missing.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,8 +37,7 @@ DEFAULT_LIMIT_MB = 200
 def images():
     """Every image built (by `make images`' script when one is missing); the engine's podman argv."""
     if engine.missing_images(engine.IMAGES.values()):
-        proc = subprocess.run(["bash", os.path.join(REPO, "scripts", "images.sh")], capture_output=True,
-                              text=True, timeout=1800)
+        proc = subprocess.run(["bash", os.path.join(REPO, "scripts", "images.sh")], capture_output=True, text=True, timeout=1800)
         assert proc.returncode == 0, f"scripts/images.sh failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     engine.require(engine.IMAGES.values())
     return engine.IMAGES
@@ -68,8 +68,12 @@ class Container:
 
 # -- what every image is --------------------------------------------------------------------
 
-HELP = {"tproxy-initializer": "usage", "tproxy-podwatch": "usage", "tproxy-sidecar": "usage: tproxy-sidecar",
-        "tproxy-proxy": "usage: mitmdump"}  # (lower case)
+HELP = {
+    "tproxy-initializer": "usage",
+    "tproxy-podwatch": "usage",
+    "tproxy-sidecar": "usage: tproxy-sidecar",
+    "tproxy-proxy": "usage: mitmdump",
+}  # (lower case)
 
 
 @pytest.mark.parametrize("name", sorted(HELP))
@@ -86,8 +90,9 @@ def test_images_are_small(images, name):
     assert size / 1e6 < LIMIT_MB.get(name, DEFAULT_LIMIT_MB), f"{name}: {size / 1e6:.0f} MB"
 
 
-@pytest.mark.parametrize("name,user", [("tproxy-proxy", "65534"), ("tproxy-initializer", "65534"),
-                                       ("tproxy-podwatch", "0"), ("tproxy-sidecar", "0")])
+@pytest.mark.parametrize(
+    "name,user", [("tproxy-proxy", "65534"), ("tproxy-initializer", "65534"), ("tproxy-podwatch", "0"), ("tproxy-sidecar", "0")]
+)
 def test_images_run_as_the_user_they_need(images, name, user):
     p = run("--network", "none", "--entrypoint", "id", images[name], "-u", check=True)
     assert p.stdout.strip() == user
@@ -101,8 +106,16 @@ def test_both_iptables_backends_are_in_the_image(images, name):
 
 
 def test_images_hold_the_product_only(images):
-    p = run("--network", "none", "--entrypoint", "sh", images["tproxy-podwatch"], "-c",
-            "ls /opt/tproxy; python3 -c 'import kubesim' 2>&1 || true", check=True)
+    p = run(
+        "--network",
+        "none",
+        "--entrypoint",
+        "sh",
+        images["tproxy-podwatch"],
+        "-c",
+        "ls /opt/tproxy; python3 -c 'import kubesim' 2>&1 || true",
+        check=True,
+    )
     listed = set(p.stdout.split())
     assert {"controllerkit", "initializer", "podwatch", "sidecar", "proxy"} <= listed
     assert not listed & {"kubesim", "tests", "bench", ".venv", ".tools", ".git", ".images"}
@@ -110,6 +123,7 @@ def test_images_hold_the_product_only(images):
 
 
 # -- the sidecar image locks a pod ----------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def capnet():
@@ -127,8 +141,19 @@ def netns_arg(ns) -> str:
 def test_sidecar_image_locks_the_pod_and_the_lock_rejects_ping(images, capnet):
     pod = capnet.add_pod("sclock")
     assert pod.run("ping", "-c1", "-W2", INET4, check=False).returncode == 0  # open before the lock
-    p = run("--network", netns_arg(pod), "--cap-add", "NET_ADMIN", "--cap-add", "NET_RAW",
-            "-e", "TPROXY_VERIFY=false", "-e", "ALLOW_DNS=203.0.113.53", images["tproxy-sidecar"])
+    p = run(
+        "--network",
+        netns_arg(pod),
+        "--cap-add",
+        "NET_ADMIN",
+        "--cap-add",
+        "NET_RAW",
+        "-e",
+        "TPROXY_VERIFY=false",
+        "-e",
+        "ALLOW_DNS=203.0.113.53",
+        images["tproxy-sidecar"],
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     ping = pod.run("ping", "-c1", "-W1", INET4, check=False)
     assert ping.returncode != 0 and "Operation not permitted" in ping.stdout + ping.stderr
@@ -137,8 +162,7 @@ def test_sidecar_image_locks_the_pod_and_the_lock_rejects_ping(images, capnet):
 
 def test_sidecar_image_without_net_admin_fails_clearly_and_locks_nothing(images, capnet):
     pod = capnet.add_pod("scnocap")
-    p = run("--network", netns_arg(pod), "-e", "TPROXY_VERIFY=false", "-e", "ALLOW_DNS=203.0.113.53",
-            images["tproxy-sidecar"])
+    p = run("--network", netns_arg(pod), "-e", "TPROXY_VERIFY=false", "-e", "ALLOW_DNS=203.0.113.53", images["tproxy-sidecar"])
     assert p.returncode == 3, p.stdout + p.stderr
     assert pod.run("ping", "-c1", "-W2", INET4, check=False).returncode == 0
 
@@ -167,20 +191,47 @@ def test_proxy_image_answers_418_to_a_disallowed_host_and_200_to_an_allowed_one(
     conf.mkdir()
     (conf / "policy.yaml").write_text(POLICY)
     os.chmod(conf, 0o777)
-    capnet.node.run("iptables", "-t", "nat", "-A", "PREROUTING", "-s", pod_ip, "-p", "tcp", "--dport", "80",
-                    "-j", "REDIRECT", "--to-ports", "8080")
-    c = Container("--network", netns_arg(capnet.node), "-v", f"{conf}:/etc/tproxy:rw",
-                  "-v", f"{node_hosts}:/etc/hosts:ro",
-                  images["tproxy-proxy"], "--set", "confdir=/etc/tproxy/mitm",
-                  "--set", "tproxy_policy=/etc/tproxy/policy.yaml")
+    capnet.node.run(
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "PREROUTING",
+        "-s",
+        pod_ip,
+        "-p",
+        "tcp",
+        "--dport",
+        "80",
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        "8080",
+    )
+    c = Container(
+        "--network",
+        netns_arg(capnet.node),
+        "-v",
+        f"{conf}:/etc/tproxy:rw",
+        "-v",
+        f"{node_hosts}:/etc/hosts:ro",
+        images["tproxy-proxy"],
+        "--set",
+        "confdir=/etc/tproxy/mitm",
+        "--set",
+        "tproxy_policy=/etc/tproxy/policy.yaml",
+    )
     try:
-        wait_for(lambda: ":8080" in capnet.node.run("ss", "-ltn").stdout, timeout=60,
-                 what=f"the proxy container listening (logs: {c.logs()[-2000:]})")
+        wait_for(
+            lambda: ":8080" in capnet.node.run("ss", "-ltn").stdout,
+            timeout=60,
+            what=f"the proxy container listening (logs: {c.logs()[-2000:]})",
+        )
 
         def code(host):
-            out = pod.run("curl", "-s", "-m", "10", "-o", "/dev/null", "-w", "%{http_code}", f"http://{host}/",
-                          check=False)
+            out = pod.run("curl", "-s", "-m", "10", "-o", "/dev/null", "-w", "%{http_code}", f"http://{host}/", check=False)
             return out.stdout.strip()
+
         assert code("blocked.example") == "418", c.logs()[-2000:]
         assert code("allowed.example") == "200", c.logs()[-2000:]
         ps = engine.podman("top", c.name, "user", check=False).stdout
@@ -205,22 +256,48 @@ s.serve_forever()
 
 # -- podwatch in its image programs and removes a pod's redirect --------------------------------
 
+
 def test_podwatch_image_programs_and_removes_a_pods_redirect(images, tmp_path):
     from test_podwatch_controller import HOST_PORT, NODE, Cluster
+
     cl = Cluster(str(tmp_path))
     kdir = os.path.dirname(cl.kubeconfig)
     os.makedirs(os.path.dirname(cl.identity), exist_ok=True)
-    c = Container("--network", netns_arg(cl.net.node), "--cap-add", "NET_ADMIN", "--cap-add", "NET_RAW",
-                  "-v", f"{kdir}:/kube:ro", "-v", f"{os.path.dirname(cl.identity)}:/var/run/tproxy",
-                  images["tproxy-podwatch"], "--kubeconfig", f"/kube/{os.path.basename(cl.kubeconfig)}",
-                  "--node-name", NODE, "-hostPort", str(HOST_PORT), "--metrics-port", "19102",
-                  "--identity-file", "/var/run/tproxy/pods.json", "--min-sync-interval", "0.05",
-                  "--resync-period", "1")
+    c = Container(
+        "--network",
+        netns_arg(cl.net.node),
+        "--cap-add",
+        "NET_ADMIN",
+        "--cap-add",
+        "NET_RAW",
+        "-v",
+        f"{kdir}:/kube:ro",
+        "-v",
+        f"{os.path.dirname(cl.identity)}:/var/run/tproxy",
+        images["tproxy-podwatch"],
+        "--kubeconfig",
+        f"/kube/{os.path.basename(cl.kubeconfig)}",
+        "--node-name",
+        NODE,
+        "-hostPort",
+        str(HOST_PORT),
+        "--metrics-port",
+        "19102",
+        "--identity-file",
+        "/var/run/tproxy/pods.json",
+        "--min-sync-interval",
+        "0.05",
+        "--resync-period",
+        "1",
+    )
     try:
         ip = cl.net.pod_ips["web"][0]
         cl.add_pod("default", "web", ip)
-        wait_for(lambda: cl.comments() == {(f"{ip}/32", "default/web")}, timeout=60,
-                 what=f"podwatch's redirect (logs: {c.logs()[-2000:]})")
+        wait_for(
+            lambda: cl.comments() == {(f"{ip}/32", "default/web")},
+            timeout=60,
+            what=f"podwatch's redirect (logs: {c.logs()[-2000:]})",
+        )
         out = cl.net.pods["web"].run("curl", "-sS", "-m", "2", f"http://{INET4}/", check=False).stdout.strip()
         assert out == f"proxy {HOST_PORT}"
         cl.delete_pod("default", "web")
@@ -231,6 +308,7 @@ def test_podwatch_image_programs_and_removes_a_pods_redirect(images, tmp_path):
 
 
 # -- bad input: clear messages, nothing half-started ---------------------------------------------
+
 
 def _images_sh(env_extra, user=None, tmp=None):
     env = {**os.environ, **env_extra}
@@ -248,7 +326,7 @@ def test_build_without_root_says_so(tmp_path):
 
 
 def test_build_without_disk_says_so_and_starts_nothing(tmp_path):
-    p = _images_sh({"TPROXY_IMAGES_DIR": str(tmp_path / "store"), "TPROXY_IMAGES_MIN_MB": str(10 ** 9)})
+    p = _images_sh({"TPROXY_IMAGES_DIR": str(tmp_path / "store"), "TPROXY_IMAGES_MIN_MB": str(10**9)})
     assert p.returncode == 2 and "MB free" in p.stderr, p.stderr
     assert os.listdir(tmp_path / "store") == []
 
@@ -270,6 +348,7 @@ def test_a_missing_image_at_demo_time_names_it_and_how_to_build_it(tmp_path, mon
     assert "make images" in str(e.value)
     from kubesim.demo import Demo, DemoError
     import argparse
+
     d = Demo(argparse.Namespace(run_dir=None, keep=False, timeout=1, runtime="podman"))
     with pytest.raises(DemoError, match="not built: .*tproxy-initializer:0.1.0.*make images"):
         d.run()

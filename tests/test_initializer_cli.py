@@ -1,4 +1,5 @@
 """initializer CLI: the original Go flags (single dash) and double-dash spellings."""
+
 import os
 import subprocess
 import sys
@@ -27,38 +28,69 @@ def test_defaults_match_the_original_binary():
 
 def test_original_manifest_args_parse():
     # The original chart's container args.
-    a = parse("-annotation=initializer.kubernetes.io/tproxy", "-require-annotation=true",
-              "-configmap=tproxy-tproxy-initializer", "-namespace=kube-system")
+    a = parse(
+        "-annotation=initializer.kubernetes.io/tproxy",
+        "-require-annotation=true",
+        "-configmap=tproxy-tproxy-initializer",
+        "-namespace=kube-system",
+    )
     assert a.require_annotation is True and a.namespace == "kube-system"
     assert a.configmap == "tproxy-tproxy-initializer"
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (["-require-annotation"], True), (["--require-annotation"], True), (["-require-annotation=false"], False),
-    (["--require-annotation=TRUE"], True), (["-require-annotation=0"], False),
-    (["-require-annotation", "-namespace", "x"], True),
-])
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["-require-annotation"], True),
+        (["--require-annotation"], True),
+        (["-require-annotation=false"], False),
+        (["--require-annotation=TRUE"], True),
+        (["-require-annotation=0"], False),
+        (["-require-annotation", "-namespace", "x"], True),
+    ],
+)
 def test_require_annotation_bool_forms(argv, expected):
     assert parse(*argv).require_annotation is expected
 
 
 def test_double_dash_and_space_separated_values():
-    a = parse("--annotation", "a/b", "-configmap", "cm", "--initializer-name=x.y.z", "--namespace", "ns",
-              "--kubeconfig", "/k", "--metrics-port", "0", "--exclude-namespaces", "kube-system, ,tproxy",
-              "--workers", "8", "--resync-period", "1m30s", "--log-level", "debug")
+    a = parse(
+        "--annotation",
+        "a/b",
+        "-configmap",
+        "cm",
+        "--initializer-name=x.y.z",
+        "--namespace",
+        "ns",
+        "--kubeconfig",
+        "/k",
+        "--metrics-port",
+        "0",
+        "--exclude-namespaces",
+        "kube-system, ,tproxy",
+        "--workers",
+        "8",
+        "--resync-period",
+        "1m30s",
+        "--log-level",
+        "debug",
+    )
     assert (a.annotation, a.configmap, a.initializer_name, a.namespace, a.kubeconfig) == ("a/b", "cm", "x.y.z", "ns", "/k")
     assert a.metrics_port == 0 and a.workers == 8 and a.resync_period == 90.0 and a.log_level == "debug"
     assert a.exclude_namespaces == ["kube-system", "tproxy"]
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["-require-annotation=maybe"], "invalid boolean 'maybe'"),
-    (["--workers", "0"], "workers must be >= 1"),
-    (["--metrics-port", "70000"], "port must be 0..65535"),
-    (["--resync-period", "soon"], "invalid duration 'soon'"),
-    (["--resync-period", "0s"], "duration must be positive"),
-    (["-annotatio", "x"], "unrecognized arguments"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["-require-annotation=maybe"], "invalid boolean 'maybe'"),
+        (["--workers", "0"], "workers must be >= 1"),
+        (["--metrics-port", "70000"], "port must be 0..65535"),
+        (["--resync-period", "soon"], "invalid duration 'soon'"),
+        (["--resync-period", "0s"], "duration must be positive"),
+        (["-annotatio", "x"], "unrecognized arguments"),
+    ],
+)
 def test_bad_flags_are_clear_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
         parse(*argv)
@@ -74,12 +106,21 @@ def test_help_spellings(spelling, capsys):
 
 
 def test_help_documents_every_flag():
-    out = subprocess.run([sys.executable, "-m", "initializer", "--help"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=30)
+    out = subprocess.run([sys.executable, "-m", "initializer", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert out.returncode == 0
-    for flag in ("-annotation", "-configmap", "-initializer-name", "-namespace", "-require-annotation",
-                 "--kubeconfig", "--metrics-port", "--exclude-namespaces", "--workers", "--resync-period",
-                 "--log-level"):
+    for flag in (
+        "-annotation",
+        "-configmap",
+        "-initializer-name",
+        "-namespace",
+        "-require-annotation",
+        "--kubeconfig",
+        "--metrics-port",
+        "--exclude-namespaces",
+        "--workers",
+        "--resync-period",
+        "--log-level",
+    ):
         assert flag in out.stdout
 
 
@@ -90,6 +131,7 @@ def restore_logging():
     import logging
 
     import structlog
+
     yield
     structlog.reset_defaults()
     root = logging.getLogger()
@@ -108,6 +150,7 @@ def test_missing_cluster_config_is_a_clear_error(tmp_path, capsys, monkeypatch, 
 
 def test_metrics_port_in_use_is_a_clear_error(tmp_path, capsys, restore_logging):
     import socket
+
     kc = tmp_path / "kubeconfig"
     kc.write_text("""apiVersion: v1
 kind: Config

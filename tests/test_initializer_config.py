@@ -1,4 +1,5 @@
 """initializer/config.py: the ConfigMap `config` schema (original tutorial's), validated."""
+
 import json
 
 import pytest
@@ -53,6 +54,7 @@ def test_original_chart_config_parses():
 
 def test_json_is_accepted_and_equal_to_yaml():
     import yaml
+
     as_json = json.dumps(yaml.safe_load(ORIGINAL))
     assert parse_config(as_json) == parse_config(ORIGINAL)
     assert parse_config(as_json).fingerprint == parse_config(ORIGINAL).fingerprint
@@ -68,39 +70,44 @@ def test_empty_lists_and_null_sections_are_fine():
     assert cfg.volumes == [] and cfg.env_vars == []
 
 
-@pytest.mark.parametrize("text, message", [
-    ("", "config is empty"),
-    ("{}", "config is empty"),
-    ("- a\n- b", "config: must be a mapping, got list"),
-    ("containers: [", "not valid YAML/JSON at line"),
-    ("volumeMount: []", "unknown key 'volumeMount'"),
-    ("containers: {name: a}", "containers: must be a list, got dict"),
-    ("containers: [{image: b}]", r"containers\[0\].name: required"),
-    ("containers: [{name: A_b, image: b}]", "not a valid container name"),
-    ("containers: [{name: a}]", r"containers\[0\].image: required"),
-    ("containers: [{name: a, image: b, imagePullPolicy: Sometimes}]", "imagePullPolicy: must be Always"),
-    ("containers: [{name: a, image: b, command: [1]}]", r"command\[0\]: must be a string"),
-    ("containers: [{name: a, image: b, imagePullPolcy: Always}]", "unknown field.*imagePullPolcy"),
-    ("containers: [{name: a, image: b}, {name: a, image: c}]", "duplicate container name 'a'"),
-    ("containers: [{name: a, image: b, env: [{name: X, value: 8080}]}]", r"env\[0\].value: must be a string"),
-    ("volumes: [{name: v}]", r"volumes\[0\]: must have exactly one volume source"),
-    ("volumes: [{name: v, emptyDir: {}, secret: {secretName: s}}]", "exactly one volume source"),
-    ("volumes: [{name: v, magicDisk: {}}]", "unknown field.*magicDisk"),
-    ("volumes: [{name: v, emptyDir: {}}, {name: v, emptyDir: {}}]", "duplicate volume name 'v'"),
-    ("volumeMounts: [{name: v}]", r"volumeMounts\[0\].mountPath: required"),
-    ("volumeMounts: [{name: v, mountPath: /a}, {name: w, mountPath: /a}]", "duplicate mount path '/a'"),
-    ("volumeMounts: [{name: v, mountPath: /a, readOnly: 'yes'}]", "readOnly: must be a boolean"),
-    ("envVars: [{value: x}]", r"envVars\[0\].name: required"),
-    ("envVars: [{name: '1 x', value: x}]", "not a valid environment variable name"),
-    ("envVars: [{name: X, value: a}, {name: X, value: b}]", "duplicate environment variable 'X'"),
-    ("envVars: [{name: X, value: a, valueFrom: {fieldRef: {fieldPath: x}}}]", "mutually exclusive"),
-    ("containers: []\nContainers: []", "given twice"),
-    # PyYAML alone keeps the last of two equal keys: the first section's mounts would vanish silently.
-    ("volumeMounts: [{name: v, mountPath: /a}]\nvolumes: []\nvolumeMounts: [{name: v, mountPath: /b}]",
-     r"line 3, column 1: found duplicate key 'volumeMounts' \(first at line 1\)"),
-    ("containers: [{name: a, image: b, image: c}]", "found duplicate key 'image'"),
-    ('{"envVars": [], "envVars": []}', "found duplicate key 'envVars'"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "config is empty"),
+        ("{}", "config is empty"),
+        ("- a\n- b", "config: must be a mapping, got list"),
+        ("containers: [", "not valid YAML/JSON at line"),
+        ("volumeMount: []", "unknown key 'volumeMount'"),
+        ("containers: {name: a}", "containers: must be a list, got dict"),
+        ("containers: [{image: b}]", r"containers\[0\].name: required"),
+        ("containers: [{name: A_b, image: b}]", "not a valid container name"),
+        ("containers: [{name: a}]", r"containers\[0\].image: required"),
+        ("containers: [{name: a, image: b, imagePullPolicy: Sometimes}]", "imagePullPolicy: must be Always"),
+        ("containers: [{name: a, image: b, command: [1]}]", r"command\[0\]: must be a string"),
+        ("containers: [{name: a, image: b, imagePullPolcy: Always}]", "unknown field.*imagePullPolcy"),
+        ("containers: [{name: a, image: b}, {name: a, image: c}]", "duplicate container name 'a'"),
+        ("containers: [{name: a, image: b, env: [{name: X, value: 8080}]}]", r"env\[0\].value: must be a string"),
+        ("volumes: [{name: v}]", r"volumes\[0\]: must have exactly one volume source"),
+        ("volumes: [{name: v, emptyDir: {}, secret: {secretName: s}}]", "exactly one volume source"),
+        ("volumes: [{name: v, magicDisk: {}}]", "unknown field.*magicDisk"),
+        ("volumes: [{name: v, emptyDir: {}}, {name: v, emptyDir: {}}]", "duplicate volume name 'v'"),
+        ("volumeMounts: [{name: v}]", r"volumeMounts\[0\].mountPath: required"),
+        ("volumeMounts: [{name: v, mountPath: /a}, {name: w, mountPath: /a}]", "duplicate mount path '/a'"),
+        ("volumeMounts: [{name: v, mountPath: /a, readOnly: 'yes'}]", "readOnly: must be a boolean"),
+        ("envVars: [{value: x}]", r"envVars\[0\].name: required"),
+        ("envVars: [{name: '1 x', value: x}]", "not a valid environment variable name"),
+        ("envVars: [{name: X, value: a}, {name: X, value: b}]", "duplicate environment variable 'X'"),
+        ("envVars: [{name: X, value: a, valueFrom: {fieldRef: {fieldPath: x}}}]", "mutually exclusive"),
+        ("containers: []\nContainers: []", "given twice"),
+        # PyYAML alone keeps the last of two equal keys: the first section's mounts would vanish silently.
+        (
+            "volumeMounts: [{name: v, mountPath: /a}]\nvolumes: []\nvolumeMounts: [{name: v, mountPath: /b}]",
+            r"line 3, column 1: found duplicate key 'volumeMounts' \(first at line 1\)",
+        ),
+        ("containers: [{name: a, image: b, image: c}]", "found duplicate key 'image'"),
+        ('{"envVars": [], "envVars": []}', "found duplicate key 'envVars'"),
+    ],
+)
 def test_bad_config_is_a_clear_error(text, message):
     with pytest.raises(ConfigError, match=message):
         parse_config(text)

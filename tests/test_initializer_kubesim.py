@@ -7,6 +7,7 @@ rendered by the real Helm binary. Most tests share one in-process controller (th
 initializer name and put it in ``pending`` themselves (an admin may, as in the 1.7 e2e tests), so
 they do not race the shared one.
 """
+
 from __future__ import annotations
 
 import copy
@@ -44,14 +45,29 @@ RELEASE_NS = "tproxy-system"
 # ---------------------------------------------------------------------------------------------
 # helpers
 
+
 def render_chart() -> list[dict]:
     if not os.access(HELM, os.X_OK):
         pytest.fail(f"Helm binary not found at {HELM}: run `make setup` or set TPROXY_HELM")
     out = subprocess.run(
-        [HELM, "template", "tproxy", str(REPO / "chart"), "--namespace", "tproxy-system", "--kube-version",
-         "1.7.16", "--api-versions", "admissionregistration.k8s.io/v1alpha1",
-         "--set", "tproxy.useRBAC=true,tproxy.useInitializer=true"],
-        capture_output=True, text=True, timeout=60)
+        [
+            HELM,
+            "template",
+            "tproxy",
+            str(REPO / "chart"),
+            "--namespace",
+            "tproxy-system",
+            "--kube-version",
+            "1.7.16",
+            "--api-versions",
+            "admissionregistration.k8s.io/v1alpha1",
+            "--set",
+            "tproxy.useRBAC=true,tproxy.useInitializer=true",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
@@ -71,9 +87,16 @@ def initializer_objects(docs):
 
 def collection_path(obj: dict) -> str:
     kind = obj["kind"]
-    plural = {"ConfigMap": "configmaps", "ServiceAccount": "serviceaccounts", "ClusterRole": "clusterroles",
-              "ClusterRoleBinding": "clusterrolebindings", "Role": "roles", "RoleBinding": "rolebindings",
-              "InitializerConfiguration": "initializerconfigurations", "Namespace": "namespaces"}[kind]
+    plural = {
+        "ConfigMap": "configmaps",
+        "ServiceAccount": "serviceaccounts",
+        "ClusterRole": "clusterroles",
+        "ClusterRoleBinding": "clusterrolebindings",
+        "Role": "roles",
+        "RoleBinding": "rolebindings",
+        "InitializerConfiguration": "initializerconfigurations",
+        "Namespace": "namespaces",
+    }[kind]
     return resource_path(obj["apiVersion"], plural, (obj.get("metadata") or {}).get("namespace"))
 
 
@@ -108,10 +131,17 @@ class Recorder:
         with self.lock:
             self.records.append((level, event, kw))
 
-    def debug(self, event, **kw): self._rec("debug", event, **kw)
-    def info(self, event, **kw): self._rec("info", event, **kw)
-    def warning(self, event, **kw): self._rec("warning", event, **kw)
-    def error(self, event, **kw): self._rec("error", event, **kw)
+    def debug(self, event, **kw):
+        self._rec("debug", event, **kw)
+
+    def info(self, event, **kw):
+        self._rec("info", event, **kw)
+
+    def warning(self, event, **kw):
+        self._rec("warning", event, **kw)
+
+    def error(self, event, **kw):
+        self._rec("error", event, **kw)
 
     def events(self, name):
         with self.lock:
@@ -120,6 +150,7 @@ class Recorder:
 
 # ---------------------------------------------------------------------------------------------
 # fixtures
+
 
 @pytest.fixture(scope="module")
 def chart():
@@ -159,9 +190,15 @@ def kubeconfig(server, tmp_path_factory):
 @pytest.fixture(scope="module")
 def controller(admin, kubeconfig, cm_name):
     """The shared controller, with the chart's flags."""
-    ctl = Controller.from_kubeconfig(kubeconfig, configmap=cm_name, config_namespace=CM_NS,
-                                     require_annotation=True, exclude_namespaces=["excluded"], workers=2,
-                                     resync_period=0.5)
+    ctl = Controller.from_kubeconfig(
+        kubeconfig,
+        configmap=cm_name,
+        config_namespace=CM_NS,
+        require_annotation=True,
+        exclude_namespaces=["excluded"],
+        workers=2,
+        resync_period=0.5,
+    )
     ctl.start()
     assert ctl.wait_ready(10), ctl.ready()
     yield ctl
@@ -184,6 +221,7 @@ def pending_of(obj):
 # ---------------------------------------------------------------------------------------------
 # the create path
 
+
 def test_blocking_create_returns_201_with_the_injection(controller, admin):
     before = metrics.DEPLOYMENTS.labels("initialized")._value.get()
     obj = create(admin, "team-a", deployment("web"))
@@ -200,14 +238,20 @@ def test_blocking_create_returns_201_with_the_injection(controller, admin):
 
 def test_status_code_is_201_through_the_official_client(controller, server):
     from kubernetes import client as k8s
+
     cfg = k8s.Configuration()
     cfg.host, cfg.ssl_ca_cert = server.url, server.ca_file
     cfg.api_key["BearerToken"], cfg.api_key_prefix["BearerToken"] = server.admin_token, "Bearer"
     api = k8s.ApiClient(cfg)
-    resp = api.call_api("/apis/apps/v1beta1/namespaces/team-b/deployments", "POST",
-                        body=deployment("official"), header_params={"Content-Type": "application/json",
-                                                                    "Accept": "application/json"},
-                        auth_settings=["BearerToken"], _preload_content=False, _return_http_data_only=False)
+    resp = api.call_api(
+        "/apis/apps/v1beta1/namespaces/team-b/deployments",
+        "POST",
+        body=deployment("official"),
+        header_params={"Content-Type": "application/json", "Accept": "application/json"},
+        auth_settings=["BearerToken"],
+        _preload_content=False,
+        _return_http_data_only=False,
+    )
     assert resp.status == 201
     assert tproxy_count(json.loads(resp.data)) == 1
 
@@ -258,22 +302,26 @@ def test_17_init_container_annotation_stays_consistent(controller, admin):
     # The user's init container got the CA mounts too (it runs after the lock).
     assert any(m["mountPath"] == "/etc/ssl/certs/" for m in field[1]["volumeMounts"])
     # Read back: the stored object kept the injected container.
-    assert [c["name"] for c in get(admin, "team-b", "legacy")["spec"]["template"]["spec"]["initContainers"]] \
-        == ["tproxy", "migrate"]
+    assert [c["name"] for c in get(admin, "team-b", "legacy")["spec"]["template"]["spec"]["initContainers"]] == [
+        "tproxy",
+        "migrate",
+    ]
 
 
 def test_17_annotation_only_init_containers_are_kept(controller, admin):
     dep = deployment("annotated-init")
-    dep["spec"]["template"]["metadata"]["annotations"] = {
-        BETA_INIT_ANNOTATION: json.dumps([{"name": "old", "image": "o"}])}
+    dep["spec"]["template"]["metadata"]["annotations"] = {BETA_INIT_ANNOTATION: json.dumps([{"name": "old", "image": "o"}])}
     obj = create(admin, "team-b", dep)
     assert [c["name"] for c in obj["spec"]["template"]["spec"]["initContainers"]] == ["tproxy", "old"]
-    assert [c["name"] for c in json.loads(obj["spec"]["template"]["metadata"]["annotations"][BETA_INIT_ANNOTATION])] \
-        == ["tproxy", "old"]
+    assert [c["name"] for c in json.loads(obj["spec"]["template"]["metadata"]["annotations"][BETA_INIT_ANNOTATION])] == [
+        "tproxy",
+        "old",
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
 # pending order
+
 
 def test_other_initializer_first_is_left_alone_until_it_is_ours(controller, admin):
     other = "other.initializer.example.com"
@@ -282,18 +330,19 @@ def test_other_initializer_first_is_left_alone_until_it_is_ours(controller, admi
     time.sleep(1.2)  # > 2 resync periods of the controller
     cur = get(admin, "order", "second")
     assert pending_of(cur) == [other, NAME] and tproxy_count(cur) == 0
-    cur["metadata"]["initializers"]["pending"] = [{"name": NAME}]   # the other initializer finishes
+    cur["metadata"]["initializers"]["pending"] = [{"name": NAME}]  # the other initializer finishes
     admin.replace(resource_path(DEPLOY, "deployments", "order", "second"), cur)
-    done = wait_for(lambda: (lambda o: o if pending_of(o) is None else None)(get(admin, "order", "second")),
-                    what="initialized after the other initializer")
+    done = wait_for(
+        lambda: (lambda o: o if pending_of(o) is None else None)(get(admin, "order", "second")),
+        what="initialized after the other initializer",
+    )
     assert_injected_once(done)
 
 
 def test_other_initializer_after_us_stays_pending_in_order(controller, admin):
     after = ["b.initializer.example.com", "c.initializer.example.com"]
     create(admin, "order", deployment("first", pending=[NAME, *after]), includeUninitialized="1")
-    obj = wait_for(lambda: (lambda o: o if tproxy_count(o) else None)(get(admin, "order", "first")),
-                   what="injection")
+    obj = wait_for(lambda: (lambda o: o if tproxy_count(o) else None)(get(admin, "order", "first")), what="injection")
     assert pending_of(obj) == after
     assert_injected_once(obj)
     time.sleep(0.6)
@@ -302,6 +351,7 @@ def test_other_initializer_after_us_stays_pending_in_order(controller, admin):
 
 # ---------------------------------------------------------------------------------------------
 # config: hot reload, bad config, not ready without config
+
 
 def test_configmap_hot_reload_and_bad_configmap_keeps_last_good(controller, admin, cm_name):
     path = resource_path("v1", "configmaps", CM_NS, cm_name)
@@ -331,8 +381,9 @@ def test_configmap_hot_reload_and_bad_configmap_keeps_last_good(controller, admi
 
 def test_no_config_means_not_ready_and_nothing_initialized_until_it_arrives(admin, kubeconfig, chart):
     late = "late.initializer.example.com"
-    ctl = Controller.from_kubeconfig(kubeconfig, initializer_name=late, configmap="late-config",
-                                     config_namespace="late", resync_period=0.3, config_retry=0.1)
+    ctl = Controller.from_kubeconfig(
+        kubeconfig, initializer_name=late, configmap="late-config", config_namespace="late", resync_period=0.3, config_retry=0.1
+    )
     health = HealthServer(0, host="127.0.0.1", ready=ctl.ready).start()
     ctl.start()
     try:
@@ -357,8 +408,10 @@ def test_no_config_means_not_ready_and_nothing_initialized_until_it_arrives(admi
         cur_cm = admin.get(resource_path("v1", "configmaps", "late", "late-config"))
         cur_cm["data"]["config"] = good
         admin.replace(resource_path("v1", "configmaps", "late", "late-config"), cur_cm)
-        done = wait_for(lambda: (lambda o: o if pending_of(o) is None else None)(get(admin, "late", "waits")),
-                        what="initialized once the config arrived")
+        done = wait_for(
+            lambda: (lambda o: o if pending_of(o) is None else None)(get(admin, "late", "waits")),
+            what="initialized once the config arrived",
+        )
         assert_injected_once(done)
         assert ctl.ready() == (True, "ok")
         assert urllib.request.urlopen(f"http://127.0.0.1:{health.port}/readyz", timeout=5).status == 200
@@ -375,8 +428,13 @@ def test_config_watch_survives_cuts_and_410(admin, server, kubeconfig, chart):
     path = resource_path("v1", "configmaps", "team-b", "cut-config")
     admin.create(resource_path("v1", "configmaps", "team-b"), cm)
     server.set_faults("watch_cut_after=1,gone=0.5")
-    ctl = Controller.from_kubeconfig(kubeconfig, initializer_name="cut.initializer.example.com",
-                                     configmap="cut-config", config_namespace="team-b", config_retry=0.05)
+    ctl = Controller.from_kubeconfig(
+        kubeconfig,
+        initializer_name="cut.initializer.example.com",
+        configmap="cut-config",
+        config_namespace="team-b",
+        config_retry=0.05,
+    )
     ctl.start()
     try:
         wait_for(lambda: ctl.config is not None, what="first config")
@@ -393,11 +451,13 @@ def test_config_watch_survives_cuts_and_410(admin, server, kubeconfig, chart):
 # ---------------------------------------------------------------------------------------------
 # never hang, never twice: faults, two replicas, kill -9
 
+
 def test_faults_leave_nothing_uninitialized_and_nothing_injected_twice(admin, server, kubeconfig, cm_name):
     """409s, 500s, watch cuts and 410s on every request of a controller started under faults (kubesim
     decides a watch's faults when it opens, so the controller must start after they are set). The
     creates are blocking creates (the admin puts the controller's name in pending, exempt from faults)."""
     from prometheus_client import REGISTRY
+
     fname = "faults.initializer.example.com"
     informer = "/apis/apps/v1beta1/deployments"
 
@@ -409,13 +469,19 @@ def test_faults_leave_nothing_uninitialized_and_nothing_injected_twice(admin, se
     cuts = sum(sample("informer_events_total", informer=informer, type=t) for t in ("ADDED", "MODIFIED"))
     gone = sample("informer_watch_errors_total", informer=informer, error="Gone")
     server.set_faults("conflict=0.3,error500=0.05,gone=0.5,watch_cut=0.3")
-    ctl = Controller.from_kubeconfig(kubeconfig, initializer_name=fname, configmap=cm_name,
-                                     config_namespace=CM_NS, workers=2, resync_period=0.5, config_retry=0.05)
+    ctl = Controller.from_kubeconfig(
+        kubeconfig,
+        initializer_name=fname,
+        configmap=cm_name,
+        config_namespace=CM_NS,
+        workers=2,
+        resync_period=0.5,
+        config_retry=0.05,
+    )
     ctl.start()
     try:
         with ThreadPoolExecutor(max_workers=10) as pool:
-            results = list(pool.map(lambda i: create(admin, "faults", deployment(f"f{i}", pending=[fname])),
-                                    range(30)))
+            results = list(pool.map(lambda i: create(admin, "faults", deployment(f"f{i}", pending=[fname])), range(30)))
     finally:
         server.set_faults(None)
         ctl.stop()
@@ -441,9 +507,12 @@ def test_two_replicas_inject_exactly_once(admin, kubeconfig, cm_name):
     for i in range(n):
         create(admin, "two", deployment(f"t{i}", pending=[two]), includeUninitialized="1")
     logs = [Recorder(), Recorder()]
-    replicas = [Controller.from_kubeconfig(kubeconfig, initializer_name=two, configmap=cm_name,
-                                           config_namespace=CM_NS, workers=3, resync_period=0.3, logger=log)
-                for log in logs]
+    replicas = [
+        Controller.from_kubeconfig(
+            kubeconfig, initializer_name=two, configmap=cm_name, config_namespace=CM_NS, workers=3, resync_period=0.3, logger=log
+        )
+        for log in logs
+    ]
     for r in replicas:
         r.start()
     try:
@@ -466,9 +535,23 @@ def test_kill_9_mid_burst_then_restart_completes_everything_once(admin, kubeconf
     holds each create up to 30 s, far longer than the restart takes)."""
     killname = "kill.initializer.example.com"
     n = 60
-    cmd = [sys.executable, "-m", "initializer", "--kubeconfig", kubeconfig, "-initializer-name=" + killname,
-           "-namespace=" + CM_NS, "-configmap", cm_name, "--metrics-port", "0", "--workers", "2",
-           "--resync-period", "500ms"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "initializer",
+        "--kubeconfig",
+        kubeconfig,
+        "-initializer-name=" + killname,
+        "-namespace=" + CM_NS,
+        "-configmap",
+        cm_name,
+        "--metrics-port",
+        "0",
+        "--workers",
+        "2",
+        "--resync-period",
+        "500ms",
+    ]
     env = dict(os.environ, PYTHONPATH=str(REPO))
 
     def done_count():
@@ -505,7 +588,7 @@ def test_kill_9_mid_burst_then_restart_completes_everything_once(admin, kubeconf
             second.terminate()
             second.wait(10)
     assert second.returncode == 0, "SIGTERM is a clean shutdown"
-    for obj in results:     # each blocking create answered 201 with the initialized, injected object
+    for obj in results:  # each blocking create answered 201 with the initialized, injected object
         assert pending_of(obj) is None
         assert_injected_once(obj)
     for i in range(n):
@@ -521,12 +604,14 @@ def test_kill_9_mid_burst_then_restart_completes_everything_once(admin, kubeconf
 # ---------------------------------------------------------------------------------------------
 # RBAC: the chart's, cross-namespace; and clear 403s without it
 
+
 def _sa_kubeconfig(server, tmp_path, ns, name):
     return server.write_kubeconfig(str(tmp_path / f"{name}.kubeconfig"), token=server.service_account_token(ns, name))
 
 
 def _free_port() -> int:
     import socket
+
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -546,28 +631,44 @@ def test_works_with_exactly_the_charts_rbac_and_args_across_namespaces(admin, se
     args = [a for a in container["args"] if not a.startswith(("-initializer-name", "--metrics-port"))]
     assert len(args) == len(container["args"]) - 2, container["args"]
     port = _free_port()
-    cmd = [sys.executable, "-m", "initializer", *args, "-initializer-name=" + rb, f"--metrics-port={port}",
-           "--metrics-host=127.0.0.1", "--kubeconfig", kc, "--resync-period=300ms"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "initializer",
+        *args,
+        "-initializer-name=" + rb,
+        f"--metrics-port={port}",
+        "--metrics-host=127.0.0.1",
+        "--kubeconfig",
+        kc,
+        "--resync-period=300ms",
+    ]
     log_path = tmp_path / "rbac.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=log, stderr=log)
     try:
+
         def readyz():
             try:
                 return urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200
             except OSError:
                 return False
+
         wait_for(readyz, timeout=20, interval=0.1, what=f"ready (log: {log_path})")
         for group in ("apps/v1beta1", "extensions/v1beta1"):
             name = "r-" + group.split("/")[0]
             create(admin, "rbac", deployment(name, group=group, pending=[rb]), group=group, includeUninitialized="1")
-            done = wait_for(lambda: (lambda o: o if pending_of(o) is None else None)(get(admin, "rbac", name)),
-                            what=f"initialized with the chart's RBAC ({group})")
+            done = wait_for(
+                lambda: (lambda o: o if pending_of(o) is None else None)(get(admin, "rbac", name)),
+                what=f"initialized with the chart's RBAC ({group})",
+            )
             assert_injected_once(done)
+
         # the counter is incremented after the write that a client may already have seen: wait for it
         def metrics():
             body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
             return body if 'tproxy_initializer_deployments_total{outcome="initialized"} 2.0' in body else None
+
         text = wait_for(metrics, timeout=10, what="both initializations counted in /metrics")
         assert "tproxy_initializer_config_loaded 1.0" in text and 'workqueue_depth{name="initializer"}' in text
         assert "tproxy_initializer_root_certs_loaded 1.0" in text
@@ -584,8 +685,14 @@ def test_works_with_exactly_the_charts_rbac_and_args_across_namespaces(admin, se
 def test_without_rbac_403s_are_reported_clearly(admin, server, cm_name, tmp_path):
     nobody = _sa_kubeconfig(server, tmp_path, "rbac", "nobody")
     log = Recorder()
-    ctl = Controller.from_kubeconfig(nobody, initializer_name="nobody.initializer.example.com", configmap=cm_name,
-                                     config_namespace=CM_NS, config_retry=0.1, logger=log)
+    ctl = Controller.from_kubeconfig(
+        nobody,
+        initializer_name="nobody.initializer.example.com",
+        configmap=cm_name,
+        config_namespace=CM_NS,
+        config_retry=0.1,
+        logger=log,
+    )
     ctl.start()
     try:
         ok, why = wait_for(lambda: (lambda r: r if "403" in r[1] else None)(ctl.ready()), what="403 reason")
@@ -598,22 +705,30 @@ def test_without_rbac_403s_are_reported_clearly(admin, server, cm_name, tmp_path
 
 def _grant_config_read(admin, sa_name: str, cm_name: str) -> None:
     """A Role + RoleBinding giving ServiceAccount rbac/<sa_name> get+watch on the one ConfigMap (as the chart does)."""
-    admin.create(resource_path("rbac.authorization.k8s.io/v1beta1", "roles", CM_NS), {
-        "metadata": {"name": sa_name, "namespace": CM_NS},
-        "rules": [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [cm_name],
-                   "verbs": ["get", "watch"]}]})
-    admin.create(resource_path("rbac.authorization.k8s.io/v1beta1", "rolebindings", CM_NS), {
-        "metadata": {"name": sa_name, "namespace": CM_NS},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": sa_name},
-        "subjects": [{"kind": "ServiceAccount", "name": sa_name, "namespace": "rbac"}]})
+    admin.create(
+        resource_path("rbac.authorization.k8s.io/v1beta1", "roles", CM_NS),
+        {
+            "metadata": {"name": sa_name, "namespace": CM_NS},
+            "rules": [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [cm_name], "verbs": ["get", "watch"]}],
+        },
+    )
+    admin.create(
+        resource_path("rbac.authorization.k8s.io/v1beta1", "rolebindings", CM_NS),
+        {
+            "metadata": {"name": sa_name, "namespace": CM_NS},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": sa_name},
+            "subjects": [{"kind": "ServiceAccount", "name": sa_name, "namespace": "rbac"}],
+        },
+    )
 
 
 def test_config_but_no_deployment_access_says_so_in_readiness(admin, server, cm_name, tmp_path):
     name = "cfg-only"
     _grant_config_read(admin, name, cm_name)
     kc = _sa_kubeconfig(server, tmp_path, "rbac", name)
-    ctl = Controller.from_kubeconfig(kc, initializer_name="cfg.initializer.example.com", configmap=cm_name,
-                                     config_namespace=CM_NS, logger=Recorder())
+    ctl = Controller.from_kubeconfig(
+        kc, initializer_name="cfg.initializer.example.com", configmap=cm_name, config_namespace=CM_NS, logger=Recorder()
+    )
     ctl.start()
     try:
         ok, why = wait_for(lambda: (lambda r: r if "403" in r[1] else None)(ctl.ready()), what="403 in readiness")
@@ -628,20 +743,28 @@ def test_write_without_initialize_verb_is_reported_and_retried(admin, server, ch
     """Config readable, deployments readable, but no update/initialize: the 403 on the PUT is logged
     with what is missing, and the object is retried (stays pending, never half-written)."""
     name = "readonly-init"
-    admin.create(resource_path("rbac.authorization.k8s.io/v1beta1", "clusterroles"), {
-        "metadata": {"name": name},
-        "rules": [{"apiGroups": ["apps", "extensions"], "resources": ["deployments"],
-                   "verbs": ["get", "list", "watch"]}]})
-    admin.create(resource_path("rbac.authorization.k8s.io/v1beta1", "clusterrolebindings"), {
-        "metadata": {"name": name}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                                                "name": name},
-        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": "rbac"}]})
+    admin.create(
+        resource_path("rbac.authorization.k8s.io/v1beta1", "clusterroles"),
+        {
+            "metadata": {"name": name},
+            "rules": [{"apiGroups": ["apps", "extensions"], "resources": ["deployments"], "verbs": ["get", "list", "watch"]}],
+        },
+    )
+    admin.create(
+        resource_path("rbac.authorization.k8s.io/v1beta1", "clusterrolebindings"),
+        {
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": "rbac"}],
+        },
+    )
     _grant_config_read(admin, name, cm_name)
     kc = _sa_kubeconfig(server, tmp_path, "rbac", name)
     ro = "ro.initializer.example.com"
     log = Recorder()
-    ctl = Controller.from_kubeconfig(kc, initializer_name=ro, configmap=cm_name, config_namespace=CM_NS,
-                                     resync_period=0.3, logger=log)
+    ctl = Controller.from_kubeconfig(
+        kc, initializer_name=ro, configmap=cm_name, config_namespace=CM_NS, resync_period=0.3, logger=log
+    )
     ctl.start()
     try:
         assert ctl.wait_ready(10), ctl.ready()
@@ -662,17 +785,26 @@ def test_write_without_initialize_verb_is_reported_and_retried(admin, server, ch
 # Each test has its own initializer name and its own source ConfigMap (the copies take the source's
 # name), so they neither race the shared controller nor see each other's copies.
 
+
 def _source(admin, name: str, bundle: str = "-----BEGIN CERTIFICATE-----\nA\n-----END CERTIFICATE-----\n") -> dict:
-    return admin.create(resource_path("v1", "configmaps", RELEASE_NS),
-                        {"metadata": {"name": name}, "data": {"root-certs.crt": bundle}})
+    return admin.create(
+        resource_path("v1", "configmaps", RELEASE_NS), {"metadata": {"name": name}, "data": {"root-certs.crt": bundle}}
+    )
 
 
 def _certs_controller(kubeconfig, cm_name, initializer_name, source, log=None, **kw):
     kw.setdefault("resync_period", 0.3)
-    ctl = Controller.from_kubeconfig(kubeconfig, initializer_name=initializer_name, configmap=cm_name,
-                                     config_namespace=CM_NS, require_annotation=True,
-                                     root_certs_configmap=source, root_certs_namespace=RELEASE_NS,
-                                     logger=log or Recorder(), **kw)
+    ctl = Controller.from_kubeconfig(
+        kubeconfig,
+        initializer_name=initializer_name,
+        configmap=cm_name,
+        config_namespace=CM_NS,
+        require_annotation=True,
+        root_certs_configmap=source,
+        root_certs_namespace=RELEASE_NS,
+        logger=log or Recorder(),
+        **kw,
+    )
     ctl.start()
     assert ctl.wait_ready(10), ctl.ready()
     return ctl
@@ -689,6 +821,7 @@ def test_bundle_is_in_a_fresh_namespace_before_the_create_returns(admin, kubecon
     """Two replicas; a namespace created after they started; a blocking create: when it returns 201 the
     namespace already holds the bundle the pods will mount (a copy marked as ours), created once."""
     from initializer.rootcerts import COPY_OF_ANNOTATION
+
     rc, source = "copy.initializer.example.com", "copy-root-certs"
     src = _source(admin, source)
     ctls = [_certs_controller(kubeconfig, cm_name, rc, source) for _ in range(2)]
@@ -732,13 +865,14 @@ def test_a_new_ca_reaches_every_copy_and_a_deleted_copy_comes_back(admin, kubeco
         src["data"] = {"root-certs.crt": "NEW CA\n"}
         admin.replace(resource_path("v1", "configmaps", RELEASE_NS, source), src)
         for ns in ("rot-a", "rot-b"):
-            wait_for(lambda: _copy(admin, ns, source)["data"] == {"root-certs.crt": "NEW CA\n"},
-                     what=f"copy in {ns} updated")
+            wait_for(lambda: _copy(admin, ns, source)["data"] == {"root-certs.crt": "NEW CA\n"}, what=f"copy in {ns} updated")
         assert {"rot-a", "rot-b"} <= {e["namespace"] for e in log.events("root_certs_copy_updated")}
         # A copy deleted by someone is written again on the next pass (new pods there must start).
         admin.delete(resource_path("v1", "configmaps", "rot-b", source))
-        wait_for(lambda: (_copy(admin, "rot-b", source) or {}).get("data") == {"root-certs.crt": "NEW CA\n"},
-                 what="deleted copy re-created")
+        wait_for(
+            lambda: (_copy(admin, "rot-b", source) or {}).get("data") == {"root-certs.crt": "NEW CA\n"},
+            what="deleted copy re-created",
+        )
     finally:
         ctl.stop()
 
@@ -747,8 +881,9 @@ def test_a_same_named_configmap_that_is_not_ours_fails_the_create_and_is_kept(ad
     rc, source = "taken.initializer.example.com", "taken-root-certs"
     _source(admin, source)
     admin.create("/api/v1/namespaces", {"metadata": {"name": "taken"}})
-    theirs = admin.create(resource_path("v1", "configmaps", "taken"),
-                          {"metadata": {"name": source}, "data": {"root-certs.crt": "THEIR OWN BUNDLE"}})
+    theirs = admin.create(
+        resource_path("v1", "configmaps", "taken"), {"metadata": {"name": source}, "data": {"root-certs.crt": "THEIR OWN BUNDLE"}}
+    )
     ctl = _certs_controller(kubeconfig, cm_name, rc, source)
     try:
         with pytest.raises(errors.ApiError) as exc:
@@ -764,8 +899,7 @@ def test_a_same_named_configmap_that_is_not_ours_fails_the_create_and_is_kept(ad
         ctl.stop()
 
 
-def test_a_namespace_where_the_initializer_may_not_write_the_bundle_fails_the_create_naming_it(
-        admin, server, cm_name, tmp_path):
+def test_a_namespace_where_the_initializer_may_not_write_the_bundle_fails_the_create_naming_it(admin, server, cm_name, tmp_path):
     """Everything the chart grants, except that the copy may only be written in one namespace: a
     deployment elsewhere fails at once with a result naming the namespace and the missing grant
     (never released without its bundle, never left waiting)."""
@@ -777,20 +911,40 @@ def test_a_namespace_where_the_initializer_may_not_write_the_bundle_fails_the_cr
 
     def bind(kind, name, ns, rules):
         path_ns = ns if kind == "Role" else None
-        admin.create(resource_path(rbac, kind.lower() + "s", path_ns),
-                     {"metadata": {"name": name, **({"namespace": ns} if ns else {})}, "rules": rules})
-        admin.create(resource_path(rbac, kind.lower() + "bindings", path_ns), {
-            "metadata": {"name": name, **({"namespace": ns} if ns else {})},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": name},
-            "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": "rbac"}]})
+        admin.create(
+            resource_path(rbac, kind.lower() + "s", path_ns),
+            {"metadata": {"name": name, **({"namespace": ns} if ns else {})}, "rules": rules},
+        )
+        admin.create(
+            resource_path(rbac, kind.lower() + "bindings", path_ns),
+            {
+                "metadata": {"name": name, **({"namespace": ns} if ns else {})},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": name},
+                "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": "rbac"}],
+            },
+        )
 
     cms = {"apiGroups": [""], "resources": ["configmaps"]}
-    bind("ClusterRole", sa, None, [{"apiGroups": ["apps", "extensions"], "resources": ["deployments"],
-                                    "verbs": ["get", "list", "watch", "update", "patch", "initialize"]}])
+    bind(
+        "ClusterRole",
+        sa,
+        None,
+        [
+            {
+                "apiGroups": ["apps", "extensions"],
+                "resources": ["deployments"],
+                "verbs": ["get", "list", "watch", "update", "patch", "initialize"],
+            }
+        ],
+    )
     bind("Role", sa, CM_NS, [{**cms, "resourceNames": [cm_name], "verbs": ["get", "watch"]}])
     bind("Role", sa, RELEASE_NS, [{**cms, "resourceNames": [source], "verbs": ["get", "watch"]}])
-    bind("Role", sa + "-copy", "copy-allowed", [{**cms, "resourceNames": [source], "verbs": ["get", "update"]},
-                                                {**cms, "verbs": ["create"]}])
+    bind(
+        "Role",
+        sa + "-copy",
+        "copy-allowed",
+        [{**cms, "resourceNames": [source], "verbs": ["get", "update"]}, {**cms, "verbs": ["create"]}],
+    )
     kc = _sa_kubeconfig(server, tmp_path, "rbac", sa)
     ctl = _certs_controller(kc, cm_name, rc, source)
     try:
@@ -813,23 +967,37 @@ def test_copies_left_stale_while_the_initializer_was_down_are_updated_at_start(a
     """The CA changed while no replica ran: at start, without any new deployment, the copies in
     namespaces with locked deployments are brought up to date (not one resync period later)."""
     from initializer.rootcerts import COPY_OF_ANNOTATION
+
     rc, source = "stale.initializer.example.com", "stale-root-certs"
     _source(admin, source, "NEW CA\n")
     admin.create("/api/v1/namespaces", {"metadata": {"name": "stale"}})
-    admin.create(resource_path("v1", "configmaps", "stale"), {
-        "metadata": {"name": source, "annotations": {COPY_OF_ANNOTATION: f"{RELEASE_NS}/{source}"}},
-        "data": {"root-certs.crt": "OLD CA\n"}})
+    admin.create(
+        resource_path("v1", "configmaps", "stale"),
+        {
+            "metadata": {"name": source, "annotations": {COPY_OF_ANNOTATION: f"{RELEASE_NS}/{source}"}},
+            "data": {"root-certs.crt": "OLD CA\n"},
+        },
+    )
     locked = deployment("locked", meta={"initializers": {"pending": []}})  # already initialized
     locked["spec"]["template"]["metadata"]["annotations"] = {ANN: "true"}
     create(admin, "stale", locked)
     # The source is known before the deployments are listed (as when its GET answers first).
-    ctl = Controller.from_kubeconfig(kubeconfig, initializer_name=rc, configmap=cm_name, config_namespace=CM_NS,
-                                     require_annotation=True, resync_period=300, root_certs_configmap=source,
-                                     root_certs_namespace=RELEASE_NS, logger=Recorder())
+    ctl = Controller.from_kubeconfig(
+        kubeconfig,
+        initializer_name=rc,
+        configmap=cm_name,
+        config_namespace=CM_NS,
+        require_annotation=True,
+        resync_period=300,
+        root_certs_configmap=source,
+        root_certs_namespace=RELEASE_NS,
+        logger=Recorder(),
+    )
     assert ctl.load_root_certs(admin.get(resource_path("v1", "configmaps", RELEASE_NS, source)))
     ctl.start()
     try:
-        wait_for(lambda: _copy(admin, "stale", source)["data"] == {"root-certs.crt": "NEW CA\n"},
-                 what="stale copy updated at start")
+        wait_for(
+            lambda: _copy(admin, "stale", source)["data"] == {"root-certs.crt": "NEW CA\n"}, what="stale copy updated at start"
+        )
     finally:
         ctl.stop()

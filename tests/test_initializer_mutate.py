@@ -1,4 +1,5 @@
 """initializer/mutate.py: the decision and the injection, as pure functions."""
+
 import copy
 import json
 
@@ -6,8 +7,17 @@ import pytest
 
 from initializer import mutate
 from initializer.config import parse_config
-from initializer.mutate import (ALPHA_INIT_ANNOTATION, BETA_INIT_ANNOTATION, FAIL, IGNORE, INJECT, SKIP,
-                                InjectionConflict, apply_injection, decide)
+from initializer.mutate import (
+    ALPHA_INIT_ANNOTATION,
+    BETA_INIT_ANNOTATION,
+    FAIL,
+    IGNORE,
+    INJECT,
+    SKIP,
+    InjectionConflict,
+    apply_injection,
+    decide,
+)
 from initializer_objects import ANN, NAME
 from initializer_objects import deployment as _deployment
 
@@ -26,8 +36,9 @@ envVars:
 
 
 def deployment(pending=(NAME,), annotated=True, ns="default", **podspec):
-    return _deployment("web", annotated=annotated, pending=pending,
-                       meta={"namespace": ns, "uid": "u1", "resourceVersion": "7"}, **podspec)
+    return _deployment(
+        "web", annotated=annotated, pending=pending, meta={"namespace": ns, "uid": "u1", "resourceVersion": "7"}, **podspec
+    )
 
 
 def run(obj, require=False, **kw):
@@ -47,8 +58,7 @@ def test_inject_adds_everything_and_completes_initialization():
     assert [c["name"] for c in pod["initContainers"]] == ["tproxy"]
     assert [v["name"] for v in pod["volumes"]] == ["ca-certs-debian"]
     app = pod["containers"][0]
-    assert [m["mountPath"] for m in app["volumeMounts"]] == ["/etc/ssl/certs/",
-                                                          "/usr/local/share/ca-certificates/extra/"]
+    assert [m["mountPath"] for m in app["volumeMounts"]] == ["/etc/ssl/certs/", "/usr/local/share/ca-certificates/extra/"]
     assert app["env"] == [{"name": "http_proxy", "value": "node:1080"}]
     assert new["spec"]["template"]["metadata"]["annotations"] == {ANN: "true"}
     assert BETA_INIT_ANNOTATION not in new["spec"]["template"]["metadata"]["annotations"]
@@ -92,8 +102,9 @@ volumeMounts: [{name: ca, mountPath: /ca, readOnly: false}]
 envVars: [{name: EMPTY, value: ""}]
 """)
     once = decide(deployment(), cfg, initializer_name=NAME, annotation=ANN, require_annotation=False).obj
-    served = json.loads(json.dumps(once).replace(', "readOnly": false', "").replace(', "value": ""', "")
-                        .replace(', "args": []', ""))
+    served = json.loads(
+        json.dumps(once).replace(', "readOnly": false', "").replace(', "value": ""', "").replace(', "args": []', "")
+    )
     assert "readOnly" not in json.dumps(served) and '"args"' not in json.dumps(served)
     served["metadata"]["initializers"] = {"pending": [{"name": NAME}]}
     dec = decide(served, cfg, initializer_name=NAME, annotation=ANN, require_annotation=False)
@@ -129,17 +140,28 @@ volumes: [{name: scratch, emptyDir: {sizeLimit: 2048Mi}}]
     assert not mutate._subset({"env": [{"name": "X", "value": "1000m"}]}, {"env": [{"name": "X", "value": "1"}]})
 
 
-@pytest.mark.parametrize("podspec, message", [
-    ({"volumes": [{"name": "ca-certs-debian", "emptyDir": {}}]},
-     "spec.template.spec.volumes already has volume 'ca-certs-debian' with a different definition"),
-    ({"initContainers": [{"name": "tproxy", "image": "evil"}]},
-     "initContainers already has init container 'tproxy' with a different definition"),
-    ({"containers": [{"name": "tproxy", "image": "x"}]}, "already has a container named 'tproxy'"),
-    ({"containers": [{"name": "app", "image": "d", "env": [{"name": "http_proxy", "value": "direct"}]}]},
-     "container 'app' already has environment variable 'http_proxy'"),
-    ({"containers": [{"name": "app", "image": "d", "volumeMounts": [{"name": "own", "mountPath": "/etc/ssl/certs/"}]}]},
-     "container 'app' already has a volume mount at '/etc/ssl/certs/'"),
-])
+@pytest.mark.parametrize(
+    "podspec, message",
+    [
+        (
+            {"volumes": [{"name": "ca-certs-debian", "emptyDir": {}}]},
+            "spec.template.spec.volumes already has volume 'ca-certs-debian' with a different definition",
+        ),
+        (
+            {"initContainers": [{"name": "tproxy", "image": "evil"}]},
+            "initContainers already has init container 'tproxy' with a different definition",
+        ),
+        ({"containers": [{"name": "tproxy", "image": "x"}]}, "already has a container named 'tproxy'"),
+        (
+            {"containers": [{"name": "app", "image": "d", "env": [{"name": "http_proxy", "value": "direct"}]}]},
+            "container 'app' already has environment variable 'http_proxy'",
+        ),
+        (
+            {"containers": [{"name": "app", "image": "d", "volumeMounts": [{"name": "own", "mountPath": "/etc/ssl/certs/"}]}]},
+            "container 'app' already has a volume mount at '/etc/ssl/certs/'",
+        ),
+    ],
+)
 def test_conflicts_fail_the_create_with_a_422_saying_what_conflicted(podspec, message):
     d = deployment(**podspec)
     dec = run(d)
@@ -180,8 +202,10 @@ def test_not_pending_or_empty_pending_or_result_set_is_ignored():
     assert run(d).action == IGNORE
 
 
-@pytest.mark.parametrize("value, injects", [(True, True), ("TRUE", True), (" True ", True), (None, False),
-                                            ("false", False), ("yes", False), ("", False)])
+@pytest.mark.parametrize(
+    "value, injects",
+    [(True, True), ("TRUE", True), (" True ", True), (None, False), ("false", False), ("yes", False), ("", False)],
+)
 def test_require_annotation_semantics(value, injects):
     d = deployment(annotated=value)
     dec = run(d, require=True)
@@ -207,8 +231,10 @@ def test_excluded_namespace_only_removes_our_entry():
 def test_17_init_container_annotation_is_rewritten_to_match_the_field():
     user = [{"name": "migrate", "image": "m"}]
     d = deployment(initContainers=copy.deepcopy(user))
-    d["spec"]["template"]["metadata"]["annotations"] = {BETA_INIT_ANNOTATION: json.dumps(user),
-                                                        ALPHA_INIT_ANNOTATION: json.dumps(user)}
+    d["spec"]["template"]["metadata"]["annotations"] = {
+        BETA_INIT_ANNOTATION: json.dumps(user),
+        ALPHA_INIT_ANNOTATION: json.dumps(user),
+    }
     new = run(d).obj
     ann = new["spec"]["template"]["metadata"]["annotations"]
     field = new["spec"]["template"]["spec"]["initContainers"]
@@ -245,20 +271,26 @@ from hypothesis import given, settings  # noqa: E402 - the property tests' own i
 from hypothesis import strategies as st  # noqa: E402
 
 _names = st.sampled_from(["app", "web", "side", "db", "cache"])
-_user_env = st.lists(st.fixed_dictionaries({"name": st.sampled_from(["A", "B", "PATH"]),
-                                            "value": st.sampled_from(["1", "2"])}),
-                     max_size=3, unique_by=lambda e: e["name"])
-_user_mounts = st.lists(st.fixed_dictionaries({"name": st.just("data"),
-                                               "mountPath": st.sampled_from(["/data", "/var/x", "/srv"])}),
-                        max_size=2, unique_by=lambda m: m["mountPath"])
-_container = st.fixed_dictionaries({"name": _names, "image": st.just("img"), "env": _user_env,
-                                    "volumeMounts": _user_mounts})
-_pod = st.fixed_dictionaries({
-    "containers": st.lists(_container, min_size=1, max_size=3, unique_by=lambda c: c["name"]),
-    "initContainers": st.lists(_container.map(lambda c: dict(c, name="init-" + c["name"])), max_size=2,
-                               unique_by=lambda c: c["name"]),
-    "volumes": st.just([{"name": "data", "emptyDir": {}}]),
-})
+_user_env = st.lists(
+    st.fixed_dictionaries({"name": st.sampled_from(["A", "B", "PATH"]), "value": st.sampled_from(["1", "2"])}),
+    max_size=3,
+    unique_by=lambda e: e["name"],
+)
+_user_mounts = st.lists(
+    st.fixed_dictionaries({"name": st.just("data"), "mountPath": st.sampled_from(["/data", "/var/x", "/srv"])}),
+    max_size=2,
+    unique_by=lambda m: m["mountPath"],
+)
+_container = st.fixed_dictionaries({"name": _names, "image": st.just("img"), "env": _user_env, "volumeMounts": _user_mounts})
+_pod = st.fixed_dictionaries(
+    {
+        "containers": st.lists(_container, min_size=1, max_size=3, unique_by=lambda c: c["name"]),
+        "initContainers": st.lists(
+            _container.map(lambda c: dict(c, name="init-" + c["name"])), max_size=2, unique_by=lambda c: c["name"]
+        ),
+        "volumes": st.just([{"name": "data", "emptyDir": {}}]),
+    }
+)
 
 
 @settings(max_examples=60, deadline=None)

@@ -4,6 +4,7 @@ The kubesim tests cover the happy paths and random faults; these pin the exact r
 answer the API can give a write: 409 re-read and redo, 422 on the injected object -> fail the create
 with the server's reason, 404 -> done, 403 -> reported and retried, never a silent drop.
 """
+
 import json
 import time
 
@@ -18,16 +19,26 @@ from initializer.mutate import FAIL, INJECT
 
 NAME = "tproxy.initializer.kubernetes.io"
 PATH = "/apis/apps/v1beta1/namespaces/ns/deployments/web"
-CONFIG = "containers: [{name: tproxy, image: sidecar}]\nvolumes: [{name: ca, emptyDir: {}}]\n" \
-         "volumeMounts: [{name: ca, mountPath: /etc/ssl/certs}]"
+CONFIG = (
+    "containers: [{name: tproxy, image: sidecar}]\nvolumes: [{name: ca, emptyDir: {}}]\n"
+    "volumeMounts: [{name: ca, mountPath: /etc/ssl/certs}]"
+)
 
 
 def dep(rv="5"):
-    return {"apiVersion": "apps/v1beta1", "kind": "Deployment",
-            "metadata": {"name": "web", "namespace": "ns", "uid": "u", "resourceVersion": rv,
-                         "creationTimestamp": "2026-01-01T00:00:00Z",
-                         "initializers": {"pending": [{"name": NAME}]}},
-            "spec": {"template": {"metadata": {}, "spec": {"containers": [{"name": "app", "image": "x"}]}}}}
+    return {
+        "apiVersion": "apps/v1beta1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": "web",
+            "namespace": "ns",
+            "uid": "u",
+            "resourceVersion": rv,
+            "creationTimestamp": "2026-01-01T00:00:00Z",
+            "initializers": {"pending": [{"name": NAME}]},
+        },
+        "spec": {"template": {"metadata": {}, "spec": {"containers": [{"name": "app", "image": "x"}]}}},
+    }
 
 
 class Recorder:
@@ -51,8 +62,11 @@ def ctl(fake):
 
 
 def puts(fake):
-    return [json.loads(body) for (headers, body), (method, path, _) in zip(fake.request_details, fake.requests)
-            if method == "PUT" and path == PATH]
+    return [
+        json.loads(body)
+        for (headers, body), (method, path, _) in zip(fake.request_details, fake.requests)
+        if method == "PUT" and path == PATH
+    ]
 
 
 def test_write_carries_the_resource_version_read(fake, ctl):
@@ -96,8 +110,9 @@ def test_server_rejecting_the_injection_fails_the_create_with_its_reason(fake, c
     assert injected["spec"]["template"]["spec"]["initContainers"]
     result = failed["metadata"]["initializers"]["result"]
     assert result["code"] == 422 and result["status"] == "Failure"
-    assert result["message"] == ('tproxy initializer: the API server rejected the injected deployment: '
-                                 'Deployment.apps "web" is invalid: spec.x: bad')
+    assert result["message"] == (
+        'tproxy initializer: the API server rejected the injected deployment: Deployment.apps "web" is invalid: spec.x: bad'
+    )
     assert failed["metadata"]["initializers"]["pending"] == [{"name": NAME}]
     assert failed["spec"] == dep()["spec"] and failed["metadata"]["resourceVersion"] == "5"
 
@@ -143,8 +158,12 @@ def test_config_watch_that_is_always_gone_backs_off_instead_of_spinning(fake):
     GET+watch loop as fast as the network allows (the informer has the same rule)."""
     cm_path = "/api/v1/namespaces/default/configmaps/tproxy-initializer"
     watch_path = "/api/v1/watch/namespaces/default/configmaps/tproxy-initializer"
-    fake.route("GET", cm_path, 200, {"metadata": {"name": "tproxy-initializer", "namespace": "default",
-                                                  "resourceVersion": "3"}, "data": {"config": CONFIG}})
+    fake.route(
+        "GET",
+        cm_path,
+        200,
+        {"metadata": {"name": "tproxy-initializer", "namespace": "default", "resourceVersion": "3"}, "data": {"config": CONFIG}},
+    )
     fake.route("GET", watch_path, 410, status_body(410, "Gone", "too old resource version: 3"))
     fake.add_collection("/apis/apps/v1beta1/deployments")
     c = Controller(Client.from_url(fake.url), logger=Recorder(), config_retry=0.3)
@@ -161,6 +180,7 @@ def test_config_watch_that_is_always_gone_backs_off_instead_of_spinning(fake):
 
 def _sample(name, **labels):
     from prometheus_client import REGISTRY
+
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
@@ -170,8 +190,8 @@ def test_skipped_and_failed_outcomes_are_counted_timed_and_logged_with_identity(
     annotated = dep()
     annotated["metadata"]["annotations"] = {"initializer.kubernetes.io/tproxy": "TRUE"}
     annotated["spec"]["template"]["spec"]["volumes"] = [{"name": "ca", "hostPath": {"path": "/etc"}}]
-    fake.route("GET", PATH, 200, dep())            # no annotation: released untouched
-    fake.route("GET", PATH, 200, annotated)        # annotated, but its volume "ca" clashes with ours
+    fake.route("GET", PATH, 200, dep())  # no annotation: released untouched
+    fake.route("GET", PATH, 200, annotated)  # annotated, but its volume "ca" clashes with ours
     fake.route("PUT", PATH, 200, dep())
     skipped, failed = (_sample("tproxy_initializer_deployments_total", outcome=o) for o in ("skipped", "failed"))
     timed = _sample("tproxy_initializer_initialization_seconds_count")
@@ -196,7 +216,7 @@ def test_config_reloads_count_changes_only(fake):
     c = Controller(Client.from_url(fake.url), logger=Recorder())
     before = metrics.CONFIG_RELOADS._value.get()
     assert c.load_configmap({"data": {"config": CONFIG}})
-    assert c.load_configmap({"data": {"config": CONFIG + "\n"}})      # same content: not a reload
+    assert c.load_configmap({"data": {"config": CONFIG + "\n"}})  # same content: not a reload
     assert c.load_configmap({"data": {"config": CONFIG.replace("image: sidecar", "image: sidecar:v2")}})
     assert metrics.CONFIG_RELOADS._value.get() == before + 2
     assert [kw["previous"] is None for _, e, kw in c.log.records if e == "config_loaded"] == [True, False]
@@ -207,8 +227,9 @@ def test_malformed_reload_keeps_the_last_good_config_and_logs_why(fake):
     assert c.load_configmap({"metadata": {"name": "cm", "namespace": "ns"}, "data": {"config": CONFIG}})
     good = c.config
     errs = metrics.CONFIG_ERRORS.labels("malformed")._value.get()
-    assert not c.load_configmap({"metadata": {"name": "cm", "namespace": "ns"},
-                                 "data": {"config": CONFIG.replace("image: sidecar", "imgae: sidecar")}})
+    assert not c.load_configmap(
+        {"metadata": {"name": "cm", "namespace": "ns"}, "data": {"config": CONFIG.replace("image: sidecar", "imgae: sidecar")}}
+    )
     assert c.config is good, "the last good config stays in force"
     assert metrics.CONFIG_ERRORS.labels("malformed")._value.get() == errs + 1
     [(level, kw)] = [(level, kw) for level, e, kw in c.log.records if e == "config_error_keeping_last_good"]
@@ -225,14 +246,19 @@ BUNDLE = {"root-certs.crt": "CA"}
 
 def copy_of(rv="7", data=BUNDLE, owner="tproxy-system/root-certs"):
     ann = {"tproxy.initializer.kubernetes.io/root-certs-copy-of": owner} if owner else {}
-    return {"apiVersion": "v1", "kind": "ConfigMap", "data": dict(data),
-            "metadata": {"name": "root-certs", "namespace": "ns", "resourceVersion": rv, "annotations": ann}}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "data": dict(data),
+        "metadata": {"name": "root-certs", "namespace": "ns", "resourceVersion": rv, "annotations": ann},
+    }
 
 
 @pytest.fixture
 def certs_ctl(fake):
-    c = Controller(Client.from_url(fake.url), logger=Recorder(), root_certs_configmap="root-certs",
-                   root_certs_namespace="tproxy-system")
+    c = Controller(
+        Client.from_url(fake.url), logger=Recorder(), root_certs_configmap="root-certs", root_certs_namespace="tproxy-system"
+    )
     assert c.load_configmap({"metadata": {"name": "cm", "namespace": "default"}, "data": {"config": CONFIG}})
     assert c.load_root_certs({"metadata": {"name": "root-certs", "namespace": "tproxy-system"}, "data": BUNDLE})
     return c
@@ -243,8 +269,9 @@ def calls(fake):
 
 
 def test_without_the_bundle_read_deployments_wait(fake):
-    c = Controller(Client.from_url(fake.url), logger=Recorder(), root_certs_configmap="root-certs",
-                   root_certs_namespace="tproxy-system")
+    c = Controller(
+        Client.from_url(fake.url), logger=Recorder(), root_certs_configmap="root-certs", root_certs_namespace="tproxy-system"
+    )
     assert c.load_configmap({"metadata": {"name": "cm", "namespace": "default"}, "data": {"config": CONFIG}})
     assert c.sync("ns/web") is None and fake.requests == []
     assert c.ready() == (False, "ConfigMap tproxy-system/root-certs not read yet")
@@ -269,8 +296,7 @@ def test_an_outdated_copy_is_updated_with_the_version_read_before_the_release(fa
     fake.route("PUT", PATH, 200, dep(rv="6"))
     assert certs_ctl.sync("ns/web").action == INJECT
     assert calls(fake) == [("GET", PATH), ("GET", CM), ("PUT", CM), ("PUT", PATH)]
-    [(_, body)] = [(h, json.loads(b)) for (h, b), (m, p, _) in zip(fake.request_details, fake.requests)
-                   if m == "PUT" and p == CM]
+    [(_, body)] = [(h, json.loads(b)) for (h, b), (m, p, _) in zip(fake.request_details, fake.requests) if m == "PUT" and p == CM]
     assert body["data"] == BUNDLE and body["metadata"]["resourceVersion"] == "3"
 
 
@@ -292,8 +318,9 @@ def test_a_forbidden_copy_fails_the_deployment_with_403_naming_namespace_and_gra
     [body] = puts(fake)
     result = body["metadata"]["initializers"]["result"]
     assert (result["code"], result["reason"], result["status"]) == (403, "Forbidden", "Failure")
-    assert result["message"].startswith("tproxy initializer: cannot provide the proxy CA bundle in namespace ns: "
-                                        "update of ConfigMap ns/root-certs is forbidden")
+    assert result["message"].startswith(
+        "tproxy initializer: cannot provide the proxy CA bundle in namespace ns: update of ConfigMap ns/root-certs is forbidden"
+    )
     assert "needs get, create and update on configmaps named root-certs in ns" in result["message"]
     assert body["metadata"]["initializers"]["pending"] == [{"name": NAME}]  # failed, not released
     assert "initContainers" not in body["spec"]["template"]["spec"]

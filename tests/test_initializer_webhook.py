@@ -8,6 +8,7 @@ VerifyAdmissionResponse makes); the patched objects against the 1.13 OpenAPI sch
 (one mutation, two front ends); idempotency; dryRun; conflicts; malformed bodies; the CA-bundle gate;
 serving-certificate rotation with a keep-alive connection open; metrics and the audit line; the CLI.
 """
+
 from __future__ import annotations
 
 import base64
@@ -63,20 +64,33 @@ CFG = parse_config(CONFIG)
 # The AdmissionReview answer, from the documented fields (k8s.io/api/admission/v1 AdmissionResponse,
 # metav1.Status). kubernetes-validate has no admission.k8s.io schemas (reviews are not API objects).
 STATUS_SCHEMA = {
-    "type": "object", "additionalProperties": False,
-    "properties": {"kind": {"const": "Status"}, "apiVersion": {"const": "v1"}, "metadata": {"type": "object"},
-                   "status": {"enum": ["Success", "Failure"]}, "message": {"type": "string"},
-                   "reason": {"type": "string"}, "details": {"type": "object"}, "code": {"type": "integer"}},
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "kind": {"const": "Status"},
+        "apiVersion": {"const": "v1"},
+        "metadata": {"type": "object"},
+        "status": {"enum": ["Success", "Failure"]},
+        "message": {"type": "string"},
+        "reason": {"type": "string"},
+        "details": {"type": "object"},
+        "code": {"type": "integer"},
+    },
 }
 REVIEW_RESPONSE_SCHEMA = {
-    "type": "object", "additionalProperties": False, "required": ["apiVersion", "kind", "response"],
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["apiVersion", "kind", "response"],
     "properties": {
         "apiVersion": {"enum": ["admission.k8s.io/v1", "admission.k8s.io/v1beta1"]},
         "kind": {"const": "AdmissionReview"},
         "response": {
-            "type": "object", "additionalProperties": False, "required": ["uid", "allowed"],
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["uid", "allowed"],
             "properties": {
-                "uid": {"type": "string", "minLength": 1}, "allowed": {"type": "boolean"},
+                "uid": {"type": "string", "minLength": 1},
+                "allowed": {"type": "boolean"},
                 "status": STATUS_SCHEMA,
                 "patch": {"type": "string", "contentEncoding": "base64", "pattern": "^[A-Za-z0-9+/]+={0,2}$"},
                 "patchType": {"const": "JSONPatch"},
@@ -88,14 +102,20 @@ REVIEW_RESPONSE_SCHEMA = {
 }
 JSON_PATCH_SCHEMA = {  # RFC 6902
     "type": "array",
-    "items": {"type": "object", "required": ["op", "path"],
-              "properties": {"op": {"enum": ["add", "remove", "replace", "move", "copy", "test"]},
-                             "path": {"type": "string", "pattern": "^(/|$)"}}},
+    "items": {
+        "type": "object",
+        "required": ["op", "path"],
+        "properties": {
+            "op": {"enum": ["add", "remove", "replace", "move", "copy", "test"]},
+            "path": {"type": "string", "pattern": "^(/|$)"},
+        },
+    },
 }
 
 
 # ---------------------------------------------------------------------------------------------
 # objects and reviews, as kube-apiserver sends them
+
 
 def tutorial_deployment() -> dict:
     """examples/debian-app-locked.yaml as a 1.16+ server hands it to a webhook: apps/v1."""
@@ -109,12 +129,15 @@ def pod(name="p", annotated=True, ns="default", **spec) -> dict:
     meta = {"name": name, "namespace": ns}
     if annotated:
         meta["annotations"] = {ANN: "true"}
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
-            "spec": {"containers": [{"name": "app", "image": "debian"}], **spec}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": meta,
+        "spec": {"containers": [{"name": "app", "image": "debian"}], **spec},
+    }
 
 
-def review_of(obj, *, operation="CREATE", api_version="admission.k8s.io/v1", dry_run=False, namespace=None,
-              sub_resource=""):
+def review_of(obj, *, operation="CREATE", api_version="admission.k8s.io/v1", dry_run=False, namespace=None, sub_resource=""):
     """What kube-apiserver's CreateV1AdmissionReview / CreateV1beta1AdmissionReview put in a request."""
     if obj is not None and obj.get("kind") == "Pod":
         group, version, resource = "", "v1", "pods"
@@ -124,12 +147,21 @@ def review_of(obj, *, operation="CREATE", api_version="admission.k8s.io/v1", dry
     meta = (obj or {}).get("metadata") or {}
     gvk = {"group": group, "version": version, "kind": (obj or {}).get("kind", "Deployment")}
     gvr = {"group": group, "version": version, "resource": resource}
-    req = {"uid": str(uuid.uuid4()), "kind": gvk, "resource": gvr, "requestKind": gvk, "requestResource": gvr,
-           "name": meta.get("name", ""), "namespace": namespace if namespace is not None else meta.get("namespace", ""),
-           "operation": operation,
-           "userInfo": {"username": "kubernetes-admin", "groups": ["system:masters", "system:authenticated"]},
-           "object": obj, "oldObject": copy.deepcopy(obj) if operation == "UPDATE" else None, "dryRun": dry_run,
-           "options": {"apiVersion": "meta.k8s.io/v1", "kind": f"{operation.title()}Options"}}
+    req = {
+        "uid": str(uuid.uuid4()),
+        "kind": gvk,
+        "resource": gvr,
+        "requestKind": gvk,
+        "requestResource": gvr,
+        "name": meta.get("name", ""),
+        "namespace": namespace if namespace is not None else meta.get("namespace", ""),
+        "operation": operation,
+        "userInfo": {"username": "kubernetes-admin", "groups": ["system:masters", "system:authenticated"]},
+        "object": obj,
+        "oldObject": copy.deepcopy(obj) if operation == "UPDATE" else None,
+        "dryRun": dry_run,
+        "options": {"apiVersion": "meta.k8s.io/v1", "kind": f"{operation.title()}Options"},
+    }
     if sub_resource:
         req["subResource"] = sub_resource
     return {"apiVersion": api_version, "kind": "AdmissionReview", "request": req}
@@ -174,6 +206,7 @@ def with_server_defaults(pod_obj: dict) -> dict:
 # ---------------------------------------------------------------------------------------------
 # the server
 
+
 class Recorder:
     def __init__(self):
         self.lines = []
@@ -181,11 +214,20 @@ class Recorder:
     def _rec(self, level, event, **kw):
         self.lines.append({"level": level, "event": event, **kw})
 
-    def debug(self, event, **kw): self._rec("debug", event, **kw)
-    def info(self, event, **kw): self._rec("info", event, **kw)
-    def warning(self, event, **kw): self._rec("warning", event, **kw)
-    def error(self, event, **kw): self._rec("error", event, **kw)
-    def exception(self, event, **kw): self._rec("error", event, **kw)
+    def debug(self, event, **kw):
+        self._rec("debug", event, **kw)
+
+    def info(self, event, **kw):
+        self._rec("info", event, **kw)
+
+    def warning(self, event, **kw):
+        self._rec("warning", event, **kw)
+
+    def error(self, event, **kw):
+        self._rec("error", event, **kw)
+
+    def exception(self, event, **kw):
+        self._rec("error", event, **kw)
 
     def events(self, name):
         return [ln for ln in self.lines if ln["event"] == name]
@@ -196,8 +238,10 @@ def write_pair(ca: trustme.CA, directory: Path, *, key_of: trustme.CA | None = N
     whatever is there by rename (as a Secret volume's update appears to the process)."""
     leaf = ca.issue_cert("localhost", "127.0.0.1")
     cert, key = directory / "tls.crt", directory / "tls.key"
-    for path, blob in ((cert, leaf.cert_chain_pems[0].bytes()),
-                       (key, (key_of.issue_cert("localhost") if key_of else leaf).private_key_pem.bytes())):
+    for path, blob in (
+        (cert, leaf.cert_chain_pems[0].bytes()),
+        (key, (key_of.issue_cert("localhost") if key_of else leaf).private_key_pem.bytes()),
+    ):
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(blob)
         os.replace(tmp, path)
@@ -205,20 +249,34 @@ def write_pair(ca: trustme.CA, directory: Path, *, key_of: trustme.CA | None = N
 
 
 class Env:
-    def __init__(self, tmp_path: Path, *, config=CFG, require_annotation=True, bundle_check=None,
-                 exclude=("kube-system",), max_body=64 * 1024):
+    def __init__(
+        self,
+        tmp_path: Path,
+        *,
+        config=CFG,
+        require_annotation=True,
+        bundle_check=None,
+        exclude=("kube-system",),
+        max_body=64 * 1024,
+    ):
         self.ca = trustme.CA()
         self.dir = tmp_path
         self.cert, self.key = write_pair(self.ca, tmp_path)
         self.log = Recorder()
         self.certs = CertReloader(self.cert, self.key, logger=self.log)
         self.config = config
-        self.webhook = Webhook(config=lambda: self.config, annotation=ANN, require_annotation=require_annotation,
-                               exclude_namespaces=exclude, bundle_check=bundle_check,
-                               config_reason=lambda: "ConfigMap kube-system/tproxy-initializer not read yet",
-                               logger=self.log)
-        self.server = WebhookServer(self.webhook, self.certs, port=0, host="127.0.0.1", max_body=max_body,
-                                    io_timeout=2.0, logger=self.log).start()
+        self.webhook = Webhook(
+            config=lambda: self.config,
+            annotation=ANN,
+            require_annotation=require_annotation,
+            exclude_namespaces=exclude,
+            bundle_check=bundle_check,
+            config_reason=lambda: "ConfigMap kube-system/tproxy-initializer not read yet",
+            logger=self.log,
+        )
+        self.server = WebhookServer(
+            self.webhook, self.certs, port=0, host="127.0.0.1", max_body=max_body, io_timeout=2.0, logger=self.log
+        ).start()
 
     def ssl_context(self, ca: trustme.CA | None = None) -> ssl.SSLContext:
         ctx = ssl.create_default_context()
@@ -233,8 +291,12 @@ class Env:
         conn = conn or self.connect()
         try:
             # kube-apiserver: POST <path>?timeout=10s, Content-Type and Accept application/json
-            conn.request("POST", f"{path}?timeout=10s", body=body,
-                         headers={"Content-Type": ctype, "Accept": "application/json, */*", **(headers or {})})
+            conn.request(
+                "POST",
+                f"{path}?timeout=10s",
+                body=body,
+                headers={"Content-Type": ctype, "Accept": "application/json, */*", **(headers or {})},
+            )
             r = conn.getresponse()
             return r.status, r.read(), r
         finally:
@@ -268,6 +330,7 @@ def initializer_result(obj: dict) -> dict:
 # ---------------------------------------------------------------------------------------------
 # the mutation, through HTTPS
 
+
 @pytest.mark.parametrize("version", ["admission.k8s.io/v1", "admission.k8s.io/v1beta1"])
 def test_tutorial_deployment_comes_out_locked_as_the_initializer_would_lock_it(env, version):
     obj = tutorial_deployment()
@@ -293,9 +356,14 @@ def test_pod_from_the_injected_template_and_a_reinvocation_get_no_second_patch(e
     assert again["allowed"] is True and "patch" not in again and "patchType" not in again
     # the ReplicaSet controller creates Pods from the injected template; the server defaults them first
     tpl = locked["spec"]["template"]
-    p = with_server_defaults({"apiVersion": "v1", "kind": "Pod",
-                              "metadata": {**copy.deepcopy(tpl["metadata"]), "generateName": "debian-app-locked-5d9c-"},
-                              "spec": copy.deepcopy(tpl["spec"])})
+    p = with_server_defaults(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {**copy.deepcopy(tpl["metadata"]), "generateName": "debian-app-locked-5d9c-"},
+            "spec": copy.deepcopy(tpl["spec"]),
+        }
+    )
     resp = env.review(review_of(p, namespace="default"))
     assert resp["allowed"] is True and "patch" not in resp
     line = env.log.events("admission_review")[-1]
@@ -317,23 +385,48 @@ def test_annotated_bare_pod_is_injected_like_a_template(env):
     assert patched["spec"] == initializer_result(d).obj["spec"]["template"]["spec"]
 
 
-@pytest.mark.parametrize("case, rev, why", [
-    ("pod without the annotation", lambda: review_of(pod(annotated=False)), "annotation"),
-    ("pod annotated false", lambda: review_of({**pod(), "metadata": {"name": "p", "namespace": "default",
-                                                                     "annotations": {ANN: "false"}}}), "'false'"),
-    ("deployment without the annotation", lambda: review_of({**tutorial_deployment(), "metadata": {"name": "d"}},
-                                                            namespace="default"), "missing"),
-    ("excluded namespace", lambda: review_of(pod(ns="kube-system")), "excluded"),
-    ("pod update", lambda: review_of(pod(), operation="UPDATE"), "UPDATE"),
-    ("pod delete", lambda: {**review_of(pod(), operation="DELETE"),
-                            "request": {**review_of(pod(), operation="DELETE")["request"], "object": None}},
-     "DELETE"),
-    ("status subresource", lambda: review_of(tutorial_deployment(), operation="UPDATE", sub_resource="status"),
-     "subresource"),
-    ("another kind", lambda: review_of({"apiVersion": "apps/v1", "kind": "StatefulSet",
-                                        "metadata": {"name": "s", "namespace": "default",
-                                                     "annotations": {ANN: "true"}}}), "not mutated"),
-])
+@pytest.mark.parametrize(
+    "case, rev, why",
+    [
+        ("pod without the annotation", lambda: review_of(pod(annotated=False)), "annotation"),
+        (
+            "pod annotated false",
+            lambda: review_of({**pod(), "metadata": {"name": "p", "namespace": "default", "annotations": {ANN: "false"}}}),
+            "'false'",
+        ),
+        (
+            "deployment without the annotation",
+            lambda: review_of({**tutorial_deployment(), "metadata": {"name": "d"}}, namespace="default"),
+            "missing",
+        ),
+        ("excluded namespace", lambda: review_of(pod(ns="kube-system")), "excluded"),
+        ("pod update", lambda: review_of(pod(), operation="UPDATE"), "UPDATE"),
+        (
+            "pod delete",
+            lambda: {
+                **review_of(pod(), operation="DELETE"),
+                "request": {**review_of(pod(), operation="DELETE")["request"], "object": None},
+            },
+            "DELETE",
+        ),
+        (
+            "status subresource",
+            lambda: review_of(tutorial_deployment(), operation="UPDATE", sub_resource="status"),
+            "subresource",
+        ),
+        (
+            "another kind",
+            lambda: review_of(
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "StatefulSet",
+                    "metadata": {"name": "s", "namespace": "default", "annotations": {ANN: "true"}},
+                }
+            ),
+            "not mutated",
+        ),
+    ],
+)
 def test_objects_not_ours_to_mutate_are_allowed_untouched(env, case, rev, why):
     resp = env.review(rev())
     assert resp == {"uid": resp["uid"], "allowed": True}, case
@@ -389,9 +482,13 @@ def test_without_a_config_opted_in_objects_are_refused_and_others_pass(tmp_path)
 
 def test_audit_line_and_metrics_per_review(env):
     def count(outcome):
-        return prometheus_client.REGISTRY.get_sample_value(
-            "tproxy_initializer_webhook_reviews_total",
-            {"kind": "Deployment", "operation": "CREATE", "outcome": outcome}) or 0.0
+        return (
+            prometheus_client.REGISTRY.get_sample_value(
+                "tproxy_initializer_webhook_reviews_total", {"kind": "Deployment", "operation": "CREATE", "outcome": outcome}
+            )
+            or 0.0
+        )
+
     before = count("injected")
     rev = review_of(tutorial_deployment())
     resp = env.review(rev)
@@ -407,25 +504,38 @@ def test_audit_line_and_metrics_per_review(env):
 # ---------------------------------------------------------------------------------------------
 # bad input
 
-@pytest.mark.parametrize("body, message", [
-    (b"{not json", "not JSON"),
-    (b"[1, 2]", "got a JSON list"),
-    (json.dumps({"apiVersion": "admission.k8s.io/v2", "kind": "AdmissionReview", "request": {}}).encode(),
-     "unsupported apiVersion 'admission.k8s.io/v2'"),
-    (json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "Pod"}).encode(), "expected kind AdmissionReview"),
-    (json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}).encode(), "no request object"),
-    (json.dumps({**review_of(pod()), "request": {**review_of(pod())["request"], "uid": ""}}).encode(),
-     "request.uid"),
-    (json.dumps({**review_of(pod()), "request": {**review_of(pod())["request"], "object": None}}).encode(),
-     "request.object must be an object for CREATE"),
-    (json.dumps({**review_of(pod()), "request": {**review_of(pod())["request"], "operation": "PATCH"}}).encode(),
-     "request.operation"),
-    (json.dumps({**review_of(pod()), "request": {**review_of(pod())["request"], "dryRun": "yes"}}).encode(),
-     "request.dryRun must be a boolean"),
-    (json.dumps({**review_of(pod()), "request": {**review_of(pod())["request"], "kind": "Pod"}}).encode(),
-     "request.kind must be an object"),
-    (b"[" * 30000 + b"]" * 30000, "nested too deeply"),
-])
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (b"{not json", "not JSON"),
+        (b"[1, 2]", "got a JSON list"),
+        (
+            json.dumps({"apiVersion": "admission.k8s.io/v2", "kind": "AdmissionReview", "request": {}}).encode(),
+            "unsupported apiVersion 'admission.k8s.io/v2'",
+        ),
+        (json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "Pod"}).encode(), "expected kind AdmissionReview"),
+        (json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}).encode(), "no request object"),
+        (json.dumps({**review_of(pod()), "request": {**review_of(pod())["request"], "uid": ""}}).encode(), "request.uid"),
+        (
+            json.dumps({**review_of(pod()), "request": {**review_of(pod())["request"], "object": None}}).encode(),
+            "request.object must be an object for CREATE",
+        ),
+        (
+            json.dumps({**review_of(pod()), "request": {**review_of(pod())["request"], "operation": "PATCH"}}).encode(),
+            "request.operation",
+        ),
+        (
+            json.dumps({**review_of(pod()), "request": {**review_of(pod())["request"], "dryRun": "yes"}}).encode(),
+            "request.dryRun must be a boolean",
+        ),
+        (
+            json.dumps({**review_of(pod()), "request": {**review_of(pod())["request"], "kind": "Pod"}}).encode(),
+            "request.kind must be an object",
+        ),
+        (b"[" * 30000 + b"]" * 30000, "nested too deeply"),
+    ],
+)
 def test_malformed_review_is_400_with_a_clear_message_and_the_connection_survives(env, body, message):
     conn = env.connect()
     try:
@@ -463,8 +573,9 @@ def test_huge_body_is_413_without_being_read(env):
     assert r.status == 413 and b"more than" in r.read()
     assert r.getheader("Connection") == "close"
     conn.close()
-    assert prometheus_client.REGISTRY.get_sample_value("tproxy_initializer_webhook_bad_requests_total",
-                                                       {"reason": "too_large"}) >= 1
+    assert (
+        prometheus_client.REGISTRY.get_sample_value("tproxy_initializer_webhook_bad_requests_total", {"reason": "too_large"}) >= 1
+    )
 
 
 def test_a_kept_alive_connection_outlives_the_request_timeout(env):
@@ -496,25 +607,36 @@ def test_a_client_that_sends_nothing_does_not_delay_others(env):
 # ---------------------------------------------------------------------------------------------
 # the proxy CA bundle (copies made by the background loop, never during admission)
 
+
 def _gate(states: dict) -> WebhookController:
-    c = WebhookController(None, root_certs_configmap="tproxy-root-certs", root_certs_namespace="tproxy-system",
-                          exclude_namespaces=["kube-system"], logger=Recorder())
+    c = WebhookController(
+        None,
+        root_certs_configmap="tproxy-root-certs",
+        root_certs_namespace="tproxy-system",
+        exclude_namespaces=["kube-system"],
+        logger=Recorder(),
+    )
     for ns, (state, exc) in states.items():
         c._set_state(ns, state, exc)
     return c
 
 
 def test_bundle_gate_refuses_pods_until_the_copy_is_confirmed_and_refused_copies_for_both_kinds(tmp_path):
-    refused = CopyRefused("cannot provide the proxy CA bundle in namespace taken: ConfigMap taken/tproxy-root-certs "
-                          "exists and is not a copy of tproxy-system/tproxy-root-certs (...): delete or rename it",
-                          409, "AlreadyExists")
+    refused = CopyRefused(
+        "cannot provide the proxy CA bundle in namespace taken: ConfigMap taken/tproxy-root-certs "
+        "exists and is not a copy of tproxy-system/tproxy-root-certs (...): delete or rename it",
+        409,
+        "AlreadyExists",
+    )
     gate = _gate({"ok": (PRESENT, None), "new": (PENDING, None), "taken": (REFUSED, refused)})
     e = Env(tmp_path, bundle_check=gate.bundle_check)
     try:
+
         def answer(obj, ns):
             obj = copy.deepcopy(obj)
             obj["metadata"]["namespace"] = ns
             return e.review(review_of(obj))
+
         assert patch_of(answer(pod(), "ok"))
         assert patch_of(answer(tutorial_deployment(), "new")), "a Deployment mounts nothing; its pods are checked"
         r = answer(pod(), "new")
@@ -534,6 +656,7 @@ def test_bundle_gate_refuses_pods_until_the_copy_is_confirmed_and_refused_copies
 
 # ---------------------------------------------------------------------------------------------
 # the serving certificate
+
 
 def _handshake_fails(env, ca) -> bool:
     try:
@@ -560,14 +683,12 @@ def test_rotated_certificate_serves_new_connections_and_keeps_open_ones(env):
 
 
 def test_a_broken_certificate_update_keeps_the_last_good_pair(env):
-    errors_before = prometheus_client.REGISTRY.get_sample_value(
-        "tproxy_initializer_webhook_certificate_errors_total") or 0
+    errors_before = prometheus_client.REGISTRY.get_sample_value("tproxy_initializer_webhook_certificate_errors_total") or 0
     other = trustme.CA()
     write_pair(other, env.dir, key_of=other)  # a certificate with the wrong key (a half-done rotation)
     assert env.certs.check() is False
     assert env.certs.check() is False, "the same broken pair is reported once, not on every poll"
-    assert prometheus_client.REGISTRY.get_sample_value(
-        "tproxy_initializer_webhook_certificate_errors_total") == errors_before + 1
+    assert prometheus_client.REGISTRY.get_sample_value("tproxy_initializer_webhook_certificate_errors_total") == errors_before + 1
     assert env.review(review_of(pod()))["allowed"] is True, "still served with the old pair (old CA)"
     write_pair(other, env.dir)  # the rotation completes
     assert env.certs.check() is True
@@ -587,30 +708,49 @@ def test_reload_thread_picks_up_a_rotation(env):
 # ---------------------------------------------------------------------------------------------
 # the command line
 
+
 def _run(*args, timeout=30):
-    return subprocess.run([sys.executable, "-m", "initializer", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "initializer", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
 def test_webhook_help_lists_every_flag():
     out = _run("webhook", "--help")
     assert out.returncode == 0, out.stderr
-    for flag in ("-tls-cert-file", "-tls-private-key-file", "-port", "-host", "-path", "-max-request-bytes",
-                 "-cert-reload-interval", "-annotation", "-configmap", "-namespace", "-require-annotation",
-                 "-kubeconfig", "-metrics-port", "-exclude-namespaces", "-root-certs-configmap",
-                 "-root-certs-namespace", "-resync-period", "-log-level"):
+    for flag in (
+        "-tls-cert-file",
+        "-tls-private-key-file",
+        "-port",
+        "-host",
+        "-path",
+        "-max-request-bytes",
+        "-cert-reload-interval",
+        "-annotation",
+        "-configmap",
+        "-namespace",
+        "-require-annotation",
+        "-kubeconfig",
+        "-metrics-port",
+        "-exclude-namespaces",
+        "-root-certs-configmap",
+        "-root-certs-namespace",
+        "-resync-period",
+        "-log-level",
+    ):
         assert flag in out.stdout, flag
     assert "-initializer-name" not in out.stdout and "-workers" not in out.stdout
     assert "webhook" in _run("--help").stdout, "the Initializer's help points at the webhook mode"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--port", "1"], "the following arguments are required: -tls-cert-file"),
-    (["--tls-cert-file", "c", "--tls-private-key-file", "k", "--tls-cert"], "unrecognized arguments: --tls-cert"),
-    (["--tls-cert-file", "c", "--tls-private-key-file", "k", "--port", "70000"], "port must be 0..65535"),
-    (["--tls-cert-file", "c", "--tls-private-key-file", "k", "--path", "mutate"], "--path must start with '/'"),
-    (["--tls-cert-file", "c", "--tls-private-key-file", "k", "-initializer-name", "x"], "unrecognized arguments"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--port", "1"], "the following arguments are required: -tls-cert-file"),
+        (["--tls-cert-file", "c", "--tls-private-key-file", "k", "--tls-cert"], "unrecognized arguments: --tls-cert"),
+        (["--tls-cert-file", "c", "--tls-private-key-file", "k", "--port", "70000"], "port must be 0..65535"),
+        (["--tls-cert-file", "c", "--tls-private-key-file", "k", "--path", "mutate"], "--path must start with '/'"),
+        (["--tls-cert-file", "c", "--tls-private-key-file", "k", "-initializer-name", "x"], "unrecognized arguments"),
+    ],
+)
 def test_bad_webhook_flags_exit_2_with_a_clear_message(args, message):
     out = _run("webhook", *args)
     assert out.returncode == 2, out
@@ -618,8 +758,15 @@ def test_bad_webhook_flags_exit_2_with_a_clear_message(args, message):
 
 
 def test_unusable_certificate_exits_1_saying_why(tmp_path):
-    out = _run("webhook", "--tls-cert-file", str(tmp_path / "missing.crt"), "--tls-private-key-file",
-               str(tmp_path / "missing.key"), "--metrics-port", "0")
+    out = _run(
+        "webhook",
+        "--tls-cert-file",
+        str(tmp_path / "missing.crt"),
+        "--tls-private-key-file",
+        str(tmp_path / "missing.key"),
+        "--metrics-port",
+        "0",
+    )
     assert out.returncode == 1
     assert "cannot load the serving certificate" in out.stderr and "missing.crt" in out.stderr
 
@@ -631,8 +778,9 @@ def test_objects_injected_under_an_older_config_keep_their_lock_and_are_not_refu
     old = jsonpatch.apply_patch(tutorial_deployment(), patch_of(env.review(review_of(tutorial_deployment()))))
     env.config = parse_config(CONFIG.replace("tproxy-sidecar:0.1.0", "tproxy-sidecar:0.2.0"))
     tpl = old["spec"]["template"]
-    p = with_server_defaults({"apiVersion": "v1", "kind": "Pod", "metadata": copy.deepcopy(tpl["metadata"]),
-                              "spec": copy.deepcopy(tpl["spec"])})
+    p = with_server_defaults(
+        {"apiVersion": "v1", "kind": "Pod", "metadata": copy.deepcopy(tpl["metadata"]), "spec": copy.deepcopy(tpl["spec"])}
+    )
     for rev in (review_of(p, namespace="default"), review_of(old, operation="UPDATE")):
         resp = env.review(rev)
         assert resp["allowed"] is True and "patch" not in resp

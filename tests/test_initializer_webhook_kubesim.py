@@ -5,6 +5,7 @@ and hot-reloaded, the CA bundle copied into namespaces as they appear (never dur
 kubesim does not call webhooks itself yet (its modern mode comes in a later step), so the reviews are
 POSTed by the test, as kube-apiserver would.
 """
+
 from __future__ import annotations
 
 import functools
@@ -26,8 +27,7 @@ from controllerkit.kube import Client, resource_path
 from initializer.rootcerts import COPY_OF_ANNOTATION
 from initializer.webhook import PRESENT, REFUSED, Webhook, WebhookController
 from kubesim.testing import wait_for
-from test_initializer_webhook import (CONFIG, Recorder, patch_of, review_of, tutorial_deployment,
-                                      verify_like_apiserver, write_pair)
+from test_initializer_webhook import CONFIG, Recorder, patch_of, review_of, tutorial_deployment, verify_like_apiserver, write_pair
 
 REPO = Path(__file__).resolve().parent.parent
 CM_NS, CM, SRC_NS, SRC = "kube-system", "tproxy-initializer", "tproxy-system", "tproxy-root-certs"
@@ -60,9 +60,17 @@ def kubeconfig(server, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def controller(admin, kubeconfig):
-    ctl = WebhookController.from_kubeconfig(kubeconfig, configmap=CM, config_namespace=CM_NS, require_annotation=True,
-                                            exclude_namespaces=["kube-system"], resync_period=0.5,
-                                            root_certs_configmap=SRC, root_certs_namespace=SRC_NS, logger=Recorder())
+    ctl = WebhookController.from_kubeconfig(
+        kubeconfig,
+        configmap=CM,
+        config_namespace=CM_NS,
+        require_annotation=True,
+        exclude_namespaces=["kube-system"],
+        resync_period=0.5,
+        root_certs_configmap=SRC,
+        root_certs_namespace=SRC_NS,
+        logger=Recorder(),
+    )
     ctl.start()
     assert ctl.wait_ready(10), ctl.ready()
     yield ctl
@@ -97,6 +105,7 @@ def test_a_name_taken_by_a_foreign_configmap_refuses_with_the_initializers_messa
 
 def _copies(outcome):
     from prometheus_client import REGISTRY
+
     return REGISTRY.get_sample_value("tproxy_initializer_root_certs_copies_total", {"outcome": outcome}) or 0.0
 
 
@@ -110,8 +119,10 @@ def test_a_namespace_gone_before_its_copy_is_neither_an_error_nor_retried(admin,
 def test_the_initializer_controller_retries_a_copy_it_could_not_make(admin, kubeconfig):
     """The same copy loop in the Initializer controller: a missing namespace is an error, re-queued."""
     from initializer.controller import Controller
-    ctl = Controller.from_kubeconfig(kubeconfig, configmap=CM, config_namespace=CM_NS, root_certs_configmap=SRC,
-                                     root_certs_namespace=SRC_NS, logger=Recorder())
+
+    ctl = Controller.from_kubeconfig(
+        kubeconfig, configmap=CM, config_namespace=CM_NS, root_certs_configmap=SRC, root_certs_namespace=SRC_NS, logger=Recorder()
+    )
     assert ctl.load_root_certs(admin.get(resource_path("v1", "configmaps", SRC_NS, SRC)))
     errors_before = _copies("error")
     with pytest.raises(errors.NotFound):
@@ -163,17 +174,50 @@ def test_the_webhook_process_serves_reviews_metrics_and_readiness(admin, kubecon
     cert, key = write_pair(ca, tmp_path)
     port, mport = _free_port(), _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "initializer", "webhook", "--kubeconfig", kubeconfig, "--tls-cert-file", cert,
-         "--tls-private-key-file", key, "--port", str(port), "--host", "127.0.0.1", "--metrics-port", str(mport),
-         "--metrics-host", "127.0.0.1", "-configmap", CM, "-namespace", CM_NS, "-require-annotation",
-         "--exclude-namespaces", "kube-system", "--root-certs-configmap", SRC, "--root-certs-namespace", SRC_NS],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "initializer",
+            "webhook",
+            "--kubeconfig",
+            kubeconfig,
+            "--tls-cert-file",
+            cert,
+            "--tls-private-key-file",
+            key,
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+            "--metrics-port",
+            str(mport),
+            "--metrics-host",
+            "127.0.0.1",
+            "-configmap",
+            CM,
+            "-namespace",
+            CM_NS,
+            "-require-annotation",
+            "--exclude-namespaces",
+            "kube-system",
+            "--root-certs-configmap",
+            SRC,
+            "--root-certs-namespace",
+            SRC_NS,
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
+
         def ready():
             try:
                 return urllib.request.urlopen(f"http://127.0.0.1:{mport}/readyz", timeout=2).status == 200
             except OSError:
                 return False
+
         try:
             wait_for(ready, timeout=30)
         except AssertionError:
@@ -182,14 +226,17 @@ def test_the_webhook_process_serves_reviews_metrics_and_readiness(admin, kubecon
         ctx = ssl.create_default_context()
         ca.configure_trust(ctx)
         rev = review_of(tutorial_deployment(), api_version="admission.k8s.io/v1beta1")
-        req = urllib.request.Request(f"https://localhost:{port}/mutate?timeout=10s", data=json.dumps(rev).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
+        req = urllib.request.Request(
+            f"https://localhost:{port}/mutate?timeout=10s",
+            data=json.dumps(rev).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
         resp = verify_like_apiserver(rev, json.loads(urllib.request.urlopen(req, context=ctx, timeout=10).read()))
         assert resp["allowed"] is True and patch_of(resp)
         wait_for(lambda: _copy(admin, "team-a") is not None)
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5).read().decode()
-        assert 'tproxy_initializer_webhook_reviews_total{kind="Deployment",operation="CREATE",outcome="injected"} 1.0' \
-            in metrics
+        assert 'tproxy_initializer_webhook_reviews_total{kind="Deployment",operation="CREATE",outcome="injected"} 1.0' in metrics
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=20)

@@ -1,6 +1,7 @@
 """The iptables backend (legacy or nft): detection as kube-proxy's wrapper does it, the override,
 and the sidecar's lock and podwatch's redirect with each backend in real network namespaces,
 including namespaces that already hold legacy rules (a 1.7-era node with kube-proxy)."""
+
 from __future__ import annotations
 
 import json
@@ -22,13 +23,20 @@ LOCK_ENV = {**PROBE_ENV, "ALLOW_DNS": "203.0.113.53", "TPROXY_VERIFY": "false"}
 
 # -- detection, pure (a fake runner answers the *-save calls) ------------------------------------
 def fake_saves(nft4="", nft6="", legacy4="", legacy6="", fail=()):
-    outputs = {"iptables-nft-save": nft4, "ip6tables-nft-save": nft6,
-               "iptables-legacy-save": legacy4, "ip6tables-legacy-save": legacy6}
+    outputs = {
+        "iptables-nft-save": nft4,
+        "ip6tables-nft-save": nft6,
+        "iptables-legacy-save": legacy4,
+        "ip6tables-legacy-save": legacy6,
+    }
 
     def run(argv, input=None):
         if argv[0] in fail:
-            return subprocess.CompletedProcess(argv, 1, "", "iptables v1.8.9 (nf_tables): Could not fetch rule set generation id: Invalid argument\n")
+            return subprocess.CompletedProcess(
+                argv, 1, "", "iptables v1.8.9 (nf_tables): Could not fetch rule set generation id: Invalid argument\n"
+            )
         return subprocess.CompletedProcess(argv, 0, outputs[argv[0]], "")
+
     return run
 
 
@@ -71,6 +79,7 @@ def test_our_chains_in_the_other_backend_are_reported():
 def test_the_override_skips_detection():
     def no_calls(argv, input=None):
         raise AssertionError(f"detection ran: {argv}")
+
     assert iptables.choose("legacy", no_calls).backend == "legacy"
     assert iptables.choose("nft", no_calls).backend == "nft"
 
@@ -82,14 +91,22 @@ def test_setting_values(value, want):
 
 @pytest.mark.parametrize("value", ["iptables", "nf_tables", "legacy,nft"])
 def test_a_bad_setting_names_the_variable_and_the_choices(value):
-    with pytest.raises(iptables.BackendConfigError, match=rf"TPROXY_IPTABLES_BACKEND: '{value}' is not an iptables backend \(auto, legacy, nft\)"):
+    with pytest.raises(
+        iptables.BackendConfigError, match=rf"TPROXY_IPTABLES_BACKEND: '{value}' is not an iptables backend \(auto, legacy, nft\)"
+    ):
         iptables.parse_setting(value)
 
 
 def test_binary_names_per_family_and_backend():
-    assert [iptables.binary(f, b, s) for f, b, s in [("ipv4", "legacy", "restore"), ("ipv6", "nft", "restore"),
-                                                     ("ipv6", "legacy", "save"), ("ipv4", "nft", "")]] == \
-        ["iptables-legacy-restore", "ip6tables-nft-restore", "ip6tables-legacy-save", "iptables-nft"]
+    assert [
+        iptables.binary(f, b, s)
+        for f, b, s in [
+            ("ipv4", "legacy", "restore"),
+            ("ipv6", "nft", "restore"),
+            ("ipv6", "legacy", "save"),
+            ("ipv4", "nft", ""),
+        ]
+    ] == ["iptables-legacy-restore", "ip6tables-nft-restore", "ip6tables-legacy-save", "iptables-nft"]
     with pytest.raises(ValueError):
         iptables.binary("ipv4", "auto")
 
@@ -123,8 +140,19 @@ def seed_kube_proxy_legacy(ns) -> None:
     for table_ in ("nat", "filter"):
         ns.run("iptables-legacy", "-t", table_, "-N", "KUBE-SERVICES")
     for table_, builtin in (("nat", "PREROUTING"), ("nat", "OUTPUT"), ("filter", "INPUT")):
-        ns.run("iptables-legacy", "-t", table_, "-A", builtin, "-m", "comment", "--comment",
-               "kubernetes service portals", "-j", "KUBE-SERVICES")
+        ns.run(
+            "iptables-legacy",
+            "-t",
+            table_,
+            "-A",
+            builtin,
+            "-m",
+            "comment",
+            "--comment",
+            "kubernetes service portals",
+            "-j",
+            "KUBE-SERVICES",
+        )
 
 
 def lock_pod(pod, **env) -> subprocess.CompletedProcess:
@@ -247,8 +275,9 @@ def test_podwatch_cleanup_chooses_the_backend_like_the_controller(net):
     seed_kube_proxy_legacy(net.node)
     assert not rules.sync(locked(net, "web"), HOST_PORT, run, backend="legacy").failed
     assert not rules.sync(locked(net, "web"), HOST_PORT, run, backend="nft").failed  # a stale copy
-    proc = net.node.run("env", f"PYTHONPATH={REPO}", sys.executable, "-m", "podwatch", "--cleanup",
-                        "--node-name", "n1", check=False)
+    proc = net.node.run(
+        "env", f"PYTHONPATH={REPO}", sys.executable, "-m", "podwatch", "--cleanup", "--node-name", "n1", check=False
+    )
     assert proc.returncode == 0, proc.stderr
     logged = next(json.loads(ln) for ln in proc.stderr.splitlines() if '"iptables_backend"' in ln)
     assert logged["backend"] == "legacy" and "more rules" in logged["reason"]
@@ -269,8 +298,12 @@ def test_podwatch_on_a_legacy_node_keeps_its_rules_in_legacy(tmp_path):
         c.start()
         web_ip = c.net.pod_ips["web"][0]
         c.add_pod("default", "web", web_ip)
-        wait_for(lambda: f"{web_ip}/32" in c.net.node.run("iptables-legacy", "-t", "nat", "-S", rules.REDIRECT_CHAIN,
-                                                            check=False).stdout, what="redirect rule in legacy")
+        wait_for(
+            lambda: (
+                f"{web_ip}/32" in c.net.node.run("iptables-legacy", "-t", "nat", "-S", rules.REDIRECT_CHAIN, check=False).stdout
+            ),
+            what="redirect rule in legacy",
+        )
         out = c.net.pods["web"].run("curl", "-sS", "-m", "3", f"http://{INET4}/", check=False)
         assert out.stdout.strip() == f"proxy {PW_PORT}"
         assert "TPROXY" not in save(c.net.node, "nft")

@@ -3,6 +3,7 @@
 One simulated cluster (node + internet namespaces, API server, kubelet) is shared by the module;
 each test creates its own objects with unique names and waits by polling, never by sleeping blindly.
 """
+
 import base64
 import functools
 import json
@@ -26,6 +27,7 @@ wait_for = functools.partial(wait_for, timeout=20.0, interval=0.1)
 @pytest.fixture(scope="module")
 def cluster():
     from kubesim.kubelet.cluster import SimCluster
+
     c = SimCluster(kubelet_options={"backoff_initial": 0.3, "backoff_cap": 1.0, "volume_refresh": 0.3})
     c.start()
     yield c
@@ -42,9 +44,12 @@ def deployment(name, containers, *, replicas=1, volumes=None, init=None, labels=
     tmeta = {"labels": labels}
     if annotations:
         tmeta["annotations"] = annotations
-    return {"apiVersion": "extensions/v1beta1", "kind": "Deployment", "metadata": {"name": name},
-            "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
-                     "template": {"metadata": tmeta, "spec": pod_spec}}}
+    return {
+        "apiVersion": "extensions/v1beta1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": labels}, "template": {"metadata": tmeta, "spec": pod_spec}},
+    }
 
 
 def sh(name, script, **kw):
@@ -69,10 +74,14 @@ def test_deployment_pods_are_created_owned_labelled_and_running(cluster):
         meta, st = p["metadata"], p["status"]
         (owner,) = meta["ownerReferences"]
         h = meta["labels"]["pod-template-hash"]
-        assert h.isdigit()   # 1.7's decimal hash
+        assert h.isdigit()  # 1.7's decimal hash
         # Deployment -> ReplicaSet -> Pod, as 1.7's controllers own them (extensions/v1beta1)
         assert (owner["kind"], owner["name"], owner["apiVersion"], owner["controller"]) == (
-            "ReplicaSet", f"web-{h}", "extensions/v1beta1", True)
+            "ReplicaSet",
+            f"web-{h}",
+            "extensions/v1beta1",
+            True,
+        )
         rs = cluster.client.get(f"/apis/extensions/v1beta1/namespaces/default/replicasets/web-{h}")
         assert owner["uid"] == rs["metadata"]["uid"]
         (rs_owner,) = rs["metadata"]["ownerReferences"]
@@ -90,18 +99,22 @@ def test_deployment_pods_are_created_owned_labelled_and_running(cluster):
 
 
 def test_env_fieldref_expansion_service_account_and_in_cluster_api(cluster):
-    script = ('echo "name=$POD ns=$NS node=$NODE ip=$IP greeting=$GREETING"; '
-              'echo "svc=$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT"; '
-              'cat /var/run/secrets/kubernetes.io/serviceaccount/namespace; echo; '
-              'curl -s -o /dev/null -w "api=%{http_code}\\n" --cacert /var/run/secrets/kubernetes.io/serviceaccount/ca.crt '
-              '-H "Authorization: Bearer $(cat /var/run/secrets/kubernetes.io/serviceaccount/token)" '
-              'https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT/version; sleep 1000')
-    env = [{"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-           {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-           {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
-           {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-           {"name": "WHO", "value": "world"},
-           {"name": "GREETING", "value": "hello-$(WHO)"}]
+    script = (
+        'echo "name=$POD ns=$NS node=$NODE ip=$IP greeting=$GREETING"; '
+        'echo "svc=$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT"; '
+        "cat /var/run/secrets/kubernetes.io/serviceaccount/namespace; echo; "
+        'curl -s -o /dev/null -w "api=%{http_code}\\n" --cacert /var/run/secrets/kubernetes.io/serviceaccount/ca.crt '
+        '-H "Authorization: Bearer $(cat /var/run/secrets/kubernetes.io/serviceaccount/token)" '
+        "https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT/version; sleep 1000"
+    )
+    env = [
+        {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+        {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "WHO", "value": "world"},
+        {"name": "GREETING", "value": "hello-$(WHO)"},
+    ]
     cluster.client.create(DEPLOY, deployment("envy", [sh("c", script, env=env)]))
     pod = cluster.wait_pods("app=envy", timeout=20)[0]
     out = wait_for(lambda: "api=" in log_of(cluster, pod, "c") and log_of(cluster, pod, "c"), what="env output")
@@ -113,24 +126,35 @@ def test_env_fieldref_expansion_service_account_and_in_cluster_api(cluster):
 
 
 def test_configmap_secret_emptydir_volumes_and_live_configmap_updates(cluster):
-    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "vol-cm"},
-          "data": {"a.txt": "alpha", "b.txt": "beta"}}
-    sec = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "vol-sec"},
-           "data": {"key": base64.b64encode(b"s3cret").decode()}}
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "vol-cm"}, "data": {"a.txt": "alpha", "b.txt": "beta"}}
+    sec = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "vol-sec"},
+        "data": {"key": base64.b64encode(b"s3cret").decode()},
+    }
     cluster.client.create("/api/v1/namespaces/default/configmaps", cm)
     cluster.client.create("/api/v1/namespaces/default/secrets", sec)
-    volumes = [{"name": "cfg", "configMap": {"name": "vol-cm", "items": [{"key": "a.txt", "path": "renamed.txt"}]}},
-               {"name": "all", "configMap": {"name": "vol-cm"}},
-               {"name": "sec", "secret": {"secretName": "vol-sec"}},
-               {"name": "scratch", "emptyDir": {}}]
-    writer = sh("writer", "echo shared > /mnt/scratch/x; sleep 1000",
-                volumeMounts=[{"name": "scratch", "mountPath": "/mnt/scratch"}])
-    reader = sh("reader", "while true; do cat /srv/cfg/renamed.txt /etc/kubesim-test/all/b.txt /srv/sec/key /mnt/scratch/x "
-                          "2>/dev/null | tr '\\n' ' '; echo; sleep 0.3; done",
-                volumeMounts=[{"name": "cfg", "mountPath": "/srv/cfg", "readOnly": True},
-                              {"name": "all", "mountPath": "/etc/kubesim-test/all"},
-                              {"name": "sec", "mountPath": "/srv/sec"},
-                              {"name": "scratch", "mountPath": "/mnt/scratch"}])
+    volumes = [
+        {"name": "cfg", "configMap": {"name": "vol-cm", "items": [{"key": "a.txt", "path": "renamed.txt"}]}},
+        {"name": "all", "configMap": {"name": "vol-cm"}},
+        {"name": "sec", "secret": {"secretName": "vol-sec"}},
+        {"name": "scratch", "emptyDir": {}},
+    ]
+    writer = sh(
+        "writer", "echo shared > /mnt/scratch/x; sleep 1000", volumeMounts=[{"name": "scratch", "mountPath": "/mnt/scratch"}]
+    )
+    reader = sh(
+        "reader",
+        "while true; do cat /srv/cfg/renamed.txt /etc/kubesim-test/all/b.txt /srv/sec/key /mnt/scratch/x "
+        "2>/dev/null | tr '\\n' ' '; echo; sleep 0.3; done",
+        volumeMounts=[
+            {"name": "cfg", "mountPath": "/srv/cfg", "readOnly": True},
+            {"name": "all", "mountPath": "/etc/kubesim-test/all"},
+            {"name": "sec", "mountPath": "/srv/sec"},
+            {"name": "scratch", "mountPath": "/mnt/scratch"},
+        ],
+    )
     cluster.client.create(DEPLOY, deployment("vols", [writer, reader], volumes=volumes))
     pod = cluster.wait_pods("app=vols", timeout=20)[0]
     wait_for(lambda: "alphabetas3cretshared" in log_of(cluster, pod, "reader"), what="volume contents")
@@ -145,8 +169,9 @@ def test_configmap_secret_emptydir_volumes_and_live_configmap_updates(cluster):
 
 def test_capabilities_privileged_keeps_net_admin_others_lose_it(cluster):
     check = "iptables -t filter -S >/dev/null 2>&1 && echo NET_ADMIN=yes || echo NET_ADMIN=no; grep CapBnd /proc/self/status; sleep 1000"
-    cluster.client.create(DEPLOY, deployment("caps", [sh("plain", check),
-                                                      sh("priv", check, securityContext={"privileged": True})]))
+    cluster.client.create(
+        DEPLOY, deployment("caps", [sh("plain", check), sh("priv", check, securityContext={"privileged": True})])
+    )
     pod = cluster.wait_pods("app=caps", timeout=20)[0]
     plain = wait_for(lambda: "CapBnd" in log_of(cluster, pod, "plain") and log_of(cluster, pod, "plain"))
     priv = wait_for(lambda: "CapBnd" in log_of(cluster, pod, "priv") and log_of(cluster, pod, "priv"))
@@ -158,14 +183,22 @@ def test_capabilities_privileged_keeps_net_admin_others_lose_it(cluster):
 def test_failing_init_container_restarts_with_backoff_and_keeps_the_pod_pending(cluster):
     flag = os.path.join(cluster.kubelet.hostfs, "initgate", "go")
     init = [sh("gate", "echo checking; test -f /mnt/gate/go", volumeMounts=[{"name": "gate", "mountPath": "/mnt/gate"}])]
-    cluster.client.create(DEPLOY, deployment("gated", [sh("app", "echo app-started; sleep 1000")], init=init,
-                                             volumes=[{"name": "gate", "hostPath": {"path": "/initgate"}}]))
+    cluster.client.create(
+        DEPLOY,
+        deployment(
+            "gated",
+            [sh("app", "echo app-started; sleep 1000")],
+            init=init,
+            volumes=[{"name": "gate", "hostPath": {"path": "/initgate"}}],
+        ),
+    )
     pod = wait_for(lambda: next(iter(cluster.pods("default", "app=gated")), None), what="pod")
 
     def restarted():
         p = cluster.pods("default", "app=gated")[0]
         st = (p.get("status") or {}).get("initContainerStatuses") or [{}]
         return st[0].get("restartCount", 0) >= 2 and p
+
     p = wait_for(restarted, timeout=20, what="init container restarts")
     assert p["status"]["phase"] == "Pending"
     assert any(c["type"] == "Initialized" and c["status"] == "False" for c in p["status"]["conditions"])
@@ -185,6 +218,7 @@ def test_crashing_container_is_restarted(cluster):
         p = cluster.pods("default", "app=crashy")[0]
         cs = ((p.get("status") or {}).get("containerStatuses") or [{}])[0]
         return cs.get("restartCount", 0) >= 2 and cs
+
     cs = wait_for(counted, timeout=20, what="restarts")
     assert cs["lastState"]["terminated"]["exitCode"] == 3
     wait_for(lambda: log_of(cluster, pod, "c").count("run") >= 3, what="output of every run, appended")
@@ -209,11 +243,18 @@ def listed_netns():
 
 
 def test_daemonset_pod_runs_in_the_node_namespace(cluster):
-    ds = {"apiVersion": "extensions/v1beta1", "kind": "DaemonSet", "metadata": {"name": "agent"},
-          "spec": {"selector": {"matchLabels": {"app": "agent"}},
-                   "template": {"metadata": {"labels": {"app": "agent"}},
-                                "spec": {"hostNetwork": True,
-                                         "containers": [sh("c", "ip -4 -o addr show dev lo; sleep 1000")]}}}}
+    ds = {
+        "apiVersion": "extensions/v1beta1",
+        "kind": "DaemonSet",
+        "metadata": {"name": "agent"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "agent"}},
+            "template": {
+                "metadata": {"labels": {"app": "agent"}},
+                "spec": {"hostNetwork": True, "containers": [sh("c", "ip -4 -o addr show dev lo; sleep 1000")]},
+            },
+        },
+    }
     cluster.client.create(DS, ds)
     pods = cluster.wait_pods("app=agent", timeout=20)
     assert len(pods) == 1 and pods[0]["status"]["podIP"] == "198.18.0.1"
@@ -226,12 +267,17 @@ def test_logs_cli_by_selector_and_tail(cluster):
     pod = cluster.wait_pods("app=talker", timeout=20)[0]
     wait_for(lambda: "line5" in log_of(cluster, pod, "c"))
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    out = subprocess.run([sys.executable, "-m", "kubesim", "logs", "--run-dir", cluster.run_dir,
-                          "--selector", "app=talker", "--tail", "2"], capture_output=True, text=True, env=env)
+    out = subprocess.run(
+        [sys.executable, "-m", "kubesim", "logs", "--run-dir", cluster.run_dir, "--selector", "app=talker", "--tail", "2"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["line4", "line5"]
-    out = subprocess.run([sys.executable, "-m", "kubesim", "logs", "--run-dir", cluster.run_dir, "nope"],
-                         capture_output=True, text=True, env=env)
+    out = subprocess.run(
+        [sys.executable, "-m", "kubesim", "logs", "--run-dir", cluster.run_dir, "nope"], capture_output=True, text=True, env=env
+    )
     assert out.returncode == 1 and 'pods "nope" not found' in out.stderr
 
 
@@ -252,15 +298,19 @@ rules: [{apiGroups: [""], resources: ["pods"], verbs: ["get"]}]
     argv = [sys.executable, "-m", "kubesim", "apply", "--kubeconfig", cluster.kubeconfig, "-f", str(manifest)]
     out = subprocess.run(argv, capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == ['configmap "applied" created',
-                                       'clusterrole.rbac.authorization.k8s.io "applied-role" created']
+    assert out.stdout.splitlines() == [
+        'configmap "applied" created',
+        'clusterrole.rbac.authorization.k8s.io "applied-role" created',
+    ]
     manifest.write_text(manifest.read_text().replace("k: one", "k: two"))
     out = subprocess.run(argv, capture_output=True, text=True, env=env)
     assert 'configmap "applied" configured' in out.stdout
     assert cluster.client.get("/api/v1/namespaces/default/configmaps/applied")["data"]["k"] == "two"
     bad = tmp_path / "bad.yaml"
-    bad.write_text("apiVersion: v1\nkind: Frobnicator\nmetadata: {name: x}\n---\napiVersion: v1\nkind: ConfigMap\n"
-                   "metadata: {name: after-bad}\n")
+    bad.write_text(
+        "apiVersion: v1\nkind: Frobnicator\nmetadata: {name: x}\n---\napiVersion: v1\nkind: ConfigMap\n"
+        "metadata: {name: after-bad}\n"
+    )
     out = subprocess.run([*argv[:-1], str(bad)], capture_output=True, text=True, env=env)
     assert out.returncode == 1 and 'no kind "Frobnicator"' in out.stderr
     assert 'configmap "after-bad" created' in out.stdout  # the rest is still applied
@@ -269,6 +319,7 @@ rules: [{apiGroups: [""], resources: ["pods"], verbs: ["get"]}]
 def test_stop_leaves_nothing_behind():
     """A second cluster: after stop(), no namespace, process or run dir of it remains."""
     from kubesim.kubelet.cluster import SimCluster
+
     c = SimCluster(internet=False)
     c.start()
     try:
@@ -287,13 +338,19 @@ def test_stop_leaves_nothing_behind():
 def test_deployment_and_daemonset_status_report_ready_replicas(cluster):
     cluster.client.create(DEPLOY, deployment("counted", [sh("c", "sleep 1000")], replicas=2))
     cluster.wait_pods("app=counted", count=2, timeout=20)
-    st = wait_for(lambda: (cluster.client.get(f"{DEPLOY}/counted").get("status") or {}).get("availableReplicas") == 2
-                  and cluster.client.get(f"{DEPLOY}/counted")["status"], what="deployment status")
+    st = wait_for(
+        lambda: (
+            (cluster.client.get(f"{DEPLOY}/counted").get("status") or {}).get("availableReplicas") == 2
+            and cluster.client.get(f"{DEPLOY}/counted")["status"]
+        ),
+        what="deployment status",
+    )
     assert st["replicas"] == 2 and st["readyReplicas"] == 2
 
 
 def test_stale_namespaces_of_dead_kubesim_processes_are_removed():
     from kubesim.topology import cleanup_stale
+
     dead = subprocess.Popen(["true"])
     dead.wait()
     stale, alive = f"kspod-{dead.pid}-1", f"kspod-{os.getpid()}-99999"
@@ -310,15 +367,21 @@ def test_stale_namespaces_of_dead_kubesim_processes_are_removed():
 
 def test_kubelet_cli_cleans_up_everything_on_ctrl_c(tmp_path):
     import signal
+
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    proc = subprocess.Popen([sys.executable, "-m", "kubesim", "kubelet", "--run-dir", str(run_dir), "--no-internet",
-                             "--log-level", "warning"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kubesim", "kubelet", "--run-dir", str(run_dir), "--no-internet", "--log-level", "warning"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
     try:
         line = proc.stdout.readline()
         assert "cluster ready" in line, line
         from controllerkit.kube import Client
+
         client = Client.from_config(str(run_dir / "admin.kubeconfig"))
         client.create(DEPLOY, deployment("ctrlc", [sh("c", "sleep 1000")]))
 
@@ -327,6 +390,7 @@ def test_kubelet_cli_cleans_up_everything_on_ctrl_c(tmp_path):
             cs = [(p.get("status") or {}).get("containerStatuses") or [{}] for p in pods]
             ids = [c[0].get("containerID", "") for c in cs if c[0].get("state", {}).get("running")]
             return ids and int(ids[0].rsplit("/", 1)[-1])
+
         pid = wait_for(running_pid, timeout=30, what="a running container")
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
@@ -339,9 +403,8 @@ def test_kubelet_cli_cleans_up_everything_on_ctrl_c(tmp_path):
 
 def test_failing_liveness_probe_restarts_the_container(cluster):
     # serves /healthz for ~1 s, then stops answering: the kubelet must kill and restart it
-    script = ("cd /tmp && timeout 1 python3 -m http.server 8099 >/dev/null 2>&1; echo stopped-serving; sleep 1000")
-    probe = {"httpGet": {"path": "/", "port": 8099}, "initialDelaySeconds": 2, "periodSeconds": 1,
-             "failureThreshold": 2}
+    script = "cd /tmp && timeout 1 python3 -m http.server 8099 >/dev/null 2>&1; echo stopped-serving; sleep 1000"
+    probe = {"httpGet": {"path": "/", "port": 8099}, "initialDelaySeconds": 2, "periodSeconds": 1, "failureThreshold": 2}
     cluster.client.create(DEPLOY, deployment("liveness", [sh("c", script, livenessProbe=probe)]))
     pod = cluster.wait_pods("app=liveness", timeout=20)[0]
 
@@ -349,13 +412,18 @@ def test_failing_liveness_probe_restarts_the_container(cluster):
         p = cluster.pods("default", "app=liveness")[0]
         cs = ((p.get("status") or {}).get("containerStatuses") or [{}])[0]
         return cs.get("restartCount", 0) >= 1
+
     wait_for(restarted, timeout=20, what="a liveness restart")
     assert log_of(cluster, pod, "c").count("stopped-serving") >= 1
 
 
 def test_a_bare_pod_is_bound_to_the_node_run_and_removed_on_delete(cluster):
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "bare", "labels": {"app": "bare"}},
-           "spec": {"containers": [sh("c", "echo bare-ran; sleep 1000")]}}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "bare", "labels": {"app": "bare"}},
+        "spec": {"containers": [sh("c", "echo bare-ran; sleep 1000")]},
+    }
     cluster.client.create("/api/v1/namespaces/default/pods", pod)
     p = cluster.wait_pods("app=bare", timeout=20)[0]
     assert p["spec"]["nodeName"] == "node-1"
@@ -366,11 +434,16 @@ def test_a_bare_pod_is_bound_to_the_node_run_and_removed_on_delete(cluster):
 
 
 def test_mount_points_directly_under_root_exist_only_in_the_container(cluster):
-    cluster.client.create("/api/v1/namespaces/default/configmaps",
-                          {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "rootlevel"},
-                           "data": {"f": "top-level"}})
-    c = sh("c", "cat /kubesim-data/f; echo; getent hosts www.google.com; ls /opt/app/start.sh; sleep 1000",
-           image="example-app:debian", volumeMounts=[{"name": "d", "mountPath": "/kubesim-data"}])
+    cluster.client.create(
+        "/api/v1/namespaces/default/configmaps",
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "rootlevel"}, "data": {"f": "top-level"}},
+    )
+    c = sh(
+        "c",
+        "cat /kubesim-data/f; echo; getent hosts www.google.com; ls /opt/app/start.sh; sleep 1000",
+        image="example-app:debian",
+        volumeMounts=[{"name": "d", "mountPath": "/kubesim-data"}],
+    )
     cluster.client.create(DEPLOY, deployment("rootlevel", [c], volumes=[{"name": "d", "configMap": {"name": "rootlevel"}}]))
     pod = cluster.wait_pods("app=rootlevel", timeout=20)[0]
     out = wait_for(lambda: "start.sh" in log_of(cluster, pod, "c") and log_of(cluster, pod, "c"))
@@ -380,16 +453,28 @@ def test_mount_points_directly_under_root_exist_only_in_the_container(cluster):
 
 
 def test_env_from_configmap_and_secret_keys_and_a_missing_key_is_a_config_error(cluster):
-    cluster.client.create("/api/v1/namespaces/default/configmaps",
-                          {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "envsrc"}, "data": {"k": "cmval"}})
-    cluster.client.create("/api/v1/namespaces/default/secrets",
-                          {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "envsec"},
-                           "data": {"k": base64.b64encode(b"secval").decode()}})
-    env = [{"name": "A", "valueFrom": {"configMapKeyRef": {"name": "envsrc", "key": "k"}}},
-           {"name": "B", "valueFrom": {"secretKeyRef": {"name": "envsec", "key": "k"}}}]
+    cluster.client.create(
+        "/api/v1/namespaces/default/configmaps",
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "envsrc"}, "data": {"k": "cmval"}},
+    )
+    cluster.client.create(
+        "/api/v1/namespaces/default/secrets",
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "envsec"},
+            "data": {"k": base64.b64encode(b"secval").decode()},
+        },
+    )
+    env = [
+        {"name": "A", "valueFrom": {"configMapKeyRef": {"name": "envsrc", "key": "k"}}},
+        {"name": "B", "valueFrom": {"secretKeyRef": {"name": "envsec", "key": "k"}}},
+    ]
     bad = [{"name": "C", "valueFrom": {"configMapKeyRef": {"name": "envsrc", "key": "nope"}}}]
-    cluster.client.create(DEPLOY, deployment("envsrc", [sh("c", 'echo "A=$A B=$B"; sleep 1000', env=env),
-                                                        sh("bad", "echo never; sleep 1000", env=bad)]))
+    cluster.client.create(
+        DEPLOY,
+        deployment("envsrc", [sh("c", 'echo "A=$A B=$B"; sleep 1000', env=env), sh("bad", "echo never; sleep 1000", env=bad)]),
+    )
     pod = wait_for(lambda: next(iter(cluster.pods("default", "app=envsrc")), None))
     wait_for(lambda: "A=cmval B=secval" in log_of(cluster, pod, "c"), what="env from keys")
 
@@ -399,16 +484,26 @@ def test_env_from_configmap_and_secret_keys_and_a_missing_key_is_a_config_error(
             if cs["name"] == "bad" and "CreateContainerConfigError" in json.dumps(cs):
                 return True
         return "container start failed" in log_of(cluster, pod, "bad")
+
     wait_for(config_error, what="a clear config error for the missing key")
     assert "never" not in log_of(cluster, pod, "bad")
 
 
 def test_subpath_mounts_a_single_file_of_a_volume(cluster):
-    cluster.client.create("/api/v1/namespaces/default/configmaps",
-                          {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "subp"},
-                           "data": {"one.conf": "first", "two.conf": "second"}})
-    c = sh("c", "cat /etc/kubesim-sub/app.conf; echo; ls /etc/kubesim-sub; sleep 1000",
-           volumeMounts=[{"name": "v", "mountPath": "/etc/kubesim-sub/app.conf", "subPath": "two.conf"}])
+    cluster.client.create(
+        "/api/v1/namespaces/default/configmaps",
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "subp"},
+            "data": {"one.conf": "first", "two.conf": "second"},
+        },
+    )
+    c = sh(
+        "c",
+        "cat /etc/kubesim-sub/app.conf; echo; ls /etc/kubesim-sub; sleep 1000",
+        volumeMounts=[{"name": "v", "mountPath": "/etc/kubesim-sub/app.conf", "subPath": "two.conf"}],
+    )
     cluster.client.create(DEPLOY, deployment("subp", [c], volumes=[{"name": "v", "configMap": {"name": "subp"}}]))
     pod = cluster.wait_pods("app=subp", timeout=20)[0]
     out = wait_for(lambda: "app.conf\n" in log_of(cluster, pod, "c") and log_of(cluster, pod, "c"))
@@ -421,8 +516,12 @@ def test_logs_follow_prints_new_lines(cluster):
     pod = cluster.wait_pods("app=follow", timeout=20)[0]
     wait_for(lambda: "first" in log_of(cluster, pod, "c"))
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    proc = subprocess.Popen([sys.executable, "-m", "kubesim", "logs", "--run-dir", cluster.run_dir,
-                             pod["metadata"]["name"], "-f"], stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kubesim", "logs", "--run-dir", cluster.run_dir, pod["metadata"]["name"], "-f"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         assert proc.stdout.readline().strip() == "first"
         assert proc.stdout.readline().strip() == "second"  # appeared after logs -f started

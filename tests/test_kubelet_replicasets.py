@@ -2,6 +2,7 @@
 ``helm install --wait`` (Helm 3 waits for the Deployment's newest ReplicaSet to be ready) and
 ``kubectl rollout status`` (the Deployment's status and conditions), with the chart itself and with a
 minimal chart of one Deployment. 1.7's ownership (extensions/v1beta1) is in test_kubelet_pods.py."""
+
 import functools
 import json
 
@@ -22,8 +23,8 @@ RS = "apps/v1"
 @pytest.fixture(scope="module")
 def cluster13():
     from kubesim.kubelet.cluster import SimCluster
-    c = SimCluster(k8s_version="1.13", internet=False,
-                   kubelet_options={"backoff_initial": 0.3, "backoff_cap": 1.0})
+
+    c = SimCluster(k8s_version="1.13", internet=False, kubelet_options={"backoff_initial": 0.3, "backoff_cap": 1.0})
     c.start()
     yield c
     c.stop()
@@ -35,21 +36,37 @@ def kubectl(c, *args, check=True):
 
 def sleeper(name: str, image_tag: str = "12") -> dict:
     labels = {"app": name}
-    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
-            "spec": {"replicas": 2, "selector": {"matchLabels": labels},
-                     "template": {"metadata": {"labels": labels},
-                                  "spec": {"containers": [{"name": "c", "image": f"debian:{image_tag}",
-                                                           "command": ["sleep", "1000"]}]}}}}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "c", "image": f"debian:{image_tag}", "command": ["sleep", "1000"]}]},
+            },
+        },
+    }
 
 
 def owned_chain(c, ns: str, name: str):
     """(deployment, its ReplicaSets, pods of each ReplicaSet by name)."""
     dep = c.client.get(resource_path("apps/v1", "deployments", ns, name))
-    rss = [rs for rs in c.client.list(resource_path(RS, "replicasets", ns))["items"]
-           if any(r["uid"] == dep["metadata"]["uid"] and r.get("controller") for r in rs["metadata"].get("ownerReferences") or [])]
-    pods = {rs["metadata"]["name"]: [p for p in c.pods(ns) if any(
-        r["uid"] == rs["metadata"]["uid"] and r.get("controller") for r in p["metadata"].get("ownerReferences") or [])]
-        for rs in rss}
+    rss = [
+        rs
+        for rs in c.client.list(resource_path(RS, "replicasets", ns))["items"]
+        if any(r["uid"] == dep["metadata"]["uid"] and r.get("controller") for r in rs["metadata"].get("ownerReferences") or [])
+    ]
+    pods = {
+        rs["metadata"]["name"]: [
+            p
+            for p in c.pods(ns)
+            if any(r["uid"] == rs["metadata"]["uid"] and r.get("controller") for r in p["metadata"].get("ownerReferences") or [])
+        ]
+        for rs in rss
+    }
     return dep, rss, pods
 
 
@@ -64,7 +81,7 @@ def test_helm_install_wait_returns_when_the_minimal_charts_replicaset_is_ready(c
     dep, (rs,), pods = owned_chain(cluster13, "default", "mini")
     assert rs["status"]["readyReplicas"] == 2 and len(pods[rs["metadata"]["name"]]) == 2
     h = rs["metadata"]["labels"]["pod-template-hash"]
-    assert rs["metadata"]["name"] == f"mini-{h}" and not h.isdigit()   # 1.8+: safe-encoded
+    assert rs["metadata"]["name"] == f"mini-{h}" and not h.isdigit()  # 1.8+: safe-encoded
     (ref,) = rs["metadata"]["ownerReferences"]
     assert (ref["apiVersion"], ref["kind"], ref["name"]) == ("apps/v1", "Deployment", "mini")
     for p in pods[rs["metadata"]["name"]]:
@@ -99,19 +116,24 @@ def test_rollout_status_a_template_change_and_rollout_history(cluster13, tmp_pat
     assert by_name[first]["spec"]["replicas"] == 0 and by_name[first]["metadata"]["annotations"][REVISION] == "1"
     assert by_name[new]["spec"]["replicas"] == 2 and by_name[new]["metadata"]["annotations"][REVISION] == "2"
     wait_for(lambda: not owned_chain(cluster13, "default", "roll")[2][first], what="the old pods gone")
-    assert {p["spec"]["containers"][0]["image"] for p in owned_chain(cluster13, "default", "roll")[2][new]} == {
-        "debian:bookworm"}
+    assert {p["spec"]["containers"][0]["image"] for p in owned_chain(cluster13, "default", "roll")[2][new]} == {"debian:bookworm"}
     history = kubectl(cluster13, "rollout", "history", "deployment/roll").stdout
     assert "1 " in history and "2 " in history
     st = dep["status"]
     assert (st["replicas"], st["updatedReplicas"], st["readyReplicas"], st["observedGeneration"]) == (
-        2, 2, 2, dep["metadata"]["generation"])
+        2,
+        2,
+        2,
+        dep["metadata"]["generation"],
+    )
 
 
 def test_scale_to_zero_and_rollout_status_of_an_unready_deployment_does_not_report_success(cluster13, tmp_path):
     dep = sleeper("never")
-    dep["spec"]["template"]["spec"]["containers"][0]["readinessProbe"] = {"tcpSocket": {"port": 9},  # nothing listens
-                                                                         "periodSeconds": 1}
+    dep["spec"]["template"]["spec"]["containers"][0]["readinessProbe"] = {
+        "tcpSocket": {"port": 9},  # nothing listens
+        "periodSeconds": 1,
+    }
     path = tmp_path / "never.yaml"
     path.write_text(json.dumps(dep))
     kubectl(cluster13, "apply", "-f", str(path))
@@ -143,8 +165,9 @@ def test_the_charts_helm_install_wait_returns_when_its_workloads_are_ready(clust
                 continue
             _, rss, _ = owned_chain(cluster13, d["metadata"]["namespace"], d["metadata"]["name"])
             assert [rs["status"].get("readyReplicas") for rs in rss] == [d["spec"]["replicas"]], d["metadata"]["name"]
-        ds = [x for x in cluster13.client.list(resource_path("apps/v1", "daemonsets"))["items"]
-              if x["metadata"]["namespace"] == ns]
+        ds = [
+            x for x in cluster13.client.list(resource_path("apps/v1", "daemonsets"))["items"] if x["metadata"]["namespace"] == ns
+        ]
         assert ds and all(x["status"]["numberReady"] == 1 for x in ds)
     finally:
         e2e.helm_uninstall(cluster13)

@@ -1,4 +1,5 @@
 """Pure parts of the netns kubelet and its CLIs (no root needed)."""
+
 import os
 
 import pytest
@@ -77,18 +78,23 @@ def test_template_hash_is_stable_and_changes_with_the_template():
 
 
 def test_apply_loads_helm_style_multi_document_yaml():
-    text = "---\n# Source: x\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\n\n---\n" \
-           "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Secret, metadata: {name: s}}\n"
+    text = (
+        "---\n# Source: x\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\n\n---\n"
+        "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Secret, metadata: {name: s}}\n"
+    )
     docs = load_documents(text)
     assert [d["kind"] for d in docs] == ["ConfigMap", "Secret"]
 
 
-@pytest.mark.parametrize("text,msg", [
-    ("a: [", "not valid YAML"),
-    ("- 1\n", "not a mapping"),
-    ("kind: ConfigMap\nmetadata: {name: a}\n", "has no apiVersion"),
-    ("apiVersion: v1\nkind: ConfigMap\nmetadata: {}\n", "has no metadata.name"),
-])
+@pytest.mark.parametrize(
+    "text,msg",
+    [
+        ("a: [", "not valid YAML"),
+        ("- 1\n", "not a mapping"),
+        ("kind: ConfigMap\nmetadata: {name: a}\n", "has no apiVersion"),
+        ("apiVersion: v1\nkind: ConfigMap\nmetadata: {}\n", "has no metadata.name"),
+    ],
+)
 def test_apply_rejects_bad_documents_with_a_clear_error(text, msg):
     with pytest.raises(ApplyError, match=msg):
         load_documents(text, "f.yaml")

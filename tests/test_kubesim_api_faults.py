@@ -1,4 +1,5 @@
 """Fault injection (--faults): parsing, determinism under a seed, and each fault's effect."""
+
 import time
 
 import kubernetes.client as k
@@ -13,8 +14,13 @@ CM = "/api/v1/namespaces/default/configmaps"
 def test_parse_spec_and_errors():
     fs = FaultSpec.parse("conflict=0.2,watch_cut_after=50,watch_cut=0.05,gone=0.1,latency_ms=5,error500=0.01", seed=3)
     assert (fs.conflict, fs.watch_cut_after, fs.watch_cut, fs.gone, fs.latency_ms, fs.error500) == (0.2, 50, 0.05, 0.1, 5, 0.01)
-    for bad, msg in (("conflict=2", r"outside \[0, 1\]"), ("nope=1", "unknown fault"), ("conflict", "key=value"),
-                     ("latency_ms=x", "not an integer"), ("gone=abc", "not a number")):
+    for bad, msg in (
+        ("conflict=2", r"outside \[0, 1\]"),
+        ("nope=1", "unknown fault"),
+        ("conflict", "key=value"),
+        ("latency_ms=x", "not an integer"),
+        ("gone=abc", "not a number"),
+    ):
         with pytest.raises(ValueError, match=msg):
             FaultSpec.parse(bad)
 
@@ -111,6 +117,7 @@ def test_random_watch_cuts_are_seeded():
             return [len(list(watch_events(c, CM, {"timeoutSeconds": "1"}))) for _ in range(4)]
         finally:
             srv.stop()
+
     a = cut_lengths(1)
     assert a == cut_lengths(1)
     assert all(n < 30 for n in a)
@@ -124,8 +131,13 @@ def test_conflict_fault_hits_only_preconditioned_patches():
         s, cm = raw(c, "POST", CM, body={"metadata": {"name": "p"}})
         assert raw(c, "PATCH", f"{CM}/p", body={"data": {"a": "1"}}, content_type="application/merge-patch+json")[0] == 200
         rv = raw(c, "GET", f"{CM}/p")[1]["metadata"]["resourceVersion"]
-        s, body = raw(c, "PATCH", f"{CM}/p", body={"metadata": {"resourceVersion": rv}, "data": {"a": "2"}},
-                      content_type="application/merge-patch+json")
+        s, body = raw(
+            c,
+            "PATCH",
+            f"{CM}/p",
+            body={"metadata": {"resourceVersion": rv}, "data": {"a": "2"}},
+            content_type="application/merge-patch+json",
+        )
         assert s == 409 and body["reason"] == "Conflict"
     finally:
         srv.stop()

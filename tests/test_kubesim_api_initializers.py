@@ -3,6 +3,7 @@
 Driven through the official kubernetes client over HTTPS against kubesim's API server. Section
 numbers refer to docs/initializers-1.7.md.
 """
+
 import threading
 import time
 
@@ -18,20 +19,37 @@ INIT = "tproxy.initializer.kubernetes.io"
 
 
 def deployment(name, **meta):
-    return {"apiVersion": "extensions/v1beta1", "kind": "Deployment", "metadata": dict(name=name, **meta),
-            "spec": {"template": {"metadata": {"labels": {"app": name}},
-                                  "spec": {"containers": [{"name": "app", "image": "debian:9"}]}}}}
+    return {
+        "apiVersion": "extensions/v1beta1",
+        "kind": "Deployment",
+        "metadata": dict(name=name, **meta),
+        "spec": {
+            "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": "app", "image": "debian:9"}]}}
+        },
+    }
 
 
 def pod(name, **meta):
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": dict(name=name, **meta),
-            "spec": {"containers": [{"name": "app", "image": "debian:9"}]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": dict(name=name, **meta),
+        "spec": {"containers": [{"name": "app", "image": "debian:9"}]},
+    }
 
 
 def add_config(c, name, inits):
-    s, body = raw(c, "POST", CFG, body={"apiVersion": "admissionregistration.k8s.io/v1alpha1",
-                                        "kind": "InitializerConfiguration", "metadata": {"name": name},
-                                        "initializers": inits})
+    s, body = raw(
+        c,
+        "POST",
+        CFG,
+        body={
+            "apiVersion": "admissionregistration.k8s.io/v1alpha1",
+            "kind": "InitializerConfiguration",
+            "metadata": {"name": name},
+            "initializers": inits,
+        },
+    )
     assert s == 201, body
 
 
@@ -82,31 +100,52 @@ def grant(srv, c, ns, sa, rules, cluster=False):
     name = f"{sa}-role"
     if cluster:
         rbac.create_cluster_role({"metadata": {"name": name}, "rules": rules})
-        rbac.create_cluster_role_binding({"metadata": {"name": name}, "roleRef": {
-            "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
-            "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}]})
+        rbac.create_cluster_role_binding(
+            {
+                "metadata": {"name": name},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+                "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}],
+            }
+        )
     else:
         rbac.create_namespaced_role(ns, {"metadata": {"name": name}, "rules": rules})
-        rbac.create_namespaced_role_binding(ns, {"metadata": {"name": name}, "roleRef": {
-            "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-            "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}]})
+        rbac.create_namespaced_role_binding(
+            ns,
+            {
+                "metadata": {"name": name},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+                "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}],
+            },
+        )
     return api_client_for(srv, srv.service_account_token(ns, sa))
 
 
 # ---- §1a filling pending ----------------------------------------------------------------------
 
+
 def test_pending_merged_in_config_name_order_with_duplicates(c):
     """§1a: configurations sorted by metadata.name, each one's initializers in order, duplicates kept."""
-    add_config(c, "b-config", [{"name": "b.example.com", "rules": [rule()]},
-                               {"name": "dup.example.com", "rules": [rule()]}])
-    add_config(c, "a-config", [{"name": "a2.example.com", "rules": [rule()]},
-                               {"name": "dup.example.com", "rules": [rule()]},
-                               {"name": "a1.example.com", "rules": [rule()]}])
+    add_config(c, "b-config", [{"name": "b.example.com", "rules": [rule()]}, {"name": "dup.example.com", "rules": [rule()]}])
+    add_config(
+        c,
+        "a-config",
+        [
+            {"name": "a2.example.com", "rules": [rule()]},
+            {"name": "dup.example.com", "rules": [rule()]},
+            {"name": "a1.example.com", "rules": [rule()]},
+        ],
+    )
     s, obj = raw(c, "POST", EXT, query={"includeUninitialized": "1"}, body=deployment("order"))
     assert s == 202
-    assert obj["metadata"]["initializers"] == {"pending": [
-        {"name": "a2.example.com"}, {"name": "dup.example.com"}, {"name": "a1.example.com"},
-        {"name": "b.example.com"}, {"name": "dup.example.com"}]}
+    assert obj["metadata"]["initializers"] == {
+        "pending": [
+            {"name": "a2.example.com"},
+            {"name": "dup.example.com"},
+            {"name": "a1.example.com"},
+            {"name": "b.example.com"},
+            {"name": "dup.example.com"},
+        ]
+    }
     assert "result" not in obj["metadata"]["initializers"]
 
 
@@ -123,11 +162,15 @@ def test_matching_uses_the_request_group(c):
 
 def test_rules_are_anded_and_empty_rules_match_nothing(c):
     """§6: every rule must match (AND, despite the docs' "any"); no rules matches nothing."""
-    add_config(c, "and", [{"name": "and.example.com",
-                           "rules": [rule(resources=["deployments"]), rule(resources=["pods"])]},
-                          {"name": "none.example.com", "rules": []},
-                          {"name": "both.example.com",
-                           "rules": [rule(resources=["deployments"]), rule(resources=["*"])]}])
+    add_config(
+        c,
+        "and",
+        [
+            {"name": "and.example.com", "rules": [rule(resources=["deployments"]), rule(resources=["pods"])]},
+            {"name": "none.example.com", "rules": []},
+            {"name": "both.example.com", "rules": [rule(resources=["deployments"]), rule(resources=["*"])]},
+        ],
+    )
     s, obj = raw(c, "POST", EXT, query={"includeUninitialized": "1"}, body=deployment("anded"))
     assert s == 202
     assert obj["metadata"]["initializers"]["pending"] == [{"name": "both.example.com"}]
@@ -135,33 +178,65 @@ def test_rules_are_anded_and_empty_rules_match_nothing(c):
 
 def test_subresource_entries_ignored_and_star_matches_all(c):
     """§6: 'a/b' resource entries are skipped by matching; '*' matches every resource."""
-    add_config(c, "wild", [{"name": "subres.example.com", "rules": [rule(resources=["deployments/status"])]},
-                           {"name": "star.example.com", "rules": [rule(resources=["*"])]}])
+    add_config(
+        c,
+        "wild",
+        [
+            {"name": "subres.example.com", "rules": [rule(resources=["deployments/status"])]},
+            {"name": "star.example.com", "rules": [rule(resources=["*"])]},
+        ],
+    )
     s, obj = raw(c, "POST", EXT, query={"includeUninitialized": "1"}, body=deployment("wild"))
     assert obj["metadata"]["initializers"]["pending"] == [{"name": "star.example.com"}]
 
 
 def test_configuration_validation(c):
     """§6: '*' may not be mixed with other values; 1.7 names need at least two dots."""
-    s, body = raw(c, "POST", CFG, body={"metadata": {"name": "mixed"}, "initializers": [
-        {"name": "a.example.com", "rules": [rule(groups=["apps", "*"])]}]})
+    s, body = raw(
+        c,
+        "POST",
+        CFG,
+        body={"metadata": {"name": "mixed"}, "initializers": [{"name": "a.example.com", "rules": [rule(groups=["apps", "*"])]}]},
+    )
     assert s == 422 and "if '*' is present, must not specify other values" in body["message"]
-    s, body = raw(c, "POST", CFG, body={"metadata": {"name": "short"}, "initializers": [
-        {"name": "example.com", "rules": [rule()]}]})
+    s, body = raw(
+        c, "POST", CFG, body={"metadata": {"name": "short"}, "initializers": [{"name": "example.com", "rules": [rule()]}]}
+    )
     assert s == 422 and "should be a domain with at least two dots" in body["message"]
-    s, body = raw(c, "POST", CFG, body={"metadata": {"name": "fp"}, "initializers": [
-        {"name": "a.example.com", "failurePolicy": "Fail", "rules": [rule()]}]})
+    s, body = raw(
+        c,
+        "POST",
+        CFG,
+        body={
+            "metadata": {"name": "fp"},
+            "initializers": [{"name": "a.example.com", "failurePolicy": "Fail", "rules": [rule()]}],
+        },
+    )
     assert s == 422 and 'supported values: "Ignore"' in body["message"]
-    s, _ = raw(c, "POST", CFG, body={"metadata": {"name": "fp-ok"}, "initializers": [
-        {"name": "a.example.com", "failurePolicy": "Ignore", "rules": [rule(resources=["x/y"])]}]})
+    s, _ = raw(
+        c,
+        "POST",
+        CFG,
+        body={
+            "metadata": {"name": "fp-ok"},
+            "initializers": [{"name": "a.example.com", "failurePolicy": "Ignore", "rules": [rule(resources=["x/y"])]}],
+        },
+    )
     assert s == 201, "1.7 accepts Ignore and does not reject subresources"
 
 
 def test_configuration_validation_1_13(srv113):
     """§6: 1.8+ names need three segments and resources may not name subresources."""
     c = api_client_for(srv113)
-    s, body = raw(c, "POST", CFG, body={"metadata": {"name": "sub"}, "initializers": [
-        {"name": "a.example.com", "rules": [rule(resources=["deployments/status"])]}]})
+    s, body = raw(
+        c,
+        "POST",
+        CFG,
+        body={
+            "metadata": {"name": "sub"},
+            "initializers": [{"name": "a.example.com", "rules": [rule(resources=["deployments/status"])]}],
+        },
+    )
     assert s == 422 and "must not specify subresources" in body["message"]
 
 
@@ -182,8 +257,9 @@ def test_empty_initializers_bypass_configuration(c):
 
 def test_creator_supplied_initializers_need_initialize_verb(srv, c):
     """§1a: a creator sending metadata.initializers needs `initialize`, else 403 "create with initializers denied"."""
-    sa = grant(srv, c, "default", "creator", [{"apiGroups": ["extensions"], "resources": ["deployments"],
-                                               "verbs": ["create", "get"]}])
+    sa = grant(
+        srv, c, "default", "creator", [{"apiGroups": ["extensions"], "resources": ["deployments"], "verbs": ["create", "get"]}]
+    )
     s, body = raw(sa, "POST", EXT, body=deployment("bypass", initializers={"pending": []}))
     assert s == 403, body
     assert body["reason"] == "Forbidden"
@@ -197,8 +273,9 @@ def test_creator_supplied_initializers_need_initialize_verb(srv, c):
 def test_mirror_pods_are_exempt(c):
     """§1a: pods with the kubernetes.io/config.mirror annotation are never initialized."""
     add_config(c, "pods", [{"name": INIT, "rules": [rule(resources=["pods"])]}])
-    s, obj = raw(c, "POST", "/api/v1/namespaces/default/pods",
-                 body=pod("mirror", annotations={"kubernetes.io/config.mirror": "x"}))
+    s, obj = raw(
+        c, "POST", "/api/v1/namespaces/default/pods", body=pod("mirror", annotations={"kubernetes.io/config.mirror": "x"})
+    )
     assert s == 201 and "initializers" not in obj["metadata"]
 
 
@@ -207,9 +284,9 @@ def test_config_refresh_interval_delays_new_configuration():
     srv = APIServer(initializer_config_refresh=1.0).start()
     try:
         c = api_client_for(srv)
-        assert raw(c, "POST", EXT, body=deployment("first"))[0] == 201      # loads the (empty) config
+        assert raw(c, "POST", EXT, body=deployment("first"))[0] == 201  # loads the (empty) config
         add_config(c, "late", [{"name": INIT, "rules": [rule()]}])
-        assert raw(c, "POST", EXT, body=deployment("second"))[0] == 201     # still the cached config
+        assert raw(c, "POST", EXT, body=deployment("second"))[0] == 201  # still the cached config
         time.sleep(1.1)
         s, obj = raw(c, "POST", EXT, query={"includeUninitialized": "1"}, body=deployment("third"))
         assert s == 202 and obj["metadata"]["initializers"]["pending"] == [{"name": INIT}]
@@ -218,6 +295,7 @@ def test_config_refresh_interval_delays_new_configuration():
 
 
 # ---- §1b blocking create ----------------------------------------------------------------------
+
 
 def test_e2e_invisible_to_controllers_by_default(c):
     """§2 + e2e "should be invisible to controllers by default": an uninitialized Deployment is not in a plain
@@ -255,8 +333,12 @@ def test_blocking_create_fails_with_the_result_status_and_object_is_deleted(c):
     add_config(c, "tp", [{"name": INIT, "rules": [rule()]}])
     t, res = create_async(c, EXT, deployment("fails"))
     obj = wait_stored(c, EXT, "fails")
-    obj["metadata"]["initializers"]["result"] = {"status": "Failure", "code": 403, "reason": "Forbidden",
-                                                 "message": "volume name conflict: ca-certs"}
+    obj["metadata"]["initializers"]["result"] = {
+        "status": "Failure",
+        "code": 403,
+        "reason": "Forbidden",
+        "message": "volume name conflict: ca-certs",
+    }
     s, upd = raw(c, "PUT", f"{EXT}/fails", body=obj)
     assert s == 200 and upd["metadata"]["initializers"]["result"]["code"] == 403
     t.join(5)
@@ -329,25 +411,38 @@ def test_delete_while_waiting_is_500(c):
 
 # ---- §3 updates to uninitialized objects ------------------------------------------------------
 
+
 def test_update_of_uninitialized_object_needs_initialize(srv, c):
     """§3: update+patch without `initialize` -> 403 "update to uninitialized resource denied"; with it -> OK."""
     add_config(c, "tp", [{"name": INIT, "rules": [rule()]}])
     raw(c, "POST", EXT, query={"includeUninitialized": "1"}, body=deployment("guarded"))
-    weak = grant(srv, c, "default", "weak", [{"apiGroups": ["extensions"], "resources": ["deployments"],
-                                              "verbs": ["get", "update", "patch"]}])
+    weak = grant(
+        srv,
+        c,
+        "default",
+        "weak",
+        [{"apiGroups": ["extensions"], "resources": ["deployments"], "verbs": ["get", "update", "patch"]}],
+    )
     s, obj = raw(weak, "GET", f"{EXT}/guarded")
     assert s == 200
     obj["metadata"]["labels"] = {"touched": "1"}
     s, body = raw(weak, "PUT", f"{EXT}/guarded", body=obj)
     assert s == 403 and body["reason"] == "Forbidden"
     assert body["message"] == 'deployments.extensions "guarded" is forbidden: update to uninitialized resource denied: '
-    s, body = raw(weak, "PATCH", f"{EXT}/guarded", body={"metadata": {"initializers": None}},
-                  content_type="application/merge-patch+json")
+    s, body = raw(
+        weak, "PATCH", f"{EXT}/guarded", body={"metadata": {"initializers": None}}, content_type="application/merge-patch+json"
+    )
     assert s == 403
-    strong = grant(srv, c, "default", "strong", [{"apiGroups": ["extensions"], "resources": ["deployments"],
-                                                  "verbs": ["get", "update", "patch", "initialize"]}])
-    s, body = raw(strong, "PATCH", f"{EXT}/guarded", body={"metadata": {"initializers": None}},
-                  content_type="application/merge-patch+json")
+    strong = grant(
+        srv,
+        c,
+        "default",
+        "strong",
+        [{"apiGroups": ["extensions"], "resources": ["deployments"], "verbs": ["get", "update", "patch", "initialize"]}],
+    )
+    s, body = raw(
+        strong, "PATCH", f"{EXT}/guarded", body={"metadata": {"initializers": None}}, content_type="application/merge-patch+json"
+    )
     assert s == 200 and "initializers" not in body["metadata"]
     # initialized now: `initialize` is no longer needed
     obj = raw(weak, "GET", f"{EXT}/guarded")[1]
@@ -357,13 +452,11 @@ def test_update_of_uninitialized_object_needs_initialize(srv, c):
 
 def test_server_does_not_enforce_removing_only_the_first_entry(c):
     """§3: with `initialize`, removing a non-first entry, reordering or adding entries all succeed."""
-    add_config(c, "tp", [{"name": "a.example.com", "rules": [rule()]},
-                         {"name": "b.example.com", "rules": [rule()]}])
+    add_config(c, "tp", [{"name": "a.example.com", "rules": [rule()]}, {"name": "b.example.com", "rules": [rule()]}])
     s, obj = raw(c, "POST", EXT, query={"includeUninitialized": "1"}, body=deployment("free"))
     obj["metadata"]["initializers"]["pending"] = [{"name": "a.example.com"}, {"name": "c.example.com"}]
     s, obj = raw(c, "PUT", f"{EXT}/free", body=obj)
-    assert s == 200 and obj["metadata"]["initializers"]["pending"] == [{"name": "a.example.com"},
-                                                                      {"name": "c.example.com"}]
+    assert s == 200 and obj["metadata"]["initializers"]["pending"] == [{"name": "a.example.com"}, {"name": "c.example.com"}]
     obj["metadata"]["initializers"]["pending"].reverse()
     s, obj = raw(c, "PUT", f"{EXT}/free", body=obj)
     assert s == 200 and obj["metadata"]["initializers"]["pending"][0] == {"name": "c.example.com"}
@@ -375,8 +468,10 @@ def test_readding_initializers_is_immutable(c):
     obj["metadata"]["initializers"] = {"pending": [{"name": INIT}]}
     s, body = raw(c, "PUT", f"{EXT}/done", body=obj)
     assert s == 422 and body["reason"] == "Invalid"
-    assert body["message"] == ('Deployment.extensions "done" is invalid: metadata.initializers: Invalid value: '
-                               '"null": field is immutable once initialization has completed')
+    assert body["message"] == (
+        'Deployment.extensions "done" is invalid: metadata.initializers: Invalid value: '
+        '"null": field is immutable once initialization has completed'
+    )
 
 
 def test_result_status_must_be_failure(c):
@@ -397,8 +492,10 @@ def test_empty_pending_on_update_is_422_in_1_7(c):
     obj["metadata"]["initializers"]["pending"] = []
     s, body = raw(c, "PUT", f"{EXT}/empty", body=obj)
     assert s == 422
-    assert body["message"] == ('Deployment.extensions "empty" is invalid: metadata.initializers.pending: '
-                               'Invalid value: "null": must be non-empty when result is not set')
+    assert body["message"] == (
+        'Deployment.extensions "empty" is invalid: metadata.initializers.pending: '
+        'Invalid value: "null": must be non-empty when result is not set'
+    )
 
 
 def test_empty_pending_on_update_completes_in_1_13(srv113):
@@ -428,8 +525,7 @@ def test_status_subresource_skips_the_plugin(srv, c):
     """§3: subresource requests (/status) skip the initialize check."""
     add_config(c, "pods", [{"name": INIT, "rules": [rule(resources=["pods"])]}])
     s, obj = raw(c, "POST", "/api/v1/namespaces/default/pods", query={"includeUninitialized": "1"}, body=pod("st"))
-    kubelet = grant(srv, c, "default", "kubelet", [{"apiGroups": [""], "resources": ["pods/status"],
-                                                    "verbs": ["update"]}])
+    kubelet = grant(srv, c, "default", "kubelet", [{"apiGroups": [""], "resources": ["pods/status"], "verbs": ["update"]}])
     obj["status"] = {"phase": "Running"}
     s, body = raw(kubelet, "PUT", "/api/v1/namespaces/default/pods/st/status", body=obj)
     assert s == 200 and body["status"]["phase"] == "Running"
@@ -438,12 +534,18 @@ def test_status_subresource_skips_the_plugin(srv, c):
 
 # ---- §5 completion and patch semantics --------------------------------------------------------
 
+
 def test_strategic_patch_of_pending_replaces_the_list_in_1_7(c):
     """§5: 1.7 `pending` has no merge key: a strategic patch's list replaces the whole list."""
     add_config(c, "tp", [{"name": "a.example.com", "rules": [rule()]}, {"name": "b.example.com", "rules": [rule()]}])
     raw(c, "POST", EXT, query={"includeUninitialized": "1"}, body=deployment("smp"))
-    s, obj = raw(c, "PATCH", f"{EXT}/smp", body={"metadata": {"initializers": {"pending": [{"name": "b.example.com"}]}}},
-                 content_type="application/strategic-merge-patch+json")
+    s, obj = raw(
+        c,
+        "PATCH",
+        f"{EXT}/smp",
+        body={"metadata": {"initializers": {"pending": [{"name": "b.example.com"}]}}},
+        content_type="application/strategic-merge-patch+json",
+    )
     assert s == 200 and obj["metadata"]["initializers"]["pending"] == [{"name": "b.example.com"}]
 
 
@@ -452,13 +554,22 @@ def test_strategic_patch_of_pending_merges_by_name_in_1_13(srv113):
     c = api_client_for(srv113)
     add_config(c, "tp", [{"name": "a.example.com", "rules": [rule()]}, {"name": "b.example.com", "rules": [rule()]}])
     raw(c, "POST", EXT, query={"includeUninitialized": "1"}, body=deployment("smp"))
-    s, obj = raw(c, "PATCH", f"{EXT}/smp", body={"metadata": {"initializers": {"pending": [{"name": "b.example.com"}]}}},
-                 content_type="application/strategic-merge-patch+json")
+    s, obj = raw(
+        c,
+        "PATCH",
+        f"{EXT}/smp",
+        body={"metadata": {"initializers": {"pending": [{"name": "b.example.com"}]}}},
+        content_type="application/strategic-merge-patch+json",
+    )
     assert s == 200 and obj["metadata"]["initializers"]["pending"] == [{"name": "a.example.com"}, {"name": "b.example.com"}]
     for n in ("a.example.com", "b.example.com"):
-        s, obj = raw(c, "PATCH", f"{EXT}/smp",
-                     body={"metadata": {"initializers": {"pending": [{"$patch": "delete", "name": n}]}}},
-                     content_type="application/strategic-merge-patch+json")
+        s, obj = raw(
+            c,
+            "PATCH",
+            f"{EXT}/smp",
+            body={"metadata": {"initializers": {"pending": [{"$patch": "delete", "name": n}]}}},
+            content_type="application/strategic-merge-patch+json",
+        )
         assert s == 200
     assert "initializers" not in obj["metadata"]
 
@@ -468,11 +579,18 @@ def test_one_strategic_patch_injects_and_completes(c):
     add_config(c, "tp", [{"name": INIT, "rules": [rule()]}])
     t, res = create_async(c, EXT, deployment("inject"))
     wait_stored(c, EXT, "inject")
-    p = {"metadata": {"initializers": None},
-         "spec": {"template": {"spec": {"initContainers": [{"name": "tproxy", "image": "tproxy-sidecar"}],
-                                        "containers": [{"name": "app", "volumeMounts": [
-                                            {"name": "ca", "mountPath": "/etc/ssl/certs"}]}],
-                                        "volumes": [{"name": "ca", "configMap": {"name": "ca"}}]}}}}
+    p = {
+        "metadata": {"initializers": None},
+        "spec": {
+            "template": {
+                "spec": {
+                    "initContainers": [{"name": "tproxy", "image": "tproxy-sidecar"}],
+                    "containers": [{"name": "app", "volumeMounts": [{"name": "ca", "mountPath": "/etc/ssl/certs"}]}],
+                    "volumes": [{"name": "ca", "configMap": {"name": "ca"}}],
+                }
+            }
+        },
+    }
     s, obj = raw(c, "PATCH", f"{EXT}/inject", body=p, content_type="application/strategic-merge-patch+json")
     assert s == 200
     t.join(5)
@@ -486,6 +604,7 @@ def test_one_strategic_patch_injects_and_completes(c):
 
 
 # ---- §5/§7 init-container annotation mirroring (1.7 only) -------------------------------------
+
 
 def test_init_containers_mirrored_into_annotations_in_1_7(c):
     """§5 last bullet/§7: 1.7 mirrors spec.template.spec.initContainers into the beta and alpha annotations."""
@@ -523,6 +642,7 @@ def test_no_annotation_mirroring_in_1_13(srv113):
 
 
 # ---- §7 one storage, two views ---------------------------------------------------------------
+
 
 def test_deployment_defaults_per_group(c):
     """§7: apps/v1beta1 defaults 25%/25%, revisionHistoryLimit 2, progressDeadline 600; extensions 1/1, none."""
@@ -568,11 +688,16 @@ def test_many_concurrent_blocking_creates_all_complete(c, srv):
         done = set()
         while not stop.is_set() and len(done) < n:
             items = raw(ic, "GET", EXT, query={"includeUninitialized": "true"})[1]["items"]
-            for d in reversed(items):                      # reverse order on purpose
+            for d in reversed(items):  # reverse order on purpose
                 name = d["metadata"]["name"]
                 if d["metadata"].get("initializers") and name not in done:
-                    s, _ = raw(ic, "PATCH", f"{EXT}/{name}", content_type="application/merge-patch+json",
-                               body={"metadata": {"initializers": None, "annotations": {"for": name}}})
+                    s, _ = raw(
+                        ic,
+                        "PATCH",
+                        f"{EXT}/{name}",
+                        content_type="application/merge-patch+json",
+                        body={"metadata": {"initializers": None, "annotations": {"for": name}}},
+                    )
                     if s == 200:
                         done.add(name)
             time.sleep(0.02)
@@ -581,8 +706,7 @@ def test_many_concurrent_blocking_creates_all_complete(c, srv):
     t.start()
     clients = [api_client_for(srv) for _ in range(50)]
     with concurrent.futures.ThreadPoolExecutor(n) as ex:
-        results = list(ex.map(lambda i: raw(clients[i % 50], "POST", EXT, body=deployment(f"burst-{i}"), timeout=60),
-                              range(n)))
+        results = list(ex.map(lambda i: raw(clients[i % 50], "POST", EXT, body=deployment(f"burst-{i}"), timeout=60), range(n)))
     stop.set()
     assert [s for s, _ in results] == [201] * n
     assert all(body["metadata"]["annotations"]["for"] == f"burst-{i}" for i, (_, body) in enumerate(results))

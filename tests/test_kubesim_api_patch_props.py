@@ -1,4 +1,5 @@
 """Properties of kubesim's patch implementations (pure functions, no server)."""
+
 import copy
 
 import pytest
@@ -9,8 +10,9 @@ from kubesim.apiserver.patch import PatchError, json_merge_patch, json_patch, st
 
 keys = st.sampled_from(["a", "b", "c", "metadata", "spec"])
 scalars = st.none() | st.booleans() | st.integers(-3, 3) | st.text(max_size=3)
-no_lists = st.recursive(scalars.filter(lambda v: v is not None), lambda inner: st.dictionaries(keys, inner, max_size=3),
-                        max_leaves=8)
+no_lists = st.recursive(
+    scalars.filter(lambda v: v is not None), lambda inner: st.dictionaries(keys, inner, max_size=3), max_leaves=8
+)
 patches = st.recursive(scalars, lambda inner: st.dictionaries(keys, inner, max_size=3), max_leaves=8)
 docs = st.dictionaries(keys, no_lists, max_size=4)
 
@@ -44,18 +46,31 @@ def test_json_patch_add_then_remove_round_trips(doc, value):
 
 
 def test_json_patch_errors_are_patch_errors():
-    for ops in ([{"op": "remove", "path": "/missing"}], [{"op": "replace", "path": "/x", "value": 1}],
-                [{"op": "test", "path": "/a", "value": 2}], [{"op": "bogus", "path": "/a"}], [{"path": "/a"}],
-                {"op": "add"}, [{"op": "add", "path": "a", "value": 1}]):
+    for ops in (
+        [{"op": "remove", "path": "/missing"}],
+        [{"op": "replace", "path": "/x", "value": 1}],
+        [{"op": "test", "path": "/a", "value": 2}],
+        [{"op": "bogus", "path": "/a"}],
+        [{"path": "/a"}],
+        {"op": "add"},
+        [{"op": "add", "path": "a", "value": 1}],
+    ):
         with pytest.raises(PatchError):
             json_patch({"a": 1}, ops)
 
 
 def test_json_patch_arrays_and_escapes():
     doc = {"l": [1, 2], "a/b": {"~": 0}}
-    out = json_patch(doc, [{"op": "add", "path": "/l/-", "value": 3}, {"op": "add", "path": "/l/0", "value": 0},
-                           {"op": "replace", "path": "/a~1b/~0", "value": 9},
-                           {"op": "move", "from": "/l/3", "path": "/last"}, {"op": "copy", "from": "/last", "path": "/c"}])
+    out = json_patch(
+        doc,
+        [
+            {"op": "add", "path": "/l/-", "value": 3},
+            {"op": "add", "path": "/l/0", "value": 0},
+            {"op": "replace", "path": "/a~1b/~0", "value": 9},
+            {"op": "move", "from": "/l/3", "path": "/last"},
+            {"op": "copy", "from": "/last", "path": "/c"},
+        ],
+    )
     assert out == {"l": [0, 1, 2], "a/b": {"~": 9}, "last": 3, "c": 3}
 
 

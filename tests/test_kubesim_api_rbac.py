@@ -1,4 +1,5 @@
 """Conformance: authentication (bearer tokens, 1.7 service-account token Secrets) and RBAC authorization."""
+
 import base64
 import re
 
@@ -79,13 +80,12 @@ def test_service_account_denied_with_the_1_7_message(srv):
     sa = api_client_for(srv, srv.service_account_token("default", "nobody"))
     s, body = raw(sa, "GET", "/apis/extensions/v1beta1/namespaces/default/deployments/web")
     assert s == 403
-    assert body == ('User "system:serviceaccount:default:nobody" cannot get deployments.extensions '
-                    'in the namespace "default".')
+    assert body == ('User "system:serviceaccount:default:nobody" cannot get deployments.extensions in the namespace "default".')
     s, body = raw(sa, "GET", "/api/v1/nodes")
     assert s == 403
     assert body == 'User "system:serviceaccount:default:nobody" cannot list nodes at the cluster scope.'
     s, body = raw(sa, "GET", "/api/v1/namespaces/default/pods/p/status")
-    assert body.endswith("cannot get pods/status in the namespace \"default\".")
+    assert body.endswith('cannot get pods/status in the namespace "default".')
     # the official client turns it into an ApiException carrying the text
     with pytest.raises(k.ApiException) as e:
         k.CoreV1Api(sa).read_namespaced_pod("p", "default")
@@ -109,8 +109,13 @@ def test_1_13_denial_is_a_status():
 
 def test_role_binding_allows_exactly_its_rules(srv, c):
     """A Role + RoleBinding to a ServiceAccount allows its verbs/resources in its namespace only."""
-    bind(c, "default", "reader", [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}],
-         [{"kind": "ServiceAccount", "name": "reader", "namespace": "default"}])
+    bind(
+        c,
+        "default",
+        "reader",
+        [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}],
+        [{"kind": "ServiceAccount", "name": "reader", "namespace": "default"}],
+    )
     sa = k.CoreV1Api(api_client_for(srv, srv.service_account_token("default", "reader")))
     sa.list_namespaced_config_map("default")
     with pytest.raises(k.ApiException) as e:
@@ -128,13 +133,19 @@ def test_resource_names_restrict_to_named_requests(srv, c):
     """resourceNames match only requests that carry a name: get of that name yes, list/other names no."""
     k.CoreV1Api(c).create_namespaced_config_map("default", {"metadata": {"name": "allowed"}})
     k.CoreV1Api(c).create_namespaced_config_map("default", {"metadata": {"name": "denied"}})
-    bind(c, "default", "one-cm", [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["allowed"],
-                                   "verbs": ["get", "list"]}],
-         [{"kind": "ServiceAccount", "name": "one", "namespace": "default"}])
+    bind(
+        c,
+        "default",
+        "one-cm",
+        [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["allowed"], "verbs": ["get", "list"]}],
+        [{"kind": "ServiceAccount", "name": "one", "namespace": "default"}],
+    )
     sa = k.CoreV1Api(api_client_for(srv, srv.service_account_token("default", "one")))
     assert sa.read_namespaced_config_map("allowed", "default").metadata.name == "allowed"
-    for call in (lambda: sa.read_namespaced_config_map("denied", "default"),
-                 lambda: sa.list_namespaced_config_map("default", field_selector="metadata.name=allowed")):
+    for call in (
+        lambda: sa.read_namespaced_config_map("denied", "default"),
+        lambda: sa.list_namespaced_config_map("default", field_selector="metadata.name=allowed"),
+    ):
         with pytest.raises(k.ApiException) as e:
             call()
         assert e.value.status == 403
@@ -142,9 +153,15 @@ def test_resource_names_restrict_to_named_requests(srv, c):
 
 def test_cluster_role_binding_to_group_and_wildcards(srv, c):
     """ClusterRoleBinding to group system:serviceaccounts; '*' verbs and resources; group matching."""
-    bind(c, "", "all-sa-read", [{"apiGroups": ["extensions", "apps"], "resources": ["*"], "verbs": ["get", "list"]}],
-         [{"kind": "Group", "name": "system:serviceaccounts", "apiGroup": "rbac.authorization.k8s.io"}],
-         cluster_role=True, cluster_binding=True)
+    bind(
+        c,
+        "",
+        "all-sa-read",
+        [{"apiGroups": ["extensions", "apps"], "resources": ["*"], "verbs": ["get", "list"]}],
+        [{"kind": "Group", "name": "system:serviceaccounts", "apiGroup": "rbac.authorization.k8s.io"}],
+        cluster_role=True,
+        cluster_binding=True,
+    )
     sa = api_client_for(srv, srv.service_account_token("kube-system", "anyone"))
     assert raw(sa, "GET", "/apis/extensions/v1beta1/deployments")[0] == 200
     assert raw(sa, "GET", "/apis/apps/v1beta1/namespaces/x/deployments")[0] == 200
@@ -154,12 +171,25 @@ def test_cluster_role_binding_to_group_and_wildcards(srv, c):
 
 def test_role_binding_to_cluster_role_is_namespaced(srv, c):
     """A RoleBinding referencing a ClusterRole grants it only in the binding's namespace."""
-    bind(c, "", "pod-editor", [{"apiGroups": [""], "resources": ["pods", "pods/status"], "verbs": ["*"]}],
-         [], cluster_role=True, cluster_binding=True)
-    s, _ = raw(c, "POST", "/apis/rbac.authorization.k8s.io/v1beta1/namespaces/kube-system/rolebindings", body={
-        "metadata": {"name": "pod-editor"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io",
-                                                        "kind": "ClusterRole", "name": "pod-editor"},
-        "subjects": [{"kind": "ServiceAccount", "name": "kubelet"}]})   # namespace defaults to the binding's
+    bind(
+        c,
+        "",
+        "pod-editor",
+        [{"apiGroups": [""], "resources": ["pods", "pods/status"], "verbs": ["*"]}],
+        [],
+        cluster_role=True,
+        cluster_binding=True,
+    )
+    s, _ = raw(
+        c,
+        "POST",
+        "/apis/rbac.authorization.k8s.io/v1beta1/namespaces/kube-system/rolebindings",
+        body={
+            "metadata": {"name": "pod-editor"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "pod-editor"},
+            "subjects": [{"kind": "ServiceAccount", "name": "kubelet"}],
+        },
+    )  # namespace defaults to the binding's
     assert s == 201
     sa = api_client_for(srv, srv.service_account_token("kube-system", "kubelet"))
     assert raw(sa, "GET", "/api/v1/namespaces/kube-system/pods")[0] == 200
@@ -169,8 +199,13 @@ def test_role_binding_to_cluster_role_is_namespaced(srv, c):
 def test_static_user_token_and_user_subject(srv, c):
     """Static tokens for plain users; a User subject matches the user name."""
     srv.add_token("alice-token", "alice", groups=["devs"])
-    bind(c, "default", "alice", [{"apiGroups": [""], "resources": ["services"], "verbs": ["list"]}],
-         [{"kind": "User", "name": "alice", "apiGroup": "rbac.authorization.k8s.io"}])
+    bind(
+        c,
+        "default",
+        "alice",
+        [{"apiGroups": [""], "resources": ["services"], "verbs": ["list"]}],
+        [{"kind": "User", "name": "alice", "apiGroup": "rbac.authorization.k8s.io"}],
+    )
     alice = api_client_for(srv, "alice-token")
     assert raw(alice, "GET", "/api/v1/namespaces/default/services")[0] == 200
     assert raw(alice, "GET", "/api/v1/namespaces/default/secrets")[0] == 403
@@ -180,7 +215,7 @@ def test_token_invalid_after_its_secret_is_deleted(srv, c):
     """1.7 token authenticator with lookup: the token dies with its Secret (or its ServiceAccount)."""
     token = srv.service_account_token("default", "ephemeral")
     cl = api_client_for(srv, token)
-    assert raw(cl, "GET", "/api/v1/namespaces/default/pods")[0] == 403   # authenticated, not authorized
+    assert raw(cl, "GET", "/api/v1/namespaces/default/pods")[0] == 403  # authenticated, not authorized
     secret = k.CoreV1Api(c).read_namespaced_service_account("ephemeral", "default").secrets[0].name
     k.CoreV1Api(c).delete_namespaced_secret(secret, "default")
     assert raw(cl, "GET", "/api/v1/namespaces/default/pods")[0] == 401
@@ -191,8 +226,12 @@ def test_rbac_v1beta1_and_v1_are_one_storage():
     srv = APIServer(k8s_version="1.13").start()
     try:
         c = api_client_for(srv)
-        s, role = raw(c, "POST", "/apis/rbac.authorization.k8s.io/v1beta1/namespaces/default/roles",
-                      body={"metadata": {"name": "shared"}, "rules": []})
+        s, role = raw(
+            c,
+            "POST",
+            "/apis/rbac.authorization.k8s.io/v1beta1/namespaces/default/roles",
+            body={"metadata": {"name": "shared"}, "rules": []},
+        )
         assert s == 201
         r = k.RbacAuthorizationV1Api(c).read_namespaced_role("shared", "default")
         assert r.metadata.uid == role["metadata"]["uid"]
@@ -213,8 +252,10 @@ def test_1_13_forbidden_wording():
         sa = api_client_for(srv, srv.service_account_token("default", "x"))
         s, body = raw(sa, "GET", "/api/v1/namespaces/default/configmaps/c")
         assert s == 403
-        assert body["message"] == ('configmaps "c" is forbidden: User "system:serviceaccount:default:x" cannot get '
-                                   'resource "configmaps" in API group "" in the namespace "default"')
+        assert body["message"] == (
+            'configmaps "c" is forbidden: User "system:serviceaccount:default:x" cannot get '
+            'resource "configmaps" in API group "" in the namespace "default"'
+        )
     finally:
         srv.stop()
 
@@ -237,9 +278,13 @@ def test_1_13_field_selector_name_authorizes_with_resource_names():
     try:
         c = api_client_for(srv)
         k.CoreV1Api(c).create_namespaced_config_map("default", {"metadata": {"name": "cfg"}})
-        bind(c, "default", "cfg", [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["cfg"],
-                                    "verbs": ["list", "watch"]}],
-             [{"kind": "ServiceAccount", "name": "init", "namespace": "default"}])
+        bind(
+            c,
+            "default",
+            "cfg",
+            [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["cfg"], "verbs": ["list", "watch"]}],
+            [{"kind": "ServiceAccount", "name": "init", "namespace": "default"}],
+        )
         sa = api_client_for(srv, srv.service_account_token("default", "init"))
         s, body = raw(sa, "GET", "/api/v1/namespaces/default/configmaps", query={"fieldSelector": "metadata.name=cfg"})
         assert s == 200 and [i["metadata"]["name"] for i in body["items"]] == ["cfg"]

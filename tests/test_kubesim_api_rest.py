@@ -1,4 +1,5 @@
 """Conformance: REST verbs, patches, selectors, discovery, bad input, kubeconfig and the CLI."""
+
 import json
 import os
 import signal
@@ -30,14 +31,30 @@ def c(kube_api_client_module):
 
 
 def deployment(name):
-    return {"metadata": {"name": name}, "spec": {"template": {"metadata": {"labels": {"app": name}}, "spec": {
-        "containers": [{"name": "app", "image": "debian:9", "env": [{"name": "A", "value": "1"}],
-                        "ports": [{"containerPort": 80}],
-                        "volumeMounts": [{"name": "v", "mountPath": "/v"}]}],
-        "volumes": [{"name": "v", "emptyDir": {}}]}}}}
+    return {
+        "metadata": {"name": name},
+        "spec": {
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "app",
+                            "image": "debian:9",
+                            "env": [{"name": "A", "value": "1"}],
+                            "ports": [{"containerPort": 80}],
+                            "volumeMounts": [{"name": "v", "mountPath": "/v"}],
+                        }
+                    ],
+                    "volumes": [{"name": "v", "emptyDir": {}}],
+                },
+            }
+        },
+    }
 
 
 # ---- create/get/update/delete ------------------------------------------------------------------
+
 
 def test_create_get_sets_server_metadata(c):
     """create fills uid, resourceVersion (global counter), creationTimestamp; get returns kind/apiVersion."""
@@ -70,8 +87,10 @@ def test_update_conflict_message_and_unconditional_update(c):
     assert raw(c, "PUT", f"{EXT}/cfl", body=d)[0] == 200
     s, body = raw(c, "PUT", f"{EXT}/cfl", body=stale)
     assert s == 409 and body["reason"] == "Conflict"
-    assert body["message"] == ('Operation cannot be fulfilled on deployments.extensions "cfl": the object has been '
-                               'modified; please apply your changes to the latest version and try again')
+    assert body["message"] == (
+        'Operation cannot be fulfilled on deployments.extensions "cfl": the object has been '
+        "modified; please apply your changes to the latest version and try again"
+    )
     del stale["metadata"]["resourceVersion"]
     assert raw(c, "PUT", f"{EXT}/cfl", body=stale)[0] == 200
 
@@ -94,8 +113,12 @@ def test_pod_binding_subresource_sets_node_name(c):
     """POST pods/{name}/binding assigns the node once (like the scheduler)."""
     v1 = k.CoreV1Api(c)
     v1.create_namespaced_pod("default", {"metadata": {"name": "bind"}, "spec": {"containers": [{"name": "c", "image": "i"}]}})
-    s, _ = raw(c, "POST", "/api/v1/namespaces/default/pods/bind/binding",
-               body={"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "bind"}, "target": {"kind": "Node", "name": "n1"}})
+    s, _ = raw(
+        c,
+        "POST",
+        "/api/v1/namespaces/default/pods/bind/binding",
+        body={"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "bind"}, "target": {"kind": "Node", "name": "n1"}},
+    )
     assert s == 201
     assert v1.read_namespaced_pod("bind", "default").spec.node_name == "n1"
     s, _ = raw(c, "POST", "/api/v1/namespaces/default/pods/bind/binding", body={"target": {"name": "n2"}})
@@ -157,14 +180,28 @@ def test_generate_name(c):
 
 # ---- patches ---------------------------------------------------------------------------------
 
+
 def test_strategic_merge_patch_uses_merge_keys(c):
     """Strategic merge: containers/env/volumes by name, volumeMounts by mountPath, ports by containerPort."""
     raw(c, "POST", EXT, body=deployment("smp"))
-    p = {"spec": {"template": {"spec": {
-        "containers": [{"name": "app", "env": [{"name": "B", "value": "2"}],
-                        "volumeMounts": [{"name": "ca", "mountPath": "/ca"}], "ports": [{"containerPort": 443}]},
-                       {"name": "side", "image": "busybox"}],
-        "volumes": [{"name": "ca", "configMap": {"name": "ca"}}]}}}}
+    p = {
+        "spec": {
+            "template": {
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "app",
+                            "env": [{"name": "B", "value": "2"}],
+                            "volumeMounts": [{"name": "ca", "mountPath": "/ca"}],
+                            "ports": [{"containerPort": 443}],
+                        },
+                        {"name": "side", "image": "busybox"},
+                    ],
+                    "volumes": [{"name": "ca", "configMap": {"name": "ca"}}],
+                }
+            }
+        }
+    }
     s, d = raw(c, "PATCH", f"{EXT}/smp", body=p, content_type="application/strategic-merge-patch+json")
     assert s == 200
     spec = d["spec"]["template"]["spec"]
@@ -179,23 +216,48 @@ def test_strategic_merge_patch_uses_merge_keys(c):
 def test_strategic_merge_patch_directives(c):
     """`$patch: delete` removes a list element by key; `$patch: replace` replaces a list or map."""
     raw(c, "POST", EXT, body=deployment("dir"))
-    s, d = raw(c, "PATCH", f"{EXT}/dir", content_type="application/strategic-merge-patch+json", body={
-        "spec": {"template": {"spec": {"volumes": [{"name": "v", "$patch": "delete"}],
-                                       "containers": [{"name": "app", "env": [{"$patch": "replace"}, {"name": "Z", "value": "z"}]}]}}}})
+    s, d = raw(
+        c,
+        "PATCH",
+        f"{EXT}/dir",
+        content_type="application/strategic-merge-patch+json",
+        body={
+            "spec": {
+                "template": {
+                    "spec": {
+                        "volumes": [{"name": "v", "$patch": "delete"}],
+                        "containers": [{"name": "app", "env": [{"$patch": "replace"}, {"name": "Z", "value": "z"}]}],
+                    }
+                }
+            }
+        },
+    )
     assert s == 200
     assert "volumes" not in d["spec"]["template"]["spec"] or d["spec"]["template"]["spec"]["volumes"] == []
     assert d["spec"]["template"]["spec"]["containers"][0]["env"] == [{"name": "Z", "value": "z"}]
-    s, d = raw(c, "PATCH", f"{EXT}/dir", content_type="application/strategic-merge-patch+json",
-               body={"metadata": {"labels": {"$patch": "replace", "only": "this"}}})
+    s, d = raw(
+        c,
+        "PATCH",
+        f"{EXT}/dir",
+        content_type="application/strategic-merge-patch+json",
+        body={"metadata": {"labels": {"$patch": "replace", "only": "this"}}},
+    )
     assert d["metadata"]["labels"] == {"only": "this"}
 
 
 def test_json_merge_patch_replaces_lists(c):
     """RFC 7386: lists are replaced; null deletes."""
     raw(c, "POST", EXT, body=deployment("jmp"))
-    s, d = raw(c, "PATCH", f"{EXT}/jmp", content_type="application/merge-patch+json", body={
-        "metadata": {"labels": {"app": None, "new": "1"}},
-        "spec": {"template": {"spec": {"containers": [{"name": "only", "image": "x"}]}}}})
+    s, d = raw(
+        c,
+        "PATCH",
+        f"{EXT}/jmp",
+        content_type="application/merge-patch+json",
+        body={
+            "metadata": {"labels": {"app": None, "new": "1"}},
+            "spec": {"template": {"spec": {"containers": [{"name": "only", "image": "x"}]}}},
+        },
+    )
     assert s == 200 and d["metadata"]["labels"] == {"new": "1"}
     assert [x["name"] for x in d["spec"]["template"]["spec"]["containers"]] == ["only"]
 
@@ -203,13 +265,27 @@ def test_json_merge_patch_replaces_lists(c):
 def test_json_patch_operations_and_failed_test(c):
     """RFC 6902: add/replace/remove/test; a failing test op -> 422 and nothing written."""
     raw(c, "POST", CM, body={"metadata": {"name": "jp"}, "data": {"a": "1"}})
-    s, cm = raw(c, "PATCH", f"{CM}/jp", content_type="application/json-patch+json", body=[
-        {"op": "test", "path": "/data/a", "value": "1"}, {"op": "add", "path": "/data/b", "value": "2"},
-        {"op": "replace", "path": "/data/a", "value": "9"}, {"op": "remove", "path": "/data/b"}])
+    s, cm = raw(
+        c,
+        "PATCH",
+        f"{CM}/jp",
+        content_type="application/json-patch+json",
+        body=[
+            {"op": "test", "path": "/data/a", "value": "1"},
+            {"op": "add", "path": "/data/b", "value": "2"},
+            {"op": "replace", "path": "/data/a", "value": "9"},
+            {"op": "remove", "path": "/data/b"},
+        ],
+    )
     assert s == 200 and cm["data"] == {"a": "9"}
     rv = cm["metadata"]["resourceVersion"]
-    s, body = raw(c, "PATCH", f"{CM}/jp", content_type="application/json-patch+json",
-                  body=[{"op": "test", "path": "/data/a", "value": "1"}, {"op": "add", "path": "/data/c", "value": "x"}])
+    s, body = raw(
+        c,
+        "PATCH",
+        f"{CM}/jp",
+        content_type="application/json-patch+json",
+        body=[{"op": "test", "path": "/data/a", "value": "1"}, {"op": "add", "path": "/data/c", "value": "x"}],
+    )
     assert s == 422
     assert raw(c, "GET", f"{CM}/jp")[1]["metadata"]["resourceVersion"] == rv
 
@@ -217,22 +293,36 @@ def test_json_patch_operations_and_failed_test(c):
 def test_patch_with_stale_resource_version_conflicts(c):
     """A patch carrying metadata.resourceVersion is a precondition (409 when stale); without it, no conflict."""
     raw(c, "POST", CM, body={"metadata": {"name": "pc"}})
-    s, body = raw(c, "PATCH", f"{CM}/pc", content_type="application/merge-patch+json",
-                  body={"metadata": {"resourceVersion": "1"}, "data": {"a": "b"}})
+    s, body = raw(
+        c,
+        "PATCH",
+        f"{CM}/pc",
+        content_type="application/merge-patch+json",
+        body={"metadata": {"resourceVersion": "1"}, "data": {"a": "b"}},
+    )
     assert s == 409
     assert raw(c, "PATCH", f"{CM}/pc", content_type="application/merge-patch+json", body={"data": {"a": "b"}})[0] == 200
 
 
 # ---- selectors -------------------------------------------------------------------------------
 
+
 def test_label_and_field_selectors_on_list(c):
     """labelSelector (=, !=, in, notin, exists, !) and fieldSelector (metadata.name, status.phase, spec.nodeName)."""
     v1 = k.CoreV1Api(c)
     v1.create_namespace({"metadata": {"name": "sel"}})
-    for name, labels, node in (("a", {"app": "web", "tier": "fe"}, "n1"), ("b", {"app": "web"}, "n2"),
-                               ("c", {"app": "db"}, "n1")):
-        v1.create_namespaced_pod("sel", {"metadata": {"name": name, "labels": labels},
-                                         "spec": {"nodeName": node, "containers": [{"name": "c", "image": "i"}]}})
+    for name, labels, node in (
+        ("a", {"app": "web", "tier": "fe"}, "n1"),
+        ("b", {"app": "web"}, "n2"),
+        ("c", {"app": "db"}, "n1"),
+    ):
+        v1.create_namespaced_pod(
+            "sel",
+            {
+                "metadata": {"name": name, "labels": labels},
+                "spec": {"nodeName": node, "containers": [{"name": "c", "image": "i"}]},
+            },
+        )
     names = lambda **kw: [p.metadata.name for p in v1.list_namespaced_pod("sel", **kw).items]
     assert names(label_selector="app=web") == ["a", "b"]
     assert names(label_selector="app!=web") == ["c"]
@@ -242,12 +332,17 @@ def test_label_and_field_selectors_on_list(c):
     assert names(field_selector="spec.nodeName=n1") == ["a", "c"]
     assert names(field_selector="metadata.name=b") == ["b"]
     assert names(field_selector="status.phase=Pending,spec.nodeName!=n1") == ["b"]
-    assert [p.metadata.name for p in v1.list_pod_for_all_namespaces(field_selector="metadata.namespace=sel").items] == ["a", "b", "c"]
+    assert [p.metadata.name for p in v1.list_pod_for_all_namespaces(field_selector="metadata.namespace=sel").items] == [
+        "a",
+        "b",
+        "c",
+    ]
     s, body = raw(c, "GET", "/api/v1/namespaces/sel/pods", query={"fieldSelector": "spec.bogus=1"})
     assert s == 400 and "is not a known field selector" in body["message"]
 
 
 # ---- discovery -------------------------------------------------------------------------------
+
 
 def test_discovery_and_version(c):
     """/version says v1.7.x; /api, /apis and per-group resource lists with verbs."""
@@ -262,8 +357,8 @@ def test_discovery_and_version(c):
     assert "daemonsets" in res and "deployments/status" in res
     core = {r["name"]: r for r in raw(c, "GET", "/api/v1")[1]["resources"]}
     assert core["namespaces"]["namespaced"] is False and "pods/status" in core
-    s, body = raw(c, "GET", "/apis/storage.k8s.io/v1/storageclasses")   # a group kubesim does not serve
-    assert s == 404 and body == "404 page not found\n"     # net/http's NotFound, not a Status
+    s, body = raw(c, "GET", "/apis/storage.k8s.io/v1/storageclasses")  # a group kubesim does not serve
+    assert s == 404 and body == "404 page not found\n"  # net/http's NotFound, not a Status
 
 
 def test_version_1_13():
@@ -276,6 +371,7 @@ def test_version_1_13():
 
 
 # ---- bad input -------------------------------------------------------------------------------
+
 
 def test_malformed_json_is_400(c):
     s, body = raw(c, "POST", CM, body="{not json")
@@ -291,12 +387,15 @@ def test_wrong_kind_or_api_version_is_400(c):
 
 def test_missing_and_invalid_names_are_422(c):
     s, body = raw(c, "POST", CM, body={"metadata": {}})
-    assert s == 422 and body["message"] == ('ConfigMap "" is invalid: metadata.name: Required value: name or '
-                                            'generateName is required')
+    assert s == 422 and body["message"] == (
+        'ConfigMap "" is invalid: metadata.name: Required value: name or generateName is required'
+    )
     s, body = raw(c, "POST", CM, body={"metadata": {"name": "Bad_Name"}})
     assert s == 422 and body["reason"] == "Invalid"
-    assert body["message"].startswith('ConfigMap "Bad_Name" is invalid: metadata.name: Invalid value: "Bad_Name": '
-                                      'a DNS-1123 subdomain must consist of lower case')
+    assert body["message"].startswith(
+        'ConfigMap "Bad_Name" is invalid: metadata.name: Invalid value: "Bad_Name": '
+        "a DNS-1123 subdomain must consist of lower case"
+    )
     assert body["details"]["causes"][0]["field"] == "metadata.name"
     s, body = raw(c, "POST", "/api/v1/namespaces", body={"metadata": {"name": "a.b"}})
     assert s == 422 and "DNS-1123 label" in body["message"]
@@ -326,6 +425,7 @@ def test_garbage_on_the_wire_does_not_kill_the_server(srv, c):
 
 # ---- kubeconfig + CLI ------------------------------------------------------------------------
 
+
 def test_kubeconfig_loads_with_official_client(kubeconfig_path):
     """The written kubeconfig works with kubernetes.config.load_kube_config (CA data + bearer token)."""
     cfg = k.Configuration()
@@ -348,6 +448,7 @@ def test_fixture_client_and_sa_kubeconfig(kubesim_server, kube_api_client, tmp_p
 def test_extra_sans_on_serving_certificate(tmp_path):
     """APIServer(sans=[...]) puts extra IPs/DNS names on the certificate (kubernetes.default.svc always)."""
     from cryptography import x509
+
     srv = APIServer(sans=["198.18.0.1", "api.kubesim.test"]).start()
     try:
         host, port = srv.url.rsplit("//", 1)[1].rsplit(":", 1)
@@ -364,10 +465,25 @@ def test_extra_sans_on_serving_certificate(tmp_path):
 def test_cli_serve_writes_kubeconfig_and_exits_cleanly_on_sigterm(tmp_path):
     """`python -m kubesim serve` writes the kubeconfig once ready and exits 0 on SIGTERM."""
     kc = tmp_path / "kc"
-    proc = subprocess.Popen([sys.executable, "-m", "kubesim", "serve", "--listen", "127.0.0.1:0",
-                             "--kubeconfig", str(kc), "--k8s-version", "1.13", "--faults", "latency_ms=1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kubesim",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--kubeconfig",
+            str(kc),
+            "--k8s-version",
+            "1.13",
+            "--faults",
+            "latency_ms=1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
     try:
         deadline = time.monotonic() + 20
         while not kc.exists() and time.monotonic() < deadline:
@@ -388,12 +504,13 @@ def _cli(argv):
 
     from kubesim.apiserver import cli
     import structlog
+
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
     try:
         return cli.run(parser.parse_args(argv))
     finally:
-        structlog.reset_defaults()   # run() points structlog at this test's (captured) stderr
+        structlog.reset_defaults()  # run() points structlog at this test's (captured) stderr
 
 
 def test_cli_rejects_bad_faults_spec(tmp_path, capsys):
@@ -410,11 +527,19 @@ def test_service_cluster_ip_allocation(c):
     b = v1.create_namespaced_service("default", {"metadata": {"name": "svc-b"}, "spec": {"ports": [{"port": 80}]}})
     assert a.spec.cluster_ip.startswith("10.") and a.spec.cluster_ip != b.spec.cluster_ip
     assert a.spec.ports[0].target_port == 80 and a.spec.ports[0].protocol == "TCP"
-    s, body = raw(c, "POST", "/api/v1/namespaces/default/services",
-                  body={"metadata": {"name": "svc-c"}, "spec": {"clusterIP": a.spec.cluster_ip, "ports": [{"port": 1}]}})
+    s, body = raw(
+        c,
+        "POST",
+        "/api/v1/namespaces/default/services",
+        body={"metadata": {"name": "svc-c"}, "spec": {"clusterIP": a.spec.cluster_ip, "ports": [{"port": 1}]}},
+    )
     assert s == 422 and "already allocated" in body["message"]
-    s, body = raw(c, "POST", "/api/v1/namespaces/default/services",
-                  body={"metadata": {"name": "svc-d"}, "spec": {"clusterIP": "None", "ports": [{"port": 1}]}})
+    s, body = raw(
+        c,
+        "POST",
+        "/api/v1/namespaces/default/services",
+        body={"metadata": {"name": "svc-d"}, "spec": {"clusterIP": "None", "ports": [{"port": 1}]}},
+    )
     assert s == 201 and body["spec"]["clusterIP"] == "None"
 
 
@@ -422,6 +547,7 @@ def test_metrics_endpoint_counts_requests(srv, c):
     """/metrics exposes Prometheus counters per verb/resource/code."""
     raw(c, "GET", f"{CM}/does-not-exist")
     import urllib.request
+
     ctx = ssl.create_default_context(cafile=srv.ca_file)
     text = urllib.request.urlopen(srv.url + "/metrics", context=ctx, timeout=5).read().decode()
     assert 'kubesim_apiserver_requests_total{code="404",resource="configmaps",verb="get"}' in text
@@ -431,8 +557,14 @@ def test_metrics_endpoint_counts_requests(srv, c):
 def test_abandoned_watch_is_released(srv, c):
     """A client that closes an idle watch frees its watcher within about a second."""
     before = sum(len(w) for w in srv.store.watchers.values())
-    resp = c.call_api("/api/v1/secrets", "GET", query_params=[("watch", "true"), ("resourceVersion", str(srv.store.rv))],
-                      auth_settings=["BearerToken"], _preload_content=False, _return_http_data_only=True)
+    resp = c.call_api(
+        "/api/v1/secrets",
+        "GET",
+        query_params=[("watch", "true"), ("resourceVersion", str(srv.store.rv))],
+        auth_settings=["BearerToken"],
+        _preload_content=False,
+        _return_http_data_only=True,
+    )
     deadline = time.monotonic() + 5
     while sum(len(w) for w in srv.store.watchers.values()) == before and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -464,16 +596,23 @@ def test_pod_template_validation(c):
 
 def test_yaml_request_body(c):
     """application/yaml bodies are accepted like JSON (kubectl --output-ish clients)."""
-    s, obj = raw(c, "POST", CM, body="apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: from-yaml\ndata:\n  a: b\n",
-                 content_type="application/yaml")
+    s, obj = raw(
+        c,
+        "POST",
+        CM,
+        body="apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: from-yaml\ndata:\n  a: b\n",
+        content_type="application/yaml",
+    )
     assert s == 201 and obj["data"] == {"a": "b"}
 
 
 def test_structurally_wrong_bodies_are_400(c):
     """A list where an object belongs cannot be decoded: 400, and the server keeps serving."""
-    for body in ({"metadata": {"name": "s1"}, "spec": ["x"]},
-                 {"metadata": {"name": "s2"}, "spec": {"template": "nope"}},
-                 {"metadata": ["x"]}):
+    for body in (
+        {"metadata": {"name": "s1"}, "spec": ["x"]},
+        {"metadata": {"name": "s2"}, "spec": {"template": "nope"}},
+        {"metadata": ["x"]},
+    ):
         s, st = raw(c, "POST", EXT, body=body)
         assert s in (400, 422), (body, s, st)
     assert raw(c, "GET", EXT)[0] == 200

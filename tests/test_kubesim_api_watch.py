@@ -2,6 +2,7 @@
 
 Official kubernetes client over HTTPS against kubesim. § refers to docs/initializers-1.7.md.
 """
+
 import threading
 import time
 
@@ -19,8 +20,10 @@ INIT = "tproxy.initializer.kubernetes.io"
 
 
 def deployment(name):
-    return {"metadata": {"name": name}, "spec": {"template": {"metadata": {"labels": {"app": name}},
-                                                             "spec": {"containers": [{"name": "a", "image": "x"}]}}}}
+    return {
+        "metadata": {"name": name},
+        "spec": {"template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": "a", "image": "x"}]}}},
+    }
 
 
 @pytest.fixture
@@ -35,8 +38,15 @@ def c(kube_api_client):
 
 @pytest.fixture
 def with_config(c):
-    s, _ = raw(c, "POST", CFG, body={"metadata": {"name": "tp"}, "initializers": [
-        {"name": INIT, "rules": [{"apiGroups": ["*"], "apiVersions": ["*"], "resources": ["deployments"]}]}]})
+    s, _ = raw(
+        c,
+        "POST",
+        CFG,
+        body={
+            "metadata": {"name": "tp"},
+            "initializers": [{"name": INIT, "rules": [{"apiGroups": ["*"], "apiVersions": ["*"], "resources": ["deployments"]}]}],
+        },
+    )
     assert s == 201
 
 
@@ -72,6 +82,7 @@ def start_at(srv):
 
 
 # ---- §2 visibility ----------------------------------------------------------------------------
+
 
 def test_list_hides_uninitialized_unless_included(c, with_config):
     """§2: LIST shows uninitialized objects only with ?includeUninitialized=true (also with fieldSelector)."""
@@ -119,8 +130,13 @@ def test_failed_initialization_visible_only_to_filtered_watchers(srv, c, with_co
     obj["metadata"]["initializers"]["result"] = {"status": "Failure", "code": 422, "message": "nope"}
     assert raw(c, "PUT", f"{EXT}/f", body=obj)[0] == 200
     # a marker object proves the plain watcher is alive and ordered after the failure
-    raw(c, "POST", EXT, query={"includeUninitialized": "1"}, body=dict(deployment("marker"), metadata={
-        "name": "marker", "initializers": {"pending": []}}))
+    raw(
+        c,
+        "POST",
+        EXT,
+        query={"includeUninitialized": "1"},
+        body=dict(deployment("marker"), metadata={"name": "marker", "initializers": {"pending": []}}),
+    )
     plain.wait_for(1)
     full.wait_for(4)
     assert plain.types() == [("ADDED", "marker")]
@@ -134,9 +150,15 @@ def test_delete_of_uninitialized_object_allowed_and_hidden(srv, c, with_config):
     time.sleep(0.2)
     raw(c, "POST", EXT, query={"includeUninitialized": "1"}, body=deployment("gone"))
     assert raw(c, "DELETE", f"{EXT}/gone")[0] == 200
-    raw(c, "POST", "/apis/extensions/v1beta1/namespaces/default/daemonsets", body={
-        "metadata": {"name": "unrelated"}, "spec": {"template": {"metadata": {"labels": {"a": "b"}},
-                                                                 "spec": {"containers": [{"name": "c", "image": "i"}]}}}})
+    raw(
+        c,
+        "POST",
+        "/apis/extensions/v1beta1/namespaces/default/daemonsets",
+        body={
+            "metadata": {"name": "unrelated"},
+            "spec": {"template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}},
+        },
+    )
     time.sleep(0.3)
     assert plain.events == []
 
@@ -160,6 +182,7 @@ def test_apps_watcher_sees_deployment_created_through_extensions(srv, c):
 
 # ---- resume, 410, timeouts, selectors ---------------------------------------------------------
 
+
 def test_watch_resumes_from_resource_version(srv, c):
     """A watch from resourceVersion R replays every retained event after R, in order."""
     v1 = k.CoreV1Api(c)
@@ -169,8 +192,7 @@ def test_watch_resumes_from_resource_version(srv, c):
     v1.patch_namespaced_config_map("r0", "default", {"data": {"a": "b"}})
     v1.delete_namespaced_config_map("r1", "default")
     evs = list(watch_events(c, "/api/v1/namespaces/default/configmaps", {"resourceVersion": rv, "timeoutSeconds": "1"}))
-    assert [(e["type"], e["object"]["metadata"]["name"]) for e in evs] == [
-        ("ADDED", "r1"), ("MODIFIED", "r0"), ("DELETED", "r1")]
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in evs] == [("ADDED", "r1"), ("MODIFIED", "r0"), ("DELETED", "r1")]
     rvs = [int(e["object"]["metadata"]["resourceVersion"]) for e in evs]
     assert rvs == sorted(rvs) and rvs[0] > int(rv)
 
@@ -197,8 +219,10 @@ def test_too_old_resource_version_gets_410_error_event():
         assert st["code"] == 410 and st["reason"] == "Gone" and st["message"].startswith(f"too old resource version: {rv} (")
         # a recent resourceVersion still works
         recent = str(srv.store.rv)
-        assert list(watch_events(c, "/api/v1/namespaces/default/configmaps",
-                                 {"resourceVersion": recent, "timeoutSeconds": "1"})) == []
+        assert (
+            list(watch_events(c, "/api/v1/namespaces/default/configmaps", {"resourceVersion": recent, "timeoutSeconds": "1"}))
+            == []
+        )
     finally:
         srv.stop()
 
@@ -219,8 +243,9 @@ def test_1_13_gone_reason_is_expired():
 def test_timeout_seconds_ends_the_stream(c):
     """timeoutSeconds closes the stream cleanly after that long."""
     t0 = time.monotonic()
-    assert list(watch_events(c, "/api/v1/namespaces/default/secrets",
-                             {"timeoutSeconds": "1", "resourceVersion": "1000000"})) == []
+    assert (
+        list(watch_events(c, "/api/v1/namespaces/default/secrets", {"timeoutSeconds": "1", "resourceVersion": "1000000"})) == []
+    )
     assert time.monotonic() - t0 >= 0.9  # ended by timeoutSeconds (watch_events' own 10 s read timeout would raise)
 
 
@@ -268,11 +293,23 @@ def test_legacy_watch_path_by_name_is_authorized_with_the_name(srv, c):
     allow it; a collection watch/list with fieldSelector=metadata.name is authorized without a name and denied."""
     rbac = RbacV1beta1(c)
     k.CoreV1Api(c).create_namespaced_config_map("default", {"metadata": {"name": "tproxy-config"}})
-    rbac.create_namespaced_role("default", {"metadata": {"name": "cfg"}, "rules": [{
-        "apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["tproxy-config"], "verbs": ["get", "watch"]}]})
-    rbac.create_namespaced_role_binding("default", {"metadata": {"name": "cfg"}, "roleRef": {
-        "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "cfg"},
-        "subjects": [{"kind": "ServiceAccount", "name": "init", "namespace": "default"}]})
+    rbac.create_namespaced_role(
+        "default",
+        {
+            "metadata": {"name": "cfg"},
+            "rules": [
+                {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["tproxy-config"], "verbs": ["get", "watch"]}
+            ],
+        },
+    )
+    rbac.create_namespaced_role_binding(
+        "default",
+        {
+            "metadata": {"name": "cfg"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "cfg"},
+            "subjects": [{"kind": "ServiceAccount", "name": "init", "namespace": "default"}],
+        },
+    )
     token = srv.service_account_token("default", "init")
     sa = api_client_for(srv, token)
     assert raw(sa, "GET", "/api/v1/namespaces/default/configmaps/tproxy-config")[0] == 200
@@ -283,8 +320,12 @@ def test_legacy_watch_path_by_name_is_authorized_with_the_name(srv, c):
     w.wait_for(2)
     time.sleep(0.1)
     assert w.types() == [("ADDED", "tproxy-config"), ("MODIFIED", "tproxy-config")]
-    s, body = raw(sa, "GET", "/api/v1/namespaces/default/configmaps",
-                  query={"watch": "true", "fieldSelector": "metadata.name=tproxy-config"})
+    s, body = raw(
+        sa,
+        "GET",
+        "/api/v1/namespaces/default/configmaps",
+        query={"watch": "true", "fieldSelector": "metadata.name=tproxy-config"},
+    )
     assert s == 403 and body.startswith('User "system:serviceaccount:default:init" cannot watch configmaps')
     assert raw(sa, "GET", "/api/v1/namespaces/default/configmaps/other")[0] == 403
 
@@ -301,8 +342,14 @@ def test_legacy_watch_collection_path(srv, c):
 def test_watchers_do_not_block_writers(srv, c):
     """A watcher that never reads does not slow writes down (per-watcher queues)."""
     stuck = api_client_for(srv)
-    resp = stuck.call_api("/api/v1/configmaps", "GET", query_params=[("watch", "true")],
-                          auth_settings=["BearerToken"], _preload_content=False, _return_http_data_only=True)
+    resp = stuck.call_api(
+        "/api/v1/configmaps",
+        "GET",
+        query_params=[("watch", "true")],
+        auth_settings=["BearerToken"],
+        _preload_content=False,
+        _return_http_data_only=True,
+    )
     v1 = k.CoreV1Api(c)
     done = []
 
@@ -310,6 +357,7 @@ def test_watchers_do_not_block_writers(srv, c):
         for i in range(200):
             v1.create_namespaced_config_map("default", {"metadata": {"name": f"fast-{i}"}, "data": {"x": "y" * 2000}})
             done.append(i)
+
     writer = threading.Thread(target=write, daemon=True)
     writer.start()
     # 400 KB of events is far more than the stuck reader's socket buffers: a writer that waited for
@@ -328,6 +376,7 @@ def test_watch_param_on_a_named_get_is_a_plain_get(c):
 def test_concurrent_writers_watchers_see_every_event_in_order(srv):
     """8 writer threads, 3 watchers: each watcher gets every event exactly once, in resourceVersion order."""
     import concurrent.futures
+
     n_writers, per_writer = 8, 25
     start = start_at(srv)
     watchers = [Collector(srv, "/api/v1/namespaces/default/configmaps", start) for _ in range(3)]
@@ -361,12 +410,13 @@ def test_the_watch_window_is_per_resource_type_like_the_watch_cache():
         c = api_client_for(srv)
         v1 = k.CoreV1Api(c)
         rv = v1.create_namespaced_secret("default", {"metadata": {"name": "s0"}}).metadata.resource_version
-        for i in range(150):        # another type only
+        for i in range(150):  # another type only
             v1.create_namespaced_config_map("default", {"metadata": {"name": f"n{i}"}})
-        evs = list(watch_events(c, "/api/v1/namespaces/default/secrets",
-                                {"resourceVersion": str(int(rv) - 1), "timeoutSeconds": "1"}))
+        evs = list(
+            watch_events(c, "/api/v1/namespaces/default/secrets", {"resourceVersion": str(int(rv) - 1), "timeoutSeconds": "1"})
+        )
         assert [(e["type"], e["object"]["metadata"]["name"]) for e in evs] == [("ADDED", "s0")]
-        cm_rv = str(int(rv) + 1)    # the first ConfigMap's create: 149 more ConfigMap events since
+        cm_rv = str(int(rv) + 1)  # the first ConfigMap's create: 149 more ConfigMap events since
         evs = list(watch_events(c, "/api/v1/namespaces/default/configmaps", {"resourceVersion": cm_rv}, timeout=5))
         assert len(evs) == 1 and evs[0]["type"] == "ERROR" and evs[0]["object"]["code"] == 410
     finally:

@@ -2,6 +2,7 @@
 implements (discovery and /openapi/v2 from the 1.28.0 definitions), no Initializers, the namespace
 name label, admissionregistration.k8s.io/v1 webhook configurations with their v1 defaults, validation
 and AdmissionReview v1 calls; and the real kubectl and Helm against it as a user types them."""
+
 from __future__ import annotations
 
 import json
@@ -53,21 +54,30 @@ def hook(ca):
 
 def v1_webhook(ca, url, name="h.example.com", **extra):
     import base64
-    w = {"name": name, "sideEffects": "None", "admissionReviewVersions": ["v1"],
-         "clientConfig": {"url": url, "caBundle": base64.b64encode(ca.cert_pem.bytes()).decode()},
-         "rules": [{"operations": ["CREATE", "UPDATE"], "apiGroups": [""], "apiVersions": ["v1"],
-                    "resources": ["configmaps"]}]}
+
+    w = {
+        "name": name,
+        "sideEffects": "None",
+        "admissionReviewVersions": ["v1"],
+        "clientConfig": {"url": url, "caBundle": base64.b64encode(ca.cert_pem.bytes()).decode()},
+        "rules": [{"operations": ["CREATE", "UPDATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["configmaps"]}],
+    }
     w.update(extra)
     return w
 
 
 def mwc(name, *hooks):
-    return {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
-            "metadata": {"name": name}, "webhooks": list(hooks)}
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": list(hooks),
+    }
 
 
 def get(srv, path):
     import ssl
+
     ctx = ssl.create_default_context(cafile=srv.ca_file)
     req = urllib.request.Request(srv.url + path, headers={"Authorization": f"Bearer {srv.admin_token}"})
     with urllib.request.urlopen(req, context=ctx) as r:
@@ -77,11 +87,22 @@ def get(srv, path):
 def test_discovery_serves_the_1_28_group_versions_only(srv):
     assert get(srv, "/version")["gitVersion"] == "v1.28.15"
     groups = {g["name"]: [v["version"] for v in g["versions"]] for g in get(srv, "/apis")["groups"]}
-    assert groups == {"apps": ["v1"], "authorization.k8s.io": ["v1"], "batch": ["v1"], "policy": ["v1"],
-                      "rbac.authorization.k8s.io": ["v1"], "admissionregistration.k8s.io": ["v1"],
-                      "coordination.k8s.io": ["v1"]}
-    served = {(g, v, r["kind"]) for g, vs in groups.items() for v in vs
-              for r in get(srv, f"/apis/{g}/{v}")["resources"] if "/" not in r["name"]}
+    assert groups == {
+        "apps": ["v1"],
+        "authorization.k8s.io": ["v1"],
+        "batch": ["v1"],
+        "policy": ["v1"],
+        "rbac.authorization.k8s.io": ["v1"],
+        "admissionregistration.k8s.io": ["v1"],
+        "coordination.k8s.io": ["v1"],
+    }
+    served = {
+        (g, v, r["kind"])
+        for g, vs in groups.items()
+        for v in vs
+        for r in get(srv, f"/apis/{g}/{v}")["resources"]
+        if "/" not in r["name"]
+    }
     served |= {("", "v1", r["kind"]) for r in get(srv, "/api/v1")["resources"] if "/" not in r["name"]}
     assert served == set(GVKS_1_28)
     assert ("admissionregistration.k8s.io", "v1alpha1", "InitializerConfiguration") not in served
@@ -94,10 +115,9 @@ def test_discovery_serves_the_1_28_group_versions_only(srv):
 def test_namespaces_carry_their_name_label_and_initializers_do_not_exist(api):
     ns = api.create(resource_path("v1", "namespaces"), {"metadata": {"name": "team", "labels": {"a": "b"}}})
     assert ns["metadata"]["labels"] == {"a": "b", "kubernetes.io/metadata.name": "team"}
-    assert api.get("/api/v1/namespaces/default")["metadata"]["labels"] == {
-        "kubernetes.io/metadata.name": "default"}
+    assert api.get("/api/v1/namespaces/default")["metadata"]["labels"] == {"kubernetes.io/metadata.name": "default"}
     out = api.create(CM, {"metadata": {"name": "c", "initializers": {"pending": [{"name": "x.example.com"}]}}})
-    assert "initializers" not in out["metadata"]      # no such field: dropped, the object is created
+    assert "initializers" not in out["metadata"]  # no such field: dropped, the object is created
     with pytest.raises(errors.NotFound):
         api.get("/apis/admissionregistration.k8s.io/v1alpha1/initializerconfigurations")
 
@@ -105,15 +125,20 @@ def test_namespaces_carry_their_name_label_and_initializers_do_not_exist(api):
 def test_v1_configurations_default_and_validate_as_1_28_does(api, ca):
     out = api.create(MWC, mwc("d", v1_webhook(ca, "https://localhost:1/x")))
     w = out["webhooks"][0]
-    assert (w["failurePolicy"], w["matchPolicy"], w["timeoutSeconds"], w["reinvocationPolicy"],
-            w["namespaceSelector"], w["objectSelector"]) == ("Fail", "Equivalent", 10, "Never", {}, {})
+    assert (
+        w["failurePolicy"],
+        w["matchPolicy"],
+        w["timeoutSeconds"],
+        w["reinvocationPolicy"],
+        w["namespaceSelector"],
+        w["objectSelector"],
+    ) == ("Fail", "Equivalent", 10, "Never", {}, {})
     bad = v1_webhook(ca, "https://localhost:1/x", sideEffects="Unknown")
     del bad["admissionReviewVersions"]
     with pytest.raises(errors.ApiError) as e:
         api.create(MWC, mwc("bad", bad))
     assert e.value.code == 422
-    assert 'webhooks[0].sideEffects: Unsupported value: "Unknown": supported values: "None", "NoneOnDryRun"' \
-        in e.value.message
+    assert 'webhooks[0].sideEffects: Unsupported value: "Unknown": supported values: "None", "NoneOnDryRun"' in e.value.message
     assert "webhooks[0].admissionReviewVersions: Required value: must specify one of v1, v1beta1" in e.value.message
     with pytest.raises(errors.NotFound):
         api.get(f"{MWC}/bad")
@@ -132,8 +157,10 @@ def test_v1_reviews_the_uid_check_and_the_timeout(api, hook, ca):
     api.create(MWC, mwc("u", v1_webhook(ca, hook.url("baduid"), "uid.example.com")))
     with pytest.raises(errors.ApiError) as e:
         api.create(CM, cm("b"))
-    assert e.value.message.startswith('Internal error occurred: failed calling webhook "uid.example.com": '
-                                      'received invalid webhook response: expected response.uid=')
+    assert e.value.message.startswith(
+        'Internal error occurred: failed calling webhook "uid.example.com": '
+        "received invalid webhook response: expected response.uid="
+    )
     api.delete(f"{MWC}/u")
     hook.delay = 3.0
     try:
@@ -142,15 +169,16 @@ def test_v1_reviews_the_uid_check_and_the_timeout(api, hook, ca):
             api.create(CM, cm("c"))
     finally:
         hook.delay = 0.0
-    assert e.value.message == ('Internal error occurred: failed calling webhook "slow.example.com": failed to call '
-                               f'webhook: Post "{hook.url("slow")}?timeout=1s": context deadline exceeded')
+    assert e.value.message == (
+        'Internal error occurred: failed calling webhook "slow.example.com": failed to call '
+        f'webhook: Post "{hook.url("slow")}?timeout=1s": context deadline exceeded'
+    )
     with pytest.raises(errors.NotFound):
         api.get(f"{CM}/c")
 
 
 def test_the_namespace_label_lets_a_selector_exclude_a_namespace(api, hook, ca):
-    sel = {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "NotIn",
-                                 "values": ["kube-system"]}]}
+    sel = {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system"]}]}
     api.create(MWC, mwc("n", v1_webhook(ca, hook.url("patch"), namespaceSelector=sel)))
     assert api.create(CM, cm("x"))["metadata"]["labels"] == {"patched-yes": "0"}
     assert not api.create(resource_path("v1", "configmaps", "kube-system"), cm("x"))["metadata"].get("labels")
@@ -159,12 +187,14 @@ def test_the_namespace_label_lets_a_selector_exclude_a_namespace(api, hook, ca):
 def test_review_versions_follow_the_server():
     class Fake:
         k8s_version = "1.13"
+
     assert webhooks.Dispatcher(Fake()).versions == ("v1beta1",)
     Fake.k8s_version = "1.28"
     assert webhooks.Dispatcher(Fake()).versions == ("v1", "v1beta1")
 
 
 # ---- the real clients -------------------------------------------------------------------------
+
 
 def run(env, *argv, check=True):
     proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=90, env=env, cwd=REPO)
@@ -174,9 +204,14 @@ def run(env, *argv, check=True):
 
 
 def test_kubectl_and_helm_as_typed(srv, tmp_path):
-    env = {**os.environ, "KUBECONFIG": srv.write_kubeconfig(str(tmp_path / "kc")), "HOME": str(tmp_path),
-           "HELM_CACHE_HOME": str(tmp_path / "c"), "HELM_CONFIG_HOME": str(tmp_path / "cf"),
-           "HELM_DATA_HOME": str(tmp_path / "d")}
+    env = {
+        **os.environ,
+        "KUBECONFIG": srv.write_kubeconfig(str(tmp_path / "kc")),
+        "HOME": str(tmp_path),
+        "HELM_CACHE_HOME": str(tmp_path / "c"),
+        "HELM_CONFIG_HOME": str(tmp_path / "cf"),
+        "HELM_DATA_HOME": str(tmp_path / "d"),
+    }
     # 1.16 removed extensions/v1beta1 workloads: the tutorial's manifest is refused as a 1.28 cluster does
     proc = run(env, KUBECTL, "apply", "-f", "examples/debian-app.yaml", check=False)
     assert proc.returncode != 0 and 'no matches for kind "Deployment" in version "extensions/v1beta1"' in proc.stderr

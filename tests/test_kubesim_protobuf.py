@@ -4,6 +4,7 @@ Request bodies are built with the generated message classes directly (not with k
 JSON-to-message mapping), wrapped in the ``k8s\\x00`` + runtime.Unknown envelope, sent over HTTPS,
 and read back as JSON: the JSON form must be the one a JSON client would have stored.
 """
+
 from __future__ import annotations
 
 import base64
@@ -60,8 +61,9 @@ def secret_message():
     s.metadata.name = "sh.helm.release.v1.tproxy.v1"
     s.metadata.labels.update({"name": "tproxy", "owner": "helm", "status": "deployed", "version": "1"})
     s.metadata.annotations["note"] = "ünïcode ✓"
-    ref = s.metadata.ownerReferences.add(apiVersion="v1", kind="ConfigMap", name="owner", uid="1234",
-                                         controller=True, blockOwnerDeletion=False)
+    ref = s.metadata.ownerReferences.add(
+        apiVersion="v1", kind="ConfigMap", name="owner", uid="1234", controller=True, blockOwnerDeletion=False
+    )
     assert ref.controller
     s.data["release"] = b"\x1f\x8b\xf9\x00binary"
     s.data["empty"] = b""
@@ -69,8 +71,9 @@ def secret_message():
 
 
 def test_a_protobuf_secret_is_stored_as_its_json_form(srv):
-    status, ctype, data = request(srv, "POST", "/api/v1/namespaces/default/secrets",
-                                  envelope("v1", "Secret", secret_message().SerializeToString()), PB)
+    status, ctype, data = request(
+        srv, "POST", "/api/v1/namespaces/default/secrets", envelope("v1", "Secret", secret_message().SerializeToString()), PB
+    )
     assert status == 201, data
     got = get_json(srv, "/api/v1/namespaces/default/secrets/sh.helm.release.v1.tproxy.v1")
     assert got["kind"] == "Secret" and got["type"] == "helm.sh/release.v1"
@@ -78,8 +81,9 @@ def test_a_protobuf_secret_is_stored_as_its_json_form(srv):
     meta = got["metadata"]
     assert meta["labels"] == {"name": "tproxy", "owner": "helm", "status": "deployed", "version": "1"}
     assert meta["annotations"] == {"note": "ünïcode ✓"}
-    assert meta["ownerReferences"] == [{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": "1234",
-                                        "controller": True, "blockOwnerDeletion": False}]
+    assert meta["ownerReferences"] == [
+        {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": "1234", "controller": True, "blockOwnerDeletion": False}
+    ]
     assert meta["uid"] and meta["resourceVersion"] and meta["creationTimestamp"]
 
 
@@ -87,7 +91,7 @@ def test_a_protobuf_deployment_keeps_initializers_int_or_string_quantities_and_p
     d = msg("k8s.io.api.extensions.v1beta1.Deployment")
     d.metadata.name = "web"
     d.metadata.initializers.pending.add(name="tproxy.initializer.kubernetes.io")
-    d.spec.replicas = 0                                    # *int32: an explicit zero survives
+    d.spec.replicas = 0  # *int32: an explicit zero survives
     d.spec.selector.matchLabels["app"] = "web"
     d.spec.strategy.type = "RollingUpdate"
     d.spec.strategy.rollingUpdate.maxSurge.type = 1
@@ -98,9 +102,13 @@ def test_a_protobuf_deployment_keeps_initializers_int_or_string_quantities_and_p
     c = d.spec.template.spec.containers.add(name="app", image="example-app:debian")
     c.resources.limits["memory"].string = "64Mi"
     c.securityContext.privileged = False
-    status, _, data = request(srv, "POST",
-                              "/apis/extensions/v1beta1/namespaces/default/deployments?includeUninitialized=1",
-                              envelope("extensions/v1beta1", "Deployment", d.SerializeToString()), PB)
+    status, _, data = request(
+        srv,
+        "POST",
+        "/apis/extensions/v1beta1/namespaces/default/deployments?includeUninitialized=1",
+        envelope("extensions/v1beta1", "Deployment", d.SerializeToString()),
+        PB,
+    )
     assert status == 202, data
     got = get_json(srv, "/apis/extensions/v1beta1/namespaces/default/deployments/web")
     assert got["metadata"]["initializers"] == {"pending": [{"name": "tproxy.initializer.kubernetes.io"}]}
@@ -112,20 +120,19 @@ def test_a_protobuf_deployment_keeps_initializers_int_or_string_quantities_and_p
 
 
 def test_the_server_answers_in_protobuf_when_the_client_prefers_it(srv):
-    request(srv, "POST", "/api/v1/namespaces/default/secrets",
-            envelope("v1", "Secret", secret_message().SerializeToString()), PB)
-    status, ctype, data = request(srv, "GET", "/api/v1/namespaces/default/secrets/sh.helm.release.v1.tproxy.v1",
-                                  accept=f"{PB}, application/json")
+    request(srv, "POST", "/api/v1/namespaces/default/secrets", envelope("v1", "Secret", secret_message().SerializeToString()), PB)
+    status, ctype, data = request(
+        srv, "GET", "/api/v1/namespaces/default/secrets/sh.helm.release.v1.tproxy.v1", accept=f"{PB}, application/json"
+    )
     assert status == 200 and ctype == PB
     u = msg("k8s.io.apimachinery.pkg.runtime.Unknown")
-    u.ParseFromString(data[len(protobuf.MAGIC):])
+    u.ParseFromString(data[len(protobuf.MAGIC) :])
     assert data.startswith(b"k8s\x00") and (u.typeMeta.apiVersion, u.typeMeta.kind) == ("v1", "Secret")
     s = msg(f"{CORE}.Secret")
     s.ParseFromString(u.raw)
     assert s.data["release"] == b"\x1f\x8b\xf9\x00binary" and s.metadata.labels["owner"] == "helm"
     # a list, as Helm's release storage lists by label selector
-    status, ctype, data = request(srv, "GET", "/api/v1/namespaces/default/secrets?labelSelector=owner%3Dhelm",
-                                  accept=PB)
+    status, ctype, data = request(srv, "GET", "/api/v1/namespaces/default/secrets?labelSelector=owner%3Dhelm", accept=PB)
     u.ParseFromString(data[4:])
     lst = msg(f"{CORE}.SecretList")
     lst.ParseFromString(u.raw)
@@ -149,17 +156,29 @@ def test_json_encoded_and_protobuf_encoded_objects_read_back_identically(srv):
     cm.data["k"] = "v"
     cm.binaryData["bin"] = b"\xf9\xfa"
     request(srv, "POST", "/api/v1/namespaces/default/configmaps", envelope("v1", "ConfigMap", cm.SerializeToString()), PB)
-    request(srv, "POST", "/api/v1/namespaces/default/configmaps", json.dumps(
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "js", "labels": {"a": "b"}},
-         "data": {"k": "v"}, "binaryData": {"bin": base64.b64encode(b"\xf9\xfa").decode()}}), "application/json")
+    request(
+        srv,
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "js", "labels": {"a": "b"}},
+                "data": {"k": "v"},
+                "binaryData": {"bin": base64.b64encode(b"\xf9\xfa").decode()},
+            }
+        ),
+        "application/json",
+    )
     strip = lambda o: {k: v for k, v in o.items() if k != "metadata"} | {"labels": o["metadata"]["labels"]}
-    assert strip(get_json(srv, "/api/v1/namespaces/default/configmaps/pb")) == \
-        strip(get_json(srv, "/api/v1/namespaces/default/configmaps/js"))
+    assert strip(get_json(srv, "/api/v1/namespaces/default/configmaps/pb")) == strip(
+        get_json(srv, "/api/v1/namespaces/default/configmaps/js")
+    )
 
 
 def test_a_protobuf_delete_options_body_is_honoured(srv):
-    request(srv, "POST", "/api/v1/namespaces/default/secrets",
-            envelope("v1", "Secret", secret_message().SerializeToString()), PB)
+    request(srv, "POST", "/api/v1/namespaces/default/secrets", envelope("v1", "Secret", secret_message().SerializeToString()), PB)
     opts = msg(f"{META}.DeleteOptions", propagationPolicy="Background")
     opts.preconditions.uid = "not-the-uid"
     path = "/api/v1/namespaces/default/secrets/sh.helm.release.v1.tproxy.v1"
@@ -175,14 +194,17 @@ def _count(srv, path):
     return len(get_json(srv, path)["items"])
 
 
-@pytest.mark.parametrize("body, fragment", [
-    (b"", "the body of the request was empty"),
-    (b"\x0a\x02{}", "does not appear to be a protobuf message"),
-    (b"k8s\x00\xff\xff\xff", "protobuf envelope"),
-    (envelope("v1", "Secret", secret_message().SerializeToString())[:40], "protobuf"),
-    (envelope("v1", "Secret", b"\x0a\xff\x01trunc"), "cannot be decoded from protobuf"),
-    (protobuf.MAGIC + b"\x12\x04abcd", "Kind' is missing"),
-])
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        (b"", "the body of the request was empty"),
+        (b"\x0a\x02{}", "does not appear to be a protobuf message"),
+        (b"k8s\x00\xff\xff\xff", "protobuf envelope"),
+        (envelope("v1", "Secret", secret_message().SerializeToString())[:40], "protobuf"),
+        (envelope("v1", "Secret", b"\x0a\xff\x01trunc"), "cannot be decoded from protobuf"),
+        (protobuf.MAGIC + b"\x12\x04abcd", "Kind' is missing"),
+    ],
+)
 def test_a_garbage_or_truncated_protobuf_body_is_400_and_nothing_is_stored(srv, body, fragment):
     before = _count(srv, "/api/v1/namespaces/default/secrets")
     status, _, data = request(srv, "POST", "/api/v1/namespaces/default/secrets", body, PB)
@@ -194,8 +216,9 @@ def test_a_garbage_or_truncated_protobuf_body_is_400_and_nothing_is_stored(srv, 
 
 def test_a_protobuf_body_of_a_kind_without_a_protobuf_form_is_415(srv):
     before = _count(srv, "/api/v1/namespaces/default/configmaps")
-    status, _, data = request(srv, "POST", "/api/v1/namespaces/default/configmaps",
-                              envelope("stable.example.com/v1", "CronTab", b"\x0a\x00"), PB)
+    status, _, data = request(
+        srv, "POST", "/api/v1/namespaces/default/configmaps", envelope("stable.example.com/v1", "CronTab", b"\x0a\x00"), PB
+    )
     assert status == 415, data
     answer = json.loads(data)
     assert answer["reason"] == "UnsupportedMediaType" and "CronTab" in answer["message"]
@@ -205,16 +228,17 @@ def test_a_protobuf_body_of_a_kind_without_a_protobuf_form_is_415(srv):
 def test_a_protobuf_body_of_another_kind_than_the_url_is_400(srv):
     cm = msg(f"{CORE}.ConfigMap")
     cm.metadata.name = "x"
-    status, _, data = request(srv, "POST", "/api/v1/namespaces/default/secrets",
-                              envelope("v1", "ConfigMap", cm.SerializeToString()), PB)
+    status, _, data = request(
+        srv, "POST", "/api/v1/namespaces/default/secrets", envelope("v1", "ConfigMap", cm.SerializeToString()), PB
+    )
     assert status == 400 and b"does not match the expected kind" in data
 
 
 def test_protobuf_patches_are_415_like_a_real_server(srv):
-    request(srv, "POST", "/api/v1/namespaces/default/secrets",
-            envelope("v1", "Secret", secret_message().SerializeToString()), PB)
-    status, _, data = request(srv, "PATCH", "/api/v1/namespaces/default/secrets/sh.helm.release.v1.tproxy.v1",
-                              envelope("v1", "Secret", b""), PB)
+    request(srv, "POST", "/api/v1/namespaces/default/secrets", envelope("v1", "Secret", secret_message().SerializeToString()), PB)
+    status, _, data = request(
+        srv, "PATCH", "/api/v1/namespaces/default/secrets/sh.helm.release.v1.tproxy.v1", envelope("v1", "Secret", b""), PB
+    )
     assert status == 415 and json.loads(data)["reason"] == "UnsupportedMediaType"
 
 
@@ -228,11 +252,12 @@ def test_a_watch_that_prefers_protobuf_streams_length_delimited_watch_events(srv
     cm = msg(f"{CORE}.ConfigMap")
     cm.metadata.name = "w"
     request(srv, "POST", "/api/v1/namespaces/default/configmaps", envelope("v1", "ConfigMap", cm.SerializeToString()), PB)
-    status, ctype, data = request(srv, "GET", "/api/v1/namespaces/default/configmaps?watch=true&timeoutSeconds=1",
-                                  accept=f"{PB}, application/json")
+    status, ctype, data = request(
+        srv, "GET", "/api/v1/namespaces/default/configmaps?watch=true&timeoutSeconds=1", accept=f"{PB}, application/json"
+    )
     assert status == 200 and ctype == protobuf.WATCH_MEDIA_TYPE
     n = int.from_bytes(data[:4], "big")
-    frame = data[4:4 + n]
+    frame = data[4 : 4 + n]
     u = msg("k8s.io.apimachinery.pkg.runtime.Unknown")
     u.ParseFromString(frame[4:])
     assert frame[:4] == protobuf.MAGIC and u.typeMeta.kind == "WatchEvent"
@@ -248,6 +273,7 @@ def test_a_watch_that_prefers_protobuf_streams_length_delimited_watch_events(srv
 
 def test_random_protobuf_bodies_never_cause_a_500(kubesim_server_factory):
     import random
+
     srv = kubesim_server_factory(k8s_version="1.13")
     rng = random.Random(14)
     good = envelope("v1", "Secret", secret_message().SerializeToString())
@@ -255,13 +281,13 @@ def test_random_protobuf_bodies_never_cause_a_500(kubesim_server_factory):
     for i in range(300):
         if i % 3 == 0:
             body = protobuf.MAGIC + bytes(rng.randrange(256) for _ in range(rng.randrange(1, 60)))
-        elif i % 3 == 1:       # flip bytes of a valid body
+        elif i % 3 == 1:  # flip bytes of a valid body
             b = bytearray(good)
             for _ in range(rng.randrange(1, 4)):
                 b[rng.randrange(4, len(b))] = rng.randrange(256)
             body = bytes(b)
         else:
-            body = good[:rng.randrange(5, len(good))]
+            body = good[: rng.randrange(5, len(good))]
         status, _, data = request(srv, "POST", "/api/v1/namespaces/default/secrets", body, PB)
         assert status < 500, (body, data)
         seen.add(status)

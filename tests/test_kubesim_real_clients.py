@@ -5,6 +5,7 @@ Both modes: 1.13 takes every command exactly as documented (client-side validati
 (helm) / ``--validate=false`` (kubectl) and creates the namespace first (``helm install
 --create-namespace`` always validates the Namespace it builds, whatever the flag says).
 """
+
 from __future__ import annotations
 
 import json
@@ -29,17 +30,20 @@ VALUES = "tproxy.useInitializer=true,tproxy.useRBAC=true"
 class Clients:
     def __init__(self, srv, kubeconfig: str, home: Path):
         self.srv, self.version = srv, srv.k8s_version
-        self.env = {**os.environ, "KUBECONFIG": kubeconfig, "HOME": str(home),
-                    "HELM_CACHE_HOME": str(home / "cache"), "HELM_CONFIG_HOME": str(home / "config"),
-                    "HELM_DATA_HOME": str(home / "data")}
+        self.env = {
+            **os.environ,
+            "KUBECONFIG": kubeconfig,
+            "HOME": str(home),
+            "HELM_CACHE_HOME": str(home / "cache"),
+            "HELM_CONFIG_HOME": str(home / "config"),
+            "HELM_DATA_HOME": str(home / "data"),
+        }
         self.helm_flags, self.kubectl_flags = no_openapi_flags(self.version)
 
     def run(self, binary: str, *args: str, check: bool = True, stdin: str | None = None):
-        proc = subprocess.run([binary, *args], capture_output=True, text=True, timeout=90, env=self.env,
-                              cwd=REPO, input=stdin)
+        proc = subprocess.run([binary, *args], capture_output=True, text=True, timeout=90, env=self.env, cwd=REPO, input=stdin)
         if check and proc.returncode != 0:
-            raise AssertionError(f"{Path(binary).name} {' '.join(args)} exited {proc.returncode}:\n"
-                                 f"{proc.stdout}\n{proc.stderr}")
+            raise AssertionError(f"{Path(binary).name} {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
         return proc
 
     def helm(self, *args, **kw):
@@ -55,10 +59,8 @@ class Clients:
         """The README's install, as a user of this version types it."""
         if self.version == "1.7":
             self.kubectl("create", "namespace", "tproxy")
-            return self.helm("install", "tproxy", "chart/", "--namespace", "tproxy", "--set", VALUES,
-                             *self.helm_flags, *extra)
-        return self.helm("install", "tproxy", "chart/", "--namespace", "tproxy", "--create-namespace",
-                         "--set", VALUES, *extra)
+            return self.helm("install", "tproxy", "chart/", "--namespace", "tproxy", "--set", VALUES, *self.helm_flags, *extra)
+        return self.helm("install", "tproxy", "chart/", "--namespace", "tproxy", "--create-namespace", "--set", VALUES, *extra)
 
 
 @pytest.fixture(params=["1.7", "1.13"])
@@ -78,6 +80,7 @@ def release_names(c: Clients) -> set[str]:
 
 # ---- Helm 3 lifecycle ---------------------------------------------------------------------------------
 
+
 def test_helm_lifecycle_install_list_status_upgrade_history_rollback_uninstall(clients):
     c = clients
     out = c.install().stdout
@@ -89,15 +92,20 @@ def test_helm_lifecycle_install_list_status_upgrade_history_rollback_uninstall(c
     secret = c.get("secret", "-n", "tproxy", "sh.helm.release.v1.tproxy.v1")
     assert secret["type"] == "helm.sh/release.v1"
     assert {k: v for k, v in secret["metadata"]["labels"].items() if k != "modifiedAt"} == {
-        "name": "tproxy", "owner": "helm", "status": "deployed", "version": "1"}
+        "name": "tproxy",
+        "owner": "helm",
+        "status": "deployed",
+        "version": "1",
+    }
     dep = c.get("deployments.extensions", "-n", "kube-system", "tproxy-tproxy-initializer")
     assert dep["spec"]["replicas"] == 2
 
-    c.helm("upgrade", "tproxy", "chart/", "-n", "tproxy", "--reuse-values", "--set", "tproxy.initializer.replicas=1",
-           *c.helm_flags)
+    c.helm(
+        "upgrade", "tproxy", "chart/", "-n", "tproxy", "--reuse-values", "--set", "tproxy.initializer.replicas=1", *c.helm_flags
+    )
     dep = c.get("deployments.extensions", "-n", "kube-system", "tproxy-tproxy-initializer")
     assert dep["spec"]["replicas"] == 1
-    assert dep["spec"]["template"]["spec"]["containers"]      # the three-way merge kept the rest
+    assert dep["spec"]["template"]["spec"]["containers"]  # the three-way merge kept the rest
 
     c.helm("rollback", "tproxy", "1", "-n", "tproxy")
     assert c.get("deployments.extensions", "-n", "kube-system", "tproxy-tproxy-initializer")["spec"]["replicas"] == 2
@@ -107,8 +115,14 @@ def test_helm_lifecycle_install_list_status_upgrade_history_rollback_uninstall(c
 
     c.helm("uninstall", "tproxy", "-n", "tproxy")
     assert json.loads(c.helm("list", "-A", "-o", "json").stdout) == []
-    left = c.kubectl("get", "clusterroles,clusterrolebindings,initializerconfigurations,daemonsets,deployments,"
-                     "configmaps,secrets,serviceaccounts,roles,rolebindings", "--all-namespaces", "-o", "name").stdout
+    left = c.kubectl(
+        "get",
+        "clusterroles,clusterrolebindings,initializerconfigurations,daemonsets,deployments,"
+        "configmaps,secrets,serviceaccounts,roles,rolebindings",
+        "--all-namespaces",
+        "-o",
+        "name",
+    ).stdout
     names = {line.split("/", 1)[1] for line in left.split()}
     assert not {n.split("/", 1)[1] for n in release_names(c)} & names, left
     assert not [n for n in names if n.startswith("sh.helm.release")]
@@ -122,8 +136,9 @@ def test_helm_install_validates_against_openapi_only_where_the_server_has_it(cli
     c.kubectl("create", "namespace", "tproxy")
     proc = c.helm("install", "tproxy", "chart/", "--namespace", "tproxy", "--set", VALUES, check=False)
     assert proc.returncode != 0 and "failed to download openapi" in proc.stderr
-    assert c.get("secrets", "-n", "tproxy")["items"] == [i for i in c.get("secrets", "-n", "tproxy")["items"]
-                                                        if i["type"] != "helm.sh/release.v1"]
+    assert c.get("secrets", "-n", "tproxy")["items"] == [
+        i for i in c.get("secrets", "-n", "tproxy")["items"] if i["type"] != "helm.sh/release.v1"
+    ]
 
 
 def test_helm_rejects_a_chart_with_an_unknown_field_on_1_13(kubesim_server_factory, tmp_path):
@@ -132,8 +147,7 @@ def test_helm_rejects_a_chart_with_an_unknown_field_on_1_13(kubesim_server_facto
     chart = tmp_path / "bad"
     (chart / "templates").mkdir(parents=True)
     (chart / "Chart.yaml").write_text("apiVersion: v2\nname: bad\nversion: 0.1.0\n")
-    (chart / "templates" / "cm.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: bad\n"
-                                                 "dataa:\n  k: v\n")
+    (chart / "templates" / "cm.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: bad\ndataa:\n  k: v\n")
     proc = c.helm("install", "bad", str(chart), check=False)
     assert proc.returncode != 0
     assert 'unknown field "dataa"' in proc.stderr
@@ -142,17 +156,20 @@ def test_helm_rejects_a_chart_with_an_unknown_field_on_1_13(kubesim_server_facto
 
 # ---- OpenAPI ----------------------------------------------------------------------------------------
 
+
 def test_openapi_v2_is_served_in_json_and_protobuf_on_1_13_only(kubesim_server_factory):
     import ssl
     import urllib.error
     import urllib.request
+
     for version in ("1.13", "1.7"):
         srv = kubesim_server_factory(k8s_version=version)
         ctx = ssl.create_default_context(cafile=srv.ca_file)
 
         def fetch(accept):
-            req = urllib.request.Request(srv.url + "/openapi/v2", headers={
-                "Accept": accept, "Authorization": f"Bearer {srv.admin_token}"})
+            req = urllib.request.Request(
+                srv.url + "/openapi/v2", headers={"Accept": accept, "Authorization": f"Bearer {srv.admin_token}"}
+            )
             with urllib.request.urlopen(req, context=ctx) as r:
                 return r.headers["Content-Type"], r.read()
 
@@ -164,8 +181,7 @@ def test_openapi_v2_is_served_in_json_and_protobuf_on_1_13_only(kubesim_server_f
         ctype, data = fetch("application/json")
         doc = json.loads(data)
         dep = doc["definitions"]["io.k8s.api.extensions.v1beta1.Deployment"]
-        assert dep["x-kubernetes-group-version-kind"] == [{"group": "extensions", "kind": "Deployment",
-                                                          "version": "v1beta1"}]
+        assert dep["x-kubernetes-group-version-kind"] == [{"group": "extensions", "kind": "Deployment", "version": "v1beta1"}]
         assert doc["definitions"]["io.k8s.apimachinery.pkg.util.intstr.IntOrString"]["format"] == "int-or-string"
         ctype, data = fetch(openapi.PROTO_MEDIA_TYPE)
         assert ctype == openapi.PROTO_CONTENT_TYPE
@@ -176,6 +192,7 @@ def test_openapi_v2_is_served_in_json_and_protobuf_on_1_13_only(kubesim_server_f
 
 
 # ---- kubectl workflows ------------------------------------------------------------------------------
+
 
 def test_kubectl_apply_create_get_label_annotate_patch_delete(clients):
     c = clients
@@ -235,8 +252,12 @@ def test_kubectl_get_watch_ends_at_the_request_timeout(clients):
 
 def test_kubectl_logs_without_a_kubelet_says_the_container_is_waiting(clients):
     c = clients
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
-           "spec": {"containers": [{"name": "app", "image": "busybox"}, {"name": "side", "image": "busybox"}]}}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "app", "image": "busybox"}, {"name": "side", "image": "busybox"}]},
+    }
     c.kubectl("create", *c.kubectl_flags, "-f", "-", stdin=json.dumps(pod))
     proc = c.kubectl("logs", "p", "-c", "app", check=False)
     assert proc.returncode != 0 and 'container "app" in pod "p" is waiting to start' in proc.stderr
@@ -249,8 +270,12 @@ def test_kubectl_logs_reads_the_kubelets_files_with_tail_limit_and_previous(clie
     log = tmp_path / "app.log"
     log.write_text("".join(f"line {i}\n" for i in range(1, 11)))
     c.srv.log_source = lambda pod, container: str(log) if container == "app" else None
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
-           "spec": {"containers": [{"name": "app", "image": "busybox"}]}}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "app", "image": "busybox"}]},
+    }
     c.kubectl("create", *c.kubectl_flags, "-f", "-", stdin=json.dumps(pod))
     assert c.kubectl("logs", "p").stdout.splitlines() == [f"line {i}" for i in range(1, 11)]
     assert c.kubectl("logs", "p", "-c", "app", "--tail=2").stdout == "line 9\nline 10\n"
@@ -258,8 +283,7 @@ def test_kubectl_logs_reads_the_kubelets_files_with_tail_limit_and_previous(clie
     proc = c.kubectl("logs", "p", "--previous", check=False)
     assert proc.returncode != 0 and 'previous terminated container "app" in pod "p" not found' in proc.stderr
     # -f streams appended lines until the client goes away
-    follower = subprocess.Popen([KUBECTL, "logs", "-f", "p", "--tail=1"], stdout=subprocess.PIPE, text=True,
-                                env=c.env)
+    follower = subprocess.Popen([KUBECTL, "logs", "-f", "p", "--tail=1"], stdout=subprocess.PIPE, text=True, env=c.env)
     # readline has no deadline of its own: a stream that stops delivering must fail the test, not hang it
     watchdog = threading.Timer(30 * timeout_scale(), follower.kill)
     watchdog.start()
@@ -297,16 +321,29 @@ def test_new_objects_come_back_with_the_status_a_real_server_returns(clients):
     c = clients
     c.kubectl("apply", *c.kubectl_flags, "-f", "examples/debian-app.yaml")
     assert c.get("deployments.extensions", "debian-app")["status"] == {}
-    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
-           "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}}
+    svc = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]},
+    }
     c.kubectl("create", *c.kubectl_flags, "-f", "-", stdin=json.dumps(svc))
     assert c.get("service", "web")["status"] == {"loadBalancer": {}}
-    ds = {"apiVersion": "extensions/v1beta1", "kind": "DaemonSet", "metadata": {"name": "ds"},
-          "spec": {"template": {"metadata": {"labels": {"app": "ds"}},
-                                "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}}
+    ds = {
+        "apiVersion": "extensions/v1beta1",
+        "kind": "DaemonSet",
+        "metadata": {"name": "ds"},
+        "spec": {
+            "template": {"metadata": {"labels": {"app": "ds"}}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}
+        },
+    }
     c.kubectl("create", *c.kubectl_flags, "-f", "-", stdin=json.dumps(ds))
     assert c.get("daemonsets.extensions", "ds")["status"] == {
-        "currentNumberScheduled": 0, "numberMisscheduled": 0, "desiredNumberScheduled": 0, "numberReady": 0}
+        "currentNumberScheduled": 0,
+        "numberMisscheduled": 0,
+        "desiredNumberScheduled": 0,
+        "numberReady": 0,
+    }
 
 
 def test_kubectl_get_in_chunks_sees_every_object_once(clients):
@@ -318,11 +355,13 @@ def test_kubectl_get_in_chunks_sees_every_object_once(clients):
     assert out == [f"configmap/c{i}" for i in range(5)]
     import ssl
     import urllib.request
+
     ctx = ssl.create_default_context(cafile=c.srv.ca_file)
 
     def get(query):
-        req = urllib.request.Request(f"{c.srv.url}/api/v1/namespaces/default/configmaps?{query}",
-                                     headers={"Authorization": f"Bearer {c.srv.admin_token}"})
+        req = urllib.request.Request(
+            f"{c.srv.url}/api/v1/namespaces/default/configmaps?{query}", headers={"Authorization": f"Bearer {c.srv.admin_token}"}
+        )
         with urllib.request.urlopen(req, context=ctx) as r:
             return json.loads(r.read())
 
@@ -335,6 +374,7 @@ def test_kubectl_get_in_chunks_sees_every_object_once(clients):
     assert [i["metadata"]["name"] for i in second["items"]] == ["c2", "c3"]
     assert second["metadata"]["resourceVersion"] == first["metadata"]["resourceVersion"]
     import urllib.error
+
     with pytest.raises(urllib.error.HTTPError) as e:
         get("limit=2&continue=garbage")
     assert e.value.code == 400
@@ -345,6 +385,7 @@ def test_helm_install_wait_needs_apps_v1_which_1_7_does_not_serve(kubesim_server
     apps/v1, so `helm install --wait` fails there as against kubesim's 1.7 mode (nothing waits forever)."""
     srv = kubesim_server_factory(k8s_version="1.7")
     c = Clients(srv, srv.write_kubeconfig(str(tmp_path / "kc")), tmp_path)
-    proc = c.helm("install", "tproxy", "chart/", "--set", VALUES, "--disable-openapi-validation", "--wait",
-                  "--timeout", "20s", check=False)
+    proc = c.helm(
+        "install", "tproxy", "chart/", "--set", VALUES, "--disable-openapi-validation", "--wait", "--timeout", "20s", check=False
+    )
     assert proc.returncode != 0 and "the server could not find the requested resource" in proc.stderr

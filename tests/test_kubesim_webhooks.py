@@ -3,6 +3,7 @@ called over HTTPS on create and update, as kube-apiserver calls them, against a 
 webhook (each path one behaviour) and against the real ``python3 -m initializer webhook``. The fields
 1.13 did not have (objectSelector, reinvocationPolicy, ...) are exercised in 1.28 mode with v1
 configurations; 1.28's own specifics are in test_kubesim_modern.py."""
+
 from __future__ import annotations
 
 import base64
@@ -58,20 +59,25 @@ class ScriptedWebhook:
                 resp = {"uid": req["uid"], "allowed": True}
                 if what.startswith("patch"):
                     label = what.split("-", 1)[1] if "-" in what else "yes"
-                    labels = (req["object"]["metadata"].get("labels") or {})
+                    labels = req["object"]["metadata"].get("labels") or {}
                     ops = [{"op": "add", "path": "/metadata/labels", "value": {}}] if not labels else []
-                    ops.append({"op": "add", "path": f"/metadata/labels/patched-{label}",
-                                "value": str(len(labels))})
+                    ops.append({"op": "add", "path": f"/metadata/labels/patched-{label}", "value": str(len(labels))})
                     resp.update(patchType="JSONPatch", patch=base64.b64encode(json.dumps(ops).encode()).decode())
                 elif what == "deny":
-                    resp = {"uid": req["uid"], "allowed": False,
-                            "status": {"message": "no thanks", "code": 403, "reason": "Forbidden"}}
+                    resp = {
+                        "uid": req["uid"],
+                        "allowed": False,
+                        "status": {"message": "no thanks", "code": 403, "reason": "Forbidden"},
+                    }
                 elif what == "slow":
                     time.sleep(outer.delay)
                 elif what == "baduid":
                     resp["uid"] = "not-the-uid"
-                body = b"not json" if what == "notjson" else json.dumps(
-                    {"apiVersion": review["apiVersion"], "kind": "AdmissionReview", "response": resp}).encode()
+                body = (
+                    b"not json"
+                    if what == "notjson"
+                    else json.dumps({"apiVersion": review["apiVersion"], "kind": "AdmissionReview", "response": resp}).encode()
+                )
                 try:
                     self.send_response(200)
                     self.send_header("Content-Type", "application/json")
@@ -130,15 +136,33 @@ MWC_V1 = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
 
 
 def config(name: str, *hooks: dict, version: str = "v1beta1") -> dict:
-    return {"apiVersion": f"admissionregistration.k8s.io/{version}", "kind": "MutatingWebhookConfiguration",
-            "metadata": {"name": name}, "webhooks": list(hooks)}
+    return {
+        "apiVersion": f"admissionregistration.k8s.io/{version}",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": list(hooks),
+    }
 
 
-def webhook(ca, url: str, name: str = "h.example.com", *, resources=("configmaps",), groups=("",),
-            versions=("v1",), ops=("CREATE", "UPDATE"), **extra) -> dict:
-    return {"name": name, "clientConfig": {"url": url, "caBundle": base64.b64encode(ca.cert_pem.bytes()).decode()},
-            "rules": [{"operations": list(ops), "apiGroups": list(groups), "apiVersions": list(versions),
-                       "resources": list(resources)}], **extra}
+def webhook(
+    ca,
+    url: str,
+    name: str = "h.example.com",
+    *,
+    resources=("configmaps",),
+    groups=("",),
+    versions=("v1",),
+    ops=("CREATE", "UPDATE"),
+    **extra,
+) -> dict:
+    return {
+        "name": name,
+        "clientConfig": {"url": url, "caBundle": base64.b64encode(ca.cert_pem.bytes()).decode()},
+        "rules": [
+            {"operations": list(ops), "apiGroups": list(groups), "apiVersions": list(versions), "resources": list(resources)}
+        ],
+        **extra,
+    }
 
 
 def webhook_v1(ca, url: str, name: str = "h.example.com", **kw) -> dict:
@@ -170,10 +194,14 @@ def test_a_patch_is_applied_on_create_and_update_and_the_review_is_v1beta1(api, 
     assert review["apiVersion"] == "admission.k8s.io/v1beta1"
     req = review["request"]
     assert (req["operation"], req["kind"], req["resource"], req["namespace"], req["name"]) == (
-        "CREATE", {"group": "", "version": "v1", "kind": "ConfigMap"},
-        {"group": "", "version": "v1", "resource": "configmaps"}, "default", "a")
+        "CREATE",
+        {"group": "", "version": "v1", "kind": "ConfigMap"},
+        {"group": "", "version": "v1", "resource": "configmaps"},
+        "default",
+        "a",
+    )
     assert req["userInfo"]["username"] == "admin" and req["object"]["data"] == {"k": "v"} and not req["dryRun"]
-    assert api.get(f"{CM}/a")["metadata"]["labels"] == {"patched-yes": "0"}      # stored mutated
+    assert api.get(f"{CM}/a")["metadata"]["labels"] == {"patched-yes": "0"}  # stored mutated
     cur = api.get(f"{CM}/a")
     cur["metadata"]["labels"] = {"x": "1"}
     out = api.replace(f"{CM}/a", cur)
@@ -189,21 +217,28 @@ def test_denial_and_failures_have_the_real_servers_messages_and_store_nothing(ap
     st = status_of(e)
     assert st["code"] == 403 and st["message"] == 'admission webhook "deny.example.com" denied the request: no thanks'
     api.delete(f"{MWC}/denier")
-    api.create(MWC, config("bad", webhook(ca, hook.url("baduid"), "uid.example.com", failurePolicy="Fail"),
-                           webhook(ca, hook.url("notjson"), "json.example.com", failurePolicy="Fail")))
+    api.create(
+        MWC,
+        config(
+            "bad",
+            webhook(ca, hook.url("baduid"), "uid.example.com", failurePolicy="Fail"),
+            webhook(ca, hook.url("notjson"), "json.example.com", failurePolicy="Fail"),
+        ),
+    )
     # v1beta1 reviews: 1.13 did not check the uid; a body that is not JSON fails the call
     with pytest.raises(errors.ApiError) as e:
         api.create(CM, cm("garbled"))
     st = status_of(e)
     assert st["code"] == 500 and st["reason"] == "InternalError"
-    assert st["message"].startswith('Internal error occurred: failed calling webhook "json.example.com": '
-                                    'received invalid webhook response')
+    assert st["message"].startswith(
+        'Internal error occurred: failed calling webhook "json.example.com": received invalid webhook response'
+    )
     with pytest.raises(errors.NotFound):
         api.get(f"{CM}/garbled")
 
 
 def test_failure_policy_fail_refuses_and_ignore_lets_through(api, hook, ca):
-    port = free_port()      # nothing listens there
+    port = free_port()  # nothing listens there
     url = f"https://localhost:{port}/x"
     api.create(MWC, config("down", webhook(ca, url, "down.example.com", failurePolicy="Fail")))
     with pytest.raises(errors.ApiError) as e:
@@ -230,8 +265,10 @@ def test_a_wrong_ca_bundle_fails_verification(api, hook):
     api.create(MWC, config("wrongca", webhook(other, hook.url("patch"), "ca.example.com", failurePolicy="Fail")))
     with pytest.raises(errors.ApiError) as e:
         api.create(CM, cm("unverified"))
-    assert status_of(e)["message"] == ('Internal error occurred: failed calling webhook "ca.example.com": '
-                                       f'Post {hook.url("patch")}: x509: certificate signed by unknown authority')
+    assert status_of(e)["message"] == (
+        'Internal error occurred: failed calling webhook "ca.example.com": '
+        f"Post {hook.url('patch')}: x509: certificate signed by unknown authority"
+    )
 
 
 def test_a_slow_webhook_times_out_instead_of_hanging(api, hook, ca, monkeypatch):
@@ -243,14 +280,27 @@ def test_a_slow_webhook_times_out_instead_of_hanging(api, hook, ca, monkeypatch)
         api.create(CM, cm("late"))
     assert status_of(e)["message"] == (
         f'Internal error occurred: failed calling webhook "slow.example.com": Post {hook.url("slow")}: '
-        f'net/http: request canceled (Client.Timeout exceeded while awaiting headers)')
+        f"net/http: request canceled (Client.Timeout exceeded while awaiting headers)"
+    )
     hook.delay = 0.0
 
 
 def test_fields_1_13_did_not_have_are_dropped_as_its_decoder_did(api, ca):
-    out = api.create(MWC, config("later", webhook(
-        ca, "https://localhost:1/x", objectSelector={"matchLabels": {"a": "b"}}, matchPolicy="Equivalent",
-        reinvocationPolicy="IfNeeded", timeoutSeconds=5, admissionReviewVersions=["v1beta1"])))
+    out = api.create(
+        MWC,
+        config(
+            "later",
+            webhook(
+                ca,
+                "https://localhost:1/x",
+                objectSelector={"matchLabels": {"a": "b"}},
+                matchPolicy="Equivalent",
+                reinvocationPolicy="IfNeeded",
+                timeoutSeconds=5,
+                admissionReviewVersions=["v1beta1"],
+            ),
+        ),
+    )
     w = out["webhooks"][0]
     for key in ("objectSelector", "matchPolicy", "reinvocationPolicy", "timeoutSeconds", "admissionReviewVersions"):
         assert key not in w, key
@@ -260,15 +310,22 @@ def test_fields_1_13_did_not_have_are_dropped_as_its_decoder_did(api, ca):
 def test_rules_namespace_and_object_selectors_choose_what_is_sent(api128, hook, ca):
     api = api128
     api.create(resource_path("v1", "namespaces"), {"metadata": {"name": "team", "labels": {"inject": "on"}}})
-    api.create(MWC_V1, config("selective",
-                              webhook_v1(ca, hook.url("patch-ns"), "ns.example.com",
-                                         namespaceSelector={"matchExpressions": [{"key": "inject", "operator": "In",
-                                                                                  "values": ["on"]}]}),
-                              webhook_v1(ca, hook.url("patch-obj"), "obj.example.com",
-                                         objectSelector={"matchLabels": {"pick": "me"}}),
-                              webhook_v1(ca, hook.url("patch-secrets"), "sec.example.com", resources=("secrets",)),
-                              webhook_v1(ca, hook.url("patch-deletes"), "del.example.com", ops=("DELETE",)),
-                              version="v1"))
+    api.create(
+        MWC_V1,
+        config(
+            "selective",
+            webhook_v1(
+                ca,
+                hook.url("patch-ns"),
+                "ns.example.com",
+                namespaceSelector={"matchExpressions": [{"key": "inject", "operator": "In", "values": ["on"]}]},
+            ),
+            webhook_v1(ca, hook.url("patch-obj"), "obj.example.com", objectSelector={"matchLabels": {"pick": "me"}}),
+            webhook_v1(ca, hook.url("patch-secrets"), "sec.example.com", resources=("secrets",)),
+            webhook_v1(ca, hook.url("patch-deletes"), "del.example.com", ops=("DELETE",)),
+            version="v1",
+        ),
+    )
     plain = api.create(CM, cm("plain"))
     assert not plain["metadata"].get("labels")
     team = api.create(resource_path("v1", "configmaps", "team"), cm("t"))
@@ -281,13 +338,22 @@ def test_rules_namespace_and_object_selectors_choose_what_is_sent(api128, hook, 
 def test_match_policy_equivalent_sends_the_version_the_rule_names(api, hook, ca):
     """As a 1.15-1.21 server, which had matchPolicy and still served extensions/v1beta1 Deployments: the
     1.13 server here, its stored configuration given the field (1.13's decoder drops it)."""
-    dep = {"apiVersion": "extensions/v1beta1", "kind": "Deployment", "metadata": {"name": "d"},
-           "spec": {"template": {"metadata": {"labels": {"app": "d"}},
-                                 "spec": {"containers": [{"name": "c", "image": "debian:12"}]}}}}
-    api.create(MWC, config("apps", webhook(ca, hook.url("patch-exact"), "exact.example.com", groups=("apps",),
-                                           resources=("deployments",)),
-                           webhook(ca, hook.url("patch-equiv"), "equiv.example.com", groups=("apps",),
-                                   resources=("deployments",))))
+    dep = {
+        "apiVersion": "extensions/v1beta1",
+        "kind": "Deployment",
+        "metadata": {"name": "d"},
+        "spec": {
+            "template": {"metadata": {"labels": {"app": "d"}}, "spec": {"containers": [{"name": "c", "image": "debian:12"}]}}
+        },
+    }
+    api.create(
+        MWC,
+        config(
+            "apps",
+            webhook(ca, hook.url("patch-exact"), "exact.example.com", groups=("apps",), resources=("deployments",)),
+            webhook(ca, hook.url("patch-equiv"), "equiv.example.com", groups=("apps",), resources=("deployments",)),
+        ),
+    )
     store = api.srv.store
     with store.lock:
         cfg = copy.deepcopy(store.get("mutatingwebhookconfigurations", "", "apps"))
@@ -302,14 +368,14 @@ def test_match_policy_equivalent_sends_the_version_the_rule_names(api, hook, ca)
 
 def test_reinvocation_if_needed_calls_an_earlier_webhook_again_once(api128, hook, ca):
     api = api128
-    api.create(MWC_V1, config("a-first", webhook_v1(ca, hook.url("allow"), "first.example.com",
-                                                    reinvocationPolicy="IfNeeded"), version="v1"))
-    api.create(MWC_V1, config("b-second", webhook_v1(ca, hook.url("patch-second"), "second.example.com"),
-                              version="v1"))
+    api.create(
+        MWC_V1,
+        config("a-first", webhook_v1(ca, hook.url("allow"), "first.example.com", reinvocationPolicy="IfNeeded"), version="v1"),
+    )
+    api.create(MWC_V1, config("b-second", webhook_v1(ca, hook.url("patch-second"), "second.example.com"), version="v1"))
     n = len(hook.reviews)
     api.create(CM, cm("re"))
-    assert [r["path"] for r in hook.reviews[n:]] == ["/allow?timeout=10s", "/patch-second?timeout=10s",
-                                                   "/allow?timeout=10s"]
+    assert [r["path"] for r in hook.reviews[n:]] == ["/allow?timeout=10s", "/patch-second?timeout=10s", "/allow?timeout=10s"]
     assert hook.reviews[-1]["review"]["request"]["object"]["metadata"]["labels"] == {"patched-second": "0"}
 
 
@@ -332,34 +398,85 @@ def test_dry_run_needs_webhooks_without_side_effects_and_stores_nothing(api, hoo
 
 
 def test_a_webhook_configuration_is_never_sent_to_webhooks(api, hook, ca):
-    api.create(MWC, config("all", webhook(ca, hook.url("deny"), "all.example.com", groups=("*",),
-                                          versions=("*",), resources=("*",), failurePolicy="Fail")))
-    api.create(MWC, config("more", webhook(ca, hook.url("deny"), "more.example.com")))   # not refused
+    api.create(
+        MWC,
+        config(
+            "all",
+            webhook(
+                ca, hook.url("deny"), "all.example.com", groups=("*",), versions=("*",), resources=("*",), failurePolicy="Fail"
+            ),
+        ),
+    )
+    api.create(MWC, config("more", webhook(ca, hook.url("deny"), "more.example.com")))  # not refused
     with pytest.raises(errors.ApiError):
         api.create(CM, cm("nope"))
 
 
 # ---- the real webhook server -----------------------------------------------------------------
 
+
 def test_the_tutorial_deployment_comes_out_locked_through_the_real_initializer_webhook(api, ca, tmp_path):
     from test_initializer_webhook import CONFIG, write_pair
+
     srv = api.srv
-    api.create(resource_path("v1", "configmaps", "kube-system"),
-               {"metadata": {"name": "tproxy-initializer"}, "data": {"config": CONFIG}})
+    api.create(
+        resource_path("v1", "configmaps", "kube-system"), {"metadata": {"name": "tproxy-initializer"}, "data": {"config": CONFIG}}
+    )
     kubeconfig = srv.write_kubeconfig(str(tmp_path / "kc"))
     cert, key = write_pair(ca, tmp_path)
     port, mport = free_port(), free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "initializer", "webhook", "--kubeconfig", kubeconfig, "--tls-cert-file", cert,
-         "--tls-private-key-file", key, "--port", str(port), "--host", "127.0.0.1", "--metrics-port", str(mport), "--metrics-host", "127.0.0.1",
-         "-configmap", "tproxy-initializer", "-namespace", "kube-system", "-require-annotation",
-         "--exclude-namespaces", "kube-system"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "initializer",
+            "webhook",
+            "--kubeconfig",
+            kubeconfig,
+            "--tls-cert-file",
+            cert,
+            "--tls-private-key-file",
+            key,
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+            "--metrics-port",
+            str(mport),
+            "--metrics-host",
+            "127.0.0.1",
+            "-configmap",
+            "tproxy-initializer",
+            "-namespace",
+            "kube-system",
+            "-require-annotation",
+            "--exclude-namespaces",
+            "kube-system",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
-        api.create(MWC, config("tproxy", webhook(
-            ca, f"https://localhost:{port}/mutate", "tproxy.example.com", groups=("apps", "extensions"),
-            versions=("*",), resources=("deployments",), failurePolicy="Fail", sideEffects="None")))
+        api.create(
+            MWC,
+            config(
+                "tproxy",
+                webhook(
+                    ca,
+                    f"https://localhost:{port}/mutate",
+                    "tproxy.example.com",
+                    groups=("apps", "extensions"),
+                    versions=("*",),
+                    resources=("deployments",),
+                    failurePolicy="Fail",
+                    sideEffects="None",
+                ),
+            ),
+        )
         import yaml
+
         docs = [d for d in yaml.safe_load_all((REPO / "examples" / "debian-app-locked.yaml").read_text()) if d]
         dep = next(d for d in docs if d["kind"] == "Deployment")
         path = resource_path(dep["apiVersion"], "deployments", "default")
@@ -367,9 +484,10 @@ def test_the_tutorial_deployment_comes_out_locked_through_the_real_initializer_w
         def created():
             try:
                 return api.create(path, dep)
-            except errors.ApiError as e:      # the webhook still starting: refused, nothing stored
+            except errors.ApiError as e:  # the webhook still starting: refused, nothing stored
                 assert "failed calling webhook" in e.message
                 return None
+
         out = wait_for(created, timeout=30, interval=0.2, what="the create admitted by the running webhook")
         spec = out["spec"]["template"]["spec"]
         assert [c["name"] for c in spec.get("initContainers") or []] == ["tproxy"]

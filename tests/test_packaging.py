@@ -5,6 +5,7 @@ bench/ and tests/ are development tools run from the checkout. Each image's Dock
 the product, and what it runs imports with exactly what that image installs: no kubesim, no bench,
 no tests, and for the sidecar (``pip install --no-deps``) nothing beyond the standard library.
 """
+
 import configparser
 import os
 import shutil
@@ -23,14 +24,39 @@ PACKAGING_FILES = {"setup.py", "setup.cfg", "README.md"}
 
 #: what each image runs (Dockerfile ENTRYPOINT and the chart's commands), as modules to import
 IMAGES = {
-    "tproxy-initializer": ["initializer.__main__", "initializer.controller", "initializer.mutate",
-                           "initializer.config", "initializer.rootcerts", "initializer.webhook",
-                           "initializer.admission"],
+    "tproxy-initializer": [
+        "initializer.__main__",
+        "initializer.controller",
+        "initializer.mutate",
+        "initializer.config",
+        "initializer.rootcerts",
+        "initializer.webhook",
+        "initializer.admission",
+    ],
     "tproxy-podwatch": ["podwatch.__main__", "podwatch.controller", "podwatch.rules", "podwatch.identity"],
-    "tproxy-proxy": ["proxy.core", "proxy.policy", "proxy.identity", "proxy.metrics", "proxy.request_target",
-                     "proxy.mitm", "proxy.decision", "proxy.audit", "proxy.pinning", "proxy.dns", "proxy.authority",
-                     "proxy.clients", "proxy.probe_answer", "proxy.options", "proxy.trust", "proxy.health",
-                     "proxy.policy_watch", "proxy.workers", "proxy.cpus", "proxy.audit_relay", "proxy.worker_metrics"],
+    "tproxy-proxy": [
+        "proxy.core",
+        "proxy.policy",
+        "proxy.identity",
+        "proxy.metrics",
+        "proxy.request_target",
+        "proxy.mitm",
+        "proxy.decision",
+        "proxy.audit",
+        "proxy.pinning",
+        "proxy.dns",
+        "proxy.authority",
+        "proxy.clients",
+        "proxy.probe_answer",
+        "proxy.options",
+        "proxy.trust",
+        "proxy.health",
+        "proxy.policy_watch",
+        "proxy.workers",
+        "proxy.cpus",
+        "proxy.audit_relay",
+        "proxy.worker_metrics",
+    ],
     "tproxy-sidecar": ["sidecar.__main__", "sidecar.lock", "sidecar.verify"],
 }
 
@@ -92,9 +118,14 @@ def _image_tree(image: str, root) -> str:
 @pytest.mark.parametrize("image", sorted(IMAGES))
 def test_what_each_image_runs_imports_without_the_development_trees(image, tmp_path):
     tree = _image_tree(image, tmp_path)
-    code = BLOCKER.format(dev=set(DEV_ONLY)) + f"sys.path.insert(0, {tree!r})\n" + "".join(
-        f"import {m}\n" for m in IMAGES[image]) + "import json; print(json.dumps({m: sys.modules[m].__file__ for m in " \
-        + repr(IMAGES[image]) + "}))"
+    code = (
+        BLOCKER.format(dev=set(DEV_ONLY))
+        + f"sys.path.insert(0, {tree!r})\n"
+        + "".join(f"import {m}\n" for m in IMAGES[image])
+        + "import json; print(json.dumps({m: sys.modules[m].__file__ for m in "
+        + repr(IMAGES[image])
+        + "}))"
+    )
     if image == "tproxy-sidecar":
         # pip install --no-deps: the base interpreter's standard library and nothing else
         python = [os.path.join(sysconfig.get_config_var("BINDIR"), "python3"), "-I", "-S"]
@@ -103,12 +134,12 @@ def test_what_each_image_runs_imports_without_the_development_trees(image, tmp_p
     proc = subprocess.run([*python, "-c", code], capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     import json
+
     files = json.loads(proc.stdout.strip().splitlines()[-1])
     assert all(f.startswith(tree + "/") for f in files.values()), files
 
 
 def test_the_blocker_would_catch_a_development_import(tmp_path):
     code = BLOCKER.format(dev=set(DEV_ONLY)) + "import kubesim\n"
-    proc = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=60,
-                          cwd=REPO_ROOT)
+    proc = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
     assert proc.returncode != 0 and "development code" in proc.stderr

@@ -3,6 +3,7 @@
 The API server runs in the test process (root namespace); a forwarder whose listener lives in the
 node namespace makes it reachable at https://127.0.0.1:6443 from podwatch, as in-cluster.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,6 +30,7 @@ class Cluster:
         from controllerkit.kube import Client, resource_path
         from kubesim.apiserver import APIServer
         from kubesim.topology import Forwarder
+
         self.path = resource_path
         self.srv = APIServer().start()
         self.net = CaptureNet.create()
@@ -51,11 +53,28 @@ class Cluster:
             raise
 
     def start(self):
-        argv = [sys.executable, "-m", "podwatch", "--kubeconfig", self.kubeconfig, "--node-name", NODE,
-                "-hostPort", str(HOST_PORT), "--metrics-port", str(METRICS_PORT), "--metrics-host", "127.0.0.1",
-                "--identity-file", self.identity, "--min-sync-interval", "0.05", "--resync-period", "1"]
-        self.proc = self.net.node.popen(argv, cwd=REPO, stdout=self.log, stderr=self.log,
-                                        env={**os.environ, "PYTHONPATH": REPO})
+        argv = [
+            sys.executable,
+            "-m",
+            "podwatch",
+            "--kubeconfig",
+            self.kubeconfig,
+            "--node-name",
+            NODE,
+            "-hostPort",
+            str(HOST_PORT),
+            "--metrics-port",
+            str(METRICS_PORT),
+            "--metrics-host",
+            "127.0.0.1",
+            "--identity-file",
+            self.identity,
+            "--min-sync-interval",
+            "0.05",
+            "--resync-period",
+            "1",
+        ]
+        self.proc = self.net.node.popen(argv, cwd=REPO, stdout=self.log, stderr=self.log, env={**os.environ, "PYTHONPATH": REPO})
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
@@ -74,10 +93,18 @@ class Cluster:
         meta = {"name": name, "namespace": ns, "labels": {"app": name}}
         if ann is not None:
             meta["annotations"] = {ANN: ann}
-        self.api.create(self.path("v1", "pods", ns), {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
-                        "spec": {"nodeName": node, "containers": [{"name": "app", "image": "debian"}]}})
-        self.api.patch(self.path("v1", "pods", ns, name, "status"),
-                       {"status": {"phase": "Running", "podIP": ip}}, patch_type="merge")
+        self.api.create(
+            self.path("v1", "pods", ns),
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": meta,
+                "spec": {"nodeName": node, "containers": [{"name": "app", "image": "debian"}]},
+            },
+        )
+        self.api.patch(
+            self.path("v1", "pods", ns, name, "status"), {"status": {"phase": "Running", "podIP": ip}}, patch_type="merge"
+        )
 
     def delete_pod(self, ns, name):
         """What `kubectl delete pod` and the pod's kubelet do: a graceful delete (the object gets its
@@ -127,13 +154,26 @@ def test_annotated_pods_on_this_node_get_rules_and_identity(cluster):
     cluster.add_pod("team-b", "web", "10.4.0.8")
     cluster.add_pod("default", "not-annotated", "10.4.0.9", ann=None)
     cluster.add_pod("default", "other-node", "10.4.0.10", node="node-2")
-    want = {(f"{web_ip}/32", "default/web"), ("10.4.0.6/32", "default/web-2"),
-            ("10.4.0.7/32", "team-a/web"), ("10.4.0.8/32", "team-b/web")}
+    want = {
+        (f"{web_ip}/32", "default/web"),
+        ("10.4.0.6/32", "default/web-2"),
+        ("10.4.0.7/32", "team-a/web"),
+        ("10.4.0.8/32", "team-b/web"),
+    }
     wait_for(lambda: cluster.comments() == want, what="redirect rules for the 4 annotated pods")
     assert curl(cluster) == f"proxy {HOST_PORT}"
     ident = wait_for(lambda: (p := cluster.identity_pods()) and len(p) == 4 and p, what="identity file")
-    assert ident[web_ip] == {"namespace": "default", "name": "web", "serviceAccount": "default",
-                             "labels": {"app": "web"}, "uid": ident[web_ip]["uid"]} and ident[web_ip]["uid"]
+    assert (
+        ident[web_ip]
+        == {
+            "namespace": "default",
+            "name": "web",
+            "serviceAccount": "default",
+            "labels": {"app": "web"},
+            "uid": ident[web_ip]["uid"],
+        }
+        and ident[web_ip]["uid"]
+    )
 
 
 @pytest.mark.root
@@ -155,12 +195,14 @@ def test_drift_is_repaired_by_the_periodic_resync(cluster):
 def test_metrics_are_served(cluster):
     out = cluster.net.node.run("curl", "-sS", "-m", "2", f"http://127.0.0.1:{METRICS_PORT}/metrics").stdout
     assert 'tproxy_podwatch_rules_programmed{family="ipv4"}' in out
-    count = next(float(ln.split()[-1]) for ln in out.splitlines()
-                 if ln.startswith("tproxy_podwatch_programming_latency_seconds_count"))
+    count = next(
+        float(ln.split()[-1]) for ln in out.splitlines() if ln.startswith("tproxy_podwatch_programming_latency_seconds_count")
+    )
     assert count >= 3
     assert "tproxy_podwatch_sync_duration_seconds_bucket" in out and "tproxy_podwatch_sync_failures_total" in out
-    ready = cluster.net.node.run("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
-                                 f"http://127.0.0.1:{METRICS_PORT}/readyz").stdout
+    ready = cluster.net.node.run(
+        "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{METRICS_PORT}/readyz"
+    ).stdout
     assert ready == "200"
 
 
@@ -175,13 +217,16 @@ def test_restart_leaves_no_stale_rule_and_no_gap(cluster):
 
     cluster.stop()  # shutdown leaves the rules in place
     assert {c for _, c in cluster.comments()} == {"default/web", "default/web-2", "team-b/web"}
-    cluster.delete_pod("team-b", "web")       # deleted while podwatch is down
+    cluster.delete_pod("team-b", "web")  # deleted while podwatch is down
     t = threading.Thread(target=traffic)
     t.start()
     try:
         cluster.start()
-        wait_for(lambda: {c for _, c in cluster.comments()} == {"default/web", "default/web-2"},
-                 timeout=15, what="stale team-b/web rule removed after restart")
+        wait_for(
+            lambda: {c for _, c in cluster.comments()} == {"default/web", "default/web-2"},
+            timeout=15,
+            what="stale team-b/web rule removed after restart",
+        )
         time.sleep(0.3)
     finally:
         stop.set()
@@ -192,9 +237,14 @@ def test_restart_leaves_no_stale_rule_and_no_gap(cluster):
 @pytest.mark.root
 def test_cleanup_removes_everything_it_owns(cluster):
     cluster.stop()
-    proc = subprocess.run(cluster.net.node.exec_argv([sys.executable, "-m", "podwatch", "--cleanup",
-                                                      "--identity-file", cluster.identity]),
-                          cwd=REPO, env={**os.environ, "PYTHONPATH": REPO}, capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        cluster.net.node.exec_argv([sys.executable, "-m", "podwatch", "--cleanup", "--identity-file", cluster.identity]),
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": REPO},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode == 0, proc.stderr
     for tool in ("iptables", "ip6tables"):
         for table in ("filter", "nat"):

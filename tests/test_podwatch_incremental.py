@@ -4,6 +4,7 @@ Pure tests of :func:`podwatch.rules.render_delta`, and root tests with real ipta
 namespace proving that incremental syncs leave exactly the rules a full rewrite would, and that a
 failed one is repaired by the forced retry.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -56,11 +57,14 @@ def test_an_unchanged_table_is_left_out():
     assert rules.render_delta(rules.render(v4, PORT)["ipv4"], both["ipv4"]) == {}
 
 
-@pytest.mark.parametrize("before, after, port_after", [
-    ([], [lp(1)], PORT),                                     # first pod: the ESTABLISHED rule appears
-    ([lp(1)], [], PORT),                                     # last pod: it goes
-    ([lp(0)], [lp(i) for i in range(rules.DELTA_MAX_LINES + 2)], PORT),  # a burst: too many lines
-])
+@pytest.mark.parametrize(
+    "before, after, port_after",
+    [
+        ([], [lp(1)], PORT),  # first pod: the ESTABLISHED rule appears
+        ([lp(1)], [], PORT),  # last pod: it goes
+        ([lp(0)], [lp(i) for i in range(rules.DELTA_MAX_LINES + 2)], PORT),  # a burst: too many lines
+    ],
+)
 def test_a_changed_skeleton_or_a_burst_is_a_full_rewrite(before, after, port_after):
     assert rules.render_delta(rendered(before), rendered(after, port=port_after)) is None
 
@@ -81,6 +85,7 @@ def test_repeated_lines_are_a_full_rewrite():
 @pytest.fixture
 def nodes():
     from kubesim.netns import Netns
+
     a, b = Netns.create("pw-incr-a"), Netns.create("pw-incr-b")
     yield a, b
     a.delete()
@@ -91,8 +96,10 @@ def owned_rules(ns) -> dict[str, list[str]]:
     """Our chains' rules (sorted: per-pod rules do not depend on their order) and the hook jumps."""
     out = {}
     for tool in ("iptables", "ip6tables"):
-        for table, chains in (("filter", [rules.GUARD_CHAIN, rules.LOCKED_CHAIN, "FORWARD"]),
-                              ("nat", [rules.REDIRECT_CHAIN, "PREROUTING"])):
+        for table, chains in (
+            ("filter", [rules.GUARD_CHAIN, rules.LOCKED_CHAIN, "FORWARD"]),
+            ("nat", [rules.REDIRECT_CHAIN, "PREROUTING"]),
+        ):
             for chain in chains:
                 lines = ns.run(tool, "-w", "5", "-t", table, "-S", chain, check=False).stdout.splitlines()
                 out[f"{tool} {table} {chain}"] = sorted(lines) if chain not in ("FORWARD", "PREROUTING") else lines
@@ -108,11 +115,11 @@ def test_incremental_syncs_leave_exactly_what_a_full_rewrite_leaves(nodes):
     assert syncer.sync(pods).incremental == []  # nothing applied before: full
     extra4, extra6 = lp(80), lp(101, ip="2001:db8:6::65")
     steps = [
-        (pods + [extra4], ["ipv4"]),                                       # one more IPv4 pod
-        (pods + [extra4, extra6], ["ipv6"]),                               # one more IPv6 pod
+        (pods + [extra4], ["ipv4"]),  # one more IPv4 pod
+        (pods + [extra4, extra6], ["ipv6"]),  # one more IPv6 pod
         ([p for p in pods if p.name != "web-3"] + [extra4, extra6], ["ipv4"]),  # one goes
-        ([lp(i) for i in range(10)] + v6 + [extra6], []),                  # 71 go: a full rewrite
-        ([lp(i) for i in range(10)], []),                                  # the last IPv6 pods: full
+        ([lp(i) for i in range(10)] + v6 + [extra6], []),  # 71 go: a full rewrite
+        ([lp(i) for i in range(10)], []),  # the last IPv6 pods: full
     ]
     for want, incremental in steps:
         res = syncer.sync(want)
@@ -131,8 +138,9 @@ def test_a_failed_incremental_sync_is_repaired_by_the_forced_retry(nodes):
     pods = [lp(i) for i in range(5)]
     syncer.sync(pods)
     # somebody removed web-2's redirect behind our back; web-2 then goes: its -D cannot apply
-    line = next(ln for ln in node.run("iptables", "-t", "nat", "-S", rules.REDIRECT_CHAIN).stdout.splitlines()
-                if "default/web-2" in ln)
+    line = next(
+        ln for ln in node.run("iptables", "-t", "nat", "-S", rules.REDIRECT_CHAIN).stdout.splitlines() if "default/web-2" in ln
+    )
     node.run("iptables", "-t", "nat", "-D", *__import__("shlex").split(line)[1:])
     want = [p for p in pods if p.name != "web-2"]
     res = syncer.sync(want)

@@ -1,5 +1,6 @@
 """podwatch's sync loop in-process with real iptables in a node namespace: coalescing, partial
 syncs, periodic forced resync under constant churn, retry after a failed iptables-restore."""
+
 from __future__ import annotations
 
 import subprocess
@@ -25,6 +26,7 @@ class Store:
 
 class FakeInformer:
     """Only the cache: events are fed to the controller's handlers by the test."""
+
     def __init__(self):
         self.store = Store()
 
@@ -33,14 +35,17 @@ class FakeInformer:
 
 
 def pod(i, ip=None, **labels):
-    return {"metadata": {"namespace": "default", "name": f"p{i}", "uid": f"u{i}", "labels": labels,
-                         "annotations": {ANN: "true"}},
-            "spec": {"nodeName": "n1"}, "status": {"phase": "Running", "podIP": ip or f"10.5.{i // 256}.{i % 256}"}}
+    return {
+        "metadata": {"namespace": "default", "name": f"p{i}", "uid": f"u{i}", "labels": labels, "annotations": {ANN: "true"}},
+        "spec": {"nodeName": "n1"},
+        "status": {"phase": "Running", "podIP": ip or f"10.5.{i // 256}.{i % 256}"},
+    }
 
 
 @pytest.fixture
 def node():
     from kubesim.netns import Netns
+
     ns = Netns.create("cap-loop")
     yield ns
     ns.delete()
@@ -48,6 +53,7 @@ def node():
 
 class RecordingLogger:
     """Keeps (level, event, fields) so a test can check what an operator would read."""
+
     def __init__(self):
         self.records = []
 
@@ -56,8 +62,14 @@ class RecordingLogger:
 
 
 def make(node, runner=None, logger=None, **kw):
-    pw = controller.PodWatch(node="n1", annotation=ANN, host_port=8080, runner=runner or rules.netns_runner(node.name),
-                             logger=logger or get_logger(component="podwatch-test"), **kw)
+    pw = controller.PodWatch(
+        node="n1",
+        annotation=ANN,
+        host_port=8080,
+        runner=runner or rules.netns_runner(node.name),
+        logger=logger or get_logger(component="podwatch-test"),
+        **kw,
+    )
     pw.attach(FakeInformer())
     calls = []
     real = pw.syncer.sync
@@ -66,6 +78,7 @@ def make(node, runner=None, logger=None, **kw):
         res = real(pods, force=force)
         calls.append((force, len(pods), list(res.skipped)))
         return res
+
     pw.syncer.sync = counting
     t = threading.Thread(target=pw.run, daemon=True)
     return pw, calls, t
@@ -109,6 +122,7 @@ def test_periodic_forced_resync_repairs_drift_even_under_constant_churn(node):
             pw.informer.store.pods["p1"] = p
             pw.on_update(p, p)
             time.sleep(0.05)
+
     c = threading.Thread(target=churn)
     try:
         wait_for(lambda: redirects(node) == 1, what="first sync")
@@ -134,6 +148,7 @@ def test_failed_restore_is_retried_with_backoff_and_counted(node):
             fail["left"] -= 1
             return subprocess.CompletedProcess(argv, 1, "", "iptables-restore: line 3 failed\n")
         return real(argv, input)
+
     before = controller.SYNC_FAILURES.labels("ipv4")._value.get()
     log = RecordingLogger()
     pw, calls, t = make(node, runner=flaky, logger=log, min_sync_interval=0.01, resync_period=60)
@@ -223,8 +238,9 @@ class Clock:
 
 def _fake(**kw):
     clock = Clock()
-    pw = controller.PodWatch(node="n1", annotation=ANN, host_port=8080, runner=lambda argv, **k: None,
-                             logger=RecordingLogger(), clock=clock, **kw)
+    pw = controller.PodWatch(
+        node="n1", annotation=ANN, host_port=8080, runner=lambda argv, **k: None, logger=RecordingLogger(), clock=clock, **kw
+    )
     pw.informer = FakeInformer()
     pw._remembered = True  # no iptables reads: desired() only
     return pw, clock
@@ -291,10 +307,18 @@ def test_a_force_deleted_pod_keeps_its_rules_but_not_its_identity(tmp_path):
     policy), never as the old pod's, until the new pod's entry is written."""
     import json
     import subprocess
+
     clock = Clock()
-    pw = controller.PodWatch(node="n1", annotation=ANN, host_port=8080, logger=RecordingLogger(), clock=clock,
-                             runner=lambda argv, *a, **k: subprocess.CompletedProcess(argv, 0, "", ""),
-                             departed_grace=35, identity_file=str(tmp_path / "identity.json"))
+    pw = controller.PodWatch(
+        node="n1",
+        annotation=ANN,
+        host_port=8080,
+        logger=RecordingLogger(),
+        clock=clock,
+        runner=lambda argv, *a, **k: subprocess.CompletedProcess(argv, 0, "", ""),
+        departed_grace=35,
+        identity_file=str(tmp_path / "identity.json"),
+    )
     pw.informer = FakeInformer()
     pw._remembered = True
     pw.informer.store.pods["p1"] = pod(1, ip="10.9.0.1")

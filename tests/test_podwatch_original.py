@@ -1,4 +1,5 @@
 """The baseline (bench/podwatch_original.py) is faithful to the original, flaws included: bench/ relies on it."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,6 +11,7 @@ from podwatch import rules
 @pytest.fixture
 def node():
     from kubesim.netns import Netns
+
     ns = Netns.create("cap-orig")
     yield ns
     ns.delete()

@@ -1,4 +1,5 @@
 """podwatch's node rules with real iptables in a node namespace: where packets end up."""
+
 from __future__ import annotations
 
 import shlex
@@ -17,8 +18,15 @@ def net():
     try:
         net.add_pod("web")
         net.add_pod("plain")
-        net.serve(net.internet, "inet", f"tcp:{INET4}:80", f"tcp:{INET4}:443", f"tcp:{INET4}:22",
-                  f"tcp:[{INET6}]:80", f"udp:{DNS_FOREIGN}:53")
+        net.serve(
+            net.internet,
+            "inet",
+            f"tcp:{INET4}:80",
+            f"tcp:{INET4}:443",
+            f"tcp:{INET4}:22",
+            f"tcp:[{INET6}]:80",
+            f"udp:{DNS_FOREIGN}:53",
+        )
         net.serve(net.node, "proxy", f"tcp:0.0.0.0:{HOST_PORT}", f"tcp:[::]:{HOST_PORT}")
         yield net
     finally:
@@ -66,8 +74,9 @@ def test_annotated_pod_web_traffic_lands_on_the_node_port(net, run):
 def test_guard_rejects_what_escaped_the_redirect_but_lets_dns_through(net, run):
     sync(web_pods(net, "web"), run)
     # drift: someone deletes the PREROUTING jump; the FORWARD guard still refuses, nothing leaks
-    jump = next(ln for ln in net.node.run("iptables", "-t", "nat", "-S", "PREROUTING").stdout.splitlines()
-                if rules.REDIRECT_CHAIN in ln)
+    jump = next(
+        ln for ln in net.node.run("iptables", "-t", "nat", "-S", "PREROUTING").stdout.splitlines() if rules.REDIRECT_CHAIN in ln
+    )
     net.node.run("iptables", "-t", "nat", "-D", *shlex.split(jump)[1:])
     assert net.connect(net.pods["web"], "tcp", INET4, 80) == "ERR ECONNREFUSED"
     assert net.connect(net.pods["web"], "tcp", INET4, 22) == "ERR ECONNREFUSED"
@@ -94,10 +103,12 @@ def test_inbound_connections_to_an_annotated_pod_pass_the_guard(net, run):
 
 @pytest.mark.root
 def test_deleting_a_pod_removes_exactly_its_rules(net, run):
-    everyone = [rules.LockedPod(ip="10.4.0.5", namespace="default", name="web"),
-                rules.LockedPod(ip="10.4.0.6", namespace="default", name="web-2"),
-                rules.LockedPod(ip="10.4.0.7", namespace="team-b", name="web"),
-                rules.LockedPod(ip="2001:db8:9::7", namespace="team-b", name="web")]
+    everyone = [
+        rules.LockedPod(ip="10.4.0.5", namespace="default", name="web"),
+        rules.LockedPod(ip="10.4.0.6", namespace="default", name="web-2"),
+        rules.LockedPod(ip="10.4.0.7", namespace="team-b", name="web"),
+        rules.LockedPod(ip="2001:db8:9::7", namespace="team-b", name="web"),
+    ]
     sync(everyone, run)
     before4, before6 = saved(net), saved(net, "ip6tables")
     sync(everyone[1:], run)
@@ -117,8 +128,8 @@ def test_resync_repairs_drift_and_keeps_one_jump_on_top(net, run):
     node = net.node
     node.run("iptables", "-t", "nat", "-F", rules.REDIRECT_CHAIN)
     node.run("iptables", "-D", "FORWARD", "-m", "comment", "--comment", rules.GUARD_JUMP_COMMENT, "-j", rules.GUARD_CHAIN)
-    node.run("iptables", "-t", "nat", "-I", "PREROUTING", "1", "-p", "udp", "-j", "ACCEPT")      # someone else's rule
-    node.run("iptables", "-t", "nat", "-A", "PREROUTING", "-j", rules.REDIRECT_CHAIN)           # a stray duplicate
+    node.run("iptables", "-t", "nat", "-I", "PREROUTING", "1", "-p", "udp", "-j", "ACCEPT")  # someone else's rule
+    node.run("iptables", "-t", "nat", "-A", "PREROUTING", "-j", rules.REDIRECT_CHAIN)  # a stray duplicate
     # with both the redirect and the guard gone the pod's lock alone lets web traffic out: exactly
     # the drift the periodic resync exists to repair
     assert curl(net, "web", f"http://{INET4}/") == "inet 80"

@@ -1,5 +1,6 @@
 """Property: whatever sequence of pod sets podwatch syncs, the node's chains hold exactly one
 redirect and one guard rule per locked pod IP of the current set (real iptables, both families)."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -21,6 +22,7 @@ POD_SETS = st.lists(st.lists(POD, max_size=12, unique_by=lambda p: p.ip), min_si
 @pytest.fixture(scope="module")
 def node():
     from kubesim.netns import Netns
+
     ns = Netns.create("cap-prop")
     yield ns
     ns.delete()

@@ -3,6 +3,7 @@
 Golden files live in tests/golden/podwatch/<scenario>.<family>.<table>.restore; regenerate with
 ``TPROXY_UPDATE_GOLDEN=1`` after an intended change and review the diff.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,8 +37,10 @@ SCENARIOS = {
     "empty": [],
     "web-and-web-2": [pod("default", "web", "10.4.0.5"), pod("default", "web-2", "10.4.0.6")],
     "same-name-two-namespaces": [pod("team-a", "web", "10.4.0.7"), pod("team-b", "web", "10.4.0.8")],
-    "ipv6-and-dual-stack": [pod("default", "v6only", "2001:db8:1::5"),
-                            pod("default", "dual", "10.4.0.9", ips=["10.4.0.9", "2001:db8:1::9"])],
+    "ipv6-and-dual-stack": [
+        pod("default", "v6only", "2001:db8:1::5"),
+        pod("default", "dual", "10.4.0.9", ips=["10.4.0.9", "2001:db8:1::9"]),
+    ],
 }
 
 
@@ -56,10 +59,18 @@ def test_golden_restore_input(scenario):
 
 
 def test_desired_state_filters_annotation_ip_phase():
-    pods = [pod("d", "on", "10.0.0.1"), pod("d", "off", "10.0.0.2", ann="false"), pod("d", "none", "10.0.0.3", ann=None),
-            pod("d", "noip"), pod("d", "done", "10.0.0.4", phase="Succeeded"), pod("d", "failed", "10.0.0.5", phase="Failed"),
-            pod("d", "TRUE", "10.0.0.6", ann="TRUE"), pod("d", "going", "10.0.0.7", deleting=True),
-            pod("d", "bad-ip", "not-an-ip"), pod("d", "hostnet", "10.0.0.8")]
+    pods = [
+        pod("d", "on", "10.0.0.1"),
+        pod("d", "off", "10.0.0.2", ann="false"),
+        pod("d", "none", "10.0.0.3", ann=None),
+        pod("d", "noip"),
+        pod("d", "done", "10.0.0.4", phase="Succeeded"),
+        pod("d", "failed", "10.0.0.5", phase="Failed"),
+        pod("d", "TRUE", "10.0.0.6", ann="TRUE"),
+        pod("d", "going", "10.0.0.7", deleting=True),
+        pod("d", "bad-ip", "not-an-ip"),
+        pod("d", "hostnet", "10.0.0.8"),
+    ]
     pods[-1]["spec"]["hostNetwork"] = True  # its IP is the node's: never lock it
     got = {p.name for p in rules.locked_pods(pods, ANN)}
     # a terminating pod still runs during its grace period: its rules stay until it is gone
@@ -70,8 +81,12 @@ def test_desired_state_filters_annotation_ip_phase():
 def test_removing_web_keeps_web_2_and_the_other_namespace():
     everyone = SCENARIOS["web-and-web-2"] + SCENARIOS["same-name-two-namespaces"]
     before = rules.render(rules.locked_pods(everyone, ANN), 8080)["ipv4"]["nat"]
-    after = rules.render(rules.locked_pods([p for p in everyone if p["metadata"]["name"] != "web"
-                                            or p["metadata"]["namespace"] != "default"], ANN), 8080)["ipv4"]["nat"]
+    after = rules.render(
+        rules.locked_pods(
+            [p for p in everyone if p["metadata"]["name"] != "web" or p["metadata"]["namespace"] != "default"], ANN
+        ),
+        8080,
+    )["ipv4"]["nat"]
     removed = set(before.splitlines()) - set(after.splitlines())
     assert removed == {ln for ln in before.splitlines() if '"default/web"' in ln} and len(removed) == 1
 
@@ -102,8 +117,13 @@ def test_identity_document():
     pods = rules.locked_pods(SCENARIOS["same-name-two-namespaces"] + [pod("d", "sa", "10.0.0.9", sa="robot")], ANN)
     doc = identity.document("node-1", pods)
     assert doc["version"] == 1 and doc["node"] == "node-1"
-    assert doc["pods"]["10.4.0.7"] == {"namespace": "team-a", "name": "web", "serviceAccount": "default",
-                                        "labels": {"app": "web"}, "uid": "uid-team-a-web"}
+    assert doc["pods"]["10.4.0.7"] == {
+        "namespace": "team-a",
+        "name": "web",
+        "serviceAccount": "default",
+        "labels": {"app": "web"},
+        "uid": "uid-team-a-web",
+    }
     assert doc["pods"]["10.0.0.9"]["serviceAccount"] == "robot"
 
 
@@ -114,5 +134,5 @@ def test_identity_file_is_replaced_atomically_and_only_on_change(tmp_path):
     assert f.update(pods) and path.exists()
     inode = path.stat().st_ino
     assert not f.update(pods) and path.stat().st_ino == inode
-    assert f.update(pods[:1]) and path.stat().st_ino != inode      # new file renamed over the old
-    assert list(path.parent.iterdir()) == [path]                   # no temporary left behind
+    assert f.update(pods[:1]) and path.stat().st_ino != inode  # new file renamed over the old
+    assert list(path.parent.iterdir()) == [path]  # no temporary left behind

@@ -1,4 +1,5 @@
 """The one deadline knob (``TPROXY_TEST_TIMEOUT_SCALE``) and ``wait_for``'s failure message."""
+
 import pytest
 
 from kubesim import polling
@@ -38,6 +39,7 @@ def test_timeout_names_what_it_waited_for_and_what_it_saw(monkeypatch):
 
 class _Seen(list):
     """Falsy, with a repr: what a condition that saw something not yet right returns."""
+
     def __repr__(self):
         return "['pending']"
 

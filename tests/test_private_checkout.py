@@ -5,6 +5,7 @@ the virtualenv and the product through mounts of their own (kubesim.kubelet.pyim
 the host's paths; a machine where that cannot work says so at start-up (kubesim.kubelet.preflight).
 The last test does what a new user does: clone into a 0700 directory and run ``make demo`` there.
 """
+
 import json
 import os
 import shutil
@@ -38,22 +39,36 @@ def _launch(netns, run_dir, code, uid=65534):
     os.makedirs(scratch, exist_ok=True)
     os.chmod(scratch, 0o755)
     mounts = pyimage.mounts(run_dir, "/opt/tproxy") + [{"src": REPO_ROOT, "dst": "/opt/tproxy", "ro": True}]
-    spec = {"argv": ["python3", "-c", code], "cwd": "/opt/tproxy", "mounts": mounts, "netns": netns.name,
-            "env": {"PATH": pyimage.bin_dir() + ":/usr/bin:/bin", **pyimage.env()}, "scratch": scratch,
-            "run_as_user": uid, "run_as_group": uid}
+    spec = {
+        "argv": ["python3", "-c", code],
+        "cwd": "/opt/tproxy",
+        "mounts": mounts,
+        "netns": netns.name,
+        "env": {"PATH": pyimage.bin_dir() + ":/usr/bin:/bin", **pyimage.env()},
+        "scratch": scratch,
+        "run_as_user": uid,
+        "run_as_group": uid,
+    }
     with open(os.path.join(scratch, "launch.json"), "w") as f:
         json.dump(spec, f)
-    return subprocess.run(["ip", "netns", "exec", netns.name, sys.executable, "-m", "kubesim.kubelet.launch",
-                           os.path.join(scratch, "launch.json")], capture_output=True, text=True, timeout=60,
-                          cwd=REPO_ROOT, env={"PATH": os.environ["PATH"], "PYTHONPATH": REPO_ROOT})
+    return subprocess.run(
+        ["ip", "netns", "exec", netns.name, sys.executable, "-m", "kubesim.kubelet.launch", os.path.join(scratch, "launch.json")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+        env={"PATH": os.environ["PATH"], "PYTHONPATH": REPO_ROOT},
+    )
 
 
 def test_a_non_root_container_sees_the_runtime_at_its_own_paths_only(netns, tmp_path):
     run_dir = tempfile.mkdtemp(dir=tmp_path)  # 0700, like the kubelet's own run directory
-    code = ("import json, sys, certifi, mitmproxy, yaml, proxy, initializer; "
-            "print(json.dumps({'prefix': sys.prefix, 'base': sys.base_prefix, 'path': sys.path, "
-            "'exe': sys.executable, 'proxy': proxy.__file__, 'certifi': certifi.where(), "
-            "'mitmproxy': mitmproxy.__file__}))")
+    code = (
+        "import json, sys, certifi, mitmproxy, yaml, proxy, initializer; "
+        "print(json.dumps({'prefix': sys.prefix, 'base': sys.base_prefix, 'path': sys.path, "
+        "'exe': sys.executable, 'proxy': proxy.__file__, 'certifi': certifi.where(), "
+        "'mitmproxy': mitmproxy.__file__}))"
+    )
     proc = _launch(netns, run_dir, code)
     assert proc.returncode == 0, proc.stderr
     seen = json.loads(proc.stdout)
@@ -98,12 +113,16 @@ def _private_clone(home: str) -> str:
     dest = os.path.join(home, "tproxy")
     if os.path.isdir(os.path.join(REPO_ROOT, ".git")):
         subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", REPO_ROOT, dest], check=True)
-        diff = subprocess.run(["git", "-C", REPO_ROOT, "diff", "HEAD", "--binary"], check=True,
-                              capture_output=True).stdout
+        diff = subprocess.run(["git", "-C", REPO_ROOT, "diff", "HEAD", "--binary"], check=True, capture_output=True).stdout
         if diff:
             subprocess.run(["git", "-C", dest, "apply", "--whitespace=nowarn"], input=diff, check=True)
-        untracked = subprocess.run(["git", "-C", REPO_ROOT, "ls-files", "--others", "--exclude-standard", "-z"],
-                                   check=True, capture_output=True).stdout.decode().split("\0")
+        untracked = (
+            subprocess.run(
+                ["git", "-C", REPO_ROOT, "ls-files", "--others", "--exclude-standard", "-z"], check=True, capture_output=True
+            )
+            .stdout.decode()
+            .split("\0")
+        )
         for rel in filter(None, untracked):
             src = os.path.join(REPO_ROOT, rel)
             # new sources only: not a developer's local state (dot directories: build caches, a
@@ -113,7 +132,9 @@ def _private_clone(home: str) -> str:
             os.makedirs(os.path.dirname(os.path.join(dest, rel)), exist_ok=True)
             shutil.copy2(src, os.path.join(dest, rel))
     else:
-        shutil.copytree(REPO_ROOT, dest, ignore=shutil.ignore_patterns(".venv", ".tools", ".images", ".kind", "__pycache__", ".*cache"))
+        shutil.copytree(
+            REPO_ROOT, dest, ignore=shutil.ignore_patterns(".venv", ".tools", ".images", ".kind", "__pycache__", ".*cache")
+        )
     return dest
 
 

@@ -1,4 +1,5 @@
 """proxy.core.TproxyAddon (and the modules it wires) with mitmproxy.test.taddons/tflow: one behaviour per test."""
+
 import asyncio
 import json
 import os
@@ -65,11 +66,19 @@ def audit_lines(audit_file):
     return [json.loads(line) for line in audit_file.read_text().splitlines() if line.strip()]
 
 
-def make_flow(host="storage.googleapis.com", path="/solutions-public-assets/a.txt", *, scheme="https",
-              sni="same", method="GET", dest=("203.0.113.99", None), mode="transparent", client_ip="10.0.0.5",
-              host_header=True):
-    req = tutils.treq(host=host, port=443 if scheme == "https" else 80, scheme=scheme, method=method.encode(),
-                      path=path.encode())
+def make_flow(
+    host="storage.googleapis.com",
+    path="/solutions-public-assets/a.txt",
+    *,
+    scheme="https",
+    sni="same",
+    method="GET",
+    dest=("203.0.113.99", None),
+    mode="transparent",
+    client_ip="10.0.0.5",
+    host_header=True,
+):
+    req = tutils.treq(host=host, port=443 if scheme == "https" else 80, scheme=scheme, method=method.encode(), path=path.encode())
     if host_header:
         req.headers["Host"] = host
     else:
@@ -215,12 +224,15 @@ def absolute_form_flow(line: bytes, host="storage.googleapis.com", *, port=443, 
     return f
 
 
-@pytest.mark.parametrize("line, port, reason", [
-    (b"GET https://www.google.com/solutions-public-assets/a HTTP/1.1", 443, "authority-host-mismatch"),
-    (b"GET http://storage.googleapis.com/solutions-public-assets/a HTTP/1.1", 443, "authority-scheme-mismatch"),
-    (b"GET https://storage.googleapis.com/solutions-public-assets/a HTTP/1.1", 80, "authority-scheme-mismatch"),
-    (b"GET https://storage.googleapis.com:8443/solutions-public-assets/a HTTP/1.1", 443, "authority-port-mismatch"),
-])
+@pytest.mark.parametrize(
+    "line, port, reason",
+    [
+        (b"GET https://www.google.com/solutions-public-assets/a HTTP/1.1", 443, "authority-host-mismatch"),
+        (b"GET http://storage.googleapis.com/solutions-public-assets/a HTTP/1.1", 443, "authority-scheme-mismatch"),
+        (b"GET https://storage.googleapis.com/solutions-public-assets/a HTTP/1.1", 80, "authority-scheme-mismatch"),
+        (b"GET https://storage.googleapis.com:8443/solutions-public-assets/a HTTP/1.1", 443, "authority-port-mismatch"),
+    ],
+)
 def test_absolute_form_target_disagreeing_with_the_connection_is_blocked(addon, line, port, reason):
     f = run(addon, absolute_form_flow(line, port=port))
     assert f.response.status_code == 418 and f.response.headers["X-Tproxy-Reason"] == reason
@@ -228,13 +240,22 @@ def test_absolute_form_target_disagreeing_with_the_connection_is_blocked(addon, 
 
 
 def test_absolute_form_target_with_another_port_than_the_host_header_is_blocked(addon):
-    f = run(addon, absolute_form_flow(b"GET https://storage.googleapis.com/solutions-public-assets/a HTTP/1.1",
-                                      "storage.googleapis.com:8443"))
+    f = run(
+        addon,
+        absolute_form_flow(
+            b"GET https://storage.googleapis.com/solutions-public-assets/a HTTP/1.1", "storage.googleapis.com:8443"
+        ),
+    )
     assert f.response.headers["X-Tproxy-Reason"] == "authority-port-mismatch"
 
 
-@pytest.mark.parametrize("line", [b"GET https://STORAGE.googleapis.com./solutions-public-assets/a?q HTTP/1.1",
-                                  b"GET https://storage.googleapis.com:443/solutions-public-assets/a?q HTTP/1.1"])
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"GET https://STORAGE.googleapis.com./solutions-public-assets/a?q HTTP/1.1",
+        b"GET https://storage.googleapis.com:443/solutions-public-assets/a?q HTTP/1.1",
+    ],
+)
 def test_allowed_absolute_form_target_is_forwarded_in_origin_form(addon, line):
     f = run(addon, absolute_form_flow(line))
     assert f.response is None
@@ -291,8 +312,9 @@ def test_metadata_server_is_denied_even_when_allowed_by_name(addon, tmp_path):
 
 
 def test_allow_ranges_make_an_exception(addon, tmp_path):
-    addon.tctx.configure(addon, tproxy_policy=write_policy(
-        tmp_path, "rules: [{host: private.example}]\nallow_ranges: [10.1.0.0/16]\n"))
+    addon.tctx.configure(
+        addon, tproxy_policy=write_policy(tmp_path, "rules: [{host: private.example}]\nallow_ranges: [10.1.0.0/16]\n")
+    )
     f = run(addon, make_flow("private.example", "/", scheme="http"))
     assert f.response is None
 
@@ -335,10 +357,20 @@ def test_dns_answers_are_cached_briefly(audit_file):
 
 def test_namespace_rule_applies_only_to_pods_of_that_namespace(addon, tmp_path):
     ident = tmp_path / "identity.json"
-    ident.write_text(json.dumps({"version": 1, "node": "n", "pods": {
-        "10.0.0.5": {"namespace": "team-a", "name": "a"}, "10.0.0.6": {"namespace": "team-b", "name": "b"}}}))
-    addon.tctx.configure(addon, tproxy_identity=str(ident), tproxy_policy=write_policy(
-        tmp_path, "rules: [{host: a.example, namespaces: [team-a]}]\n"))
+    ident.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "node": "n",
+                "pods": {"10.0.0.5": {"namespace": "team-a", "name": "a"}, "10.0.0.6": {"namespace": "team-b", "name": "b"}},
+            }
+        )
+    )
+    addon.tctx.configure(
+        addon,
+        tproxy_identity=str(ident),
+        tproxy_policy=write_policy(tmp_path, "rules: [{host: a.example, namespaces: [team-a]}]\n"),
+    )
     assert run(addon, make_flow("a.example", "/", client_ip="10.0.0.5")).response is None
     assert run(addon, make_flow("a.example", "/", client_ip="10.0.0.6")).response.status_code == 418
 
@@ -367,8 +399,9 @@ def test_connect_to_other_port_is_blocked_unless_rule_allows_connect(addon, tmp_
     f = connect_flow("storage.googleapis.com", 22)
     asyncio.run(addon.http_connect(f))
     assert f.response.status_code == 418
-    addon.tctx.configure(addon, tproxy_policy=write_policy(
-        tmp_path, "rules: [{host: storage.googleapis.com, methods: [CONNECT]}]\n"))
+    addon.tctx.configure(
+        addon, tproxy_policy=write_policy(tmp_path, "rules: [{host: storage.googleapis.com, methods: [CONNECT]}]\n")
+    )
     f = connect_flow("storage.googleapis.com", 22)
     asyncio.run(addon.http_connect(f))
     assert f.response is None
@@ -385,8 +418,7 @@ def test_connect_rule_approves_a_raw_tunnel_pinned_to_the_checked_address(addon,
 
 
 def test_connect_rule_still_honours_deny_ranges(addon, tmp_path):
-    addon.tctx.configure(addon, tproxy_policy=write_policy(
-        tmp_path, "rules: [{host: private.example, methods: [CONNECT]}]\n"))
+    addon.tctx.configure(addon, tproxy_policy=write_policy(tmp_path, "rules: [{host: private.example, methods: [CONNECT]}]\n"))
     f = connect_flow("private.example", 5432)
     asyncio.run(addon.http_connect(f))
     assert f.response.status_code == 418 and f.response.headers["X-Tproxy-Reason"] == "denied-range"
@@ -464,8 +496,23 @@ def test_open_mode_allows_everything(addon, tmp_path):
 # -- audit -----------------------------------------------------------------------------------------
 def test_audit_line_has_identity_and_decision(addon, tmp_path, audit_file):
     ident = tmp_path / "identity.json"
-    ident.write_text(json.dumps({"version": 1, "node": "node-1", "pods": {"10.0.0.5": {
-        "namespace": "default", "name": "debian-app-1", "serviceAccount": "app", "labels": {}, "uid": "u"}}}))
+    ident.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "node": "node-1",
+                "pods": {
+                    "10.0.0.5": {
+                        "namespace": "default",
+                        "name": "debian-app-1",
+                        "serviceAccount": "app",
+                        "labels": {},
+                        "uid": "u",
+                    }
+                },
+            }
+        )
+    )
     addon.tctx.configure(addon, tproxy_identity=str(ident))
     f = run(addon, make_flow())
     f.response = tutils.tresp(content=b"12345")
@@ -474,8 +521,7 @@ def test_audit_line_has_identity_and_decision(addon, tmp_path, audit_file):
     assert line["pod_namespace"] == "default" and line["pod_name"] == "debian-app-1"
     assert line["pod_service_account"] == "app" and line["node"] == "node-1"
     assert line["client_ip"] == "10.0.0.5"
-    assert (line["decision"], line["rule"], line["status"], line["bytes"]) == \
-        ("allow", "rules[0] storage.googleapis.com", 200, 5)
+    assert (line["decision"], line["rule"], line["status"], line["bytes"]) == ("allow", "rules[0] storage.googleapis.com", 200, 5)
     assert line["sni"] == "storage.googleapis.com" and line["scheme"] == "https"
     assert line["upstream"] == "203.0.113.20"
 
@@ -483,8 +529,13 @@ def test_audit_line_has_identity_and_decision(addon, tmp_path, audit_file):
 def test_audit_line_for_block_has_status_and_reason(addon, audit_file):
     run(addon, make_flow("www.google.com", "/x"))
     line = audit_lines(audit_file)[-1]
-    assert (line["decision"], line["reason"], line["status"], line["host"], line["path"]) == \
-        ("block", "no-matching-rule", 418, "www.google.com", "/x")
+    assert (line["decision"], line["reason"], line["status"], line["host"], line["path"]) == (
+        "block",
+        "no-matching-rule",
+        418,
+        "www.google.com",
+        "/x",
+    )
 
 
 def test_identity_for_v4_mapped_client_address(addon, tmp_path, audit_file):
@@ -542,15 +593,19 @@ def test_metrics_count_decisions_with_bounded_host_labels(addon):
     run(addon, make_flow("random-1.example", "/"))
     run(addon, make_flow("random-2.example", "/"))
     r = addon.metrics.registry
-    assert r.get_sample_value("tproxy_requests_total",
-                              {"decision": "allow", "host": "storage.googleapis.com", "namespace": "unknown"}) == 1
-    assert r.get_sample_value("tproxy_requests_total",
-                              {"decision": "block", "host": "unmatched", "namespace": "unknown"}) == 2
+    assert (
+        r.get_sample_value(
+            "tproxy_requests_total", {"decision": "allow", "host": "storage.googleapis.com", "namespace": "unknown"}
+        )
+        == 1
+    )
+    assert r.get_sample_value("tproxy_requests_total", {"decision": "block", "host": "unmatched", "namespace": "unknown"}) == 2
     assert r.get_sample_value("tproxy_decision_seconds_count") == 3
 
 
 def test_metrics_server_serves_prometheus_text(addon):
     import urllib.request
+
     addon.tctx.configure(addon, tproxy_metrics_port=_free_port(), tproxy_metrics_host="127.0.0.1")
     body = urllib.request.urlopen(f"http://127.0.0.1:{addon.health.port}/metrics", timeout=5).read().decode()
     assert "tproxy_policy_rules 1.0" in body
@@ -566,6 +621,7 @@ def test_ready_only_once_mitmproxy_runs(addon):
 
 def _free_port():
     import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -592,6 +648,7 @@ def test_extra_ca_is_added_to_public_roots(audit_file, tmp_path):
     import certifi
     from mitmproxy.addons.tlsconfig import TlsConfig
     from kubesim.testca import TestCA
+
     ca = TestCA(tmp_path / "ca")
     a = TproxyAddon(resolver=fake_resolve)
     with taddons.context(TlsConfig(), a) as tctx:
@@ -618,6 +675,7 @@ def test_metrics_port_out_of_range_is_rejected(addon):
 
 def test_metrics_port_in_use_is_rejected(addon):
     import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
@@ -670,12 +728,14 @@ def test_hot_reload_keeps_last_good_policy_on_error(addon, tmp_path):
 def _running(addon, body):
     """Run ``body()`` (a coroutine function) on an event loop between the running and done hooks,
     as inside mitmdump."""
+
     async def main():
         addon.running()
         try:
             return await body()
         finally:
             addon.done()
+
     return asyncio.run(main())
 
 
@@ -703,7 +763,8 @@ def test_watch_task_keeps_the_last_good_policy_and_logs_the_rejection(addon, tmp
         _bump(path, "rules: [{host: 'a b'}]\n")
         deadline = time.monotonic() + 2
         while time.monotonic() < deadline and not addon.metrics.registry.get_sample_value(
-                "tproxy_policy_reloads_total", {"result": "error"}):
+            "tproxy_policy_reloads_total", {"result": "error"}
+        ):
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.6)  # another poll: the same broken version is judged once
         assert addon.policy.source == path and addon.policy.has_host("a.example")
@@ -744,6 +805,7 @@ def test_watch_task_parses_off_the_event_loop(addon, tmp_path, monkeypatch):
     and the new policy is put in force by the loop's own thread."""
     import threading
     from proxy import policy_watch
+
     path = write_policy(tmp_path, "rules: [{host: a.example}]\n")
     addon.tctx.configure(addon, tproxy_policy=path)
     load, seen = policy_watch.ScopedPolicy.load, {}
@@ -773,6 +835,7 @@ def test_watch_task_parses_off_the_event_loop(addon, tmp_path, monkeypatch):
 
 def test_a_parse_overtaken_by_configure_is_dropped(addon, tmp_path, monkeypatch):
     from proxy import policy_watch
+
     watched = write_policy(tmp_path, "rules: [{host: a.example}]\n")
     addon.tctx.configure(addon, tproxy_policy=watched)
     other = write_policy(tmp_path, "rules: [{host: b.a.example}]\n", "other.yaml")
@@ -791,6 +854,7 @@ def test_a_parse_overtaken_by_configure_is_dropped(addon, tmp_path, monkeypatch)
 
 def test_the_policy_watch_runs_no_thread(addon):
     import threading
+
     before = threading.active_count()
 
     async def body():
@@ -806,11 +870,15 @@ def test_addon_refuses_to_run_unless_connections_are_lazy():
     option); configured with every option, as mitmproxy does once a script is loaded, it refuses."""
     from mitmproxy import hooks
     from mitmproxy.addons.proxyserver import Proxyserver
+
     a = TproxyAddon(resolver=fake_resolve)
     with taddons.context(Proxyserver(), a) as tctx:
         assert tctx.options.connection_strategy == "eager"
-        with pytest.raises(exceptions.OptionsError, match=r"connection_strategy: tproxy needs connection_strategy=lazy"
-                           r".*not 'eager'; add --set connection_strategy=lazy"):
+        with pytest.raises(
+            exceptions.OptionsError,
+            match=r"connection_strategy: tproxy needs connection_strategy=lazy"
+            r".*not 'eager'; add --set connection_strategy=lazy",
+        ):
             tctx.master.addons.invoke_addon_sync(a, hooks.ConfigureHook(set(tctx.options.keys())))
         assert tctx.options.connection_strategy == "eager"  # untouched
         a.done()
@@ -820,10 +888,26 @@ def test_mitmdump_exits_when_connections_are_not_lazy(tmp_path):
     """A real mitmdump: the refusal is logged at start, and mitmdump exits instead of running without the addon."""
     import subprocess
     import sys
+
     mitmdump = os.path.join(os.path.dirname(sys.executable), "mitmdump")
-    r = subprocess.run([mitmdump, "--listen-host", "127.0.0.1", "-p", "0", "--set", f"confdir={tmp_path}",
-                        "-s", ADDON_SCRIPT, "--set", f"tproxy_audit={tmp_path / 'audit.jsonl'}"],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [
+            mitmdump,
+            "--listen-host",
+            "127.0.0.1",
+            "-p",
+            "0",
+            "--set",
+            f"confdir={tmp_path}",
+            "-s",
+            ADDON_SCRIPT,
+            "--set",
+            f"tproxy_audit={tmp_path / 'audit.jsonl'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode != 0
     assert "connection_strategy: tproxy needs connection_strategy=lazy" in r.stderr, r.stderr[-2000:]
 
@@ -832,6 +916,7 @@ def test_load_leaves_the_other_addons_options_alone():
     from mitmproxy.addons.dumper import Dumper
     from mitmproxy.addons.proxyserver import Proxyserver
     from mitmproxy.addons.termlog import TermLog
+
     with taddons.context(Proxyserver(), Dumper(), TermLog()) as tctx:
         tctx.options.update(connection_strategy="lazy")
         a = TproxyAddon(resolver=fake_resolve)
@@ -844,6 +929,7 @@ def test_load_leaves_the_other_addons_options_alone():
 
 def test_switching_to_eager_connections_at_run_time_is_rolled_back():
     from mitmproxy.addons.proxyserver import Proxyserver
+
     with taddons.context(Proxyserver()) as tctx:
         tctx.options.update(connection_strategy="lazy")
         a = TproxyAddon(resolver=fake_resolve)
@@ -855,15 +941,29 @@ def test_switching_to_eager_connections_at_run_time_is_rolled_back():
 
 
 ADDON_SCRIPT = os.path.join(os.path.dirname(__file__), "..", "proxy", "addon.py")
-IMPLEMENTED_HOOKS = {"load", "configure", "running", "done", "request", "http_connect", "responseheaders", "response",
-                     "error", "server_connect", "server_connected", "server_connect_error", "tcp_start",
-                     "client_disconnected"}
+IMPLEMENTED_HOOKS = {
+    "load",
+    "configure",
+    "running",
+    "done",
+    "request",
+    "http_connect",
+    "responseheaders",
+    "response",
+    "error",
+    "server_connect",
+    "server_connected",
+    "server_connect_error",
+    "tcp_start",
+    "client_disconnected",
+}
 
 
 def test_script_exposes_every_hook_name_on_the_module():
     """proxy/addon.py's hooks are module attributes (see its docstring): every hook mitmproxy knows is
     defined, bound to the one TproxyAddon or None, and nothing is nested under ``addons``."""
     from mitmproxy import hooks
+
     with taddons.context():
         module = script_module(ADDON_SCRIPT)
         assert module.addons == [] and isinstance(module.addon, TproxyAddon)
@@ -878,6 +978,7 @@ def test_script_exposes_every_hook_name_on_the_module():
 
 def script_module(path):
     from mitmproxy.addons import script
+
     return script.load_script(os.path.abspath(path))
 
 
@@ -886,6 +987,7 @@ def test_script_hooks_run_through_mitmproxys_own_dispatch(tmp_path):
     the teapot, an allowed one is approved for its own address."""
     from mitmproxy import hooks as mhooks
     from mitmproxy.proxy.layers import http as lhttp
+
     module = script_module(ADDON_SCRIPT)
     module.addon.dns.resolver = fake_resolve
     with taddons.context() as tctx:
@@ -906,9 +1008,31 @@ def test_script_hooks_run_through_mitmproxys_own_dispatch(tmp_path):
 
 
 # -- audit line assembly and batching ----------------------------------------------------------------
-AUDIT_KEYS = ["ts", "event", "client_ip", "pod_namespace", "pod_name", "pod_service_account", "node", "proxy_mode",
-              "policy_mode", "scope", "method", "scheme", "host", "port", "path", "sni", "decision", "reason", "rule",
-              "rule_index", "upstream", "status", "bytes"]
+AUDIT_KEYS = [
+    "ts",
+    "event",
+    "client_ip",
+    "pod_namespace",
+    "pod_name",
+    "pod_service_account",
+    "node",
+    "proxy_mode",
+    "policy_mode",
+    "scope",
+    "method",
+    "scheme",
+    "host",
+    "port",
+    "path",
+    "sni",
+    "decision",
+    "reason",
+    "rule",
+    "rule_index",
+    "upstream",
+    "status",
+    "bytes",
+]
 
 
 def test_audit_line_has_every_field_in_order(addon, audit_file):
@@ -918,10 +1042,15 @@ def test_audit_line_has_every_field_in_order(addon, audit_file):
     run(addon, make_flow("www.google.com", "/x"))
     allowed, blocked = audit_lines(audit_file)
     assert list(allowed) == AUDIT_KEYS and list(blocked) == AUDIT_KEYS
-    assert (allowed["event"], allowed["proxy_mode"], allowed["policy_mode"], allowed["scope"], allowed["port"],
-            allowed["rule_index"]) == ("decision", "transparent", "enforce", "default", 443, 0)
-    assert (blocked["rule"], blocked["rule_index"], blocked["upstream"], blocked["bytes"]) == \
-        (None, None, None, len(BLOCK_BODY))
+    assert (
+        allowed["event"],
+        allowed["proxy_mode"],
+        allowed["policy_mode"],
+        allowed["scope"],
+        allowed["port"],
+        allowed["rule_index"],
+    ) == ("decision", "transparent", "enforce", "default", 443, 0)
+    assert (blocked["rule"], blocked["rule_index"], blocked["upstream"], blocked["bytes"]) == (None, None, None, len(BLOCK_BODY))
     assert allowed["ts"].endswith("Z") and len(allowed["ts"]) == len("2026-11-27T06:05:28.123Z")
 
 
@@ -933,10 +1062,13 @@ def test_audit_error_field_is_last_and_escaped(addon, audit_file):
     assert list(line) == AUDIT_KEYS + ["error"] and line["error"] == 'upstream said "no"\nand \\ left'
 
 
-
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(path=st.text(min_size=0, max_size=40), sni=st.one_of(st.none(), st.text(max_size=20)),
-       error=st.one_of(st.none(), st.text(min_size=1, max_size=30)), method=st.sampled_from(["GET", "POST", "PÜT"]))
+@given(
+    path=st.text(min_size=0, max_size=40),
+    sni=st.one_of(st.none(), st.text(max_size=20)),
+    error=st.one_of(st.none(), st.text(min_size=1, max_size=30)),
+    method=st.sampled_from(["GET", "POST", "PÜT"]),
+)
 def test_audit_line_is_valid_json_for_any_client_text(addon, audit_file, path, sni, error, method):
     """Path, SNI, method and error are chosen by clients: whatever they hold, the assembled line
     parses as one JSON object carrying them unchanged (quotes, control and non-ASCII characters)."""
@@ -1026,6 +1158,7 @@ def test_audit_batch_is_written_at_once_when_full_and_on_close(tmp_path):
 
 def test_audit_lines_from_other_threads_are_written_at_once(tmp_path):
     import threading
+
     target = tmp_path / "audit.jsonl"
     log = AuditLog(str(target), flush_seconds=60)
     seen = []
@@ -1049,11 +1182,14 @@ def test_audit_write_failure_is_logged_not_raised(tmp_path, capsys):
     assert "audit_write_failed" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("headers, streamed", [
-    ({"Content-Length": "5"}, False),                 # known small size: mitmproxy buffers it
-    ({"Transfer-Encoding": "chunked"}, True),          # unknown size: streamed (and counted) from byte 1
-    ({}, True),                                        # close-delimited
-])
+@pytest.mark.parametrize(
+    "headers, streamed",
+    [
+        ({"Content-Length": "5"}, False),  # known small size: mitmproxy buffers it
+        ({"Transfer-Encoding": "chunked"}, True),  # unknown size: streamed (and counted) from byte 1
+        ({}, True),  # close-delimited
+    ],
+)
 def test_bodies_of_unknown_size_are_streamed_and_counted(addon, audit_file, headers, streamed):
     f = run(addon, make_flow())
     f.response = tutils.tresp(content=b"")
@@ -1095,6 +1231,7 @@ def test_loading_the_script_logs_no_deprecation_warning(caplog):
     import logging
 
     import mitmproxy.log  # noqa: F401 - registers add_log in all_hooks, as in a running mitmdump
+
     module = script_module(ADDON_SCRIPT)
     assert "add_log" not in module.__dict__
     with caplog.at_level(logging.DEBUG), taddons.context() as tctx:
@@ -1107,8 +1244,11 @@ def test_identity_change_reaches_a_live_connection(addon, tmp_path, audit_file):
     now belongs to a pod of another namespace), a keep-alive connection follows it."""
     ident = tmp_path / "identity.json"
     ident.write_text(json.dumps({"version": 1, "node": "n", "pods": {"10.0.0.5": {"namespace": "team-a", "name": "a"}}}))
-    addon.tctx.configure(addon, tproxy_identity=str(ident), tproxy_policy=write_policy(
-        tmp_path, "rules: [{host: a.example, namespaces: [team-a]}]\n"))
+    addon.tctx.configure(
+        addon,
+        tproxy_identity=str(ident),
+        tproxy_policy=write_policy(tmp_path, "rules: [{host: a.example, namespaces: [team-a]}]\n"),
+    )
     first = run(addon, make_flow("a.example", "/"))
     assert first.response is None
     _bump(ident, json.dumps({"version": 1, "node": "n2", "pods": {"10.0.0.5": {"namespace": "team-b", "name": "b"}}}))
@@ -1126,6 +1266,7 @@ def test_a_client_gone_before_its_decision_leaves_nothing_behind(addon):
     already, so nothing may be (re)recorded for it: no approval (it could never be used) and no
     cached client fields (they would never be dropped)."""
     from mitmproxy.connection import ConnectionState
+
     f = make_flow()
     f.client_conn.state = ConnectionState.CLOSED
     addon.client_disconnected(f.client_conn)

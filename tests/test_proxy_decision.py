@@ -1,4 +1,5 @@
 """proxy.decision: a pure function from request facts to a Verdict, and the one enumeration of reasons."""
+
 import builtins
 import copy
 import dataclasses
@@ -11,8 +12,7 @@ import sys
 import pytest
 
 from proxy import decision
-from proxy.decision import Reason, RequestFacts, Verdict, decide, decide_connect, finalize, screen_addresses, \
-    screen_tunnel
+from proxy.decision import Reason, RequestFacts, Verdict, decide, decide_connect, finalize, screen_addresses, screen_tunnel
 from proxy.policy import Policy
 
 README = os.path.join(os.path.dirname(__file__), "..", "proxy", "README.md")
@@ -20,9 +20,22 @@ REPO = os.path.join(os.path.dirname(__file__), "..")
 
 
 def facts(**kw) -> RequestFacts:
-    base = dict(method="GET", path="/", scheme="https", host_headers=["a.example"], authority="", http2=False,
-                absolute_target=None, regular=False, request_host="203.0.113.9", request_port=443,
-                destination_port=443, client_tls=True, sni="a.example", namespace=None)
+    base = dict(
+        method="GET",
+        path="/",
+        scheme="https",
+        host_headers=["a.example"],
+        authority="",
+        http2=False,
+        absolute_target=None,
+        regular=False,
+        request_host="203.0.113.9",
+        request_port=443,
+        destination_port=443,
+        client_tls=True,
+        sni="a.example",
+        namespace=None,
+    )
     base.update(kw)
     return RequestFacts(**base)
 
@@ -92,8 +105,10 @@ def test_connect_decisions():
 
 def test_decide_is_pure(monkeypatch):
     """Same facts, same verdict; the facts are not changed; no DNS, no file, no mitmproxy."""
+
     def refuse(*a, **kw):
         raise AssertionError("I/O in the decision")
+
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
     monkeypatch.setattr(builtins, "open", refuse)
     for f in CASES.values():
@@ -111,5 +126,6 @@ def test_the_decision_module_does_not_import_mitmproxy():
 def test_verdicts_print_as_their_plain_reason():
     """Audit lines and X-Tproxy-Reason carry the reason's value, byte for byte."""
     from proxy.audit import _jstr
+
     assert _jstr(Reason.RAW_TCP) == '"raw-tcp"' and f"{Reason.DENIED_RANGE}" == "denied-range"
     assert dataclasses.fields(Verdict)[1].name == "reason" and decision.MALFORMED_REASONS <= set(Reason)

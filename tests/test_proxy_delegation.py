@@ -1,5 +1,6 @@
 """Namespace policies (proxy/delegation.py) through the addon against a kubesim API server, and
 the identity the addon decides with when a pod address is reused (proxy/clients.py)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -33,9 +34,13 @@ PODS = {"10.0.0.5": ("team-a", "web"), "10.0.0.6": ("team-b", "job"), "10.0.0.7"
 
 
 def write_identity(path, pods: dict) -> None:
-    doc = {"version": 1, "node": "node-1",
-           "pods": {ip: {"namespace": ns, "name": name, "serviceAccount": "default", "labels": {}}
-                    for ip, (ns, name) in pods.items()}}
+    doc = {
+        "version": 1,
+        "node": "node-1",
+        "pods": {
+            ip: {"namespace": ns, "name": name, "serviceAccount": "default", "labels": {}} for ip, (ns, name) in pods.items()
+        },
+    }
     if os.path.exists(path):
         _bump(path, json.dumps(doc))
     else:
@@ -70,8 +75,7 @@ def cluster(kubesim_server_factory, tmp_path):
 
 
 def put_configmap(client, ns: str, text: str, name: str = "tproxy-egress") -> None:
-    body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": ns},
-            "data": {"policy.yaml": text}}
+    body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": ns}, "data": {"policy.yaml": text}}
     status, out = raw(client, "PUT", f"/api/v1/namespaces/{ns}/configmaps/{name}", body=body)
     if status == 404:
         status, out = raw(client, "POST", f"/api/v1/namespaces/{ns}/configmaps", body=body)
@@ -96,16 +100,17 @@ def wired(addon, audit_file, cluster, tmp_path):
     identity = str(tmp_path / "identity.json")
     write_identity(identity, PODS)
     addon.audit_path = audit_file
-    addon.tctx.configure(addon, tproxy_kubeconfig=kubeconfig, tproxy_identity=identity,
-                         tproxy_audit_flush_ms=0)
+    addon.tctx.configure(addon, tproxy_kubeconfig=kubeconfig, tproxy_identity=identity, tproxy_audit_flush_ms=0)
     addon.tctx.configure(addon, tproxy_policy=write_policy(tmp_path, POLICY))
     assert addon.delegation_watch is not None and addon.delegation_watch.informer.wait_for_sync(10)
     return addon, client, identity
 
 
 def rejections(addon, ns: str, cause: str) -> float:
-    return addon.metrics.registry.get_sample_value("tproxy_namespace_policy_rejections_total",
-                                                   {"namespace": ns, "cause": cause}) or 0.0
+    return (
+        addon.metrics.registry.get_sample_value("tproxy_namespace_policy_rejections_total", {"namespace": ns, "cause": cause})
+        or 0.0
+    )
 
 
 def events(client, ns: str) -> list[dict]:
@@ -121,7 +126,7 @@ def test_namespace_policies_load_edit_and_reject(wired):
     put_configmap(client, "team-a", "rules: [{host: a.example}]\n")
     wait_for(lambda: "team-a" in addon.delegated, what="team-a's policy loaded")
     assert decide(addon, "a.example", "10.0.0.5") == ("allow", "namespace:team-a")
-    assert decide(addon, "a.example", "10.0.0.6") == ("block", "default")      # not team-b's
+    assert decide(addon, "a.example", "10.0.0.6") == ("block", "default")  # not team-b's
     assert decide(addon, "storage.googleapis.com", "10.0.0.5") == ("block", "namespace:team-a")  # no fall-through
     assert decide(addon, "b.a.example", "10.0.0.5") == ("block", "namespace:team-a")  # the deny list wins
     # the file's scope for payments keeps its own mode
@@ -129,8 +134,9 @@ def test_namespace_policies_load_edit_and_reject(wired):
 
     # edited at run time
     put_configmap(client, "team-a", "rules: [{host: www.google.com}]\n")
-    wait_for(lambda: decide(addon, "www.google.com", "10.0.0.5") == ("allow", "namespace:team-a"),
-             what="the edited policy in force")
+    wait_for(
+        lambda: decide(addon, "www.google.com", "10.0.0.5") == ("allow", "namespace:team-a"), what="the edited policy in force"
+    )
     assert decide(addon, "a.example", "10.0.0.5") == ("block", "namespace:team-a")
 
     # a ceiling violation: rejected with the reason (metric, Event); the last good stays

@@ -11,6 +11,7 @@ Topology (all in namespaces this module creates; nothing touches the root namesp
                                                2001:db8:1::10, 169.254.169.254 (metadata);
                                                a second upstream with an untrusted CA on 203.0.113.66
 """
+
 import functools
 import json
 import os
@@ -34,8 +35,16 @@ MITMDUMP = os.path.join(os.path.dirname(PY), "mitmdump")
 POD4, POD6 = "198.18.1.2", "2001:db8:100::2"
 EAGER_POD = "198.18.1.3"  # its traffic goes to port 8081, where a mitmdump asked for connection_strategy=eager refused to start
 # what the chart and proxy/Dockerfile pass besides the tproxy options (the addon changes none of them)
-MITM_OPTIONS = ["--set", "connection_strategy=lazy", "--set", "stream_large_bodies=1m", "--set", "flow_detail=0",
-                "--set", "termlog_verbosity=error"]
+MITM_OPTIONS = [
+    "--set",
+    "connection_strategy=lazy",
+    "--set",
+    "stream_large_bodies=1m",
+    "--set",
+    "flow_detail=0",
+    "--set",
+    "termlog_verbosity=error",
+]
 NAMES = {  # what both the pod and the node resolve
     "www.google.com": "203.0.113.10",
     "storage.googleapis.com": "203.0.113.20",
@@ -44,8 +53,7 @@ NAMES = {  # what both the pod and the node resolve
     "untrusted.example": "203.0.113.66",
     "v6.example": "2001:db8:1::10",
 }
-UPSTREAM_ADDRS = ["203.0.113.10", "203.0.113.20", "203.0.113.30", "203.0.113.99", "2001:db8:1::10",
-                  "169.254.169.254"]
+UPSTREAM_ADDRS = ["203.0.113.10", "203.0.113.20", "203.0.113.30", "203.0.113.99", "2001:db8:1::10", "169.254.169.254"]
 POLICY = """\
 mode: enforce
 rules:
@@ -93,8 +101,23 @@ class World:
         for f in (body, hdrs):
             if os.path.exists(f):
                 os.unlink(f)
-        r = self.pod.run("curl", "-sS", "-m", str(timeout), "--cacert", self.mitm_ca, "-o", body, "-D", hdrs,
-                         "-w", "%{http_code} %{http_version}", *args, check=False, timeout=timeout + 5)
+        r = self.pod.run(
+            "curl",
+            "-sS",
+            "-m",
+            str(timeout),
+            "--cacert",
+            self.mitm_ca,
+            "-o",
+            body,
+            "-D",
+            hdrs,
+            "-w",
+            "%{http_code} %{http_version}",
+            *args,
+            check=False,
+            timeout=timeout + 5,
+        )
         code, _, version = r.stdout.strip().partition(" ")
         headers = {}
         if os.path.exists(hdrs):
@@ -105,8 +128,7 @@ class World:
         data = open(body, "rb").read() if os.path.exists(body) else b""
         return int(code or 0), data, headers, version
 
-    def raw(self, raw=None, *, h2=None, port=443, dest="allowed.example", sni="allowed.example", tls=None,
-            tunnel=None):
+    def raw(self, raw=None, *, h2=None, port=443, dest="allowed.example", sni="allowed.example", tls=None, tunnel=None):
         """One request from the pod exactly as written (tests/raw_http_client.py): HTTP/1 bytes ``raw``
         or HTTP/2 header pairs ``h2``; TLS (with ``sni``, None = none) when ``tls`` or port 443;
         ``tunnel``: inside a CONNECT to that host:port (``dest``:``port`` is then the proxy)."""
@@ -151,14 +173,22 @@ class World:
 
     def set_policy(self, text):
         """Replace the policy file and wait until the proxy reports a reload (success or error)."""
-        before = self.metric("tproxy_policy_reloads_total", result="success") + \
-            self.metric("tproxy_policy_reloads_total", result="error")
+        before = self.metric("tproxy_policy_reloads_total", result="success") + self.metric(
+            "tproxy_policy_reloads_total", result="error"
+        )
         tmp = self.policy_file + ".tmp"
         with open(tmp, "w") as f:
             f.write(text)
         os.replace(tmp, self.policy_file)
-        wait_for(lambda: self.metric("tproxy_policy_reloads_total", result="success")
-                 + self.metric("tproxy_policy_reloads_total", result="error") > before, timeout=5, what="policy reload")
+        wait_for(
+            lambda: (
+                self.metric("tproxy_policy_reloads_total", result="success")
+                + self.metric("tproxy_policy_reloads_total", result="error")
+                > before
+            ),
+            timeout=5,
+            what="policy reload",
+        )
 
 
 @pytest.fixture(scope="module")
@@ -201,21 +231,68 @@ def _build(w, tmp):
     pod.write_hosts(hosts)
     node.write_hosts(hosts)
     for ipt, src in (("iptables", POD4), ("ip6tables", POD6)):
-        node.run(ipt, "-t", "nat", "-A", "PREROUTING", "-s", src, "-p", "tcp", "-m", "multiport",
-                 "--dports", "80,443", "-j", "REDIRECT", "--to-ports", "8080")
+        node.run(
+            ipt,
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-s",
+            src,
+            "-p",
+            "tcp",
+            "-m",
+            "multiport",
+            "--dports",
+            "80,443",
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            "8080",
+        )
 
     # the internet
     ca_dir, bad_ca_dir = os.path.join(tmp, "ca"), os.path.join(tmp, "bad-ca")
     w.ca = TestCA(ca_dir)
     TestCA(bad_ca_dir)
     hosts_arg = ",".join(n for n in NAMES if n not in ("untrusted.example",))
-    up = [PY, "-m", "kubesim.upstream", "--http-port", "80", "--https-port", "443", "--cert-dir", ca_dir,
-          "--hosts", hosts_arg, "--metadata", "--record"]
+    up = [
+        PY,
+        "-m",
+        "kubesim.upstream",
+        "--http-port",
+        "80",
+        "--https-port",
+        "443",
+        "--cert-dir",
+        ca_dir,
+        "--hosts",
+        hosts_arg,
+        "--metadata",
+        "--record",
+    ]
     for a in UPSTREAM_ADDRS:
         up += ["--bind", a]
     w.spawn(inet, up, "upstream")
-    w.spawn(inet, [PY, "-m", "kubesim.upstream", "--bind", "203.0.113.66", "--http-port", "0", "--https-port",
-                   "443", "--cert-dir", bad_ca_dir, "--hosts", "untrusted.example"], "upstream-untrusted")
+    w.spawn(
+        inet,
+        [
+            PY,
+            "-m",
+            "kubesim.upstream",
+            "--bind",
+            "203.0.113.66",
+            "--http-port",
+            "0",
+            "--https-port",
+            "443",
+            "--cert-dir",
+            bad_ca_dir,
+            "--hosts",
+            "untrusted.example",
+        ],
+        "upstream-untrusted",
+    )
 
     # the proxy
     w.policy_file = os.path.join(tmp, "policy.yaml")
@@ -223,46 +300,133 @@ def _build(w, tmp):
         f.write(POLICY)
     w.identity_file = os.path.join(tmp, "identity.json")
     with open(w.identity_file, "w") as f:
-        json.dump({"version": 1, "node": "node-e2e", "pods": {POD4: {
-            "namespace": "default", "name": "debian-app-7d9", "serviceAccount": "default", "labels": {},
-            "uid": "u-1"}}}, f)
+        json.dump(
+            {
+                "version": 1,
+                "node": "node-e2e",
+                "pods": {
+                    POD4: {
+                        "namespace": "default",
+                        "name": "debian-app-7d9",
+                        "serviceAccount": "default",
+                        "labels": {},
+                        "uid": "u-1",
+                    }
+                },
+            },
+            f,
+        )
     w.audit_file = os.path.join(tmp, "audit.jsonl")
     confdir = os.path.join(tmp, "mitm")
     w.mitm_ca = os.path.join(confdir, "mitmproxy-ca-cert.pem")
-    w.mitm = w.spawn(node, [MITMDUMP, "--mode", "transparent", "--listen-port", "8080",
-                            "--set", f"confdir={confdir}", "-s", os.path.join(REPO, "proxy", "addon.py"),
-                            *MITM_OPTIONS,
-                            "--set", f"tproxy_extra_ca={w.ca.ca_file}",  # public roots + test CA
-                            "--set", f"tproxy_policy={w.policy_file}",
-                            "--set", f"tproxy_identity={w.identity_file}",
-                            "--set", f"tproxy_audit={w.audit_file}",
-                            "--set", f"tproxy_metrics_port={METRICS_PORT}"], "mitmdump")
-    wait_for(lambda: inet.run("curl", "-sS", "-m", "2", "http://203.0.113.10/.upstream/stats",
-                              check=False).returncode == 0, what="upstream")
-    wait_for(lambda: os.path.exists(w.mitm_ca) and node.run(
-        "curl", "-sSf", "-m", "2", f"http://127.0.0.1:{METRICS_PORT}/readyz", check=False).returncode == 0,
-        timeout=20, what="mitmdump (see mitmdump.err)")
+    w.mitm = w.spawn(
+        node,
+        [
+            MITMDUMP,
+            "--mode",
+            "transparent",
+            "--listen-port",
+            "8080",
+            "--set",
+            f"confdir={confdir}",
+            "-s",
+            os.path.join(REPO, "proxy", "addon.py"),
+            *MITM_OPTIONS,
+            "--set",
+            f"tproxy_extra_ca={w.ca.ca_file}",  # public roots + test CA
+            "--set",
+            f"tproxy_policy={w.policy_file}",
+            "--set",
+            f"tproxy_identity={w.identity_file}",
+            "--set",
+            f"tproxy_audit={w.audit_file}",
+            "--set",
+            f"tproxy_metrics_port={METRICS_PORT}",
+        ],
+        "mitmdump",
+    )
+    wait_for(
+        lambda: inet.run("curl", "-sS", "-m", "2", "http://203.0.113.10/.upstream/stats", check=False).returncode == 0,
+        what="upstream",
+    )
+    wait_for(
+        lambda: (
+            os.path.exists(w.mitm_ca)
+            and node.run("curl", "-sSf", "-m", "2", f"http://127.0.0.1:{METRICS_PORT}/readyz", check=False).returncode == 0
+        ),
+        timeout=20,
+        what="mitmdump (see mitmdump.err)",
+    )
     wait_for(lambda: "8080" in node.run("ss", "-ltn").stdout, what="mitmdump listening")
     # the standard-mode variant (tproxy.addStandardModeProxy): same addon, same policy, port 1080
     w.std_audit_file = os.path.join(tmp, "audit-std.jsonl")
-    w.spawn(node, [MITMDUMP, "-p", "1080", "--set", f"confdir={confdir}",
-                   "-s", os.path.join(REPO, "proxy", "addon.py"), *MITM_OPTIONS,
-                   "--set", f"ssl_verify_upstream_trusted_ca={w.ca.ca_file}",
-                   "--set", f"tproxy_policy={w.policy_file}", "--set", f"tproxy_audit={w.std_audit_file}"],
-            "mitmdump-std")
+    w.spawn(
+        node,
+        [
+            MITMDUMP,
+            "-p",
+            "1080",
+            "--set",
+            f"confdir={confdir}",
+            "-s",
+            os.path.join(REPO, "proxy", "addon.py"),
+            *MITM_OPTIONS,
+            "--set",
+            f"ssl_verify_upstream_trusted_ca={w.ca.ca_file}",
+            "--set",
+            f"tproxy_policy={w.policy_file}",
+            "--set",
+            f"tproxy_audit={w.std_audit_file}",
+        ],
+        "mitmdump-std",
+    )
     wait_for(lambda: ":1080" in node.run("ss", "-ltn").stdout, timeout=20, what="standard-mode mitmdump listening")
     # instances asked for connection_strategy=eager, explicitly and by mitmproxy's default: they refuse
     # to start; a second pod address is redirected to where the first would have listened
     pod.add_addr("eth0", EAGER_POD + "/24")
-    node.run("iptables", "-t", "nat", "-I", "PREROUTING", "-s", EAGER_POD, "-p", "tcp", "-m", "multiport",
-             "--dports", "80,443", "-j", "REDIRECT", "--to-ports", "8081")
+    node.run(
+        "iptables",
+        "-t",
+        "nat",
+        "-I",
+        "PREROUTING",
+        "-s",
+        EAGER_POD,
+        "-p",
+        "tcp",
+        "-m",
+        "multiport",
+        "--dports",
+        "80,443",
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        "8081",
+    )
     w.eager = {}
     for name, strategy in (("mitmdump-eager", ["--set", "connection_strategy=eager"]), ("mitmdump-default", [])):
-        w.eager[name] = w.spawn(node, [
-            MITMDUMP, "--mode", "transparent", "--listen-port", "8081" if strategy else "8082",
-            "--set", f"confdir={confdir}", "-s", os.path.join(REPO, "proxy", "addon.py"), *strategy,
-            "--set", f"tproxy_extra_ca={w.ca.ca_file}", "--set", f"tproxy_policy={w.policy_file}",
-            "--set", f"tproxy_audit={os.path.join(tmp, name + '.jsonl')}"], name)
+        w.eager[name] = w.spawn(
+            node,
+            [
+                MITMDUMP,
+                "--mode",
+                "transparent",
+                "--listen-port",
+                "8081" if strategy else "8082",
+                "--set",
+                f"confdir={confdir}",
+                "-s",
+                os.path.join(REPO, "proxy", "addon.py"),
+                *strategy,
+                "--set",
+                f"tproxy_extra_ca={w.ca.ca_file}",
+                "--set",
+                f"tproxy_policy={w.policy_file}",
+                "--set",
+                f"tproxy_audit={os.path.join(tmp, name + '.jsonl')}",
+            ],
+            name,
+        )
 
 
 # -- the tutorial's two requests ----------------------------------------------------------------
@@ -287,8 +451,17 @@ def test_http2_client_is_served(world):
 def test_keep_alive_requests_share_one_upstream_connection(world):
     # mitmproxy must reuse the pinned upstream connection (it allows only 5 per address and client)
     before = world.upstream_stats("203.0.113.30:80")["connections"]
-    r = world.pod.run("curl", "-sS", "-m", "20", "-w", "%{http_code} ",
-                      *(["-o", "/dev/null", "http://allowed.example/echo"] * 12), check=False, timeout=30)
+    r = world.pod.run(
+        "curl",
+        "-sS",
+        "-m",
+        "20",
+        "-w",
+        "%{http_code} ",
+        *(["-o", "/dev/null", "http://allowed.example/echo"] * 12),
+        check=False,
+        timeout=30,
+    )
     assert r.stdout.split() == ["200"] * 12, r.stdout + r.stderr
     assert world.upstream_stats("203.0.113.30:80")["connections"] == before + 1
 
@@ -343,25 +516,46 @@ print(data.split(b"\\r\\n\\r\\n")[0].decode())
 
 def test_connect_request_is_refused_and_never_tunnels(world):
     before = world.upstream_stats("203.0.113.30:443")["connections"]
-    r = world.pod.run("curl", "-sS", "-m", "5", "-p", "-x", "http://203.0.113.30:80", "-o", "/dev/null",
-                      "-w", "%{http_connect} %{http_code}", "https://allowed.example/echo", check=False)
+    r = world.pod.run(
+        "curl",
+        "-sS",
+        "-m",
+        "5",
+        "-p",
+        "-x",
+        "http://203.0.113.30:80",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_connect} %{http_code}",
+        "https://allowed.example/echo",
+        check=False,
+    )
     connect_code = r.stdout.strip().split(" ")[0]
     assert connect_code != "200", r.stdout + r.stderr
     assert r.returncode != 0
     assert world.upstream_stats("203.0.113.30:443")["connections"] == before
     # (audit lines are written in batches, within AuditLog.FLUSH_SECONDS)
-    wait_for(lambda: any(a["reason"] == "connect-not-allowed" for a in world.audit()), timeout=5,
-             what="audit line for the refused CONNECT")
+    wait_for(
+        lambda: any(a["reason"] == "connect-not-allowed" for a in world.audit()),
+        timeout=5,
+        what="audit line for the refused CONNECT",
+    )
 
 
-@pytest.mark.parametrize("payload, port", [(b"SSH-2.0-OpenSSH_9.2\r\n", 443), (b"\x00\x01binary\xff" * 10, 443),
-                                           (b"hello raw tcp\n", 80)])
+@pytest.mark.parametrize(
+    "payload, port", [(b"SSH-2.0-OpenSSH_9.2\r\n", 443), (b"\x00\x01binary\xff" * 10, 443), (b"hello raw tcp\n", 80)]
+)
 def test_raw_tcp_on_intercepted_ports_never_reaches_upstream(world, payload, port):
     listener = f"203.0.113.99:{port}"
     # control: the counter does count a direct connection (from the node, not redirected)
     ctl = world.upstream_stats(listener)["connections"]
-    world.node.run(PY, "-c", f"import socket; s=socket.create_connection(('203.0.113.99', {port}), 3); "
-                             f"s.sendall(b'x'); s.close()", timeout=10)
+    world.node.run(
+        PY,
+        "-c",
+        f"import socket; s=socket.create_connection(('203.0.113.99', {port}), 3); s.sendall(b'x'); s.close()",
+        timeout=10,
+    )
     wait_for(lambda: world.upstream_stats(listener)["connections"] == ctl + 1, timeout=5, what="control connection")
     before = ctl + 1
     code = f"""
@@ -381,11 +575,13 @@ except OSError as e:
 
 def test_metadata_server_is_denied_by_name_and_by_address(world):
     before = world.upstream_stats("169.254.169.254:80")["requests"]
-    status, _, headers, _ = world.curl("-H", "Metadata-Flavor: Google",
-                                       "http://metadata.google.internal/computeMetadata/v1/project/project-id")
+    status, _, headers, _ = world.curl(
+        "-H", "Metadata-Flavor: Google", "http://metadata.google.internal/computeMetadata/v1/project/project-id"
+    )
     assert status == 418 and headers["x-tproxy-reason"] == "denied-range"
-    status, _, headers, _ = world.curl("-H", "Metadata-Flavor: Google",
-                                       "http://169.254.169.254/computeMetadata/v1/project/project-id")
+    status, _, headers, _ = world.curl(
+        "-H", "Metadata-Flavor: Google", "http://169.254.169.254/computeMetadata/v1/project/project-id"
+    )
     assert status == 418
     assert world.upstream_stats("169.254.169.254:80")["requests"] == before
 
@@ -420,13 +616,15 @@ def _blocked(world, answer, test_id, reason):
     """418 with ``reason``, the same reason in the audit line, and nothing reached the upstream."""
     assert answer["status"] == 418, answer
     assert answer["headers"]["x-tproxy-reason"] == reason
-    wait_for(lambda: any(a["reason"] == reason and test_id in (a["path"] or "") for a in world.audit()),
-             timeout=5, what=f"audit line {reason} for {test_id}")
+    wait_for(
+        lambda: any(a["reason"] == reason and test_id in (a["path"] or "") for a in world.audit()),
+        timeout=5,
+        what=f"audit line {reason} for {test_id}",
+    )
     assert world.recorded(test_id) == []
 
 
-@pytest.mark.parametrize("port, target", [(443, "https://www.google.com/echo?t={id}"),
-                                          (80, "http://www.google.com/echo?t={id}")])
+@pytest.mark.parametrize("port, target", [(443, "https://www.google.com/echo?t={id}"), (80, "http://www.google.com/echo?t={id}")])
 def test_absolute_form_naming_a_refused_host_is_blocked(world, port, target):
     # Host and SNI name the allowed host; the origin would serve the target's host (RFC 9112 3.2.2)
     test_id = f"abs-refused-{port}"
@@ -434,15 +632,18 @@ def test_absolute_form_naming_a_refused_host_is_blocked(world, port, target):
     _blocked(world, answer, test_id, "authority-host-mismatch")
 
 
-@pytest.mark.parametrize("port, target, host", [
-    (443, "https://allowed.example/echo?t={id}", "allowed.example"),
-    (443, "https://ALLOWED.Example/echo?t={id}", "allowed.example"),
-    (443, "https://allowed.example./echo?t={id}", "Allowed.Example."),
-    (443, "https://allowed.example:443/echo?t={id}", "allowed.example"),
-    (443, "https://allowed.example/echo?t={id}", "allowed.example:443"),
-    (80, "http://allowed.example/echo?t={id}", "allowed.example"),
-    (80, "http://Allowed.Example.:80/echo?t={id}", "allowed.example"),
-])
+@pytest.mark.parametrize(
+    "port, target, host",
+    [
+        (443, "https://allowed.example/echo?t={id}", "allowed.example"),
+        (443, "https://ALLOWED.Example/echo?t={id}", "allowed.example"),
+        (443, "https://allowed.example./echo?t={id}", "Allowed.Example."),
+        (443, "https://allowed.example:443/echo?t={id}", "allowed.example"),
+        (443, "https://allowed.example/echo?t={id}", "allowed.example:443"),
+        (80, "http://allowed.example/echo?t={id}", "allowed.example"),
+        (80, "http://Allowed.Example.:80/echo?t={id}", "allowed.example"),
+    ],
+)
 def test_absolute_form_naming_the_allowed_host_reaches_the_origin_in_origin_form(world, port, target, host):
     test_id = f"abs-allowed-{port}-{target.split('/')[2]}-{host}"
     answer = world.raw(_http1(target.format(id=test_id), test_id, host=host), port=port)
@@ -454,12 +655,15 @@ def test_absolute_form_naming_the_allowed_host_reaches_the_origin_in_origin_form
     assert seen["sni"] == ("allowed.example" if port == 443 else None)
 
 
-@pytest.mark.parametrize("port, target, reason", [
-    (443, "http://allowed.example/echo?t={id}", "authority-scheme-mismatch"),     # http target inside TLS
-    (80, "https://allowed.example/echo?t={id}", "authority-scheme-mismatch"),     # https target in clear text
-    (443, "https://allowed.example:8443/echo?t={id}", "authority-port-mismatch"),  # another port than dialled
-    (80, "http://allowed.example:8080/echo?t={id}", "authority-port-mismatch"),
-])
+@pytest.mark.parametrize(
+    "port, target, reason",
+    [
+        (443, "http://allowed.example/echo?t={id}", "authority-scheme-mismatch"),  # http target inside TLS
+        (80, "https://allowed.example/echo?t={id}", "authority-scheme-mismatch"),  # https target in clear text
+        (443, "https://allowed.example:8443/echo?t={id}", "authority-port-mismatch"),  # another port than dialled
+        (80, "http://allowed.example:8080/echo?t={id}", "authority-port-mismatch"),
+    ],
+)
 def test_absolute_form_with_another_scheme_or_port_than_the_connection_is_blocked(world, port, target, reason):
     test_id = f"abs-{reason}-{port}"
     _blocked(world, world.raw(_http1(target.format(id=test_id), test_id), port=port), test_id, reason)
@@ -474,15 +678,29 @@ def test_absolute_form_with_another_port_than_the_host_header_is_blocked(world):
 def test_absolute_form_naming_a_refused_host_is_blocked_in_http2(world):
     # HTTP/2 has no absolute-form; a :path that is not a path would reach an HTTP/1 origin as one
     test_id = "h2-absolute-path"
-    answer = world.raw(h2=[[":method", "GET"], [":scheme", "https"], [":authority", "allowed.example"],
-                           [":path", f"https://www.google.com/echo?t={test_id}"], ["x-test-id", test_id]])
+    answer = world.raw(
+        h2=[
+            [":method", "GET"],
+            [":scheme", "https"],
+            [":authority", "allowed.example"],
+            [":path", f"https://www.google.com/echo?t={test_id}"],
+            ["x-test-id", test_id],
+        ]
+    )
     _blocked(world, answer, test_id, "invalid-target")
 
 
 def test_http2_authority_decides_and_reaches_the_origin_as_host_in_origin_form(world):
     test_id = "h2-origin-form"
-    answer = world.raw(h2=[[":method", "GET"], [":scheme", "https"], [":authority", "Allowed.Example."],
-                           [":path", f"/echo?t={test_id}"], ["x-test-id", test_id]])
+    answer = world.raw(
+        h2=[
+            [":method", "GET"],
+            [":scheme", "https"],
+            [":authority", "Allowed.Example."],
+            [":path", f"/echo?t={test_id}"],
+            ["x-test-id", test_id],
+        ]
+    )
     assert answer["status"] == 200, answer
     [seen] = world.recorded(test_id)
     assert (seen["request_line"], seen["host"]) == (f"GET /echo?t={test_id} HTTP/1.1", "allowed.example")
@@ -490,16 +708,31 @@ def test_http2_authority_decides_and_reaches_the_origin_as_host_in_origin_form(w
 
 def test_http2_authority_naming_another_host_than_sni_is_blocked(world):
     test_id = "h2-sni-authority"
-    answer = world.raw(h2=[[":method", "GET"], [":scheme", "https"], [":authority", "www.google.com"],
-                           [":path", f"/echo?t={test_id}"], ["x-test-id", test_id]])
+    answer = world.raw(
+        h2=[
+            [":method", "GET"],
+            [":scheme", "https"],
+            [":authority", "www.google.com"],
+            [":path", f"/echo?t={test_id}"],
+            ["x-test-id", test_id],
+        ]
+    )
     _blocked(world, answer, test_id, "sni-host-mismatch")
 
 
 def test_http2_host_header_disagreeing_with_authority_never_reaches_the_origin(world):
     # mitmproxy refuses the stream (validate_inbound_headers); were that off, the Host would be rewritten
     test_id = "h2-host-vs-authority"
-    answer = world.raw(h2=[[":method", "GET"], [":scheme", "https"], [":authority", "allowed.example"],
-                           [":path", f"/echo?t={test_id}"], ["host", "www.google.com"], ["x-test-id", test_id]])
+    answer = world.raw(
+        h2=[
+            [":method", "GET"],
+            [":scheme", "https"],
+            [":authority", "allowed.example"],
+            [":path", f"/echo?t={test_id}"],
+            ["host", "www.google.com"],
+            ["x-test-id", test_id],
+        ]
+    )
     assert answer["status"] != 200, answer
     assert world.recorded(test_id) == []
 
@@ -507,8 +740,15 @@ def test_http2_host_header_disagreeing_with_authority_never_reaches_the_origin(w
 def test_http2_scheme_is_the_connections_not_the_clients(world):
     # ":scheme: http" inside TLS: decided, dialled and forwarded as https (mitmproxy replaces it)
     test_id = "h2-scheme"
-    answer = world.raw(h2=[[":method", "GET"], [":scheme", "http"], [":authority", "allowed.example"],
-                           [":path", f"/echo?t={test_id}"], ["x-test-id", test_id]])
+    answer = world.raw(
+        h2=[
+            [":method", "GET"],
+            [":scheme", "http"],
+            [":authority", "allowed.example"],
+            [":path", f"/echo?t={test_id}"],
+            ["x-test-id", test_id],
+        ]
+    )
     assert answer["status"] == 200, answer
     [seen] = world.recorded(test_id)
     assert (seen["listener"], seen["sni"]) == (f"{NAMES['allowed.example']}:443", "allowed.example")
@@ -518,8 +758,9 @@ def test_http2_scheme_is_the_connections_not_the_clients(world):
 
 def test_two_host_headers_never_reach_the_origin(world):
     test_id = "two-hosts"
-    raw = _http1(f"/echo?t={test_id}", test_id).replace("Host: allowed.example\r\n",
-                                                         "Host: allowed.example\r\nHost: www.google.com\r\n")
+    raw = _http1(f"/echo?t={test_id}", test_id).replace(
+        "Host: allowed.example\r\n", "Host: allowed.example\r\nHost: www.google.com\r\n"
+    )
     _blocked(world, world.raw(raw), test_id, "multiple-host-headers")
 
 
@@ -528,8 +769,7 @@ def test_options_asterisk_inside_tls_is_forwarded_as_asterisk_form(world):
     answer = world.raw(_http1("*", test_id, method="OPTIONS"))
     assert answer["status"] == 200, answer
     [seen] = world.recorded(test_id)
-    assert (seen["request_line"], seen["host"], seen["sni"]) == \
-        ("OPTIONS * HTTP/1.1", "allowed.example", "allowed.example")
+    assert (seen["request_line"], seen["host"], seen["sni"]) == ("OPTIONS * HTTP/1.1", "allowed.example", "allowed.example")
 
 
 def test_asterisk_target_with_another_method_is_blocked(world):
@@ -546,8 +786,11 @@ def test_connect_inside_tls_is_refused_and_never_tunnels(world):
     assert answer["status"] == 400, answer
     assert world.recorded(test_id) == []
     assert world.upstream_stats("203.0.113.10:443")["connections"] == before
-    wait_for(lambda: any(a["reason"] == "connect-not-allowed" and a["sni"] == "allowed.example"
-                         for a in world.audit()), timeout=5, what="audit line for CONNECT inside TLS")
+    wait_for(
+        lambda: any(a["reason"] == "connect-not-allowed" and a["sni"] == "allowed.example" for a in world.audit()),
+        timeout=5,
+        what="audit line for CONNECT inside TLS",
+    )
 
 
 def test_https_original_destination_is_ignored_for_the_policy_hosts_address(world):
@@ -583,8 +826,21 @@ def test_standard_mode_allows_https_through_connect(world):
 
 
 def test_standard_mode_refuses_connect_to_blocked_host(world):
-    r = world.pod.run("curl", "-sS", "-m", "5", *STD, "--cacert", world.mitm_ca, "-o", "/dev/null",
-                      "-w", "%{http_connect}", "https://www.google.com/", check=False)
+    r = world.pod.run(
+        "curl",
+        "-sS",
+        "-m",
+        "5",
+        *STD,
+        "--cacert",
+        world.mitm_ca,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_connect}",
+        "https://www.google.com/",
+        check=False,
+    )
     assert r.stdout.strip() == "418" and r.returncode != 0
 
 
@@ -594,6 +850,7 @@ def _std_blocked(world, answer, test_id, reason):
     def line():
         with open(world.std_audit_file) as f:
             return any(a["reason"] == reason and test_id in (a["path"] or "") for a in map(json.loads, f))
+
     wait_for(line, timeout=5, what=f"standard-mode audit line {reason}")
     assert world.recorded(test_id) == []
 
@@ -606,8 +863,7 @@ def test_standard_mode_absolute_form_naming_another_host_than_host_header_is_blo
 
 def test_standard_mode_absolute_form_reaches_the_origin_in_origin_form(world):
     test_id = "std-abs-ok"
-    answer = world.raw(_http1(f"http://ALLOWED.example.:80/echo?t={test_id}", test_id), dest="198.18.1.1",
-                       port=1080)
+    answer = world.raw(_http1(f"http://ALLOWED.example.:80/echo?t={test_id}", test_id), dest="198.18.1.1", port=1080)
     assert answer["status"] == 200, answer
     [seen] = world.recorded(test_id)
     assert (seen["request_line"], seen["host"]) == (f"GET /echo?t={test_id} HTTP/1.1", "allowed.example")
@@ -615,15 +871,25 @@ def test_standard_mode_absolute_form_reaches_the_origin_in_origin_form(world):
 
 def test_standard_mode_absolute_form_inside_a_tunnel_naming_another_host_is_blocked(world):
     test_id = "std-tunnel-abs"
-    answer = world.raw(_http1(f"https://www.google.com/echo?t={test_id}", test_id), dest="198.18.1.1",
-                       port=1080, tls=True, tunnel="allowed.example:443")
+    answer = world.raw(
+        _http1(f"https://www.google.com/echo?t={test_id}", test_id),
+        dest="198.18.1.1",
+        port=1080,
+        tls=True,
+        tunnel="allowed.example:443",
+    )
     _std_blocked(world, answer, test_id, "authority-host-mismatch")
 
 
 def test_standard_mode_absolute_form_inside_a_tunnel_reaches_the_origin_in_origin_form(world):
     test_id = "std-tunnel-ok"
-    answer = world.raw(_http1(f"https://allowed.example/echo?t={test_id}", test_id), dest="198.18.1.1",
-                       port=1080, tls=True, tunnel="allowed.example:443")
+    answer = world.raw(
+        _http1(f"https://allowed.example/echo?t={test_id}", test_id),
+        dest="198.18.1.1",
+        port=1080,
+        tls=True,
+        tunnel="allowed.example:443",
+    )
     assert answer["status"] == 200, answer
     [seen] = world.recorded(test_id)
     assert (seen["request_line"], seen["host"]) == (f"GET /echo?t={test_id} HTTP/1.1", "allowed.example")
@@ -642,8 +908,13 @@ def test_standard_mode_absolute_form_without_host_decides(world):
 def test_standard_mode_connect_inside_a_tunnel_is_refused(world):
     test_id = "std-tunnel-connect"
     before = world.upstream_stats("203.0.113.10:443")["connections"]
-    answer = world.raw(_http1("www.google.com:443", test_id, host="www.google.com:443", method="CONNECT"),
-                       dest="198.18.1.1", port=1080, tls=True, tunnel="allowed.example:443")
+    answer = world.raw(
+        _http1("www.google.com:443", test_id, host="www.google.com:443", method="CONNECT"),
+        dest="198.18.1.1",
+        port=1080,
+        tls=True,
+        tunnel="allowed.example:443",
+    )
     assert answer["status"] == 400, answer
     assert world.recorded(test_id) == []
     assert world.upstream_stats("203.0.113.10:443")["connections"] == before
@@ -656,23 +927,33 @@ def test_standard_mode_blocks_plain_http_and_dials_policy_host(world):
 
     def allowed_line():
         with open(world.std_audit_file) as f:
-            return any(a["proxy_mode"] == "regular" and a["decision"] == "allow" and a["host"] == "allowed.example"
-                       for a in (json.loads(x) for x in f if x.strip()))
+            return any(
+                a["proxy_mode"] == "regular" and a["decision"] == "allow" and a["host"] == "allowed.example"
+                for a in (json.loads(x) for x in f if x.strip())
+            )
+
     wait_for(allowed_line, timeout=5, what="standard-mode audit line")  # lines are written in batches
 
 
 # -- probe, audit, streaming --------------------------------------------------------------------
 def test_interception_probe_is_answered_locally(world):
-    status, body, headers, _ = world.curl("-H", f"Host: {probe.PROBE_HOST}", "-H", f"{probe.NONCE_HEADER}: e2e-42",
-                                          f"http://{probe.PROBE_ADDRESS}{probe.PROBE_PATH}")
+    status, body, headers, _ = world.curl(
+        "-H",
+        f"Host: {probe.PROBE_HOST}",
+        "-H",
+        f"{probe.NONCE_HEADER}: e2e-42",
+        f"http://{probe.PROBE_ADDRESS}{probe.PROBE_PATH}",
+    )
     assert status == 200
     assert headers[probe.ANSWER_HEADER.lower()] == "e2e-42"
     assert body.startswith(b"tproxy proxy on")
 
 
 def test_sidecar_verifier_accepts_our_answer(world):
-    r = world.pod_python(f"import sys; sys.path.insert(0, {REPO!r}); from sidecar.verify import probe_once; "
-                         "a = probe_once(3); print(a.outcome, a.detail)")
+    r = world.pod_python(
+        f"import sys; sys.path.insert(0, {REPO!r}); from sidecar.verify import probe_once; "
+        "a = probe_once(3); print(a.outcome, a.detail)"
+    )
     assert r.stdout.startswith("ok"), r.stdout + r.stderr
 
 
@@ -680,10 +961,18 @@ def test_audit_lines_carry_pod_identity(world):
     world.curl("https://storage.googleapis.com/solutions-public-assets/hello.txt?audit=1")
     line = world.audit_for("/solutions-public-assets/hello.txt?audit=1")[-1]
     assert line["client_ip"] == POD4
-    assert (line["pod_namespace"], line["pod_name"], line["pod_service_account"], line["node"]) == \
-        ("default", "debian-app-7d9", "default", "node-e2e")
-    assert (line["decision"], line["status"], line["bytes"], line["sni"]) == \
-        ("allow", 200, len(HELLO_BODY), "storage.googleapis.com")
+    assert (line["pod_namespace"], line["pod_name"], line["pod_service_account"], line["node"]) == (
+        "default",
+        "debian-app-7d9",
+        "default",
+        "node-e2e",
+    )
+    assert (line["decision"], line["status"], line["bytes"], line["sni"]) == (
+        "allow",
+        200,
+        len(HELLO_BODY),
+        "storage.googleapis.com",
+    )
     assert line["rule"] == "rules[0] storage.googleapis.com" and line["upstream"] == "203.0.113.20"
 
 
@@ -692,6 +981,7 @@ def test_large_download_is_streamed_with_flat_memory(world):
         for line in open(f"/proc/{world.mitm.pid}/status"):
             if line.startswith(field + ":"):
                 return int(line.split()[1])
+
     size = 1024 * 1024 * 1024  # 1 GiB, as the issue asks
     base = rss_kb("VmRSS")
     status, _, _, _ = world.curl("-o", "/dev/null", f"http://allowed.example/bytes/{size}", timeout=120)

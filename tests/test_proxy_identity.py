@@ -1,4 +1,5 @@
 """proxy.identity.IdentityMap: podwatch's identity file, re-read on change, never fatal."""
+
 import json
 import os
 

@@ -1,6 +1,7 @@
 """proxy.mitm, the one adapter to mitmproxy's internals: what it relies on exists, has the type it
 expects and behaves as it expects. A mitmproxy upgrade that moves any of it fails here, loudly, instead
 of silently changing what the proxy dials. (The HTTP/1 parser wrapper: tests/test_proxy_request_target.py.)"""
+
 import ast
 import glob
 import os
@@ -24,8 +25,15 @@ def test_request_data_holds_the_raw_fields_with_their_types():
     req = tutils.treq(host="a.example", port=8080, scheme=b"https", authority=b"a.example:8080", path=b"/x?y")
     data = req.data
     assert isinstance(data, http.RequestData)
-    for name, kind in (("host", str), ("port", int), ("method", bytes), ("scheme", bytes), ("authority", bytes),
-                       ("path", bytes), ("headers", http.Headers)):
+    for name, kind in (
+        ("host", str),
+        ("port", int),
+        ("method", bytes),
+        ("scheme", bytes),
+        ("authority", bytes),
+        ("path", bytes),
+        ("headers", http.Headers),
+    ):
         assert isinstance(getattr(data, name), kind), name
     # the properties are decodings of the raw fields, nothing more
     assert (req.host, req.port, req.method, req.scheme, req.path) == ("a.example", 8080, "GET", "https", "/x?y")
@@ -39,24 +47,32 @@ def test_request_data_writes_are_what_the_properties_read():
     assert req.url.startswith("http://b.example:8443/")
 
 
-@pytest.mark.parametrize("scheme, port, h2, authority", [
-    ("https", 443, False, b""), ("http", 80, False, b""), ("http", 8080, False, b""),
-    ("https", 443, False, b"other.example:443"), ("https", 443, True, b"Other.Example"), ("https", 8443, True, b"x"),
-])
+@pytest.mark.parametrize(
+    "scheme, port, h2, authority",
+    [
+        ("https", 443, False, b""),
+        ("http", 80, False, b""),
+        ("http", 8080, False, b""),
+        ("https", 443, False, b"other.example:443"),
+        ("https", 443, True, b"Other.Example"),
+        ("https", 8443, True, b"x"),
+    ],
+)
 def test_set_host_port_ends_where_mitmproxys_setters_end(scheme, port, h2, authority):
     """Same host, port and Host header / :authority as ``req.host = ...; req.port = ...`` (HTTP/1: the
     absolute-form target is dropped, the setters would keep it)."""
+
     def make():
         req = tutils.treq(scheme=scheme.encode(), port=port, authority=authority, host="client.example")
         req.headers["Host"] = "client.example"
         if h2:
             req.http_version = "HTTP/2.0"
         return req
+
     ours, theirs = make(), make()
     mitm.set_host_port(ours, "policy.example", port)
     theirs.host, theirs.port = "policy.example", port
-    assert (ours.host, ours.port, ours.headers.get_all("Host")) == \
-        (theirs.host, theirs.port, theirs.headers.get_all("Host"))
+    assert (ours.host, ours.port, ours.headers.get_all("Host")) == (theirs.host, theirs.port, theirs.headers.get_all("Host"))
     if h2:
         assert ours.authority == theirs.authority == url.hostport(scheme, "policy.example", port)
     else:
@@ -79,8 +95,8 @@ def test_request_facts_reads_a_transparent_http1_request():
     sc.address = ("203.0.113.9", 443)
     f = tflow.tflow(client_conn=cc, server_conn=sc, req=req)
     assert mitm.request_facts(f, False, "ns") == RequestFacts(
-        "GET", "/p", "https", ["a.example"], "a.example", False, None, False, "203.0.113.9", 443, 443, True,
-        "a.example", "ns")
+        "GET", "/p", "https", ["a.example"], "a.example", False, None, False, "203.0.113.9", 443, 443, True, "a.example", "ns"
+    )
 
 
 def test_request_facts_reads_an_http2_authority():
@@ -133,9 +149,22 @@ def test_every_hook_the_addon_implements_is_a_hook_mitmproxy_dispatches():
     table = mitm.hook_table(TproxyAddon())
     assert set(table) == set(hooks.all_hooks) - {"add_log"}
     implemented = {name for name, fn in table.items() if fn is not None}
-    assert implemented == {"load", "configure", "running", "done", "request", "http_connect", "responseheaders",
-                           "response", "error", "server_connect", "server_connected", "server_connect_error",
-                           "tcp_start", "client_disconnected"}
+    assert implemented == {
+        "load",
+        "configure",
+        "running",
+        "done",
+        "request",
+        "http_connect",
+        "responseheaders",
+        "response",
+        "error",
+        "server_connect",
+        "server_connected",
+        "server_connect_error",
+        "tcp_start",
+        "client_disconnected",
+    }
     # the arguments mitmproxy passes are what the hooks take
     assert [f.name for f in hooks.all_hooks["server_connect"].__dataclass_fields__.values()] == ["data"]
     assert [f.name for f in hooks.all_hooks["request"].__dataclass_fields__.values()] == ["flow"]
@@ -163,8 +192,11 @@ def test_only_the_adapter_uses_mitmproxy_internals(path):
             assert not any(n.startswith(INTERNALS) for n in names), f"{path}:{node.lineno} imports {names}"
         if isinstance(node, ast.Import):
             assert not any(a.name.startswith(INTERNALS) for a in node.names), f"{path}:{node.lineno}"
-        if isinstance(node, ast.Attribute) and node.attr == "data" and (
-                getattr(node.value, "attr", None) == "request" or getattr(node.value, "id", None) in ("req", "request")):
+        if (
+            isinstance(node, ast.Attribute)
+            and node.attr == "data"
+            and (getattr(node.value, "attr", None) == "request" or getattr(node.value, "id", None) in ("req", "request"))
+        ):
             raise AssertionError(f"{path}:{node.lineno}: Request.data outside proxy/mitm.py")
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "__setattr__":
             raise AssertionError(f"{path}:{node.lineno}: __setattr__ outside proxy/mitm.py")

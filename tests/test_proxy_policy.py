@@ -1,4 +1,5 @@
 """proxy.policy: parsing, validation messages, indexed matching, address ranges."""
+
 import time
 
 import pytest
@@ -70,8 +71,18 @@ def test_first_matching_rule_is_reported():
 
 def test_default_deny_ranges_cover_private_and_metadata():
     p = pol([])
-    for a in ("10.1.2.3", "172.16.0.1", "192.168.1.1", "127.0.0.1", "169.254.169.254", "100.64.0.1",
-              "::1", "fd00::1", "fe80::1", "::ffff:10.0.0.1"):
+    for a in (
+        "10.1.2.3",
+        "172.16.0.1",
+        "192.168.1.1",
+        "127.0.0.1",
+        "169.254.169.254",
+        "100.64.0.1",
+        "::1",
+        "fd00::1",
+        "fe80::1",
+        "::ffff:10.0.0.1",
+    ):
         assert p.address_denied(a), a
     for a in ("203.0.113.10", "2001:db8::10", "8.8.8.8"):
         assert not p.address_denied(a), a
@@ -89,8 +100,11 @@ def test_custom_deny_ranges_replace_default():
 
 def test_decision_cost_does_not_grow_with_rules():
     small = pol([{"host": f"h{i}.example"} for i in range(10)] + [{"host": "*.wild.example"}])
-    big = pol([{"host": f"h{i}.example"} for i in range(20000)] + [{"host": f"*.w{i}.example"} for i in range(20000)]
-              + [{"host": "*.wild.example"}])
+    big = pol(
+        [{"host": f"h{i}.example"} for i in range(20000)]
+        + [{"host": f"*.w{i}.example"} for i in range(20000)]
+        + [{"host": "*.wild.example"}]
+    )
 
     def cost(p):
         t = time.perf_counter()
@@ -101,6 +115,7 @@ def test_decision_cost_does_not_grow_with_rules():
         return time.perf_counter() - t
 
     import gc
+
     gc.disable()  # a collection landing in one measurement is noise, not decision cost
     try:
         best_small = min(cost(small) for _ in range(5))
@@ -116,25 +131,28 @@ def test_normalize_path_keeps_trailing_slash():
     assert normalize_path("//a") == "/a"
 
 
-@pytest.mark.parametrize("doc, message", [
-    ("[1, 2", "not valid YAML"),
-    ("- a\n- b\n", "must be a mapping"),
-    ("rules: {}\n", "rules: must be a list"),
-    ("mode: strict\nrules: []\n", "mode: 'strict' is not one of"),
-    ("rulez: []\n", r"unknown key\(s\) \['rulez'\]"),
-    ("rules: [3]\n", r"rules\[0\]: must be a mapping"),
-    ("rules: [{paths: [/]}]\n", r"rules\[0\].host: required"),
-    ("rules: [{host: 'a.*.example'}]\n", "only a leading"),
-    ("rules: [{host: '*.10.0.0.1'}]\n", "wildcard cannot apply to an IP"),
-    ("rules: [{host: 'bad host'}]\n", "not a valid hostname"),
-    ("rules: [{host: a.example, paths: [x/]}]\n", "must start with '/'"),
-    ("rules: [{host: a.example, paths: []}]\n", "non-empty list of strings"),
-    ("rules: [{host: a.example, methods: ['GE T']}]\n", "is not an HTTP method"),
-    ("rules: [{host: a.example, schemes: [ftp]}]\n", r"\['ftp'\] not in"),
-    ("rules: [{host: a.example, port: 80}]\n", r"unknown key\(s\) \['port'\]"),
-    ("rules: []\ndeny_ranges: [10.0.0.0/33]\n", r"deny_ranges\[0\]"),
-    ("rules: []\nallow_ranges: 10.0.0.0/8\n", "allow_ranges: must be a list"),
-])
+@pytest.mark.parametrize(
+    "doc, message",
+    [
+        ("[1, 2", "not valid YAML"),
+        ("- a\n- b\n", "must be a mapping"),
+        ("rules: {}\n", "rules: must be a list"),
+        ("mode: strict\nrules: []\n", "mode: 'strict' is not one of"),
+        ("rulez: []\n", r"unknown key\(s\) \['rulez'\]"),
+        ("rules: [3]\n", r"rules\[0\]: must be a mapping"),
+        ("rules: [{paths: [/]}]\n", r"rules\[0\].host: required"),
+        ("rules: [{host: 'a.*.example'}]\n", "only a leading"),
+        ("rules: [{host: '*.10.0.0.1'}]\n", "wildcard cannot apply to an IP"),
+        ("rules: [{host: 'bad host'}]\n", "not a valid hostname"),
+        ("rules: [{host: a.example, paths: [x/]}]\n", "must start with '/'"),
+        ("rules: [{host: a.example, paths: []}]\n", "non-empty list of strings"),
+        ("rules: [{host: a.example, methods: ['GE T']}]\n", "is not an HTTP method"),
+        ("rules: [{host: a.example, schemes: [ftp]}]\n", r"\['ftp'\] not in"),
+        ("rules: [{host: a.example, port: 80}]\n", r"unknown key\(s\) \['port'\]"),
+        ("rules: []\ndeny_ranges: [10.0.0.0/33]\n", r"deny_ranges\[0\]"),
+        ("rules: []\nallow_ranges: 10.0.0.0/8\n", "allow_ranges: must be a list"),
+    ],
+)
 def test_validation_messages(doc, message):
     with pytest.raises(PolicyError, match=message):
         Policy.from_yaml(doc, source="p.yaml")
@@ -177,6 +195,7 @@ def test_configmap_style_symlink_swap_changes_the_signature(tmp_path):
     """Kubernetes updates a mounted ConfigMap by swapping the ..data symlink; stat() must follow it."""
     import os
     from proxy.policy_watch import signature
+
     v1, v2 = tmp_path / "..v1", tmp_path / "..v2"
     v1.mkdir()
     v2.mkdir()
@@ -194,10 +213,21 @@ _paths = st.sampled_from(["/", "/a/", "/a/b", "/b/", "/a/../b/x", "/%61/"])
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.fixed_dictionaries({"host": _patterns}, optional={
-    "paths": st.lists(st.sampled_from(["/a/", "/b/", "/a/b"]), min_size=1, max_size=2),
-    "methods": st.lists(st.sampled_from(["GET", "POST"]), min_size=1, max_size=2)}), max_size=8),
-    _names, _paths, st.sampled_from(["GET", "POST", "PUT"]))
+@given(
+    st.lists(
+        st.fixed_dictionaries(
+            {"host": _patterns},
+            optional={
+                "paths": st.lists(st.sampled_from(["/a/", "/b/", "/a/b"]), min_size=1, max_size=2),
+                "methods": st.lists(st.sampled_from(["GET", "POST"]), min_size=1, max_size=2),
+            },
+        ),
+        max_size=8,
+    ),
+    _names,
+    _paths,
+    st.sampled_from(["GET", "POST", "PUT"]),
+)
 def test_decide_matches_a_linear_scan_with_paths_and_methods(rules, host, path, method):
     """The index, the per-host memo and the lazy path normalisation give the same first match as
     checking every rule in order against the normalised path."""
@@ -206,8 +236,11 @@ def test_decide_matches_a_linear_scan_with_paths_and_methods(rules, host, path, 
     expected = None
     for i, r in enumerate(rules):
         covers = host.endswith("." + r["host"][2:]) if r["host"].startswith("*.") else host == r["host"]
-        if covers and method in r.get("methods", [method]) and \
-                any(npath.startswith(normalize_path(x)) for x in r.get("paths", ["/"])):
+        if (
+            covers
+            and method in r.get("methods", [method])
+            and any(npath.startswith(normalize_path(x)) for x in r.get("paths", ["/"]))
+        ):
             expected = i
             break
     for _ in range(2):  # the second decision comes from the memo

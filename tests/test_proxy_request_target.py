@@ -1,5 +1,6 @@
 """proxy.request_target: the HTTP/1 request target as the client wrote it, kept past mitmproxy's
 transparent mode. These tests fail loudly when a mitmproxy upgrade moves what the adapter wraps."""
+
 import inspect
 
 import pytest
@@ -31,12 +32,15 @@ def test_install_is_idempotent():
     assert http1.read_request_head is wrapped
 
 
-@pytest.mark.parametrize("line, target", [
-    (b"GET https://b.example/x?y HTTP/1.1", ("https", "b.example", 443)),
-    (b"GET http://b.example/x HTTP/1.1", ("http", "b.example", 80)),
-    (b"GET HTTP://B.example:8080/x HTTP/1.1", ("http", "B.example", 8080)),
-    (b"GET https://b.example.:443/ HTTP/1.1", ("https", "b.example.", 443)),
-])
+@pytest.mark.parametrize(
+    "line, target",
+    [
+        (b"GET https://b.example/x?y HTTP/1.1", ("https", "b.example", 443)),
+        (b"GET http://b.example/x HTTP/1.1", ("http", "b.example", 80)),
+        (b"GET HTTP://B.example:8080/x HTTP/1.1", ("http", "B.example", 8080)),
+        (b"GET https://b.example.:443/ HTTP/1.1", ("https", "b.example.", 443)),
+    ],
+)
 def test_absolute_form_keeps_scheme_host_and_port(line, target):
     assert request_target.absolute_target(parse(line)) == target
 

@@ -1,5 +1,6 @@
 """Scoped policy (proxy/scopes.py), namespace policies and the ceiling (proxy/delegated.py), and
 ``python -m proxy.policy explain`` (proxy/explain.py): precedence, bounds, bad input."""
+
 from __future__ import annotations
 
 import subprocess
@@ -44,9 +45,22 @@ def scoped():
 
 
 def facts(host: str, method: str = "GET", namespace: str | None = None) -> RequestFacts:
-    return RequestFacts(method=method, path="/", scheme="https", host_headers=[host], authority="", http2=False,
-                        absolute_target=None, regular=False, request_host=host, request_port=443,
-                        destination_port=443, client_tls=True, sni=host, namespace=namespace)
+    return RequestFacts(
+        method=method,
+        path="/",
+        scheme="https",
+        host_headers=[host],
+        authority="",
+        http2=False,
+        absolute_target=None,
+        regular=False,
+        request_host=host,
+        request_port=443,
+        destination_port=443,
+        client_tls=True,
+        sni=host,
+        namespace=namespace,
+    )
 
 
 def verdict(scoped, host, namespace="", sa="", labels=None, method="GET", mine=None):
@@ -55,11 +69,14 @@ def verdict(scoped, host, namespace="", sa="", labels=None, method="GET", mine=N
 
 
 # -- backwards compatibility ---------------------------------------------------------------------------
-@pytest.mark.parametrize("text", [
-    "rules: [{host: a.example, namespaces: [x]}]\n",
-    "mode: report\nrules: []\ndeny_ranges: [10.0.0.0/8]\nallow_ranges: [10.1.0.0/16]\n",
-    "",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "rules: [{host: a.example, namespaces: [x]}]\n",
+        "mode: report\nrules: []\ndeny_ranges: [10.0.0.0/8]\nallow_ranges: [10.1.0.0/16]\n",
+        "",
+    ],
+)
 def test_todays_files_load_and_decide_as_before(text):
     if not text:
         pytest.raises(PolicyError, ScopedPolicy.from_yaml, text)  # an empty file was and stays an error
@@ -70,8 +87,9 @@ def test_todays_files_load_and_decide_as_before(text):
     for ns in ("", "x", "y"):
         scope = new.select(ns, "sa", {"a": "b"})
         assert scope.name == "default"
-        assert decide(facts("a.example", namespace=ns or None), scope.policy) == \
-            decide(facts("a.example", namespace=ns or None), old)
+        assert decide(facts("a.example", namespace=ns or None), scope.policy) == decide(
+            facts("a.example", namespace=ns or None), old
+        )
 
 
 # -- precedence ----------------------------------------------------------------------------------------
@@ -99,9 +117,11 @@ def test_service_account_scopes_and_ties(scoped):
     assert scoped.select("payments", "builder").name == "builders-in-payments"
     # payments (namespace, 1 term) and builders (sa, 1 term) tie for a builder pod only when the
     # 2-term scope is absent: the first listed wins
-    tie = ScopedPolicy.from_yaml("rules: []\nscopes:\n"
-                                 " - {name: a, match: {serviceAccounts: [s]}, rules: []}\n"
-                                 " - {name: b, match: {namespaces: [n]}, rules: []}\n")
+    tie = ScopedPolicy.from_yaml(
+        "rules: []\nscopes:\n"
+        " - {name: a, match: {serviceAccounts: [s]}, rules: []}\n"
+        " - {name: b, match: {namespaces: [n]}, rules: []}\n"
+    )
     assert tie.select("n", "s").name == "a"
 
 
@@ -131,21 +151,24 @@ def test_a_namespace_policy_applies_to_its_namespace_only(scoped):
     assert verdict(scoped, "a.evil.example", "team", mine=mine)[1].reason == "denied-host"
 
 
-@pytest.mark.parametrize("text, why", [
-    ("rules: [{host: secret.example}]", "ceiling: rules[0] 'secret.example': the ceiling forbids it"),
-    ("rules: [{host: a.corp.example}]", "the ceiling forbids it (*.corp.example)"),
-    ("rules: [{host: '*.example'}]", "the wildcard covers hosts the ceiling forbids"),
-    ("rules: [{host: '*.x.corp.example'}]", "the wildcard covers hosts the ceiling forbids"),
-    ("rules: [{host: 198.18.0.7}]", "an address in the ceiling's ranges"),
-    ("rules: [{host: 10.1.2.3}]", "an address in the cluster's deny_ranges"),
-    ("mode: open\nrules: []", "mode 'open' is not allowed to namespaces"),
-    ("rules: [{host: a.example, namespaces: [other]}]", "'namespaces' is not allowed"),
-    ("deny_ranges: []\nrules: []", "unknown key(s) ['deny_ranges']"),
-    ("rules: [{host: 'a b'}]", "rules[0].host"),
-    ("rules: [", "not valid YAML"),
-    ("- a\n- b", "must be a mapping"),
-    (None, "no 'policy.yaml' key"),
-])
+@pytest.mark.parametrize(
+    "text, why",
+    [
+        ("rules: [{host: secret.example}]", "ceiling: rules[0] 'secret.example': the ceiling forbids it"),
+        ("rules: [{host: a.corp.example}]", "the ceiling forbids it (*.corp.example)"),
+        ("rules: [{host: '*.example'}]", "the wildcard covers hosts the ceiling forbids"),
+        ("rules: [{host: '*.x.corp.example'}]", "the wildcard covers hosts the ceiling forbids"),
+        ("rules: [{host: 198.18.0.7}]", "an address in the ceiling's ranges"),
+        ("rules: [{host: 10.1.2.3}]", "an address in the cluster's deny_ranges"),
+        ("mode: open\nrules: []", "mode 'open' is not allowed to namespaces"),
+        ("rules: [{host: a.example, namespaces: [other]}]", "'namespaces' is not allowed"),
+        ("deny_ranges: []\nrules: []", "unknown key(s) ['deny_ranges']"),
+        ("rules: [{host: 'a b'}]", "rules[0].host"),
+        ("rules: [", "not valid YAML"),
+        ("- a\n- b", "must be a mapping"),
+        (None, "no 'policy.yaml' key"),
+    ],
+)
 def test_bad_namespace_policies_are_rejected_with_the_reason(scoped, text, why):
     with pytest.raises(PolicyError) as e:
         delegated.parse(text, "team", scoped, "team/tproxy-egress")
@@ -166,25 +189,27 @@ def test_ceiling_ranges_bound_resolved_addresses(scoped):
 
 
 # -- bad policy files -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("text, why", [
-    ("rules: []\nscopes: {a: b}", "scopes: must be a list"),
-    ("rules: []\nscopes: [{name: a, rules: []}]", "scopes[0] (a).match: required"),
-    ("rules: []\nscopes: [{name: a, match: {}, rules: []}]", "scopes[0] (a).match: required"),
-    ("rules: []\nscopes: [{name: a, match: {pods: [x]}}]", "unknown key(s) ['pods']"),
-    ("rules: []\nscopes: [{name: a, match: {labels: {a: 1}}}]", "labels: must be a non-empty mapping"),
-    ("rules: []\nscopes: [{name: a, match: {namespaces: [x]}, mode: strict}]", "mode: 'strict'"),
-    ("rules: []\nscopes: [{name: a, match: {namespaces: [x]}, rules: [{host: '*'}]}]", "scopes[0] (a).rules[0].host"),
-    ("rules: []\nscopes: [{name: a, match: {namespaces: [x]}}, {name: a, match: {namespaces: [y]}}]",
-     "used twice"),
-    ("rules: []\nscopes: [{name: default, match: {namespaces: [x]}}]", "used twice (or is 'default')"),
-    ("rules: []\nscopes: [{match: {namespaces: [x]}}]", "scopes[0].name: required"),
-    ("rules: []\ndeny_hosts: [a..b]", "deny_hosts[0].host"),
-    ("rules: []\ndeny_hosts: a.example", "deny_hosts: must be a non-empty list"),
-    ("rules: []\ndelegation: {configMap: 3}", "delegation.configMap"),
-    ("rules: []\ndelegation: {ceiling: {ranges: [nope]}}", "delegation.ceiling.ranges[0]"),
-    ("rules: []\ndelegation: {ceiling: {modes: [strict]}}", "delegation.ceiling.modes"),
-    ("rules: []\ndelegation: {ceiling: {hostz: [a]}}", "unknown key(s) ['hostz']"),
-])
+@pytest.mark.parametrize(
+    "text, why",
+    [
+        ("rules: []\nscopes: {a: b}", "scopes: must be a list"),
+        ("rules: []\nscopes: [{name: a, rules: []}]", "scopes[0] (a).match: required"),
+        ("rules: []\nscopes: [{name: a, match: {}, rules: []}]", "scopes[0] (a).match: required"),
+        ("rules: []\nscopes: [{name: a, match: {pods: [x]}}]", "unknown key(s) ['pods']"),
+        ("rules: []\nscopes: [{name: a, match: {labels: {a: 1}}}]", "labels: must be a non-empty mapping"),
+        ("rules: []\nscopes: [{name: a, match: {namespaces: [x]}, mode: strict}]", "mode: 'strict'"),
+        ("rules: []\nscopes: [{name: a, match: {namespaces: [x]}, rules: [{host: '*'}]}]", "scopes[0] (a).rules[0].host"),
+        ("rules: []\nscopes: [{name: a, match: {namespaces: [x]}}, {name: a, match: {namespaces: [y]}}]", "used twice"),
+        ("rules: []\nscopes: [{name: default, match: {namespaces: [x]}}]", "used twice (or is 'default')"),
+        ("rules: []\nscopes: [{match: {namespaces: [x]}}]", "scopes[0].name: required"),
+        ("rules: []\ndeny_hosts: [a..b]", "deny_hosts[0].host"),
+        ("rules: []\ndeny_hosts: a.example", "deny_hosts: must be a non-empty list"),
+        ("rules: []\ndelegation: {configMap: 3}", "delegation.configMap"),
+        ("rules: []\ndelegation: {ceiling: {ranges: [nope]}}", "delegation.ceiling.ranges[0]"),
+        ("rules: []\ndelegation: {ceiling: {modes: [strict]}}", "delegation.ceiling.modes"),
+        ("rules: []\ndelegation: {ceiling: {hostz: [a]}}", "unknown key(s) ['hostz']"),
+    ],
+)
 def test_bad_policy_files_are_rejected_with_the_place(text, why):
     with pytest.raises(PolicyError) as e:
         ScopedPolicy.from_yaml(text, source="p.yaml")
@@ -193,15 +218,15 @@ def test_bad_policy_files_are_rejected_with_the_place(text, why):
 
 # -- explain -------------------------------------------------------------------------------------------
 def explain(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "proxy.policy", "explain", *args], capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "proxy.policy", "explain", *args], capture_output=True, text=True, timeout=60)
 
 
 def test_explain_names_the_scope_and_the_rule(tmp_path):
     p = tmp_path / "policy.yaml"
     p.write_text(POLICY)
-    r = explain("--policy", str(p), "--namespace", "payments", "--labels", "app=api,tier=web",
-                "https://api.psp.example/v1/charge")
+    r = explain(
+        "--policy", str(p), "--namespace", "payments", "--labels", "app=api,tier=web", "https://api.psp.example/v1/charge"
+    )
     assert r.returncode == 0, r.stderr
     assert "scope: payments-api (namespace in payments and label app=api; mode enforce" in r.stdout
     assert "decision: allow (reason rule)" in r.stdout and "rule: rules[0] api.psp.example" in r.stdout
@@ -222,12 +247,15 @@ def test_explain_checks_a_namespace_policy_against_the_ceiling(tmp_path):
     assert r.returncode == 2 and "the ceiling forbids it (*.corp.example)" in r.stderr and not r.stdout
 
 
-@pytest.mark.parametrize("content, args, why", [
-    ("rules: [{hots: a}]", ["https://a.example/"], "rules[0]: unknown key(s) ['hots']"),
-    (None, ["https://a.example/"], "cannot read policy"),
-    ("rules: []", ["ftp://a.example/"], "is not an http:// or https:// URL"),
-    ("rules: []", ["--labels", "novalue", "https://a.example/"], "'novalue' is not key=value"),
-])
+@pytest.mark.parametrize(
+    "content, args, why",
+    [
+        ("rules: [{hots: a}]", ["https://a.example/"], "rules[0]: unknown key(s) ['hots']"),
+        (None, ["https://a.example/"], "cannot read policy"),
+        ("rules: []", ["ftp://a.example/"], "is not an http:// or https:// URL"),
+        ("rules: []", ["--labels", "novalue", "https://a.example/"], "'novalue' is not key=value"),
+    ],
+)
 def test_explain_fails_clearly_on_bad_input(tmp_path, content, args, why):
     p = tmp_path / "policy.yaml"
     if content is not None:

@@ -1,4 +1,5 @@
 """The simulated internet (kubesim.upstream + kubesim.testca) on loopback: what other tests rely on."""
+
 import json
 import ssl
 import http.client
@@ -17,14 +18,14 @@ def ca(tmp_path_factory):
 @pytest.fixture(scope="module")
 def upstream(ca):
     # port 0 disables a listener, so pick free ports
-    up = Upstream(["127.0.0.1"], http_port=_free_port(), https_port=_free_port(), cert_dir=ca.directory,
-                  metadata=True).start()
+    up = Upstream(["127.0.0.1"], http_port=_free_port(), https_port=_free_port(), cert_dir=ca.directory, metadata=True).start()
     yield up
     up.stop()
 
 
 def _free_port():
     import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -41,8 +42,7 @@ def _https(up, ca, sni, path, host=None):
     _, port = _ports(up)
     conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=5)
     # connect by IP but present `sni` as server_hostname
-    conn.sock = ctx.wrap_socket(__import__("socket").create_connection(("127.0.0.1", port), 5),
-                                server_hostname=sni)
+    conn.sock = ctx.wrap_socket(__import__("socket").create_connection(("127.0.0.1", port), 5), server_hostname=sni)
     conn.request("GET", path, headers={"Host": host or sni})
     r = conn.getresponse()
     return r.status, r.read()
@@ -97,13 +97,15 @@ def test_bytes_streams_exact_length(upstream):
 def test_metadata_requires_flavor_header(upstream):
     port, _ = _ports(upstream)
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    conn.request("GET", "/computeMetadata/v1/instance/service-accounts/default/token",
-                  headers={"Host": "169.254.169.254"})
+    conn.request("GET", "/computeMetadata/v1/instance/service-accounts/default/token", headers={"Host": "169.254.169.254"})
     r = conn.getresponse()
     assert r.status == 403
     r.read()
-    conn.request("GET", "/computeMetadata/v1/instance/service-accounts/default/token",
-                 headers={"Host": "metadata.google.internal", "Metadata-Flavor": "Google"})
+    conn.request(
+        "GET",
+        "/computeMetadata/v1/instance/service-accounts/default/token",
+        headers={"Host": "metadata.google.internal", "Metadata-Flavor": "Google"},
+    )
     r = conn.getresponse()
     assert r.status == 200 and "access_token" in json.loads(r.read())
 
@@ -123,6 +125,7 @@ def test_https_without_cert_dir_is_a_clear_error():
 
 def test_ipv6_bind_and_no_sni_default_certificate_for_the_address(ca):
     import socket
+
     with socket.socket(socket.AF_INET6) as s:
         s.bind(("::1", 0))
         port = s.getsockname()[1]
@@ -139,6 +142,7 @@ def test_ipv6_bind_and_no_sni_default_certificate_for_the_address(ca):
 
 def _raw(port, raw: bytes) -> bytes:
     import socket
+
     with socket.create_connection(("127.0.0.1", port), 5) as s:
         s.sendall(raw)
         data = b""
@@ -150,30 +154,38 @@ def _raw(port, raw: bytes) -> bytes:
 def test_absolute_form_target_picks_the_virtual_host_over_the_host_header(upstream):
     # as nginx does (RFC 9112 3.2.2): what a proxy forwarding the target verbatim would expose
     port, _ = _ports(upstream)
-    data = _raw(port, b"GET http://www.google.com/ HTTP/1.1\r\nHost: storage.googleapis.com\r\n"
-                      b"Connection: close\r\n\r\n")
+    data = _raw(port, b"GET http://www.google.com/ HTTP/1.1\r\nHost: storage.googleapis.com\r\nConnection: close\r\n\r\n")
     assert data.startswith(b"HTTP/1.1 200") and b"simulated www.google.com" in data
-    data = _raw(port, b"GET http://storage.googleapis.com/solutions-public-assets/hello.txt?x HTTP/1.1\r\n"
-                      b"Host: www.google.com\r\nConnection: close\r\n\r\n")
+    data = _raw(
+        port,
+        b"GET http://storage.googleapis.com/solutions-public-assets/hello.txt?x HTTP/1.1\r\n"
+        b"Host: www.google.com\r\nConnection: close\r\n\r\n",
+    )
     assert data.endswith(HELLO_BODY)
 
 
 def test_record_mode_keeps_raw_request_lines_host_and_sni(ca):
     http_port, https_port = _free_port(), _free_port()
-    up = Upstream(["127.0.0.1"], http_port=http_port, https_port=https_port, cert_dir=ca.directory,
-                  record=True).start()
+    up = Upstream(["127.0.0.1"], http_port=http_port, https_port=https_port, cert_dir=ca.directory, record=True).start()
     try:
         _raw(http_port, b"OPTIONS * HTTP/1.1\r\nHost: a.example\r\nX-Test-Id: t1\r\nConnection: close\r\n\r\n")
-        _raw(http_port, b"GET https://b.example/x?y HTTP/1.1\r\nHost: a.example\r\nX-Test-Id: t2\r\n"
-                        b"Connection: close\r\n\r\n")
+        _raw(http_port, b"GET https://b.example/x?y HTTP/1.1\r\nHost: a.example\r\nX-Test-Id: t2\r\nConnection: close\r\n\r\n")
         _https(up, ca, "www.google.com", "/echo")
         conn = http.client.HTTPConnection("127.0.0.1", http_port, timeout=5)
         conn.request("GET", "/.upstream/requests")
         seen = json.loads(conn.getresponse().read())
-        assert seen[0] == {"listener": f"127.0.0.1:{http_port}", "request_line": "OPTIONS * HTTP/1.1",
-                           "host": "a.example", "sni": None, "test_id": "t1"}
+        assert seen[0] == {
+            "listener": f"127.0.0.1:{http_port}",
+            "request_line": "OPTIONS * HTTP/1.1",
+            "host": "a.example",
+            "sni": None,
+            "test_id": "t1",
+        }
         assert (seen[1]["request_line"], seen[1]["test_id"]) == ("GET https://b.example/x?y HTTP/1.1", "t2")
-        assert (seen[2]["request_line"], seen[2]["sni"], seen[2]["listener"]) == \
-            ("GET /echo HTTP/1.1", "www.google.com", f"127.0.0.1:{https_port}")
+        assert (seen[2]["request_line"], seen[2]["sni"], seen[2]["listener"]) == (
+            "GET /echo HTTP/1.1",
+            "www.google.com",
+            f"127.0.0.1:{https_port}",
+        )
     finally:
         up.stop()

@@ -6,6 +6,7 @@ dead), kubesim's upstream in an internet netns. The policy allows only storage.g
 request to www.google.com answered 200 would have gone *around* the proxy (the upstream answers it),
 418 is the proxy, and a reset/refused connection is the dead worker's port failing closed.
 """
+
 from __future__ import annotations
 
 import json
@@ -65,18 +66,48 @@ class Node:
             yaml.safe_dump({"rules": [{"host": "storage.googleapis.com"}]}, f)
         identity = os.path.join(self.tmp, "identity.json")
         with open(identity, "w") as f:
-            pods = {f"10.{i // 250}.{i % 250}.7": {"namespace": f"ns-{i}", "name": f"pod-{i}", "serviceAccount": "sa"}
-                    for i in range(other_pods)}
+            pods = {
+                f"10.{i // 250}.{i % 250}.7": {"namespace": f"ns-{i}", "name": f"pod-{i}", "serviceAccount": "sa"}
+                for i in range(other_pods)
+            }
             pods[CLIENT_IP] = {"namespace": "shop", "name": "web-1", "serviceAccount": "web"}
             json.dump({"version": 1, "node": "n1", "pods": pods}, f)
         self.stderr = open(os.path.join(self.tmp, "supervisor.err"), "wb")
-        argv = [sys.executable, "-m", "proxy.workers", "--workers", str(workers), "--port", str(PORT),
-                "--metrics-port", "9182", "--audit", self.audit, "--ports-file", self.ports_file, *extra, "--",
-                "--mode", "transparent", "-s", os.path.join(REPO, "proxy", "addon.py"),
-                "--set", f"confdir={os.path.join(self.tmp, 'mitm')}", "--set", "connection_strategy=lazy",
-                "--set", "flow_detail=0", "--set", "termlog_verbosity=error",
-                "--set", f"tproxy_policy={policy}", "--set", f"tproxy_identity={identity}",
-                "--set", "tproxy_audit_flush_ms=0"]
+        argv = [
+            sys.executable,
+            "-m",
+            "proxy.workers",
+            "--workers",
+            str(workers),
+            "--port",
+            str(PORT),
+            "--metrics-port",
+            "9182",
+            "--audit",
+            self.audit,
+            "--ports-file",
+            self.ports_file,
+            *extra,
+            "--",
+            "--mode",
+            "transparent",
+            "-s",
+            os.path.join(REPO, "proxy", "addon.py"),
+            "--set",
+            f"confdir={os.path.join(self.tmp, 'mitm')}",
+            "--set",
+            "connection_strategy=lazy",
+            "--set",
+            "flow_detail=0",
+            "--set",
+            "termlog_verbosity=error",
+            "--set",
+            f"tproxy_policy={policy}",
+            "--set",
+            f"tproxy_identity={identity}",
+            "--set",
+            "tproxy_audit_flush_ms=0",
+        ]
         self.sup = self.topo.node.popen(argv, stdout=subprocess.DEVNULL, stderr=self.stderr, cwd=REPO)
         self.topo.procs.append(self.sup)
 
@@ -96,18 +127,24 @@ class Node:
         return out
 
     def node_get(self, path: str) -> tuple[int, str]:
-        code = ("import sys, urllib.request, urllib.error\n"
-                "try:\n r = urllib.request.urlopen('http://127.0.0.1:9182' + sys.argv[1], timeout=5); "
-                "print(r.status); print(r.read().decode(), end='')\n"
-                "except urllib.error.HTTPError as e:\n print(e.code); print(e.read().decode(), end='')\n"
-                "except OSError as e:\n print(0); print(e)\n")
+        code = (
+            "import sys, urllib.request, urllib.error\n"
+            "try:\n r = urllib.request.urlopen('http://127.0.0.1:9182' + sys.argv[1], timeout=5); "
+            "print(r.status); print(r.read().decode(), end='')\n"
+            "except urllib.error.HTTPError as e:\n print(e.code); print(e.read().decode(), end='')\n"
+            "except OSError as e:\n print(0); print(e)\n"
+        )
         out = self.topo.node.run(sys.executable, "-c", code, path, check=False).stdout
         status, _, body = out.partition("\n")
         return int(status or 0), body
 
     def wait_ready(self, n: int) -> None:
-        wait_for(lambda: self.node_get("/readyz") == (200, f"{n}/{n} proxy workers ready\n"),
-                 timeout=60, interval=0.2, what=f"{n} workers ready; log: {self.log()[-2000:]}")
+        wait_for(
+            lambda: self.node_get("/readyz") == (200, f"{n}/{n} proxy workers ready\n"),
+            timeout=60,
+            interval=0.2,
+            what=f"{n} workers ready; log: {self.log()[-2000:]}",
+        )
 
     def redirect(self) -> None:
         with open(self.ports_file) as f:
@@ -149,8 +186,10 @@ def worker_requests(node: Node) -> list[float]:
     """Allowed requests per worker, from each worker's own (private) metrics port."""
     out = []
     for rec in node.events("worker_started")[:2]:
-        code = ("import sys, urllib.request; print(urllib.request.urlopen("
-                "f'http://127.0.0.1:{sys.argv[1]}/metrics', timeout=5).read().decode())")
+        code = (
+            "import sys, urllib.request; print(urllib.request.urlopen("
+            "f'http://127.0.0.1:{sys.argv[1]}/metrics', timeout=5).read().decode())"
+        )
         text = node.topo.node.run(sys.executable, "-c", code, str(rec["metrics_port"])).stdout
         out.append(metric(text, 'tproxy_requests_total{decision="allow",host="storage.googleapis.com"}'))
     return out
@@ -176,17 +215,20 @@ def test_two_workers_share_the_load_one_audit_and_one_metrics_endpoint(node):
     lines = [json.loads(ln) for ln in open(n.audit)]
     assert len(lines) == 40
     assert {(ln["pod_namespace"], ln["pod_name"], ln["decision"], ln["status"]) for ln in lines} == {
-        ("shop", "web-1", "allow", 200)}
+        ("shop", "web-1", "allow", 200)
+    }
 
 
 def test_every_worker_answers_the_interception_probe(node):
     n = node(workers=2)
     n.wait_ready(2)
     n.redirect()
-    probe = ("import json, urllib.request\nout = []\nfor i in range(16):\n"
-             " r = urllib.request.urlopen(urllib.request.Request('http://192.0.2.1/.tproxy/probe', "
-             "headers={'X-Tproxy-Probe-Nonce': f'n{i}'}), timeout=10)\n"
-             " out.append([r.status, r.headers['X-Tproxy-Probe']])\nprint(json.dumps(out))\n")
+    probe = (
+        "import json, urllib.request\nout = []\nfor i in range(16):\n"
+        " r = urllib.request.urlopen(urllib.request.Request('http://192.0.2.1/.tproxy/probe', "
+        "headers={'X-Tproxy-Probe-Nonce': f'n{i}'}), timeout=10)\n"
+        " out.append([r.status, r.headers['X-Tproxy-Probe']])\nprint(json.dumps(out))\n"
+    )
     out = json.loads(n.topo.client.run(sys.executable, "-c", probe).stdout)
     assert out == [[200, f"n{i}"] for i in range(16)]
     status, text = n.node_get("/metrics")
@@ -216,8 +258,9 @@ def test_a_dead_worker_is_restarted_and_serves_again(node):
     n.wait_ready(2)
     n.redirect()
     os.kill(n.events("worker_started")[1]["pid"], signal.SIGKILL)
-    wait_for(lambda: len(n.events("worker_ready")) >= 3, timeout=60, interval=0.2,
-             what=f"worker 1 ready again; log: {n.log()[-2000:]}")
+    wait_for(
+        lambda: len(n.events("worker_ready")) >= 3, timeout=60, interval=0.2, what=f"worker 1 ready again; log: {n.log()[-2000:]}"
+    )
     n.wait_ready(2)
     assert n.requests("www.google.com", 20) == [418] * 20
     status, text = n.node_get("/metrics")
@@ -226,9 +269,13 @@ def test_a_dead_worker_is_restarted_and_serves_again(node):
 
 
 def _supervise(tmp_path, *args: str, worker_args: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "proxy.workers", "--ports-file", str(tmp_path / "ports"),
-                           *args, "--", *worker_args], capture_output=True, text=True, cwd=REPO,
-                          timeout=scaled(120))
+    return subprocess.run(
+        [sys.executable, "-m", "proxy.workers", "--ports-file", str(tmp_path / "ports"), *args, "--", *worker_args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=scaled(120),
+    )
 
 
 def _free_port() -> int:
@@ -237,13 +284,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("args,message", [
-    (("--workers", "999"), "more than the"),
-    (("--workers", "0"), "at least 1"),
-    (("--workers", "many"), "not a number or 'auto'"),
-    (("--workers", "2", "--port", "65535"), "not all TCP ports"),
-    (("--workers", "2", "--port", "30000", "--metrics-port", "30001"), "inside the workers' port range"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (("--workers", "999"), "more than the"),
+        (("--workers", "0"), "at least 1"),
+        (("--workers", "many"), "not a number or 'auto'"),
+        (("--workers", "2", "--port", "65535"), "not all TCP ports"),
+        (("--workers", "2", "--port", "30000", "--metrics-port", "30001"), "inside the workers' port range"),
+    ],
+)
 def test_bad_worker_counts_and_ranges_are_refused_before_anything_starts(tmp_path, args, message):
     p = _supervise(tmp_path, *args)
     assert p.returncode == 2 and message in p.stderr, p.stderr
@@ -268,10 +318,27 @@ def test_options_the_supervisor_owns_are_refused(tmp_path, worker_args):
 
 def test_a_worker_crash_loop_stops_the_supervisor_with_a_clear_error(tmp_path):
     # the addon refuses connection_strategy=eager: every start of the worker exits
-    p = _supervise(tmp_path, "--workers", "1", "--port", str(_free_port()), "--max-start-failures", "2",
-                   "--restart-initial", "0.1",
-                   worker_args=("--mode", "transparent", "-s", os.path.join(REPO, "proxy", "addon.py"),
-                                "--set", "connection_strategy=eager", "--set", f"confdir={tmp_path}/mitm"))
+    p = _supervise(
+        tmp_path,
+        "--workers",
+        "1",
+        "--port",
+        str(_free_port()),
+        "--max-start-failures",
+        "2",
+        "--restart-initial",
+        "0.1",
+        worker_args=(
+            "--mode",
+            "transparent",
+            "-s",
+            os.path.join(REPO, "proxy", "addon.py"),
+            "--set",
+            "connection_strategy=eager",
+            "--set",
+            f"confdir={tmp_path}/mitm",
+        ),
+    )
     assert p.returncode == 1, p.stderr
     assert "worker 0" in p.stderr and "exited 2 times in a row before it was ready" in p.stderr
     assert "tproxy needs connection_strategy=lazy" in p.stderr  # the worker's own reason is in the log
@@ -284,15 +351,18 @@ def test_a_port_range_renders_one_random_redirect_per_pod():
     assert one.rstrip().endswith("-j REDIRECT --to-ports 8080\nCOMMIT")
 
 
-@pytest.mark.parametrize("content,expected,problem", [
-    ("8080-8081\n", "8080-8081", None),
-    ("8080\n", 8080, None),
-    ("9090-9091\n", 8080, "does not start at the host port 8080"),
-    ("8081-8080\n", 8080, "ascending range"),
-    ("8080-9999\n", 8080, "more than 64 ports"),
-    ("garbage", 8080, "not a port or a range"),
-    (None, 8080, "No such file"),
-])
+@pytest.mark.parametrize(
+    "content,expected,problem",
+    [
+        ("8080-8081\n", "8080-8081", None),
+        ("8080\n", 8080, None),
+        ("9090-9091\n", 8080, "does not start at the host port 8080"),
+        ("8081-8080\n", 8080, "ascending range"),
+        ("8080-9999\n", 8080, "more than 64 ports"),
+        ("garbage", 8080, "not a port or a range"),
+        (None, 8080, "No such file"),
+    ],
+)
 def test_podwatch_reads_the_workers_port_range_or_falls_back_to_the_host_port(tmp_path, content, expected, problem):
     path = tmp_path / "ports"
     if content is not None:
@@ -302,15 +372,19 @@ def test_podwatch_reads_the_workers_port_range_or_falls_back_to_the_host_port(tm
     assert (why is None) if problem is None else (problem in why), why
 
 
-@pytest.mark.parametrize("files,expected", [
-    ({"cpu.max": "150000 100000"}, 2),      # cgroup v2 quota of 1.5 CPUs: 2 workers (rounded up)
-    ({"cpu.max": "50000 100000"}, 1),
-    ({"cpu.max": "max 100000"}, None),      # unlimited: the affinity decides
-    ({"cpu/cpu.cfs_quota_us": "100000", "cpu/cpu.cfs_period_us": "100000"}, 1),  # cgroup v1
-    ({"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}, None),
-])
+@pytest.mark.parametrize(
+    "files,expected",
+    [
+        ({"cpu.max": "150000 100000"}, 2),  # cgroup v2 quota of 1.5 CPUs: 2 workers (rounded up)
+        ({"cpu.max": "50000 100000"}, 1),
+        ({"cpu.max": "max 100000"}, None),  # unlimited: the affinity decides
+        ({"cpu/cpu.cfs_quota_us": "100000", "cpu/cpu.cfs_period_us": "100000"}, 1),  # cgroup v1
+        ({"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}, None),
+    ],
+)
 def test_auto_workers_follow_the_cpu_quota_and_the_affinity(tmp_path, files, expected):
     from proxy.cpus import usable_cpus
+
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
@@ -319,8 +393,9 @@ def test_auto_workers_follow_the_cpu_quota_and_the_affinity(tmp_path, files, exp
 
 
 def test_an_unwritable_ports_file_is_a_clear_error(tmp_path):
-    p = _supervise(tmp_path, "--workers", "1", "--port", str(_free_port()), "--ports-file",
-                   str(tmp_path / "missing-dir" / "ports"))
+    p = _supervise(
+        tmp_path, "--workers", "1", "--port", str(_free_port()), "--ports-file", str(tmp_path / "missing-dir" / "ports")
+    )
     assert p.returncode == 2 and "cannot write the ports file for podwatch" in p.stderr, p.stderr
     assert "Traceback" not in p.stderr
 
@@ -357,9 +432,24 @@ def test_policy_reloads_under_load_drop_no_request(node):
     out_path = os.path.join(n.tmp, "load.json")
     with open(out_path, "w") as out:  # a file, not a pipe: the result (with latencies) outgrows a pipe buffer
         load = n.topo.client.popen(
-            [sys.executable, "-m", "bench.loadgen", "http://storage.googleapis.com/solutions-public-assets/hello.txt",
-             "-c", "4", "-d", "6", "--warmup", "0", "--timeout", "10"],
-            stdout=out, stderr=subprocess.DEVNULL, cwd=REPO)
+            [
+                sys.executable,
+                "-m",
+                "bench.loadgen",
+                "http://storage.googleapis.com/solutions-public-assets/hello.txt",
+                "-c",
+                "4",
+                "-d",
+                "6",
+                "--warmup",
+                "0",
+                "--timeout",
+                "10",
+            ],
+            stdout=out,
+            stderr=subprocess.DEVNULL,
+            cwd=REPO,
+        )
     reloads = 0
     while load.poll() is None:
         seen = len(n.events("policy_loaded"))
@@ -367,8 +457,11 @@ def test_policy_reloads_under_load_drop_no_request(node):
         with open(tmp, "w") as f:  # the same allow rule plus a changing one, swapped in atomically
             yaml.safe_dump({"rules": [{"host": "storage.googleapis.com"}, {"host": f"r{reloads}.example.org"}]}, f)
         os.replace(tmp, policy)
-        wait_for(lambda: len(n.events("policy_loaded")) >= seen + 2 or load.poll() is not None, timeout=20,
-                 what="both workers loaded the new policy")
+        wait_for(
+            lambda: len(n.events("policy_loaded")) >= seen + 2 or load.poll() is not None,
+            timeout=20,
+            what="both workers loaded the new policy",
+        )
         if len(n.events("policy_loaded")) >= seen + 2:
             reloads += 1
     assert load.wait() == 0
@@ -390,8 +483,7 @@ def test_a_thousand_pods_identity_entries_audit_the_right_pod(node):
     wait_for(lambda: sum(1 for _ in open(n.audit)) >= 20, timeout=10, what="audit lines")
     lines = [json.loads(ln) for ln in open(n.audit)]
     assert len(lines) == 20
-    assert {(ln["pod_namespace"], ln["pod_name"], ln["pod_service_account"]) for ln in lines} == {
-        ("shop", "web-1", "web")}
+    assert {(ln["pod_namespace"], ln["pod_name"], ln["pod_service_account"]) for ln in lines} == {("shop", "web-1", "web")}
 
 
 def test_node_metrics_sum_traffic_but_not_the_shared_configuration():

@@ -1,4 +1,5 @@
 """The pod egress lock: rendering (pure) and what it does to real packets in a pod namespace."""
+
 from __future__ import annotations
 
 import os
@@ -6,8 +7,7 @@ import subprocess
 
 import pytest
 
-from capture_topology import (DNS_ALLOWED, DNS_FOREIGN, INET4, INET6, PROBE_ENV, REPO, SVC_CIDR,
-                              SVC_IP, CaptureNet)
+from capture_topology import DNS_ALLOWED, DNS_FOREIGN, INET4, INET6, PROBE_ENV, REPO, SVC_CIDR, SVC_IP, CaptureNet
 from sidecar import lock
 
 START = os.path.join(REPO, "sidecar", "start.sh")
@@ -44,17 +44,20 @@ def test_jump_fixup_is_idempotent():
     assert text.count("-D OUTPUT -m comment") == 2 and text.count("-I OUTPUT 1 ") == 1
 
 
-@pytest.mark.parametrize("var,value,msg", [
-    ("ALLOW_DNS", "not-an-ip", "ALLOW_DNS: 'not-an-ip' is not an IP address"),
-    ("BLOCK_SVC_CIDR", "10.0.0.0/99", "BLOCK_SVC_CIDR: '10.0.0.0/99' is not a CIDR"),
-    ("TPROXY_VERIFY", "maybe", "TPROXY_VERIFY: 'maybe' is not a boolean"),
-    ("TPROXY_VERIFY_TIMEOUT", "soon", "TPROXY_VERIFY_TIMEOUT: 'soon' is not a number"),
-    # would loop forever (the pod stuck in Init) or skip the proof: refused like garbage
-    ("TPROXY_VERIFY_TIMEOUT", "nan", "TPROXY_VERIFY_TIMEOUT: 'nan' is not a number of seconds (finite, >= 0)"),
-    ("TPROXY_VERIFY_TIMEOUT", "inf", "TPROXY_VERIFY_TIMEOUT: 'inf' is not a number"),
-    ("TPROXY_VERIFY_TIMEOUT", "-5", "TPROXY_VERIFY_TIMEOUT: '-5' is not a number"),
-    ("NODE_NAME", "no-such-node.invalid", "NODE_NAME: cannot resolve node 'no-such-node.invalid'"),
-])
+@pytest.mark.parametrize(
+    "var,value,msg",
+    [
+        ("ALLOW_DNS", "not-an-ip", "ALLOW_DNS: 'not-an-ip' is not an IP address"),
+        ("BLOCK_SVC_CIDR", "10.0.0.0/99", "BLOCK_SVC_CIDR: '10.0.0.0/99' is not a CIDR"),
+        ("TPROXY_VERIFY", "maybe", "TPROXY_VERIFY: 'maybe' is not a boolean"),
+        ("TPROXY_VERIFY_TIMEOUT", "soon", "TPROXY_VERIFY_TIMEOUT: 'soon' is not a number"),
+        # would loop forever (the pod stuck in Init) or skip the proof: refused like garbage
+        ("TPROXY_VERIFY_TIMEOUT", "nan", "TPROXY_VERIFY_TIMEOUT: 'nan' is not a number of seconds (finite, >= 0)"),
+        ("TPROXY_VERIFY_TIMEOUT", "inf", "TPROXY_VERIFY_TIMEOUT: 'inf' is not a number"),
+        ("TPROXY_VERIFY_TIMEOUT", "-5", "TPROXY_VERIFY_TIMEOUT: '-5' is not a number"),
+        ("NODE_NAME", "no-such-node.invalid", "NODE_NAME: cannot resolve node 'no-such-node.invalid'"),
+    ],
+)
 def test_bad_configuration_is_a_clear_error(var, value, msg):
     env = {**PROBE_ENV, var: value}
     proc = subprocess.run([START, "--dry-run"], env=env, capture_output=True, text=True, timeout=30)
@@ -76,14 +79,12 @@ def test_unset_allow_dns_means_the_pods_resolvers(tmp_path):
     out = subprocess.run([START, "--dry-run"], env=env, capture_output=True, text=True, check=True).stdout
     dns = [ln for ln in out.splitlines() if "--dport 53" in ln]
     assert dns and all("-d 10.11.240.10/32" in ln for ln in dns)
-    out = subprocess.run([START, "--dry-run"], env={**env, "ALLOW_DNS": "any"}, capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run([START, "--dry-run"], env={**env, "ALLOW_DNS": "any"}, capture_output=True, text=True, check=True).stdout
     assert "-A TPROXY-EGRESS -p udp -m udp --dport 53 -j ACCEPT" in out
 
 
 # -- packets (root) ------------------------------------------------------------------------
-LOCK_ENV = {**PROBE_ENV, "ALLOW_DNS": DNS_ALLOWED, "BLOCK_SVC_CIDR": SVC_CIDR, "NODE_NAME": "node-1",
-            "TPROXY_VERIFY": "false"}
+LOCK_ENV = {**PROBE_ENV, "ALLOW_DNS": DNS_ALLOWED, "BLOCK_SVC_CIDR": SVC_CIDR, "NODE_NAME": "node-1", "TPROXY_VERIFY": "false"}
 
 
 @pytest.fixture(scope="module")
@@ -92,9 +93,20 @@ def net():
     try:
         locked = net.add_pod("locked")
         net.add_pod("open")
-        net.serve(net.internet, "inet", f"tcp:{INET4}:80", f"tcp:{INET4}:443", f"tcp:{INET4}:22",
-                  f"udp:{INET4}:443", f"tcp:[{INET6}]:80", f"tcp:{SVC_IP}:80",
-                  f"udp:{DNS_ALLOWED}:53", f"tcp:{DNS_ALLOWED}:53", f"udp:{DNS_FOREIGN}:53", f"tcp:{DNS_FOREIGN}:53")
+        net.serve(
+            net.internet,
+            "inet",
+            f"tcp:{INET4}:80",
+            f"tcp:{INET4}:443",
+            f"tcp:{INET4}:22",
+            f"udp:{INET4}:443",
+            f"tcp:[{INET6}]:80",
+            f"tcp:{SVC_IP}:80",
+            f"udp:{DNS_ALLOWED}:53",
+            f"tcp:{DNS_ALLOWED}:53",
+            f"udp:{DNS_FOREIGN}:53",
+            f"tcp:{DNS_FOREIGN}:53",
+        )
         net.serve(net.node, "node", "tcp:0.0.0.0:1080", "tcp:0.0.0.0:1081")
         net.serve(locked, "podsrv", "tcp:0.0.0.0:9000", "tcp:[::]:9000")
         proc = subprocess.run(locked.exec_argv([START]), env=LOCK_ENV, capture_output=True, text=True, timeout=60)
@@ -199,14 +211,17 @@ def test_without_allow_dns_only_the_pods_resolvers_and_any_restores_the_original
     env = {k: v for k, v in LOCK_ENV.items() if k != "ALLOW_DNS"} | {"TPROXY_RESOLV_CONF": str(resolv)}
 
     def lock_with(**extra):
-        proc = subprocess.run(pod.exec_argv([START]), env={**env, **extra}, capture_output=True, text=True,
-                              timeout=60)
+        proc = subprocess.run(pod.exec_argv([START]), env={**env, **extra}, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, proc.stderr
         return proc.stderr
 
     def dns():
-        return (net.connect(pod, "udp", DNS_ALLOWED, 53), net.connect(pod, "tcp", DNS_ALLOWED, 53),
-                net.connect(pod, "udp", DNS_FOREIGN, 53), net.connect(pod, "tcp", DNS_FOREIGN, 53))
+        return (
+            net.connect(pod, "udp", DNS_ALLOWED, 53),
+            net.connect(pod, "tcp", DNS_ALLOWED, 53),
+            net.connect(pod, "udp", DNS_FOREIGN, 53),
+            net.connect(pod, "tcp", DNS_FOREIGN, 53),
+        )
 
     resolv.write_text(f"search default.svc.cluster.local\nnameserver {DNS_ALLOWED}\noptions ndots:5\n")
     lock_with()

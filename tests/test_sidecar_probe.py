@@ -1,4 +1,5 @@
 """The sidecar proves interception before the app starts: exit 0 only when the proxy echoes our nonce."""
+
 from __future__ import annotations
 
 import os
@@ -15,8 +16,7 @@ PORT_OK, PORT_BAD, PORT_NOTHING, PORT_REAL = 18080, 18081, 18082, 18090
 
 
 def test_retries_until_ok_and_classifies_failures():
-    answers = iter([verify.Attempt(verify.NO_ANSWER, "x"), verify.Attempt(verify.REFUSED, "y"),
-                    verify.Attempt(verify.OK, "z")])
+    answers = iter([verify.Attempt(verify.NO_ANSWER, "x"), verify.Attempt(verify.REFUSED, "y"), verify.Attempt(verify.OK, "z")])
     ok, _ = verify.verify(5, prober=lambda t: next(answers))
     assert ok
     ok, msg = verify.verify(0, node="n1", prober=lambda t: verify.Attempt(verify.NO_ANSWER, "timeout"))
@@ -88,8 +88,7 @@ def test_keeps_probing_until_the_redirect_appears(net):
     """The usual order in a cluster: the pod starts before podwatch has programmed its IP."""
     pod = net.add_pod("late")
     env = {**PROBE_ENV, "NODE_NAME": "node-1", "ALLOW_DNS": "any", "TPROXY_VERIFY_TIMEOUT": "20"}
-    proc = subprocess.Popen(pod.exec_argv([START]), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(pod.exec_argv([START]), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         seen = []
         for line in proc.stderr:  # wait until it has really failed at least once
@@ -119,16 +118,33 @@ def real_proxy(net, tmp_path_factory):
     """The real proxy (mitmdump + tproxy addon) on the node, listening on PORT_REAL."""
     import sys
     import time
+
     tmp = tmp_path_factory.mktemp("mitm")
     policy = tmp / "policy.yaml"
     policy.write_text("mode: enforce\nrules: []\n")
     mitmdump = os.path.join(os.path.dirname(sys.executable), "mitmdump")
     err = open(tmp / "mitmdump.err", "w")
-    proc = net.node.popen([mitmdump, "--mode", "transparent", "--listen-port", str(PORT_REAL),
-                           "--set", f"confdir={tmp / 'conf'}", "-s", os.path.join(REPO, "proxy", "addon.py"),
-                           "--set", "connection_strategy=lazy", "--set", f"tproxy_policy={policy}",
-                           "--set", "tproxy_audit=" + str(tmp / "audit.jsonl")],
-                          stdout=err, stderr=err)
+    proc = net.node.popen(
+        [
+            mitmdump,
+            "--mode",
+            "transparent",
+            "--listen-port",
+            str(PORT_REAL),
+            "--set",
+            f"confdir={tmp / 'conf'}",
+            "-s",
+            os.path.join(REPO, "proxy", "addon.py"),
+            "--set",
+            "connection_strategy=lazy",
+            "--set",
+            f"tproxy_policy={policy}",
+            "--set",
+            "tproxy_audit=" + str(tmp / "audit.jsonl"),
+        ],
+        stdout=err,
+        stderr=err,
+    )
     net.procs.append(proc)
     deadline = time.monotonic() + 30
     while f":{PORT_REAL}" not in net.node.run("ss", "-ltn").stdout:
@@ -149,6 +165,7 @@ def test_the_real_proxy_satisfies_the_probe(net, real_proxy):
 def test_a_server_that_closes_without_answering_is_not_the_proxy():
     import socket
     import threading
+
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen()
@@ -158,6 +175,7 @@ def test_a_server_that_closes_without_answering_is_not_the_proxy():
         conn, _ = srv.accept()
         conn.recv(1024)
         conn.close()
+
     t = threading.Thread(target=serve)
     t.start()
     try:

@@ -4,6 +4,7 @@ It costs about three and a half minutes (cluster start, 2 minutes of chaos, the 
 controls). The soak's own exit status is its verdict; this test also holds the report to what it
 must contain, so a soak that silently measured nothing cannot pass.
 """
+
 import json
 import os
 import subprocess
@@ -21,8 +22,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def soak(tmp_path_factory):
     out = tmp_path_factory.mktemp("soak")
-    p = subprocess.run([sys.executable, "-m", "soak", "--ci", "--report", str(out)], cwd=REPO,
-                       capture_output=True, text=True, timeout=scaled(900))
+    p = subprocess.run(
+        [sys.executable, "-m", "soak", "--ci", "--report", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=scaled(900),
+    )
     results = json.load(open(out / "results.json")) if (out / "results.json").exists() else None
     return p, out, results
 

@@ -1,4 +1,5 @@
 """The soak's invariant checks fail when they should (soak/checks.py): each on data that breaks it."""
+
 from controllerkit.errors import ApiError
 from soak import checks
 
@@ -25,8 +26,12 @@ def deployment(inits, volumes=("ca-certs-debian",), pending=None):
     meta = {"name": "d"}
     if pending:
         meta["initializers"] = {"pending": pending}
-    return {"metadata": meta, "spec": {"template": {"spec": {
-        "initContainers": [{"name": n} for n in inits], "volumes": [{"name": v} for v in volumes]}}}}
+    return {
+        "metadata": meta,
+        "spec": {
+            "template": {"spec": {"initContainers": [{"name": n} for n in inits], "volumes": [{"name": v} for v in volumes]}}
+        },
+    }
 
 
 def test_injection_exactly_once_first_and_only_when_annotated():
@@ -52,22 +57,30 @@ def test_convergence_needs_jumps_first_redirect_and_guard_for_every_locked_pod()
     r = checks.node_rules(NAT_OK, FILTER_OK)
     assert checks.convergence_gaps(r, {"198.18.1.2"}) == []
     assert checks.convergence_gaps(r, {"198.18.1.2", "198.18.1.3"}) == [
-        "no redirect for ['198.18.1.3']", "no guard for ['198.18.1.3']"]
+        "no redirect for ['198.18.1.3']",
+        "no guard for ['198.18.1.3']",
+    ]
     flushed = NAT_OK.replace("-A TPROXY-REDIRECT -s", "#")
     assert "no redirect for ['198.18.1.2']" in checks.convergence_gaps(checks.node_rules(flushed, FILTER_OK), {"198.18.1.2"})
     nojump = FILTER_OK.replace('-A FORWARD -m comment --comment "tproxy: guard" -j TPROXY-GUARD\n', "")
     assert "filter FORWARD does not jump to TPROXY-GUARD first" in checks.convergence_gaps(
-        checks.node_rules(NAT_OK, nojump), {"198.18.1.2"})
+        checks.node_rules(NAT_OK, nojump), {"198.18.1.2"}
+    )
     second = NAT_OK.replace("-A PREROUTING -m", "-A PREROUTING -j KUBE-SERVICES\n-A PREROUTING -m")
     assert "nat PREROUTING does not jump to TPROXY-REDIRECT first" in checks.convergence_gaps(
-        checks.node_rules(second, FILTER_OK), set())
+        checks.node_rules(second, FILTER_OK), set()
+    )
     assert checks.convergence_gaps(r, set(), {"198.18.1.2"}) == ["stale redirect for ['198.18.1.2']"]
 
 
 def test_locked_pods_are_podwatchs_definition():
     def pod(ann="true", ip="198.18.1.2", phase="Running", host=False):
-        return {"metadata": {"annotations": {checks.ANNOTATION: ann}}, "spec": {"hostNetwork": host},
-                "status": {"podIP": ip, "phase": phase}}
+        return {
+            "metadata": {"annotations": {checks.ANNOTATION: ann}},
+            "spec": {"hostNetwork": host},
+            "status": {"podIP": ip, "phase": phase},
+        }
+
     assert checks.locked_pod_ips([pod(), pod("True", "198.18.1.3")]) == {"198.18.1.2", "198.18.1.3"}
     assert checks.locked_pod_ips([pod("false"), pod(ip=None), pod(phase="Failed"), pod(host=True)]) == set()
 

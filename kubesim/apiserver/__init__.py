@@ -3,6 +3,7 @@
 >>> srv = APIServer(k8s_version="1.7").start()     # doctest: +SKIP
 >>> srv.url, srv.ca_file, srv.admin_token            # doctest: +SKIP
 """
+
 from .faults import FaultSpec
 from .server import APIServer
 

@@ -5,6 +5,7 @@ Everything here follows docs/initializers-1.7.md: configurations merged in ``met
 rules and wildcards only at index 0, creator-supplied initializers needing the ``initialize`` verb,
 ``pending: []`` as the administrator bypass, and the update-side ValidateInitializersUpdate checks.
 """
+
 from __future__ import annotations
 
 import re
@@ -62,17 +63,21 @@ def _qualified_name_errors(name) -> list[str]:
     parts = name.split("/")
     msgs = []
     if len(parts) > 2:
-        return ["a qualified name must consist of alphanumeric characters, '-', '_' or '.', and must start "
-                "and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex "
-                "used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]') with an optional DNS "
-                "subdomain prefix and '/' (e.g. 'example.com/MyName')"]
+        return [
+            "a qualified name must consist of alphanumeric characters, '-', '_' or '.', and must start "
+            "and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex "
+            "used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]') with an optional DNS "
+            "subdomain prefix and '/' (e.g. 'example.com/MyName')"
+        ]
     n = parts[-1]
     if len(n) > 63:
         msgs.append("name part must be no more than 63 characters")
     if not _QUALIFIED_NAME.match(n):
-        msgs.append("name part must consist of alphanumeric characters, '-', '_' or '.', and must start and "
-                    "end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex "
-                    "used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')")
+        msgs.append(
+            "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and "
+            "end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex "
+            "used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')"
+        )
     if len(parts) == 2 and not _DNS_SUBDOMAIN.match(parts[0]):
         msgs.append("prefix part must be a DNS-1123 subdomain")
     return msgs
@@ -83,8 +88,10 @@ def _fully_qualified_errors(name) -> list[str]:
         return ["Required value"]
     msgs = []
     if not _DNS_SUBDOMAIN.match(name):
-        msgs.append("a DNS-1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', "
-                    "and must start and end with an alphanumeric character")
+        msgs.append(
+            "a DNS-1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', "
+            "and must start and end with an alphanumeric character"
+        )
     if len(name.split(".")) < 3:
         msgs.append("should be a domain with at least three segments separated by dots")
     return msgs

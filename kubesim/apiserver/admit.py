@@ -6,6 +6,7 @@ mutating admission webhooks of :mod:`.webhooks`) -> validation. The caller then 
 metadata and stores the object under the store lock (an update's webhooks are called before that
 lock is taken: webhooks.guaranteed_update).
 """
+
 from __future__ import annotations
 
 import copy
@@ -24,14 +25,13 @@ class AdmissionMixin:
 
     def _admit_create(self, rt: ResourceType, req: Request, user: User, obj: dict) -> None:
         """Admit a new object (decoded, named, its namespace existing): default, admit, validate."""
-        self._default(rt, obj)      # defaulting happens when the body is decoded, before admission
+        self._default(rt, obj)  # defaulting happens when the body is decoded, before admission
         self._initializers_create(rt, req, user, obj)
         if self.webhooks is not None and not rt.group.startswith("admissionregistration."):
             _replace(obj, self.webhooks.admit(rt, req, user, obj, None, "CREATE", self._dry_run(req)))
         self._validate_common(rt, obj)
 
-    def _admit_update(self, rt: ResourceType, req: Request, user: User, new: dict, cur: dict,
-                      mutate=None) -> None:
+    def _admit_update(self, rt: ResourceType, req: Request, user: User, new: dict, cur: dict, mutate=None) -> None:
         """Admit the new state ``new`` of the stored object ``cur`` (store locked): default, admit, validate.
         ``mutate(new, cur)``: the webhooks' result for this update, computed outside the lock."""
         self._default(rt, new)
@@ -63,13 +63,13 @@ class AdmissionMixin:
         """The Initializers admission plugin, create branch (§1a)."""
         meta = obj["metadata"]
         if not self._has_initializers():
-            meta.pop("initializers", None)    # 1.14+: no such field; the decoder drops it
+            meta.pop("initializers", None)  # 1.14+: no such field; the decoder drops it
             return
         inits = meta.get("initializers")
         if inits is not None:
             self._can_initialize(user, rt, meta.get("name", ""), req.namespace, "create with initializers denied")
             if not isinstance(inits, dict) or (not inits.get("pending") and inits.get("result") is None):
-                meta.pop("initializers", None)     # pending: [] -> administrators' bypass
+                meta.pop("initializers", None)  # pending: [] -> administrators' bypass
         else:
             meta.pop("initializers", None)
             mirror = rt.storage == "pods" and "kubernetes.io/config.mirror" in (meta.get("annotations") or {})
@@ -85,9 +85,13 @@ class AdmissionMixin:
             return
         updated = meta.get("initializers")
         existing = cur["metadata"].get("initializers")
-        if self.k8s_version != "1.7" and isinstance(updated, dict) and not updated.get("pending") \
-                and updated.get("result") is None:
-            meta.pop("initializers", None)     # 1.9+ (#52558): empty pending means done
+        if (
+            self.k8s_version != "1.7"
+            and isinstance(updated, dict)
+            and not updated.get("pending")
+            and updated.get("result") is None
+        ):
+            meta.pop("initializers", None)  # 1.9+ (#52558): empty pending means done
             updated = None
         if updated is None:
             meta.pop("initializers", None)
@@ -126,8 +130,9 @@ class AdmissionMixin:
         try:
             self._validate_object(rt, obj)
         except (AttributeError, TypeError, KeyError) as e:
-            raise errors.bad_request(f"{rt.kind} in version \"{rt.version}\" cannot be handled as a {rt.kind}: "
-                                     f"unexpected structure ({e})") from None
+            raise errors.bad_request(
+                f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: unexpected structure ({e})'
+            ) from None
 
     def _validate_object(self, rt: ResourceType, obj: dict) -> None:
         errs = validation.validate_object(rt, obj, self.k8s_version)
@@ -148,9 +153,17 @@ class AdmissionMixin:
             return s
 
         if strip(new.get("spec")) != strip(cur.get("spec")):
-            raise errors.invalid(rt, new["metadata"]["name"], [FieldError(
-                "Forbidden", "spec", "pod updates may not change fields other than `containers[*].image` or "
-                "`spec.activeDeadlineSeconds`")])
+            raise errors.invalid(
+                rt,
+                new["metadata"]["name"],
+                [
+                    FieldError(
+                        "Forbidden",
+                        "spec",
+                        "pod updates may not change fields other than `containers[*].image` or `spec.activeDeadlineSeconds`",
+                    )
+                ],
+            )
 
 
 def _replace(obj: dict, new: dict) -> None:

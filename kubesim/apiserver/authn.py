@@ -1,6 +1,7 @@
 """Authentication: static bearer tokens and service-account tokens (the 1.7 token controller's
 ``<sa>-token-<suffix>`` Secrets, verified against the Secret and the ServiceAccount's uid).
 """
+
 from __future__ import annotations
 
 import base64
@@ -24,8 +25,7 @@ class AuthnMixin:
                 self._create_internal(BY_GVR[("", "v1", "namespaces")], {"metadata": {"name": namespace}})
             sa = self.store.get("serviceaccounts", namespace, name)
             if sa is None:
-                self._create_internal(BY_GVR[("", "v1", "serviceaccounts")],
-                                      {"metadata": {"name": name, "namespace": namespace}})
+                self._create_internal(BY_GVR[("", "v1", "serviceaccounts")], {"metadata": {"name": name, "namespace": namespace}})
                 sa = self.store.get("serviceaccounts", namespace, name)
             for ref in sa.get("secrets") or []:
                 sec = self.store.get("secrets", namespace, ref.get("name", ""))
@@ -46,11 +46,18 @@ class AuthnMixin:
                     break
             token = self.tokens.issue(ns, name, uid, secret_name)
             b64 = lambda b: base64.b64encode(b if isinstance(b, bytes) else b.encode()).decode()
-            secret = self._create_internal(secret_rt, {
-                "metadata": {"name": secret_name, "namespace": ns, "annotations": {
-                    "kubernetes.io/service-account.name": name, "kubernetes.io/service-account.uid": uid}},
-                "type": "kubernetes.io/service-account-token",
-                "data": {"token": b64(token), "ca.crt": b64(self.ca_pem), "namespace": b64(ns)}})
+            secret = self._create_internal(
+                secret_rt,
+                {
+                    "metadata": {
+                        "name": secret_name,
+                        "namespace": ns,
+                        "annotations": {"kubernetes.io/service-account.name": name, "kubernetes.io/service-account.uid": uid},
+                    },
+                    "type": "kubernetes.io/service-account-token",
+                    "data": {"token": b64(token), "ca.crt": b64(self.ca_pem), "namespace": b64(ns)},
+                },
+            )
             cur = copy.deepcopy(self.store.get("serviceaccounts", ns, name))
             cur.setdefault("secrets", []).append({"name": secret_name})
             self.store.update(sa_rt.storage, cur)

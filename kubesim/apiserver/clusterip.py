@@ -1,4 +1,5 @@
 """Cluster-IP allocation for Services: a free address of the server's ``service_cidr``."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -27,12 +28,24 @@ class ClusterIPMixin:
                 except ValueError:
                     ok = False
                 if not ok:
-                    raise errors.invalid(rt, obj["metadata"]["name"], [FieldError(
-                        "Invalid", "spec.clusterIP", f"provided IP is not in the valid range. The range of valid "
-                        f"IPs is {self.service_net}", want)])
+                    raise errors.invalid(
+                        rt,
+                        obj["metadata"]["name"],
+                        [
+                            FieldError(
+                                "Invalid",
+                                "spec.clusterIP",
+                                f"provided IP is not in the valid range. The range of valid IPs is {self.service_net}",
+                                want,
+                            )
+                        ],
+                    )
                 if want in used:
-                    raise errors.invalid(rt, obj["metadata"]["name"], [FieldError(
-                        "Invalid", "spec.clusterIP", "provided IP is already allocated", want)])
+                    raise errors.invalid(
+                        rt,
+                        obj["metadata"]["name"],
+                        [FieldError("Invalid", "spec.clusterIP", "provided IP is already allocated", want)],
+                    )
                 return
             for ip in self.service_net.hosts():
                 if str(ip) not in used:

@@ -2,13 +2,14 @@
 the default namespaces), the ServiceAccount controller (a ``default`` SA per namespace), the
 token controller (a token Secret per SA) and the cleanup after namespace and SA deletion.
 """
+
 from __future__ import annotations
 
 import copy
 
 from .resources import BY_GVR, RESOURCES, ResourceType
 
-_TOKEN_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"   # k8s utilrand alphanums
+_TOKEN_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # k8s utilrand alphanums
 
 
 class ControllersMixin:
@@ -17,16 +18,21 @@ class ControllersMixin:
     def _bootstrap(self) -> None:
         cr = BY_GVR[("rbac.authorization.k8s.io", "v1beta1", "clusterroles")]
         crb = BY_GVR[("rbac.authorization.k8s.io", "v1beta1", "clusterrolebindings")]
-        self._create_internal(cr, {"metadata": {"name": "cluster-admin",
-                                                "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
-                                   "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]},
-                                             {"nonResourceURLs": ["*"], "verbs": ["*"]}]})
-        self._create_internal(crb, {"metadata": {"name": "cluster-admin",
-                                                 "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
-                                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                                                "name": "cluster-admin"},
-                                    "subjects": [{"kind": "Group", "name": "system:masters",
-                                                  "apiGroup": "rbac.authorization.k8s.io"}]})
+        self._create_internal(
+            cr,
+            {
+                "metadata": {"name": "cluster-admin", "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
+                "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}, {"nonResourceURLs": ["*"], "verbs": ["*"]}],
+            },
+        )
+        self._create_internal(
+            crb,
+            {
+                "metadata": {"name": "cluster-admin", "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+                "subjects": [{"kind": "Group", "name": "system:masters", "apiGroup": "rbac.authorization.k8s.io"}],
+            },
+        )
         ns = BY_GVR[("", "v1", "namespaces")]
         for name in ("default", "kube-system", "kube-public"):
             self._create_internal(ns, {"metadata": {"name": name}})
@@ -39,8 +45,9 @@ class ControllersMixin:
         """Controllers that react to creations: the ServiceAccount controller (a ``default`` SA in
         every new namespace) and the token controller (a token Secret for every new SA)."""
         if rt.storage == "namespaces":
-            self._create_internal(BY_GVR[("", "v1", "serviceaccounts")],
-                                  {"metadata": {"name": "default", "namespace": obj["metadata"]["name"]}})
+            self._create_internal(
+                BY_GVR[("", "v1", "serviceaccounts")], {"metadata": {"name": "default", "namespace": obj["metadata"]["name"]}}
+            )
         elif rt.storage == "serviceaccounts" and not obj.get("secrets"):
             self._issue_token_secret(obj)
 
@@ -58,8 +65,10 @@ class ControllersMixin:
                 items, _ = self.store.list("secrets", ns)
                 for sec in items:
                     ann = sec["metadata"].get("annotations") or {}
-                    if (sec.get("type") == "kubernetes.io/service-account-token"
-                            and ann.get("kubernetes.io/service-account.name") == name):
+                    if (
+                        sec.get("type") == "kubernetes.io/service-account-token"
+                        and ann.get("kubernetes.io/service-account.name") == name
+                    ):
                         self.store.delete("secrets", ns, sec["metadata"]["name"])
 
     def _create_internal(self, rt: ResourceType, obj: dict) -> dict:

@@ -2,6 +2,7 @@
 dropped, the 1.7 input conversion of init-container annotations, the version's defaults and the
 server-set metadata of a new object (uid, creationTimestamp, generation).
 """
+
 from __future__ import annotations
 
 import copy
@@ -28,11 +29,14 @@ class DefaultingMixin:
             raise errors.bad_request("the object provided is unrecognized: expected a JSON object")
         kind, api_version = body.get("kind"), body.get("apiVersion")
         if api_version is not None and api_version != rt.api_version:
-            raise errors.bad_request(f"the API version in the data ({api_version}) does not match the expected "
-                                     f"API version ({rt.api_version})")
+            raise errors.bad_request(
+                f"the API version in the data ({api_version}) does not match the expected API version ({rt.api_version})"
+            )
         if kind is not None and kind != rt.kind:
-            raise errors.bad_request(f"{kind} in version \"{rt.version}\" cannot be handled as a {rt.kind}: "
-                                     f"the kind in the data ({kind}) does not match the expected kind ({rt.kind})")
+            raise errors.bad_request(
+                f'{kind} in version "{rt.version}" cannot be handled as a {rt.kind}: '
+                f"the kind in the data ({kind}) does not match the expected kind ({rt.kind})"
+            )
         obj = copy.deepcopy(body)
         obj.pop("kind", None)
         obj.pop("apiVersion", None)
@@ -44,17 +48,19 @@ class DefaultingMixin:
         if rt.namespaced:
             ns = meta.get("namespace")
             if ns and ns != req.namespace:
-                raise errors.bad_request("the namespace of the provided object does not match the namespace "
-                                         "sent on the request")
+                raise errors.bad_request("the namespace of the provided object does not match the namespace sent on the request")
             meta["namespace"] = req.namespace
         else:
             meta.pop("namespace", None)
         meta.pop("selfLink", None)
         if rt.convert is not None and isinstance(obj.get("spec"), (dict, type(None))):
             rt.convert.input(obj)
+
         def wrong(path, want="an object"):
-            return errors.bad_request(f"{rt.kind} in version \"{rt.version}\" cannot be handled as a {rt.kind}: "
-                                      f"{path} must be {want}")
+            return errors.bad_request(
+                f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: {path} must be {want}'
+            )
+
         for key in ("spec", "status", "data"):
             if obj.get(key) is not None and not isinstance(obj[key], dict):
                 raise wrong(key)
@@ -82,8 +88,9 @@ class DefaultingMixin:
         try:
             rt.apply_defaults(obj, self.k8s_version)
         except (AttributeError, TypeError, KeyError) as e:
-            raise errors.bad_request(f"{rt.kind} in version \"{rt.version}\" cannot be handled as a {rt.kind}: "
-                                     f"unexpected structure ({e})") from None
+            raise errors.bad_request(
+                f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: unexpected structure ({e})'
+            ) from None
 
     def _fill_new_meta(self, rt: ResourceType, obj: dict) -> None:
         meta = obj["metadata"]

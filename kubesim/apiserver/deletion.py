@@ -1,4 +1,5 @@
 """The delete verbs: DELETE (UID preconditions, a pod's graceful deletion) and DeleteCollection."""
+
 from __future__ import annotations
 
 import copy
@@ -21,7 +22,7 @@ class DeleteVerbsMixin:
         raw = getattr(h, "raw_body", b"")
         try:
             if raw.strip() and (h.headers.get("Content-Type") or "").split(";")[0].strip() == protobuf.MEDIA_TYPE:
-                opts = protobuf.decode_object(raw)[2]      # DeleteOptions from a typed client
+                opts = protobuf.decode_object(raw)[2]  # DeleteOptions from a typed client
             else:
                 opts = json.loads(raw) if raw.strip() else {}
         except ValueError as e:
@@ -32,8 +33,12 @@ class DeleteVerbsMixin:
                 raise errors.not_found(rt, req.name)
             uid = ((opts or {}).get("preconditions") or {}).get("uid") if isinstance(opts, dict) else None
             if uid and uid != cur["metadata"].get("uid"):
-                raise APIError(409, "Conflict", f'Precondition failed: UID in precondition: {uid}, UID in object '
-                               f'meta: {cur["metadata"].get("uid")}', {"name": req.name, "kind": rt.name})
+                raise APIError(
+                    409,
+                    "Conflict",
+                    f"Precondition failed: UID in precondition: {uid}, UID in object meta: {cur['metadata'].get('uid')}",
+                    {"name": req.name, "kind": rt.name},
+                )
             if rt.storage == "pods":
                 graceful = self._graceful_pod_delete(cur, opts, req)
                 if graceful is not None:
@@ -45,8 +50,17 @@ class DeleteVerbsMixin:
         details = {"name": req.name, "kind": rt.name, "uid": cur["metadata"].get("uid")}
         if rt.group:
             details["group"] = rt.group
-        send_json(h, 200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-                                 "details": errors.status_details(details)})
+        send_json(
+            h,
+            200,
+            {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Success",
+                "details": errors.status_details(details),
+            },
+        )
 
     def _graceful_pod_delete(self, cur: dict, opts, req: Request) -> dict | None:
         """A pod's graceful deletion, as the real pod strategy does it (call with the store locked).
@@ -88,12 +102,20 @@ class DeleteVerbsMixin:
         deleted = []
         with self.store.lock:
             items, _ = self.store.list(rt.storage, req.namespace if rt.namespaced and req.namespace else None)
-            for o in items:          # §2: DeleteCollection includes uninitialized objects
+            for o in items:  # §2: DeleteCollection includes uninitialized objects
                 if pred is not None and not pred(o):
                     continue
                 m = o["metadata"]
                 gone = self.store.delete(rt.storage, m.get("namespace", ""), m["name"])
                 self._after_delete(rt, gone)
                 deleted.append(rt.view(gone, self.k8s_version, in_list=True))
-        send_json(h, 200, {"kind": f"{rt.kind}List", "apiVersion": rt.api_version,
-                                 "metadata": {"resourceVersion": str(self.store.rv)}, "items": deleted})
+        send_json(
+            h,
+            200,
+            {
+                "kind": f"{rt.kind}List",
+                "apiVersion": rt.api_version,
+                "metadata": {"resourceVersion": str(self.store.rv)},
+                "items": deleted,
+            },
+        )

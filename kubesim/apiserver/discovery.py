@@ -3,6 +3,7 @@
 Clients (kubectl, Helm, the Python client's dynamic layer) read these to learn which groups,
 versions, resources and verbs exist; kubesim answers from its resource registry.
 """
+
 from __future__ import annotations
 
 from . import resources
@@ -15,11 +16,25 @@ BUILD_DATES = {"1.7": "2017-10-01T00:00:00Z", "1.13": "2019-10-15T12:02:12Z", "1
 
 # The aggregator's group priorities (kube-aggregator apiVersionPriorities, 1.7 and 1.13 alike):
 # /apis lists groups in this order, and each group's versions by their version priority.
-GROUP_ORDER = ("extensions", "apps", "events.k8s.io", "authentication.k8s.io", "authorization.k8s.io",
-               "autoscaling", "batch", "certificates.k8s.io", "networking.k8s.io", "policy",
-               "rbac.authorization.k8s.io", "settings.k8s.io", "storage.k8s.io",
-               "admissionregistration.k8s.io", "apiextensions.k8s.io", "scheduling.k8s.io",
-               "coordination.k8s.io")
+GROUP_ORDER = (
+    "extensions",
+    "apps",
+    "events.k8s.io",
+    "authentication.k8s.io",
+    "authorization.k8s.io",
+    "autoscaling",
+    "batch",
+    "certificates.k8s.io",
+    "networking.k8s.io",
+    "policy",
+    "rbac.authorization.k8s.io",
+    "settings.k8s.io",
+    "storage.k8s.io",
+    "admissionregistration.k8s.io",
+    "apiextensions.k8s.io",
+    "scheduling.k8s.io",
+    "coordination.k8s.io",
+)
 VERSION_ORDER = ("v1", "v1beta2", "v1beta1", "v2alpha1", "v1alpha1")
 STATUS_VERBS = ["get", "patch", "update"]
 
@@ -68,20 +83,34 @@ def resource_list(group: str, version: str, k8s_version: str = "1.13") -> dict:
         for sub, kind, verbs, gvk in r.listed_subresources:
             out.append(_entry(f"{r.name}/{sub}", r, kind, verbs, gvk))
     out.sort(key=lambda e: e["name"])
-    return {"kind": "APIResourceList", "apiVersion": "v1",
-            "groupVersion": f"{group}/{version}" if group else version, "resources": out}
+    return {
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": f"{group}/{version}" if group else version,
+        "resources": out,
+    }
 
 
 def document(path: str, k8s_version: str, host: str) -> dict | None:
     """The discovery document for ``path``, or None when ``path`` is not a discovery path."""
     if path == "/version":
-        return {"major": "1", "minor": k8s_version.split(".")[1], "gitVersion": GIT_VERSIONS[k8s_version],
-                "gitCommit": "kubesim", "gitTreeState": "clean", "buildDate": BUILD_DATES[k8s_version],
-                "goVersion": GO_VERSIONS[k8s_version],
-                "compiler": "gc", "platform": "linux/amd64"}
+        return {
+            "major": "1",
+            "minor": k8s_version.split(".")[1],
+            "gitVersion": GIT_VERSIONS[k8s_version],
+            "gitCommit": "kubesim",
+            "gitTreeState": "clean",
+            "buildDate": BUILD_DATES[k8s_version],
+            "goVersion": GO_VERSIONS[k8s_version],
+            "compiler": "gc",
+            "platform": "linux/amd64",
+        }
     if path == "/api":
-        return {"kind": "APIVersions", "versions": ["v1"],
-                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": host}]}
+        return {
+            "kind": "APIVersions",
+            "versions": ["v1"],
+            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": host}],
+        }
     gv = groups(k8s_version)
     if path == "/apis":
         return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [api_group(g, k8s_version) for g in gv]}

@@ -1,4 +1,5 @@
 """API errors as ``metav1.Status`` bodies with the codes, reasons and messages of the real server."""
+
 from __future__ import annotations
 
 import json
@@ -61,9 +62,13 @@ def already_exists(rt, name: str) -> APIError:
 
 
 def conflict(rt, name: str) -> APIError:
-    return APIError(409, "Conflict",
-                    f'Operation cannot be fulfilled on {rt.qualified} "{name}": the object has been modified; '
-                    f'please apply your changes to the latest version and try again', _details(rt, name))
+    return APIError(
+        409,
+        "Conflict",
+        f'Operation cannot be fulfilled on {rt.qualified} "{name}": the object has been modified; '
+        f"please apply your changes to the latest version and try again",
+        _details(rt, name),
+    )
 
 
 def bad_request(message: str) -> APIError:
@@ -82,8 +87,7 @@ def unauthorized() -> APIError:
 
 
 def internal(message: str) -> APIError:
-    return APIError(500, "InternalError", f"Internal error occurred: {message}",
-                    {"causes": [{"message": message}]})
+    return APIError(500, "InternalError", f"Internal error occurred: {message}", {"causes": [{"message": message}]})
 
 
 def _go_value(v) -> str:
@@ -120,9 +124,13 @@ class FieldError:
         return f"{self.path}: Forbidden: {self.message}"
 
     def cause(self) -> dict:
-        reason = {"Invalid": "FieldValueInvalid", "Required": "FieldValueRequired",
-                  "Forbidden": "FieldValueForbidden", "Duplicate": "FieldValueDuplicate",
-                  "Unsupported": "FieldValueNotSupported"}[self.kind]
+        reason = {
+            "Invalid": "FieldValueInvalid",
+            "Required": "FieldValueRequired",
+            "Forbidden": "FieldValueForbidden",
+            "Duplicate": "FieldValueDuplicate",
+            "Unsupported": "FieldValueNotSupported",
+        }[self.kind]
         return {"reason": reason, "message": str(self).split(": ", 1)[1], "field": self.path}
 
 

@@ -17,6 +17,7 @@ Each fault kind draws from its own ``random.Random`` seeded from ``(seed, kind)`
 decision of a kind is the same in every run with the same seed. Requests carrying the header
 ``X-Kubesim-No-Faults: 1`` are exempt (handy for test set-up against a faulty server).
 """
+
 from __future__ import annotations
 
 import random

@@ -7,6 +7,7 @@ verb ``impersonate`` on ``users``, ``groups`` or, for ``system:serviceaccount:<n
 impersonated user. Without ``Impersonate-Group`` a service account gets its service-account groups,
 and every non-anonymous user ``system:authenticated``. Groups without a user are a 400.
 """
+
 from __future__ import annotations
 
 from . import errors
@@ -24,7 +25,7 @@ def apply(api, headers, user: User) -> User:
         return user
     checks = []
     if name.startswith(SA_PREFIX) and name.count(":") == 3:
-        ns, sa = name[len(SA_PREFIX):].split(":", 1)
+        ns, sa = name[len(SA_PREFIX) :].split(":", 1)
         checks.append(("serviceaccounts", sa, ns))
         default_groups = ["system:serviceaccounts", f"system:serviceaccounts:{ns}"]
     else:

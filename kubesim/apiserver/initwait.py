@@ -1,6 +1,7 @@
 """The Initializers wait: a create of an object that gets pending initializers blocks until they
 are done (WaitForInitialized, §1b), fail with the result's Status (§4), or time out.
 """
+
 from __future__ import annotations
 
 import queue

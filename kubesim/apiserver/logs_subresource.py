@@ -9,6 +9,7 @@ unknown container, a container that has not started, no previous instance.
 Limitation: the netns kubelet appends a restarted container's output to the same file, so
 ``previous=true`` (allowed once the container has restarted) returns the whole file.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,8 +34,10 @@ def _container(pod: dict, name: str | None) -> str:
     if not name:
         if len(names) == 1:
             return names[0]
-        raise _bad(f"a container name must be specified for pod {pod_name}, choose one of: "
-                   f"[{' '.join(names)}]" + (f" or one of the init containers: [{' '.join(inits)}]" if inits else ""))
+        raise _bad(
+            f"a container name must be specified for pod {pod_name}, choose one of: "
+            f"[{' '.join(names)}]" + (f" or one of the init containers: [{' '.join(inits)}]" if inits else "")
+        )
     if name not in names + inits:
         raise _bad(f"container {name} is not valid for pod {pod_name}")
     return name
@@ -49,8 +52,10 @@ def _int_param(query: dict, key: str) -> int | None:
     except ValueError:
         raise _bad(f"{key}: Invalid value: {v!r}: must be an integer") from None
     if n < 0 or (key == "limitBytes" and n == 0):
-        raise _bad(f'PodLogOptions "" is invalid: {key}: Invalid value: {n}: must be greater than '
-                   f'{"0" if key == "limitBytes" else "or equal to 0"}')
+        raise _bad(
+            f'PodLogOptions "" is invalid: {key}: Invalid value: {n}: must be greater than '
+            f"{'0' if key == 'limitBytes' else 'or equal to 0'}"
+        )
     return n
 
 
@@ -64,8 +69,11 @@ def serve(api, h, req) -> None:
     tail = _int_param(q, "tailLines")
     limit = _int_param(q, "limitBytes")
     follow = q.get("follow", "").lower() in ("1", "true")
-    statuses = {c.get("name"): c for c in ((pod.get("status") or {}).get("containerStatuses") or [])
-                + ((pod.get("status") or {}).get("initContainerStatuses") or [])}
+    statuses = {
+        c.get("name"): c
+        for c in ((pod.get("status") or {}).get("containerStatuses") or [])
+        + ((pod.get("status") or {}).get("initContainerStatuses") or [])
+    }
     st = statuses.get(container) or {}
     if q.get("previous", "").lower() in ("1", "true") and not st.get("restartCount"):
         raise _bad(f'previous terminated container "{container}" in pod "{req.name}" not found')
@@ -75,7 +83,7 @@ def serve(api, h, req) -> None:
         raise _bad(f'container "{container}" in pod "{req.name}" is waiting to start: {reason}')
     with open(path, "rb") as f:
         data = f.read()
-    offset = len(data)      # where following resumes: what was read, not the size later (appends in between)
+    offset = len(data)  # where following resumes: what was read, not the size later (appends in between)
     if tail is not None:
         lines = data.splitlines(keepends=True)
         data = b"".join(lines[-tail:]) if tail else b""
@@ -106,7 +114,7 @@ def serve(api, h, req) -> None:
                 break
             cur = api.store.get("pods", req.namespace, req.name)
             if cur is None or cur["metadata"].get("uid") != uid:
-                break          # the pod is gone: a real kubelet ends the stream too
+                break  # the pod is gone: a real kubelet ends the stream too
             size = os.path.getsize(path) if os.path.exists(path) else offset
             if size > offset:
                 with open(path, "rb") as f:
@@ -114,7 +122,7 @@ def serve(api, h, req) -> None:
                     more = f.read(size - offset)
                 offset = size
                 if limit is not None:
-                    more = more[:limit - sent]
+                    more = more[: limit - sent]
                 sent += len(more)
                 chunk(more)
             else:

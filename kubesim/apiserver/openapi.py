@@ -15,6 +15,7 @@ string). A 1.7 server had no ``/openapi/v2`` (it served ``/swagger.json``, which
 do not read), so kubesim answers 404 there, as 1.7 did; clients then need ``--validate=false`` or
 ``--disable-openapi-validation`` (see kubesim/README.md).
 """
+
 from __future__ import annotations
 
 import functools
@@ -29,7 +30,7 @@ PROTO_MEDIA_TYPE = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf"
 # What the server names the protobuf answer: '@' is not valid in a Content-Type (Go's mime parser
 # refuses it), so kube-openapi answers the deprecated '@' request with the dotted subtype.
 PROTO_CONTENT_TYPE = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf"
-SCHEMA_VERSIONS = {"1.13": "v1.13.0", "1.28": "v1.28.0"}   # k8s version served -> schema directory
+SCHEMA_VERSIONS = {"1.13": "v1.13.0", "1.28": "v1.28.0"}  # k8s version served -> schema directory
 #: where scripts/fetch_k8s_definitions.py puts the 1.28.0 definitions (make setup runs it)
 TOOLS_SCHEMAS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".tools", "k8s-schemas")
 
@@ -38,10 +39,13 @@ def schema_dir(version: str) -> str:
     if version == "v1.28.0":
         path = os.path.normpath(os.path.join(TOOLS_SCHEMAS, f"{version}-local"))
         if not os.path.exists(os.path.join(path, "_definitions.json")):
-            raise RuntimeError(f"{path}/_definitions.json is missing: kubesim's 1.28 mode serves /openapi/v2 from "
-                               f"it; run `python scripts/fetch_k8s_definitions.py` (make setup does)")
+            raise RuntimeError(
+                f"{path}/_definitions.json is missing: kubesim's 1.28 mode serves /openapi/v2 from "
+                f"it; run `python scripts/fetch_k8s_definitions.py` (make setup does)"
+            )
         return path
-    import importlib.util      # locate the data without importing it (its import drags in pkg_resources)
+    import importlib.util  # locate the data without importing it (its import drags in pkg_resources)
+
     spec = importlib.util.find_spec("kubernetes_validate")
     if spec is None:
         raise RuntimeError("kubernetes-validate is not installed: kubesim needs its schemas for /openapi/v2")
@@ -62,8 +66,7 @@ def document(k8s_version: str, git_version: str) -> dict | None:
     q = "io.k8s.apimachinery.pkg.api.resource.Quantity"
     if "oneOf" in defs.get(q, {}):
         defs[q] = {"type": "string", "description": defs[q].get("description", "")}
-    return {"swagger": "2.0", "info": {"title": "Kubernetes", "version": git_version}, "paths": {},
-            "definitions": defs}
+    return {"swagger": "2.0", "info": {"title": "Kubernetes", "version": git_version}, "paths": {}, "definitions": defs}
 
 
 @functools.lru_cache(maxsize=None)
@@ -141,9 +144,17 @@ def serve(h, k8s_version: str, git_version: str) -> bool:
             data, ctype = json_bytes(k8s_version, git_version), "application/json"
             break
     else:
-        data = json.dumps({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                           "message": f"only the following media types are accepted: application/json, "
-                           f"{PROTO_MEDIA_TYPE}", "reason": "NotAcceptable", "code": 406}).encode()
+        data = json.dumps(
+            {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Failure",
+                "message": f"only the following media types are accepted: application/json, {PROTO_MEDIA_TYPE}",
+                "reason": "NotAcceptable",
+                "code": 406,
+            }
+        ).encode()
         h.kubesim_code = 406
         h.send_response(406)
         h.send_header("Content-Type", "application/json")

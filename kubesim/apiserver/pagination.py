@@ -6,6 +6,7 @@ resourceVersion of the first page. Simplification: later pages are read from the
 from a snapshot at ``R`` (kubesim keeps no old states), so an object created between pages after the
 resume key does show up.
 """
+
 from __future__ import annotations
 
 import base64
@@ -48,7 +49,7 @@ def page(items: list[dict], query: dict, rv: int, k8s_version: str) -> tuple[lis
         if query.get("resourceVersion") not in (None, "", "0"):
             raise _bad("specifying resource version is not allowed when using continue")
         first_rv, start = decode(token)
-        items = [o for o in items if _key(o) >= start]     # strictly after the last key
+        items = [o for o in items if _key(o) >= start]  # strictly after the last key
         extra["resourceVersion"] = str(first_rv)
     try:
         limit = int(limit_s) if limit_s else 0

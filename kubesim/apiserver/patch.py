@@ -9,6 +9,7 @@
 - JSON patch (RFC 6902, ``application/json-patch+json``). Written here rather than pulling in a
   dependency: it is sixty lines and its errors must become 422s with clear messages.
 """
+
 from __future__ import annotations
 
 import copy
@@ -34,6 +35,7 @@ def json_merge_patch(target, patch):
 
 # ---- strategic merge ------------------------------------------------------------------------
 
+
 def default_merge_key(path: tuple[str, ...], pending_merge_key: bool = False) -> str | None:
     """Return the patchMergeKey of the list at ``path`` (a tuple of dict keys), None if the list
     has no merge strategy (then a patch replaces it)."""
@@ -57,8 +59,7 @@ def default_merge_key(path: tuple[str, ...], pending_merge_key: bool = False) ->
     return None
 
 
-def strategic_merge_patch(target, patch, merge_key: Callable[[tuple], str | None] = default_merge_key,
-                          path: tuple = ()):
+def strategic_merge_patch(target, patch, merge_key: Callable[[tuple], str | None] = default_merge_key, path: tuple = ()):
     """Apply a strategic merge patch; ``merge_key(path)`` tells which lists merge and by what key."""
     if not isinstance(patch, dict):
         return copy.deepcopy(patch)
@@ -125,6 +126,7 @@ def _merge_list(cur: list, patch: list, mk: str | None, merge_key, path):
 
 
 # ---- JSON patch (RFC 6902) ------------------------------------------------------------------
+
 
 def _unescape(tok: str) -> str:
     return tok.replace("~1", "/").replace("~0", "~")
@@ -252,5 +254,6 @@ def apply_patch(ctype: str, target, patch, merge_key: Callable[[tuple], str | No
         return json_merge_patch(target, patch)
     if ctype == "application/strategic-merge-patch+json":
         return strategic_merge_patch(target, patch, merge_key)
-    raise UnsupportedPatchType(f"the server does not support the media type {ctype!r} for PATCH; use "
-                               f"{', '.join(MEDIA_TYPES[:-1])} or {MEDIA_TYPES[-1]}")
+    raise UnsupportedPatchType(
+        f"the server does not support the media type {ctype!r} for PATCH; use {', '.join(MEDIA_TYPES[:-1])} or {MEDIA_TYPES[-1]}"
+    )

@@ -14,6 +14,7 @@ as embedded JSON, ``bytes`` as base64, map entries as objects. Go's ``omitempty`
 scalars; fields that are pointers in Go (``replicas``, ``defaultMode``, ``privileged`` ...) keep
 an explicit zero, as the pointer did.
 """
+
 from __future__ import annotations
 
 import base64
@@ -31,19 +32,48 @@ MEDIA_TYPE = "application/vnd.kubernetes.protobuf"
 MAGIC = b"k8s\x00"
 META = "k8s.io.apimachinery.pkg.apis.meta.v1"
 UNKNOWN = "k8s.io.apimachinery.pkg.runtime.Unknown"
-JSON_ONLY_415 = ("the body of the request was in an unknown format - accepted media types include: "
-                 "application/json, application/yaml")
+JSON_ONLY_415 = (
+    "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml"
+)
 
 # Go pointer fields (``*int32``/``*bool``/``*int64``): an explicit zero or false is meaningful.
-POINTER_FIELDS = frozenset({
-    "replicas", "revisionHistoryLimit", "progressDeadlineSeconds", "terminationGracePeriodSeconds",
-    "activeDeadlineSeconds", "automountServiceAccountToken", "defaultMode", "mode", "optional",
-    "runAsUser", "runAsGroup", "runAsNonRoot", "privileged", "readOnlyRootFilesystem",
-    "allowPrivilegeEscalation", "fsGroup", "priority", "shareProcessNamespace", "enableServiceLinks",
-    "expirationSeconds", "partition", "collisionCount", "gracePeriodSeconds", "orphanDependents",
-    "propagationPolicy", "controller", "blockOwnerDeletion", "deletionGracePeriodSeconds", "remainingItemCount",
-    "healthCheckNodePort", "publishNotReadyAddresses", "immutable", "ttlSecondsAfterFinished",
-})
+POINTER_FIELDS = frozenset(
+    {
+        "replicas",
+        "revisionHistoryLimit",
+        "progressDeadlineSeconds",
+        "terminationGracePeriodSeconds",
+        "activeDeadlineSeconds",
+        "automountServiceAccountToken",
+        "defaultMode",
+        "mode",
+        "optional",
+        "runAsUser",
+        "runAsGroup",
+        "runAsNonRoot",
+        "privileged",
+        "readOnlyRootFilesystem",
+        "allowPrivilegeEscalation",
+        "fsGroup",
+        "priority",
+        "shareProcessNamespace",
+        "enableServiceLinks",
+        "expirationSeconds",
+        "partition",
+        "collisionCount",
+        "gracePeriodSeconds",
+        "orphanDependents",
+        "propagationPolicy",
+        "controller",
+        "blockOwnerDeletion",
+        "deletionGracePeriodSeconds",
+        "remainingItemCount",
+        "healthCheckNodePort",
+        "publishNotReadyAddresses",
+        "immutable",
+        "ttlSecondsAfterFinished",
+    }
+)
 
 _pool = None
 _classes: dict[str, type] = {}
@@ -54,6 +84,7 @@ def pool() -> descriptor_pool.DescriptorPool:
     global _pool
     if _pool is None:
         from .k8s_protos import DESCRIPTOR_SET
+
         fds = descriptor_pb2.FileDescriptorSet.FromString(zlib.decompress(base64.b64decode("".join(DESCRIPTOR_SET))))
         p = descriptor_pool.DescriptorPool()
         for fd in fds.file:
@@ -87,7 +118,7 @@ def message_name(api_version: str, kind: str) -> str | None:
     if api_version == "v1" and kind in ("Status", "DeleteOptions", "WatchEvent", "List"):
         candidates.append(f"{META}.{kind}")
     if kind in ("DeleteOptions", "Status") and api_version.endswith("/v1"):
-        candidates.append(f"{META}.{kind}")     # options/status sent with a group's version
+        candidates.append(f"{META}.{kind}")  # options/status sent with a group's version
     pkg = _package(api_version)
     if pkg:
         candidates.append(f"{pkg}.{kind}")
@@ -101,6 +132,7 @@ def message_name(api_version: str, kind: str) -> str | None:
 
 
 # ---- message -> JSON form ----------------------------------------------------------------------------
+
 
 def _time(msg, micro: bool):
     if not msg.seconds and not msg.nanos:
@@ -152,7 +184,7 @@ def _repeated(fd) -> bool:
 def _scalar_to_json(fd, v):
     if fd.type == FD.TYPE_BYTES:
         return base64.b64encode(v).decode()
-    if isinstance(v, bytes):        # the runtime hands back a proto2 string that is not UTF-8 as bytes
+    if isinstance(v, bytes):  # the runtime hands back a proto2 string that is not UTF-8 as bytes
         raise ValueError(f"field {fd.name}: invalid UTF-8 in a string")
     return v
 
@@ -180,7 +212,7 @@ def to_json(msg) -> dict:
             out[name] = [_value_to_json(fd, v) for v in value]
             continue
         if fd.message_type is None and not value and name not in POINTER_FIELDS:
-            continue        # omitempty on a Go value field
+            continue  # omitempty on a Go value field
         v = _value_to_json(fd, value)
         if v is None:
             continue
@@ -196,6 +228,7 @@ def _value_to_json(fd, v):
 
 
 # ---- JSON form -> message ----------------------------------------------------------------------------
+
 
 def _parse_time(s: str) -> tuple[int, int]:
     s = s.strip()
@@ -232,6 +265,7 @@ def _fill_special(msg, value) -> bool:
         return True
     if name == f"{META}.Duration":
         from controllerkit.durations import parse_go_duration
+
         msg.duration = int(round((parse_go_duration(str(value)) or 0) * 1e9))
         return True
     return False
@@ -285,6 +319,7 @@ def from_json(msg, obj: dict):
 
 # ---- the envelope ------------------------------------------------------------------------------------
 
+
 def decode_object(data: bytes) -> tuple[str, str, dict]:
     """``k8s\\x00`` + runtime.Unknown -> (apiVersion, kind, JSON form with apiVersion/kind set).
 
@@ -293,38 +328,55 @@ def decode_object(data: bytes) -> tuple[str, str, dict]:
     if not data:
         raise APIError(400, "BadRequest", "the object provided is unrecognized: empty data")
     if not data.startswith(MAGIC):
-        raise APIError(400, "BadRequest", "the object provided is unrecognized: provided data does not appear "
-                       "to be a protobuf message, expected prefix [107 56 115 0]")
+        raise APIError(
+            400,
+            "BadRequest",
+            "the object provided is unrecognized: provided data does not appear "
+            "to be a protobuf message, expected prefix [107 56 115 0]",
+        )
     unknown = message_class(UNKNOWN)()
     try:
-        unknown.ParseFromString(data[len(MAGIC):])
+        unknown.ParseFromString(data[len(MAGIC) :])
     except DecodeError as e:
         raise APIError(400, "BadRequest", f"the object provided is unrecognized: protobuf envelope: {e}") from None
     api_version, kind = unknown.typeMeta.apiVersion, unknown.typeMeta.kind
     if isinstance(api_version, bytes) or isinstance(kind, bytes) or not isinstance(unknown.contentEncoding, str):
-        raise APIError(400, "BadRequest", "the object provided is unrecognized: invalid UTF-8 in the protobuf "
-                       "envelope's typeMeta")
+        raise APIError(
+            400, "BadRequest", "the object provided is unrecognized: invalid UTF-8 in the protobuf envelope's typeMeta"
+        )
     if not kind or not api_version:
-        raise APIError(400, "BadRequest", "the object provided is unrecognized: Object 'Kind' is missing in "
-                       "the protobuf envelope (runtime.Unknown.typeMeta)")
+        raise APIError(
+            400,
+            "BadRequest",
+            "the object provided is unrecognized: Object 'Kind' is missing in the protobuf envelope (runtime.Unknown.typeMeta)",
+        )
     if unknown.contentEncoding:
         raise APIError(415, "UnsupportedMediaType", f"unsupported content encoding {unknown.contentEncoding!r}")
     name = message_name(api_version, kind)
     if name is None:
-        raise APIError(415, "UnsupportedMediaType",
-                       f'{JSON_ONLY_415}: no protobuf form is registered for kind "{kind}" in version "{api_version}"')
+        raise APIError(
+            415,
+            "UnsupportedMediaType",
+            f'{JSON_ONLY_415}: no protobuf form is registered for kind "{kind}" in version "{api_version}"',
+        )
     msg = message_class(name)()
     try:
         msg.ParseFromString(unknown.raw)
     except DecodeError as e:
-        raise APIError(400, "BadRequest", f"the object provided is unrecognized: {kind} in version "
-                       f"\"{api_version}\" cannot be decoded from protobuf: {e}") from None
+        raise APIError(
+            400,
+            "BadRequest",
+            f'the object provided is unrecognized: {kind} in version "{api_version}" cannot be decoded from protobuf: {e}',
+        ) from None
     obj = {"kind": kind, "apiVersion": api_version}
     try:
         obj.update(to_json(msg))
-    except (UnicodeDecodeError, ValueError, OverflowError, OSError) as e:   # not UTF-8, a time out of range...
-        raise APIError(400, "BadRequest", f"the object provided is unrecognized: {kind} in version "
-                       f"\"{api_version}\" cannot be decoded from protobuf: {e}") from None
+    except (UnicodeDecodeError, ValueError, OverflowError, OSError) as e:  # not UTF-8, a time out of range...
+        raise APIError(
+            400,
+            "BadRequest",
+            f'the object provided is unrecognized: {kind} in version "{api_version}" cannot be decoded from protobuf: {e}',
+        ) from None
     return api_version, kind, obj
 
 
@@ -344,6 +396,7 @@ def encode_object(obj: dict) -> bytes | None:
 
 
 # ---- content negotiation -----------------------------------------------------------------------------
+
 
 def accepted(accept: str | None) -> list[tuple[str, dict]]:
     """The Accept header as ``(media type, params)`` in the client's order of preference (q honoured)."""
@@ -369,7 +422,7 @@ def prefers_protobuf(accept: str | None) -> bool | None:
         return False
     for media, params in accepted(accept):
         if params.get("as"):
-            continue        # Table / PartialObjectMetadata: kubesim answers the plain object instead
+            continue  # Table / PartialObjectMetadata: kubesim answers the plain object instead
         if media == MEDIA_TYPE:
             return True
         if media in ("application/json", "*/*", "application/*", "application/yaml"):

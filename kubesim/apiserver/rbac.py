@@ -12,6 +12,7 @@ user, one of its groups, or its ServiceAccount allows it. Rules match on verbs, 
 resources (``res/subresource`` for subresources) with ``*`` wildcards, and ``resourceNames``
 (which only ever match requests that carry a name: list/watch/create of a collection never do).
 """
+
 from __future__ import annotations
 
 import base64
@@ -58,8 +59,11 @@ class TokenIssuer:
             "kubernetes.io/serviceaccount/service-account.uid": sa_uid,
             "sub": f"system:serviceaccount:{namespace}:{sa_name}",
         }
-        signing_input = _b64url(json.dumps(header, separators=(",", ":")).encode()) + "." + \
-            _b64url(json.dumps(claims, separators=(",", ":")).encode())
+        signing_input = (
+            _b64url(json.dumps(header, separators=(",", ":")).encode())
+            + "."
+            + _b64url(json.dumps(claims, separators=(",", ":")).encode())
+        )
         sig = hmac.new(self.key, signing_input.encode(), hashlib.sha256).digest()
         return signing_input + "." + _b64url(sig)
 
@@ -79,8 +83,10 @@ class TokenIssuer:
 
 
 def sa_user(namespace: str, name: str) -> User:
-    return User(f"system:serviceaccount:{namespace}:{name}",
-                ("system:serviceaccounts", f"system:serviceaccounts:{namespace}", "system:authenticated"))
+    return User(
+        f"system:serviceaccount:{namespace}:{name}",
+        ("system:serviceaccounts", f"system:serviceaccounts:{namespace}", "system:authenticated"),
+    )
 
 
 def _subject_applies(subject: dict, user: User, binding_ns: str) -> bool:
@@ -160,10 +166,10 @@ class Authorizer:
                 self._cache[key] = rules
         return rules
 
-    def allowed(self, user: User, verb: str, group: str, resource: str, subresource: str = "",
-                name: str = "", namespace: str = "") -> bool:
-        return any(rule_allows(r, verb, group, resource, subresource, name)
-                   for r in self.rules_for(user, namespace))
+    def allowed(
+        self, user: User, verb: str, group: str, resource: str, subresource: str = "", name: str = "", namespace: str = ""
+    ) -> bool:
+        return any(rule_allows(r, verb, group, resource, subresource, name) for r in self.rules_for(user, namespace))
 
     def allowed_nonresource(self, user: User, path: str) -> bool:
         # Discovery (/api, /apis, /version, /healthz) is open to everyone, like system:discovery
@@ -171,8 +177,9 @@ class Authorizer:
         return True
 
 
-def forbidden_message(k8s_version: str, user: User, verb: str, group: str, resource: str,
-                      subresource: str, name: str, namespace: str) -> str:
+def forbidden_message(
+    k8s_version: str, user: User, verb: str, group: str, resource: str, subresource: str, name: str, namespace: str
+) -> str:
     """The message of a 403 from the authorization filter, in the selected version's wording.
 
     1.7 (apiserver responsewriters.forbiddenMessage): ``User "u" cannot get configmaps in the
@@ -188,13 +195,14 @@ def forbidden_message(k8s_version: str, user: User, verb: str, group: str, resou
         else:
             inner = f'User "{user.name}" cannot {verb} {res} at the cluster scope.'
     else:
-        sub = f'/{subresource}' if subresource else ""
+        sub = f"/{subresource}" if subresource else ""
         if namespace:
-            inner = (f'User "{user.name}" cannot {verb} resource "{resource}{sub}" in API group "{group}" '
-                     f'in the namespace "{namespace}"')
+            inner = (
+                f'User "{user.name}" cannot {verb} resource "{resource}{sub}" in API group "{group}" '
+                f'in the namespace "{namespace}"'
+            )
         else:
-            inner = (f'User "{user.name}" cannot {verb} resource "{resource}{sub}" in API group "{group}" '
-                     f'at the cluster scope')
+            inner = f'User "{user.name}" cannot {verb} resource "{resource}{sub}" in API group "{group}" at the cluster scope'
     return forbidden_prefix(qualified, name) + inner
 
 

@@ -1,6 +1,7 @@
 """The read verbs: get, list (selectors, pagination, tables) and watch (a chunked stream of events
 from the store's history and a watcher queue; 410 Gone/Expired for a too-old resourceVersion).
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,16 @@ class ReadVerbsMixin:
             raise errors.not_found(req.rt, req.name)
         # §2: GET by name always returns the object, initialized or not.
         if tables.wanted(h.headers.get("Accept"), self.k8s_version):
-            return send_json(h, 200, tables.table(req.rt, [req.rt.view(obj, self.k8s_version)], {
-                "resourceVersion": obj["metadata"].get("resourceVersion", "")}, req.query.get("includeObject", "Metadata")))
+            return send_json(
+                h,
+                200,
+                tables.table(
+                    req.rt,
+                    [req.rt.view(obj, self.k8s_version)],
+                    {"resourceVersion": obj["metadata"].get("resourceVersion", "")},
+                    req.query.get("includeObject", "Metadata"),
+                ),
+            )
         send_json(h, 200, req.rt.view(obj, self.k8s_version))
 
     def _predicate(self, req: Request):
@@ -42,7 +51,7 @@ class ReadVerbsMixin:
 
     def _verb_list(self, h, req: Request, user, exempt) -> None:
         pred = self._predicate(req)
-        include = truthy(req.query.get("includeUninitialized"))   # §2: LIST hides uninitialized
+        include = truthy(req.query.get("includeUninitialized"))  # §2: LIST hides uninitialized
         items, rv = self.store.list(req.rt.storage, req.namespace if req.rt.namespaced and req.namespace else None)
         out = []
         for o in items:
@@ -57,8 +66,7 @@ class ReadVerbsMixin:
         if tables.wanted(h.headers.get("Accept"), self.k8s_version):
             objs = [dict(o, kind=req.rt.kind, apiVersion=req.rt.api_version) for o in out]
             return send_json(h, 200, tables.table(req.rt, objs, list_meta, req.query.get("includeObject", "Metadata")))
-        send_json(h, 200, {"kind": f"{req.rt.kind}List", "apiVersion": req.rt.api_version,
-                                 "metadata": list_meta, "items": out})
+        send_json(h, 200, {"kind": f"{req.rt.kind}List", "apiVersion": req.rt.api_version, "metadata": list_meta, "items": out})
 
     def _verb_watch(self, h, req: Request, user, exempt) -> None:
         rt = req.rt
@@ -78,12 +86,11 @@ class ReadVerbsMixin:
                 timeout = float(req.query["timeoutSeconds"])
             except ValueError:
                 raise errors.bad_request(f"invalid timeoutSeconds {req.query['timeoutSeconds']!r}") from None
-        watcher = Watcher(rt.storage, req.namespace if rt.namespaced and req.namespace else None, name,
-                          pred, include)
+        watcher = Watcher(rt.storage, req.namespace if rt.namespaced and req.namespace else None, name, pred, include)
         faults = None if exempt else self.faults
         h.kubesim_code = 200
         h.send_response(200)
-        as_proto = getattr(h, "kubesim_proto", False)      # length-delimited protobuf WatchEvents
+        as_proto = getattr(h, "kubesim_proto", False)  # length-delimited protobuf WatchEvents
         h.send_header("Content-Type", protobuf.WATCH_MEDIA_TYPE if as_proto else "application/json")
         h.send_header("Transfer-Encoding", "chunked")
         h.end_headers()
@@ -96,8 +103,12 @@ class ReadVerbsMixin:
         def send_event(typ, obj):
             body = obj if typ == "ERROR" else rt.view(obj, self.k8s_version)
             if as_table and typ != "ERROR":
-                body = tables.table(rt, [body], {"resourceVersion": body["metadata"].get("resourceVersion", "")},
-                                    req.query.get("includeObject", "Metadata"))
+                body = tables.table(
+                    rt,
+                    [body],
+                    {"resourceVersion": body["metadata"].get("resourceVersion", "")},
+                    req.query.get("includeObject", "Metadata"),
+                )
             if as_proto:
                 return chunk(protobuf.watch_frame(typ, body))
             chunk(json.dumps({"type": typ, "object": body}, separators=(",", ":")).encode() + b"\n")
@@ -155,5 +166,12 @@ class ReadVerbsMixin:
             reason, msg = "Gone", f"too old resource version: {e.requested} ({e.oldest})"
         else:
             reason, msg = "Expired", f"too old resource version: {e.requested} ({e.oldest})"
-        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                "message": msg, "reason": reason, "code": 410}
+        return {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": msg,
+            "reason": reason,
+            "code": 410,
+        }

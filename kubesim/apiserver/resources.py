@@ -5,6 +5,7 @@ Several entries may share one *storage* (``apps/v1beta1`` and ``extensions/v1bet
 with the request version's 1.7 defaults, exactly like decoding into a versioned type did; the view
 only sets ``apiVersion``/``kind`` (and, in 1.7, mirrors init containers into annotations).
 """
+
 from __future__ import annotations
 
 import copy
@@ -27,16 +28,20 @@ def validate_name(kind_of_name: str, name: str) -> str | None:
         if len(name) > 63:
             return "must be no more than 63 characters"
         if not DNS1123_LABEL.match(name):
-            return ("a DNS-1123 label must consist of lower case alphanumeric characters or '-', and must "
-                    "start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex "
-                    "used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')")
+            return (
+                "a DNS-1123 label must consist of lower case alphanumeric characters or '-', and must "
+                "start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex "
+                "used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
+            )
     elif kind_of_name == "dns1035":
         if len(name) > 63:
             return "must be no more than 63 characters"
         if not DNS1035_LABEL.match(name):
-            return ("a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with "
-                    "an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or "
-                    "'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')")
+            return (
+                "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with "
+                "an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or "
+                "'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')"
+            )
     elif kind_of_name == "path":  # RBAC objects: any name that is a valid path segment
         if name in (".", "..") or "/" in name or "%" in name:
             return "may not contain '/' or '%' and may not be '.' or '..'"
@@ -44,13 +49,16 @@ def validate_name(kind_of_name: str, name: str) -> str | None:
         if len(name) > 253:
             return "must be no more than 253 characters"
         if not DNS1123_SUBDOMAIN.match(name):
-            return ("a DNS-1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', "
-                    "and must start and end with an alphanumeric character (e.g. 'example.com', regex used "
-                    "for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')")
+            return (
+                "a DNS-1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', "
+                "and must start and end with an alphanumeric character (e.g. 'example.com', regex used "
+                "for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
+            )
     return None
 
 
 # ---- defaults (1.7, k8s.io/client-go release-4.0 defaults.go) -------------------------------
+
 
 def _default_container(c: dict) -> None:
     c.setdefault("terminationMessagePath", "/dev/termination-log")
@@ -126,8 +134,9 @@ def _default_deployment(obj: dict, *, max_unavailable, max_surge, apps_only: dic
 
 
 def default_deployment_apps(obj: dict) -> None:
-    _default_deployment(obj, max_unavailable="25%", max_surge="25%",
-                        apps_only={"revisionHistoryLimit": 2, "progressDeadlineSeconds": 600})
+    _default_deployment(
+        obj, max_unavailable="25%", max_surge="25%", apps_only={"revisionHistoryLimit": 2, "progressDeadlineSeconds": 600}
+    )
 
 
 def default_deployment_extensions(obj: dict) -> None:
@@ -177,6 +186,7 @@ def default_secret(obj: dict) -> None:
 
 # ---- 1.7 init-container annotation mirroring (docs/initializers-1.7.md §5, §7) ---------------
 
+
 def pod_like_input(meta_and_spec: dict) -> str | None:
     """1.7 input conversion of a PodSpec holder (pod or pod template): the beta (else alpha)
     init-containers annotation, when present, *overrides* ``spec.initContainers``; both
@@ -217,32 +227,33 @@ def pod_like_output(meta_and_spec: dict) -> None:
 
 # ---- the registry ---------------------------------------------------------------------------
 
+
 @dataclass
 class ResourceType:
     group: str
     version: str
-    name: str                 # plural resource name as in the URL
+    name: str  # plural resource name as in the URL
     kind: str
     namespaced: bool
-    storage: str              # storage key shared by every view of the same objects
+    storage: str  # storage key shared by every view of the same objects
     name_rule: str = "subdomain"
     default: Callable[[dict], None] | None = None
     has_status: bool = False  # a status subresource; main-resource updates keep the old status
     tracks_generation: bool = False
-    pod_like: str | None = None   # "pod" or "template": where the 1.7 init-container mirroring applies
+    pod_like: str | None = None  # "pod" or "template": where the 1.7 init-container mirroring applies
     field_selectors: tuple[str, ...] = ("metadata.name", "metadata.namespace")
     short_names: tuple[str, ...] = ()
     verbs: tuple[str, ...] = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
     extra_subresources: tuple[str, ...] = ()
-    served: tuple[str, ...] = ("1.7", "1.13")   # the k8s versions whose API server serves this GVR
+    served: tuple[str, ...] = ("1.7", "1.13")  # the k8s versions whose API server serves this GVR
     categories: tuple[str, ...] = ()
-    no_categories_in: tuple[str, ...] = ()       # k8s versions whose storage here says WithCategories(nil)
-    default_113: Callable[[dict], None] | None = None   # 1.13's defaults when they differ from 1.7's
-    scale: tuple[str, str, str] | None = None    # (group, version, kind) of the ``scale`` subresource's body
-    initial_status: dict | None = None           # what the create strategy resets ``status`` to
+    no_categories_in: tuple[str, ...] = ()  # k8s versions whose storage here says WithCategories(nil)
+    default_113: Callable[[dict], None] | None = None  # 1.13's defaults when they differ from 1.7's
+    scale: tuple[str, str, str] | None = None  # (group, version, kind) of the ``scale`` subresource's body
+    initial_status: dict | None = None  # what the create strategy resets ``status`` to
     # discovery-only subresources the real server lists next to this resource: (name, kind, verbs, gv)
     listed_subresources: tuple = ()
-    convert: object = None    # workloads.Conversion: per-version input/output differences, or None
+    convert: object = None  # workloads.Conversion: per-version input/output differences, or None
 
     def apply_defaults(self, obj: dict, k8s_version: str) -> None:
         fn = self.default_113 if (k8s_version != "1.7" and self.default_113) else self.default
@@ -290,56 +301,148 @@ class ResourceType:
         if meta:
             ns = meta.get("namespace")
             prefix = "/api/v1" if not self.group else f"/apis/{self.group}/{self.version}"
-            meta["selfLink"] = (f"{prefix}/namespaces/{ns}/{self.name}/{meta.get('name')}" if ns
-                                else f"{prefix}/{self.name}/{meta.get('name')}")
+            meta["selfLink"] = (
+                f"{prefix}/namespaces/{ns}/{self.name}/{meta.get('name')}" if ns else f"{prefix}/{self.name}/{meta.get('name')}"
+            )
         return body
 
 
-POD_FIELDS = ("metadata.name", "metadata.namespace", "spec.nodeName", "spec.restartPolicy",
-              "status.phase", "status.podIP")
+POD_FIELDS = ("metadata.name", "metadata.namespace", "spec.nodeName", "spec.restartPolicy", "status.phase", "status.podIP")
 
-EVENT_FIELDS = ("metadata.name", "metadata.namespace", "involvedObject.kind", "involvedObject.namespace",
-                "involvedObject.name", "involvedObject.uid", "involvedObject.apiVersion",
-                "involvedObject.resourceVersion", "involvedObject.fieldPath", "reason", "source", "type")
+EVENT_FIELDS = (
+    "metadata.name",
+    "metadata.namespace",
+    "involvedObject.kind",
+    "involvedObject.namespace",
+    "involvedObject.name",
+    "involvedObject.uid",
+    "involvedObject.apiVersion",
+    "involvedObject.resourceVersion",
+    "involvedObject.fieldPath",
+    "reason",
+    "source",
+    "type",
+)
 
 RESOURCES: list[ResourceType] = [
-    ResourceType("", "v1", "namespaces", "Namespace", False, "namespaces", name_rule="label",
-                 default=default_namespace, has_status=True, short_names=("ns",),
-                 field_selectors=("metadata.name", "status.phase")),
-    ResourceType("", "v1", "pods", "Pod", True, "pods", default=default_pod, has_status=True,
-                 pod_like="pod", field_selectors=POD_FIELDS, short_names=("po",),
-                 extra_subresources=("binding",)),
+    ResourceType(
+        "",
+        "v1",
+        "namespaces",
+        "Namespace",
+        False,
+        "namespaces",
+        name_rule="label",
+        default=default_namespace,
+        has_status=True,
+        short_names=("ns",),
+        field_selectors=("metadata.name", "status.phase"),
+    ),
+    ResourceType(
+        "",
+        "v1",
+        "pods",
+        "Pod",
+        True,
+        "pods",
+        default=default_pod,
+        has_status=True,
+        pod_like="pod",
+        field_selectors=POD_FIELDS,
+        short_names=("po",),
+        extra_subresources=("binding",),
+    ),
     ResourceType("", "v1", "configmaps", "ConfigMap", True, "configmaps", short_names=("cm",)),
-    ResourceType("", "v1", "secrets", "Secret", True, "secrets", default=default_secret,
-                 field_selectors=("metadata.name", "metadata.namespace", "type")),
+    ResourceType(
+        "",
+        "v1",
+        "secrets",
+        "Secret",
+        True,
+        "secrets",
+        default=default_secret,
+        field_selectors=("metadata.name", "metadata.namespace", "type"),
+    ),
     ResourceType("", "v1", "serviceaccounts", "ServiceAccount", True, "serviceaccounts", short_names=("sa",)),
-    ResourceType("", "v1", "services", "Service", True, "services", name_rule="dns1035",
-                 default=default_service, has_status=True, short_names=("svc",)),
+    ResourceType(
+        "",
+        "v1",
+        "services",
+        "Service",
+        True,
+        "services",
+        name_rule="dns1035",
+        default=default_service,
+        has_status=True,
+        short_names=("svc",),
+    ),
     ResourceType("", "v1", "endpoints", "Endpoints", True, "endpoints", short_names=("ep",)),
     ResourceType("", "v1", "nodes", "Node", False, "nodes", has_status=True, short_names=("no",)),
-    ResourceType("", "v1", "events", "Event", True, "events", short_names=("ev",),
-                 field_selectors=EVENT_FIELDS),   # kubectl describe lists events by involvedObject
-    ResourceType("apps", "v1beta1", "deployments", "Deployment", True, "deployments",
-                 default=default_deployment_apps, has_status=True, tracks_generation=True,
-                 pod_like="template", short_names=("deploy",)),
-    ResourceType("extensions", "v1beta1", "deployments", "Deployment", True, "deployments",
-                 default=default_deployment_extensions, has_status=True, tracks_generation=True,
-                 pod_like="template", short_names=("deploy",)),
-    ResourceType("extensions", "v1beta1", "daemonsets", "DaemonSet", True, "daemonsets",
-                 default=default_daemonset, has_status=True, tracks_generation=True,
-                 pod_like="template", short_names=("ds",)),
-    ResourceType("admissionregistration.k8s.io", "v1alpha1", "initializerconfigurations",
-                 "InitializerConfiguration", False, "initializerconfigurations"),
+    ResourceType(
+        "", "v1", "events", "Event", True, "events", short_names=("ev",), field_selectors=EVENT_FIELDS
+    ),  # kubectl describe lists events by involvedObject
+    ResourceType(
+        "apps",
+        "v1beta1",
+        "deployments",
+        "Deployment",
+        True,
+        "deployments",
+        default=default_deployment_apps,
+        has_status=True,
+        tracks_generation=True,
+        pod_like="template",
+        short_names=("deploy",),
+    ),
+    ResourceType(
+        "extensions",
+        "v1beta1",
+        "deployments",
+        "Deployment",
+        True,
+        "deployments",
+        default=default_deployment_extensions,
+        has_status=True,
+        tracks_generation=True,
+        pod_like="template",
+        short_names=("deploy",),
+    ),
+    ResourceType(
+        "extensions",
+        "v1beta1",
+        "daemonsets",
+        "DaemonSet",
+        True,
+        "daemonsets",
+        default=default_daemonset,
+        has_status=True,
+        tracks_generation=True,
+        pod_like="template",
+        short_names=("ds",),
+    ),
+    ResourceType(
+        "admissionregistration.k8s.io",
+        "v1alpha1",
+        "initializerconfigurations",
+        "InitializerConfiguration",
+        False,
+        "initializerconfigurations",
+    ),
 ]
 for _v in ("v1beta1", "v1"):
     RESOURCES += [
         ResourceType("rbac.authorization.k8s.io", _v, "roles", "Role", True, "roles", name_rule="path"),
-        ResourceType("rbac.authorization.k8s.io", _v, "rolebindings", "RoleBinding", True, "rolebindings",
-                     name_rule="path"),
-        ResourceType("rbac.authorization.k8s.io", _v, "clusterroles", "ClusterRole", False, "clusterroles",
-                     name_rule="path"),
-        ResourceType("rbac.authorization.k8s.io", _v, "clusterrolebindings", "ClusterRoleBinding", False,
-                     "clusterrolebindings", name_rule="path"),
+        ResourceType("rbac.authorization.k8s.io", _v, "rolebindings", "RoleBinding", True, "rolebindings", name_rule="path"),
+        ResourceType("rbac.authorization.k8s.io", _v, "clusterroles", "ClusterRole", False, "clusterroles", name_rule="path"),
+        ResourceType(
+            "rbac.authorization.k8s.io",
+            _v,
+            "clusterrolebindings",
+            "ClusterRoleBinding",
+            False,
+            "clusterrolebindings",
+            name_rule="path",
+        ),
     ]
 
 from . import workloads as _workloads  # noqa: E402  (its entries build on the ones above)

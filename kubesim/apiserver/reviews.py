@@ -7,6 +7,7 @@ object plus ``status``. The decision comes from the same authorizers as a reques
 whose reason on an allow names the binding (``RBAC: allowed by ClusterRoleBinding "x" of
 ClusterRole "y" to Group "z"``, 1.13; 1.7's RBAC gave no reason) and is empty on a denial.
 """
+
 from __future__ import annotations
 
 import copy
@@ -18,10 +19,28 @@ from .transport import read_body, send_json
 
 # The bootstrap policy every authenticated user has (1.13 system:basic-user and system:discovery,
 # bound to system:authenticated), which kubesim applies without storing the objects.
-BASIC_USER_RULES = [{"verbs": ["create"], "apiGroups": ["authorization.k8s.io"],
-                     "resources": ["selfsubjectaccessreviews", "selfsubjectrulesreviews"]}]
-DISCOVERY_URLS = ["/api", "/api/*", "/apis", "/apis/*", "/healthz", "/openapi", "/openapi/*",
-                  "/swagger-2.0.0.pb-v1", "/swagger.json", "/swaggerapi", "/swaggerapi/*", "/version", "/version/"]
+BASIC_USER_RULES = [
+    {
+        "verbs": ["create"],
+        "apiGroups": ["authorization.k8s.io"],
+        "resources": ["selfsubjectaccessreviews", "selfsubjectrulesreviews"],
+    }
+]
+DISCOVERY_URLS = [
+    "/api",
+    "/api/*",
+    "/apis",
+    "/apis/*",
+    "/healthz",
+    "/openapi",
+    "/openapi/*",
+    "/swagger-2.0.0.pb-v1",
+    "/swagger.json",
+    "/swaggerapi",
+    "/swaggerapi/*",
+    "/version",
+    "/version/",
+]
 DISCOVERY_RULES = [{"verbs": ["get"], "nonResourceURLs": DISCOVERY_URLS}]
 
 
@@ -51,8 +70,10 @@ def rbac_reason(store, user: User, verb, group, resource, subresource, name, nam
             role = objs["clusterroles"].get(("", ref.get("name", "")))
             for rule in (role or {}).get("rules") or []:
                 if rule_allows(rule, verb, group, resource, subresource, name):
-                    return (f'RBAC: allowed by ClusterRoleBinding "{crb["metadata"]["name"]}" of ClusterRole '
-                            f'"{ref.get("name")}" to {_describe_subject(subj, "")}')
+                    return (
+                        f'RBAC: allowed by ClusterRoleBinding "{crb["metadata"]["name"]}" of ClusterRole '
+                        f'"{ref.get("name")}" to {_describe_subject(subj, "")}'
+                    )
         if namespace:
             for (ns, _), rb in sorted(objs["rolebindings"].items()):
                 if ns != namespace:
@@ -67,8 +88,10 @@ def rbac_reason(store, user: User, verb, group, resource, subresource, name, nam
                     role = objs["roles"].get((ns, ref.get("name", "")))
                 for rule in (role or {}).get("rules") or []:
                     if rule_allows(rule, verb, group, resource, subresource, name):
-                        return (f'RBAC: allowed by RoleBinding "{rb["metadata"]["name"]}/{ns}" of '
-                                f'{ref.get("kind")} "{ref.get("name")}" to {_describe_subject(subj, ns)}')
+                        return (
+                            f'RBAC: allowed by RoleBinding "{rb["metadata"]["name"]}/{ns}" of '
+                            f'{ref.get("kind")} "{ref.get("name")}" to {_describe_subject(subj, ns)}'
+                        )
     return None
 
 
@@ -85,10 +108,16 @@ def decide(api, user: User, attrs: dict | None, non_resource: dict | None) -> di
     verb, group, resource = a.get("verb", ""), a.get("group", ""), a.get("resource", "")
     sub, name, ns = a.get("subresource", ""), a.get("name", ""), a.get("namespace", "")
     reason = rbac_reason(api.store, user, verb, group, resource, sub, name, ns)
-    if reason is None and "system:authenticated" in user.groups and not sub and \
-            any(rule_allows(r, verb, group, resource, sub, name) for r in BASIC_USER_RULES):
-        reason = ('RBAC: allowed by ClusterRoleBinding "system:basic-user" of ClusterRole "system:basic-user" '
-                  'to Group "system:authenticated"')
+    if (
+        reason is None
+        and "system:authenticated" in user.groups
+        and not sub
+        and any(rule_allows(r, verb, group, resource, sub, name) for r in BASIC_USER_RULES)
+    ):
+        reason = (
+            'RBAC: allowed by ClusterRoleBinding "system:basic-user" of ClusterRole "system:basic-user" '
+            'to Group "system:authenticated"'
+        )
     if reason is None:
         return {"allowed": False}
     return {"allowed": True, "reason": reason} if api.k8s_version != "1.7" else {"allowed": True}
@@ -100,8 +129,9 @@ def create(api, h, req, user: User) -> None:
     if not isinstance(body, dict):
         raise errors.bad_request("the object provided is unrecognized: expected a JSON object")
     if body.get("apiVersion") not in (None, rt.api_version) or body.get("kind") not in (None, rt.kind):
-        raise errors.bad_request(f"the API version in the data ({body.get('apiVersion')}) does not match the "
-                                 f"expected API version ({rt.api_version})")
+        raise errors.bad_request(
+            f"the API version in the data ({body.get('apiVersion')}) does not match the expected API version ({rt.api_version})"
+        )
     out = copy.deepcopy(body)
     out["kind"], out["apiVersion"] = rt.kind, rt.api_version
     meta = out.get("metadata") if isinstance(out.get("metadata"), dict) else {}
@@ -136,8 +166,7 @@ def _rules(api, user: User, namespace: str) -> dict:
         if r.get("nonResourceURLs"):
             nonres.append({"verbs": r.get("verbs") or [], "nonResourceURLs": r["nonResourceURLs"]})
         else:
-            e = {"verbs": r.get("verbs") or [], "apiGroups": r.get("apiGroups") or [],
-                 "resources": r.get("resources") or []}
+            e = {"verbs": r.get("verbs") or [], "apiGroups": r.get("apiGroups") or [], "resources": r.get("resources") or []}
             if r.get("resourceNames"):
                 e["resourceNames"] = r["resourceNames"]
             res.append(e)

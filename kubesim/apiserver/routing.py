@@ -2,6 +2,7 @@
 filter chain every API request passes: metrics/health/openapi/discovery, authentication,
 impersonation, content negotiation, injected faults, authorization, then the verb's handler.
 """
+
 from __future__ import annotations
 
 import ssl
@@ -69,8 +70,14 @@ class RoutingMixin:
                 if req.verb != "watch":
                     self.m_latency.labels(req.verb).observe(elapsed)
             if self.log_requests:
-                log.info("request", method=method, path=h.path, code=h.kubesim_code,
-                         user=getattr(h, "kubesim_user", None), ms=round(elapsed * 1000, 2))
+                log.info(
+                    "request",
+                    method=method,
+                    path=h.path,
+                    code=h.kubesim_code,
+                    user=getattr(h, "kubesim_user", None),
+                    ms=round(elapsed * 1000, 2),
+                )
 
     def _dispatch(self, h: Handler, method: str) -> None:
         parts = urlsplit(h.path)
@@ -117,8 +124,12 @@ class RoutingMixin:
         h.kubesim_req = req
         proto = protobuf.prefers_protobuf(h.headers.get("Accept"))
         if proto is None:
-            raise APIError(406, "NotAcceptable", "only the following media types are accepted: application/json, "
-                           "application/yaml, application/vnd.kubernetes.protobuf")
+            raise APIError(
+                406,
+                "NotAcceptable",
+                "only the following media types are accepted: application/json, "
+                "application/yaml, application/vnd.kubernetes.protobuf",
+            )
         h.kubesim_proto = proto
         faults = self.faults
         exempt = h.headers.get("X-Kubesim-No-Faults") == "1"
@@ -135,7 +146,7 @@ class RoutingMixin:
         handler(h, req, user, exempt)
 
     def _resolve(self, method: str, path: str, query: dict) -> Request | None:
-        segs = [unquote(s) for s in path.split("/") if s]   # clients escape ':' in "system:..." names
+        segs = [unquote(s) for s in path.split("/") if s]  # clients escape ':' in "system:..." names
         if segs[:2] == ["api", "v1"]:
             group, version, rest = "", "v1", segs[2:]
         elif len(segs) >= 3 and segs[0] == "apis":
@@ -161,8 +172,7 @@ class RoutingMixin:
             req.name = rest[1]
         if len(rest) == 3:
             req.subresource = rest[2]
-            if req.subresource not in rt.subresources() + (
-                    ("log",) if rt.storage == "pods" and method == "GET" else ()):
+            if req.subresource not in rt.subresources() + (("log",) if rt.storage == "pods" and method == "GET" else ()):
                 return None
             if legacy_watch:
                 return None

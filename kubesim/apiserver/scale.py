@@ -9,6 +9,7 @@ version is the one discovery names for the subresource: ``autoscaling/v1`` under
 and ``extensions/v1beta1`` (selector as a map plus ``targetSelector``). Subresources skip the
 Initializers checks (§3).
 """
+
 from __future__ import annotations
 
 import copy
@@ -27,8 +28,12 @@ def selector_string(sel) -> str:
         reqs.append((k, f"{k}={v}"))
     for r in sel.get("matchExpressions") or []:
         k, op, vals = r.get("key", ""), r.get("operator", ""), sorted(r.get("values") or [])
-        text = {"In": f"{k} in ({','.join(vals)})", "NotIn": f"{k} notin ({','.join(vals)})",
-                "Exists": k, "DoesNotExist": f"!{k}"}.get(op, k)
+        text = {
+            "In": f"{k} in ({','.join(vals)})",
+            "NotIn": f"{k} notin ({','.join(vals)})",
+            "Exists": k,
+            "DoesNotExist": f"!{k}",
+        }.get(op, k)
         reqs.append((k, text))
     return ",".join(t for _, t in sorted(reqs))
 
@@ -45,10 +50,14 @@ def scale_of(rt, obj: dict) -> dict:
     meta = obj["metadata"]
     prefix = "/api/v1" if not rt.group else f"/apis/{rt.group}/{rt.version}"
     ns = meta.get("namespace", "")
-    out_meta = {"name": meta["name"], "namespace": ns,
-                "selfLink": f"{prefix}/namespaces/{ns}/{rt.name}/{meta['name']}/scale",
-                "uid": meta.get("uid"), "resourceVersion": meta.get("resourceVersion"),
-                "creationTimestamp": meta.get("creationTimestamp")}
+    out_meta = {
+        "name": meta["name"],
+        "namespace": ns,
+        "selfLink": f"{prefix}/namespaces/{ns}/{rt.name}/{meta['name']}/scale",
+        "uid": meta.get("uid"),
+        "resourceVersion": meta.get("resourceVersion"),
+        "creationTimestamp": meta.get("creationTimestamp"),
+    }
     spec = {}
     replicas = (obj.get("spec") or {}).get("replicas")
     if replicas:
@@ -65,8 +74,7 @@ def scale_of(rt, obj: dict) -> dict:
         text = selector_string(sel)
         if text:
             status["targetSelector"] = text
-    return {"kind": "Scale", "apiVersion": f"{group}/{version}", "metadata": out_meta, "spec": spec,
-            "status": status}
+    return {"kind": "Scale", "apiVersion": f"{group}/{version}", "metadata": out_meta, "spec": spec, "status": status}
 
 
 def handle(api, h, req, user, exempt) -> None:
@@ -98,8 +106,7 @@ def handle(api, h, req, user, exempt) -> None:
             raise errors.bad_request("the object provided is unrecognized: expected a JSON object")
         smeta = new_scale.get("metadata") if isinstance(new_scale.get("metadata"), dict) else {}
         if smeta.get("name") and smeta["name"] != req.name:
-            raise errors.bad_request(f"the name of the object ({smeta['name']}) does not match the name on "
-                                     f"the URL ({req.name})")
+            raise errors.bad_request(f"the name of the object ({smeta['name']}) does not match the name on the URL ({req.name})")
         rv = smeta.get("resourceVersion")
         if rv and rv != cur["metadata"]["resourceVersion"]:
             raise errors.conflict(rt, req.name)
@@ -108,8 +115,9 @@ def handle(api, h, req, user, exempt) -> None:
         replicas = (new_scale.get("spec") or {}).get("replicas", 0) if isinstance(new_scale.get("spec"), dict) else 0
         if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
             gk = type("GK", (), {"kind": "Scale", "group": rt.scale[0]})
-            raise errors.invalid(gk, req.name, [FieldError(
-                "Invalid", "spec.replicas", "must be greater than or equal to 0", replicas)])
+            raise errors.invalid(
+                gk, req.name, [FieldError("Invalid", "spec.replicas", "must be greater than or equal to 0", replicas)]
+            )
         new = copy.deepcopy(cur)
         new.setdefault("spec", {})["replicas"] = replicas
         if rt.tracks_generation and new["spec"] != cur.get("spec"):

@@ -4,6 +4,7 @@ Label selector grammar (k8s.io/apimachinery/pkg/labels): ``a=b``, ``a==b``, ``a!
 ``a in (x,y)``, ``a notin (x)``, ``a`` (exists), ``!a`` (does not exist), comma-separated (AND).
 Field selectors support ``=``, ``==`` and ``!=`` on the fields each resource registers.
 """
+
 from __future__ import annotations
 
 import re
@@ -99,8 +100,7 @@ def parse_field_selector(s: str | None, allowed: tuple[str, ...]) -> Callable[[d
         else:
             raise SelectorError(f"invalid selector: '{s}'; can't understand '{term}'")
         if field not in allowed:
-            raise SelectorError(f'"{field}" is not a known field selector: only "'
-                                + '", "'.join(allowed) + '"')
+            raise SelectorError(f'"{field}" is not a known field selector: only "' + '", "'.join(allowed) + '"')
         if op == "!=":
             reqs.append(lambda o, f=field, v=val: (get_path(o, f) or "") != v)
         else:
@@ -115,5 +115,5 @@ def exact_name(s: str | None) -> str | None:
     for term in _split_top(s):
         for op in ("==", "="):
             if term.startswith("metadata.name" + op):
-                return term[len("metadata.name" + op):].strip()
+                return term[len("metadata.name" + op) :].strip()
     return None

@@ -16,6 +16,7 @@ handshake in the connection's own thread), one :class:`~kubesim.apiserver.store.
 global lock, and blocking creates that wait on a per-object watcher queue (no polling). Section
 numbers (§) refer to docs/initializers-1.7.md.
 """
+
 from __future__ import annotations
 
 import base64
@@ -49,14 +50,31 @@ from .writes import WriteVerbsMixin
 log = structlog.get_logger("kubesim.apiserver")
 
 
-
-class APIServer(RoutingMixin, AuthnMixin, ControllersMixin, DefaultingMixin, AdmissionMixin, ReadVerbsMixin,
-                WriteVerbsMixin, DeleteVerbsMixin, InitWaitMixin, ClusterIPMixin):
+class APIServer(
+    RoutingMixin,
+    AuthnMixin,
+    ControllersMixin,
+    DefaultingMixin,
+    AdmissionMixin,
+    ReadVerbsMixin,
+    WriteVerbsMixin,
+    DeleteVerbsMixin,
+    InitWaitMixin,
+    ClusterIPMixin,
+):
     """An in-process Kubernetes 1.7 (or 1.13) API server emulator. See kubesim/README.md."""
 
-    def __init__(self, k8s_version: str = "1.7", faults=None, seed: int = 0, sans=(),
-                 history: int = 100, initializer_config_refresh: float = 0.0,
-                 service_cidr: str = "10.96.0.0/12", log_requests: bool = False):
+    def __init__(
+        self,
+        k8s_version: str = "1.7",
+        faults=None,
+        seed: int = 0,
+        sans=(),
+        history: int = 100,
+        initializer_config_refresh: float = 0.0,
+        service_cidr: str = "10.96.0.0/12",
+        log_requests: bool = False,
+    ):
         if k8s_version not in GIT_VERSIONS:
             raise ValueError(f"k8s_version must be one of {sorted(GIT_VERSIONS)}, not {k8s_version!r}")
         self.k8s_version = k8s_version
@@ -68,12 +86,12 @@ class APIServer(RoutingMixin, AuthnMixin, ControllersMixin, DefaultingMixin, Adm
         self.authorizer = Authorizer(self.store)
         self.tokens = TokenIssuer(secrets.token_bytes(32))
         self.admin_token = secrets.token_hex(24)
-        self.static_tokens: dict[str, User] = {
-            self.admin_token: User("admin", ("system:masters", "system:authenticated"))}
+        self.static_tokens: dict[str, User] = {self.admin_token: User("admin", ("system:masters", "system:authenticated"))}
         self.faults = FaultSpec()
         self.set_faults(faults)
         self.initializer_config_refresh = float(initializer_config_refresh)
         import ipaddress
+
         self.service_net = ipaddress.ip_network(service_cidr)
         self._init_config_cache: tuple[float, list] = (-1e18, [])
         self._name_rng = __import__("random").Random(seed)
@@ -90,7 +108,7 @@ class APIServer(RoutingMixin, AuthnMixin, ControllersMixin, DefaultingMixin, Adm
         self.request_count = 0
         self.write_count = 0
         self._waiting_creates = 0
-        self.log_source = None      # (pod, container) -> log file path: the kubelet's side of pods/log
+        self.log_source = None  # (pod, container) -> log file path: the kubelet's side of pods/log
         #: the MutatingAdmissionWebhook plugin (1.9+ servers); ``webhook_dialer(host, port, timeout)`` opens
         #: its connections to a Service's pods (the netns cluster dials inside the node namespace)
         self.webhooks = webhooks.Dispatcher(self) if k8s_version != "1.7" else None
@@ -102,22 +120,34 @@ class APIServer(RoutingMixin, AuthnMixin, ControllersMixin, DefaultingMixin, Adm
     def _init_metrics(self) -> None:
         """Prometheus metrics in a registry of this server's own (several servers per process)."""
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
         self.metrics_registry = reg = CollectorRegistry()
-        self.m_requests = Counter("kubesim_apiserver_requests_total", "API requests by verb, resource and code",
-                                  ["verb", "resource", "code"], registry=reg)
-        self.m_latency = Histogram("kubesim_apiserver_request_duration_seconds",
-                                   "Time to answer non-watch API requests (blocking creates included)", ["verb"],
-                                   buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 30),
-                                   registry=reg)
-        Gauge("kubesim_apiserver_watchers", "Open watches (including blocking creates waiting)",
-              registry=reg).set_function(lambda: sum(len(w) for w in self.store.watchers.values()))
-        Gauge("kubesim_apiserver_blocking_creates_waiting", "Creates waiting for initialization",
-              registry=reg).set_function(lambda: self._waiting_creates)
-        Gauge("kubesim_apiserver_resource_version", "Current global resourceVersion",
-              registry=reg).set_function(lambda: self.store.rv)
+        self.m_requests = Counter(
+            "kubesim_apiserver_requests_total",
+            "API requests by verb, resource and code",
+            ["verb", "resource", "code"],
+            registry=reg,
+        )
+        self.m_latency = Histogram(
+            "kubesim_apiserver_request_duration_seconds",
+            "Time to answer non-watch API requests (blocking creates included)",
+            ["verb"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 30),
+            registry=reg,
+        )
+        Gauge("kubesim_apiserver_watchers", "Open watches (including blocking creates waiting)", registry=reg).set_function(
+            lambda: sum(len(w) for w in self.store.watchers.values())
+        )
+        Gauge("kubesim_apiserver_blocking_creates_waiting", "Creates waiting for initialization", registry=reg).set_function(
+            lambda: self._waiting_creates
+        )
+        Gauge("kubesim_apiserver_resource_version", "Current global resourceVersion", registry=reg).set_function(
+            lambda: self.store.rv
+        )
 
     def metrics_text(self) -> bytes:
         from prometheus_client import generate_latest
+
         return generate_latest(self.metrics_registry)
 
     # ---- lifecycle ----------------------------------------------------------------------
@@ -160,11 +190,11 @@ class APIServer(RoutingMixin, AuthnMixin, ControllersMixin, DefaultingMixin, Adm
         self.url = f"https://{shown}:{self.port}"
         # Publish the CA into the token secrets created before start (bootstrap).
         self._refresh_token_secret_ca()
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="kubesim-apiserver", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="kubesim-apiserver", daemon=True
+        )
         self._thread.start()
-        log.info("apiserver_started", url=self.url, k8s_version=self.k8s_version,
-                 faults=self.faults.describe() or None)
+        log.info("apiserver_started", url=self.url, k8s_version=self.k8s_version, faults=self.faults.describe() or None)
         return self
 
     def stop(self) -> None:
@@ -204,10 +234,19 @@ class APIServer(RoutingMixin, AuthnMixin, ControllersMixin, DefaultingMixin, Adm
 
     def kubeconfig(self, token: str | None = None, server: str | None = None) -> dict:
         return {
-            "apiVersion": "v1", "kind": "Config", "current-context": "kubesim", "preferences": {},
-            "clusters": [{"name": "kubesim", "cluster": {
-                "server": server or self.url,
-                "certificate-authority-data": base64.b64encode(self.ca_pem).decode()}}],
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "kubesim",
+            "preferences": {},
+            "clusters": [
+                {
+                    "name": "kubesim",
+                    "cluster": {
+                        "server": server or self.url,
+                        "certificate-authority-data": base64.b64encode(self.ca_pem).decode(),
+                    },
+                }
+            ],
             "users": [{"name": "kubesim", "user": {"token": token or self.admin_token}}],
             "contexts": [{"name": "kubesim", "context": {"cluster": "kubesim", "user": "kubesim"}}],
         }
@@ -215,6 +254,7 @@ class APIServer(RoutingMixin, AuthnMixin, ControllersMixin, DefaultingMixin, Adm
     def write_kubeconfig(self, path: str, token: str | None = None, server: str | None = None) -> str:
         """Write a kubeconfig atomically (temp file + rename); admin unless ``token`` is given."""
         import yaml
+
         d = os.path.dirname(os.path.abspath(path))
         os.makedirs(d, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".kubeconfig-", dir=d)

@@ -11,6 +11,7 @@ previous object of an event: current passes and previous not -> ADDED, both -> M
 previous -> DELETED carrying the previous object. Uninitialized objects (``metadata.initializers``
 present, even ``{}``) pass only when the watcher asked for ``includeUninitialized``.
 """
+
 from __future__ import annotations
 
 import collections
@@ -19,7 +20,7 @@ import queue
 import threading
 from typing import Callable
 
-STOP = object()   # sentinel put into watcher queues when the server stops
+STOP = object()  # sentinel put into watcher queues when the server stops
 
 
 def is_uninitialized(obj: dict) -> bool:
@@ -52,8 +53,14 @@ class Event:
 class Watcher:
     """One watch: a filter and a queue of ``(type, object)`` pairs, fed by the writers."""
 
-    def __init__(self, storage: str, namespace: str | None, name: str | None,
-                 predicate: Callable[[dict], bool] | None, include_uninitialized: bool):
+    def __init__(
+        self,
+        storage: str,
+        namespace: str | None,
+        name: str | None,
+        predicate: Callable[[dict], bool] | None,
+        include_uninitialized: bool,
+    ):
         self.storage, self.namespace, self.name = storage, namespace, name
         self.predicate = predicate
         self.include_uninitialized = include_uninitialized
@@ -79,7 +86,7 @@ class Watcher:
         if cur and prev:
             return ("MODIFIED", ev.obj)
         if prev and not cur:
-            if ev.obj is None:          # a real deletion: prev already carries the deletion rv
+            if ev.obj is None:  # a real deletion: prev already carries the deletion rv
                 return ("DELETED", ev.prev)
             gone = copy.deepcopy(ev.prev)
             gone["metadata"]["resourceVersion"] = str(ev.rv)
@@ -95,7 +102,7 @@ class Watcher:
         self.queue.put(STOP)
 
 
-DEFAULT_WATCH_CACHE_SIZE = 100     # kube-apiserver --default-watch-cache-size (1.7 and 1.13)
+DEFAULT_WATCH_CACHE_SIZE = 100  # kube-apiserver --default-watch-cache-size (1.7 and 1.13)
 
 
 class Store:
@@ -108,10 +115,11 @@ class Store:
         self.objects: dict[str, dict[tuple[str, str], dict]] = collections.defaultdict(dict)
         self.history_size = max(1, history)
         self.history: dict[str, collections.deque[Event]] = collections.defaultdict(
-            lambda: collections.deque(maxlen=self.history_size))
-        self.evicted: dict[str, bool] = collections.defaultdict(bool)   # has the type's window moved on?
+            lambda: collections.deque(maxlen=self.history_size)
+        )
+        self.evicted: dict[str, bool] = collections.defaultdict(bool)  # has the type's window moved on?
         self.watchers: dict[str, set[Watcher]] = collections.defaultdict(set)
-        self.generation: dict[str, int] = collections.defaultdict(int)   # writes per storage
+        self.generation: dict[str, int] = collections.defaultdict(int)  # writes per storage
         self.write_hooks: list[Callable[[Event], None]] = []
 
     # ---- reads --------------------------------------------------------------------------

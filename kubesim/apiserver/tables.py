@@ -7,17 +7,23 @@ printers (pkg/printers/internalversion, 1.13); each row carries the object's met
 ``PartialObjectMetadata`` (``includeObject=Metadata``, the default), or the whole object with
 ``includeObject=Object``. A 1.7 server had no server-side printing: kubectl then shows NAME and AGE.
 """
+
 from __future__ import annotations
 
 import datetime
 
 from . import protobuf
 
-NAME = {"name": "Name", "type": "string", "format": "name", "priority": 0,
-        "description": "Name must be unique within a namespace. Is required when creating resources, although "
-                       "some resources may allow a client to request the generation of an appropriate name "
-                       "automatically. Name is primarily intended for creation idempotence and configuration "
-                       "definition. Cannot be updated. More info: http://kubernetes.io/docs/user-guide/identifiers#names"}
+NAME = {
+    "name": "Name",
+    "type": "string",
+    "format": "name",
+    "priority": 0,
+    "description": "Name must be unique within a namespace. Is required when creating resources, although "
+    "some resources may allow a client to request the generation of an appropriate name "
+    "automatically. Name is primarily intended for creation idempotence and configuration "
+    "definition. Cannot be updated. More info: http://kubernetes.io/docs/user-guide/identifiers#names",
+}
 
 
 def _col(name, type_="string", priority=0, description=""):
@@ -66,8 +72,14 @@ def _selector(obj):
     parts = [f"{k}={v}" for k, v in sorted((sel.get("matchLabels") or {}).items())]
     for e in sel.get("matchExpressions") or []:
         op, vals = e.get("operator"), ",".join(e.get("values") or [])
-        parts.append({"In": f"{e.get('key')} in ({vals})", "NotIn": f"{e.get('key')} notin ({vals})",
-                      "Exists": e.get("key"), "DoesNotExist": f"!{e.get('key')}"}.get(op, ""))
+        parts.append(
+            {
+                "In": f"{e.get('key')} in ({vals})",
+                "NotIn": f"{e.get('key')} notin ({vals})",
+                "Exists": e.get("key"),
+                "DoesNotExist": f"!{e.get('key')}",
+            }.get(op, "")
+        )
     return ",".join(parts) or "<none>"
 
 
@@ -96,30 +108,47 @@ def _pod_row(o):
                 reason = state["terminated"]["reason"]
     if (o.get("metadata") or {}).get("deletionTimestamp"):
         reason = "Terminating"
-    return [f"{ready}/{total}", reason, restarts], [st.get("podIP") or "<none>",
-                                                  (o.get("spec") or {}).get("nodeName") or "<none>", "<none>"]
+    return [f"{ready}/{total}", reason, restarts], [
+        st.get("podIP") or "<none>",
+        (o.get("spec") or {}).get("nodeName") or "<none>",
+        "<none>",
+    ]
 
 
 def _deploy_row(o):
     spec, st = o.get("spec") or {}, o.get("status") or {}
     cont, img = _containers(o)
-    return ([f"{st.get('readyReplicas', 0)}/{spec.get('replicas', 0)}", st.get("updatedReplicas", 0),
-             st.get("availableReplicas", 0)], [cont, img, _selector(o)])
+    return (
+        [f"{st.get('readyReplicas', 0)}/{spec.get('replicas', 0)}", st.get("updatedReplicas", 0), st.get("availableReplicas", 0)],
+        [cont, img, _selector(o)],
+    )
 
 
 def _ds_row(o):
     spec, st = o.get("spec") or {}, o.get("status") or {}
     ns = (((spec.get("template") or {}).get("spec") or {}).get("nodeSelector")) or {}
     cont, img = _containers(o)
-    return ([st.get("desiredNumberScheduled", 0), st.get("currentNumberScheduled", 0), st.get("numberReady", 0),
-             st.get("updatedNumberScheduled", 0), st.get("numberAvailable", 0),
-             ",".join(f"{k}={v}" for k, v in sorted(ns.items())) or "<none>"], [cont, img, _selector(o)])
+    return (
+        [
+            st.get("desiredNumberScheduled", 0),
+            st.get("currentNumberScheduled", 0),
+            st.get("numberReady", 0),
+            st.get("updatedNumberScheduled", 0),
+            st.get("numberAvailable", 0),
+            ",".join(f"{k}={v}" for k, v in sorted(ns.items())) or "<none>",
+        ],
+        [cont, img, _selector(o)],
+    )
 
 
 def _svc_row(o):
     spec = o.get("spec") or {}
-    ports = ",".join(f"{p.get('port')}{'/' + p.get('protocol', 'TCP')}" if not p.get("nodePort") else
-                     f"{p.get('port')}:{p.get('nodePort')}/{p.get('protocol', 'TCP')}" for p in spec.get("ports") or [])
+    ports = ",".join(
+        f"{p.get('port')}{'/' + p.get('protocol', 'TCP')}"
+        if not p.get("nodePort")
+        else f"{p.get('port')}:{p.get('nodePort')}/{p.get('protocol', 'TCP')}"
+        for p in spec.get("ports") or []
+    )
     sel = ",".join(f"{k}={v}" for k, v in sorted((spec.get("selector") or {}).items())) or "<none>"
     ext = ",".join(spec.get("externalIPs") or []) or "<none>"
     return [spec.get("type", "ClusterIP"), spec.get("clusterIP") or "<none>", ext, ports or "<none>"], [sel]
@@ -127,27 +156,72 @@ def _svc_row(o):
 
 # resource storage -> (columns before AGE, wide columns, row function -> (cells, wide cells))
 PRINTERS = {
-    "pods": ([_col("Ready"), _col("Status"), _col("Restarts", "integer")],
-             [_col("IP", priority=1), _col("Node", priority=1), _col("Nominated Node", priority=1)], _pod_row),
-    "deployments": ([_col("Ready"), _col("Up-to-date", "integer"), _col("Available", "integer")],
-                    [_col("Containers", priority=1), _col("Images", priority=1), _col("Selector", priority=1)],
-                    _deploy_row),
-    "daemonsets": ([_col("Desired", "integer"), _col("Current", "integer"), _col("Ready", "integer"),
-                    _col("Up-to-date", "integer"), _col("Available", "integer"), _col("Node Selector")],
-                   [_col("Containers", priority=1), _col("Images", priority=1), _col("Selector", priority=1)], _ds_row),
-    "services": ([_col("Type"), _col("Cluster-IP"), _col("External-IP"), _col("Port(s)")],
-                 [_col("Selector", priority=1)], _svc_row),
+    "pods": (
+        [_col("Ready"), _col("Status"), _col("Restarts", "integer")],
+        [_col("IP", priority=1), _col("Node", priority=1), _col("Nominated Node", priority=1)],
+        _pod_row,
+    ),
+    "deployments": (
+        [_col("Ready"), _col("Up-to-date", "integer"), _col("Available", "integer")],
+        [_col("Containers", priority=1), _col("Images", priority=1), _col("Selector", priority=1)],
+        _deploy_row,
+    ),
+    "daemonsets": (
+        [
+            _col("Desired", "integer"),
+            _col("Current", "integer"),
+            _col("Ready", "integer"),
+            _col("Up-to-date", "integer"),
+            _col("Available", "integer"),
+            _col("Node Selector"),
+        ],
+        [_col("Containers", priority=1), _col("Images", priority=1), _col("Selector", priority=1)],
+        _ds_row,
+    ),
+    "services": (
+        [_col("Type"), _col("Cluster-IP"), _col("External-IP"), _col("Port(s)")],
+        [_col("Selector", priority=1)],
+        _svc_row,
+    ),
     "configmaps": ([_col("Data", "integer")], [], lambda o: ([len(o.get("data") or {}) + len(o.get("binaryData") or {})], [])),
-    "secrets": ([_col("Type"), _col("Data", "integer")], [],
-                lambda o: ([o.get("type", ""), len(o.get("data") or {})], [])),
+    "secrets": ([_col("Type"), _col("Data", "integer")], [], lambda o: ([o.get("type", ""), len(o.get("data") or {})], [])),
     "serviceaccounts": ([_col("Secrets", "integer")], [], lambda o: ([len(o.get("secrets") or [])], [])),
     "namespaces": ([_col("Status")], [], lambda o: ([(o.get("status") or {}).get("phase", "")], [])),
-    "nodes": ([_col("Status"), _col("Roles"), ], [], lambda o: ([
-        "Ready" if any(c.get("type") == "Ready" and c.get("status") == "True"
-                       for c in (o.get("status") or {}).get("conditions") or []) else "NotReady", "<none>"], [])),
-    "endpoints": ([_col("Endpoints")], [], lambda o: ([",".join(
-        f"{a.get('ip')}:{p.get('port')}" for s in o.get("subsets") or [] for a in s.get("addresses") or []
-        for p in s.get("ports") or []) or "<none>"], [])),
+    "nodes": (
+        [
+            _col("Status"),
+            _col("Roles"),
+        ],
+        [],
+        lambda o: (
+            [
+                "Ready"
+                if any(
+                    c.get("type") == "Ready" and c.get("status") == "True"
+                    for c in (o.get("status") or {}).get("conditions") or []
+                )
+                else "NotReady",
+                "<none>",
+            ],
+            [],
+        ),
+    ),
+    "endpoints": (
+        [_col("Endpoints")],
+        [],
+        lambda o: (
+            [
+                ",".join(
+                    f"{a.get('ip')}:{p.get('port')}"
+                    for s in o.get("subsets") or []
+                    for a in s.get("addresses") or []
+                    for p in s.get("ports") or []
+                )
+                or "<none>"
+            ],
+            [],
+        ),
+    ),
 }
 
 
@@ -173,8 +247,12 @@ def _partial(rt, obj):
 def table(rt, objs: list[dict], list_meta: dict, include: str = "Metadata") -> dict:
     """A meta.k8s.io/v1beta1 Table of ``objs`` (viewed objects, with kind/apiVersion)."""
     before, wide, row_fn = PRINTERS.get(rt.storage, ([], [], lambda o: ([], [])))
-    cols = [NAME] + before + [_col("Age", description="CreationTimestamp is a timestamp representing the server "
-                                                      "time when this object was created.")] + wide
+    cols = (
+        [NAME]
+        + before
+        + [_col("Age", description="CreationTimestamp is a timestamp representing the server time when this object was created.")]
+        + wide
+    )
     rows = []
     for o in objs:
         cells, extra = row_fn(o)
@@ -185,5 +263,4 @@ def table(rt, objs: list[dict], list_meta: dict, include: str = "Metadata") -> d
         elif include != "None":
             row["object"] = _partial(rt, o)
         rows.append(row)
-    return {"kind": "Table", "apiVersion": "meta.k8s.io/v1beta1", "metadata": list_meta,
-            "columnDefinitions": cols, "rows": rows}
+    return {"kind": "Table", "apiVersion": "meta.k8s.io/v1beta1", "metadata": list_meta, "columnDefinitions": cols, "rows": rows}

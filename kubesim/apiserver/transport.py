@@ -4,6 +4,7 @@ protobuf) and writing responses in the negotiated content type.
 ``ThreadingHTTPServer`` (one daemon thread per connection, HTTP/1.1 keep-alive, TLS handshake in the
 connection's own thread); every request goes to ``server.api.dispatch`` (:mod:`.routing`).
 """
+
 from __future__ import annotations
 
 import http.server
@@ -86,7 +87,6 @@ class HTTPServer(http.server.ThreadingHTTPServer):
             log.info("connection_error", client=str(client_address))
 
 
-
 class Streamed(Exception):
     """Raised after a streamed (watch) response has been written in full."""
 
@@ -154,6 +154,7 @@ def read_body(h: Handler):
         return protobuf.decode_object(raw)[2]
     if ctype in ("application/yaml", "application/x-yaml", "text/yaml"):
         import yaml
+
         try:
             return yaml.safe_load(raw)
         except yaml.YAMLError as e:
@@ -161,8 +162,9 @@ def read_body(h: Handler):
     try:
         return json.loads(raw)
     except ValueError as e:
-        raise errors.bad_request(f"the object provided is unrecognized: couldn't get version/kind; "
-                                 f"json parse error: {e}") from None
+        raise errors.bad_request(
+            f"the object provided is unrecognized: couldn't get version/kind; json parse error: {e}"
+        ) from None
 
 
 def peer_closed(sock) -> bool:

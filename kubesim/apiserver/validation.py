@@ -5,6 +5,7 @@ label / DNS-1035 per resource), labels/annotations as string maps, ObjectMeta's 
 (admission.validate_initializers), pod specs and pod templates, selectors against template labels,
 and InitializerConfigurations (§6 of docs/initializers-1.7.md).
 """
+
 from __future__ import annotations
 
 from . import admission, resources
@@ -51,8 +52,13 @@ def _validate_selector(rt, spec: dict, tmpl: dict) -> list[FieldError]:
     labels = raw_labels or {}
     sel = spec.get("selector")
     from .workloads import GoRepr, go_string_map
-    mismatch = FieldError("Invalid", "spec.template.metadata.labels", "`selector` does not match template `labels`",
-                          GoRepr(go_string_map(raw_labels)) if isinstance(raw_labels, (dict, type(None))) else raw_labels)
+
+    mismatch = FieldError(
+        "Invalid",
+        "spec.template.metadata.labels",
+        "`selector` does not match template `labels`",
+        GoRepr(go_string_map(raw_labels)) if isinstance(raw_labels, (dict, type(None))) else raw_labels,
+    )
     if rt.storage == "replicationcontrollers":
         if not isinstance(sel, dict) or not sel:
             return [FieldError("Required", "spec.selector", "")]
@@ -63,8 +69,10 @@ def _validate_selector(rt, spec: dict, tmpl: dict) -> list[FieldError]:
     if not sel.get("matchExpressions") and not match:
         if rt.storage == "deployments":
             from .workloads import go_label_selector
-            return [FieldError("Invalid", "spec.selector", "empty selector is invalid for deployment",
-                               GoRepr(go_label_selector(sel)))]
+
+            return [
+                FieldError("Invalid", "spec.selector", "empty selector is invalid for deployment", GoRepr(go_label_selector(sel)))
+            ]
         return [FieldError("Required", "spec.selector", "")]
     if any(labels.get(k) != v for k, v in match.items()):
         return [mismatch]
@@ -81,8 +89,11 @@ def validate_initializer_configuration(obj: dict, k8s_version: str) -> list[Fiel
         if not name:
             errs.append(FieldError("Required", p, ""))
         elif len(name.split(".")) < 3:
-            msg = ("should be a domain with at least two dots" if k8s_version == "1.7"
-                   else "should be a domain with at least three segments separated by dots")
+            msg = (
+                "should be a domain with at least two dots"
+                if k8s_version == "1.7"
+                else "should be a domain with at least three segments separated by dots"
+            )
             errs.append(FieldError("Invalid", p, msg, name))
         fp = init.get("failurePolicy") if isinstance(init, dict) else None
         if fp is not None and k8s_version == "1.7" and fp != "Ignore":
@@ -97,7 +108,7 @@ def validate_initializer_configuration(obj: dict, k8s_version: str) -> list[Fiel
                 elif "*" in vals and len(vals) > 1:
                     errs.append(FieldError("Invalid", rp, "if '*' is present, must not specify other values", vals))
                 elif fld == "resources" and k8s_version != "1.7":
-                    for r in vals:   # 1.8+ validateResourcesNoSubResources
+                    for r in vals:  # 1.8+ validateResourcesNoSubResources
                         if "/" in r:
                             errs.append(FieldError("Invalid", rp, "must not specify subresources", r))
     return errs
@@ -152,16 +163,17 @@ def validate_webhooks_v1(obj: dict) -> list[FieldError]:
         if not se:
             errs.append(FieldError("Required", f"{path}.sideEffects", "must specify one of None, NoneOnDryRun"))
         elif se not in ("None", "NoneOnDryRun"):
-            errs.append(FieldError("Unsupported", f"{path}.sideEffects", 'supported values: "None", "NoneOnDryRun"',
-                                   se))
+            errs.append(FieldError("Unsupported", f"{path}.sideEffects", 'supported values: "None", "NoneOnDryRun"', se))
         versions = w.get("admissionReviewVersions")
         if not versions:
             errs.append(FieldError("Required", f"{path}.admissionReviewVersions", "must specify one of v1, v1beta1"))
         elif not any(v in ("v1", "v1beta1") for v in versions):
-            errs.append(FieldError("Invalid", f"{path}.admissionReviewVersions", "must include at least one of "
-                                   "v1, v1beta1", versions))
+            errs.append(
+                FieldError("Invalid", f"{path}.admissionReviewVersions", "must include at least one of v1, v1beta1", versions)
+            )
         timeout = w.get("timeoutSeconds")
         if isinstance(timeout, int) and not 1 <= timeout <= 30:
-            errs.append(FieldError("Invalid", f"{path}.timeoutSeconds", "the timeout value must be between 1 and 30 "
-                                   "seconds", timeout))
+            errs.append(
+                FieldError("Invalid", f"{path}.timeoutSeconds", "the timeout value must be between 1 and 30 seconds", timeout)
+            )
     return errs

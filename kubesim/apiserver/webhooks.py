@@ -30,6 +30,7 @@ Defaults follow the configuration's version (``v1beta1``: failurePolicy Ignore, 
 matchPolicy Exact, timeout 30 s; ``v1``: Fail, required, Equivalent, 10 s) and are applied when the
 configuration is stored (workloads.default_webhook_configuration), as the real server does.
 """
+
 from __future__ import annotations
 
 import base64
@@ -44,7 +45,7 @@ import uuid
 from . import errors, patch as patchlib
 from .errors import APIError
 
-REVIEW_VERSIONS = {"1.13": ("v1beta1",)}   # later versions: v1 and v1beta1
+REVIEW_VERSIONS = {"1.13": ("v1beta1",)}  # later versions: v1 and v1beta1
 NO_SIDE_EFFECTS_ON_DRY_RUN = ("None", "NoneOnDryRun")
 
 
@@ -90,14 +91,16 @@ def _resource_matches(patterns, resource: str, subresource: str) -> bool:
     return False
 
 
-def rule_matches(rule: dict, operation: str, group: str, version: str, resource: str, subresource: str,
-                 namespaced: bool) -> bool:
+def rule_matches(rule: dict, operation: str, group: str, version: str, resource: str, subresource: str, namespaced: bool) -> bool:
     scope = rule.get("scope", "*")
     if scope == "Namespaced" and not namespaced or scope == "Cluster" and namespaced:
         return False
-    return (_matches_list(rule.get("operations"), operation) and _matches_list(rule.get("apiGroups"), group)
-            and _matches_list(rule.get("apiVersions"), version)
-            and _resource_matches(rule.get("resources"), resource, subresource))
+    return (
+        _matches_list(rule.get("operations"), operation)
+        and _matches_list(rule.get("apiGroups"), group)
+        and _matches_list(rule.get("apiVersions"), version)
+        and _resource_matches(rule.get("resources"), resource, subresource)
+    )
 
 
 class Dispatcher:
@@ -114,14 +117,22 @@ class Dispatcher:
     # -- matching -------------------------------------------------------------------------
     def _hooks(self) -> list[dict]:
         configs, _ = self.api.store.list("mutatingwebhookconfigurations")
-        return [hook for cfg in sorted(configs, key=lambda c: c["metadata"]["name"])
-                for hook in cfg.get("webhooks") or [] if isinstance(hook, dict)]
+        return [
+            hook
+            for cfg in sorted(configs, key=lambda c: c["metadata"]["name"])
+            for hook in cfg.get("webhooks") or []
+            if isinstance(hook, dict)
+        ]
 
     def _target(self, hook: dict, rt, operation: str, subresource: str):
         """The resource type the webhook is sent (the request's, or an equivalent one), or None."""
+
         def match(r):
-            return any(rule_matches(rule, operation, r.group, r.version, r.name, subresource, r.namespaced)
-                       for rule in hook.get("rules") or [])
+            return any(
+                rule_matches(rule, operation, r.group, r.version, r.name, subresource, r.namespaced)
+                for rule in hook.get("rules") or []
+            )
+
         if match(rt):
             return rt
         if hook.get("matchPolicy", "Exact") != "Equivalent":
@@ -169,7 +180,7 @@ class Dispatcher:
             if obj != before:
                 for j in range(i):
                     changed_after[j] = True
-        for j, (hook, target) in enumerate(calls):     # reinvocationPolicy: IfNeeded, once
+        for j, (hook, target) in enumerate(calls):  # reinvocationPolicy: IfNeeded, once
             if changed_after.get(j) and hook.get("reinvocationPolicy") == "IfNeeded":
                 obj = self._call_one(hook, target, rt, req, user, obj, old, operation, dry_run)
         return obj
@@ -200,38 +211,45 @@ class Dispatcher:
             "uid": uid,
             "kind": {"group": target.group, "version": target.version, "kind": target.kind},
             "resource": {"group": target.group, "version": target.version, "resource": target.name},
-            "name": meta.get("name", ""), "namespace": req.namespace if rt.namespaced else "",
+            "name": meta.get("name", ""),
+            "namespace": req.namespace if rt.namespaced else "",
             "operation": operation,
             "userInfo": {"username": user.name, "groups": list(user.groups)},
-            "object": view, "oldObject": old_view, "dryRun": bool(dry_run),
+            "object": view,
+            "oldObject": old_view,
+            "dryRun": bool(dry_run),
         }
         if req.subresource:
             request["subResource"] = req.subresource
-        if self.versions != ("v1beta1",):     # 1.15+: what the client asked for
+        if self.versions != ("v1beta1",):  # 1.15+: what the client asked for
             request["requestKind"] = {"group": rt.group, "version": rt.version, "kind": rt.kind}
             request["requestResource"] = {"group": rt.group, "version": rt.version, "resource": rt.name}
-            request["options"] = {"kind": "CreateOptions" if operation == "CREATE" else "UpdateOptions",
-                                  "apiVersion": "meta.k8s.io/v1"}
+            request["options"] = {
+                "kind": "CreateOptions" if operation == "CREATE" else "UpdateOptions",
+                "apiVersion": "meta.k8s.io/v1",
+            }
         review = {"kind": "AdmissionReview", "apiVersion": f"admission.k8s.io/{version}", "request": request}
         answer = self._post(hook, review)
         if not isinstance(answer, dict) or not isinstance(answer.get("response"), dict):
             raise CallError("received invalid webhook response: expected response to be set")
         if version == "v1" and (answer.get("apiVersion"), answer.get("kind")) != ("admission.k8s.io/v1", "AdmissionReview"):
-            raise CallError(f'received invalid webhook response: expected webhook response of '
-                            f'admission.k8s.io/v1, Kind=AdmissionReview, got {answer.get("apiVersion")}, '
-                            f'Kind={answer.get("kind")}')
+            raise CallError(
+                f"received invalid webhook response: expected webhook response of "
+                f"admission.k8s.io/v1, Kind=AdmissionReview, got {answer.get('apiVersion')}, "
+                f"Kind={answer.get('kind')}"
+            )
         resp = answer["response"]
         if version == "v1" and resp.get("uid") != uid:
-            raise CallError(f'received invalid webhook response: expected response.uid="{uid}", '
-                            f'got "{resp.get("uid", "")}"')
+            raise CallError(f'received invalid webhook response: expected response.uid="{uid}", got "{resp.get("uid", "")}"')
         if not resp.get("allowed"):
             raise _denied(hook.get("name", ""), resp.get("status") or resp.get("result"))
         patch = resp.get("patch")
         if not patch:
             return obj
         if version == "v1" and resp.get("patchType") != "JSONPatch":
-            raise CallError(f'received invalid webhook response: expected patchType "JSONPatch", '
-                            f'got "{resp.get("patchType", "")}"')
+            raise CallError(
+                f'received invalid webhook response: expected patchType "JSONPatch", got "{resp.get("patchType", "")}"'
+            )
         try:
             ops = json.loads(base64.b64decode(patch))
             patched = patchlib.json_patch(view, ops)
@@ -251,6 +269,7 @@ class Dispatcher:
         ctx = self._context(cc.get("caBundle") or "")
         if cc.get("url"):
             from urllib.parse import urlsplit
+
             u = urlsplit(cc["url"])
             host, port, sni = u.hostname or "", u.port or 443, u.hostname
             path = (u.path or "/") + (f"?{u.query}" if u.query else "")
@@ -258,7 +277,7 @@ class Dispatcher:
             dial = None
         else:
             svc = cc.get("service") or {}
-            sni = f'{svc.get("name")}.{svc.get("namespace")}.svc'
+            sni = f"{svc.get('name')}.{svc.get('namespace')}.svc"
             port_wanted = int(svc.get("port") or 443)
             path = svc.get("path") or "/"
             shown = f"https://{sni}:{port_wanted}{path}"
@@ -289,8 +308,10 @@ class Dispatcher:
         finally:
             conn.close()
         if resp.status != 200:
-            raise CallError(f"received invalid webhook response: the server responded with status {resp.status}: "
-                            f"{data[:200].decode(errors='replace').strip()}")
+            raise CallError(
+                f"received invalid webhook response: the server responded with status {resp.status}: "
+                f"{data[:200].decode(errors='replace').strip()}"
+            )
         try:
             return json.loads(data)
         except ValueError as e:
@@ -301,8 +322,7 @@ class Dispatcher:
         ctx = self._contexts.get(ca)
         if ctx is None:
             try:
-                ctx = ssl.create_default_context(cadata=base64.b64decode(ca).decode()) if ca else \
-                    ssl.create_default_context()
+                ctx = ssl.create_default_context(cadata=base64.b64decode(ca).decode()) if ca else ssl.create_default_context()
             except (ValueError, ssl.SSLError) as e:
                 raise CallError(f"could not get REST client: unable to load root certificates: {e}") from None
             if len(self._contexts) > 64:
@@ -346,8 +366,12 @@ class Dispatcher:
         pod = random.choice(ready)
         target = sport.get("targetPort", port_wanted)
         if isinstance(target, str) and not target.isdigit():
-            named = [cp.get("containerPort") for c in (pod.get("spec") or {}).get("containers") or []
-                     for cp in c.get("ports") or [] if cp.get("name") == target]
+            named = [
+                cp.get("containerPort")
+                for c in (pod.get("spec") or {}).get("containers") or []
+                for cp in c.get("ports") or []
+                if cp.get("name") == target
+            ]
             if not named:
                 raise CallError(f'no endpoints available for service "{name}"')
             target = named[0]
@@ -385,9 +409,9 @@ def _denied(name: str, status) -> APIError:
     if code < 400:
         code = 400
     if status.get("message"):
-        message = f'{denied}: {status["message"]}'
+        message = f"{denied}: {status['message']}"
     elif status.get("reason"):
-        message = f'{denied}: {status["reason"]}'
+        message = f"{denied}: {status['reason']}"
     else:
         message = f"{denied} without explanation"
     return APIError(code, status.get("reason", ""), message, status.get("details"))
@@ -406,7 +430,7 @@ class _Conn(http.client.HTTPSConnection):
             sock = self._dial(self.host, self.port, self.timeout)
         else:
             sock = socket.create_connection((self.host, self.port), self.timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)    # as Go's net.Dial does
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as Go's net.Dial does
         self.sock = self._ctx.wrap_socket(sock, server_hostname=self._sni)
 
 
@@ -433,7 +457,7 @@ def guaranteed_update(api, req, user, build, precondition: bool, dry_run: bool):
     for _ in range(32):
         try:
             api._update_locked(req, user, build, precondition, True, capture)
-            raise errors.internal("update admission did not run")   # capture always raises
+            raise errors.internal("update admission did not run")  # capture always raises
         except _Captured as c:
             new, cur = c.new, c.cur
         admitted = api.webhooks.admit(req.rt, req, user, new, cur, "UPDATE", dry_run)

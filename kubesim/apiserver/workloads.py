@@ -21,6 +21,7 @@ of it. What differs per version, and is reproduced here (k8s.io/kubernetes relea
   the non-omitempty zero counters for the others; Jobs get the generated
   ``controller-uid`` selector.
 """
+
 from __future__ import annotations
 
 import copy
@@ -36,21 +37,42 @@ ALL = ("all",)
 # What a 1.7.x API server serves of the kinds kubesim implements (no 1.7 OpenAPI schemas are bundled;
 # these are 1.7's registered group/versions: rbac/v1 and apps/v1beta2 arrived in 1.8, apps/v1 in 1.9,
 # SelfSubjectRulesReview in 1.8, PodSecurityPolicy in policy in 1.10, the webhook configurations in 1.9).
-CORE_KINDS = ("Pod", "Service", "ConfigMap", "Secret", "ServiceAccount", "Namespace", "Node", "Event",
-              "Endpoints", "ReplicationController")
+CORE_KINDS = (
+    "Pod",
+    "Service",
+    "ConfigMap",
+    "Secret",
+    "ServiceAccount",
+    "Namespace",
+    "Node",
+    "Event",
+    "Endpoints",
+    "ReplicationController",
+)
 GVKS_1_7 = frozenset(
     [("", "v1", k) for k in CORE_KINDS]
-    + [("apps", "v1beta1", "Deployment"), ("apps", "v1beta1", "StatefulSet"),
-       ("extensions", "v1beta1", "Deployment"), ("extensions", "v1beta1", "DaemonSet"),
-       ("extensions", "v1beta1", "ReplicaSet"), ("extensions", "v1beta1", "PodSecurityPolicy"),
-       ("batch", "v1", "Job"), ("policy", "v1beta1", "PodDisruptionBudget"),
-       ("admissionregistration.k8s.io", "v1alpha1", "InitializerConfiguration")]
+    + [
+        ("apps", "v1beta1", "Deployment"),
+        ("apps", "v1beta1", "StatefulSet"),
+        ("extensions", "v1beta1", "Deployment"),
+        ("extensions", "v1beta1", "DaemonSet"),
+        ("extensions", "v1beta1", "ReplicaSet"),
+        ("extensions", "v1beta1", "PodSecurityPolicy"),
+        ("batch", "v1", "Job"),
+        ("policy", "v1beta1", "PodDisruptionBudget"),
+        ("admissionregistration.k8s.io", "v1alpha1", "InitializerConfiguration"),
+    ]
     + [("rbac.authorization.k8s.io", "v1beta1", k) for k in ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")]
-    + [("authorization.k8s.io", v, k) for v in ("v1", "v1beta1")
-       for k in ("SelfSubjectAccessReview", "SubjectAccessReview", "LocalSubjectAccessReview")])
+    + [
+        ("authorization.k8s.io", v, k)
+        for v in ("v1", "v1beta1")
+        for k in ("SelfSubjectAccessReview", "SubjectAccessReview", "LocalSubjectAccessReview")
+    ]
+)
 
 
 # ---- defaults ------------------------------------------------------------------------------
+
 
 def _labels_from_template(obj: dict, spec: dict, selector: bool = True) -> None:
     labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels")
@@ -114,7 +136,7 @@ def default_replicationcontroller(obj: dict) -> None:
     labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels")
     if labels:
         if not spec.get("selector"):
-            spec["selector"] = dict(labels)       # a plain map in core/v1
+            spec["selector"] = dict(labels)  # a plain map in core/v1
         if not obj["metadata"].get("labels"):
             obj["metadata"]["labels"] = dict(labels)
     spec.setdefault("replicas", 1)
@@ -163,8 +185,7 @@ def default_job(obj: dict) -> None:
 
 #: webhook fields added after 1.13 (1.14: timeoutSeconds, admissionReviewVersions, rules[].scope; 1.15:
 #: objectSelector, matchPolicy, reinvocationPolicy, service.port): 1.13's decoder drops them
-WEBHOOK_FIELDS_AFTER_113 = ("timeoutSeconds", "admissionReviewVersions", "objectSelector", "matchPolicy",
-                            "reinvocationPolicy")
+WEBHOOK_FIELDS_AFTER_113 = ("timeoutSeconds", "admissionReviewVersions", "objectSelector", "matchPolicy", "reinvocationPolicy")
 
 
 def default_webhook_configuration(obj: dict) -> None:
@@ -208,6 +229,7 @@ def default_psp(obj: dict) -> None:
 
 
 # ---- conversions ---------------------------------------------------------------------------
+
 
 class Conversion:
     """What a group/version shows differently from the stored object, and how its input maps back."""
@@ -255,9 +277,11 @@ class DeploymentV1(Conversion):
         spec = body.get("spec")
         if isinstance(spec, dict) and "rollbackTo" in spec:
             import json
+
             rb = spec.pop("rollbackTo")
-            body.setdefault("metadata", {}).setdefault("annotations", {})[ROLLBACK_ANNOTATION] = \
-                json.dumps(rb, separators=(",", ":"))
+            body.setdefault("metadata", {}).setdefault("annotations", {})[ROLLBACK_ANNOTATION] = json.dumps(
+                rb, separators=(",", ":")
+            )
 
     def input(self, obj: dict) -> None:
         _pop_annotation(obj, ROLLBACK_ANNOTATION)
@@ -268,14 +292,12 @@ class DeploymentV1(Conversion):
 INITIAL_STATUS = {
     "deployments": {},
     "jobs": {},
-    "daemonsets": {"currentNumberScheduled": 0, "numberMisscheduled": 0, "desiredNumberScheduled": 0,
-                   "numberReady": 0},
+    "daemonsets": {"currentNumberScheduled": 0, "numberMisscheduled": 0, "desiredNumberScheduled": 0, "numberReady": 0},
     "replicasets": {"replicas": 0},
     "statefulsets": {"replicas": 0},
     "replicationcontrollers": {"replicas": 0},
-    "poddisruptionbudgets": {"disruptionsAllowed": 0, "currentHealthy": 0, "desiredHealthy": 0,
-                             "expectedPods": 0},
-    "services": {"loadBalancer": {}},     # ServiceStatus.LoadBalancer is a struct: always written
+    "poddisruptionbudgets": {"disruptionsAllowed": 0, "currentHealthy": 0, "desiredHealthy": 0, "expectedPods": 0},
+    "services": {"loadBalancer": {}},  # ServiceStatus.LoadBalancer is a struct: always written
 }
 
 
@@ -285,13 +307,12 @@ def prepare_create(rt, obj: dict, k8s_version: str = "1.13") -> None:
     if rt.storage in INITIAL_STATUS:
         obj["status"] = copy.deepcopy(INITIAL_STATUS[rt.storage])
         if rt.storage == "poddisruptionbudgets" and k8s_version == "1.7":
-            obj["status"]["disruptedPods"] = None     # not omitempty in 1.7 (required in the 1.8 schema)
+            obj["status"]["disruptedPods"] = None  # not omitempty in 1.7 (required in the 1.8 schema)
     spec = obj.get("spec")
     if not isinstance(spec, dict):
         return
     if rt.storage == "daemonsets":
-        spec["templateGeneration"] = 1 if not isinstance(spec.get("templateGeneration"), int) \
-            else spec["templateGeneration"] or 1
+        spec["templateGeneration"] = 1 if not isinstance(spec.get("templateGeneration"), int) else spec["templateGeneration"] or 1
     if rt.storage == "jobs" and not spec.get("manualSelector"):
         uid = obj["metadata"]["uid"]
         tmpl = spec.setdefault("template", {})
@@ -323,8 +344,9 @@ def go_label_selector(sel) -> str:
         for r in me:
             vals = r.get("values")
             vs = "[]string(nil)" if vals is None else "[]string{" + ", ".join(f'"{v}"' for v in vals) + "}"
-            parts.append(f'v1.LabelSelectorRequirement{{Key:"{r.get("key", "")}", '
-                         f'Operator:"{r.get("operator", "")}", Values:{vs}}}')
+            parts.append(
+                f'v1.LabelSelectorRequirement{{Key:"{r.get("key", "")}", Operator:"{r.get("operator", "")}", Values:{vs}}}'
+            )
         me_s = "[]v1.LabelSelectorRequirement{" + ", ".join(parts) + "}"
     return f"v1.LabelSelector{{MatchLabels:{ml_s}, MatchExpressions:{me_s}}}"
 
@@ -365,16 +387,31 @@ def _norm_selector(sel):
 
 # ---- the registry entries ------------------------------------------------------------------
 
+
 def _rt(group, version, name, kind, namespaced, storage, **kw) -> "R.ResourceType":
     return R.ResourceType(group, version, name, kind, namespaced, storage, **kw)
 
 
-def _workload(group, version, name, kind, storage, default, *, default_113=None, scale=None,
-              short=(), convert=None, listed=()):
-    return _rt(group, version, name, kind, True, storage, default=default, default_113=default_113,
-               has_status=True, tracks_generation=True, pod_like="template", short_names=short,
-               categories=ALL, scale=scale, convert=convert, listed_subresources=listed,
-               initial_status=INITIAL_STATUS.get(storage))
+def _workload(group, version, name, kind, storage, default, *, default_113=None, scale=None, short=(), convert=None, listed=()):
+    return _rt(
+        group,
+        version,
+        name,
+        kind,
+        True,
+        storage,
+        default=default,
+        default_113=default_113,
+        has_status=True,
+        tracks_generation=True,
+        pod_like="template",
+        short_names=short,
+        categories=ALL,
+        scale=scale,
+        convert=convert,
+        listed_subresources=listed,
+        initial_status=INITIAL_STATUS.get(storage),
+    )
 
 
 ROLLBACK = ("rollback", "DeploymentRollback", ("create",), None)
@@ -404,62 +441,138 @@ def resource_types() -> list:
         if rt.name == "namespaces":
             rt.listed_subresources = (("finalize", "Namespace", ("update",), None),)
         if rt.name == "events":
-            rt.field_selectors = ("metadata.name", "metadata.namespace", "involvedObject.kind",
-                                  "involvedObject.namespace", "involvedObject.name", "involvedObject.uid",
-                                  "involvedObject.apiVersion", "involvedObject.resourceVersion",
-                                  "involvedObject.fieldPath", "reason", "source", "type")
+            rt.field_selectors = (
+                "metadata.name",
+                "metadata.namespace",
+                "involvedObject.kind",
+                "involvedObject.namespace",
+                "involvedObject.name",
+                "involvedObject.uid",
+                "involvedObject.apiVersion",
+                "involvedObject.resourceVersion",
+                "involvedObject.fieldPath",
+                "reason",
+                "source",
+                "type",
+            )
     v1dep = DeploymentV1()
     v1ds = DaemonSetV1()
     for v in ("v1", "v1beta2"):
         scale = ("autoscaling", "v1", "Scale") if v == "v1" else ("apps", v, "Scale")
         out += [
-            _workload("apps", v, "deployments", "Deployment", "deployments", default_deployment_v1,
-                      scale=scale, short=("deploy",), convert=v1dep),
-            _workload("apps", v, "daemonsets", "DaemonSet", "daemonsets", default_daemonset_v1,
-                      short=("ds",), convert=v1ds),
-            _workload("apps", v, "replicasets", "ReplicaSet", "replicasets", default_replicaset_v1,
-                      scale=scale, short=("rs",)),
-            _workload("apps", v, "statefulsets", "StatefulSet", "statefulsets", default_statefulset_v1,
-                      scale=scale, short=("sts",)),
+            _workload(
+                "apps",
+                v,
+                "deployments",
+                "Deployment",
+                "deployments",
+                default_deployment_v1,
+                scale=scale,
+                short=("deploy",),
+                convert=v1dep,
+            ),
+            _workload("apps", v, "daemonsets", "DaemonSet", "daemonsets", default_daemonset_v1, short=("ds",), convert=v1ds),
+            _workload("apps", v, "replicasets", "ReplicaSet", "replicasets", default_replicaset_v1, scale=scale, short=("rs",)),
+            _workload(
+                "apps", v, "statefulsets", "StatefulSet", "statefulsets", default_statefulset_v1, scale=scale, short=("sts",)
+            ),
         ]
     out += [
-        _workload("extensions", "v1beta1", "replicasets", "ReplicaSet", "replicasets",
-                  default_replicaset_extensions, scale=("extensions", "v1beta1", "Scale"), short=("rs",)),
-        _workload("apps", "v1beta1", "statefulsets", "StatefulSet", "statefulsets", default_statefulset_v1beta1,
-                  scale=("apps", "v1beta1", "Scale"), short=("sts",)),
-        _workload("", "v1", "replicationcontrollers", "ReplicationController", "replicationcontrollers",
-                  default_replicationcontroller, scale=("autoscaling", "v1", "Scale"), short=("rc",)),
+        _workload(
+            "extensions",
+            "v1beta1",
+            "replicasets",
+            "ReplicaSet",
+            "replicasets",
+            default_replicaset_extensions,
+            scale=("extensions", "v1beta1", "Scale"),
+            short=("rs",),
+        ),
+        _workload(
+            "apps",
+            "v1beta1",
+            "statefulsets",
+            "StatefulSet",
+            "statefulsets",
+            default_statefulset_v1beta1,
+            scale=("apps", "v1beta1", "Scale"),
+            short=("sts",),
+        ),
+        _workload(
+            "",
+            "v1",
+            "replicationcontrollers",
+            "ReplicationController",
+            "replicationcontrollers",
+            default_replicationcontroller,
+            scale=("autoscaling", "v1", "Scale"),
+            short=("rc",),
+        ),
         _workload("batch", "v1", "jobs", "Job", "jobs", default_job),
     ]
-    for name, kind in (("mutatingwebhookconfigurations", "MutatingWebhookConfiguration"),
-                       ("validatingwebhookconfigurations", "ValidatingWebhookConfiguration")):
-        out.append(_rt("admissionregistration.k8s.io", "v1beta1", name, kind, False, name,
-                       default=default_webhook_configuration))
-        out.append(_rt("admissionregistration.k8s.io", "v1", name, kind, False, name,
-                       default=default_webhook_configuration_v1))
+    for name, kind in (
+        ("mutatingwebhookconfigurations", "MutatingWebhookConfiguration"),
+        ("validatingwebhookconfigurations", "ValidatingWebhookConfiguration"),
+    ):
+        out.append(_rt("admissionregistration.k8s.io", "v1beta1", name, kind, False, name, default=default_webhook_configuration))
+        out.append(_rt("admissionregistration.k8s.io", "v1", name, kind, False, name, default=default_webhook_configuration_v1))
     out += [
-        _rt("policy", "v1beta1", "poddisruptionbudgets", "PodDisruptionBudget", True, "poddisruptionbudgets",
-            has_status=True, tracks_generation=True, short_names=("pdb",),
-            initial_status=INITIAL_STATUS["poddisruptionbudgets"]),
-        _rt("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", True, "poddisruptionbudgets",
-            has_status=True, tracks_generation=True, short_names=("pdb",),
-            initial_status=INITIAL_STATUS["poddisruptionbudgets"]),
-        _rt("policy", "v1beta1", "podsecuritypolicies", "PodSecurityPolicy", False, "podsecuritypolicies",
-            default=default_psp, short_names=("psp",)),
-        _rt("extensions", "v1beta1", "podsecuritypolicies", "PodSecurityPolicy", False, "podsecuritypolicies",
-            default=default_psp, short_names=("psp",)),
+        _rt(
+            "policy",
+            "v1beta1",
+            "poddisruptionbudgets",
+            "PodDisruptionBudget",
+            True,
+            "poddisruptionbudgets",
+            has_status=True,
+            tracks_generation=True,
+            short_names=("pdb",),
+            initial_status=INITIAL_STATUS["poddisruptionbudgets"],
+        ),
+        _rt(
+            "policy",
+            "v1",
+            "poddisruptionbudgets",
+            "PodDisruptionBudget",
+            True,
+            "poddisruptionbudgets",
+            has_status=True,
+            tracks_generation=True,
+            short_names=("pdb",),
+            initial_status=INITIAL_STATUS["poddisruptionbudgets"],
+        ),
+        _rt(
+            "policy",
+            "v1beta1",
+            "podsecuritypolicies",
+            "PodSecurityPolicy",
+            False,
+            "podsecuritypolicies",
+            default=default_psp,
+            short_names=("psp",),
+        ),
+        _rt(
+            "extensions",
+            "v1beta1",
+            "podsecuritypolicies",
+            "PodSecurityPolicy",
+            False,
+            "podsecuritypolicies",
+            default=default_psp,
+            short_names=("psp",),
+        ),
     ]
-    for v in ("v1beta1", "v1"):     # leader election (1.13: v1beta1; 1.14+: v1)
+    for v in ("v1beta1", "v1"):  # leader election (1.13: v1beta1; 1.14+: v1)
         out.append(_rt("coordination.k8s.io", v, "leases", "Lease", True, "leases"))
     # authorization.k8s.io: create-only reviews, answered from RBAC (reviews.py), never stored.
     for v in ("v1", "v1beta1"):
         for name, kind, namespaced in (
-                ("localsubjectaccessreviews", "LocalSubjectAccessReview", True),
-                ("selfsubjectaccessreviews", "SelfSubjectAccessReview", False),
-                ("selfsubjectrulesreviews", "SelfSubjectRulesReview", False),
-                ("subjectaccessreviews", "SubjectAccessReview", False)):
-            out.append(_rt("authorization.k8s.io", v, name, kind, namespaced, "review:" + name,
-                           verbs=REVIEW_VERBS))
+            ("localsubjectaccessreviews", "LocalSubjectAccessReview", True),
+            ("selfsubjectaccessreviews", "SelfSubjectAccessReview", False),
+            ("selfsubjectrulesreviews", "SelfSubjectRulesReview", False),
+            ("subjectaccessreviews", "SubjectAccessReview", False),
+        ):
+            out.append(_rt("authorization.k8s.io", v, name, kind, namespaced, "review:" + name, verbs=REVIEW_VERBS))
     return out
 
 
@@ -478,12 +591,12 @@ def assign_served(registry: list) -> None:
     """Which version serves each entry: 1.13 and 1.28 from the OpenAPI-derived catalog
     (schema_catalog.py), 1.7 from GVKS_1_7. Every catalog kind must have an entry, and every entry a version."""
     from .schema_catalog import GVKS_1_13, GVKS_1_28
+
     have = set()
     for rt in registry:
         gvk = (rt.group, rt.version, rt.kind)
         have.add(gvk)
-        rt.served = tuple(v for v, gvks in (("1.7", GVKS_1_7), ("1.13", GVKS_1_13), ("1.28", GVKS_1_28))
-                          if gvk in gvks)
+        rt.served = tuple(v for v, gvks in (("1.7", GVKS_1_7), ("1.13", GVKS_1_13), ("1.28", GVKS_1_28)) if gvk in gvks)
         if not rt.served:
             raise AssertionError(f"kubesim registry: {gvk} is served by no Kubernetes version")
     missing = (GVKS_1_13 | GVKS_1_7 | GVKS_1_28) - have

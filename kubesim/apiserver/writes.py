@@ -1,6 +1,7 @@
 """The write verbs: create (with the Initializers wait and cluster-IP allocation), pods/binding,
 update and patch (one GuaranteedUpdate path). Both admit the object in :mod:`.admit`.
 """
+
 from __future__ import annotations
 
 import copy
@@ -36,10 +37,10 @@ class WriteVerbsMixin:
         name = meta["name"]
         uninitialized = meta.get("initializers") is not None
         if self.k8s_version == "1.7":
-            include = req.query.get("includeUninitialized") == "1"     # §1b: only the literal "1"
+            include = req.query.get("includeUninitialized") == "1"  # §1b: only the literal "1"
         else:
             include = truthy(req.query.get("includeUninitialized"))
-        if self._dry_run(req):   # admitted and validated, not stored
+        if self._dry_run(req):  # admitted and validated, not stored
             if self.store.get(rt.storage, req.namespace if rt.namespaced else "", name) is not None:
                 raise errors.already_exists(rt, name)
             send_json(h, 201, rt.view(obj, self.k8s_version))
@@ -53,7 +54,7 @@ class WriteVerbsMixin:
                 self.store.watchers[rt.storage].add(waiter)
 
         try:
-            with self.store.lock:     # allocation and write in one critical section
+            with self.store.lock:  # allocation and write in one critical section
                 if rt.storage == "services" and self.store.get("services", req.namespace, name) is None:
                     self._allocate_cluster_ip(rt, obj)
                 stored = self.store.create(rt.storage, obj, on_created=register)
@@ -77,27 +78,30 @@ class WriteVerbsMixin:
         target = (body or {}).get("target") or {}
         node = target.get("name")
         if not node:
-            raise errors.invalid(BY_GVR[("", "v1", "pods")], req.name,
-                                 [FieldError("Required", "target.name", "")])
+            raise errors.invalid(BY_GVR[("", "v1", "pods")], req.name, [FieldError("Required", "target.name", "")])
         with self.store.lock:
             cur = self.store.get("pods", req.namespace, req.name)
             if cur is None:
                 raise errors.not_found(req.rt, req.name)
             if (cur.get("spec") or {}).get("nodeName"):
-                raise APIError(409, "Conflict", f'Operation cannot be fulfilled on pods/binding "{req.name}": '
-                               f'pod {req.name} is already assigned to node "{cur["spec"]["nodeName"]}"')
+                raise APIError(
+                    409,
+                    "Conflict",
+                    f'Operation cannot be fulfilled on pods/binding "{req.name}": '
+                    f'pod {req.name} is already assigned to node "{cur["spec"]["nodeName"]}"',
+                )
             new = copy.deepcopy(cur)
             new["spec"]["nodeName"] = node
             self.store.update("pods", new)
-        send_json(h, 201, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-                                 "code": 201})
+        send_json(h, 201, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})
 
     def _verb_update(self, h, req: Request, user, exempt) -> None:
         body = read_body(h)
         obj = self._decode(req.rt, body, req)
         if obj["metadata"].get("name") and obj["metadata"]["name"] != req.name:
-            raise errors.bad_request(f"the name of the object ({obj['metadata']['name']}) does not match the "
-                                     f"name on the URL ({req.name})")
+            raise errors.bad_request(
+                f"the name of the object ({obj['metadata']['name']}) does not match the name on the URL ({req.name})"
+            )
         obj["metadata"]["name"] = req.name
         if not exempt and self.faults.roll("conflict"):
             raise errors.conflict(req.rt, req.name)
@@ -113,8 +117,7 @@ class WriteVerbsMixin:
             base = rt.view(cur, self.k8s_version)
             pmk = self.k8s_version != "1.7"
             try:
-                patched = patchlib.apply_patch(ctype, base, body,
-                                               lambda p: patchlib.default_merge_key(p, pending_merge_key=pmk))
+                patched = patchlib.apply_patch(ctype, base, body, lambda p: patchlib.default_merge_key(p, pending_merge_key=pmk))
             except patchlib.UnsupportedPatchType as e:
                 raise APIError(415, "UnsupportedMediaType", str(e)) from None
             except patchlib.PatchError as e:
@@ -140,13 +143,13 @@ class WriteVerbsMixin:
     def _update(self, req: Request, user: User, build, precondition: bool) -> tuple[dict, int]:
         """GuaranteedUpdate, with the mutating webhooks called outside the store lock (webhooks.py)."""
         dry_run = self._dry_run(req)
-        if self.webhooks is None or req.rt.group.startswith("admissionregistration.") \
-                or not self.webhooks.configured():
+        if self.webhooks is None or req.rt.group.startswith("admissionregistration.") or not self.webhooks.configured():
             return self._update_locked(req, user, build, precondition, dry_run)
         return webhooks.guaranteed_update(self, req, user, build, precondition, dry_run)
 
-    def _update_locked(self, req: Request, user: User, build, precondition: bool, dry_run: bool = False,
-                       mutate=None) -> tuple[dict, int]:
+    def _update_locked(
+        self, req: Request, user: User, build, precondition: bool, dry_run: bool = False, mutate=None
+    ) -> tuple[dict, int]:
         """GuaranteedUpdate: read, build the new object, admit, validate, write (under the lock);
         ``dry_run``: everything but the write."""
         rt = req.rt
@@ -186,11 +189,12 @@ class WriteVerbsMixin:
             if rt.storage == "services" and isinstance(new.get("spec"), dict) and not new["spec"].get("clusterIP"):
                 ip = (cur.get("spec") or {}).get("clusterIP")
                 if ip:
-                    new["spec"]["clusterIP"] = ip      # allocated once, carried over
+                    new["spec"]["clusterIP"] = ip  # allocated once, carried over
             if rt.storage == "daemonsets" and isinstance(new.get("spec"), dict):
                 old_t = (cur.get("spec") or {}).get("templateGeneration", 1)
                 new["spec"]["templateGeneration"] = old_t + (
-                    1 if new["spec"].get("template") != (cur.get("spec") or {}).get("template") else 0)
+                    1 if new["spec"].get("template") != (cur.get("spec") or {}).get("template") else 0
+                )
             if rt.tracks_generation:
                 gen = cur["metadata"].get("generation", 1)
                 meta["generation"] = gen + 1 if new.get("spec") != cur.get("spec") else gen

@@ -12,6 +12,7 @@
 
 ``stop()`` undoes all of it (pods' processes killed, namespaces deleted), also after Ctrl-C.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,9 +38,19 @@ class ClusterError(RuntimeError):
 
 
 class SimCluster:
-    def __init__(self, run_dir: str | None = None, *, node_name: str = "node-1", kubeconfig: str | None = None,
-                 k8s_version: str = "1.7", faults=None, internet: bool = True, ipv6: bool = True,
-                 kubelet_options: dict | None = None, keep_run_dir: bool | None = None):
+    def __init__(
+        self,
+        run_dir: str | None = None,
+        *,
+        node_name: str = "node-1",
+        kubeconfig: str | None = None,
+        k8s_version: str = "1.7",
+        faults=None,
+        internet: bool = True,
+        ipv6: bool = True,
+        kubelet_options: dict | None = None,
+        keep_run_dir: bool | None = None,
+    ):
         self.own_run_dir = run_dir is None
         self.run_dir = os.path.abspath(run_dir or tempfile.mkdtemp(prefix="kubesim-"))
         os.makedirs(self.run_dir, exist_ok=True)
@@ -75,34 +86,56 @@ class SimCluster:
         if self.internet:
             progress("internet: www.google.com, storage.googleapis.com, metadata server")
             from kubesim.testca import TestCA
+
             ca = TestCA(self.ca_dir)
             extra_ca.append(ca.ca_file)
             self._start_upstream()
-        progress(f"API server: {self.external_kubeconfig}" if self.external_kubeconfig else
-                 f"API server: Kubernetes {self.k8s_version} with the Initializers admission plugin")
+        progress(
+            f"API server: {self.external_kubeconfig}"
+            if self.external_kubeconfig
+            else f"API server: Kubernetes {self.k8s_version} with the Initializers admission plugin"
+        )
         target = self._start_apiserver()
         self.topology.forward(target, API_PORT)
         progress(f"kubelet: node {self.node_name} ({NODE_IP})")
         from kubesim.kubelet.controller import Kubelet
-        self.kubelet = Kubelet(self.client, self.topology, run_dir=self.run_dir, node_name=self.node_name,
-                               extra_ca_files=extra_ca, **self.kubelet_options)
+
+        self.kubelet = Kubelet(
+            self.client,
+            self.topology,
+            run_dir=self.run_dir,
+            node_name=self.node_name,
+            extra_ca_files=extra_ca,
+            **self.kubelet_options,
+        )
         self.kubelet.start()
         self._point_current()
 
     def _start_upstream(self) -> None:
         log = open(os.path.join(self.run_dir, "internet.log"), "ab")
-        argv = [sys.executable, "-m", "kubesim.upstream", "--cert-dir", self.ca_dir, "--metadata",
-                "--hosts", "www.google.com,storage.googleapis.com"]
+        argv = [
+            sys.executable,
+            "-m",
+            "kubesim.upstream",
+            "--cert-dir",
+            self.ca_dir,
+            "--metadata",
+            "--hosts",
+            "www.google.com,storage.googleapis.com",
+        ]
         for b in self.topology.internet_binds():
             argv += ["--bind", b]
-        self.upstream = self.topology.internet.popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
-                                                     env={**os.environ, "PYTHONPATH": REPO_ROOT})
+        self.upstream = self.topology.internet.popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": REPO_ROOT}
+        )
         log.close()
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if self.upstream.poll() is not None:
-                raise ClusterError(f"the simulated internet (kubesim.upstream) exited {self.upstream.returncode}; "
-                                   f"see {self.run_dir}/internet.log")
+                raise ClusterError(
+                    f"the simulated internet (kubesim.upstream) exited {self.upstream.returncode}; "
+                    f"see {self.run_dir}/internet.log"
+                )
             r = self.topology.internet.run("sh", "-c", "ss -Hltn 'sport = :443' | grep -c 203.0.113", check=False)
             if r.stdout.strip() not in ("", "0"):
                 return
@@ -119,9 +152,10 @@ class SimCluster:
             from kubesim.apiserver import APIServer
         except ImportError as e:
             raise ClusterError(f"the kubesim API server (kubesim.apiserver.APIServer) is not available yet: {e}") from e
-        self.server = APIServer(k8s_version=self.k8s_version, faults=self.faults,
-                                sans=[NODE_IP, self.node_name, "kubernetes.default.svc"])
-        self.server.log_source = self.log_path       # pods/{name}/log reads the kubelet's files
+        self.server = APIServer(
+            k8s_version=self.k8s_version, faults=self.faults, sans=[NODE_IP, self.node_name, "kubernetes.default.svc"]
+        )
+        self.server.log_source = self.log_path  # pods/{name}/log reads the kubelet's files
         self.server.webhook_dialer = self.topology.dial  # webhook Services' pods, on the pod network
         self.server.start(host="127.0.0.1", port=0)
         self.server.write_kubeconfig(self.kubeconfig)
@@ -180,11 +214,20 @@ class SimCluster:
         path = resource_path("v1", "pods", namespace)
         return self.client.list(path, **({"labelSelector": selector} if selector else {})).get("items", [])
 
-    def wait_pods(self, selector: str, namespace: str = "default", *, count: int = 1, ready: bool = True,
-                  timeout: float = 60.0, phase: str | None = None) -> list[dict]:
+    def wait_pods(
+        self,
+        selector: str,
+        namespace: str = "default",
+        *,
+        count: int = 1,
+        ready: bool = True,
+        timeout: float = 60.0,
+        phase: str | None = None,
+    ) -> list[dict]:
         """Wait until ``count`` pods match and are Ready (or in ``phase``); raise with their status if not.
         ``timeout`` is multiplied by ``TPROXY_TEST_TIMEOUT_SCALE`` (:func:`kubesim.polling.scaled`)."""
         from kubesim.polling import scaled
+
         timeout = scaled(timeout)
         deadline = time.monotonic() + timeout
         pods: list[dict] = []
@@ -194,12 +237,21 @@ class SimCluster:
             if len(ok) >= count:
                 return ok
             time.sleep(0.2)
-        summary = [(p["metadata"]["name"], (p.get("status") or {}).get("phase"),
-                    [(c["name"], c.get("state"), c.get("restartCount"))
-                     for c in (p.get("status") or {}).get("initContainerStatuses", [])
-                     + (p.get("status") or {}).get("containerStatuses", [])]) for p in pods]
-        raise TimeoutError(f"pods {namespace}/{selector!r}: wanted {count} {'ready' if ready else phase} "
-                           f"within {timeout:g}s, got {summary}")
+        summary = [
+            (
+                p["metadata"]["name"],
+                (p.get("status") or {}).get("phase"),
+                [
+                    (c["name"], c.get("state"), c.get("restartCount"))
+                    for c in (p.get("status") or {}).get("initContainerStatuses", [])
+                    + (p.get("status") or {}).get("containerStatuses", [])
+                ],
+            )
+            for p in pods
+        ]
+        raise TimeoutError(
+            f"pods {namespace}/{selector!r}: wanted {count} {'ready' if ready else phase} within {timeout:g}s, got {summary}"
+        )
 
     @staticmethod
     def _pod_ok(p: dict, ready: bool, phase: str | None) -> bool:
@@ -216,8 +268,13 @@ class SimCluster:
     def log_path(self, pod: dict, container: str) -> str:
         """Where the kubelet keeps the container's log (also before it starts and after the pod is gone)."""
         meta = pod["metadata"]
-        return os.path.join(self.run_dir, "pods", f"{meta.get('namespace', 'default')}_{meta['name']}_"
-                            f"{meta.get('uid', '')[:8]}", "logs", f"{container}.log")
+        return os.path.join(
+            self.run_dir,
+            "pods",
+            f"{meta.get('namespace', 'default')}_{meta['name']}_{meta.get('uid', '')[:8]}",
+            "logs",
+            f"{container}.log",
+        )
 
     def read_log(self, pod: dict, container: str) -> str:
         try:
@@ -226,8 +283,9 @@ class SimCluster:
         except FileNotFoundError:
             return ""
 
-    def exec_in_pod(self, pod: dict, argv: list[str], *, container: str | None = None, timeout: float = 30,
-                    check: bool = False) -> subprocess.CompletedProcess:
+    def exec_in_pod(
+        self, pod: dict, argv: list[str], *, container: str | None = None, timeout: float = 30, check: bool = False
+    ) -> subprocess.CompletedProcess:
         """``kubectl exec``: run ``argv`` in the pod's network namespace with ``container``'s mounts,
         environment and privileges (default: the first container)."""
         rt = self.pod_runtime(pod)
@@ -238,7 +296,14 @@ class SimCluster:
         scratch = tempfile.mkdtemp(prefix="exec-", dir=os.path.join(rt.dir, "scratch"))
         try:
             launch = rt.launch_spec(spec, scratch, argv=list(argv))
-            return subprocess.run(rt.launcher_argv(launch, scratch), capture_output=True, text=True,
-                                  timeout=timeout, check=check, cwd=REPO_ROOT, env=rt.LAUNCHER_ENV)
+            return subprocess.run(
+                rt.launcher_argv(launch, scratch),
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=check,
+                cwd=REPO_ROOT,
+                env=rt.LAUNCHER_ENV,
+            )
         finally:
             shutil.rmtree(scratch, ignore_errors=True)

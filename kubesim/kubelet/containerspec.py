@@ -2,6 +2,7 @@
 launcher spec (:mod:`kubesim.kubelet.launch`: argv, mounts, securityContext) and the argv of the
 launcher in the pod's namespace or of ``podman run`` (:mod:`kubesim.kubelet.engine`).
 """
+
 from __future__ import annotations
 
 import base64
@@ -36,11 +37,13 @@ _VAR = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.\-]*)\)")
 
 def expand(value: str, env: dict[str, str]) -> str:
     """Kubernetes ``$(VAR)`` expansion: defined names are replaced, ``$$`` escapes, others stay."""
+
     def sub(m):
         if m.group(0) == "$$":
             return "$"
         name = m.group(1)
         return env[name] if name in env else m.group(0)
+
     return _VAR.sub(sub, value)
 
 
@@ -50,18 +53,30 @@ class ContainerSpecMixin:
     def _env(self, c: dict) -> dict[str, str]:
         meta, spec = self.pod["metadata"], self.pod["spec"]
         image = self.kubelet.images.resolve(c.get("image", ""))
-        env = {"PATH": f"{VENV_BIN}:{BASE_PATH}", "HOSTNAME": self.name, "HOME": "/root",
-               "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1",
-               "KUBERNETES_SERVICE_HOST": NODE_IP, "KUBERNETES_SERVICE_PORT": str(API_PORT),
-               "KUBERNETES_SERVICE_PORT_HTTPS": str(API_PORT),
-               "KUBERNETES_PORT": f"tcp://{NODE_IP}:{API_PORT}"}
+        env = {
+            "PATH": f"{VENV_BIN}:{BASE_PATH}",
+            "HOSTNAME": self.name,
+            "HOME": "/root",
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "KUBERNETES_SERVICE_HOST": NODE_IP,
+            "KUBERNETES_SERVICE_PORT": str(API_PORT),
+            "KUBERNETES_SERVICE_PORT_HTTPS": str(API_PORT),
+            "KUBERNETES_PORT": f"tcp://{NODE_IP}:{API_PORT}",
+        }
         if os.environ.get("TERM"):
             env["TERM"] = "dumb"
         env.update(pyimage.env())
         env.update(image.env)
-        fields = {"metadata.name": self.name, "metadata.namespace": self.ns, "metadata.uid": self.uid,
-                  "spec.nodeName": self.kubelet.node_name, "spec.serviceAccountName": spec.get("serviceAccountName", "default"),
-                  "status.podIP": self.net.ip if self.net else "", "status.hostIP": NODE_IP}
+        fields = {
+            "metadata.name": self.name,
+            "metadata.namespace": self.ns,
+            "metadata.uid": self.uid,
+            "spec.nodeName": self.kubelet.node_name,
+            "spec.serviceAccountName": spec.get("serviceAccountName", "default"),
+            "status.podIP": self.net.ip if self.net else "",
+            "status.hostIP": NODE_IP,
+        }
         for e in c.get("env") or []:
             name = e["name"]
             if "value" in e:
@@ -106,8 +121,10 @@ class ContainerSpecMixin:
         wd = (image.workdir or "").rstrip("/")
         product = image.workdir if wd and any(dst == wd or dst.startswith(wd + "/") for _, dst in image.copies) else None
         pymounts = pyimage.mounts(self.kubelet.run_dir, product)
-        sysmounts = [{"src": self.kubelet.ca_bundle, "dst": pyimage.container_path(p) or p, "ro": True, "file": True}
-                     for p in self.kubelet.trust_paths]
+        sysmounts = [
+            {"src": self.kubelet.ca_bundle, "dst": pyimage.container_path(p) or p, "ro": True, "file": True}
+            for p in self.kubelet.trust_paths
+        ]
         imgmounts = [{"src": src, "dst": dst, "ro": True, "file": os.path.isfile(src)} for src, dst in image.copies]
         volmounts = sorted(self.volumes.mounts_for(spec), key=lambda m: m["dst"].count("/"))
         sc = spec.get("securityContext") or {}
@@ -115,13 +132,20 @@ class ContainerSpecMixin:
         caps = sc.get("capabilities") or {}
         os.makedirs(scratch, exist_ok=True)
         os.chmod(scratch, 0o755)
-        return {"argv": argv, "env": env, "cwd": spec.get("workingDir") or image.workdir or "/",
-                "mounts": pymounts + sysmounts + imgmounts + volmounts, "netns": self.net.name, "scratch": scratch,
-                "privileged": bool(sc.get("privileged")), "cap_add": caps.get("add") or [],
-                "cap_drop": caps.get("drop") or [],
-                "run_as_user": sc.get("runAsUser", psc.get("runAsUser")),
-                "run_as_group": sc.get("runAsGroup", psc.get("runAsGroup")),
-                "run_as_non_root": bool(sc.get("runAsNonRoot", psc.get("runAsNonRoot")))}
+        return {
+            "argv": argv,
+            "env": env,
+            "cwd": spec.get("workingDir") or image.workdir or "/",
+            "mounts": pymounts + sysmounts + imgmounts + volmounts,
+            "netns": self.net.name,
+            "scratch": scratch,
+            "privileged": bool(sc.get("privileged")),
+            "cap_add": caps.get("add") or [],
+            "cap_drop": caps.get("drop") or [],
+            "run_as_user": sc.get("runAsUser", psc.get("runAsUser")),
+            "run_as_group": sc.get("runAsGroup", psc.get("runAsGroup")),
+            "run_as_non_root": bool(sc.get("runAsNonRoot", psc.get("runAsNonRoot"))),
+        }
 
     def launcher_argv(self, launch: dict, scratch: str) -> list[str]:
         spec_path = os.path.join(scratch, "launch.json")
@@ -138,17 +162,30 @@ class ContainerSpecMixin:
         and the service-account token, the trust bundle over the image's CA files, command/args,
         working directory, securityContext (privileged, capabilities, runAsUser/Group)."""
         from kubesim.kubelet import engine
+
         spec = c.spec
         name = self._podman_name(c)
-        argv = engine.podman_argv() + ["run", "--rm", "--name", name, *engine.LIMITS,
-                                       "--network", f"ns:/run/netns/{self.net.name}", "--hostname", self.name]
+        argv = engine.podman_argv() + [
+            "run",
+            "--rm",
+            "--name",
+            name,
+            *engine.LIMITS,
+            "--network",
+            f"ns:/run/netns/{self.net.name}",
+            "--hostname",
+            self.name,
+        ]
         etc = f"/etc/netns/{self.net.name}"
         for f in ("hosts", "resolv.conf"):
             if os.path.exists(os.path.join(etc, f)):
                 argv += ["-v", f"{os.path.join(etc, f)}:/etc/{f}:ro"]
         env = self._env(spec)
-        emulated = (set(pyimage.env()) | {"PATH", "HOME", "PYTHONDONTWRITEBYTECODE"}
-                    | set(self.kubelet.images.resolve(spec.get("image", "")).env))
+        emulated = (
+            set(pyimage.env())
+            | {"PATH", "HOME", "PYTHONDONTWRITEBYTECODE"}
+            | set(self.kubelet.images.resolve(spec.get("image", "")).env)
+        )
         declared = {e["name"] for e in spec.get("env") or []}
         for k, v in env.items():
             if k in emulated and k not in declared:

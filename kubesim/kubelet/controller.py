@@ -16,6 +16,7 @@ It plays three roles of a real cluster, as far as the tutorial needs them:
 Everything is driven by informers (list + watch); a single reconcile loop runs on every event and once a
 second, so bursts coalesce.
 """
+
 from __future__ import annotations
 
 import copy
@@ -74,6 +75,7 @@ def trust_bundle(run_dir: str, extra_ca_files: list[str]) -> tuple[str | None, l
     paths = [SYSTEM_BUNDLE]
     try:
         import certifi
+
         paths.append(certifi.where())
     except ImportError:
         pass
@@ -83,10 +85,22 @@ def trust_bundle(run_dir: str, extra_ca_files: list[str]) -> tuple[str | None, l
 class Kubelet:
     """``Kubelet(client, topology, node_name=..., run_dir=...)``; ``start()`` / ``stop()``."""
 
-    def __init__(self, client: Client, topology: Topology, *, run_dir: str, node_name: str | None = None,
-                 extra_ca_files: list[str] | None = None, backoff_initial: float = 1.0, backoff_cap: float = 10.0,
-                 max_grace: float = 5.0, volume_refresh: float = 1.0, resync_period: float = 30.0, logger=None,
-                 runtime: str = "emulate"):
+    def __init__(
+        self,
+        client: Client,
+        topology: Topology,
+        *,
+        run_dir: str,
+        node_name: str | None = None,
+        extra_ca_files: list[str] | None = None,
+        backoff_initial: float = 1.0,
+        backoff_cap: float = 10.0,
+        max_grace: float = 5.0,
+        volume_refresh: float = 1.0,
+        resync_period: float = 30.0,
+        logger=None,
+        runtime: str = "emulate",
+    ):
         self.client = client
         self.topology = topology
         if runtime not in ("emulate", "podman"):
@@ -104,7 +118,7 @@ class Kubelet:
         self.ca_bundle, self.trust_paths = trust_bundle(self.run_dir, extra_ca_files or [])
         self.log = logger or get_logger(component="kubelet", node=self.node_name)
         self.resync_period = resync_period
-        self.paths = APIPaths(apps_v1=False)    # chosen by start() from the server's discovery
+        self.paths = APIPaths(apps_v1=False)  # chosen by start() from the server's discovery
         self.informers: list[Informer] = []
         self.runtimes: dict[str, PodRuntime] = {}
         self._finishing: set[str] = set()  # uids whose graceful deletion is being finished
@@ -123,12 +137,15 @@ class Kubelet:
         self.paths = p = APIPaths(apps_v1)
         self.controllers = DeploymentControllers(self.client, p, self._create_pod, self._delete_pod, self.log)
         rp = self.resync_period
-        self.deployments = Informer(self.client, p.collection(p.deployments_gv, "deployments"), resync_period=rp,
-                                    name="kubelet-deployments")
-        self.replicasets = Informer(self.client, p.collection(p.replicasets_gv, "replicasets"), resync_period=rp,
-                                    name="kubelet-replicasets")
-        self.daemonsets = Informer(self.client, p.collection(p.daemonsets_gv, "daemonsets"), resync_period=rp,
-                                   name="kubelet-daemonsets")
+        self.deployments = Informer(
+            self.client, p.collection(p.deployments_gv, "deployments"), resync_period=rp, name="kubelet-deployments"
+        )
+        self.replicasets = Informer(
+            self.client, p.collection(p.replicasets_gv, "replicasets"), resync_period=rp, name="kubelet-replicasets"
+        )
+        self.daemonsets = Informer(
+            self.client, p.collection(p.daemonsets_gv, "daemonsets"), resync_period=rp, name="kubelet-daemonsets"
+        )
         self.pods = Informer(self.client, PODS, resync_period=rp, name="kubelet-pods")
         self.informers = [self.deployments, self.replicasets, self.daemonsets, self.pods]
         for inf in self.informers:
@@ -149,8 +166,10 @@ class Kubelet:
             inf.start()
         for inf in self.informers:
             if not inf.wait_for_sync(sync_timeout):
-                raise RuntimeError(f"kubelet: informer {inf.name} did not sync within {sync_timeout}s "
-                                   f"(is the API server at {self.client.host} reachable?)")
+                raise RuntimeError(
+                    f"kubelet: informer {inf.name} did not sync within {sync_timeout}s "
+                    f"(is the API server at {self.client.host} reachable?)"
+                )
         self._thread = threading.Thread(target=self._loop, name="kubelet-reconcile", daemon=True)
         self._thread.start()
         self.log.info("kubelet started", run_dir=self.run_dir)
@@ -172,11 +191,15 @@ class Kubelet:
             rt.join(15)
 
     def _register_node(self) -> None:
-        node = {"apiVersion": "v1", "kind": "Node",
-                "metadata": {"name": self.node_name, "labels": {"kubernetes.io/hostname": self.node_name}},
-                "status": {"addresses": [{"type": "InternalIP", "address": NODE_IP},
-                                         {"type": "Hostname", "address": self.node_name}],
-                           "conditions": [{"type": "Ready", "status": "True"}]}}
+        node = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": self.node_name, "labels": {"kubernetes.io/hostname": self.node_name}},
+            "status": {
+                "addresses": [{"type": "InternalIP", "address": NODE_IP}, {"type": "Hostname", "address": self.node_name}],
+                "conditions": [{"type": "Ready", "status": "True"}],
+            },
+        }
         try:
             self.client.create(resource_path("v1", "nodes"), node)
         except AlreadyExists:
@@ -240,12 +263,23 @@ class Kubelet:
 
     def _update_owner_status(self, obj: dict, pods: list[dict]) -> None:
         """Report the counts on the DaemonSet (``kubectl get``, rollout waits and Helm read them)."""
-        ready = sum(1 for p in pods if any(c.get("type") == "Ready" and c.get("status") == "True"
-                                           for c in (p.get("status") or {}).get("conditions") or []))
+        ready = sum(
+            1
+            for p in pods
+            if any(
+                c.get("type") == "Ready" and c.get("status") == "True" for c in (p.get("status") or {}).get("conditions") or []
+            )
+        )
         meta = obj["metadata"]
-        want = {"currentNumberScheduled": len(pods), "desiredNumberScheduled": 1, "numberMisscheduled": 0,
-                "numberReady": ready, "updatedNumberScheduled": len(pods), "numberAvailable": ready,
-                "observedGeneration": meta.get("generation", 1)}
+        want = {
+            "currentNumberScheduled": len(pods),
+            "desiredNumberScheduled": 1,
+            "numberMisscheduled": 0,
+            "numberReady": ready,
+            "updatedNumberScheduled": len(pods),
+            "numberAvailable": ready,
+            "observedGeneration": meta.get("generation", 1),
+        }
         p = self.paths
         path = p.collection(p.daemonsets_gv, "daemonsets", meta.get("namespace", "default")) + f"/{meta['name']}/status"
         cur = obj.get("status") or {}
@@ -268,13 +302,27 @@ class Kubelet:
         name = f"{meta['name']}-{_suffix()}"
         spec = copy.deepcopy(template.get("spec") or {})
         spec["nodeName"] = self.node_name
-        pod = {"apiVersion": "v1", "kind": "Pod",
-               "metadata": {"name": name, "namespace": ns, "labels": labels,
-                            "annotations": dict(tmeta.get("annotations") or {}),
-                            "ownerReferences": [{"apiVersion": owner_gv, "kind": kind,
-                                                 "name": meta["name"], "uid": meta["uid"],
-                                                 "controller": True, "blockOwnerDeletion": True}]},
-               "spec": spec}
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": name,
+                "namespace": ns,
+                "labels": labels,
+                "annotations": dict(tmeta.get("annotations") or {}),
+                "ownerReferences": [
+                    {
+                        "apiVersion": owner_gv,
+                        "kind": kind,
+                        "name": meta["name"],
+                        "uid": meta["uid"],
+                        "controller": True,
+                        "blockOwnerDeletion": True,
+                    }
+                ],
+            },
+            "spec": spec,
+        }
         if not pod["metadata"]["annotations"]:
             del pod["metadata"]["annotations"]
         try:
@@ -342,8 +390,15 @@ class Kubelet:
                 self.runtimes.pop(uid, None)
                 path = resource_path("v1", "pods", meta.get("namespace", "default"), meta["name"])
                 try:
-                    self.client.delete(path, body={"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0,
-                                                   "preconditions": {"uid": uid}})
+                    self.client.delete(
+                        path,
+                        body={
+                            "kind": "DeleteOptions",
+                            "apiVersion": "v1",
+                            "gracePeriodSeconds": 0,
+                            "preconditions": {"uid": uid},
+                        },
+                    )
                 except (NotFound, Conflict):
                     pass
                 except ApiError as e:
@@ -358,8 +413,12 @@ class Kubelet:
         """The scheduler's job, done here for a one-node cluster: set ``spec.nodeName``."""
         meta = pod["metadata"]
         ns = meta.get("namespace", "default")
-        binding = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": meta["name"], "namespace": ns},
-                   "target": {"apiVersion": "v1", "kind": "Node", "name": self.node_name}}
+        binding = {
+            "apiVersion": "v1",
+            "kind": "Binding",
+            "metadata": {"name": meta["name"], "namespace": ns},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": self.node_name},
+        }
         try:
             self.client.create(resource_path("v1", "pods", ns, meta["name"], "binding"), binding)
             return

@@ -5,14 +5,23 @@ create the examples, read the example app's rounds, and count packets that reach
 internet straight from pods (the fail-closed invariant: a locked pod's bytes reach the internet only
 through the proxy, whose connections come from the node's uplink address, never from a pod address).
 """
+
 from __future__ import annotations
 
 import os
 import time
 
 from kubesim.apply import apply_documents, load_documents
-from kubesim.demo import (EXAMPLES, RELEASE_NAMESPACE, REPO_ROOT, helm_binary, kubectl_binary, last_round,
-                          no_openapi_flags, render_chart)
+from kubesim.demo import (
+    EXAMPLES,
+    RELEASE_NAMESPACE,
+    REPO_ROOT,
+    helm_binary,
+    kubectl_binary,
+    last_round,
+    no_openapi_flags,
+    render_chart,
+)
 from kubesim.topology import POD_CIDR, POD_CIDR6
 from controllerkit.probe import PROBE_ADDRESS
 
@@ -23,8 +32,7 @@ class E2EError(AssertionError):
     pass
 
 
-def chart_documents(values: str = TUTORIAL_VALUES, extra: list[str] | None = None,
-                    namespace: str | None = None) -> list[dict]:
+def chart_documents(values: str = TUTORIAL_VALUES, extra: list[str] | None = None, namespace: str | None = None) -> list[dict]:
     """The chart as ``helm template`` renders it; ``namespace``: the release namespace (``--namespace``)."""
     ns_args = ["--namespace", namespace] if namespace else []
     return load_documents(render_chart(values, [*ns_args, *(extra or [])]), "chart")
@@ -33,6 +41,7 @@ def chart_documents(values: str = TUTORIAL_VALUES, extra: list[str] | None = Non
 def apply(cluster, docs: list[dict], namespace: str = "default") -> None:
     """``kubectl apply -n NAMESPACE -f``: ``namespace`` for the objects that name none."""
     import io
+
     out, err = io.StringIO(), io.StringIO()
     if apply_documents(cluster.client, docs, namespace=namespace, out=out, err=err):
         raise E2EError(f"apply failed:\n{err.getvalue()}")
@@ -46,16 +55,28 @@ def create_namespace(cluster, name: str) -> None:
 def run_client(cluster, argv: list[str], *, check: bool = True, timeout: float = 120):
     """Run the real ``helm`` or ``kubectl`` (argv[0]) against the cluster, as a user types it."""
     import subprocess
+
     binary = {"helm": helm_binary, "kubectl": kubectl_binary}[argv[0]]()
-    proc = subprocess.run([binary, *argv[1:]], capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT,
-                          env={**os.environ, "KUBECONFIG": cluster.kubeconfig})
+    proc = subprocess.run(
+        [binary, *argv[1:]],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO_ROOT,
+        env={**os.environ, "KUBECONFIG": cluster.kubeconfig},
+    )
     if check and proc.returncode != 0:
         raise E2EError(f"`{' '.join(argv)}` exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
 
 
-def helm_install(cluster, values: str = TUTORIAL_VALUES, extra: list[str] | None = None, release: str = "tproxy",
-                 namespace: str = RELEASE_NAMESPACE):
+def helm_install(
+    cluster,
+    values: str = TUTORIAL_VALUES,
+    extra: list[str] | None = None,
+    release: str = "tproxy",
+    namespace: str = RELEASE_NAMESPACE,
+):
     """The README's ``helm install tproxy chart/ --namespace NS --create-namespace --set VALUES``; on 1.7
     clusters what a 1.7 user types instead: ``kubectl create namespace NS`` first and
     ``--disable-openapi-validation`` (1.7 served no /openapi/v2)."""
@@ -66,8 +87,7 @@ def helm_install(cluster, values: str = TUTORIAL_VALUES, extra: list[str] | None
             run_client(cluster, ["kubectl", "create", "namespace", namespace])
     else:
         ns_args.append("--create-namespace")
-    return run_client(cluster, ["helm", "install", release, "chart/", *ns_args, "--set", values, *(extra or []),
-                                *flags])
+    return run_client(cluster, ["helm", "install", release, "chart/", *ns_args, "--set", values, *(extra or []), *flags])
 
 
 def helm_uninstall(cluster, release: str = "tproxy", namespace: str = RELEASE_NAMESPACE):
@@ -104,6 +124,7 @@ def wait_round(cluster, pod: dict, container_name: str = "app", timeout: float =
     """The first complete round of the example loop in the pod's log (``timeout`` scaled by
     ``TPROXY_TEST_TIMEOUT_SCALE``)."""
     from kubesim.polling import scaled
+
     timeout = scaled(timeout)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -111,8 +132,10 @@ def wait_round(cluster, pod: dict, container_name: str = "app", timeout: float =
         if r:
             return r
         time.sleep(0.3)
-    raise E2EError(f"no complete round of the example loop in {pod['metadata']['name']} within {timeout}s; "
-                   f"log tail:\n{cluster.read_log(pod, container_name)[-800:]}")
+    raise E2EError(
+        f"no complete round of the example loop in {pod['metadata']['name']} within {timeout}s; "
+        f"log tail:\n{cluster.read_log(pod, container_name)[-800:]}"
+    )
 
 
 class LeakCounter:
@@ -131,14 +154,19 @@ class LeakCounter:
     def install(self) -> "LeakCounter":
         v4 = [a for a in self.allowed if ":" not in a]
         v6 = [a for a in self.allowed if ":" in a]
-        rules4 = [f"-A {self.CHAIN} -d {PROBE_ADDRESS}/32 -j RETURN"] + \
-                 [f"-A {self.CHAIN} -s {a}/32 -j RETURN" for a in v4] + \
-                 [f"-A {self.CHAIN} -s {POD_CIDR} -j RETURN -m comment --comment leak"]
-        rules6 = [f"-A {self.CHAIN} -s {a}/128 -j RETURN" for a in v6] + \
-                 [f"-A {self.CHAIN} -s {POD_CIDR6} -j RETURN -m comment --comment leak"]
+        rules4 = (
+            [f"-A {self.CHAIN} -d {PROBE_ADDRESS}/32 -j RETURN"]
+            + [f"-A {self.CHAIN} -s {a}/32 -j RETURN" for a in v4]
+            + [f"-A {self.CHAIN} -s {POD_CIDR} -j RETURN -m comment --comment leak"]
+        )
+        rules6 = [f"-A {self.CHAIN} -s {a}/128 -j RETURN" for a in v6] + [
+            f"-A {self.CHAIN} -s {POD_CIDR6} -j RETURN -m comment --comment leak"
+        ]
         for tool, rules in (("iptables", rules4), ("ip6tables", rules6)):
-            text = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n" \
-                   f":{self.CHAIN} - [0:0]\n-A INPUT -j {self.CHAIN}\n" + "\n".join(rules) + "\nCOMMIT\n"
+            text = (
+                "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+                f":{self.CHAIN} - [0:0]\n-A INPUT -j {self.CHAIN}\n" + "\n".join(rules) + "\nCOMMIT\n"
+            )
             self.ns.run(f"{tool}-restore", input=text)
         return self
 

@@ -8,6 +8,7 @@ Every call uses the private store of ``make images`` (``$TPROXY_IMAGES_DIR``, de
 the checkout), cgroupfs (no systemd), runc (crun refuses this host's hybrid cgroup layout) and
 explicit rlimits (podman's defaults cannot be set here).
 """
+
 from __future__ import annotations
 
 import os
@@ -17,14 +18,20 @@ import subprocess
 from kubesim.kubelet.images import REPO_ROOT
 
 #: the chart's tags (chart/values.yaml) and the example app's; `make images` builds all of them
-IMAGES = {"tproxy-initializer": "tproxy-initializer:0.1.0", "tproxy-podwatch": "tproxy-podwatch:0.1.0",
-          "tproxy-sidecar": "tproxy-sidecar:0.1.0", "tproxy-proxy": "tproxy-proxy:0.1.0",
-          "example-app": "example-app:debian"}
+IMAGES = {
+    "tproxy-initializer": "tproxy-initializer:0.1.0",
+    "tproxy-podwatch": "tproxy-podwatch:0.1.0",
+    "tproxy-sidecar": "tproxy-sidecar:0.1.0",
+    "tproxy-proxy": "tproxy-proxy:0.1.0",
+    "example-app": "example-app:debian",
+}
 #: the CA files of the images (Debian's system bundle, certifi's in the image's Python), over which the
 #: kubelet binds its trust bundle (the simulated internet's CA is then "public", as on the host)
-TRUST_PATHS = ["/etc/ssl/certs/ca-certificates.crt",
-               "/usr/local/lib/python3.11/dist-packages/certifi/cacert.pem",  # pip on Debian's python3
-               "/usr/local/lib/python3.11/site-packages/certifi/cacert.pem"]  # the official python image
+TRUST_PATHS = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/usr/local/lib/python3.11/dist-packages/certifi/cacert.pem",  # pip on Debian's python3
+    "/usr/local/lib/python3.11/site-packages/certifi/cacert.pem",
+]  # the official python image
 LIMITS = ["--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096"]
 
 
@@ -38,9 +45,21 @@ def images_dir() -> str:
 
 def podman_argv() -> list[str]:
     d = images_dir()
-    return ["podman", "--root", os.path.join(d, "storage"), "--runroot", os.path.join(d, "run"),
-            "--cgroup-manager", "cgroupfs", "--events-backend", "file", "--storage-driver", "overlay",
-            "--runtime", "runc"]
+    return [
+        "podman",
+        "--root",
+        os.path.join(d, "storage"),
+        "--runroot",
+        os.path.join(d, "run"),
+        "--cgroup-manager",
+        "cgroupfs",
+        "--events-backend",
+        "file",
+        "--storage-driver",
+        "overlay",
+        "--runtime",
+        "runc",
+    ]
 
 
 def podman(*args: str, check: bool = True, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
@@ -76,12 +95,15 @@ def missing_images(refs) -> list[str]:
 def require(refs) -> None:
     """A clear error naming the images that are not built, and how to build them."""
     if not available():
-        raise EngineError("podman (and runc) are not installed: run `make images` as root, which installs them "
-                          "and builds the images")
+        raise EngineError(
+            "podman (and runc) are not installed: run `make images` as root, which installs them and builds the images"
+        )
     missing = missing_images(refs)
     if missing:
-        raise EngineError(f"image(s) not built: {', '.join(missing)}; build them with `make images` "
-                          f"(or scripts/images.sh {' '.join(sorted({r.split(':')[0].rsplit('/', 1)[-1] for r in missing}))})")
+        raise EngineError(
+            f"image(s) not built: {', '.join(missing)}; build them with `make images` "
+            f"(or scripts/images.sh {' '.join(sorted({r.split(':')[0].rsplit('/', 1)[-1] for r in missing}))})"
+        )
 
 
 def image_user(ref: str) -> str:

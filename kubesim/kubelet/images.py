@@ -14,6 +14,7 @@ There is no container runtime here, so an "image" is the recipe its Dockerfile d
 
 Images that are not in the checkout run on the host's root filesystem with the manifest's command.
 """
+
 from __future__ import annotations
 
 import json

@@ -22,6 +22,7 @@ whose propagation is slave (nothing we mount leaks to the host), with ``/etc/net
 
 Any failure prints one clear line on stderr (it lands in the container log) and exits 127.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -37,17 +38,49 @@ PR_CAPBSET_DROP = 24
 
 #: Docker's default capability set (what a non-privileged container keeps), by number
 DEFAULT_CAPS = {
-    "CAP_CHOWN": 0, "CAP_DAC_OVERRIDE": 1, "CAP_FOWNER": 3, "CAP_FSETID": 4, "CAP_KILL": 5,
-    "CAP_SETGID": 6, "CAP_SETUID": 7, "CAP_SETPCAP": 8, "CAP_NET_BIND_SERVICE": 10, "CAP_NET_RAW": 13,
-    "CAP_SYS_CHROOT": 18, "CAP_MKNOD": 27, "CAP_AUDIT_WRITE": 29, "CAP_SETFCAP": 31,
+    "CAP_CHOWN": 0,
+    "CAP_DAC_OVERRIDE": 1,
+    "CAP_FOWNER": 3,
+    "CAP_FSETID": 4,
+    "CAP_KILL": 5,
+    "CAP_SETGID": 6,
+    "CAP_SETUID": 7,
+    "CAP_SETPCAP": 8,
+    "CAP_NET_BIND_SERVICE": 10,
+    "CAP_NET_RAW": 13,
+    "CAP_SYS_CHROOT": 18,
+    "CAP_MKNOD": 27,
+    "CAP_AUDIT_WRITE": 29,
+    "CAP_SETFCAP": 31,
 }
 ALL_CAPS = {
-    **DEFAULT_CAPS, "CAP_DAC_READ_SEARCH": 2, "CAP_LINUX_IMMUTABLE": 9, "CAP_NET_BROADCAST": 11,
-    "CAP_NET_ADMIN": 12, "CAP_IPC_LOCK": 14, "CAP_IPC_OWNER": 15, "CAP_SYS_MODULE": 16, "CAP_SYS_RAWIO": 17,
-    "CAP_SYS_PTRACE": 19, "CAP_SYS_PACCT": 20, "CAP_SYS_ADMIN": 21, "CAP_SYS_BOOT": 22, "CAP_SYS_NICE": 23,
-    "CAP_SYS_RESOURCE": 24, "CAP_SYS_TIME": 25, "CAP_SYS_TTY_CONFIG": 26, "CAP_LEASE": 28,
-    "CAP_AUDIT_CONTROL": 30, "CAP_MAC_OVERRIDE": 32, "CAP_MAC_ADMIN": 33, "CAP_SYSLOG": 34,
-    "CAP_WAKE_ALARM": 35, "CAP_BLOCK_SUSPEND": 36, "CAP_AUDIT_READ": 37, "CAP_PERFMON": 38, "CAP_BPF": 39,
+    **DEFAULT_CAPS,
+    "CAP_DAC_READ_SEARCH": 2,
+    "CAP_LINUX_IMMUTABLE": 9,
+    "CAP_NET_BROADCAST": 11,
+    "CAP_NET_ADMIN": 12,
+    "CAP_IPC_LOCK": 14,
+    "CAP_IPC_OWNER": 15,
+    "CAP_SYS_MODULE": 16,
+    "CAP_SYS_RAWIO": 17,
+    "CAP_SYS_PTRACE": 19,
+    "CAP_SYS_PACCT": 20,
+    "CAP_SYS_ADMIN": 21,
+    "CAP_SYS_BOOT": 22,
+    "CAP_SYS_NICE": 23,
+    "CAP_SYS_RESOURCE": 24,
+    "CAP_SYS_TIME": 25,
+    "CAP_SYS_TTY_CONFIG": 26,
+    "CAP_LEASE": 28,
+    "CAP_AUDIT_CONTROL": 30,
+    "CAP_MAC_OVERRIDE": 32,
+    "CAP_MAC_ADMIN": 33,
+    "CAP_SYSLOG": 34,
+    "CAP_WAKE_ALARM": 35,
+    "CAP_BLOCK_SUSPEND": 36,
+    "CAP_AUDIT_READ": 37,
+    "CAP_PERFMON": 38,
+    "CAP_BPF": 39,
     "CAP_CHECKPOINT_RESTORE": 40,
 }
 
@@ -59,8 +92,13 @@ class LaunchError(Exception):
 
 
 def _mount(src: str | None, dst: str, fstype: str | None, flags: int, data: str | None = None) -> None:
-    rc = _libc.mount(src.encode() if src else None, dst.encode(), fstype.encode() if fstype else None,
-                     ctypes.c_ulong(flags), data.encode() if data else None)
+    rc = _libc.mount(
+        src.encode() if src else None,
+        dst.encode(),
+        fstype.encode() if fstype else None,
+        ctypes.c_ulong(flags),
+        data.encode() if data else None,
+    )
     if rc != 0:
         err = ctypes.get_errno()
         raise LaunchError(f"mount {src or fstype} on {dst}: {os.strerror(err)}")
@@ -75,8 +113,7 @@ def _nearest_existing(path: str) -> str:
 
 def needs_private_root(mounts: list[dict]) -> bool:
     """True when a mount point would have to be created directly under ``/``."""
-    return any(not os.path.lexists(m["dst"]) and _nearest_existing(os.path.dirname(m["dst"])) == "/"
-               for m in mounts)
+    return any(not os.path.lexists(m["dst"]) and _nearest_existing(os.path.dirname(m["dst"])) == "/" for m in mounts)
 
 
 def enter_private_root(scratch: str) -> None:
@@ -214,7 +251,8 @@ def launch(spec: dict) -> None:
 
 
 def main(argv=None) -> int:
-    from controllerkit.cli import ExactArgumentParser   # standard library only, like this module
+    from controllerkit.cli import ExactArgumentParser  # standard library only, like this module
+
     p = ExactArgumentParser(prog="python -m kubesim.kubelet.launch", description=__doc__.split("\n\n")[0])
     p.add_argument("spec", metavar="SPEC.json", help="the launch spec the kubelet wrote for this container")
     args = p.parse_args(argv)

@@ -7,6 +7,7 @@ or a test would end in a 502 or a timeout far from the cause. One probe containe
 a pod's container is (``ip netns exec`` + the launcher, as user 65534), turns that into one clear
 error at start-up that says what failed and what to do.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,13 +29,17 @@ class PreflightError(RuntimeError):
 
 def _hint(message: str) -> str:
     if "overlay" in message:
-        return ("this kernel or filesystem cannot mount the read-only overlay that presents the "
-                "virtualenv to containers (is the overlay module available? is the checkout itself "
-                "on a nested overlay, as inside some containers?). Run the demo on the host, or clone "
-                "the repository onto a plain filesystem (ext4, xfs, tmpfs).")
+        return (
+            "this kernel or filesystem cannot mount the read-only overlay that presents the "
+            "virtualenv to containers (is the overlay module available? is the checkout itself "
+            "on a nested overlay, as inside some containers?). Run the demo on the host, or clone "
+            "the repository onto a plain filesystem (ext4, xfs, tmpfs)."
+        )
     if "Permission denied" in message or "No such file" in message:
-        return ("a non-root container user cannot read the Python runtime; please report this with "
-                "the paths above (the checkout, the virtualenv and sys.base_prefix).")
+        return (
+            "a non-root container user cannot read the Python runtime; please report this with "
+            "the paths above (the checkout, the virtualenv and sys.base_prefix)."
+        )
     return "see the container launcher's message above."
 
 
@@ -46,17 +51,29 @@ def check(netns: str, run_dir: str, product_path: str | None = "/opt/tproxy", ti
     mounts = pyimage.mounts(run_dir, product_path)
     if product_path:
         mounts.append({"src": REPO_ROOT, "dst": product_path, "ro": True})
-    spec = {"argv": [os.path.join(pyimage.bin_dir(), "python3"), "-c", PROBE_CODE],
-            "env": {"PATH": pyimage.bin_dir() + ":/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1", **pyimage.env()},
-            "cwd": product_path or "/", "mounts": mounts, "netns": netns, "scratch": scratch,
-            "run_as_user": PROBE_UID, "run_as_group": PROBE_UID}
+    spec = {
+        "argv": [os.path.join(pyimage.bin_dir(), "python3"), "-c", PROBE_CODE],
+        "env": {"PATH": pyimage.bin_dir() + ":/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1", **pyimage.env()},
+        "cwd": product_path or "/",
+        "mounts": mounts,
+        "netns": netns,
+        "scratch": scratch,
+        "run_as_user": PROBE_UID,
+        "run_as_group": PROBE_UID,
+    }
     path = os.path.join(scratch, "launch.json")
     with open(path, "w") as f:
         json.dump(spec, f)
     argv = ["ip", "netns", "exec", netns, sys.executable, "-m", "kubesim.kubelet.launch", path]
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT,
-                              env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": REPO_ROOT})
+        proc = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=REPO_ROOT,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": REPO_ROOT},
+        )
     except subprocess.TimeoutExpired:
         raise PreflightError(f"the probe container did not finish within {timeout:.0f} s") from None
     if proc.returncode != 0:
@@ -65,4 +82,5 @@ def check(netns: str, run_dir: str, product_path: str | None = "/opt/tproxy", ti
         raise PreflightError(
             f"a non-root container cannot start the product's Python here: {message}. "
             f"(checkout {REPO_ROOT}, interpreter {pyimage.HOST_BASE}, virtualenv {pyimage.HOST_VENV}) "
-            f"What to do: {_hint(message)}")
+            f"What to do: {_hint(message)}"
+        )

@@ -1,4 +1,5 @@
 """A pod's readiness and liveness probes (httpGet, tcpSocket) run from the pod's network namespace."""
+
 from __future__ import annotations
 
 import socket
@@ -79,6 +80,7 @@ class ProbesMixin:
                     return len(parts) > 1 and parts[1].isdigit() and 200 <= int(parts[1]) < 400
             except OSError:
                 return False
+
         try:
             return bool(run_in_netns(self.net.name, check))
         except OSError:

@@ -21,6 +21,7 @@ carry it, independent of where the host keeps it:
 The layer is generated once per kubelet (and per product path) in its run directory; overlay lower
 layers may be shared by any number of mounts, so containers share it.
 """
+
 from __future__ import annotations
 
 import os
@@ -77,7 +78,7 @@ def _rewrite_script(src: str, host_bin: str) -> bytes | None:
     first, nl, body = rest.partition(b"\n")
     if not first.startswith(host_bin.encode() + b"/"):
         return None
-    return b"#!" + os.path.join(VENV, "bin").encode() + first[len(host_bin):] + nl + body
+    return b"#!" + os.path.join(VENV, "bin").encode() + first[len(host_bin) :] + nl + body
 
 
 def build_layer(run_dir: str, product_path: str | None) -> str:
@@ -125,6 +126,7 @@ def build_layer(run_dir: str, product_path: str | None) -> str:
         os.rename(tmp, layer)
     except OSError:  # another pod built it first
         import shutil
+
         shutil.rmtree(tmp, ignore_errors=True)
     return layer
 

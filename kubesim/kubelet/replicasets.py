@@ -21,6 +21,7 @@ The API versions follow the server: ``apps/v1`` where it is served (1.9+), else 
 ``apps/v1beta1`` Deployments and ``extensions/v1beta1`` ReplicaSets and DaemonSets. The hash is 1.7's
 decimal FNV-style number there and the safe-encoded form of it from 1.8 on (``5c98db65d4``-like).
 """
+
 from __future__ import annotations
 
 import copy
@@ -33,7 +34,7 @@ from controllerkit.errors import AlreadyExists, ApiError, NotFound
 REVISION = "deployment.kubernetes.io/revision"
 DESIRED = "deployment.kubernetes.io/desired-replicas"
 MAX_REPLICAS = "deployment.kubernetes.io/max-replicas"
-_SAFE = "bcdfghjklmnpqrstvwxz2456789"    # k8s.io/apimachinery/pkg/util/rand alphanums
+_SAFE = "bcdfghjklmnpqrstvwxz2456789"  # k8s.io/apimachinery/pkg/util/rand alphanums
 
 
 def template_hash(template: dict, encoded: bool = False) -> str:
@@ -52,8 +53,7 @@ def controller_of(obj: dict) -> tuple[str, str] | None:
 
 
 def is_ready(pod: dict) -> bool:
-    return any(c.get("type") == "Ready" and c.get("status") == "True"
-               for c in (pod.get("status") or {}).get("conditions") or [])
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in (pod.get("status") or {}).get("conditions") or [])
 
 
 def _now() -> str:
@@ -87,13 +87,13 @@ class DeploymentControllers:
         self.create_pod = create_pod
         self.delete_pod = delete_pod
         self.log = log
-        self._created: dict[str, dict[str, float]] = {}   # rs uid -> {pod name: forget-after}
-        self._rs_created: dict[str, float] = {}            # ns/rs name -> forget-after
+        self._created: dict[str, dict[str, float]] = {}  # rs uid -> {pod name: forget-after}
+        self._rs_created: dict[str, float] = {}  # ns/rs name -> forget-after
 
     # -- deployments ------------------------------------------------------------------------
     def sync(self, deployments: list[dict], replicasets: list[dict], pods: list[dict]) -> None:
         by_uid = {d["metadata"]["uid"]: d for d in deployments}
-        for rs in replicasets:     # garbage collection: a ReplicaSet whose Deployment is gone
+        for rs in replicasets:  # garbage collection: a ReplicaSet whose Deployment is gone
             owner = controller_of(rs)
             if owner and owner[0] == "Deployment" and owner[1] not in by_uid:
                 self._delete_rs(rs, "deployment deleted")
@@ -103,7 +103,7 @@ class DeploymentControllers:
         rs_uids = {rs["metadata"]["uid"] for rs in replicasets}
         for rs in replicasets:
             self._sync_replicaset(rs, pods)
-        for p in pods:             # garbage collection: a Pod whose ReplicaSet is gone
+        for p in pods:  # garbage collection: a Pod whose ReplicaSet is gone
             owner = controller_of(p)
             if owner and owner[0] == "ReplicaSet" and owner[1] not in rs_uids and not self._recent_rs(p):
                 self.delete_pod(p, "replicaset deleted")
@@ -130,9 +130,11 @@ class DeploymentControllers:
                 self._scale_rs(rs, 0, None)
         limit = spec.get("revisionHistoryLimit")
         if isinstance(limit, int):
-            idle = sorted((rs for rs in old if not (rs.get("status") or {}).get("replicas")),
-                          key=lambda rs: int((rs["metadata"].get("annotations") or {}).get(REVISION, "0") or 0))
-            for rs in idle[:max(0, len(idle) - limit)]:
+            idle = sorted(
+                (rs for rs in old if not (rs.get("status") or {}).get("replicas")),
+                key=lambda rs: int((rs["metadata"].get("annotations") or {}).get(REVISION, "0") or 0),
+            )
+            for rs in idle[: max(0, len(idle) - limit)]:
                 self._delete_rs(rs, "beyond revisionHistoryLimit")
         self._deployment_status(d, new, mine, pods, replicas)
 
@@ -150,15 +152,36 @@ class DeploymentControllers:
         tmeta["labels"] = {**(tmeta.get("labels") or {}), "pod-template-hash": h}
         selector = copy.deepcopy(spec.get("selector") or {"matchLabels": dict(tmeta["labels"])})
         selector.setdefault("matchLabels", {})["pod-template-hash"] = h
-        rs = {"apiVersion": self.paths.replicasets_gv, "kind": "ReplicaSet",
-              "metadata": {"name": name, "namespace": ns, "labels": dict(tmeta["labels"]),
-                           "annotations": {REVISION: str(revision), DESIRED: str(replicas),
-                                           MAX_REPLICAS: str(replicas + self._surge(spec, replicas))},
-                           "ownerReferences": [{"apiVersion": self.paths.owner_gv, "kind": "Deployment",
-                                                "name": meta["name"], "uid": meta["uid"],
-                                                "controller": True, "blockOwnerDeletion": True}]},
-              "spec": {"replicas": replicas, "minReadySeconds": spec.get("minReadySeconds", 0),
-                       "selector": selector, "template": template}}
+        rs = {
+            "apiVersion": self.paths.replicasets_gv,
+            "kind": "ReplicaSet",
+            "metadata": {
+                "name": name,
+                "namespace": ns,
+                "labels": dict(tmeta["labels"]),
+                "annotations": {
+                    REVISION: str(revision),
+                    DESIRED: str(replicas),
+                    MAX_REPLICAS: str(replicas + self._surge(spec, replicas)),
+                },
+                "ownerReferences": [
+                    {
+                        "apiVersion": self.paths.owner_gv,
+                        "kind": "Deployment",
+                        "name": meta["name"],
+                        "uid": meta["uid"],
+                        "controller": True,
+                        "blockOwnerDeletion": True,
+                    }
+                ],
+            },
+            "spec": {
+                "replicas": replicas,
+                "minReadySeconds": spec.get("minReadySeconds", 0),
+                "selector": selector,
+                "template": template,
+            },
+        }
         if not rs["spec"]["minReadySeconds"]:
             del rs["spec"]["minReadySeconds"]
         try:
@@ -167,17 +190,17 @@ class DeploymentControllers:
             self.log.info("replicaset created", replicaset=f"{ns}/{name}", deployment=meta["name"])
             return out
         except AlreadyExists:
-            return None      # the informer has not seen it yet; the next reconcile adopts it
+            return None  # the informer has not seen it yet; the next reconcile adopts it
         except ApiError as e:
             self.log.warning("creating a replicaset failed", deployment=f"{ns}/{meta['name']}", error=str(e))
             return None
 
     @staticmethod
     def _surge(spec: dict, replicas: int) -> int:
-        ru = ((spec.get("strategy") or {}).get("rollingUpdate") or {})
+        ru = (spec.get("strategy") or {}).get("rollingUpdate") or {}
         v = ru.get("maxSurge", 0) if (spec.get("strategy") or {}).get("type") == "RollingUpdate" else 0
         if isinstance(v, str) and v.endswith("%"):
-            return -(-replicas * int(v[:-1]) // 100)     # rounded up, as intstr.GetValueFromIntOrPercent
+            return -(-replicas * int(v[:-1]) // 100)  # rounded up, as intstr.GetValueFromIntOrPercent
         return int(v or 0)
 
     @staticmethod
@@ -187,7 +210,7 @@ class DeploymentControllers:
             return 0
         v = (strategy.get("rollingUpdate") or {}).get("maxUnavailable", 0)
         if isinstance(v, str) and v.endswith("%"):
-            return replicas * int(v[:-1]) // 100          # rounded down
+            return replicas * int(v[:-1]) // 100  # rounded down
         return min(int(v or 0), replicas)
 
     def _scale_rs(self, rs: dict, replicas: int, revision: int | None) -> None:
@@ -202,7 +225,7 @@ class DeploymentControllers:
         try:
             self.client.replace(path, new)
         except ApiError:
-            pass     # a newer version exists; the update event triggers the next reconcile
+            pass  # a newer version exists; the update event triggers the next reconcile
 
     def _delete_rs(self, rs: dict, why: str) -> None:
         meta = rs["metadata"]
@@ -215,39 +238,53 @@ class DeploymentControllers:
         except ApiError as e:
             self.log.warning("deleting a replicaset failed", replicaset=meta["name"], error=str(e))
 
-    def _deployment_status(self, d: dict, new: dict | None, mine: list[dict], pods: list[dict],
-                           replicas: int) -> None:
+    def _deployment_status(self, d: dict, new: dict | None, mine: list[dict], pods: list[dict], replicas: int) -> None:
         meta, spec = d["metadata"], d.get("spec") or {}
         uids = {rs["metadata"]["uid"] for rs in mine}
         owned = [p for p in pods if (controller_of(p) or ("", ""))[1] in uids and not p["metadata"].get("deletionTimestamp")]
         new_uid = new["metadata"]["uid"] if new else None
         updated = [p for p in owned if (controller_of(p) or ("", ""))[1] == new_uid]
         ready = sum(1 for p in owned if is_ready(p))
-        want = {"observedGeneration": meta.get("generation", 1), "replicas": len(owned),
-                "updatedReplicas": len(updated), "readyReplicas": ready, "availableReplicas": ready,
-                "unavailableReplicas": max(0, replicas - ready)}
+        want = {
+            "observedGeneration": meta.get("generation", 1),
+            "replicas": len(owned),
+            "updatedReplicas": len(updated),
+            "readyReplicas": ready,
+            "availableReplicas": ready,
+            "unavailableReplicas": max(0, replicas - ready),
+        }
         for k in ("replicas", "updatedReplicas", "readyReplicas", "availableReplicas", "unavailableReplicas"):
             if not want[k]:
-                del want[k]      # omitempty, as the real status is written
+                del want[k]  # omitempty, as the real status is written
         cur = d.get("status") or {}
         available = ready >= replicas - self._unavailable(spec, replicas)
         done = new is not None and len(updated) == replicas and len(owned) == replicas and ready >= replicas
         conds = {c.get("type"): c for c in cur.get("conditions") or []}
-        avail = ("True", "MinimumReplicasAvailable", "Deployment has minimum availability.") if available else \
-            ("False", "MinimumReplicasUnavailable", "Deployment does not have minimum availability.")
+        avail = (
+            ("True", "MinimumReplicasAvailable", "Deployment has minimum availability.")
+            if available
+            else ("False", "MinimumReplicasUnavailable", "Deployment does not have minimum availability.")
+        )
         rs_name = new["metadata"]["name"] if new else meta["name"]
-        prog = ("True", "NewReplicaSetAvailable", f'ReplicaSet "{rs_name}" has successfully progressed.') if done else \
-            ("True", "ReplicaSetUpdated", f'ReplicaSet "{rs_name}" is progressing.')
-        conditions = [self._condition(conds.get("Available"), "Available", *avail),
-                      self._condition(conds.get("Progressing"), "Progressing", *prog)]
+        prog = (
+            ("True", "NewReplicaSetAvailable", f'ReplicaSet "{rs_name}" has successfully progressed.')
+            if done
+            else ("True", "ReplicaSetUpdated", f'ReplicaSet "{rs_name}" is progressing.')
+        )
+        conditions = [
+            self._condition(conds.get("Available"), "Available", *avail),
+            self._condition(conds.get("Progressing"), "Progressing", *prog),
+        ]
         want["conditions"] = conditions
         keys = set(want) | {"replicas", "updatedReplicas", "readyReplicas", "availableReplicas", "unavailableReplicas"}
         if all(cur.get(k) == want.get(k) for k in keys):
             return
         new_obj = copy.deepcopy(d)
         new_obj["status"] = {**{k: v for k, v in cur.items() if k not in keys}, **want}
-        path = (self.paths.collection(self.paths.deployments_gv, "deployments", meta.get("namespace", "default"))
-                + f"/{meta['name']}/status")
+        path = (
+            self.paths.collection(self.paths.deployments_gv, "deployments", meta.get("namespace", "default"))
+            + f"/{meta['name']}/status"
+        )
         try:
             self.client.replace(path, new_obj)
         except ApiError:
@@ -259,9 +296,14 @@ class DeploymentControllers:
             return cur
         now = _now()
         changed = not cur or cur.get("status") != status
-        return {"type": typ, "status": status, "lastUpdateTime": now,
-                "lastTransitionTime": now if changed else cur.get("lastTransitionTime", now),
-                "reason": reason, "message": message}
+        return {
+            "type": typ,
+            "status": status,
+            "lastUpdateTime": now,
+            "lastTransitionTime": now if changed else cur.get("lastTransitionTime", now),
+            "reason": reason,
+            "message": message,
+        }
 
     # -- replicasets ------------------------------------------------------------------------
     def _sync_replicaset(self, rs: dict, pods: list[dict]) -> None:
@@ -271,8 +313,10 @@ class DeploymentControllers:
         template = copy.deepcopy(spec.get("template") or {})
         h = ((template.get("metadata") or {}).get("labels") or {}).get("pod-template-hash", "")
         mine = [p for p in pods if (controller_of(p) or ("", ""))[1] == uid]
-        live = sorted((p for p in mine if not p["metadata"].get("deletionTimestamp")),
-                      key=lambda p: p["metadata"].get("creationTimestamp", ""))
+        live = sorted(
+            (p for p in mine if not p["metadata"].get("deletionTimestamp")),
+            key=lambda p: p["metadata"].get("creationTimestamp", ""),
+        )
         for p in live[replicas:]:
             self.delete_pod(p, "scaled down")
         inflight = self._created.setdefault(uid, {})
@@ -287,8 +331,13 @@ class DeploymentControllers:
                 inflight[name] = nowt + 10
         kept = live[:replicas]
         ready = sum(1 for p in kept if is_ready(p))
-        want = {"replicas": len(kept), "fullyLabeledReplicas": len(kept), "readyReplicas": ready,
-                "availableReplicas": ready, "observedGeneration": meta.get("generation", 1)}
+        want = {
+            "replicas": len(kept),
+            "fullyLabeledReplicas": len(kept),
+            "readyReplicas": ready,
+            "availableReplicas": ready,
+            "observedGeneration": meta.get("generation", 1),
+        }
         for k in ("fullyLabeledReplicas", "readyReplicas", "availableReplicas"):
             if not want[k]:
                 del want[k]
@@ -298,8 +347,10 @@ class DeploymentControllers:
             return
         new = copy.deepcopy(rs)
         new["status"] = {**{k: v for k, v in cur.items() if k not in keys}, **want}
-        path = (self.paths.collection(self.paths.replicasets_gv, "replicasets", meta.get("namespace", "default"))
-                + f"/{meta['name']}/status")
+        path = (
+            self.paths.collection(self.paths.replicasets_gv, "replicasets", meta.get("namespace", "default"))
+            + f"/{meta['name']}/status"
+        )
         try:
             self.client.replace(path, new)
         except ApiError:

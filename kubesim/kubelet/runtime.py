@@ -21,6 +21,7 @@ to the pod's network namespace; either way its stdout+stderr go to ``<pod dir>/l
 What starts a container (environment, launcher spec, podman argv) is in
 :mod:`kubesim.kubelet.containerspec`; the readiness and liveness probes in :mod:`kubesim.kubelet.probes`.
 """
+
 from __future__ import annotations
 
 import copy
@@ -68,8 +69,14 @@ class ContainerProc:
         self.ready = False
 
     def status(self, image_id: str) -> dict:
-        st = {"name": self.name, "image": self.spec.get("image", ""), "imageID": image_id,
-              "restartCount": self.restarts, "ready": self.ready, "state": self.state}
+        st = {
+            "name": self.name,
+            "image": self.spec.get("image", ""),
+            "imageID": image_id,
+            "restartCount": self.restarts,
+            "ready": self.ready,
+            "state": self.state,
+        }
         if self.last_term:
             st["lastState"] = {"terminated": self.last_term}
         if self.proc is not None:
@@ -112,10 +119,16 @@ class PodRuntime(ProbesMixin, ContainerSpecMixin, threading.Thread):
     def _write_meta(self) -> None:
         """``pod.json`` next to the logs: what ``kubesim logs`` needs (labels, containers) without an API."""
         os.makedirs(self.log_dir, exist_ok=True)
-        meta = {"namespace": self.ns, "name": self.name, "uid": self.uid,
-                "labels": self.pod["metadata"].get("labels") or {},
-                "initContainers": [c.name for c in self.inits], "containers": [c.name for c in self.containers],
-                "podIP": self.net.ip if self.net else None, "netns": self.net.name if self.net else None}
+        meta = {
+            "namespace": self.ns,
+            "name": self.name,
+            "uid": self.uid,
+            "labels": self.pod["metadata"].get("labels") or {},
+            "initContainers": [c.name for c in self.inits],
+            "containers": [c.name for c in self.containers],
+            "podIP": self.net.ip if self.net else None,
+            "netns": self.net.name if self.net else None,
+        }
         tmp = os.path.join(self.dir, ".pod.json.tmp")
         with open(tmp, "w") as f:
             json.dump(meta, f)
@@ -132,9 +145,14 @@ class PodRuntime(ProbesMixin, ContainerSpecMixin, threading.Thread):
         ]
 
     def status(self) -> dict:
-        st = {"phase": self.phase, "hostIP": NODE_IP, "startTime": self.started, "conditions": self._conditions(),
-              "initContainerStatuses": [c.status(self.kubelet.image_id(c.spec.get("image", ""))) for c in self.inits],
-              "containerStatuses": [c.status(self.kubelet.image_id(c.spec.get("image", ""))) for c in self.containers]}
+        st = {
+            "phase": self.phase,
+            "hostIP": NODE_IP,
+            "startTime": self.started,
+            "conditions": self._conditions(),
+            "initContainerStatuses": [c.status(self.kubelet.image_id(c.spec.get("image", ""))) for c in self.inits],
+            "containerStatuses": [c.status(self.kubelet.image_id(c.spec.get("image", ""))) for c in self.containers],
+        }
         if not st["initContainerStatuses"]:
             del st["initContainerStatuses"]
         if self.net:
@@ -215,8 +233,12 @@ class PodRuntime(ProbesMixin, ContainerSpecMixin, threading.Thread):
                     break
                 delay = backoff.next()
                 c.restarts += 1
-                c.state = {"waiting": {"reason": "CrashLoopBackOff",
-                                       "message": f"back-off {delay:.0f}s restarting failed container={c.name}"}}
+                c.state = {
+                    "waiting": {
+                        "reason": "CrashLoopBackOff",
+                        "message": f"back-off {delay:.0f}s restarting failed container={c.name}",
+                    }
+                }
                 self.push_status()
                 self.log.info("init container failed, backing off", container=c.name, exit_code=rc, delay=delay)
                 if not self._sleep(delay):
@@ -239,11 +261,19 @@ class PodRuntime(ProbesMixin, ContainerSpecMixin, threading.Thread):
             for c in self.containers:
                 if c.proc is not None and c.proc.poll() is not None and c.name not in restart_at:
                     rc = c.proc.returncode
-                    c.last_term = {"exitCode": rc, "reason": "Completed" if rc == 0 else "Error",
-                                   "startedAt": c.started_at, "finishedAt": now()}
+                    c.last_term = {
+                        "exitCode": rc,
+                        "reason": "Completed" if rc == 0 else "Error",
+                        "startedAt": c.started_at,
+                        "finishedAt": now(),
+                    }
                     delay = backoffs[c.name].next()
-                    c.state = {"waiting": {"reason": "CrashLoopBackOff",
-                                           "message": f"back-off {delay:.0f}s restarting failed container={c.name}"}}
+                    c.state = {
+                        "waiting": {
+                            "reason": "CrashLoopBackOff",
+                            "message": f"back-off {delay:.0f}s restarting failed container={c.name}",
+                        }
+                    }
                     c.ready = False
                     restart_at[c.name] = time.monotonic() + delay
                     self.log.info("container exited, restarting", container=c.name, exit_code=rc, delay=delay)
@@ -270,8 +300,14 @@ class PodRuntime(ProbesMixin, ContainerSpecMixin, threading.Thread):
             if self._halt.wait(0.05):
                 return None
         rc = c.proc.returncode
-        c.state = {"terminated": {"exitCode": rc, "reason": "Completed" if rc == 0 else "Error",
-                                  "startedAt": c.started_at, "finishedAt": now()}}
+        c.state = {
+            "terminated": {
+                "exitCode": rc,
+                "reason": "Completed" if rc == 0 else "Error",
+                "startedAt": c.started_at,
+                "finishedAt": now(),
+            }
+        }
         if rc != 0:
             c.last_term = c.state["terminated"]
         return rc
@@ -282,6 +318,7 @@ class PodRuntime(ProbesMixin, ContainerSpecMixin, threading.Thread):
             launch = self.launch_spec(c.spec, scratch)
             if self.kubelet.runtime == "podman":
                 from kubesim.kubelet import engine
+
                 engine.require([c.spec.get("image", "")])
                 argv = self.podman_argv(c, launch)
                 launch["argv"] = argv
@@ -293,8 +330,15 @@ class PodRuntime(ProbesMixin, ContainerSpecMixin, threading.Thread):
             argv = self.launcher_argv(launch, scratch)
         logf = open(self.log_path(c.name), "ab")
         try:
-            c.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                                      start_new_session=True, cwd=REPO_ROOT, env=self.LAUNCHER_ENV)
+            c.proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=REPO_ROOT,
+                env=self.LAUNCHER_ENV,
+            )
         finally:
             logf.close()
         c.started_at = now()
@@ -316,8 +360,8 @@ class PodRuntime(ProbesMixin, ContainerSpecMixin, threading.Thread):
             # the engine stops the container (SIGTERM, then SIGKILL after the grace period); the
             # attached `podman run` then exits with it
             from kubesim.kubelet import engine
-            engine.podman("stop", "-t", str(max(1, int(grace))), self._podman_name(c), check=False,
-                          timeout=grace + 30)
+
+            engine.podman("stop", "-t", str(max(1, int(grace))), self._podman_name(c), check=False, timeout=grace + 30)
             try:
                 p.wait(10)
             except subprocess.TimeoutExpired:

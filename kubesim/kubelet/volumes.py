@@ -10,6 +10,7 @@
 - the service-account token: ``token``, ``ca.crt`` and ``namespace`` from the SA's token Secret
   (published the 1.7 way), mounted at ``/var/run/secrets/kubernetes.io/serviceaccount``.
 """
+
 from __future__ import annotations
 
 import base64
@@ -174,8 +175,7 @@ class PodVolumes:
                     os.makedirs(src, exist_ok=True)
             if os.path.normpath(dst) == SA_MOUNT:
                 has_sa_mount = True
-            out.append({"src": src, "dst": os.path.normpath(dst), "ro": bool(vm.get("readOnly")),
-                        "file": os.path.isfile(src)})
+            out.append({"src": src, "dst": os.path.normpath(dst), "ro": bool(vm.get("readOnly")), "file": os.path.isfile(src)})
         if self.sa_dir and not has_sa_mount:
             out.append({"src": self.sa_dir, "dst": SA_MOUNT, "ro": True, "file": False})
         return out
