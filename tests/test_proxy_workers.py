@@ -177,9 +177,19 @@ def node(tmp_path):
         n.down()
 
 
-def metric(text: str, name: str) -> float:
-    m = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.M)
-    return float(m.group(1)) if m else 0.0
+def metric(text: str, selector: str) -> float:
+    """The sum of the samples ``name{label="v",...}`` selects: labels not named (e.g. ``namespace``) are
+    summed over, as a PromQL ``sum`` would."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    name, _, rest = selector.partition("{")
+    wanted = dict(re.findall(r'(\w+)="([^"]*)"', rest))
+    return sum(
+        s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in wanted.items())
+    )
 
 
 def worker_requests(node: Node) -> list[float]:
