@@ -35,6 +35,7 @@ What the supervisor adds:
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import signal
@@ -126,6 +127,22 @@ def write_ports_file(path: str, ports: list[int]) -> None:
     os.replace(tmp, path)
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int | None = None) -> None:
+    """In the forked worker, before exec: SIGKILL when the supervisor dies, however it dies (a SIGKILL
+    to the supervisor leaves no chance to stop its workers; orphaned workers would keep the node's
+    ports, so a new supervisor could not start). In a container the runtime does the same when PID 1
+    exits; this covers the supervisor run any other way."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if parent is not None and os.getppid() != parent:  # it died before the prctl took effect
+        os._exit(1)
+
+
 class Worker:
     def __init__(self, index: int, port: int, argv: list[str], sink: AuditSink, restart_initial: float = 0.5):
         self.index, self.port, self.sink = index, port, sink
@@ -149,7 +166,11 @@ class Worker:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            self.argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env={**os.environ, "TPROXY_WORKER": str(self.index)}
+            self.argv,
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "TPROXY_WORKER": str(self.index)},
+            preexec_fn=functools.partial(die_with_parent, os.getpid()),
         )
         self.ready, self.started, self.restart_at = False, time.monotonic(), None
         assert self.proc.stdout is not None

@@ -520,3 +520,25 @@ def test_node_metrics_sum_traffic_but_not_the_shared_configuration():
     assert samples[("tproxy_policy_rules", ())] == 10.0
     assert samples[("tproxy_namespace_policies", ())] == 2.0
     assert samples[("tproxy_namespace_policy_rejections_total", (("cause", "ceiling"), ("namespace", "builds")))] == 1.0
+
+
+def test_workers_die_with_a_killed_supervisor_so_a_new_one_can_take_the_ports(node):
+    """SIGKILL leaves the supervisor no chance to stop its workers; they get SIGKILL from the kernel
+    (PR_SET_PDEATHSIG), so no orphan keeps the node's ports and a restarted supervisor starts."""
+    n = node(workers=2)
+    n.wait_ready(2)
+    pids = [rec["pid"] for rec in n.events("worker_started")]
+    assert len(pids) == 2
+    n.sup.kill()
+    n.sup.wait(scaled(30))
+
+    def gone(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().split(") ", 1)[1].startswith("Z")  # a zombie has exited
+        except FileNotFoundError:
+            return True
+
+    wait_for(lambda: all(gone(p) for p in pids), timeout=30, interval=0.1, what=f"workers {pids} gone")
+    bind = "import socket, sys\nfor p in sys.argv[1:]:\n    socket.socket().bind(('0.0.0.0', int(p)))\nprint('free')"
+    assert n.topo.node.run(sys.executable, "-c", bind, str(PORT), str(PORT + 1)).stdout.strip() == "free"

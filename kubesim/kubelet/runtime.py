@@ -261,6 +261,7 @@ class PodRuntime(ProbesMixin, ContainerSpecMixin, threading.Thread):
             for c in self.containers:
                 if c.proc is not None and c.proc.poll() is not None and c.name not in restart_at:
                     rc = c.proc.returncode
+                    self._reap_group(c)
                     c.last_term = {
                         "exitCode": rc,
                         "reason": "Completed" if rc == 0 else "Error",
@@ -346,6 +347,18 @@ class PodRuntime(ProbesMixin, ContainerSpecMixin, threading.Thread):
         c.state = {"running": {"startedAt": c.started_at}}
         c.ready = False
         self.log.info("container started", container=c.name, init=c.init, pid=c.proc.pid, argv=launch["argv"])
+
+    def _reap_group(self, c: ContainerProc) -> None:
+        """A container ends with its main process: a runtime runs it as PID 1 of its own PID namespace,
+        and when PID 1 exits the kernel kills every other process in it. Here the container is a
+        session of its own (``start_new_session``), so whatever it left running (children, forked
+        workers) is killed the same way before the restart, or they would hold its ports and files."""
+        if self.kubelet.runtime == "podman" or c.proc is None:
+            return
+        try:
+            os.killpg(c.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
     def _fail_start(self, c: ContainerProc, message: str) -> None:
         """Configuration errors (missing env source…) look like a crashing container, as on a kubelet."""
