@@ -8,6 +8,7 @@ import base64
 import functools
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -222,6 +223,25 @@ def test_crashing_container_is_restarted(cluster):
     cs = wait_for(counted, timeout=20, what="restarts")
     assert cs["lastState"]["terminated"]["exitCode"] == 3
     wait_for(lambda: log_of(cluster, pod, "c").count("run") >= 3, what="output of every run, appended")
+
+
+def test_a_container_ends_with_its_main_process(cluster):
+    """As in a PID namespace, what a container left running when its main process exited (a
+    background child here) is killed before the restart, so it cannot hold the container's ports."""
+    cluster.client.create(DEPLOY, deployment("orphans", [sh("c", "sleep 1000 & echo child=$!; sleep 0.3; exit 3")]))
+    pod = wait_for(lambda: next(iter(cluster.pods("default", "app=orphans")), None))
+    first = wait_for(lambda: re.search(r"child=(\d+)", log_of(cluster, pod, "c")), what="the first run's child")
+    child = int(first.group(1))
+
+    def gone():
+        try:
+            with open(f"/proc/{child}/stat") as f:
+                return f.read().split(") ", 1)[1].startswith("Z")
+        except FileNotFoundError:
+            return True
+
+    wait_for(lambda: log_of(cluster, pod, "c").count("child=") >= 2, what="a restart")
+    wait_for(gone, what=f"the first run's child {child} killed")
 
 
 def test_scale_down_and_delete_stop_processes_and_remove_namespaces(cluster):
