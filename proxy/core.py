@@ -297,11 +297,17 @@ class TproxyAddon:
         self.metrics.count_request(ALLOW, v.rule, client.pod["namespace"])
         return self._audit(flow, v, status=200, nbytes=None)
 
-    async def tls_clienthello(self, data) -> None:
+    def tls_clienthello(self, data):
         """Splice (forward undecrypted, by SNI) a TLS connection that a ``splice: true`` rule allows
-        (proxy/splice.py); any other is intercepted as usual and its requests decided one by one."""
+        (proxy/splice.py); any other is intercepted as usual and its requests decided one by one.
+
+        A plain method: without a splice rule in the policy it returns None at once, and mitmproxy
+        has no coroutine to create and await for every TLS connection (it awaits what a hook returns)."""
         if not self._splicing:
-            return
+            return None
+        return self._splice(data)
+
+    async def _splice(self, data) -> None:
         conn, sni, port = mitm.client_hello(data)
         if not sni or port is None:
             return

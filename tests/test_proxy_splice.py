@@ -13,6 +13,7 @@ The node resolves ``spliced.example`` to 203.0.113.30 and ``bumped.example`` to 
 address the client connected to would land there, and ``/echo`` says which address it reached.
 """
 
+import asyncio
 import functools
 import json
 import os
@@ -173,6 +174,42 @@ def test_the_adapter_reaches_what_splicing_needs_in_mitmproxy():
     assert mitm.client_hello(hello) == (client, "spliced.example", 443)
     mitm.splice(hello, "spliced.example", 443)
     assert hello.ignore_connection and ctx.server.address == ("spliced.example", 443)
+
+
+def _hello(sni):
+    from mitmproxy import connection, tls
+    from mitmproxy.proxy import context, mode_specs
+
+    client = connection.Client(peername=(POD, 40000), sockname=(DECOY, 443), proxy_mode=mode_specs.ProxyMode.parse("transparent"))
+    client.state = connection.ConnectionState.OPEN
+    ctx = context.Context(client, None)
+    ctx.server = connection.Server(address=(DECOY, 443))
+    return tls.ClientHelloData(ctx, type("Hello", (), {"sni": sni})())
+
+
+def test_the_hello_hook_splices_to_the_names_checked_address():
+    from proxy.core import TproxyAddon
+
+    async def resolve(host, port):
+        return {"spliced.example": [SPLICED], "bumped.example": [BUMPED], "denied.example": [SPLICED]}.get(host, ["10.0.0.9"])
+
+    addon = TproxyAddon(resolver=resolve)
+    assert addon.tls_clienthello(_hello("spliced.example")) is None  # the built-in policy splices nothing
+    addon._install_policy(ScopedPolicy.from_yaml(POLICY + "  - host: internal.example\n    splice: true\n"))
+    outcomes = {}
+    for sni in ("spliced.example", "bumped.example", "denied.example", "refused.example", "internal.example", None):
+        hello = _hello(sni)
+        asyncio.run(addon.tls_clienthello(hello))
+        outcomes[sni] = (hello.ignore_connection, hello.context.server.address)
+        approved = addon.pinning.approved.get(hello.context.client.id, {})
+        assert approved == ({("spliced.example", 443): SPLICED} if sni == "spliced.example" else {})
+    assert outcomes == {
+        "spliced.example": (True, ("spliced.example", 443)),
+        **{
+            sni: (False, (DECOY, 443))
+            for sni in ("bumped.example", "denied.example", "refused.example", "internal.example", None)
+        },
+    }
 
 
 def test_explain_says_when_a_connection_would_be_spliced():
