@@ -113,7 +113,7 @@ def pyspy_binary() -> str:
 def run(cfg: common.BenchConfig) -> dict:
     common.need_root()
     pyspy = pyspy_binary()
-    duration = cfg.pick(2.0, 10.0)
+    duration = cfg.pick(4.0, 10.0)
     concurrency = 8
     topo = Topology(prefix="bpf").up()
     procs: dict[str, subprocess.Popen] = {}
