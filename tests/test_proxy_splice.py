@@ -442,6 +442,33 @@ def test_tls_without_sni_is_intercepted_and_refused(world):
     assert not _lines(world, reason="spliced", sni=None)
 
 
+def _set_policy(world, text, log_event):
+    """Replace the policy file; wait for mitmdump's next ``log_event`` line (policy_loaded/policy_rejected)."""
+    err = os.path.join(world.tmp, "mitmdump.err")
+    before = open(err).read().count(log_event)
+    tmp = world.policy_file + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, world.policy_file)
+    wait_for(lambda: open(err).read().count(log_event) > before, what=log_event)
+
+
+def test_policy_reloads_turn_splicing_off_and_a_splice_with_paths_is_rejected(world):
+    try:
+        _set_policy(world, POLICY.replace("splice: true", "splice: false", 1), '"policy_loaded"')
+        r = world.tls(SPLICED, "spliced.example", cafile=world.ca.ca_file)
+        assert "certificate verify failed" in r.get("tls_error", ""), r  # intercepted now
+        _set_policy(world, POLICY, '"policy_loaded"')
+        bad = POLICY.replace("  - host: bumped.example\n", '  - host: bumped.example\n    splice: true\n    paths: ["/x/"]\n')
+        _set_policy(world, bad, '"policy_rejected"')
+        err = open(os.path.join(world.tmp, "mitmdump.err")).read()
+        assert "rules[1] (bumped.example).splice: a spliced rule cannot have paths or methods" in err
+        r = world.tls(DECOY, "spliced.example", cafile=world.ca.ca_file)  # the last good policy still splices
+        assert json.loads(r["responses"][0]["body"])["local_address"] == SPLICED
+    finally:
+        _set_policy(world, POLICY, '"policy_loaded"')
+
+
 def test_refused_connections_never_reached_an_upstream(world):
     # only the allowed names ever reached the internet (the recorded SNIs of every HTTPS request)
     assert set(world.recorded_snis()) <= {"spliced.example", "bumped.example", None}
