@@ -96,6 +96,8 @@ def test_only_a_splice_rule_that_decides_splices():
     assert _verdict("c.example").rule.label == "rules[3] c.example"  # a paths rule never decides a connection
     assert _verdict("nothing.example") is None  # refused: intercepted, the request hook says 418
     assert _verdict("x.denied.example") is None  # deny_hosts always wins
+    earlier = "rules:\n  - host: d.example\n  - host: d.example\n    splice: true\n"
+    assert _verdict("d.example", text=earlier) is None  # the first matching rule decides, and it does not splice
 
 
 def test_no_sni_and_ip_literal_sni_are_never_spliced():
