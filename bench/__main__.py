@@ -27,6 +27,7 @@ BENCHMARKS = {
     "proxy": "bench.proxy_bench",
     "policy_scopes": "bench.policy_scopes_bench",
     "egress": "bench.egress_bench",
+    "profile": "bench.profile_bench",
 }
 
 

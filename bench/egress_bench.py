@@ -11,6 +11,8 @@ and its certificate helpers).
 - ``bare``: one ``mitmdump --mode transparent`` without addon.
 - ``tproxy-1`` / ``tproxy-N``: ``python -m proxy.workers`` with 1 and N workers (N = usable CPUs),
   the addon, a policy allowing the two benchmark hosts, podwatch's ``REDIRECT --to-ports A-B --random``.
+- ``tproxy-splice``: one tproxy worker whose policy says ``splice: true`` for both hosts: HTTPS
+  forwarded by SNI without decryption (proxy/splice.py; its HTTP path is tproxy-1's, so only HTTPS).
 - ``squid-bump``: squid in intercept mode with the same allow list: HTTP by ``dstdomain``, HTTPS
   bumped (``ssl_bump peek step1; bump``: decrypted and checked like tproxy), upstream TLS verified.
 - ``squid-splice``: HTTPS peeked by SNI and spliced (no decryption): the no-decryption reference
@@ -31,7 +33,8 @@ from bench import common
 from bench.proxy_bench import make_ca
 from bench.topology import CLIENT_IP, Topology, wait_listening
 
-PORTS = {"bare": 8090, "tproxy-1": 8100, "tproxy-N": 8110}
+PORTS = {"bare": 8090, "tproxy-1": 8100, "tproxy-N": 8110, "tproxy-splice": 8120}
+HTTPS_ONLY = ("squid-splice", "tproxy-splice")  # their HTTP path is another mode's
 SQUID_HTTP, SQUID_BUMP, SQUID_SPLICE = 3129, 3130, 3131
 HOSTS = "www.google.com storage.googleapis.com"
 SQUID_CONF = """
@@ -116,6 +119,9 @@ def redirect(topo: Topology, mode: str, n_workers: int) -> None:
         add("443", f"REDIRECT --to-ports {SQUID_BUMP if mode == 'squid-bump' else SQUID_SPLICE}")
         return
     port = PORTS[mode]
+    if mode == "tproxy-splice":
+        add("80,443", redirect_target(port))
+        return
     add("80,443", redirect_target(f"{port}-{port + n_workers - 1}" if mode == "tproxy-N" else port))
 
 
@@ -176,6 +182,9 @@ def run(cfg: common.BenchConfig) -> dict:
         policy = os.path.join(topo.tmp, "policy.yaml")
         with open(policy, "w") as f:
             yaml.safe_dump({"rules": [{"host": h} for h in HOSTS.split()]}, f)
+        splice_policy = os.path.join(topo.tmp, "policy-splice.yaml")
+        with open(splice_policy, "w") as f:
+            yaml.safe_dump({"rules": [{"host": h, "splice": True} for h in HOSTS.split()]}, f)
         mitm = [
             "--mode",
             "transparent",
@@ -201,17 +210,24 @@ def run(cfg: common.BenchConfig) -> dict:
             ],
             log="bare.log",
         )
-        addon = [
-            "-s",
-            os.path.join(common.REPO, "proxy", "addon.py"),
-            "--set",
-            f"tproxy_policy={policy}",
-            "--set",
-            "flow_detail=0",
-            "--set",
-            "termlog_verbosity=error",
-        ]
-        for mode, n in (("tproxy-1", 1), ("tproxy-N", n_workers)):
+
+        def addon(policy_file: str) -> list:
+            return [
+                "-s",
+                os.path.join(common.REPO, "proxy", "addon.py"),
+                "--set",
+                f"tproxy_policy={policy_file}",
+                "--set",
+                "flow_detail=0",
+                "--set",
+                "termlog_verbosity=error",
+            ]
+
+        for mode, n, policy_file in (
+            ("tproxy-1", 1, policy),
+            ("tproxy-N", n_workers, policy),
+            ("tproxy-splice", 1, splice_policy),
+        ):
             procs[mode] = topo.spawn(
                 topo.node,
                 [
@@ -226,18 +242,18 @@ def run(cfg: common.BenchConfig) -> dict:
                     os.path.join(topo.tmp, f"audit-{mode}.log"),
                     "--",
                     *mitm,
-                    *addon,
+                    *addon(policy_file),
                 ],
                 log=f"{mode}.log",
             )
         procs["squid"] = start_squid(topo, os.path.join(confdir, "mitmproxy-ca.pem"))
-        for mode in ("bare", "tproxy-1", "tproxy-N"):
+        for mode in ("bare", "tproxy-1", "tproxy-N", "tproxy-splice"):
             for i in range(n_workers if mode == "tproxy-N" else 1):
                 try:
                     wait_listening(topo.node, PORTS[mode] + i, timeout=60, proc=procs[mode])
                 except Exception as e:
                     raise RuntimeError(f"{mode} did not start: {e}; log: {topo.log_tail(mode + '.log')}") from e
-        modes = ["direct", "bare", "tproxy-1", "tproxy-N", "squid-bump", "squid-splice"]
+        modes = ["direct", "bare", "tproxy-1", "tproxy-N", "tproxy-splice", "squid-bump", "squid-splice"]
 
         def loadgen(scheme: str, new: bool, dur: float, warmup: float) -> dict:
             argv = [
@@ -264,7 +280,7 @@ def run(cfg: common.BenchConfig) -> dict:
             return r
 
         def measured(mode: str) -> list:
-            return [k for k in kinds if not (mode == "squid-splice" and k[0] == "http")]
+            return [k for k in kinds if not (mode in HTTPS_ONLY and k[0] == "http")]
 
         raw: dict = {m: {f"{s}{'-new' if n else ''}": [] for s, n in measured(m)} for m in modes}
         for mode in modes if not cfg.quick else ():  # warm-up pass, not recorded (certificates, caches)
@@ -356,6 +372,25 @@ def summarize(res: dict, raw: dict, notes: list, n_workers: int) -> dict:
             {
                 "metric": f"{kind} proxy CPU per request: tproxy / bare mitmdump",
                 "value": common.ratio(cpu("tproxy-1", kind), cpu("bare", kind)),
+            }
+        )
+    for kind in ("https", "https-new"):  # what splicing saves (issue 17 item 3)
+        summary.append(
+            {
+                "metric": f"{kind} req/s: tproxy splice / tproxy bump (1 worker each)",
+                "value": common.ratio(rps("tproxy-splice", kind), rps("tproxy-1", kind)),
+            }
+        )
+        summary.append(
+            {
+                "metric": f"{kind} proxy CPU per request: tproxy splice / tproxy bump",
+                "value": common.ratio(cpu("tproxy-splice", kind), cpu("tproxy-1", kind)),
+            }
+        )
+        summary.append(
+            {
+                "metric": f"{kind} proxy CPU per request: tproxy splice / squid splice",
+                "value": common.ratio(cpu("tproxy-splice", kind), cpu("squid-splice", kind)),
             }
         )
     summary.append(

@@ -29,7 +29,7 @@ import time
 import structlog
 from mitmproxy import ctx, exceptions, http
 
-from proxy import health, mitm, options, probe_answer, trust
+from proxy import health, mitm, options, probe_answer, splice, trust
 from proxy.audit import AuditLog
 from proxy.clients import Clients
 from proxy.decision import ALLOW, BLOCK, Reason, Verdict, decide, decide_connect, finalize, screen_addresses, screen_tunnel
@@ -73,6 +73,7 @@ class TproxyAddon:
         self._bundle = ""  # trust bundle written for tproxy_extra_ca
         self._kubeconfig = ""  # tproxy_kubeconfig: for the namespace policies' watch ("" = in-cluster)
         self._running = False
+        self._splicing = False  # some rule says splice: true (proxy/splice.py)
 
     # -- lifecycle and options -------------------------------------------------------------------
     def load(self, loader):
@@ -171,6 +172,7 @@ class TproxyAddon:
 
     def _install_policy(self, policy: ScopedPolicy) -> None:
         self.policy = policy
+        self._splicing = splice.any_splice_rule(policy)
         self.metrics.policy_reloads.labels("success").inc()
         self.metrics.set_policy(policy)
         log.info(
@@ -294,6 +296,56 @@ class TproxyAddon:
         self.pinning.approve(flow.client_conn, v.host, v.port, v.upstream)
         self.metrics.count_request(ALLOW, v.rule, client.pod["namespace"])
         return self._audit(flow, v, status=200, nbytes=None)
+
+    def tls_clienthello(self, data):
+        """Splice (forward undecrypted, by SNI) a TLS connection that a ``splice: true`` rule allows
+        (proxy/splice.py); any other is intercepted as usual and its requests decided one by one.
+
+        A plain method: without a splice rule in the policy it returns None at once, and mitmproxy
+        has no coroutine to create and await for every TLS connection (it awaits what a hook returns)."""
+        if not self._splicing:
+            return None
+        return self._splice(data)
+
+    async def _splice(self, data) -> None:
+        conn, sni, port = mitm.client_hello(data)
+        if not sni or port is None:
+            return
+        client = self.clients.get(conn, self.identity)
+        scope = self.clients.scope(client, self.policy, self.delegated)
+        namespace = client.pod["namespace"]
+        v = splice.connection_verdict(sni, port, namespace or None, client.regular, scope.policy, self.policy.deny)
+        if v is None:
+            return
+        try:
+            addresses = await self.dns.resolve(v.host, v.port)
+        except (OSError, UnicodeError):
+            return  # intercepted: the request hook answers 502 as for any unresolvable host
+        v = splice.screen(v, addresses, scope.policy)
+        if v is None:
+            return  # intercepted: the request hook blocks (or reports) the denied range
+        v.scope = scope
+        mitm.splice(data, v.host, v.port)
+        self.pinning.approve(conn, v.host, v.port, v.upstream)
+        self.metrics.spliced.inc()
+        self.metrics.count_request(ALLOW, v.rule, namespace)
+        self.audit.decision(
+            client.audit_members,
+            scope.mode,
+            scope.audit_members,
+            None,
+            "https",
+            v.host,
+            v.port,
+            None,
+            sni,
+            ALLOW,
+            v.reason,
+            v.rule,
+            v.upstream,
+            None,
+            None,
+        )
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         """Count the bytes of streamed bodies (mitmproxy keeps no copy of them).

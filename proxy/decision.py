@@ -26,6 +26,7 @@ class Reason(enum.StrEnum):
     """Why a request was allowed, blocked or reported (the audit line's ``reason``)."""
 
     RULE = "rule"  # allowed by a rule (audit: rule, rule_index)
+    SPLICED = "spliced"  # a TLS connection allowed by a splice rule, forwarded by SNI undecrypted (one line)
     OPEN_MODE = "open-mode"  # mode: open, nothing filtered
     NO_MATCHING_RULE = "no-matching-rule"
     SNI_HOST_MISMATCH = "sni-host-mismatch"

@@ -72,6 +72,8 @@ def _scope(doc: Any, namespace: str, scoped: ScopedPolicy, origin: str) -> Scope
     for i, r in enumerate(raw):
         if isinstance(r, dict) and "namespaces" in r:
             raise PolicyError(f"rules[{i}]: 'namespaces' is not allowed in a namespace policy")
+        if isinstance(r, dict) and r.get("splice"):  # no request lines, no path checks: the cluster's choice
+            raise PolicyError(f"rules[{i}]: 'splice' is not allowed in a namespace policy")
         rule = Policy._rule(i, r)
         violation = ceiling_violation(rule, ceiling, scoped.default.policy)
         if violation:

@@ -4,7 +4,8 @@
         --labels app=checkout,tier=web [--namespace-policy their-policy.yaml] [--method POST] URL
 
 prints the scope chosen for that pod and why, the decision and the rule (or the reason no rule
-allowed it). ``--namespace-policy`` checks the namespace's own ConfigMap policy (its ``policy.yaml``)
+allowed it), and ``splice: yes`` when an https connection to that host would be spliced (forwarded
+by SNI undecrypted: proxy/splice.py). ``--namespace-policy`` checks the namespace's own ConfigMap policy (its ``policy.yaml``)
 against the ceiling first, as the proxy would. Exit status: 0 when it explained (allowed or not),
 2 with a one-line error on a bad policy file, namespace policy or argument. Names are not resolved:
 ``deny_ranges`` are judged on resolved addresses at request time (here only for IP-literal hosts).
@@ -16,7 +17,7 @@ import sys
 import urllib.parse
 
 from controllerkit.cli import ExactArgumentParser
-from proxy import delegated
+from proxy import delegated, splice
 from proxy.decision import RequestFacts, decide, finalize
 from proxy.policy import PolicyError, Rule, is_ip_literal
 from proxy.scopes import Scope, ScopedPolicy
@@ -84,6 +85,13 @@ def explain(
         lines.append(f"rule: {v.rule.label}")
     elif v.reason == "no-matching-rule":
         lines.append(f"rule: none of the scope's {len(scope.policy.rules)} rules matches {method.upper()} {url}")
+    if scheme == "https":
+        spliced = splice.connection_verdict(parts.hostname, port, namespace or None, False, scope.policy, scoped.deny)
+        if spliced is not None and isinstance(spliced.rule, Rule):
+            lines.append(
+                f"splice: yes, by {spliced.rule.label}: the TLS connection is forwarded by SNI without decryption "
+                "(no path or method check, one audit line per connection, the pod sees the origin's certificate)"
+            )
     host = v.host
     if host and is_ip_literal(host) and v.decision != "block" and scope.policy.address_denied(host):
         lines.append(

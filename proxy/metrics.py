@@ -46,6 +46,9 @@ class Metrics:
             buckets=(0.00001, 0.00003, 0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1),
             registry=r,
         )
+        self.spliced = Counter(
+            "tproxy_spliced_connections", "TLS connections forwarded by SNI without decryption (splice rules).", registry=r
+        )
         self.probes = Counter("tproxy_probe_requests", "Interception probes answered.", registry=r)
         self.identity_errors = Counter("tproxy_identity_errors", "Unreadable pod identity files.", registry=r)
         self.namespace_rejections = Counter(

@@ -14,6 +14,9 @@ beyond that is here:
   on an open connection (hence ``object.__setattr__``).
 - :func:`install_request_target` / :func:`absolute_target`: the HTTP/1 request-head parser wrapper
   (proxy/request_target.py) that keeps an absolute-form target as written.
+- :func:`client_hello` / :func:`splice`: a ClientHello's client, SNI and destination port, and
+  forwarding its connection undecrypted (``ignore_connection``) to the policy's name instead of
+  the address the client dialled (proxy/splice.py).
 - :func:`hook_table`: every hook name mitmproxy dispatches (``mitmproxy.hooks.all_hooks``), for
   the hooks-as-module-attributes entry point (proxy/addon.py).
 """
@@ -107,6 +110,20 @@ def restore_server_address(server, address: tuple[str, int]) -> None:
     ``Connection.__setattr__`` refuses address changes on open connections; this one only restores
     the name the connection was approved and verified (SNI) for."""
     object.__setattr__(server, "address", address)
+
+
+def client_hello(data) -> tuple:
+    """``(client connection, SNI or None, destination port or None)`` of a ``tls_clienthello`` hook."""
+    dest = data.context.server.address
+    return data.context.client, data.client_hello.sni, (dest[1] if dest else None)
+
+
+def splice(data, host: str, port: int) -> None:
+    """Forward the connection of a ``tls_clienthello`` hook without decryption, to ``(host, port)``:
+    the server connection (not open yet: ``connection_strategy=lazy``) is readdressed to the name the
+    policy allowed, and ``server_connect`` pins it to that name's checked address (proxy/pinning.py)."""
+    data.context.server.address = (host, port)
+    data.ignore_connection = True
 
 
 def hook_table(addon) -> dict:

@@ -14,6 +14,9 @@ Format (YAML)::
         methods: [GET, HEAD]
         schemes: [https]
         namespaces: [default]             # optional: only pods in these namespaces
+      - host: api.example.com
+        splice: true                      # optional (default false): forward the TLS connection by
+                                          #  SNI without decrypting it (no paths/methods allowed)
     deny_ranges: [10.0.0.0/8, ...]        # destinations blocked whatever the name (default below)
     allow_ranges: []                      # exceptions to deny_ranges
 
@@ -51,7 +54,7 @@ DEFAULT_DENY_RANGES = (
     "fc00::/7",  # unique local
     "fe80::/10",  # link-local
 )
-_RULE_KEYS = {"host", "paths", "methods", "schemes", "namespaces"}
+_RULE_KEYS = {"host", "paths", "methods", "schemes", "namespaces", "splice"}
 _TOP_KEYS = {"mode", "rules", "deny_ranges", "allow_ranges"}
 
 #: The tutorial's policy: only the public solutions assets bucket, over HTTPS.
@@ -131,6 +134,7 @@ class Rule:
     methods: frozenset[str] = frozenset()
     schemes: frozenset[str] = frozenset()
     namespaces: frozenset[str] = frozenset()
+    splice: bool = False  # HTTPS connections it decides are forwarded by SNI, not decrypted (proxy/splice.py)
 
     # Worked out once per rule (the dataclass is frozen; cached_property writes the instance dict).
     @functools.cached_property
@@ -173,6 +177,21 @@ NO_MATCH = Decision(False, None, "no-matching-rule")
 def _strings(value: Any, where: str) -> list[str]:
     if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
         raise PolicyError(f"{where}: must be a non-empty list of strings")
+    return value
+
+
+def _splice(value: Any, where: str, paths: tuple, methods: frozenset, schemes: frozenset) -> bool:
+    """A rule's ``splice`` flag: a boolean, true only where nothing but the host is checked (a spliced
+    connection is never decrypted: the proxy sees no path and no method)."""
+    if not isinstance(value, bool):
+        raise PolicyError(f"{where}.splice: must be true or false, not {value!r}")
+    if value and (paths or methods):
+        raise PolicyError(
+            f"{where}.splice: a spliced rule cannot have paths or methods (a spliced connection is not decrypted, "
+            "so they could not be checked); drop them or splice: false"
+        )
+    if value and schemes and "https" not in schemes:
+        raise PolicyError(f"{where}.splice: only HTTPS connections can be spliced, but schemes is {sorted(schemes)}")
     return value
 
 
@@ -301,6 +320,7 @@ class Policy:
         if bad:
             raise PolicyError(f"{where}.schemes: {sorted(bad)} not in {list(SCHEMES)}")
         namespaces = frozenset(_strings(r["namespaces"], f"{where}.namespaces")) if "namespaces" in r else frozenset()
+        splice = _splice(r.get("splice", False), f"{where} ({host})", paths, methods, schemes)
         return Rule(
             i,
             ("*." + norm) if wildcard else norm,
@@ -308,6 +328,7 @@ class Policy:
             methods,
             schemes,
             namespaces,
+            splice,
         )
 
     # -- decisions -----------------------------------------------------------------------------

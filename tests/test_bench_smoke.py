@@ -151,10 +151,12 @@ def test_quick_suite_computes_ratios_from_side_by_side_measurements(quick_run):
         eg = b["egress"]
         assert eg["status"].startswith("ok"), eg["status"]
         res = eg["results"]
-        assert set(res) == {"direct", "bare", "tproxy-1", "tproxy-N", "squid-bump", "squid-splice"}
+        assert set(res) == {"direct", "bare", "tproxy-1", "tproxy-N", "tproxy-splice", "squid-bump", "squid-splice"}
         for mode, kinds in res.items():
             assert set(kinds) == (
-                {"https", "https-new"} if mode == "squid-splice" else {"http", "https", "http-new", "https-new"}
+                {"https", "https-new"}
+                if mode in ("squid-splice", "tproxy-splice")
+                else {"http", "https", "http-new", "https-new"}
             ), mode
             for kind, r in kinds.items():
                 assert r["rps"]["median"] and set(r["statuses"]) == {"200"}, (mode, kind, r)
@@ -162,6 +164,14 @@ def test_quick_suite_computes_ratios_from_side_by_side_measurements(quick_run):
                     assert r["cpu_ms_per_req"]["median"] > 0, (mode, kind)
         ratios = {s["metric"]: s["value"] for s in eg["summary"]}
         assert ratios["https proxy CPU per request: tproxy / squid bump"] > 0
+        assert ratios["https proxy CPU per request: tproxy splice / tproxy bump"] > 0
+    if "profile" in BENCHMARKS:  # py-spy over bare mitmdump and mitmdump + addon
+        prof = b["profile"]
+        assert prof["status"] == "ok", prof["status"]
+        for kind in ("https", "https-new"):
+            bare, tproxy = prof["results"][kind]["bare"], prof["results"][kind]["tproxy"]
+            assert bare["samples"] > 0 and bare["addon_share_pct"] == 0.0  # no proxy/ frame without the addon
+            assert tproxy["addon_share_pct"] > 0 and tproxy["top_self"], (kind, tproxy)
     if "podwatch" in measured:
         pw = measured["podwatch"]
         for n in pw["sizes"]:

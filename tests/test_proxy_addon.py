@@ -955,6 +955,7 @@ IMPLEMENTED_HOOKS = {
     "server_connected",
     "server_connect_error",
     "tcp_start",
+    "tls_clienthello",
     "client_disconnected",
 }
 

@@ -163,6 +163,7 @@ def test_every_hook_the_addon_implements_is_a_hook_mitmproxy_dispatches():
         "server_connected",
         "server_connect_error",
         "tcp_start",
+        "tls_clienthello",
         "client_disconnected",
     }
     # the arguments mitmproxy passes are what the hooks take
