@@ -28,6 +28,7 @@ BENCHMARKS = {
     "policy_scopes": "bench.policy_scopes_bench",
     "egress": "bench.egress_bench",
     "profile": "bench.profile_bench",
+    "idle": "bench.idle_bench",
 }
 
 

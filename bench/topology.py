@@ -45,7 +45,7 @@ class Topology:
         self.tmp = tempfile.mkdtemp(prefix="tproxy-bench-")
         self.client = self.node = self.internet = None
 
-    def up(self, *, upstream: bool = True) -> "Topology":
+    def up(self, *, upstream: bool = True, upstream_args: tuple[str, ...] = ()) -> "Topology":
         self.client = Netns.create(f"{self.prefix}c")
         self.node = Netns.create(f"{self.prefix}n")
         self.internet = Netns.create(f"{self.prefix}i")
@@ -79,6 +79,7 @@ class Topology:
                     self.ca_dir,
                     "--hosts",
                     ",".join(UPSTREAM_HOSTS),
+                    *upstream_args,
                 ],
                 log="upstream.log",
             )

@@ -28,6 +28,10 @@ Like nginx and other virtual-hosting front ends (RFC 9112 §3.2.2), an absolute-
 (``GET https://host/path``) picks the virtual host by the target's authority, not by ``Host``.
 
 HTTP/1.1 keep-alive with Nagle disabled (a Python server without it collapses to ~200 req/s).
+
+Limits: one thread and one descriptor per open connection (the CLI raises its soft open-files
+limit to the hard one and names it in the ``upstream listening`` line); a connection idle for
+``--idle-timeout`` seconds (60) is closed by the server; accept backlog 128.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import collections
 import http.server
 import ipaddress
 import json
+import resource
 import socket
 import socketserver
 import ssl
@@ -92,6 +97,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     timeout = 60
 
     def setup(self):
+        self.timeout = self.server.idle_timeout  # an idle keep-alive connection is closed after this
         super().setup()
         self.sni = getattr(self.request, "tproxy_sni", None)
 
@@ -267,7 +273,9 @@ class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
         stats: Stats,
         verbose: bool,
         recorded: collections.deque | None = None,
+        idle_timeout: float = 60.0,
     ):
+        self.idle_timeout = idle_timeout
         self.address_family = socket.AF_INET6 if ":" in addr else socket.AF_INET
         self.tls = tls
         self.hosts = set(hosts)
@@ -357,9 +365,12 @@ class Upstream:
         metadata: bool = False,
         verbose: bool = False,
         record: bool = False,
+        idle_timeout: float = 60.0,
     ):
         if not binds:
             raise ValueError("at least one --bind address is needed")
+        if not idle_timeout > 0:
+            raise ValueError(f"idle timeout {idle_timeout}: must be > 0 seconds")
         if https_port and not cert_dir:
             raise ValueError("--https-port needs --cert-dir (the test CA directory)")
         self.stats = Stats()
@@ -381,6 +392,7 @@ class Upstream:
                             stats=self.stats,
                             verbose=verbose,
                             recorded=self.recorded,
+                            idle_timeout=idle_timeout,
                         )
                     )
         self._threads: list[threading.Thread] = []
@@ -408,10 +420,19 @@ class Upstream:
         self.stop()
 
 
+def raise_open_files_limit() -> int:
+    """Soft RLIMIT_NOFILE up to the hard limit: one descriptor (and one thread) per held connection."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 def serve_forever(binds: Sequence[str], **kwargs) -> None:
     """Run an :class:`Upstream` until interrupted (the CLI's body)."""
+    max_files = raise_open_files_limit()
     up = Upstream(binds, **kwargs).start()
-    print(json.dumps({"event": "upstream listening", "listeners": up.listeners}), flush=True)
+    print(json.dumps({"event": "upstream listening", "listeners": up.listeners, "max_open_files": max_files}), flush=True)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:
@@ -438,6 +459,9 @@ def main(argv=None) -> int:
         "--record", action="store_true", help="keep every request's raw request line, Host and SNI; served at /.upstream/requests"
     )
     p.add_argument("--verbose", action="store_true", help="log every request to stderr")
+    p.add_argument(
+        "--idle-timeout", type=float, default=60.0, metavar="SECONDS", help="close a connection idle this long (default 60)"
+    )
     args = p.parse_args(argv)
     hosts = [h.strip().lower() for h in args.hosts.split(",") if h.strip()]
     try:
@@ -450,6 +474,7 @@ def main(argv=None) -> int:
             metadata=args.metadata,
             verbose=args.verbose,
             record=args.record,
+            idle_timeout=args.idle_timeout,
         )
     except (ValueError, OSError) as e:
         p.exit(2, f"kubesim.upstream: error: {e}\n")

@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -81,6 +82,21 @@ def check_port_free(port: int, what: str) -> None:
             s.bind(("0.0.0.0", port))
         except OSError as e:
             raise UsageError(f"port {port} ({what}) is not free: {e.strerror or e}") from None
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (the workers inherit it); (old soft, new soft).
+
+    Every proxied connection holds two descriptors in its worker (the pod's socket and the upstream
+    one), and an idle keep-alive connection holds them for as long as the pod keeps it open. With a
+    container's usual soft limit of 1024 a worker would stop accepting (EMFILE) at about 500
+    connections; mitmproxy does not raise the limit itself.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:
+        return soft, soft
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return soft, hard
 
 
 def check_worker_args(args: list[str]) -> None:
@@ -330,6 +346,13 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, OSError) as e:
         print(f"proxy.workers: {e}", file=sys.stderr)
         return 2
+    try:
+        before, after = raise_open_files_limit()
+    except (ValueError, OSError) as e:  # not fatal: the workers run with the limit they were given
+        log.warning("open_files_limit_unchanged", error=str(e), limit=resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    else:
+        if after != before:
+            log.info("open_files_limit_raised", soft_before=before, soft=after, reason="two descriptors per proxied connection")
     workers = [Worker(i, port, [binary, *worker_args], sink, args.restart_initial) for i, port in enumerate(ports)]
     sup = Supervisor(workers, args.max_start_failures)
     for sig in (signal.SIGTERM, signal.SIGINT):
