@@ -7,8 +7,8 @@ A client pod (bench/idle_client.py, one asyncio process in the client netns) ope
 connection to kubesim.upstream for each. At every step the proxy's process tree (the supervisor
 and its workers, from /proc) is measured: RSS and open sockets. Then every held connection is
 checked: none closed by the proxy, and a second ``GET /`` on each (or a sample) is answered.
-The same is done with bare ``mitmdump --mode transparent`` (no addon, one process) in the same
-run; the figure that carries over is the memory per connection (the slope between steps) and
+The same is done with bare ``mitmdump --mode transparent`` (no addon, no supervisor; 2 processes
+behind the same redirect, see :class:`Rig`) in the same run; the figure that carries over is the memory per connection (the slope between steps) and
 its ratio tproxy ÷ bare.
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 
@@ -114,12 +115,19 @@ class IdleClient:
 
 
 class Rig:
-    """The topology, tproxy's supervisor with 2 workers and (``bare=True``) a bare mitmdump."""
+    """The topology, tproxy's supervisor with 2 workers and (``bare=True``) 2 bare mitmdumps.
 
-    def __init__(self, prefix: str = "bid", bare: bool = True, workers: int = WORKERS):
+    The bare baseline is the same layout without the supervisor and the addon: one plain
+    ``mitmdump`` per port of its own range behind the same ``--random`` redirect. One process
+    would also do, but it holds 2 descriptors per connection: 10,000 connections need more than
+    a common hard limit of 20,000 open files (which an unprivileged container cannot raise).
+    """
+
+    def __init__(self, prefix: str = "bid", bare: bool = True, workers: int = WORKERS, supervisor_nofile: int = 0):
         self.workers = workers
+        self.supervisor_nofile = supervisor_nofile  # >0: start proxy.workers with this soft limit
         self.topo = Topology(prefix=prefix).up(upstream_args=("--idle-timeout", str(UPSTREAM_IDLE_TIMEOUT)))
-        self.procs: dict[str, subprocess.Popen] = {}
+        self.procs: dict[str, list[subprocess.Popen]] = {}
         try:
             self._start(bare)
         except BaseException:
@@ -141,33 +149,40 @@ class Rig:
         mitm = ["--mode", "transparent", "-q", "--set", f"confdir={confdir}", "--set", "connection_strategy=lazy"]
         mitm += ["--set", f"ssl_verify_upstream_trusted_ca={topo.ca_file}", "--set", "stream_large_bodies=1m"]
         self.supervisor_log = "tproxy.log"
-        self.procs["tproxy"] = topo.spawn(
-            topo.node,
-            [sys.executable, "-m", "proxy.workers", "--workers", str(self.workers), "--port", str(PORTS["tproxy"])]
-            + ["--audit", os.path.join(topo.tmp, "audit.log"), "--", *mitm, "-s", os.path.join(common.REPO, "proxy", "addon.py")]
-            + ["--set", f"tproxy_policy={policy}", "--set", "flow_detail=0", "--set", "termlog_verbosity=error"],
-            log=self.supervisor_log,
-        )
-        if bare:
-            self.procs["bare"] = topo.spawn(
+        limit = []
+        if self.supervisor_nofile:
+            hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+            limit = ["prlimit", f"--nofile={self.supervisor_nofile}:{hard}", "--"]
+        self.procs["tproxy"] = [
+            topo.spawn(
                 topo.node,
-                [sys.executable, "-c", "from mitmproxy.tools.main import mitmdump; mitmdump()", *mitm]
-                + ["--listen-port", str(PORTS["bare"])],
-                log="bare.log",
+                limit
+                + [sys.executable, "-m", "proxy.workers", "--workers", str(self.workers), "--port", str(PORTS["tproxy"])]
+                + ["--audit", os.path.join(topo.tmp, "audit.log"), "--", *mitm]
+                + ["-s", os.path.join(common.REPO, "proxy", "addon.py"), "--set", f"tproxy_policy={policy}"]
+                + ["--set", "flow_detail=0", "--set", "termlog_verbosity=error"],
+                log=self.supervisor_log,
             )
-        for mode, proc in self.procs.items():
-            for i in range(self.workers if mode == "tproxy" else 1):
+        ]
+        if bare:
+            bare_argv = [sys.executable, "-c", "from mitmproxy.tools.main import mitmdump; mitmdump()", *mitm]
+            self.procs["bare"] = [
+                topo.spawn(topo.node, bare_argv + ["--listen-port", str(PORTS["bare"] + i)], log=f"bare-{i}.log")
+                for i in range(self.workers)
+            ]
+        for mode, procs in self.procs.items():
+            for i in range(self.workers):
                 try:
-                    wait_listening(topo.node, PORTS[mode] + i, timeout=60, proc=proc)
+                    wait_listening(topo.node, PORTS[mode] + i, timeout=60, proc=procs[min(i, len(procs) - 1)])
                 except Exception as e:
-                    raise RuntimeError(f"{mode} did not start: {e}; log: {topo.log_tail(mode + '.log')}") from e
+                    raise RuntimeError(f"{mode} did not start: {e}; log: {topo.log_tail('tproxy.log')}") from e
 
     def redirect(self, mode: str) -> None:
         """podwatch's rule for the client: the worker range (tproxy) or the bare proxy's port."""
         from podwatch.rules import redirect_target
 
         port = PORTS[mode]
-        ports = f"{port}-{port + self.workers - 1}" if mode == "tproxy" and self.workers > 1 else str(port)
+        ports = f"{port}-{port + self.workers - 1}" if self.workers > 1 else str(port)
         self.topo.node.run("iptables", "-t", "nat", "-F", "PREROUTING")
         self.topo.node.run(
             "iptables",
@@ -188,7 +203,12 @@ class Rig:
         )
 
     def memory(self, mode: str) -> dict:
-        return tree_memory(self.procs[mode].pid)
+        trees = [tree_memory(p.pid) for p in self.procs[mode]]
+        return {
+            "rss_kb": sum(t["rss_kb"] for t in trees),
+            "sockets": sum(t["sockets"] for t in trees),
+            "processes": [p for t in trees for p in t["processes"]],
+        }
 
     def upstream_memory(self) -> dict:
         return tree_memory(self.topo.upstream.pid)
@@ -245,6 +265,7 @@ def _point(rig: Rig, mode: str, r: dict) -> dict:
         "rss_kb": m["rss_kb"],
         "sockets": m["sockets"],
         "per_process_rss_kb": [p["rss_kb"] for p in m["processes"]],
+        "per_process_sockets": [p["sockets"] for p in m["processes"]],
         "upstream_rss_kb": rig.upstream_memory()["rss_kb"],
         "statuses": r["statuses"],
     }
@@ -316,8 +337,8 @@ def summarize(res: dict) -> dict:
     )
     notes = [
         f"Connections half http://, half https://, each after one completed GET /, then idle; tproxy = "
-        f"proxy.workers with {res['workers']} workers + addon (RSS = supervisor + workers), bare = one mitmdump "
-        "without addon. kB per connection = RSS slope between steps; the headline is from the first step to the last.",
+        f"proxy.workers with {res['workers']} workers + addon (RSS = supervisor + workers), bare = {res['workers']} "
+        "plain mitmdumps (no addon, no supervisor) behind the same --random redirect. kB per connection = RSS slope between steps; the headline is from the first step to the last.",
         "Every connection holds 2 sockets in the proxy (the pod's and the upstream's); the upstream (kubesim.upstream) "
         "runs one thread per connection and closes none during the run (--idle-timeout "
         f"{UPSTREAM_IDLE_TIMEOUT}).",
