@@ -228,7 +228,7 @@ class Rig:
         self.topo.down()
 
 
-def hold(rig: Rig, mode: str, steps: list[int], sample: int) -> dict:
+def hold(rig: Rig, mode: str, steps: list[int], sample: int, deadline: float | None = None) -> dict:
     """Open connections up to each step through ``mode``, measure, then check every one; close them."""
     rig.redirect(mode)
     client = IdleClient(rig.topo, rig.bundle, steps[-1])
@@ -241,7 +241,7 @@ def hold(rig: Rig, mode: str, steps: list[int], sample: int) -> dict:
         failed: dict = {}
         for n in steps:
             more = n - (held - 4)
-            r = client.send(op="open", http=more // 2, https=more - more // 2)
+            r = client.send(op="open", http=more // 2, https=more - more // 2, deadline=deadline)
             held = r["held"]
             for k, v in r["failed"].items():
                 failed[k] = failed.get(k, 0) + v

@@ -6,7 +6,8 @@ reads one JSON command per line and answers one JSON line each:
 - ``{"op": "open", "http": N, "https": M}``: open N more ``http://HOST/`` and M more ``https://HOST/``
   connections (at most ``--parallel`` handshakes at a time), each sending one keep-alive
   ``GET /`` and reading the whole response, then left idle. Answer: ``opened``, ``held``,
-  ``failed`` (by error), ``statuses``.
+  ``failed`` (by error), ``statuses``. With ``"deadline": S`` the ones not done after S seconds
+  are abandoned and counted as failed.
 - ``{"op": "check", "sample": K}``: how many held connections the other side has closed
   (``closed_by_peer``: EOF seen while idle), then a second ``GET /`` on K of the others
   (``0`` = all), answered ``statuses``/``failed``.
@@ -95,13 +96,20 @@ class Client:
         statuses[str(status)] = statuses.get(str(status), 0) + 1
         self.conns.append(Conn(scheme, r, w))
 
-    async def open(self, http: int, https: int) -> dict:
+    async def open(self, http: int, https: int, deadline: float | None = None) -> dict:
         statuses: dict = {}
         failed: dict = {}
         before = len(self.conns)
         jobs = [self._open_one("http", statuses, failed) for _ in range(http)]
         jobs += [self._open_one("https", statuses, failed) for _ in range(https)]
-        await asyncio.gather(*jobs)
+        tasks = [asyncio.ensure_future(j) for j in jobs]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=deadline)
+            for t in pending:  # a proxy that stopped accepting: report it now, not after every IO_TIMEOUT
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            if pending:
+                failed["not done by the deadline"] = len(pending)
         return {"opened": len(self.conns) - before, "held": len(self.conns), "failed": failed, "statuses": statuses}
 
     async def check(self, sample: int) -> dict:
@@ -159,7 +167,10 @@ async def serve(args: argparse.Namespace) -> int:
             cmd = json.loads(line)
             op = cmd["op"]
             if op == "open":
-                out = await client.open(int(cmd.get("http", 0)), int(cmd.get("https", 0)))
+                deadline = cmd.get("deadline")
+                out = await client.open(
+                    int(cmd.get("http", 0)), int(cmd.get("https", 0)), float(deadline) if deadline is not None else None
+                )
             elif op == "check":
                 out = await client.check(int(cmd.get("sample", 0)))
             elif op == "close":

@@ -17,6 +17,7 @@ import resource
 import pytest
 
 from bench.idle_bench import Rig, hold, slope
+from kubesim.polling import scaled
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 
@@ -31,7 +32,8 @@ def rig():
 
 
 def test_two_thousand_idle_connections_are_held_and_usable(rig):
-    r = hold(rig, "tproxy", [CONNECTIONS // 2, CONNECTIONS], sample=0)
+    # a step not done in time fails fast (a proxy that stopped accepting leaves connections hanging)
+    r = hold(rig, "tproxy", [CONNECTIONS // 2, CONNECTIONS], sample=0, deadline=scaled(40))
 
     # every connection was opened and answered, and is still held by the proxy
     assert r["failed"] == {}, r["failed"]
