@@ -109,7 +109,7 @@ def test_policy_scopes_quick_variant_measures_both_sides_on_the_same_path():
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     p = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=240
+        [sys.executable, "-m", "bench", "--quick", "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300
     )
     return p, out
 
@@ -172,6 +172,17 @@ def test_quick_suite_computes_ratios_from_side_by_side_measurements(quick_run):
             bare, tproxy = prof["results"][kind]["bare"], prof["results"][kind]["tproxy"]
             assert bare["samples"] > 0 and bare["addon_share_pct"] == 0.0  # no proxy/ frame without the addon
             assert tproxy["addon_share_pct"] > 0 and tproxy["top_self"], (kind, tproxy)
+    if "idle" in BENCHMARKS:  # idle keep-alive connections held through tproxy and bare mitmdump, one run
+        idle = b["idle"]
+        assert idle["status"] == "ok", idle["status"]
+        for mode in ("tproxy", "bare"):
+            r = idle["modes"][mode]
+            assert [p["connections"] for p in r["points"]] == [0, *idle["steps"]], mode
+            assert r["failed"] == {} and r["check"]["closed_by_peer"] == 0, (mode, r["check"])
+            assert r["check"]["statuses"] == {"200": idle["steps"][-1] + 4}, (mode, r["check"])
+            assert r["points"][-1]["sockets"] >= 2 * idle["steps"][-1], mode
+        ratios = {s["metric"]: s["value"] for s in idle["summary"]}
+        assert ratios["kB per idle connection: tproxy ÷ bare mitmdump"] > 0
     if "podwatch" in measured:
         pw = measured["podwatch"]
         for n in pw["sizes"]:
