@@ -98,6 +98,7 @@ def _run(argv):
         (["-m", "bench.podwatch_e2e_worker", "--pod", "1"], "--pod"),
         (["-m", "bench.bare_initializer", "--kubeconfi", "x"], "--kubeconfi"),
         (["-m", "bench.probe_standin", "--por", "1"], "--por"),
+        (["-m", "bench.idle_client", "--host", "www.google.com", "--parall", "5"], "--parall"),
         (["-m", "soak", "--ci", "--minute", "1"], "--minute"),
         (["scripts/fetch_helm.py", "--dest", "x"], "--dest"),
         (["scripts/fetch_k8s_schemas.py", "--force"], "--force"),
