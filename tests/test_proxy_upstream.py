@@ -189,3 +189,30 @@ def test_record_mode_keeps_raw_request_lines_host_and_sni(ca):
         )
     finally:
         up.stop()
+
+
+def test_idle_timeout_closes_an_idle_keep_alive_connection_and_a_bad_value_is_refused():
+    """``--idle-timeout``: the benchmarks holding idle connections raise it; a value <= 0 is an error."""
+    import socket
+
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match=f"idle timeout {bad}: must be > 0 seconds"):
+            Upstream(["127.0.0.1"], http_port=_free_port(), https_port=0, idle_timeout=bad)
+    up = Upstream(["127.0.0.1"], http_port=_free_port(), https_port=0, idle_timeout=0.3).start()
+    try:
+        port = up.servers[0].server_port
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            s.sendall(b"GET /.upstream/stats HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += s.recv(65536)
+            assert data.startswith(b"HTTP/1.1 200")
+            # then idle: the server closes it (EOF), well before the client's own 30 s timeout
+            rest = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                rest += chunk
+    finally:
+        up.stop()
