@@ -140,7 +140,7 @@ def _round(policy, delegated, work) -> float:
     t0 = time.process_time()
     for info, f in work:
         scope = scope_of(info, policy, delegated)
-        finalize(decide(f, scope.policy, deny), scope.policy.mode)
+        finalize(decide(f, scope, deny), scope.mode)
     return (time.process_time() - t0) / len(work)
 
 
