@@ -1,8 +1,9 @@
 """Policy per workload: deciding under 1,000 namespace scopes of 100 rules vs one 10-rule policy.
 
 What the proxy does per request (proxy/core.py): the connection's scope (chosen once per
-connection, then a cached lookup: ``Clients.scope``), the pure ``decide`` against that scope's
-policy with the cluster deny list, ``finalize`` for its mode. Both sides run exactly that path, on
+connection, then a cached lookup: ``Clients.scope``), the pure ``decide`` against that scope
+(through the policy file's one host index, proxy/scope_index.py) with the cluster deny list,
+``finalize`` for its mode. Both sides run exactly that path, on
 the very same prebuilt requests (half allowed, half not: :func:`_pairs`), measured in alternating
 short rounds in one process so that machine noise hits both alike, each round timed in the
 process's CPU time (``time.process_time``: what the requests cost this process, not the time other
