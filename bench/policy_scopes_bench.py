@@ -1,10 +1,13 @@
 """Policy per workload: deciding under 1,000 namespace scopes of 100 rules vs one 10-rule policy.
 
 What the proxy does per request (proxy/core.py): the connection's scope (chosen once per
-connection, then a cached lookup: ``Clients.scope``), the pure ``decide`` against that scope's
-policy with the cluster deny list, ``finalize`` for its mode. Both sides run exactly that path, on
-prebuilt request facts (half allowed, half not), measured in alternating short rounds in one
-process so that machine noise hits both alike; the figure is the median of the per-round ratios. A side row measures
+connection, then a cached lookup: ``Clients.scope``), the pure ``decide`` against that scope
+(through the policy file's one host index, proxy/scope_index.py) with the cluster deny list,
+``finalize`` for its mode. Both sides run exactly that path, on
+the very same prebuilt requests (half allowed, half not: :func:`_pairs`), measured in alternating
+short rounds in one process so that machine noise hits both alike, each round timed in the
+process's CPU time (``time.process_time``: what the requests cost this process, not the time other
+jobs on the machine held the CPU); the figure is the median of the per-round ratios. A side row measures
 what is paid once per *new connection*: choosing the scope (``ScopedPolicy.select``), and also the
 plain pre-scopes ``decide(facts, Policy)`` as a reference.
 """
@@ -20,31 +23,40 @@ from bench import common
 TARGET = 1.05
 
 
-def _policy_doc(namespaces: int, rules: int) -> dict:
-    scopes = []
-    for i in range(namespaces):
-        rs = []
-        for j in range(rules):
-            if j % 10 == 9:
-                rs.append({"host": f"*.cdn{j}.ns{i}.example"})
-            elif j % 10 == 8:
-                rs.append({"host": f"api{j}.ns{i}.example", "methods": ["GET", "POST"], "paths": ["/v1/"]})
-            else:
-                rs.append({"host": f"svc{j}.ns{i}.example"})
-        scopes.append({"name": f"ns{i}", "match": {"namespaces": [f"ns{i}"]}, "rules": rs})
-    return {"mode": "enforce", "rules": [{"host": "storage.googleapis.com"}], "deny_hosts": ["*.evil.example"], "scopes": scopes}
+SHARED = ".shared.example"  # the names both sides' requests go to (see _pairs)
+
+
+def _rule(kind: int, name: str) -> dict:
+    """A rule of kind ``kind`` (0-9) for ``name``: 9 a wildcard, 8 a host with methods and paths,
+    the rest exact names (the same mix in every list of the benchmark)."""
+    if kind == 9:
+        return {"host": f"*.cdn{name}"}
+    if kind == 8:
+        return {"host": f"api{name}", "methods": ["GET", "POST"], "paths": ["/v1/"]}
+    return {"host": f"svc{name}"}
 
 
 def _single_doc(rules: int) -> dict:
-    rs = []
-    for j in range(rules):
-        if j % 10 == 9:
-            rs.append({"host": f"*.cdn{j}.nsx.example"})
-        elif j % 10 == 8:
-            rs.append({"host": f"api{j}.nsx.example", "methods": ["GET", "POST"], "paths": ["/v1/"]})
-        else:
-            rs.append({"host": f"svc{j}.nsx.example"})
-    return {"mode": "enforce", "rules": rs, "deny_hosts": ["*.evil.example"]}
+    """The single policy: ``rules`` rules (kinds 0-9, ...) for the shared names."""
+    return {"mode": "enforce", "rules": [_rule(j % 10, f"{j}{SHARED}") for j in range(rules)], "deny_hosts": ["*.evil.example"]}
+
+
+def _policy_doc(namespaces: int, rules: int) -> dict:
+    """Every namespace: ``rules`` rules (at least ten). Ten of them are the single policy's ten rules
+    for the shared names, each namespace listing them at other positions (its own list, its own
+    order: the audit names ``rules[j]`` of that list); the others name hosts of the namespace's own
+    (``svc17.ns3.example``). Namespaces allowing the same names (registries, cloud APIs), each in
+    its own list, is the usual case; it also lets both sides of the benchmark send the very same
+    requests (:func:`_pairs`)."""
+    scopes = []
+    for i in range(namespaces):
+        shared = {(11 * m + 7 * i) % rules: m for m in range(10)}  # ten distinct positions
+        assert len(shared) == 10, rules
+        rs = [
+            _rule(shared[j], f"{shared[j]}{SHARED}") if j in shared else _rule(j % 10, f"{j}.ns{i}.example") for j in range(rules)
+        ]
+        scopes.append({"name": f"ns{i}", "match": {"namespaces": [f"ns{i}"]}, "rules": rs})
+    return {"mode": "enforce", "rules": [{"host": "storage.googleapis.com"}], "deny_hosts": ["*.evil.example"], "scopes": scopes}
 
 
 def _facts(host: str, namespace: str, path: str = "/v1/x"):
@@ -68,21 +80,43 @@ def _facts(host: str, namespace: str, path: str = "/v1/x"):
     )
 
 
-def _workload(n: int, namespaces: int, rules: int, rng: random.Random, scoped: bool, pool: int) -> list:
-    """(client info, facts) pairs: half a host the pod's list allows, half one it does not, drawn
-    from ``pool`` distinct (pod, host) pairs: the node's working set. Both sides get the same pool
-    size, so the host-name caches (normalisation, candidates) are as warm on both: the figure is
-    the cost of the policy's size, not of the traffic's variety."""
-    from proxy.clients import ClientInfo
-
-    infos = {}
-    out = []
+def _pairs(n: int, namespaces: int, rng: random.Random, pool: int) -> list[tuple[int, str]]:
+    """``n`` requests as (namespace index, host), drawn from ``pool`` distinct (pod, host) pairs: the
+    node's working set. Half go to a host the pod's rules allow (one of each rule kind, in the
+    proportions of the lists: exact names, the one with methods and paths, names under the
+    wildcard), half to one no rule names. Both sides send exactly these requests, from pods of
+    every namespace, so the working set of pods, host names and (pod, host) pairs, the share
+    allowed and the kinds of rule that match are the same on both: what differs is the policy."""
+    spec = []
     for k in range(pool):
         i = rng.randrange(namespaces)
-        ns = f"ns{i}"
-        info = infos.get(ns)
+        m = rng.randrange(10)
+        if k % 2:
+            host = f"unlisted{k}{SHARED}"  # names the client chooses
+        elif m == 9:
+            host = f"img{k}.cdn9{SHARED}"
+        elif m == 8:
+            host = f"api8{SHARED}"
+        else:
+            host = f"svc{m}{SHARED}"
+        spec.append((i, host))
+    return [spec[rng.randrange(pool)] for _ in range(n)]
+
+
+def _workload(pairs: list[tuple[int, str]]) -> list:
+    """(client info, facts) for ``pairs``: one ClientInfo per pod (its scope is cached in it per
+    policy, as per connection in the proxy) and one facts object per (pod, host), built anew for
+    each side so that neither shares objects (or their caches) with the other."""
+    from proxy.clients import ClientInfo
+
+    infos: dict = {}
+    facts: dict = {}
+    out = []
+    for i, host in pairs:
+        info = infos.get(i)
         if info is None:
-            info = infos[ns] = ClientInfo(
+            ns = f"ns{i}"
+            info = infos[i] = ClientInfo(
                 f"198.18.{i // 250}.{i % 250 + 1}",
                 {"namespace": ns, "name": "p", "serviceAccount": "default", "labels": {}},
                 False,
@@ -90,41 +124,34 @@ def _workload(n: int, namespaces: int, rules: int, rng: random.Random, scoped: b
                 None,
                 0,
             )
-        j = rng.randrange(rules if scoped else 10)  # pods of every namespace on both sides
-        suffix = f".ns{i}.example" if scoped else ".nsx.example"  # names as long on both sides
-        if k % 2:
-            host = f"unlisted{k}{suffix}"  # names the client chooses: as varied on both sides
-        elif j % 10 == 9:
-            host = f"img{k}.cdn{j}{suffix}"
-        elif j % 10 == 8:
-            host = f"api{j}{suffix}"
-        else:
-            host = f"svc{j}{suffix}"
-        out.append((info, _facts(host, ns)))
-    return [out[rng.randrange(pool)] for _ in range(n)]
+        f = facts.get((i, host))
+        if f is None:
+            f = facts[(i, host)] = _facts(host, info.pod["namespace"])
+        out.append((info, f))
+    return out
 
 
 def _round(policy, delegated, work) -> float:
-    """Seconds per request of the proxy's per-request decision path over ``work``."""
+    """CPU seconds per request of the proxy's per-request decision path over ``work``."""
     from proxy.clients import Clients
     from proxy.decision import decide, finalize
 
     scope_of = Clients.scope
     deny = policy.deny
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     for info, f in work:
         scope = scope_of(info, policy, delegated)
-        finalize(decide(f, scope.policy, deny), scope.policy.mode)
-    return (time.perf_counter() - t0) / len(work)
+        finalize(decide(f, scope, deny), scope.mode)
+    return (time.process_time() - t0) / len(work)
 
 
 def _plain_round(policy, work) -> float:
     from proxy.decision import decide, finalize
 
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     for _, f in work:
         finalize(decide(f, policy), policy.mode)
-    return (time.perf_counter() - t0) / len(work)
+    return (time.process_time() - t0) / len(work)
 
 
 def measure(namespaces: int, rules: int, requests: int, rounds: int, seed: int = 7, pool: int = 2000) -> dict:
@@ -137,8 +164,9 @@ def measure(namespaces: int, rules: int, requests: int, rounds: int, seed: int =
     single = ScopedPolicy.from_dict(_single_doc(10), source="bench-single")
     plain = Policy.from_dict({k: v for k, v in _single_doc(10).items() if k != "deny_hosts"}, source="bench-plain")
     rng = random.Random(seed)
-    w_many = _workload(requests, namespaces, rules, rng, scoped=True, pool=pool)
-    w_single = _workload(requests, namespaces, rules, rng, scoped=False, pool=pool)
+    pairs = _pairs(requests, namespaces, rng, pool)
+    w_many = _workload(pairs)
+    w_single = _workload(pairs)
     delegated: dict = {}
     # warm up: scopes chosen and cached per connection, candidate memos filled (as in a running proxy)
     for _ in range(2):
@@ -146,11 +174,16 @@ def measure(namespaces: int, rules: int, requests: int, rounds: int, seed: int =
         _round(single, delegated, w_single)
         _plain_round(plain, w_single)
     a, b, c = [], [], []
-    for _ in range(rounds):  # alternating, so drift and noise hit both sides alike
-        a.append(_round(many, delegated, w_many))
-        b.append(_round(single, delegated, w_single))
+    for r in range(rounds):  # alternating, so drift and noise hit both sides alike; who goes first too
+        if r % 2:
+            b.append(_round(single, delegated, w_single))
+            a.append(_round(many, delegated, w_many))
+        else:
+            a.append(_round(many, delegated, w_many))
+            b.append(_round(single, delegated, w_single))
         c.append(_plain_round(plain, w_single))
     allowed = sum(1 for info, f in w_many if decide_ok(many, info, f)) / len(w_many)
+    allowed_single = sum(1 for info, f in w_single if decide_ok(single, info, f)) / len(w_single)
     sel = _selection(many, namespaces)
     sel1 = _selection(single, 1)
     return {
@@ -163,8 +196,13 @@ def measure(namespaces: int, rules: int, requests: int, rounds: int, seed: int =
             "scoped": len({f.request_host for _, f in w_many}),
             "single": len({f.request_host for _, f in w_single}),
         },
+        "distinct_pairs": {
+            "scoped": len({(info.pod["namespace"], f.request_host) for info, f in w_many}),
+            "single": len({(info.pod["namespace"], f.request_host) for info, f in w_single}),
+        },
         "parse_s": parse_s,
         "allowed_fraction": allowed,
+        "allowed_fraction_single": allowed_single,
         "scoped_ns": [x * 1e9 for x in a],
         "single_ns": [x * 1e9 for x in b],
         "plain_ns": [x * 1e9 for x in c],
@@ -187,10 +225,10 @@ def decide_ok(policy, info, f) -> bool:
 
 def _selection(policy, namespaces: int, n: int = 20000) -> float:
     names = [f"ns{i % namespaces}" for i in range(n)]
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     for ns in names:
         policy.select(ns, "default", {"app": "x"})
-    return (time.perf_counter() - t0) / n
+    return (time.process_time() - t0) / n
 
 
 def run(cfg: common.BenchConfig) -> dict:

@@ -237,8 +237,8 @@ class TproxyAddon:
         scope = self.clients.scope(client, self.policy, self.delegated)
         policy = scope.policy
         v = finalize(
-            decide(mitm.request_facts(flow, client.regular, client.pod["namespace"] or None), policy, self.policy.deny),
-            policy.mode,
+            decide(mitm.request_facts(flow, client.regular, client.pod["namespace"] or None), scope, self.policy.deny),
+            scope.mode,
         )
         v.scope = scope
         self.metrics.decision_seconds.observe(time.perf_counter() - t0)

@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from proxy.authority import default_port, split_host_port
 from proxy.policy import Policy, is_ip_literal, normalize_host
+
+if TYPE_CHECKING:
+    from proxy.scopes import Scope
 
 
 class Reason(enum.StrEnum):
@@ -104,9 +107,11 @@ class RequestFacts:
     namespace: Optional[str]  # the client pod's namespace, None when unknown
 
 
-def decide(f: RequestFacts, policy: Policy, deny: Policy | None = None) -> Verdict:
-    """The policy decision for a request, before DNS. ``policy``: the deciding scope's; ``deny``: the
-    cluster-wide ``deny_hosts`` index (proxy/scopes.py), checked first in every mode."""
+def decide(f: RequestFacts, policy: "Policy | Scope", deny: Policy | None = None) -> Verdict:
+    """The policy decision for a request, before DNS. ``policy``: the deciding scope (the proxy passes
+    the Scope: it decides through its policy file's one host index, proxy/scope_index.py) or its
+    Policy (the same decision); ``deny``: the cluster-wide ``deny_hosts`` index (proxy/scopes.py),
+    checked first in every mode."""
     path = f.path
     if path[:1] != "/" and not (path == "*" and f.method == "OPTIONS"):
         # Only an HTTP/2 or 3 :path can be anything else (HTTP/1 targets are parsed into a path,

@@ -164,7 +164,7 @@ class Rule:
         return True
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Decision:
     allowed: bool
     rule: Rule | None

@@ -45,7 +45,8 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from proxy.policy import MODES, Policy, PolicyError, Rule, _networks, _strings
+from proxy.policy import MODES, Decision, Policy, PolicyError, Rule, _networks, _strings
+from proxy.scope_index import ScopeIndex
 
 _SCOPE_KEYS = {"deny_hosts", "scopes", "delegation"}
 _SCOPE_ENTRY_KEYS = {"name", "match", "mode", "rules"}
@@ -84,16 +85,27 @@ class Selector:
 
 
 class Scope:
-    """A named rule set (a :class:`Policy`: mode, indexed rules, the ranges) and what it selects."""
+    """A named rule set (a :class:`Policy`: mode, indexed rules, the ranges) and what it selects.
+
+    Decides per request like its Policy (:meth:`decide`); a scope of a policy file does it through
+    the file's one host index (proxy/scope_index.py) rather than its Policy's own."""
+
+    # slots: what a request reads (mode, index) sits in the object itself, next to its header
+    __slots__ = ("mode", "index", "policy", "name", "selector", "origin", "rank", "audit_members")
 
     def __init__(self, name: str, selector: Selector, policy: Policy, origin: str, order: int):
         self.name, self.selector, self.policy, self.origin = name, selector, policy, origin
+        self.mode = policy.mode
+        self.index: ScopeIndex | None = None  # set by the ScopedPolicy whose index holds this scope
         self.rank = (-selector.specificity, order)  # lower wins
         self.audit_members = f'"scope":{_json_str(name)}'
 
-    @property
-    def mode(self) -> str:
-        return self.policy.mode
+    def decide(self, host: str, *, method: str, scheme: str, path: str, namespace: str | None = None) -> Decision:
+        """The scope's rules' decision for a request (``host`` normalised): :meth:`Policy.decide`."""
+        index = self.index
+        if index is None:
+            return self.policy.decide(host, method=method, scheme=scheme, path=path, namespace=namespace)
+        return index.decide(self, host, method, scheme, path, namespace)
 
     def __repr__(self) -> str:
         return f"Scope({self.name!r}, {self.selector.describe()}, {self.mode}, {len(self.policy.rules)} rules)"
@@ -176,6 +188,9 @@ class ScopedPolicy:
                 self._any_ns.append(s)
         for lst in (*self._by_ns.values(), self._any_ns):
             lst.sort(key=lambda s: s.rank)
+        self.index = ScopeIndex((self.default, *self.scopes))
+        for s in (self.default, *self.scopes):
+            s.index = self.index
         self.delegated_order = len(self.scopes)
 
     # -- what the rest of the proxy reads of "the policy in force" (the default scope's) ---------
