@@ -20,9 +20,8 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-import yaml
 
-from proxy.policy import MODES, Policy, PolicyError, Rule, is_ip_literal
+from proxy.policy import MODES, Policy, PolicyError, Rule, is_ip_literal, parse_policy_yaml
 from proxy.scopes import BoundedPolicy, Ceiling, Scope, ScopedPolicy, Selector
 
 DATA_KEY = "policy.yaml"
@@ -37,18 +36,14 @@ def parse(text: Any, namespace: str, scoped: ScopedPolicy, origin: str) -> Scope
         raise PolicyError(f"{origin}: no '{DATA_KEY}' key in the ConfigMap's data")
     if len(text.encode("utf-8", "replace")) > MAX_BYTES:
         raise PolicyError(f"{origin}: {DATA_KEY} is larger than {MAX_BYTES} bytes")
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise PolicyError(f"{origin}: not valid YAML: {str(e).splitlines()[0]}") from None
-    except RecursionError:
-        raise PolicyError(f"{origin}: nested too deeply to parse") from None
-    try:
-        return _scope(doc, namespace, scoped, origin)
-    except PolicyError as e:
-        raise PolicyError(f"{origin}: {e}") from None
-    except RecursionError:
-        raise PolicyError(f"{origin}: nested too deeply (or refers to itself through a YAML alias)") from None
+
+    def build(doc: Any, source: str) -> Scope:
+        try:
+            return _scope(doc, namespace, scoped, source)
+        except PolicyError as e:
+            raise PolicyError(f"{source}: {e}") from None
+
+    return parse_policy_yaml(text, origin, build)
 
 
 def _scope(doc: Any, namespace: str, scoped: ScopedPolicy, origin: str) -> Scope:

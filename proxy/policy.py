@@ -33,7 +33,7 @@ import ipaddress
 import json
 import posixpath
 import urllib.parse
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 import idna
 import yaml
@@ -62,6 +62,35 @@ BUILTIN_POLICY: dict[str, Any] = {
     "mode": "enforce",
     "rules": [{"host": "storage.googleapis.com", "paths": ["/solutions-public-assets/"], "schemes": ["https"]}],
 }
+
+
+T = TypeVar("T")
+
+
+def read_policy_file(path: str) -> str:
+    """A policy file's text, or a PolicyError saying why it cannot be read."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise PolicyError(f"cannot read policy {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise PolicyError(f"{path}: not UTF-8 text (byte {e.start})") from None
+
+
+def parse_policy_yaml(text: str, source: str, from_dict: Callable[..., T]) -> T:
+    """``from_dict(doc, source=source)`` of the YAML ``text``; a PolicyError naming ``source`` for
+    bad YAML or for a document nested too deeply (e.g. a recursive YAML alias ``&a [*a]``)."""
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise PolicyError(f"{source}: not valid YAML: {str(e).splitlines()[0]}") from None
+    except RecursionError:
+        raise PolicyError(f"{source}: nested too deeply to parse") from None
+    try:
+        return from_dict(doc, source=source)
+    except RecursionError:
+        raise PolicyError(f"{source}: nested too deeply (or refers to itself through a YAML alias)") from None
 
 
 class PolicyError(ValueError):
@@ -233,27 +262,11 @@ class Policy:
 
     @classmethod
     def load(cls, path: str) -> "Policy":
-        try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-        except OSError as e:
-            raise PolicyError(f"cannot read policy {path}: {e.strerror or e}") from None
-        except UnicodeDecodeError as e:
-            raise PolicyError(f"{path}: not UTF-8 text (byte {e.start})") from None
-        return cls.from_yaml(text, source=path)
+        return cls.from_yaml(read_policy_file(path), source=path)
 
     @classmethod
     def from_yaml(cls, text: str, source: str = "<string>") -> "Policy":
-        try:
-            doc = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise PolicyError(f"{source}: not valid YAML: {str(e).splitlines()[0]}") from None
-        except RecursionError:
-            raise PolicyError(f"{source}: nested too deeply to parse") from None
-        try:
-            return cls.from_dict(doc, source=source)
-        except RecursionError:  # e.g. a recursive YAML alias (&a [*a])
-            raise PolicyError(f"{source}: nested too deeply (or refers to itself through a YAML alias)") from None
+        return parse_policy_yaml(text, source, cls.from_dict)
 
     @classmethod
     def from_dict(cls, doc: Any, source: str = "<dict>") -> "Policy":

@@ -43,9 +43,18 @@ import ipaddress
 import json
 from typing import Any, Iterable, Mapping
 
-import yaml
 
-from proxy.policy import MODES, Decision, Policy, PolicyError, Rule, _networks, _strings
+from proxy.policy import (
+    MODES,
+    Decision,
+    Policy,
+    PolicyError,
+    Rule,
+    _networks,
+    _strings,
+    parse_policy_yaml,
+    read_policy_file,
+)
 from proxy.scope_index import ScopeIndex
 
 _SCOPE_KEYS = {"deny_hosts", "scopes", "delegation"}
@@ -256,27 +265,11 @@ class ScopedPolicy:
 
     @classmethod
     def load(cls, path: str) -> "ScopedPolicy":
-        try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-        except OSError as e:
-            raise PolicyError(f"cannot read policy {path}: {e.strerror or e}") from None
-        except UnicodeDecodeError as e:
-            raise PolicyError(f"{path}: not UTF-8 text (byte {e.start})") from None
-        return cls.from_yaml(text, source=path)
+        return cls.from_yaml(read_policy_file(path), source=path)
 
     @classmethod
     def from_yaml(cls, text: str, source: str = "<string>") -> "ScopedPolicy":
-        try:
-            doc = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise PolicyError(f"{source}: not valid YAML: {str(e).splitlines()[0]}") from None
-        except RecursionError:
-            raise PolicyError(f"{source}: nested too deeply to parse") from None
-        try:
-            return cls.from_dict(doc, source=source)
-        except RecursionError:
-            raise PolicyError(f"{source}: nested too deeply (or refers to itself through a YAML alias)") from None
+        return parse_policy_yaml(text, source, cls.from_dict)
 
     @classmethod
     def from_dict(cls, doc: Any, source: str = "<dict>") -> "ScopedPolicy":
