@@ -31,7 +31,7 @@ import yaml
 
 from bench import common
 from bench.proxy_bench import make_ca
-from bench.topology import CLIENT_IP, Topology, wait_listening
+from bench.topology import Topology, wait_listening
 
 PORTS = {"bare": 8090, "tproxy-1": 8100, "tproxy-N": 8110, "tproxy-splice": 8120}
 HTTPS_ONLY = ("squid-splice", "tproxy-splice")  # their HTTP path is another mode's
@@ -88,41 +88,14 @@ def tree_cpu_seconds(pid: int) -> float:
 
 
 def redirect(topo: Topology, mode: str, n_workers: int) -> None:
-    from podwatch.rules import redirect_target
-
-    node = topo.node
-    node.run("iptables", "-t", "nat", "-F", "PREROUTING")
-
-    def add(dports: str, target: str) -> None:
-        node.run(
-            "iptables",
-            "-t",
-            "nat",
-            "-A",
-            "PREROUTING",
-            "-s",
-            CLIENT_IP,
-            "-p",
-            "tcp",
-            "-m",
-            "multiport",
-            "--dports",
-            dports,
-            "-j",
-            *target.split(),
-        )
-
     if mode == "direct":
-        return
-    if mode.startswith("squid"):
-        add("80", f"REDIRECT --to-ports {SQUID_HTTP}")
-        add("443", f"REDIRECT --to-ports {SQUID_BUMP if mode == 'squid-bump' else SQUID_SPLICE}")
-        return
-    port = PORTS[mode]
-    if mode == "tproxy-splice":
-        add("80,443", redirect_target(port))
-        return
-    add("80,443", redirect_target(f"{port}-{port + n_workers - 1}" if mode == "tproxy-N" else port))
+        topo.redirect(None)
+    elif mode.startswith("squid"):
+        topo.redirect(SQUID_HTTP, dports="80")
+        topo.redirect(SQUID_BUMP if mode == "squid-bump" else SQUID_SPLICE, dports="443", flush=False)
+    else:
+        port = PORTS[mode]
+        topo.redirect(f"{port}-{port + n_workers - 1}" if mode == "tproxy-N" else port)
 
 
 def start_squid(topo: Topology, ca_pem: str) -> subprocess.Popen:

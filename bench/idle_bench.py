@@ -24,7 +24,7 @@ import yaml
 
 from bench import common
 from bench.proxy_bench import make_ca
-from bench.topology import CLIENT_IP, Topology, wait_listening
+from bench.topology import Topology, wait_listening
 
 HOST = "www.google.com"
 PORTS = {"tproxy": 8120, "bare": 8090}
@@ -179,28 +179,8 @@ class Rig:
 
     def redirect(self, mode: str) -> None:
         """podwatch's rule for the client: the worker range (tproxy) or the bare proxy's port."""
-        from podwatch.rules import redirect_target
-
         port = PORTS[mode]
-        ports = f"{port}-{port + self.workers - 1}" if self.workers > 1 else str(port)
-        self.topo.node.run("iptables", "-t", "nat", "-F", "PREROUTING")
-        self.topo.node.run(
-            "iptables",
-            "-t",
-            "nat",
-            "-A",
-            "PREROUTING",
-            "-s",
-            CLIENT_IP,
-            "-p",
-            "tcp",
-            "-m",
-            "multiport",
-            "--dports",
-            "80,443",
-            "-j",
-            *redirect_target(ports).split(),
-        )
+        self.topo.redirect(f"{port}-{port + self.workers - 1}" if self.workers > 1 else port)
 
     def memory(self, mode: str) -> dict:
         trees = [tree_memory(p.pid) for p in self.procs[mode]]

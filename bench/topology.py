@@ -105,9 +105,14 @@ class Topology:
         except OSError:
             return ""
 
-    def redirect(self, port: int | None) -> None:
-        """Node nat PREROUTING: the client's tcp 80/443 → ``port`` (None: no redirect, direct)."""
-        self.node.run("iptables", "-t", "nat", "-F", "PREROUTING")
+    def redirect(self, port: int | str | None, dports: str = "80,443", flush: bool = True) -> None:
+        """Node nat PREROUTING: the client's tcp ``dports`` → ``port``, one port or a worker range
+        ``"A-B"`` (podwatch's own target: ``--random`` over the range); None: no redirect (direct).
+        ``flush=False`` adds to the rules already there."""
+        from podwatch.rules import redirect_target
+
+        if flush:
+            self.node.run("iptables", "-t", "nat", "-F", "PREROUTING")
         if port:
             self.node.run(
                 "iptables",
@@ -122,11 +127,9 @@ class Topology:
                 "-m",
                 "multiport",
                 "--dports",
-                "80,443",
+                dports,
                 "-j",
-                "REDIRECT",
-                "--to-ports",
-                str(port),
+                *redirect_target(port).split(),
             )
 
     def down(self) -> None:
