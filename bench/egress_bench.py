@@ -3,11 +3,12 @@
 Every proxy runs at once in the node namespace of bench/topology.py; the node's nat REDIRECT is
 switched between them and the rounds interleave the modes, so the machine's load drifts over all
 of them alike. Per mode: HTTP and HTTPS, keep-alive and a new connection per request (TCP and TLS
-handshake each), req/s from bench/loadgen.py in the client namespace, and the proxy's CPU per
+handshake each), req/s from wrk (bench/wrk.py) in the client namespace against an nginx upstream
+(bench/topology.py), and the proxy's CPU per
 request (user + system of the proxy's whole process tree: the supervisor and its workers, squid
 and its certificate helpers).
 
-- ``direct``: no proxy (the limit; the pure-Python load generator caps it).
+- ``direct``: no proxy (the limit: wrk against nginx).
 - ``bare``: one ``mitmdump --mode transparent`` without addon.
 - ``tproxy-1`` / ``tproxy-N``: ``python -m proxy.workers`` with 1 and N workers (N = usable CPUs),
   the addon, a policy allowing the two benchmark hosts, podwatch's ``REDIRECT --to-ports A-B --random``.
@@ -29,7 +30,7 @@ import sys
 
 import yaml
 
-from bench import common
+from bench import common, wrk
 from bench.proxy_bench import make_ca
 from bench.topology import Topology, wait_listening
 
@@ -127,19 +128,23 @@ def run(cfg: common.BenchConfig) -> dict:
     from proxy.cpus import usable_cpus
 
     n_workers = usable_cpus()
-    duration = cfg.pick(0.5, 3.0)
-    warmup = cfg.pick(0.3, 0.5)
+    duration = cfg.pick(1, 3)
     rounds = cfg.pick(1, max(cfg.repeats, 5))
-    concurrency = 8
+    concurrency = 16
     kinds = [("http", False), ("https", False), ("http", True), ("https", True)]
-    topo = Topology(prefix="beg").up()
+    wrk.binary()  # a clear Skip before the namespaces are built
+    topo = Topology(prefix="beg").up(upstream="nginx")
+    client = wrk.Wrk(topo.client, connections=concurrency, threads=2)
     procs: dict[str, subprocess.Popen] = {}
     notes = [
-        f"{concurrency} client threads, {duration} s measured per mode, scheme and connection kind per round after "
-        f"a {warmup} s warm-up, {rounds} interleaved round(s); req/s and CPU ms/request are medians over rounds.",
-        f"tproxy-N = {n_workers} workers (the CPUs this run may use). Everything (the load generator, the upstream, "
-        "the proxies) shares this machine's cores, so a proxy with N workers competes with the client for them: "
-        "the req/s ratio N/1 is a floor; CPU per request is the figure that carries over.",
+        f"Client: wrk (C), {concurrency} connections on 2 threads, {duration} s per mode, scheme and connection kind "
+        f"per round, {rounds} interleaved round(s) after one unrecorded warm-up pass over every mode"
+        + (" (skipped: quick run)" if cfg.quick else "")
+        + "; upstream: one nginx worker (`GET /` → 200). Both are C so that the proxies, not the client or the "
+        "upstream, are what the shared cores are spent on (bench/wrk.py: the pure-Python loadgen capped the "
+        "N-worker figure). req/s and CPU ms/request are medians over rounds.",
+        f"tproxy-N = {n_workers} workers (the CPUs this run may use). wrk and nginx still run on the same cores "
+        "(a few % of them at these rates), so the req/s ratio N/1 is a slight floor.",
         "CPU ms/request = user+system time of the proxy's process tree over a run ÷ the requests it served.",
         "squid (Debian's squid-openssl) in intercept mode, one process; tproxy = mitmproxy 11.0.2 + addon; "
         "both verify upstream TLS against the test CA and allow only the two benchmark hosts.",
@@ -147,11 +152,7 @@ def run(cfg: common.BenchConfig) -> dict:
     res: dict = {"workers": n_workers, "rounds": rounds, "duration_s": duration, "concurrency": concurrency}
     try:
         confdir = os.path.join(topo.tmp, "mitm")
-        mitm_ca = make_ca(confdir)
-        bundle = os.path.join(topo.tmp, "client-ca.pem")
-        with open(bundle, "w") as out:
-            for f in (topo.ca_file, mitm_ca):
-                out.write(open(f).read())
+        make_ca(confdir)
         policy = os.path.join(topo.tmp, "policy.yaml")
         with open(policy, "w") as f:
             yaml.safe_dump({"rules": [{"host": h} for h in HOSTS.split()]}, f)
@@ -228,29 +229,8 @@ def run(cfg: common.BenchConfig) -> dict:
                     raise RuntimeError(f"{mode} did not start: {e}; log: {topo.log_tail(mode + '.log')}") from e
         modes = ["direct", "bare", "tproxy-1", "tproxy-N", "tproxy-splice", "squid-bump", "squid-splice"]
 
-        def loadgen(scheme: str, new: bool, dur: float, warmup: float) -> dict:
-            argv = [
-                sys.executable,
-                "-m",
-                "bench.loadgen",
-                f"{scheme}://www.google.com/",
-                "-c",
-                str(concurrency),
-                "-d",
-                str(dur),
-                "--warmup",
-                str(warmup),
-                "--cafile",
-                bundle,
-            ] + (["--new-connection"] if new else [])
-            p = subprocess.run(
-                topo.client.exec_argv(argv), capture_output=True, text=True, cwd=common.REPO, timeout=dur + warmup + 60
-            )
-            if p.returncode != 0:
-                raise RuntimeError(f"loadgen failed: {p.stderr[-800:]}")
-            r = json.loads(p.stdout)
-            r.pop("latencies_s", None)
-            return r
+        def loadgen(scheme: str, new: bool, dur: float) -> dict:
+            return client.run(f"{scheme}://www.google.com/", duration=dur, new_connection=new)
 
         def measured(mode: str) -> list:
             return [k for k in kinds if not (mode in HTTPS_ONLY and k[0] == "http")]
@@ -259,14 +239,14 @@ def run(cfg: common.BenchConfig) -> dict:
         for mode in modes if not cfg.quick else ():  # warm-up pass, not recorded (certificates, caches)
             redirect(topo, mode, n_workers)
             for scheme, new in measured(mode):
-                loadgen(scheme, new, 0.3, 0.3)
+                loadgen(scheme, new, 1)
         for rnd in range(rounds):
             for mode in modes:
                 redirect(topo, mode, n_workers)
                 owner = procs.get("squid" if mode.startswith("squid") else mode)
                 for scheme, new in measured(mode):
                     c0 = tree_cpu_seconds(owner.pid) if owner else None
-                    r = loadgen(scheme, new, duration, warmup)
+                    r = loadgen(scheme, new, duration)
                     if owner and r["total_requests"]:
                         r["cpu_ms_per_req"] = (tree_cpu_seconds(owner.pid) - c0) * 1000 / r["total_requests"]
                     raw[mode][f"{scheme}{'-new' if new else ''}"].append(r)
@@ -275,6 +255,7 @@ def run(cfg: common.BenchConfig) -> dict:
                         f"{r['rps']:.0f} req/s statuses={r['statuses']} errors={r['errors']}"
                     )
     finally:
+        client.close()
         topo.down()
     return summarize(res, raw, notes, n_workers)
 

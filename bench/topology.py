@@ -36,6 +36,59 @@ def wait_listening(ns: Netns, port: int, timeout: float = 30.0, proc: subprocess
     raise TimeoutError(f"nothing listens on port {port} in {ns.name} after {timeout} s")
 
 
+NGINX_CONF = """worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/body;
+  proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fastcgi;
+  uwsgi_temp_path {dir}/uwsgi;
+  scgi_temp_path {dir}/scgi;
+  keepalive_requests 10000000;
+  server {{
+    listen {ip}:80;
+    listen {ip}:443 ssl;
+    server_name {hosts};
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    location / {{ return 200 "ok\\n"; }}
+  }}
+}}
+"""
+
+
+def nginx_binary() -> str:
+    """``$TPROXY_NGINX``, else the one scripts/setup.sh unpacks into ``.tools/nginx`` (the binary of
+    Debian's nginx package, not installed as a service: no nginx on the host's port 80), else PATH."""
+    from bench.common import REPO, Skip
+
+    for cand in (
+        os.environ.get("TPROXY_NGINX"),
+        os.path.join(REPO, ".tools", "nginx", "usr", "sbin", "nginx"),
+        shutil.which("nginx"),
+    ):
+        if cand and os.access(cand, os.X_OK):
+            return cand
+    raise Skip("nginx not found: run scripts/setup.sh (it unpacks Debian's nginx into .tools/nginx)")
+
+
+def start_nginx(topo: "Topology", cert_key: tuple[str, str]) -> subprocess.Popen:
+    """One nginx worker in the internet namespace: ``GET /`` → 200 on 80 and 443 for every benchmark
+    host, one certificate from the test CA naming them all, keep-alive without a request cap."""
+    d = os.path.join(topo.tmp, "nginx")
+    os.makedirs(d, exist_ok=True)
+    conf = os.path.join(d, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(NGINX_CONF.format(dir=d, ip=UPSTREAM_IP, hosts=" ".join(UPSTREAM_HOSTS), cert=cert_key[0], key=cert_key[1]))
+    # -e: the error log before the configuration is read (else the compiled-in /var/log/nginx path)
+    p = topo.spawn(topo.internet, [nginx_binary(), "-e", "stderr", "-p", d, "-c", conf], log="nginx.log")
+    wait_listening(topo.internet, 443, proc=p)
+    return p
+
+
 class Topology:
     """Build with :meth:`up`, tear down with :meth:`down` (kills every process it started)."""
 
@@ -45,7 +98,10 @@ class Topology:
         self.tmp = tempfile.mkdtemp(prefix="tproxy-bench-")
         self.client = self.node = self.internet = None
 
-    def up(self, *, upstream: bool = True, upstream_args: tuple[str, ...] = ()) -> "Topology":
+    def up(self, *, upstream: bool | str = True, upstream_args: tuple[str, ...] = ()) -> "Topology":
+        """``upstream``: True (``kubesim.upstream``, every test path: ``/bytes/N``, ``/echo``, ...),
+        ``"nginx"`` (:func:`start_nginx`: ``GET /`` → 200 ``ok``, for load where the upstream's own CPU
+        must stay out of the way) or False (none)."""
         self.client = Netns.create(f"{self.prefix}c")
         self.node = Netns.create(f"{self.prefix}n")
         self.internet = Netns.create(f"{self.prefix}i")
@@ -62,7 +118,12 @@ class Topology:
         self.client.write_hosts(hosts)
         self.node.write_hosts(hosts)
         self.ca_dir = os.path.join(self.tmp, "ca")
-        if upstream:
+        if upstream == "nginx":
+            from kubesim.testca import TestCA
+
+            self.ca_file = TestCA(self.ca_dir).ca_file
+            self.upstream = start_nginx(self, TestCA(self.ca_dir).issue(list(UPSTREAM_HOSTS)))
+        elif upstream:
             self.upstream = self.spawn(
                 self.internet,
                 [
