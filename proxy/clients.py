@@ -31,8 +31,9 @@ class ClientInfo:
     audit_members: str  # its audit fields, JSON-encoded, without braces
     identity: object  # the IdentityMap and its generation this was looked up in
     generation: int
-    scope: Any = None  # the deciding Scope, chosen for ``scope_for``
-    scope_for: tuple = ()  # (ScopedPolicy, delegated dict) the scope was chosen in
+    scope: Any = None  # the deciding Scope, chosen in ``scope_policy`` and ``scope_delegated``
+    scope_policy: Any = None  # the ScopedPolicy ...
+    scope_delegated: Any = None  # ... and the namespace policies (dict) the scope was chosen in
 
 
 class Clients:
@@ -68,12 +69,11 @@ class Clients:
     @staticmethod
     def scope(info: ClientInfo, policy, delegated: Mapping) -> Any:
         """The scope of ``policy`` (a ScopedPolicy) deciding for this client (memoised per connection)."""
-        key = info.scope_for
-        if key and key[0] is policy and key[1] is delegated:
+        if info.scope_policy is policy and info.scope_delegated is delegated:
             return info.scope
         pod = info.pod
         info.scope = policy.select(pod["namespace"], pod["serviceAccount"], pod.get("labels") or {}, delegated)
-        info.scope_for = (policy, delegated)
+        info.scope_policy, info.scope_delegated = policy, delegated
         return info.scope
 
     def forget(self, client) -> None:

@@ -63,7 +63,7 @@ IP_LITERAL, DENIED_RANGE, MISSING_HOST, INVALID_HOST = (
     Reason.INVALID_HOST,
 )
 MULTIPLE_HOST_HEADERS, INVALID_TARGET = Reason.MULTIPLE_HOST_HEADERS, Reason.INVALID_TARGET
-DENIED_HOST = Reason.DENIED_HOST
+DENIED_HOST, NO_MATCHING_RULE = Reason.DENIED_HOST, Reason.NO_MATCHING_RULE
 
 ALLOW, BLOCK, REPORT = "allow", "block", "report"  # Verdict.decision
 
@@ -165,11 +165,10 @@ def decide(f: RequestFacts, policy: "Policy | Scope", deny: Policy | None = None
                 sni_norm = None
             if sni_norm != host:
                 return Verdict(BLOCK, SNI_HOST_MISMATCH, host=host, port=port)
-    d = policy.decide(host, method=f.method, scheme=scheme, path=path, namespace=f.namespace)
-    if d.allowed:
-        return Verdict(ALLOW, RULE, host=host, port=port, rule=d.rule, host_headers=hosts)
-    reason = IP_LITERAL if is_ip_literal(host) else Reason(d.reason)
-    return Verdict(BLOCK, reason, host=host, port=port)
+    rule = policy.allowing(host, f.method, scheme, path, f.namespace)
+    if rule is not None:
+        return Verdict(ALLOW, RULE, host=host, port=port, rule=rule, host_headers=hosts)
+    return Verdict(BLOCK, IP_LITERAL if is_ip_literal(host) else NO_MATCHING_RULE, host=host, port=port)
 
 
 def target_mismatch(target: tuple[str, str, int], host: str, host_port: int | None, scheme: str, port: int) -> Reason | None:

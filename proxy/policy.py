@@ -368,6 +368,13 @@ class Policy:
 
     def decide(self, host: str, *, method: str, scheme: str, path: str, namespace: str | None = None) -> Decision:
         """Match a request against the allow rules. ``host`` must be normalised."""
+        best = self.allowing(host, method, scheme, path, namespace)
+        return NO_MATCH if best is None else best.allows
+
+    def allowing(self, host: str, method: str, scheme: str, path: str, namespace: str | None) -> Rule | None:
+        """The rule that allows a request (the lowest index whose conditions hold), or None: what
+        :meth:`decide` decides, without building or reading a Decision (the per-request path,
+        proxy/decision.py)."""
         npath = None  # normalised only when a candidate rule has paths to compare
         best: Rule | None = None
         for rule in self.candidates(host):  # only the rules indexed under this host's names
@@ -377,9 +384,7 @@ class Policy:
                 npath = normalize_path(path)
             if rule.matches(method, scheme, npath, namespace):
                 best = rule
-        if best is None:
-            return NO_MATCH
-        return best.allows
+        return best
 
     def address_denied(self, address: str) -> bool:
         """True when ``address`` is in ``deny_ranges`` and not in ``allow_ranges`` (memoised)."""

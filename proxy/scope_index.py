@@ -9,14 +9,19 @@ entry holding the rules per scope, and the memo is one table keyed by host name,
 a request does one lookup for the host (a table as large as the single policy's: one entry per
 name) and one for its scope.
 
-What the memo holds for (host, scope), worked out on first use from the same candidates as
-:meth:`Policy.candidates` (exact rules, then wildcard rules of ever shorter suffixes):
+What the memo holds for (host, scope) is one small entry, worked out on first use from the same
+candidates as :meth:`Policy.candidates` (exact rules, then wildcard rules of ever shorter suffixes),
+so that a request reads the entry and, when it is allowed, the rule it names, and nothing else of
+its scope's (no Decision object, no rule's attribute dictionary):
 
-* no rule covers the host: :data:`proxy.policy.NO_MATCH`;
+* no rule covers the host: the empty tuple (one shared object);
 * the lowest-index candidate has no condition (no methods, schemes, paths, namespaces): it wins
-  whatever the request, so its decision (``Rule.allows``);
-* else the candidates sorted by index: the first whose conditions match the request allows it
-  (the lowest index, as :meth:`Policy.decide` chooses).
+  whatever the request, so that :class:`Rule` itself;
+* else a tuple of ``(methods, schemes, paths, namespaces, rule)``, one per candidate in index
+  order up to the first unconditional one (none after it can win): the first whose conditions hold
+  allows the request (the lowest index, as :meth:`Policy.decide` chooses). Equal condition sets
+  of different rules (every scope's ``methods: [GET, POST]``) are one shared object, so matching
+  reads no memory of the scope's own but the entry.
 
 The memo is bounded like the single policy's (hosts are chosen by clients): when it holds more
 than :data:`MEMO_LIMIT` (host, scope) entries it starts again empty. Scopes not in the index (a
@@ -42,8 +47,9 @@ class ScopeIndex:
     def __init__(self, scopes: Iterable):
         self._exact: dict[str, dict[object, list[Rule]]] = {}
         self._wild: dict[str, dict[object, list[Rule]]] = {}
-        self._memo: dict[str, dict[object, Decision | tuple[Rule, ...]]] = {}
+        self._memo: dict[str, dict[object, Rule | tuple]] = {}
         self._size = 0
+        self._shared: dict = {}  # condition set -> the one equal object every entry uses
         for scope in scopes:
             for r in scope.policy.rules:
                 if r.host.startswith("*."):
@@ -65,33 +71,57 @@ class ScopeIndex:
                 out += per.get(scope, ())
         return out
 
-    def _settle(self, scope, host: str) -> Decision | tuple[Rule, ...]:
+    def _settle(self, scope, host: str) -> Rule | tuple:
         cands = sorted(self.candidates(scope, host), key=lambda r: r.index)
         if not cands:
-            return NO_MATCH
+            return ()
         if _unconditional(cands[0]):
-            return cands[0].allows
-        return tuple(cands)
+            return cands[0]
+        shared = self._shared
+        out = []
+        for r in cands:
+            conds = (r.methods, r.schemes, r.paths, r.namespaces)
+            out.append(tuple(shared.setdefault(c, c) for c in conds) + (r,))
+            if not (r.methods or r.schemes or r.paths or r.namespaces):
+                break  # it allows whatever the request: no later candidate can win
+        return tuple(out)
 
-    def decide(self, scope, host: str, method: str, scheme: str, path: str, namespace: str | None) -> Decision:
-        """:meth:`Policy.decide` for ``scope``'s rules (``host`` normalised), through the memo."""
+    def allowing(self, scope, host: str, method: str, scheme: str, path: str, namespace: str | None) -> Rule | None:
+        """:meth:`Policy.allowing` for ``scope``'s rules (``host`` normalised), through the memo."""
         per = self._memo.get(host)
-        if per is None:
-            per = self._memo[host] = {}
-        hit = per.get(scope)
+        hit = None if per is None else per.get(scope)
         if hit is None:
-            if self._size >= MEMO_LIMIT:
-                self._memo.clear()
-                self._size = 0
-                per = self._memo[host] = {}
-            hit = per[scope] = self._settle(scope, host)
-            self._size += 1
+            hit = self._remember(scope, host)
         if hit.__class__ is not tuple:
             return hit  # type: ignore[return-value]
         npath = None  # normalised only when a candidate has paths to compare
-        for rule in hit:
-            if rule.paths and npath is None:
-                npath = normalize_path(path)
-            if rule.matches(method, scheme, npath, namespace):
-                return rule.allows
-        return NO_MATCH
+        for methods, schemes, paths, namespaces, rule in hit:
+            if methods and method.upper() not in methods:
+                continue
+            if schemes and scheme not in schemes:
+                continue
+            if namespaces and namespace not in namespaces:
+                continue
+            if paths:
+                if npath is None:
+                    npath = normalize_path(path)
+                if not any(npath.startswith(p) for p in paths):
+                    continue
+            return rule
+        return None
+
+    def _remember(self, scope, host: str) -> Rule | tuple:
+        if self._size >= MEMO_LIMIT:
+            self._memo.clear()
+            self._size = 0
+        per = self._memo.get(host)
+        if per is None:
+            per = self._memo[host] = {}
+        hit = per[scope] = self._settle(scope, host)
+        self._size += 1
+        return hit
+
+    def decide(self, scope, host: str, method: str, scheme: str, path: str, namespace: str | None) -> Decision:
+        """:meth:`Policy.decide` for ``scope``'s rules (``host`` normalised), through the memo."""
+        rule = self.allowing(scope, host, method, scheme, path, namespace)
+        return NO_MATCH if rule is None else rule.allows

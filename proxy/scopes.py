@@ -46,6 +46,7 @@ from typing import Any, Iterable, Mapping
 
 from proxy.policy import (
     MODES,
+    NO_MATCH,
     Decision,
     Policy,
     PolicyError,
@@ -111,10 +112,15 @@ class Scope:
 
     def decide(self, host: str, *, method: str, scheme: str, path: str, namespace: str | None = None) -> Decision:
         """The scope's rules' decision for a request (``host`` normalised): :meth:`Policy.decide`."""
+        rule = self.allowing(host, method, scheme, path, namespace)
+        return NO_MATCH if rule is None else rule.allows
+
+    def allowing(self, host: str, method: str, scheme: str, path: str, namespace: str | None) -> Rule | None:
+        """The scope's rule allowing a request (``host`` normalised), or None: :meth:`Policy.allowing`."""
         index = self.index
         if index is None:
-            return self.policy.decide(host, method=method, scheme=scheme, path=path, namespace=namespace)
-        return index.decide(self, host, method, scheme, path, namespace)
+            return self.policy.allowing(host, method, scheme, path, namespace)
+        return index.allowing(self, host, method, scheme, path, namespace)
 
     def __repr__(self) -> str:
         return f"Scope({self.name!r}, {self.selector.describe()}, {self.mode}, {len(self.policy.rules)} rules)"
@@ -221,6 +227,10 @@ class ScopedPolicy:
     def decide(self, host: str, **kwargs):
         """The default scope's :meth:`Policy.decide` (what a pod of unknown identity gets)."""
         return self.default.policy.decide(host, **kwargs)
+
+    def allowing(self, host: str, method: str, scheme: str, path: str, namespace: str | None) -> Rule | None:
+        """The default scope's :meth:`Policy.allowing`."""
+        return self.default.policy.allowing(host, method, scheme, path, namespace)
 
     # -- selection ---------------------------------------------------------------------------------
     def select(
