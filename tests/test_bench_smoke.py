@@ -7,6 +7,7 @@ and the report writer that need no root.
 """
 
 import json
+import statistics
 import os
 import subprocess
 import sys
@@ -102,6 +103,17 @@ def test_policy_scopes_quick_variant_measures_both_sides_on_the_same_path():
     assert len(r["scoped_ns"]) == len(r["single_ns"]) == r["rounds"]
     assert r["ratio"] > 0 and r["ratio_of_medians"] > 0 and r["summary"][0]["target"] == "≤ 1.05"
     assert r["tables"][0]["rows"][0][0] == "100 scopes x 100 rules"
+    # each process is one draw of the heap layout and hash seed: the headline is their median
+    per = r["ratio_per_process"]
+    assert len(per) == 2 and r["ratio"] == statistics.median(per)
+    assert all(f"{x:.3f}" in r["summary"][0]["metric"] for x in per)
+
+
+def test_policy_scopes_measurement_that_fails_says_why(monkeypatch):
+    from bench import policy_scopes_bench
+
+    with pytest.raises(RuntimeError, match=r"(?s)policy scopes measurement failed \(exit 1\).*ZeroDivisionError"):
+        policy_scopes_bench._measure_in_a_process(10, 0, 10, 1)  # no rules: a namespace needs ten
 
 
 # -- end to end: the quick suite -------------------------------------------------------------
