@@ -117,3 +117,10 @@ Non-2xx responses:      20
     r = ab.parse(out)
     assert r["statuses"] == {"2xx": 480, "non-2xx": 20} and r["errors"] == {"receive": 5, "exceptions": 2}
     assert r["latency_p50_ms"] == 92 and r["latency_p99_ms"] == 125 and round(r["rps"]) == 166
+
+
+def test_parse_caps_non_2xx_at_the_complete_count():
+    # ab counted one more non-2xx response than complete requests when its time limit struck (CI, 2026-12-05)
+    out = "Time taken for tests:   1.000 seconds\nComplete requests:      2832\nFailed requests:        0\nNon-2xx responses:      2833\n"
+    r = ab.parse(out)
+    assert r["statuses"] == {"non-2xx": 2832} and r["requests"] == 2832, r
