@@ -75,7 +75,7 @@ def test_helm_install_wait_returns_when_the_minimal_charts_replicaset_is_ready(c
     (chart / "templates").mkdir(parents=True)
     (chart / "Chart.yaml").write_text("apiVersion: v2\nname: mini\nversion: 0.1.0\n")
     (chart / "templates" / "deploy.yaml").write_text(yaml.safe_dump(sleeper("mini")))
-    proc = e2e.run_client(cluster13, ["helm", "install", "mini", str(chart), "--wait", "--timeout", "120s"])
+    proc = e2e.run_client(cluster13, ["helm", "install", "mini", str(chart), *e2e.helm_wait_flags(120)], timeout=180)
     assert "STATUS: deployed" in proc.stdout
     # --wait returned: the newest ReplicaSet reports both replicas ready, and they are
     dep, (rs,), pods = owned_chain(cluster13, "default", "mini")
@@ -156,7 +156,7 @@ def test_the_hash_is_decimal_for_1_7_and_safe_encoded_after():
 def test_the_charts_helm_install_wait_returns_when_its_workloads_are_ready(cluster13):
     """Issue 14's last gap: the README's install with --wait on 1.13 returns once the initializer's
     ReplicaSet and the DaemonSet report ready."""
-    e2e.helm_install(cluster13, extra=["--wait", "--timeout", "180s"])
+    e2e.helm_install(cluster13, wait=180)
     try:
         ns = e2e.RELEASE_NAMESPACE
         deps = cluster13.client.list(resource_path("apps/v1", "deployments"))["items"]
