@@ -44,6 +44,11 @@ def pytest_collection_modifyitems(config, items):
     phase = config.getoption("--tproxy-phase")
     if phase != "all":
         _deselect(config, items, lambda i: ("exclusive" in i.keywords) != (phase == "exclusive"))
+    if phase == "shared":
+        # files with `slow` tests first (a stable sort: a file's tests keep their order), so that the
+        # workers (a file each, in this order) do not pick up a long end-to-end file last
+        slow_files = {i.path for i in items if "slow" in i.keywords}
+        items.sort(key=lambda i: i.path not in slow_files)
     if not config.getoption("--kubeconfig"):
         _deselect(config, items, lambda i: "cluster" in i.keywords)
     if os.geteuid() == 0:
