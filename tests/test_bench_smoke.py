@@ -117,6 +117,7 @@ def test_policy_scopes_measurement_that_fails_says_why(monkeypatch):
 
 
 # -- end to end: the quick suite -------------------------------------------------------------
+# exclusive: the benchmarks load both cores and their figures (rates, CPU per request) need quiet
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
@@ -128,6 +129,7 @@ def quick_run(tmp_path_factory):
 
 @pytest.mark.root
 @pytest.mark.slow
+@pytest.mark.exclusive
 def test_quick_suite_runs_every_benchmark_without_harness_errors(quick_run):
     p, out = quick_run
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
@@ -144,6 +146,7 @@ def test_quick_suite_runs_every_benchmark_without_harness_errors(quick_run):
 
 @pytest.mark.root
 @pytest.mark.slow
+@pytest.mark.exclusive
 def test_quick_suite_computes_ratios_from_side_by_side_measurements(quick_run):
     _, out = quick_run
     b = json.load(open(out / "latest.json"))["benchmarks"]
@@ -213,6 +216,7 @@ def test_quick_suite_computes_ratios_from_side_by_side_measurements(quick_run):
 
 @pytest.mark.root
 @pytest.mark.slow
+@pytest.mark.exclusive
 def test_quick_suite_writes_a_readable_report_with_plots(quick_run):
     _, out = quick_run
     md = open(out / "report.md").read()

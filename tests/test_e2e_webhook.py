@@ -77,7 +77,7 @@ def tutorial():
         e2e.helm_install(
             c,
             values=tutorial_values(VERSION) + f",tproxy.webhook.timeoutSeconds={TIMEOUT_SECONDS}",
-            extra=["--wait", "--timeout", "180s"],
+            wait=180,
         )
         c.wait_pods("app=tproxy,component=tproxy", e2e.RELEASE_NAMESPACE, timeout=60)
         c.wait_pods(INITIALIZER, "kube-system", timeout=60)

@@ -15,6 +15,7 @@ The images are built once per run (``scripts/images.sh``, which reuses its layer
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -35,10 +36,17 @@ DEFAULT_LIMIT_MB = 200
 
 @pytest.fixture(scope="session")
 def images():
-    """Every image built (by `make images`' script when one is missing); the engine's podman argv."""
-    if engine.missing_images(engine.IMAGES.values()):
-        proc = subprocess.run(["bash", os.path.join(REPO, "scripts", "images.sh")], capture_output=True, text=True, timeout=1800)
-        assert proc.returncode == 0, f"scripts/images.sh failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    """Every image built (by `make images`' script when one is missing); the engine's podman argv.
+
+    `make test` runs this file and tests/test_e2e_images.py on parallel workers, each with its own
+    session: the first builds under a lock on the image store, the other waits and finds them built."""
+    os.makedirs(engine.images_dir(), exist_ok=True)
+    with open(os.path.join(engine.images_dir(), "build.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if engine.missing_images(engine.IMAGES.values()):
+            argv = ["bash", os.path.join(REPO, "scripts", "images.sh")]
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
+            assert proc.returncode == 0, f"scripts/images.sh failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     engine.require(engine.IMAGES.values())
     return engine.IMAGES
 

@@ -480,6 +480,7 @@ def test_without_a_config_opted_in_objects_are_refused_and_others_pass(tmp_path)
         e.close()
 
 
+@pytest.mark.exclusive  # asserts the review's duration_ms: a timing, so not under parallel load
 def test_audit_line_and_metrics_per_review(env):
     def count(outcome):
         return (

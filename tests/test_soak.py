@@ -14,7 +14,8 @@ import pytest
 
 from kubesim.polling import scaled
 
-pytestmark = [pytest.mark.root, pytest.mark.slow]
+# exclusive: the soak judges create latencies and memory growth, so it needs the machine to itself
+pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.exclusive]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -12,6 +12,7 @@ import os
 import time
 
 from kubesim.apply import apply_documents, load_documents
+from kubesim.polling import scaled
 from kubesim.demo import (
     EXAMPLES,
     RELEASE_NAMESPACE,
@@ -53,7 +54,8 @@ def create_namespace(cluster, name: str) -> None:
 
 
 def run_client(cluster, argv: list[str], *, check: bool = True, timeout: float = 120):
-    """Run the real ``helm`` or ``kubectl`` (argv[0]) against the cluster, as a user types it."""
+    """Run the real ``helm`` or ``kubectl`` (argv[0]) against the cluster, as a user types it.
+    ``timeout``: the deadline in seconds, times ``TPROXY_TEST_TIMEOUT_SCALE`` like every wait."""
     import subprocess
 
     binary = {"helm": helm_binary, "kubectl": kubectl_binary}[argv[0]]()
@@ -61,7 +63,7 @@ def run_client(cluster, argv: list[str], *, check: bool = True, timeout: float =
         [binary, *argv[1:]],
         capture_output=True,
         text=True,
-        timeout=timeout,
+        timeout=scaled(timeout),
         cwd=REPO_ROOT,
         env={**os.environ, "KUBECONFIG": cluster.kubeconfig},
     )
@@ -76,10 +78,14 @@ def helm_install(
     extra: list[str] | None = None,
     release: str = "tproxy",
     namespace: str = RELEASE_NAMESPACE,
+    wait: float | None = None,
 ):
     """The README's ``helm install tproxy chart/ --namespace NS --create-namespace --set VALUES``; on 1.7
     clusters what a 1.7 user types instead: ``kubectl create namespace NS`` first and
-    ``--disable-openapi-validation`` (1.7 served no /openapi/v2)."""
+    ``--disable-openapi-validation`` (1.7 served no /openapi/v2).
+
+    ``wait``: add ``--wait --timeout Ns`` (N = ``wait`` s, scaled like every deadline); helm itself
+    then gets a minute more than that before it is stopped."""
     flags, _ = no_openapi_flags(cluster.k8s_version)
     ns_args = ["--namespace", namespace]
     if flags:
@@ -87,7 +93,14 @@ def helm_install(
             run_client(cluster, ["kubectl", "create", "namespace", namespace])
     else:
         ns_args.append("--create-namespace")
-    return run_client(cluster, ["helm", "install", release, "chart/", *ns_args, "--set", values, *(extra or []), *flags])
+    waiting = [] if wait is None else helm_wait_flags(wait)
+    argv = ["helm", "install", release, "chart/", *ns_args, "--set", values, *(extra or []), *waiting, *flags]
+    return run_client(cluster, argv, timeout=120 if wait is None else wait + 60)
+
+
+def helm_wait_flags(seconds: float) -> list[str]:
+    """``--wait --timeout Ns``, with the deadline scaled by ``TPROXY_TEST_TIMEOUT_SCALE``."""
+    return ["--wait", "--timeout", f"{scaled(seconds):.0f}s"]
 
 
 def helm_uninstall(cluster, release: str = "tproxy", namespace: str = RELEASE_NAMESPACE):
