@@ -34,6 +34,11 @@ class ClientInfo:
     scope: Any = None  # the deciding Scope, chosen in ``scope_policy`` and ``scope_delegated``
     scope_policy: Any = None  # the ScopedPolicy ...
     scope_delegated: Any = None  # ... and the namespace policies (dict) the scope was chosen in
+    # the last host this connection's requests went to, in which Scope, and that host's entry in the
+    # scope's host index (Scope.allowing_on)
+    memo_scope: Any = None
+    memo_host: str = ""
+    memo_hit: Any = None
 
 
 class Clients:

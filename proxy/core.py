@@ -237,7 +237,7 @@ class TproxyAddon:
         scope = self.clients.scope(client, self.policy, self.delegated)
         policy = scope.policy
         v = finalize(
-            decide(mitm.request_facts(flow, client.regular, client.pod["namespace"] or None), scope, self.policy.deny),
+            decide(mitm.request_facts(flow, client.regular, client.pod["namespace"] or None), scope, self.policy.deny, client),
             scope.mode,
         )
         v.scope = scope

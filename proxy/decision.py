@@ -107,11 +107,12 @@ class RequestFacts:
     namespace: Optional[str]  # the client pod's namespace, None when unknown
 
 
-def decide(f: RequestFacts, policy: "Policy | Scope", deny: Policy | None = None) -> Verdict:
+def decide(f: RequestFacts, policy: "Policy | Scope", deny: Policy | None = None, conn=None) -> Verdict:
     """The policy decision for a request, before DNS. ``policy``: the deciding scope (the proxy passes
     the Scope: it decides through its policy file's one host index, proxy/scope_index.py) or its
     Policy (the same decision); ``deny``: the cluster-wide ``deny_hosts`` index (proxy/scopes.py),
-    checked first in every mode."""
+    checked first in every mode; ``conn``: the client connection's info (proxy/clients.py) when
+    ``policy`` is a Scope, which then remembers the connection's host entry (``Scope.allowing_on``)."""
     path = f.path
     if path[:1] != "/" and not (path == "*" and f.method == "OPTIONS"):
         # Only an HTTP/2 or 3 :path can be anything else (HTTP/1 targets are parsed into a path,
@@ -165,7 +166,10 @@ def decide(f: RequestFacts, policy: "Policy | Scope", deny: Policy | None = None
                 sni_norm = None
             if sni_norm != host:
                 return Verdict(BLOCK, SNI_HOST_MISMATCH, host=host, port=port)
-    rule = policy.allowing(host, f.method, scheme, path, f.namespace)
+    if conn is None:
+        rule = policy.allowing(host, f.method, scheme, path, f.namespace)
+    else:
+        rule = policy.allowing_on(conn, host, f.method, scheme, path, f.namespace)  # type: ignore[union-attr]
     if rule is not None:
         return Verdict(ALLOW, RULE, host=host, port=port, rule=rule, host_headers=hosts)
     return Verdict(BLOCK, IP_LITERAL if is_ip_literal(host) else NO_MATCHING_RULE, host=host, port=port)

@@ -86,29 +86,18 @@ class ScopeIndex:
                 break  # it allows whatever the request: no later candidate can win
         return tuple(out)
 
-    def allowing(self, scope, host: str, method: str, scheme: str, path: str, namespace: str | None) -> Rule | None:
-        """:meth:`Policy.allowing` for ``scope``'s rules (``host`` normalised), through the memo."""
+    def entry(self, scope, host: str) -> Rule | tuple:
+        """What decides for ``scope``'s requests to ``host`` (normalised): the memo entry (see the
+        module docstring), worked out on first use. Read it with :func:`match`."""
         per = self._memo.get(host)
         hit = None if per is None else per.get(scope)
         if hit is None:
             hit = self._remember(scope, host)
-        if hit.__class__ is not tuple:
-            return hit  # type: ignore[return-value]
-        npath = None  # normalised only when a candidate has paths to compare
-        for methods, schemes, paths, namespaces, rule in hit:
-            if methods and method.upper() not in methods:
-                continue
-            if schemes and scheme not in schemes:
-                continue
-            if namespaces and namespace not in namespaces:
-                continue
-            if paths:
-                if npath is None:
-                    npath = normalize_path(path)
-                if not any(npath.startswith(p) for p in paths):
-                    continue
-            return rule
-        return None
+        return hit
+
+    def allowing(self, scope, host: str, method: str, scheme: str, path: str, namespace: str | None) -> Rule | None:
+        """:meth:`Policy.allowing` for ``scope``'s rules (``host`` normalised), through the memo."""
+        return match(self.entry(scope, host), method, scheme, path, namespace)
 
     def _remember(self, scope, host: str) -> Rule | tuple:
         if self._size >= MEMO_LIMIT:
@@ -125,3 +114,24 @@ class ScopeIndex:
         """:meth:`Policy.decide` for ``scope``'s rules (``host`` normalised), through the memo."""
         rule = self.allowing(scope, host, method, scheme, path, namespace)
         return NO_MATCH if rule is None else rule.allows
+
+
+def match(hit: Rule | tuple, method: str, scheme: str, path: str, namespace: str | None) -> Rule | None:
+    """The rule a memo entry (:meth:`ScopeIndex.entry`) allows the request by, or None."""
+    if hit.__class__ is not tuple:
+        return hit  # type: ignore[return-value]
+    npath = None  # normalised only when a candidate has paths to compare
+    for methods, schemes, paths, namespaces, rule in hit:
+        if methods and method.upper() not in methods:
+            continue
+        if schemes and scheme not in schemes:
+            continue
+        if namespaces and namespace not in namespaces:
+            continue
+        if paths:
+            if npath is None:
+                npath = normalize_path(path)
+            if not any(npath.startswith(p) for p in paths):
+                continue
+        return rule
+    return None

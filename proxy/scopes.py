@@ -56,7 +56,7 @@ from proxy.policy import (
     parse_policy_yaml,
     read_policy_file,
 )
-from proxy.scope_index import ScopeIndex
+from proxy.scope_index import ScopeIndex, match
 
 _SCOPE_KEYS = {"deny_hosts", "scopes", "delegation"}
 _SCOPE_ENTRY_KEYS = {"name", "match", "mode", "rules"}
@@ -121,6 +121,26 @@ class Scope:
         if index is None:
             return self.policy.allowing(host, method, scheme, path, namespace)
         return index.allowing(self, host, method, scheme, path, namespace)
+
+    def allowing_on(self, conn, host: str, method: str, scheme: str, path: str, namespace: str | None) -> Rule | None:
+        """:meth:`allowing` for a request on client connection ``conn`` (a
+        :class:`proxy.clients.ClientInfo`), which remembers the index entry of the last host it asked
+        about in this scope: a connection's requests go to one host (HTTPS: its SNI, which
+        :func:`proxy.decision.decide` holds them to; HTTP in practice), so after its first request
+        a connection skips the host index and its per-scope table. The entry is the index's (the
+        same object, valid as long as this Scope: a new policy or namespace policy is a new Scope,
+        and a new identity a new ClientInfo)."""
+        index = self.index
+        if index is None:
+            return self.policy.allowing(host, method, scheme, path, namespace)
+        if conn.memo_scope is self and conn.memo_host == host:
+            hit = conn.memo_hit
+        else:
+            hit = index.entry(self, host)
+            conn.memo_scope, conn.memo_host, conn.memo_hit = self, host, hit
+        if hit.__class__ is not tuple:
+            return hit
+        return match(hit, method, scheme, path, namespace)
 
     def __repr__(self) -> str:
         return f"Scope({self.name!r}, {self.selector.describe()}, {self.mode}, {len(self.policy.rules)} rules)"

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from proxy import scope_index
+from proxy.clients import ClientInfo
 from proxy.decision import RequestFacts, decide, finalize
-from proxy.policy import Rule, normalize_path
-from proxy.scopes import ScopedPolicy
+from proxy.policy import Policy, Rule, normalize_path
+from proxy.scopes import Scope, ScopedPolicy, Selector
 
 HOSTS = ["a.example", "b.example", "x.a.example", "y.x.a.example", "203.0.113.7", "c.b.example"]
 PATTERNS = ["a.example", "b.example", "*.a.example", "*.example", "203.0.113.7", "x.a.example", "*.b.example"]
@@ -97,6 +100,7 @@ def test_compact_entries_decide_like_a_linear_scan_on_random_policies():
             for _ in range(30)
         ]
         for scope, rules in zip((scoped.default, *scoped.scopes), lists):
+            conn = _conn()  # one client connection asking about every host in turn
             for host, method, scheme, path, ns in requests * 2:  # the second time from the memo
                 j = _linear(rules, host, method, scheme, path, ns)
                 got = scope.allowing(host, method, scheme, path, ns)
@@ -105,11 +109,62 @@ def test_compact_entries_decide_like_a_linear_scan_on_random_policies():
                 via_scope = finalize(decide(f, scope, scoped.deny), scope.mode)
                 via_policy = finalize(decide(f, scope.policy, scoped.deny), scope.policy.mode)
                 assert via_scope == via_policy
+                for c in (conn, conn, _conn()):  # the connection's memo: another host, this host, a new one
+                    assert finalize(decide(f, scope, scoped.deny, c), scope.mode) == via_policy
                 if via_scope.reason == "rule":
                     assert via_scope.rule is got
                 checked += 1
                 allowed += got is not None
     assert checked > 5000 and 0.1 < allowed / checked < 0.9  # the random policies allow some, not all
+
+
+def _conn() -> ClientInfo:
+    return ClientInfo("198.18.0.1", {"namespace": "n1", "name": "p", "serviceAccount": "default"}, False, "", None, 0)
+
+
+def test_a_connection_remembers_its_host_entry_and_still_checks_each_request(monkeypatch):
+    rules = [{"host": "api.example", "methods": ["GET"], "paths": ["/v1/"]}, {"host": "open.example"}]
+    scoped = ScopedPolicy.from_dict({"rules": [], "scopes": [{"name": "s", "match": {"namespaces": ["s"]}, "rules": rules}]})
+    scope = scoped.select("s")
+    conn = _conn()
+    assert scope.allowing_on(conn, "api.example", "GET", "https", "/v1/x", None) is scope.policy.rules[0]
+    assert conn.memo_scope is scope and conn.memo_host == "api.example"
+
+    def no_index(*a):
+        raise AssertionError("the connection's host entry was not used")
+
+    monkeypatch.setattr(scoped.index, "entry", no_index)
+    # same host again: from the connection, but the method and path are checked for every request
+    assert scope.allowing_on(conn, "api.example", "GET", "https", "/v1/y", None) is scope.policy.rules[0]
+    assert scope.allowing_on(conn, "api.example", "PUT", "https", "/v1/y", None) is None
+    assert scope.allowing_on(conn, "api.example", "GET", "https", "/v1/../admin", None) is None
+    with pytest.raises(AssertionError, match="not used"):  # another host: back to the index
+        scope.allowing_on(conn, "open.example", "GET", "https", "/", None)
+
+
+def test_a_connection_memo_never_outlives_its_scope():
+    """A policy reload builds new Scope objects: a connection's remembered entry (the old policy's
+    rule) must not decide under the new policy, nor one scope's entry for another scope."""
+    doc = {"rules": [], "scopes": [{"name": "s", "match": {"namespaces": ["s"]}, "rules": [{"host": "a.example"}]}]}
+    old = ScopedPolicy.from_dict(doc)
+    new = ScopedPolicy.from_dict({**doc, "scopes": [{**doc["scopes"][0], "rules": [{"host": "b.example"}]}]})
+    conn = _conn()
+    f = _facts("a.example", "GET", "https", "/", "s")
+    assert decide(f, old.select("s"), old.deny, conn).decision == "allow"
+    assert decide(f, new.select("s"), new.deny, conn).decision == "block"
+    assert decide(f, new.default, new.deny, conn).decision == "block"  # another scope, same host
+    assert decide(f, old.select("s"), old.deny, conn).decision == "allow"
+
+
+def test_a_namespace_policy_scope_decides_on_a_connection_through_its_own_policy():
+    scoped = ScopedPolicy.from_dict({"rules": [{"host": "a.example"}]})
+    own = Scope("namespace:s", Selector(frozenset({"s"})), Policy.from_dict({"rules": [{"host": "b.example"}]}), "cm", 0)
+    assert own.index is None
+    conn = _conn()
+    for _ in range(2):
+        assert own.allowing_on(conn, "b.example", "GET", "https", "/", "s") is own.policy.rules[0]
+        assert own.allowing_on(conn, "a.example", "GET", "https", "/", "s") is None
+        assert scoped.default.allowing_on(conn, "a.example", "GET", "https", "/", "s") is scoped.default.policy.rules[0]
 
 
 def test_the_memo_entry_kinds_and_shared_condition_sets():
