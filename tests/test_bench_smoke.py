@@ -107,6 +107,11 @@ def test_policy_scopes_quick_variant_measures_both_sides_on_the_same_path():
     per = r["ratio_per_process"]
     assert len(per) == 2 and r["ratio"] == statistics.median(per)
     assert all(f"{x:.3f}" in r["summary"][0]["metric"] for x in per)
+    # and the first request of a connection (through the host index), measured the same way
+    first = r["ratio_first_per_process"]
+    assert len(first) == 2 and r["ratio_first"] == statistics.median(first) > 0
+    assert r["summary"][1]["value"] == round(r["ratio_first"], 3) and r["summary"][1]["target"] == "≤ 1.05"
+    assert len(r["scoped_first_ns"]) == len(r["single_first_ns"]) == r["rounds"]
 
 
 def test_policy_scopes_measurement_that_fails_says_why(monkeypatch):
