@@ -216,9 +216,7 @@ def measure(namespaces: int, rules: int, requests: int, rounds: int, seed: int =
             b.append(_round(single, delegated, w_single))
             a1.append(_first_round(many, delegated, w_many))
             b1.append(_first_round(single, delegated, w_single))
-        c.append(_plain_round(plain, w_plain))
-        _round(many, delegated, w_many)  # the connections' host entries back, as between rounds before
-        _round(single, delegated, w_single)
+        c.append(_plain_round(plain, w_plain))  # (a first round leaves every connection's entry set again)
     allowed = sum(1 for info, f in w_many if decide_ok(many, info, f)) / len(w_many)
     allowed_single = sum(1 for info, f in w_single if decide_ok(single, info, f)) / len(w_single)
     sel = _selection(many, namespaces)
